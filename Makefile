@@ -1,0 +1,41 @@
+# edgestore: `make serve` runs the server on the embedded default; `make test` runs everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+NPM_STAMP := tests/interop/node_modules/.installed-$(shell cat tests/interop/package.json 2>/dev/null | sha1sum | cut -c1-12)
+
+.PHONY: venv serve test lint bench clean npm
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+npm: $(NPM_STAMP)
+
+$(NPM_STAMP): tests/interop/package.json
+	cd tests/interop && npm install --no-audit --no-fund --loglevel=error
+	rm -f tests/interop/node_modules/.installed-*
+	touch $@
+
+serve: venv
+	$(BIN)/edgestore serve $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: venv npm lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m bench.ingest $(ARGS)
+
+clean:
+	rm -rf $(VENV) tests/interop/node_modules .pytest_cache .hypothesis

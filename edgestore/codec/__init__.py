@@ -1,0 +1,1 @@
+"""Pure byte transforms: hashing, compression, erasure coding and the shard file format."""

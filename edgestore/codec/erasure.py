@@ -1,0 +1,97 @@
+"""Redundancy codecs: Reed-Solomon erasure coding (pyeclib + ISA-L) and plain replication.
+
+Both turn one stored chunk into `total` shards and rebuild it from any `needed` of them.
+pyeclib's calls hold the GIL, so each call is kept to one chunk (a few MiB, ~3 ms).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Protocol
+
+from pyeclib.ec_iface import ECDriver
+
+# Fastest first: ISA-L's Vandermonde RS (~1.2-1.5 GB/s per core here), then the portable one.
+_RS_BACKENDS = ("isa_l_rs_vand", "liberasurecode_rs_vand")
+
+
+class RedundancyCodec(Protocol):
+    """Splits a stored chunk into shards and rebuilds it from enough of them."""
+
+    @property
+    def total(self) -> int: ...
+    @property
+    def needed(self) -> int: ...
+    def encode(self, data: bytes) -> list[bytes]: ...
+    def decode(self, shards: Mapping[int, bytes]) -> bytes: ...
+
+
+class ReedSolomon:
+    """k data + m parity shards; any k rebuild the chunk."""
+
+    def __init__(self, k: int, m: int, backend: str | None = None) -> None:
+        if k < 1 or m < 1:
+            raise ValueError("Reed-Solomon needs k >= 1 and m >= 1")
+        self.k, self.m = k, m
+        self.backend = backend or _pick_backend(k, m)
+        self._local = threading.local()
+
+    @property
+    def total(self) -> int:
+        return self.k + self.m
+
+    @property
+    def needed(self) -> int:
+        return self.k
+
+    def _driver(self) -> ECDriver:
+        driver: ECDriver | None = getattr(self._local, "driver", None)
+        if driver is None:
+            driver = self._local.driver = ECDriver(k=self.k, m=self.m, ec_type=self.backend)
+        return driver
+
+    def encode(self, data: bytes) -> list[bytes]:
+        return list(self._driver().encode(bytes(data)))
+
+    def decode(self, shards: Mapping[int, bytes]) -> bytes:
+        if len(shards) < self.k:
+            raise ValueError(f"need {self.k} shards to decode, have {len(shards)}")
+        # Data shards first: decoding from them alone is a copy, not a computation.
+        ordered = [shards[i] for i in sorted(shards)][: self.k]
+        return bytes(self._driver().decode(ordered))
+
+
+class Replication:
+    """n identical copies; any one rebuilds the chunk."""
+
+    def __init__(self, copies: int) -> None:
+        if copies < 1:
+            raise ValueError("replication needs at least one copy")
+        self.copies = copies
+
+    @property
+    def total(self) -> int:
+        return self.copies
+
+    @property
+    def needed(self) -> int:
+        return 1
+
+    def encode(self, data: bytes) -> list[bytes]:
+        return [data] * self.copies
+
+    def decode(self, shards: Mapping[int, bytes]) -> bytes:
+        if not shards:
+            raise ValueError("need one copy to decode, have none")
+        return shards[min(shards)]
+
+
+def _pick_backend(k: int, m: int) -> str:
+    for name in _RS_BACKENDS:
+        try:
+            ECDriver(k=k, m=m, ec_type=name)
+        except Exception:  # pyeclib raises its own tree for "backend not available"
+            continue
+        return name
+    raise RuntimeError("no Reed-Solomon backend available in pyeclib/liberasurecode")

@@ -1,0 +1,157 @@
+"""Settings: one pydantic-settings object, the only reader of the environment.
+
+Precedence, highest first: explicit overrides (CLI flags), `EDGESTORE_*` environment variables,
+the TOML file named by `--config` or `EDGESTORE_CONFIG`, then the defaults below. Every option
+is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from edgestore.errors import ConfigError
+from edgestore.types import ChunkerParams, EcParams
+
+MiB = 1024 * 1024
+ENV_PREFIX = "EDGESTORE_"
+
+
+class Settings(BaseSettings):
+    """Everything an edgestore node can be told; immutable once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    home: Path = Field(Path("./data"), description="Root for the default database and data dirs.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite under HOME. postgresql+psycopg://…"
+    )
+    data_dirs: list[Path] | None = Field(
+        None, description="One directory per disk for shards; default k+m dirs under HOME."
+    )
+
+    redundancy: Literal["ec", "replication"] = "ec"
+    ec_k: int = Field(6, ge=1, le=32)
+    ec_m: int = Field(3, ge=0, le=16)
+    replicas: int = Field(3, ge=1, le=16, description="Copies per chunk in replication mode.")
+    inline_max_bytes: int = Field(
+        64 * 1024, ge=0, le=1 * MiB, description="Stored chunks up to this size live in the DB."
+    )
+    small_chunk_max_bytes: int = Field(
+        1 * MiB,
+        ge=0,
+        description="Stored chunks up to this size are replicated (m+1 copies), not EC'd.",
+    )
+
+    zstd_level: int = Field(3, ge=-7, le=22)
+    compress_min_saving: float = Field(
+        0.03, ge=0.0, lt=1.0, description="Keep a chunk raw unless zstd saves at least this."
+    )
+
+    chunk_min_size: int = Field(1 * MiB, ge=64, le=1 * MiB)
+    chunk_avg_size: int = Field(4 * MiB, ge=256, le=4 * MiB)
+    chunk_max_size: int = Field(8 * MiB, ge=1024, le=16 * MiB)
+
+    cpu_workers: int = Field(0, ge=0, le=64, description="CPU pool size; 0 means one per core.")
+    read_ahead_chunks: int = Field(4, ge=0, le=64)
+    gc_grace_seconds: int = Field(6 * 3600, ge=0)
+    upload_expiry_seconds: int = Field(7 * 24 * 3600, ge=60)
+    upload_lock_seconds: float = Field(
+        6.0, gt=0, le=300, description="Write lease of an upload; a dead writer blocks no longer."
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = Field(None, description="Base URL clients see, behind a proxy.")
+    max_upload_size: int = Field(1 << 40, ge=0, description="Tus-Max-Size, bytes.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> Settings:
+        if not self.chunk_min_size <= self.chunk_avg_size <= self.chunk_max_size:
+            raise ValueError(
+                "chunk sizes must satisfy chunk_min_size <= chunk_avg_size <= chunk_max_size"
+            )
+        if self.data_dirs is not None and len(self.data_dirs) == 0:
+            raise ValueError("data_dirs must name at least one directory")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    # --- derived values -----------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'edgestore.db').resolve()}"
+
+    @property
+    def resolved_data_dirs(self) -> list[Path]:
+        if self.data_dirs:
+            return [Path(d) for d in self.data_dirs]
+        count = self.ec_k + self.ec_m if self.redundancy == "ec" else self.replicas
+        return [self.home / "shards" / f"d{i}" for i in range(count)]
+
+    @property
+    def chunker(self) -> ChunkerParams:
+        return ChunkerParams(self.chunk_min_size, self.chunk_avg_size, self.chunk_max_size)
+
+    @property
+    def ec(self) -> EcParams:
+        return EcParams(self.ec_k, self.ec_m)
+
+    @property
+    def workers(self) -> int:
+        return self.cpu_workers or (os.cpu_count() or 2)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings, failing with a ConfigError that names the offending key."""
+    path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (from --config/EDGESTORE_CONFIG)")
+    settings_cls = Settings
+    if path is not None:
+
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(**Settings.model_config, toml_file=path)
+
+        settings_cls = FileSettings
+    try:
+        return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = ENV_PREFIX + key.split(".")[0].upper() if err["loc"] else "settings"
+            problems.append(f"{key} ({env}): {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except ValueError as exc:  # e.g. a malformed TOML file
+        raise ConfigError(f"invalid configuration: {exc}") from None

@@ -1,0 +1,82 @@
+"""The engine: the one core API the HTTP server and the CLI share.
+
+with Engine.open(settings) as engine:
+    version = engine.put(blocks, bucket="default", key="big.iso")
+    for piece in engine.objects.read(version):
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from edgestore.config import Settings
+from edgestore.engine.core import EngineCore, open_core
+from edgestore.engine.dedup import StoredChunk
+from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.engine.objects import Objects, ObjectSelector
+from edgestore.engine.uploads import Uploads
+from edgestore.metadata.objects import VersionInfo
+
+__all__ = ["Engine", "ObjectSelector", "VersionInfo"]
+
+
+class Engine:
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self.settings = core.settings
+        self.objects = Objects(core)
+        self.uploads = Uploads(core)
+
+    @classmethod
+    def open(cls, settings: Settings, *, initialise_dirs: bool = False) -> Engine:
+        return cls(open_core(settings, initialise_dirs=initialise_dirs))
+
+    def close(self) -> None:
+        self.core.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def put(
+        self,
+        blocks: Iterable[bytes],
+        *,
+        key: str,
+        bucket: str = DEFAULT_BUCKET,
+        content_type: str | None = None,
+        filename: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+        on_chunk: Callable[[StoredChunk], None] | None = None,
+    ) -> VersionInfo:
+        """Ingest a byte stream as the next version of bucket/key."""
+        validate_bucket(bucket)
+        validate_key(key)
+        rec = self.uploads.create(
+            kind="local",
+            bucket=bucket,
+            key=key,
+            content_type=content_type,
+            filename=filename,
+            user_metadata=user_metadata,
+        )
+        try:
+            done = self.uploads.append(rec.upload_id, 0, blocks, final=True, on_chunk=on_chunk)
+        except BaseException:
+            try:
+                self.uploads.terminate(rec.upload_id)
+            except Exception:
+                pass  # gc reclaims it
+            raise
+        assert done.version_id is not None
+        return self.objects.by_version_id(done.version_id)

@@ -1,0 +1,153 @@
+"""Opening a store: database and migrations, recorded parameters, data dirs, self-test.
+
+`EngineCore` is the wiring every engine service shares; nothing here is per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+
+from edgestore.codec import compression
+from edgestore.codec.erasure import ReedSolomon
+from edgestore.codec.hashing import ResumableSha256
+from edgestore.config import Settings
+from edgestore.engine.dedup import ChunkWriter, RedundancyPolicy
+from edgestore.engine.pipeline import CpuPool
+from edgestore.engine.read import ChunkReader, ShardFault
+from edgestore.errors import SelfTestFailed, StoreParamsMismatch
+from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import params as store_params
+from edgestore.metadata.db import Database
+from edgestore.storage.datadirs import DataDirs, open_data_dirs
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class EngineCore:
+    settings: Settings
+    db: Database
+    dirs: DataDirs
+    pool: CpuPool
+    policy: RedundancyPolicy
+    writer: ChunkWriter
+    reader: ChunkReader
+    params: dict[str, str]
+
+    @property
+    def store_id(self) -> str:
+        return self.params["store_id"]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.db.close()
+
+
+def self_test(ec_backend: str | None) -> None:
+    """Known-answer checks of SHA-256, zstd and EC, so a broken build never stores data."""
+    if hashlib.sha256(b"abc").hexdigest() != (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    ):
+        raise SelfTestFailed("SHA-256 known-answer test failed")
+    if ResumableSha256.available():
+        h = ResumableSha256()
+        h.update(b"a")
+        h2 = ResumableSha256(h.state())
+        h2.update(b"bc")
+        if h2.hexdigest() != hashlib.sha256(b"abc").hexdigest():
+            raise SelfTestFailed("resumable SHA-256 known-answer test failed")
+    sample = (b"edgestore self-test " * 4096) + os.urandom(4096)
+    codec, packed = compression.compress(sample, 3, 0.03)
+    if compression.decompress(codec, packed, len(sample)) != sample:
+        raise SelfTestFailed("zstd round trip failed")
+    if ec_backend is not None:
+        rs = ReedSolomon(6, 3, ec_backend)
+        shards = rs.encode(sample)
+        if rs.decode({i: shards[i] for i in (3, 4, 5, 6, 7, 8)}) != sample:
+            raise SelfTestFailed(f"erasure coding ({ec_backend}) failed to rebuild")
+
+
+def _wanted_params(settings: Settings, ec_backend: str | None) -> dict[str, str]:
+    c = settings.chunker
+    return {
+        "store_id": str(uuid.uuid4()),
+        "format_version": FORMAT_VERSION,
+        "chunker": c.algorithm,
+        "chunk_min_size": str(c.min_size),
+        "chunk_avg_size": str(c.avg_size),
+        "chunk_max_size": str(c.max_size),
+        "hash": c.hash,
+        "ec_backend": ec_backend or "",
+    }
+
+
+# Parameters whose change would split the dedup space or make old chunks unreadable.
+_FIXED = ("chunker", "chunk_min_size", "chunk_avg_size", "chunk_max_size", "hash")
+_SETTING_OF = {
+    "chunk_min_size": "chunk_min_size (EDGESTORE_CHUNK_MIN_SIZE)",
+    "chunk_avg_size": "chunk_avg_size (EDGESTORE_CHUNK_AVG_SIZE)",
+    "chunk_max_size": "chunk_max_size (EDGESTORE_CHUNK_MAX_SIZE)",
+}
+
+
+def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCore:
+    """Open (creating on first use) the store the settings describe."""
+    db = Database(settings.resolved_database_url)
+    try:
+        db.migrate()
+        policy = RedundancyPolicy(settings)
+        wanted = _wanted_params(settings, policy.ec_backend)
+        with db.write() as conn:
+            is_new = not store_params.load(conn)
+            recorded = store_params.record_missing(db, conn, wanted)
+        wrong = [n for n in _FIXED if recorded.get(n) != wanted[n]]
+        if wrong:
+            raise StoreParamsMismatch(
+                "configuration disagrees with the store's recorded parameters: "
+                + ", ".join(
+                    f"{_SETTING_OF.get(n, n)} is {wanted[n]}, the store uses {recorded.get(n)}"
+                    for n in wrong
+                )
+                + "; chunking must stay fixed per store"
+            )
+        ec_backend = recorded.get("ec_backend") or policy.ec_backend
+        if ec_backend and ec_backend != policy.ec_backend:
+            policy = RedundancyPolicy(settings, ec_backend)
+        self_test(ec_backend)
+        dirs = open_data_dirs(
+            settings.resolved_data_dirs,
+            recorded["store_id"],
+            initialise=is_new or initialise_dirs,
+        )
+        pool = CpuPool(settings.workers)
+
+        def on_faults(chunk: str, faults: list[ShardFault]) -> None:
+            reason = "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults)
+            log.warning("chunk %s read around bad shards: %s", chunk, reason)
+            try:
+                with db.write() as conn:
+                    chunk_index.queue_repair(
+                        db, conn, chunk, reason, [f.shard_index for f in faults]
+                    )
+            except Exception:
+                log.exception("could not queue chunk %s for repair", chunk)
+
+        return EngineCore(
+            settings=settings,
+            db=db,
+            dirs=dirs,
+            pool=pool,
+            policy=policy,
+            writer=ChunkWriter(settings, db, dirs, policy),
+            reader=ChunkReader(dirs, ec_backend or None, on_faults),
+            params=recorded,
+        )
+    except BaseException:
+        db.close()
+        raise

@@ -1,0 +1,261 @@
+"""Appending bytes to an upload: chunk, store in parallel, make durable in order.
+
+One `Appender` runs one append (a tus PATCH, a local put) on the calling thread: it cuts the
+incoming blocks into chunks, hands each to the CPU pool (hash, dedup, zstd, EC, shards), feeds
+the whole-file SHA-256 on a serial lane, and commits finished chunks in stream order, so the
+durable offset only ever covers bytes whose chunks and rows are on disk (invariant 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.engine import Connection
+
+from edgestore.chunking import StreamChunker
+from edgestore.codec.hashing import Hasher, ResumableSha256, new_checksum
+from edgestore.config import Settings
+from edgestore.engine.dedup import ChunkWriter, StoredChunk
+from edgestore.engine.pipeline import CpuPool, SerialLane
+from edgestore.errors import ChecksumMismatch, TooLarge, TransferInterrupted, UploadLocked
+from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.db import Database
+from edgestore.metadata.uploads import Checkpoint, NewPart, UploadRecord
+
+log = logging.getLogger(__name__)
+
+COMMIT_EVERY_PARTS = 8
+COMMIT_EVERY_SECONDS = 1.0
+
+
+class CompletionHook(Protocol):
+    """Runs inside the transaction that commits an upload's last bytes."""
+
+    def __call__(self, conn: Connection, upload: UploadRecord, sha256: str | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AppendStats:
+    bytes_received: int
+    chunks: int
+    new_chunks: int
+    bytes_stored: int  # written to shards by this append (after dedup and compression)
+    dedup_bytes: int  # raw bytes that were already stored
+
+
+@dataclass(slots=True)
+class _InFlight:
+    offset: int
+    length: int
+    stored: Future[StoredChunk]
+    hash_state: Future[bytes] | None
+
+
+def _hash_step(hasher: ResumableSha256, chunk: bytes) -> bytes:
+    hasher.update(chunk)
+    return hasher.state()
+
+
+@dataclass(frozen=True, slots=True)
+class Checksum:
+    """A client-declared checksum over one append's bytes (tus Upload-Checksum)."""
+
+    algorithm: str
+    digest: bytes
+
+
+class Appender:
+    """Runs one append to an open upload whose write lease `owner` holds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        pool: CpuPool,
+        writer: ChunkWriter,
+        upload: UploadRecord,
+        tail: bytes,
+        owner: str,
+        *,
+        on_complete: CompletionHook,
+        on_chunk: Callable[[StoredChunk], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._pool = pool
+        self._writer = writer
+        self._upload = upload
+        self._owner = owner
+        self._on_complete = on_complete
+        self._on_chunk = on_chunk
+        self._lease = settings.upload_lock_seconds
+        self._chunker = StreamChunker(settings.chunker, tail)
+        self._hasher = ResumableSha256(upload.hash_state) if upload.hash_state is not None else None
+        self._lane = SerialLane("edgestore-hash") if self._hasher else None
+        self._inflight: deque[_InFlight] = deque()
+        self._ready: list[tuple[NewPart, bytes | None]] = []
+        self._next_offset = upload.committed_offset
+        self._stop_reason: str | None = None
+        self._last_commit = self._last_renew = time.monotonic()
+        self._chunks = self._new_chunks = self._stored = self._dedup = self._received = 0
+
+    # --- control ------------------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """Ask a running append to end at the next block, keeping what is durable."""
+        self._stop_reason = reason
+
+    @property
+    def upload(self) -> UploadRecord:
+        return self._upload
+
+    @property
+    def stats(self) -> AppendStats:
+        return AppendStats(
+            self._received, self._chunks, self._new_chunks, self._stored, self._dedup
+        )
+
+    # --- the append -------------------------------------------------------------------------
+
+    def run(
+        self, blocks: Iterable[bytes], *, final: bool = False, checksum: Checksum | None = None
+    ) -> UploadRecord:
+        """Append blocks; return the upload as now durable.
+
+        `final`: the stream is the upload's end (length deferred or unknown). Without a
+        checksum, progress is committed as chunks complete; with one, nothing of this append
+        is kept unless the checksum matches. If the source raises TransferInterrupted, what
+        arrived is kept (without a checksum) and the interruption is re-raised.
+        """
+        up = self._upload
+        verify: Hasher | None = new_checksum(checksum.algorithm) if checksum else None
+        received = 0
+        try:
+            try:
+                for block in blocks:
+                    if self._stop_reason:
+                        raise TransferInterrupted(self._stop_reason)
+                    if up.length is not None and up.offset + received + len(block) > up.length:
+                        raise TooLarge(
+                            f"upload {up.upload_id} is {up.length} bytes; this request goes "
+                            f"beyond it (offset {up.offset}, +{received + len(block)} bytes)"
+                        )
+                    received += len(block)
+                    self._received = received
+                    if verify is not None:
+                        verify.update(block)
+                    for chunk in self._chunker.feed(block):
+                        self._submit(chunk)
+                    self._harvest(wait=False)
+                    if verify is None:
+                        self._maybe_commit()
+                    self._maybe_renew()
+            except TransferInterrupted:
+                self._drain()
+                if verify is None:
+                    self._commit(tail=self._chunker.tail)
+                raise
+            if verify is not None and checksum is not None and verify.digest() != checksum.digest:
+                raise ChecksumMismatch(
+                    f"{checksum.algorithm} of the {received} bytes received does not match "
+                    "Upload-Checksum; none of them were kept"
+                )
+            complete = final or (up.length is not None and up.offset + received == up.length)
+            if complete:
+                for chunk in self._chunker.finish():
+                    self._submit(chunk)
+            self._drain()
+            self._upload = self._commit(
+                tail=None if complete else self._chunker.tail, complete=complete
+            )
+            return self._upload
+        finally:
+            self._abandon()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _submit(self, chunk: bytes) -> None:
+        stored = self._pool.submit_limited(self._writer.store, chunk)
+        hashed = None
+        if self._lane is not None and self._hasher is not None:
+            hashed = self._lane.submit(_hash_step, self._hasher, chunk)
+        self._inflight.append(_InFlight(self._next_offset, len(chunk), stored, hashed))
+        self._next_offset += len(chunk)
+
+    def _harvest(self, *, wait: bool) -> None:
+        """Move finished chunks at the head of the queue (all of them with wait) to ready."""
+        while self._inflight and (wait or self._inflight[0].stored.done()):
+            item = self._inflight.popleft()
+            stored = item.stored.result()
+            state = item.hash_state.result() if item.hash_state is not None else None
+            self._ready.append((NewPart(stored.chunk_id, item.offset, item.length), state))
+            self._chunks += 1
+            if stored.is_new:
+                self._new_chunks += 1
+                self._stored += stored.stored_size
+            else:
+                self._dedup += stored.raw_size
+            if self._on_chunk is not None:
+                self._on_chunk(stored)
+
+    def _drain(self) -> None:
+        self._harvest(wait=True)
+
+    def _abandon(self) -> None:
+        """Let queued work finish (its chunks are harmless garbage) and stop the lane."""
+        for item in self._inflight:
+            if not item.stored.cancel():
+                try:
+                    item.stored.result()
+                except Exception:
+                    pass
+        self._inflight.clear()
+        if self._lane is not None:
+            self._lane.close()
+
+    def _maybe_commit(self) -> None:
+        if len(self._ready) >= COMMIT_EVERY_PARTS or (
+            self._ready and time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS
+        ):
+            self._upload = self._commit(tail=None)
+
+    def _maybe_renew(self) -> None:
+        if time.monotonic() - self._last_renew < self._lease / 3:
+            return
+        with self._db.write() as conn:
+            if not upload_rows.renew_lock(conn, self._upload.upload_id, self._owner, self._lease):
+                raise UploadLocked(
+                    f"upload {self._upload.upload_id} was taken over by another request"
+                )
+        self._last_renew = time.monotonic()
+
+    def _commit(self, *, tail: bytes | None, complete: bool = False) -> UploadRecord:
+        """One transaction: ready parts, the new tail, the hash state (and completion)."""
+        parts = [p for p, _ in self._ready]
+        cp = Checkpoint(parts=parts, tail=tail)
+        if self._ready and self._ready[-1][1] is not None:
+            cp.hash_state = self._ready[-1][1]
+        up = self._upload
+        with self._db.write() as conn:
+            rec = upload_rows.checkpoint(
+                conn,
+                up.upload_id,
+                self._owner,
+                expected_committed=up.committed_offset,
+                cp=cp,
+                lease=self._lease,
+            )
+            if complete:
+                state = cp.hash_state or rec.hash_state
+                sha = ResumableSha256(state).hexdigest() if state is not None else None
+                self._on_complete(conn, rec, sha)
+                rec = upload_rows.get(conn, up.upload_id)
+        self._ready.clear()
+        self._last_commit = self._last_renew = time.monotonic()
+        return rec

@@ -1,0 +1,43 @@
+"""Validation of bucket names and object keys: what may name an object, and why not."""
+
+from __future__ import annotations
+
+import re
+
+from edgestore.errors import InvalidKey
+
+MAX_KEY_BYTES = 1024
+DEFAULT_BUCKET = "default"
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_bucket(bucket: str) -> str:
+    if not _BUCKET.fullmatch(bucket):
+        raise InvalidKey(
+            f"invalid bucket name {bucket!r}: use 1-63 characters of a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return bucket
+
+
+def validate_key(key: str) -> str:
+    """Return the key if it is acceptable, else raise InvalidKey saying what is wrong."""
+    if not key:
+        raise InvalidKey("invalid key: it is empty")
+    if "\x00" in key:
+        raise InvalidKey("invalid key: it contains a NUL byte")
+    if _CONTROL.search(key):
+        raise InvalidKey("invalid key: it contains a control character")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise InvalidKey(f"invalid key: {size} bytes, the limit is {MAX_KEY_BYTES}")
+    if key.startswith("/"):
+        raise InvalidKey("invalid key: it starts with '/'")
+    if any(seg in (".", "..") for seg in key.split("/")):
+        raise InvalidKey("invalid key: it has a '.' or '..' path segment")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("invalid key: it is not valid UTF-8") from None
+    return key

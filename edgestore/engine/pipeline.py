@@ -1,0 +1,114 @@
+"""The CPU pool: the only door to threads for hashing, compression, erasure coding and I/O.
+
+hashlib, zstd and file I/O release the GIL, so two workers use two cores. Work is submitted
+with back-pressure (a bounded window), never "read it all, then process".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class CpuPool:
+    """A fixed-size thread pool for CPU-heavy, GIL-releasing work."""
+
+    def __init__(
+        self, workers: int, name: str = "edgestore-cpu", queue_per_worker: int = 2
+    ) -> None:
+        self.workers = max(1, workers)
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=name)
+        # Bounds chunks in flight across all uploads, hence memory: ~(workers * 3) * 8 MiB.
+        self._slots = threading.BoundedSemaphore(self.workers * (1 + queue_per_worker))
+
+    def submit(self, fn: Callable[..., R], *args: object) -> Future[R]:
+        return self._executor.submit(fn, *args)
+
+    def submit_limited(self, fn: Callable[..., R], *args: object) -> Future[R]:
+        """Like submit, but blocks while the pool already has its fill of queued work."""
+        self._slots.acquire()
+        try:
+            fut = self._executor.submit(fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda _f: self._slots.release())
+        return fut
+
+    def map_ordered(
+        self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None
+    ) -> Iterator[R]:
+        """fn over items with at most `window` in flight, results in input order.
+
+        Used for read-ahead: the next chunks decode while the current one is being sent.
+        Stopping early (closing the generator) cancels what has not started.
+        """
+        window = max(1, window or self.workers)
+        pending: deque[Future[R]] = deque()
+        it = iter(items)
+        try:
+            for item in it:
+                pending.append(self.submit(fn, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class SerialLane:
+    """Runs submitted calls one at a time, in submission order, on one thread of its own.
+
+    The whole-file SHA-256 must see chunks in stream order; a lane keeps it off the thread
+    that receives the bytes, without a thread pool's reordering.
+    """
+
+    def __init__(self, name: str = "edgestore-lane") -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., R], *args: object) -> Future[R]:
+        return self._executor.submit(fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class InflightDedup:
+    """Coalesces concurrent work on the same key: the second caller waits for the first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, Future[object]] = {}
+
+    def run(self, key: str, fn: Callable[[], R]) -> tuple[R, bool]:
+        """(result, True if this call did the work)."""
+        with self._lock:
+            fut = self._running.get(key)
+            owner = fut is None
+            if owner:
+                fut = self._running[key] = Future()
+        assert fut is not None
+        if not owner:
+            return fut.result(), False  # type: ignore[return-value]
+        try:
+            result = fn()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            raise
+        else:
+            fut.set_result(result)
+            return result, True
+        finally:
+            with self._lock:
+                del self._running[key]

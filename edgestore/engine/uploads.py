@@ -1,0 +1,243 @@
+"""Upload sessions: create, append (resumable), complete into a version, terminate, expire.
+
+Every protocol (tus, the native chunk API, a local `put`) drives the same sessions, whose
+whole state is in the metadata database, so any node can continue any upload (invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from edgestore.codec.hashing import ResumableSha256
+from edgestore.engine.core import EngineCore
+from edgestore.engine.dedup import StoredChunk
+from edgestore.engine.ingest import Appender, Checksum
+from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.errors import InvalidInput, OffsetConflict, TooLarge, UploadLocked, UploadStateError
+from edgestore.metadata import objects as object_rows
+from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.db import now
+from edgestore.metadata.uploads import UploadRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Active:
+    appender: Appender
+    done: threading.Event
+
+
+class Uploads:
+    """Upload sessions over the engine core; thread-safe."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self._core = core
+        self._lock = threading.Lock()
+        self._active: dict[str, _Active] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        kind: str = "tus",
+        bucket: str | None = None,
+        key: str | None = None,
+        length: int | None = None,
+        content_type: str | None = None,
+        filename: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+        is_partial: bool = False,
+        expires_in: float | None = None,
+        expected_sha256: str | None = None,
+    ) -> UploadRecord:
+        settings = self._core.settings
+        if bucket is not None:
+            validate_bucket(bucket)
+        if key is not None:
+            validate_key(key)
+        if length is not None:
+            if length < 0:
+                raise InvalidInput(f"upload length {length} is negative")
+            if length > settings.max_upload_size:
+                raise TooLarge(
+                    f"upload length {length} exceeds the maximum of {settings.max_upload_size}"
+                )
+        expiry = settings.upload_expiry_seconds if expires_in is None else expires_in
+        state = ResumableSha256().state() if ResumableSha256.available() else None
+        with self._core.db.write() as conn:
+            uid = upload_rows.create(
+                conn,
+                kind=kind,
+                bucket=bucket,
+                key=key,
+                length=length,
+                expires_at=now() + expiry,
+                hash_state=state,
+                content_type=content_type,
+                filename=filename,
+                user_metadata=user_metadata,
+                is_partial=is_partial,
+                expected_sha256=expected_sha256,
+            )
+            return upload_rows.get(conn, uid)
+
+    def get(self, upload_id: str) -> UploadRecord:
+        with self._core.db.read() as conn:
+            return upload_rows.get(conn, upload_id)
+
+    def get_open(self, upload_id: str) -> UploadRecord:
+        """The upload if it can take bytes; UploadGone if expired or terminated."""
+        with self._core.db.read() as conn:
+            return upload_rows.get_open(conn, upload_id)
+
+    def terminate(self, upload_id: str) -> None:
+        """Drop the upload and its references (a completed upload's object stays)."""
+        self._stop_local_writer(upload_id, "upload terminated")
+        with self._core.db.write() as conn:
+            rec = upload_rows.get(conn, upload_id)
+            if rec.state in (upload_rows.OPEN, upload_rows.COMPLETE):
+                upload_rows.release_data(conn, upload_id, upload_rows.TERMINATED)
+
+    def declare_length(self, upload_id: str, length: int) -> UploadRecord:
+        """Set a deferred Upload-Length once; it must cover the bytes already received."""
+        if length < 0:
+            raise InvalidInput(f"upload length {length} is negative")
+        if length > self._core.settings.max_upload_size:
+            raise TooLarge(
+                f"upload length {length} exceeds the maximum of "
+                f"{self._core.settings.max_upload_size}"
+            )
+        with self._core.db.write() as conn:
+            rec = upload_rows.get_open(conn, upload_id)
+            if rec.length is not None:
+                if rec.length != length:
+                    raise UploadStateError(f"upload {upload_id} already has length {rec.length}")
+                return rec
+            if length < rec.offset:
+                raise InvalidInput(f"length {length} is less than the {rec.offset} bytes received")
+            upload_rows.set_length(conn, upload_id, length)
+            return upload_rows.get(conn, upload_id)
+
+    # --- appending ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        upload_id: str,
+        offset: int,
+        blocks: Iterable[bytes],
+        *,
+        final: bool = False,
+        checksum: Checksum | None = None,
+        on_chunk: Callable[[StoredChunk], None] | None = None,
+    ) -> UploadRecord:
+        """Append blocks at `offset` (which must equal the durable offset).
+
+        A writer of the same upload still running in this process (its client dropped and
+        reconnected) is asked to stop and keep what it has; one in another process holds a
+        lease of `upload_lock_seconds` that it renews while bytes flow.
+        """
+        core = self._core
+        owner = uuid.uuid4().hex
+        self._take_over(upload_id, owner)
+        try:
+            with core.db.write() as conn:
+                rec = upload_rows.get_open(conn, upload_id)
+                if rec.state != upload_rows.OPEN:
+                    raise UploadStateError(f"upload {upload_id} is already complete")
+                upload_rows.acquire_lock(conn, upload_id, owner, core.settings.upload_lock_seconds)
+                if offset != rec.offset:
+                    raise OffsetConflict(
+                        f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
+                        expected=rec.offset,
+                    )
+                tail = upload_rows.tail(conn, upload_id)
+                rec = upload_rows.get(conn, upload_id)
+            appender = Appender(
+                core.settings,
+                core.db,
+                core.pool,
+                core.writer,
+                rec,
+                tail,
+                owner,
+                on_complete=self._complete,
+                on_chunk=on_chunk,
+            )
+            active = _Active(appender, threading.Event())
+            with self._lock:
+                self._active[upload_id] = active
+            try:
+                return appender.run(blocks, final=final, checksum=checksum)
+            finally:
+                with self._lock:
+                    if self._active.get(upload_id) is active:
+                        del self._active[upload_id]
+                active.done.set()
+        finally:
+            try:
+                with core.db.write() as conn:
+                    upload_rows.release_lock(conn, upload_id, owner)
+            except Exception:  # the lease expires by itself
+                log.exception("could not release the lock of upload %s", upload_id)
+
+    def _take_over(self, upload_id: str, owner: str) -> None:
+        """If this process is still writing the upload, stop that writer and wait for it."""
+        if not self._stop_local_writer(upload_id, "a newer request took over this upload"):
+            return
+        with self._lock:
+            active = self._active.get(upload_id)
+        if active is not None and not active.done.wait(self._core.settings.upload_lock_seconds):
+            raise UploadLocked(f"upload {upload_id} is still being written; retry shortly")
+
+    def _stop_local_writer(self, upload_id: str, reason: str) -> bool:
+        with self._lock:
+            active = self._active.get(upload_id)
+        if active is None:
+            return False
+        active.appender.stop(reason)
+        return True
+
+    def _complete(self, conn: Connection, rec: UploadRecord, sha256: str | None) -> None:
+        """Turn a finished upload into an object version (a partial one just stays complete)."""
+        if rec.is_partial:
+            upload_rows.mark_complete(conn, rec.upload_id, None)
+            return
+        entries = upload_rows.parts(conn, rec.upload_id)
+        version_id = object_rows.create_version(
+            self._core.db,
+            conn,
+            bucket=rec.bucket or DEFAULT_BUCKET,
+            key=rec.key or rec.upload_id,
+            entries=entries,
+            sha256=sha256,
+            content_type=rec.content_type,
+            filename=rec.filename,
+            user_metadata=rec.user_metadata,
+            take_refs=False,
+        )
+        upload_rows.mark_complete(conn, rec.upload_id, version_id)
+
+    # --- housekeeping -------------------------------------------------------------------------
+
+    def expire_stale(self, local_grace: float) -> int:
+        """Expire open uploads past their expiry, and local puts whose process died."""
+        t = now()
+        count = 0
+        while True:
+            with self._core.db.read() as conn:
+                batch = upload_rows.stale(conn, t, t - local_grace)
+            if not batch:
+                return count
+            for uid in batch:
+                with self._core.db.write() as conn:
+                    upload_rows.release_data(conn, uid, upload_rows.EXPIRED)
+                count += 1

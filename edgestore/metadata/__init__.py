@@ -1,0 +1,1 @@
+"""What is where: the chunk index, objects, versions, manifests and uploads. SQL, never files."""

@@ -1,0 +1,277 @@
+"""Queries on the chunk index: dedup lookups, inserts, reference counts, shard locations.
+
+A chunk row is inserted only after all its shards are durable (invariant 2), with refcount 0;
+references (manifest, upload part or pin rows) add to the count in the same transaction that
+writes them. A chunk whose count stays 0 past the grace period is garbage.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgestore.metadata.db import Database, now
+from edgestore.metadata.schema import (
+    chunks,
+    manifests,
+    repair_queue,
+    shards,
+    upload_parts,
+    upload_pins,
+)
+from edgestore.types import ChunkId, Compression, Layout, ShardRef
+
+_IN_BATCH = 500  # keeps IN (...) lists well under every database's parameter limit
+READ_NOTE_INTERVAL = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    chunk_id: ChunkId
+    raw_size: int
+    stored_size: int
+    compression: Compression
+    layout: Layout
+    ec_k: int
+    ec_m: int
+    shard_size: int
+    generation: str
+    refcount: int
+    inline_data: bytes | None = None
+    shards: tuple[ShardRef, ...] = ()
+    last_read_at: float | None = None
+
+    @property
+    def read_is_stale(self) -> bool:
+        """Whether last_read_at is worth updating (at most hourly: reads must stay cheap)."""
+        return self.last_read_at is None or self.last_read_at < now() - READ_NOTE_INTERVAL
+
+
+def _record(row: sa.Row, shard_refs: Sequence[ShardRef] = ()) -> ChunkRecord:
+    return ChunkRecord(
+        chunk_id=ChunkId(row.chunk_id),
+        raw_size=row.raw_size,
+        stored_size=row.stored_size,
+        compression=Compression(row.compression),
+        layout=Layout(row.layout),
+        ec_k=row.ec_k,
+        ec_m=row.ec_m,
+        shard_size=row.shard_size,
+        generation=row.generation,
+        refcount=row.refcount,
+        inline_data=row.inline_data,
+        shards=tuple(shard_refs),
+        last_read_at=row.last_read_at,
+    )
+
+
+def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _IN_BATCH):
+        yield items[i : i + _IN_BATCH]
+
+
+def refcount_of(conn: Connection, chunk: ChunkId) -> int | None:
+    """The chunk's reference count, or None if it is not stored."""
+    return conn.execute(
+        sa.select(chunks.c.refcount).where(chunks.c.chunk_id == chunk)
+    ).scalar_one_or_none()
+
+
+def keep_alive(conn: Connection, chunk: ChunkId) -> bool:
+    """Restart an unreferenced chunk's grace period (a dedup hit is about to reference it).
+
+    Returns False if the chunk no longer exists.
+    """
+    res = conn.execute(
+        sa.update(chunks)
+        .where(chunks.c.chunk_id == chunk)
+        .values(zero_since=sa.case((chunks.c.refcount == 0, now()), else_=chunks.c.zero_since))
+    )
+    return res.rowcount == 1
+
+
+def insert(
+    db: Database, conn: Connection, record: ChunkRecord, shard_refs: Sequence[ShardRef]
+) -> bool:
+    """Insert a chunk and its shards; False if another writer stored the chunk first."""
+    t = now()
+    stmt = (
+        db.insert(chunks)
+        .values(
+            chunk_id=record.chunk_id,
+            raw_size=record.raw_size,
+            stored_size=record.stored_size,
+            compression=str(record.compression),
+            layout=str(record.layout),
+            ec_k=record.ec_k,
+            ec_m=record.ec_m,
+            shard_size=record.shard_size,
+            generation=record.generation,
+            inline_data=record.inline_data,
+            refcount=0,
+            created_at=t,
+            zero_since=t,
+        )
+        .on_conflict_do_nothing(index_elements=[chunks.c.chunk_id])
+    )
+    if conn.execute(stmt).rowcount != 1:
+        return False
+    if shard_refs:
+        conn.execute(
+            sa.insert(shards),
+            [
+                {
+                    "chunk_id": s.chunk_id,
+                    "shard_index": s.shard_index,
+                    "backend": s.backend,
+                    "key": s.key,
+                    "size": s.size,
+                    "checksum": s.checksum,
+                }
+                for s in shard_refs
+            ],
+        )
+    return True
+
+
+def add_refs(conn: Connection, counts: Counter[str]) -> None:
+    """Add references; the caller inserts the referencing rows in the same transaction."""
+    if counts:
+        conn.execute(
+            sa.update(chunks)
+            .where(chunks.c.chunk_id == sa.bindparam("cid"))
+            .values(refcount=chunks.c.refcount + sa.bindparam("n"), zero_since=None),
+            [{"cid": c, "n": n} for c, n in counts.items()],
+        )
+
+
+def drop_refs(conn: Connection, counts: Counter[str]) -> None:
+    """Remove references; a chunk reaching zero starts its grace period."""
+    if counts:
+        t = now()
+        conn.execute(
+            sa.update(chunks)
+            .where(chunks.c.chunk_id == sa.bindparam("cid"))
+            .values(
+                refcount=chunks.c.refcount - sa.bindparam("n"),
+                zero_since=sa.case(
+                    (chunks.c.refcount - sa.bindparam("n") <= 0, t), else_=chunks.c.zero_since
+                ),
+            ),
+            [{"cid": c, "n": n} for c, n in counts.items()],
+        )
+
+
+def load(conn: Connection, chunk_ids: Sequence[str]) -> dict[str, ChunkRecord]:
+    """Chunk rows with their shard locations, for reading."""
+    ids = list(dict.fromkeys(chunk_ids))
+    found: dict[str, ChunkRecord] = {}
+    for batch in _batches(ids):
+        shard_map: dict[str, list[ShardRef]] = {}
+        for s in conn.execute(
+            sa.select(shards).where(shards.c.chunk_id.in_(batch)).order_by(shards.c.shard_index)
+        ):
+            shard_map.setdefault(s.chunk_id, []).append(
+                ShardRef(ChunkId(s.chunk_id), s.shard_index, s.backend, s.key, s.size, s.checksum)
+            )
+        for row in conn.execute(sa.select(chunks).where(chunks.c.chunk_id.in_(batch))):
+            found[row.chunk_id] = _record(row, shard_map.get(row.chunk_id, ()))
+    return found
+
+
+def existing(conn: Connection, chunk_ids: Sequence[str]) -> set[str]:
+    """Which of these chunk ids are stored."""
+    have: set[str] = set()
+    for batch in _batches(list(dict.fromkeys(chunk_ids))):
+        have.update(
+            conn.execute(sa.select(chunks.c.chunk_id).where(chunks.c.chunk_id.in_(batch))).scalars()
+        )
+    return have
+
+
+def note_read(conn: Connection, chunk_ids: Sequence[str]) -> None:
+    """Record last-read times for tiering, at most once per READ_NOTE_INTERVAL per chunk."""
+    t = now()
+    every = READ_NOTE_INTERVAL
+    for batch in _batches(list(dict.fromkeys(chunk_ids))):
+        conn.execute(
+            sa.update(chunks)
+            .where(chunks.c.chunk_id.in_(batch))
+            .where(sa.or_(chunks.c.last_read_at.is_(None), chunks.c.last_read_at < t - every))
+            .values(last_read_at=t)
+        )
+
+
+def queue_repair(db: Database, conn: Connection, chunk: str, reason: str, bad: list[int]) -> None:
+    t = now()
+    stmt = db.insert(repair_queue).values(
+        chunk_id=chunk, reason=reason, bad_shards=bad, first_seen=t, last_seen=t, count=1
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[repair_queue.c.chunk_id],
+        set_={
+            "reason": reason,
+            "bad_shards": bad,
+            "last_seen": t,
+            "count": repair_queue.c.count + 1,
+        },
+    )
+    conn.execute(stmt)
+
+
+# --- garbage collection ---------------------------------------------------------------------
+
+
+def unreferenced(conn: Connection, before: float, limit: int) -> list[str]:
+    """Chunks with no references since before `before` (their grace period is over)."""
+    return list(
+        conn.execute(
+            sa.select(chunks.c.chunk_id)
+            .where(chunks.c.refcount <= 0, chunks.c.zero_since < before)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def delete_if_unreferenced(conn: Connection, chunk: str, before: float) -> list[ShardRef] | None:
+    """Delete the chunk row if still garbage; return its shards (now files to remove)."""
+    refs = load(conn, [chunk]).get(chunk)
+    if refs is None:
+        return None
+    res = conn.execute(
+        sa.delete(chunks).where(
+            chunks.c.chunk_id == chunk, chunks.c.refcount <= 0, chunks.c.zero_since < before
+        )
+    )
+    if res.rowcount != 1:
+        return None
+    conn.execute(sa.delete(shards).where(shards.c.chunk_id == chunk))  # SQLite without cascade
+    conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id == chunk))
+    return list(refs.shards)
+
+
+def shard_keys(conn: Connection, backend: str) -> set[str]:
+    """Every shard key the index knows on one backend (for finding orphan files)."""
+    return set(conn.execute(sa.select(shards.c.key).where(shards.c.backend == backend)).scalars())
+
+
+def reference_mismatches(conn: Connection) -> list[tuple[str, int, int]]:
+    """Chunks whose refcount disagrees with the rows that reference them (for fsck/tests)."""
+    refs = sa.union_all(
+        sa.select(manifests.c.chunk_id),
+        sa.select(upload_parts.c.chunk_id),
+        sa.select(upload_pins.c.chunk_id),
+    ).subquery()
+    counted = (
+        sa.select(refs.c.chunk_id, sa.func.count().label("n")).group_by(refs.c.chunk_id).subquery()
+    )
+    rows = conn.execute(
+        sa.select(chunks.c.chunk_id, chunks.c.refcount, sa.func.coalesce(counted.c.n, 0))
+        .select_from(chunks.outerjoin(counted, counted.c.chunk_id == chunks.c.chunk_id))
+        .where(chunks.c.refcount != sa.func.coalesce(counted.c.n, 0))
+    )
+    return [(r[0], r[1], r[2]) for r in rows]

@@ -1,0 +1,313 @@
+"""Queries on objects, their versions and manifests (ordered chunk references)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata.db import Database, now
+from edgestore.metadata.schema import manifests, object_versions, objects
+from edgestore.types import ChunkId, ObjectId, VersionId
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One stored version of an object: what stat, list and read work from."""
+
+    object_id: ObjectId
+    version_id: VersionId
+    bucket: str
+    key: str
+    version: int
+    size: int
+    sha256: str | None
+    manifest_digest: str
+    content_type: str | None
+    filename: str | None
+    created_at: float
+    chunk_count: int = 0
+    user_metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def etag(self) -> str:
+        """A strong validator: the whole-file SHA-256, else the manifest digest."""
+        return self.sha256 or f"m-{self.manifest_digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    seq: int
+    chunk_id: ChunkId
+    offset: int
+    length: int
+
+
+def manifest_digest(entries: Sequence[tuple[str, int]]) -> str:
+    """A stable digest of an ordered list of (chunk id, length)."""
+    h = hashlib.sha256()
+    for cid, length in entries:
+        h.update(f"{cid}:{length}\n".encode())
+    return h.hexdigest()
+
+
+_VERSION_COLUMNS = (
+    objects.c.object_id,
+    object_versions.c.version_id,
+    objects.c.bucket,
+    objects.c.key,
+    object_versions.c.version,
+    object_versions.c.size,
+    object_versions.c.sha256,
+    object_versions.c.manifest_digest,
+    object_versions.c.content_type,
+    object_versions.c.filename,
+    object_versions.c.created_at,
+    object_versions.c.user_metadata,
+)
+
+
+def _info(row: sa.Row) -> VersionInfo:
+    return VersionInfo(
+        object_id=ObjectId(row.object_id),
+        version_id=VersionId(row.version_id),
+        bucket=row.bucket,
+        key=row.key,
+        version=row.version,
+        size=row.size,
+        sha256=row.sha256,
+        manifest_digest=row.manifest_digest,
+        content_type=row.content_type,
+        filename=row.filename,
+        created_at=row.created_at,
+        user_metadata=dict(row.user_metadata or {}),
+    )
+
+
+def _versions_query() -> sa.Select:
+    return sa.select(*_VERSION_COLUMNS).select_from(
+        objects.join(object_versions, object_versions.c.object_id == objects.c.object_id)
+    )
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def object_id_for(db: Database, conn: Connection, bucket: str, key: str) -> str:
+    """The object's id, creating the object on first use (race-safe)."""
+    oid = str(uuid.uuid4())
+    conn.execute(
+        db.insert(objects)
+        .values(object_id=oid, bucket=bucket, key=key, created_at=now())
+        .on_conflict_do_nothing(index_elements=[objects.c.bucket, objects.c.key])
+    )
+    return conn.execute(
+        sa.select(objects.c.object_id).where(objects.c.bucket == bucket, objects.c.key == key)
+    ).scalar_one()
+
+
+def create_version(
+    db: Database,
+    conn: Connection,
+    *,
+    bucket: str,
+    key: str,
+    entries: Sequence[tuple[str, int, int]],
+    sha256: str | None,
+    content_type: str | None,
+    filename: str | None,
+    user_metadata: dict[str, Any],
+    take_refs: bool,
+) -> VersionId:
+    """Create the next version of bucket/key from (chunk id, offset, length) entries.
+
+    With `take_refs` the chunks' reference counts are raised here; without, the caller is
+    handing over references it already holds (an upload's parts becoming a manifest).
+    Runs inside the caller's transaction; the version number is retried on a race.
+    """
+    oid = object_id_for(db, conn, bucket, key)
+    vid = str(uuid.uuid4())
+    size = sum(length for _, _, length in entries)
+    digest = manifest_digest([(cid, length) for cid, _, length in entries])
+    for _attempt in range(20):
+        number = (
+            conn.execute(
+                sa.select(sa.func.max(object_versions.c.version)).where(
+                    object_versions.c.object_id == oid
+                )
+            ).scalar_one_or_none()
+            or 0
+        ) + 1
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    sa.insert(object_versions).values(
+                        version_id=vid,
+                        object_id=oid,
+                        version=number,
+                        size=size,
+                        sha256=sha256,
+                        manifest_digest=digest,
+                        content_type=content_type,
+                        filename=filename,
+                        user_metadata=user_metadata,
+                        state="committed",
+                        created_at=now(),
+                    )
+                )
+            break
+        except IntegrityError:
+            continue  # another writer took this number; take the next
+    else:
+        raise RuntimeError(f"could not allocate a version number for {bucket}/{key}")
+    if entries:
+        conn.execute(
+            sa.insert(manifests),
+            [
+                {"version_id": vid, "seq": i, "chunk_id": cid, "offset": off, "length": length}
+                for i, (cid, off, length) in enumerate(entries)
+            ],
+        )
+    if take_refs:
+        chunk_index.add_refs(conn, Counter(cid for cid, _, _ in entries))
+    return VersionId(vid)
+
+
+def set_sha256(conn: Connection, version_id: str, sha256: str) -> None:
+    conn.execute(
+        sa.update(object_versions)
+        .where(object_versions.c.version_id == version_id)
+        .values(sha256=sha256)
+    )
+
+
+def delete_version(conn: Connection, version_id: str) -> bool:
+    """Delete a version and drop its chunk references; the object goes with its last version."""
+    row = conn.execute(
+        sa.select(object_versions.c.object_id).where(object_versions.c.version_id == version_id)
+    ).one_or_none()
+    if row is None:
+        return False
+    counts = Counter(
+        conn.execute(
+            sa.select(manifests.c.chunk_id).where(manifests.c.version_id == version_id)
+        ).scalars()
+    )
+    conn.execute(sa.delete(manifests).where(manifests.c.version_id == version_id))
+    conn.execute(sa.delete(object_versions).where(object_versions.c.version_id == version_id))
+    chunk_index.drop_refs(conn, counts)
+    left = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(object_versions)
+        .where(object_versions.c.object_id == row.object_id)
+    ).scalar_one()
+    if left == 0:
+        conn.execute(sa.delete(objects).where(objects.c.object_id == row.object_id))
+    return True
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def get_version(conn: Connection, version_id: str) -> VersionInfo | None:
+    row = conn.execute(
+        _versions_query().where(object_versions.c.version_id == version_id)
+    ).one_or_none()
+    return _info(row) if row else None
+
+
+def find_version(
+    conn: Connection,
+    *,
+    bucket: str | None = None,
+    key: str | None = None,
+    object_id: str | None = None,
+    version: int | None = None,
+) -> VersionInfo | None:
+    """A version by bucket/key or object id; the latest unless `version` is given."""
+    q = _versions_query()
+    if object_id is not None:
+        q = q.where(objects.c.object_id == object_id)
+    else:
+        q = q.where(objects.c.bucket == bucket, objects.c.key == key)
+    if version is not None:
+        q = q.where(object_versions.c.version == version)
+    row = conn.execute(q.order_by(object_versions.c.version.desc()).limit(1)).one_or_none()
+    return _info(row) if row else None
+
+
+def list_latest(
+    conn: Connection, *, bucket: str | None, prefix: str, after: str | None, limit: int
+) -> list[VersionInfo]:
+    """Latest version of each object whose key starts with prefix, ordered by bucket, key."""
+    latest = (
+        sa.select(
+            object_versions.c.object_id, sa.func.max(object_versions.c.version).label("v")
+        ).group_by(object_versions.c.object_id)
+    ).subquery()
+    q = _versions_query().join(
+        latest,
+        sa.and_(
+            latest.c.object_id == object_versions.c.object_id,
+            latest.c.v == object_versions.c.version,
+        ),
+    )
+    if bucket is not None:
+        q = q.where(objects.c.bucket == bucket)
+    if prefix:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        q = q.where(objects.c.key.like(escaped + "%", escape="\\"))
+    if after is not None:
+        q = q.where(objects.c.key > after)
+    q = q.order_by(objects.c.bucket, objects.c.key).limit(limit)
+    return [_info(r) for r in conn.execute(q)]
+
+
+def list_versions(conn: Connection, object_id: str) -> list[VersionInfo]:
+    q = _versions_query().where(objects.c.object_id == object_id)
+    return [_info(r) for r in conn.execute(q.order_by(object_versions.c.version.desc()))]
+
+
+def manifest(
+    conn: Connection, version_id: str, start: int = 0, end: int | None = None
+) -> Iterator[ManifestEntry]:
+    """Manifest entries overlapping [start, end), in order."""
+    q = sa.select(manifests).where(manifests.c.version_id == version_id)
+    if start:
+        q = q.where(manifests.c.offset + manifests.c.length > start)
+    if end is not None:
+        q = q.where(manifests.c.offset < end)
+    for r in conn.execute(q.order_by(manifests.c.seq)):
+        yield ManifestEntry(r.seq, ChunkId(r.chunk_id), r.offset, r.length)
+
+
+def chunk_count(conn: Connection, version_id: str) -> int:
+    return conn.execute(
+        sa.select(sa.func.count())
+        .select_from(manifests)
+        .where(manifests.c.version_id == version_id)
+    ).scalar_one()
+
+
+def referencing(conn: Connection, chunk: str, limit: int = 5) -> list[tuple[str, str, int]]:
+    """(bucket, key, version) of versions that use a chunk, for error messages."""
+    q = (
+        sa.select(objects.c.bucket, objects.c.key, object_versions.c.version)
+        .select_from(
+            manifests.join(
+                object_versions, object_versions.c.version_id == manifests.c.version_id
+            ).join(objects, objects.c.object_id == object_versions.c.object_id)
+        )
+        .where(manifests.c.chunk_id == chunk)
+        .distinct()
+        .limit(limit)
+    )
+    return [(r[0], r[1], r[2]) for r in conn.execute(q)]

@@ -1,0 +1,206 @@
+"""The metadata schema (SQLAlchemy Core), one for SQLite and PostgreSQL.
+
+It extends the seed's `chunks` / `object_manifests` tables: a chunk is stored once, keyed by
+its SHA-256; an object version is an ordered manifest of chunk references. Reference counts
+change in the same transaction as the manifests that hold them. Times are Unix seconds.
+Changes go through an Alembic migration in metadata/migrations/versions/.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ChunkIdType = sa.String(64)
+UuidType = sa.String(36)
+Time = sa.Float(precision=53)
+
+# Parameters fixed at first use (chunker, hash, EC), so changing the config never makes old
+# data unreadable: each chunk also records how it was stored.
+store_params = sa.Table(
+    "store_params",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+chunks = sa.Table(
+    "chunks",
+    metadata,
+    sa.Column("chunk_id", ChunkIdType, primary_key=True),
+    sa.Column("raw_size", sa.BigInteger, nullable=False),
+    sa.Column("stored_size", sa.BigInteger, nullable=False),
+    sa.Column("compression", sa.String(8), nullable=False),
+    sa.Column("layout", sa.String(8), nullable=False),
+    sa.Column("ec_k", sa.SmallInteger, nullable=False),
+    sa.Column("ec_m", sa.SmallInteger, nullable=False),
+    sa.Column("shard_size", sa.BigInteger, nullable=False),
+    sa.Column("generation", sa.String(16), nullable=False),
+    sa.Column("inline_data", sa.LargeBinary, nullable=True),
+    sa.Column("tier", sa.String(8), nullable=False, server_default="hot"),
+    sa.Column("refcount", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("zero_since", Time, nullable=True),
+    sa.Column("last_read_at", Time, nullable=True),
+    sa.Index(None, "refcount", "zero_since"),
+)
+
+shards = sa.Table(
+    "shards",
+    metadata,
+    sa.Column(
+        "chunk_id",
+        ChunkIdType,
+        sa.ForeignKey("chunks.chunk_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("shard_index", sa.SmallInteger, primary_key=True),
+    sa.Column("backend", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(255), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("checksum", sa.String(32), nullable=False),
+    sa.Index(None, "backend", "key"),
+)
+
+objects = sa.Table(
+    "objects",
+    metadata,
+    sa.Column("object_id", UuidType, primary_key=True),
+    sa.Column("bucket", sa.String(63), nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.UniqueConstraint("bucket", "key"),
+)
+
+object_versions = sa.Table(
+    "object_versions",
+    metadata,
+    sa.Column("version_id", UuidType, primary_key=True),
+    sa.Column(
+        "object_id",
+        UuidType,
+        sa.ForeignKey("objects.object_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=True),  # null until computed (concatenations)
+    sa.Column("manifest_digest", sa.String(64), nullable=False),
+    sa.Column("content_type", sa.String(255), nullable=True),
+    sa.Column("filename", sa.String(1024), nullable=True),
+    sa.Column("user_metadata", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.UniqueConstraint("object_id", "version"),
+)
+
+manifests = sa.Table(
+    "manifests",
+    metadata,
+    sa.Column(
+        "version_id",
+        UuidType,
+        sa.ForeignKey("object_versions.version_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("chunk_id", ChunkIdType, sa.ForeignKey("chunks.chunk_id"), nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Index(None, "version_id", "offset"),
+    sa.Index(None, "chunk_id"),
+)
+
+# An upload in progress (tus, native session or local put). Its durable bytes are the chunks
+# in upload_parts plus the staged tail; `hash_state` is the whole-file SHA-256 state at
+# `committed_offset`, so the digest is ready when the last byte lands.
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("upload_id", UuidType, primary_key=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("state", sa.String(12), nullable=False),
+    sa.Column("bucket", sa.String(63), nullable=True),
+    sa.Column("key", sa.String(1024), nullable=True),
+    sa.Column("length", sa.BigInteger, nullable=True),  # null while deferred
+    sa.Column("committed_offset", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("tail_length", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("next_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("hash_state", sa.LargeBinary, nullable=True),
+    sa.Column("expected_sha256", sa.String(64), nullable=True),
+    sa.Column("content_type", sa.String(255), nullable=True),
+    sa.Column("filename", sa.String(1024), nullable=True),
+    sa.Column("user_metadata", sa.JSON, nullable=False),
+    sa.Column("is_partial", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("concat_of", sa.JSON, nullable=True),
+    sa.Column("version_id", UuidType, nullable=True),
+    sa.Column("lock_owner", sa.String(64), nullable=True),
+    sa.Column("lock_expires", Time, nullable=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("expires_at", Time, nullable=True),
+    sa.Index(None, "state", "expires_at"),
+)
+
+upload_parts = sa.Table(
+    "upload_parts",
+    metadata,
+    sa.Column(
+        "upload_id",
+        UuidType,
+        sa.ForeignKey("uploads.upload_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("chunk_id", ChunkIdType, sa.ForeignKey("chunks.chunk_id"), nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Index(None, "chunk_id"),
+)
+
+# Bytes received after the last chunk cut, staged in the database (at most one max-size
+# chunk) so the offset can be acknowledged and any node can continue the upload.
+upload_tails = sa.Table(
+    "upload_tails",
+    metadata,
+    sa.Column(
+        "upload_id",
+        UuidType,
+        sa.ForeignKey("uploads.upload_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+# Chunks a native upload session holds (pinned: counted in refcount) before its manifest.
+upload_pins = sa.Table(
+    "upload_pins",
+    metadata,
+    sa.Column(
+        "upload_id",
+        UuidType,
+        sa.ForeignKey("uploads.upload_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("chunk_id", ChunkIdType, sa.ForeignKey("chunks.chunk_id"), primary_key=True),
+)
+
+# Chunks found with missing or corrupt shards on read or scrub, for repair.
+repair_queue = sa.Table(
+    "repair_queue",
+    metadata,
+    sa.Column("chunk_id", ChunkIdType, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("bad_shards", sa.JSON, nullable=False),
+    sa.Column("first_seen", Time, nullable=False),
+    sa.Column("last_seen", Time, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False, server_default="1"),
+)

@@ -1,0 +1,351 @@
+"""Queries on uploads in progress: sessions, their durable parts and staged tail, and locks.
+
+An upload's durable offset is `committed_offset` (bytes in upload_parts) plus `tail_length`
+(bytes staged in upload_tails). Both change only together, in one transaction, and only by the
+holder of the upload's lock lease, so no two writers ever interleave.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgestore.errors import OffsetConflict, UploadGone, UploadLocked, UploadNotFound
+from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata.db import now
+from edgestore.metadata.schema import upload_parts, upload_pins, upload_tails, uploads
+from edgestore.types import UploadId
+
+OPEN, COMPLETE, TERMINATED, EXPIRED = "open", "complete", "terminated", "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    upload_id: UploadId
+    kind: str
+    state: str
+    bucket: str | None
+    key: str | None
+    length: int | None
+    committed_offset: int
+    tail_length: int
+    next_seq: int
+    hash_state: bytes | None
+    expected_sha256: str | None
+    content_type: str | None
+    filename: str | None
+    user_metadata: dict[str, Any]
+    is_partial: bool
+    concat_of: list[str] | None
+    version_id: str | None
+    created_at: float
+    updated_at: float
+    expires_at: float | None
+    lock_owner: str | None = None
+    lock_expires: float | None = None
+
+    @property
+    def offset(self) -> int:
+        """Durable bytes: what a HEAD reports and where the next append must start."""
+        return self.committed_offset + self.tail_length
+
+
+@dataclass(frozen=True, slots=True)
+class NewPart:
+    chunk_id: str
+    offset: int
+    length: int
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """What one append transaction makes durable."""
+
+    parts: list[NewPart] = field(default_factory=list)
+    hash_state: bytes | None = None
+    tail: bytes | None = None  # None: keep no tail
+
+
+def _record(row: sa.Row) -> UploadRecord:
+    return UploadRecord(
+        upload_id=UploadId(row.upload_id),
+        kind=row.kind,
+        state=row.state,
+        bucket=row.bucket,
+        key=row.key,
+        length=row.length,
+        committed_offset=row.committed_offset,
+        tail_length=row.tail_length,
+        next_seq=row.next_seq,
+        hash_state=row.hash_state,
+        expected_sha256=row.expected_sha256,
+        content_type=row.content_type,
+        filename=row.filename,
+        user_metadata=dict(row.user_metadata or {}),
+        is_partial=bool(row.is_partial),
+        concat_of=list(row.concat_of) if row.concat_of is not None else None,
+        version_id=row.version_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        expires_at=row.expires_at,
+        lock_owner=row.lock_owner,
+        lock_expires=row.lock_expires,
+    )
+
+
+def create(
+    conn: Connection,
+    *,
+    kind: str,
+    bucket: str | None,
+    key: str | None,
+    length: int | None,
+    expires_at: float | None,
+    hash_state: bytes | None,
+    content_type: str | None = None,
+    filename: str | None = None,
+    user_metadata: dict[str, Any] | None = None,
+    is_partial: bool = False,
+    concat_of: list[str] | None = None,
+    expected_sha256: str | None = None,
+) -> UploadId:
+    uid = str(uuid.uuid4())
+    t = now()
+    conn.execute(
+        sa.insert(uploads).values(
+            upload_id=uid,
+            kind=kind,
+            state=OPEN,
+            bucket=bucket,
+            key=key,
+            length=length,
+            committed_offset=0,
+            tail_length=0,
+            next_seq=0,
+            hash_state=hash_state,
+            expected_sha256=expected_sha256,
+            content_type=content_type,
+            filename=filename,
+            user_metadata=user_metadata or {},
+            is_partial=is_partial,
+            concat_of=concat_of,
+            created_at=t,
+            updated_at=t,
+            expires_at=expires_at,
+        )
+    )
+    return UploadId(uid)
+
+
+def get(conn: Connection, upload_id: str) -> UploadRecord:
+    """The upload, or UploadNotFound. Expired and terminated uploads are returned as such."""
+    try:
+        uuid.UUID(upload_id)
+    except ValueError:
+        raise UploadNotFound(f"upload {upload_id!r} not found") from None
+    row = conn.execute(sa.select(uploads).where(uploads.c.upload_id == upload_id)).one_or_none()
+    if row is None:
+        raise UploadNotFound(f"upload {upload_id} not found")
+    return _record(row)
+
+
+def get_open(conn: Connection, upload_id: str) -> UploadRecord:
+    """The upload if it can still take bytes; UploadGone if expired or terminated."""
+    rec = get(conn, upload_id)
+    if rec.state in (TERMINATED, EXPIRED) or (
+        rec.state == OPEN and rec.expires_at is not None and rec.expires_at < now()
+    ):
+        raise UploadGone(
+            f"upload {upload_id} has {'expired' if rec.state != TERMINATED else 'been terminated'}"
+        )
+    return rec
+
+
+def tail(conn: Connection, upload_id: str) -> bytes:
+    data = conn.execute(
+        sa.select(upload_tails.c.data).where(upload_tails.c.upload_id == upload_id)
+    ).scalar_one_or_none()
+    return bytes(data) if data is not None else b""
+
+
+def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
+    """(chunk id, offset, length) of the upload's durable chunks, in order."""
+    rows = conn.execute(
+        sa.select(upload_parts.c.chunk_id, upload_parts.c.offset, upload_parts.c.length)
+        .where(upload_parts.c.upload_id == upload_id)
+        .order_by(upload_parts.c.seq)
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+# --- locks (leases) -------------------------------------------------------------------------
+
+
+def acquire_lock(conn: Connection, upload_id: str, owner: str, lease: float) -> None:
+    """Take the upload's write lease, or raise UploadLocked while someone else holds it."""
+    t = now()
+    res = conn.execute(
+        sa.update(uploads)
+        .where(
+            uploads.c.upload_id == upload_id,
+            sa.or_(
+                uploads.c.lock_owner.is_(None),
+                uploads.c.lock_owner == owner,
+                uploads.c.lock_expires < t,
+            ),
+        )
+        .values(lock_owner=owner, lock_expires=t + lease)
+    )
+    if res.rowcount != 1:
+        get(conn, upload_id)  # UploadNotFound if it does not exist at all
+        raise UploadLocked(f"upload {upload_id} is being written by another request")
+
+
+def renew_lock(conn: Connection, upload_id: str, owner: str, lease: float) -> bool:
+    res = conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id, uploads.c.lock_owner == owner)
+        .values(lock_expires=now() + lease)
+    )
+    return res.rowcount == 1
+
+
+def release_lock(conn: Connection, upload_id: str, owner: str) -> None:
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id, uploads.c.lock_owner == owner)
+        .values(lock_owner=None, lock_expires=None)
+    )
+
+
+# --- appending --------------------------------------------------------------------------------
+
+
+def checkpoint(
+    conn: Connection,
+    upload_id: str,
+    owner: str,
+    *,
+    expected_committed: int,
+    cp: Checkpoint,
+    lease: float,
+) -> UploadRecord:
+    """Make parts (and the new tail) durable, atomically; the caller must hold the lease."""
+    rec = get(conn, upload_id)
+    if rec.lock_owner != owner:
+        raise UploadLocked(f"upload {upload_id} was taken over by another request")
+    if rec.state != OPEN:
+        raise UploadGone(f"upload {upload_id} is {rec.state}")
+    if rec.committed_offset != expected_committed:
+        raise OffsetConflict(
+            f"upload {upload_id} moved to {rec.offset} under us", expected=rec.offset
+        )
+    offset, seq = rec.committed_offset, rec.next_seq
+    rows = []
+    for p in cp.parts:
+        if p.offset != offset:
+            raise AssertionError(f"part at {p.offset} does not follow {offset}")
+        rows.append(
+            {
+                "upload_id": upload_id,
+                "seq": seq,
+                "chunk_id": p.chunk_id,
+                "offset": p.offset,
+                "length": p.length,
+            }
+        )
+        offset += p.length
+        seq += 1
+    if rows:
+        chunk_index.add_refs(conn, Counter(p.chunk_id for p in cp.parts))
+        conn.execute(sa.insert(upload_parts), rows)
+    conn.execute(sa.delete(upload_tails).where(upload_tails.c.upload_id == upload_id))
+    if cp.tail:
+        conn.execute(sa.insert(upload_tails).values(upload_id=upload_id, data=cp.tail))
+    values: dict[str, Any] = {
+        "committed_offset": offset,
+        "next_seq": seq,
+        "tail_length": len(cp.tail or b""),
+        "updated_at": now(),
+        "lock_expires": now() + lease,
+    }
+    if cp.hash_state is not None:
+        values["hash_state"] = cp.hash_state
+    conn.execute(sa.update(uploads).where(uploads.c.upload_id == upload_id).values(**values))
+    return get(conn, upload_id)
+
+
+def set_length(conn: Connection, upload_id: str, length: int) -> None:
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id, uploads.c.length.is_(None))
+        .values(length=length, updated_at=now())
+    )
+
+
+def mark_complete(conn: Connection, upload_id: str, version_id: str | None) -> None:
+    """The upload is done; its parts were handed over to a version (or kept, if partial)."""
+    if version_id is not None:
+        conn.execute(sa.delete(upload_parts).where(upload_parts.c.upload_id == upload_id))
+    conn.execute(sa.delete(upload_tails).where(upload_tails.c.upload_id == upload_id))
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id)
+        .values(
+            state=COMPLETE,
+            version_id=version_id,
+            tail_length=0,
+            hash_state=None,
+            lock_owner=None,
+            lock_expires=None,
+            updated_at=now(),
+        )
+    )
+
+
+def release_data(conn: Connection, upload_id: str, state: str) -> None:
+    """Drop everything the upload holds (parts, pins, tail) and mark it terminated/expired."""
+    counts = Counter(
+        conn.execute(
+            sa.select(upload_parts.c.chunk_id).where(upload_parts.c.upload_id == upload_id)
+        ).scalars()
+    )
+    counts.update(
+        conn.execute(
+            sa.select(upload_pins.c.chunk_id).where(upload_pins.c.upload_id == upload_id)
+        ).scalars()
+    )
+    conn.execute(sa.delete(upload_parts).where(upload_parts.c.upload_id == upload_id))
+    conn.execute(sa.delete(upload_pins).where(upload_pins.c.upload_id == upload_id))
+    conn.execute(sa.delete(upload_tails).where(upload_tails.c.upload_id == upload_id))
+    chunk_index.drop_refs(conn, counts)
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id)
+        .values(
+            state=state,
+            committed_offset=0,
+            tail_length=0,
+            hash_state=None,
+            lock_owner=None,
+            lock_expires=None,
+            updated_at=now(),
+        )
+    )
+
+
+def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> list[str]:
+    """Uploads to reclaim: open ones past their expiry, local puts whose process died."""
+    q = sa.select(uploads.c.upload_id).where(
+        uploads.c.state == OPEN,
+        sa.or_(
+            uploads.c.expires_at < t,
+            sa.and_(uploads.c.kind == "local", uploads.c.updated_at < local_before),
+        ),
+    )
+    return list(conn.execute(q.limit(limit)).scalars())

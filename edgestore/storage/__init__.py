@@ -1,0 +1,1 @@
+"""Where shard bytes live: backends behind one small protocol, and shard placement."""

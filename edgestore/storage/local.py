@@ -1,0 +1,202 @@
+"""A data dir on a local disk as a storage backend, and the one durable-write function.
+
+A data dir is claimed by a marker file naming the store; a dir without it (say, a disk that
+failed to mount, leaving an empty mount point) is refused rather than silently filled.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from edgestore.errors import ShardMissing, StorageError, StorageFull, StorageUnavailable
+from edgestore.storage.backend import BlobInfo, Buffer, Usage
+
+MARKER = ".edgestore-datadir"
+TMP_SUFFIX = ".tmp"
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def storage_error(exc: OSError, where: Path | str) -> StorageError:
+    """Translate an OSError into the domain error that says what the operator must fix."""
+    if exc.errno in _FULL:
+        return StorageFull(f"data dir {where} is full: {exc.strerror}")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageUnavailable(f"data dir {where} is not writable: {exc.strerror}")
+    if exc.errno == errno.ENOENT:
+        return StorageUnavailable(f"data dir {where} is missing: {exc.strerror}")
+    return StorageUnavailable(f"data dir {where} failed: {exc.strerror or exc}")
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, parts: Sequence[Buffer]) -> None:
+    """Write a file so that after return it survives a crash: tmp, fsync, rename, fsync dir.
+
+    Readers never see a partial file: until the rename the bytes live under a temporary name,
+    which garbage collection removes if the process dies first.
+    """
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            views = [memoryview(p) for p in parts]
+            while views:
+                written = os.writev(fd, views)
+                while views and written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                if views and written:
+                    views[0] = views[0][written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+class LocalBackend:
+    """Blobs as files under one directory, fanned out by key prefix."""
+
+    def __init__(self, name: str, root: Path, store_id: str | None = None) -> None:
+        self.name = name
+        self.root = Path(root)
+        self.store_id = store_id
+        self._known_dirs: set[Path] = set()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.name!r}, {str(self.root)!r})"
+
+    # --- claiming the directory ---------------------------------------------------------------
+
+    def initialise(self) -> None:
+        """Create the dir and its marker (first start of a new store only)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            marker = self.root / MARKER
+            if not marker.exists():
+                body = json.dumps({"store_id": self.store_id, "name": self.name}).encode()
+                write_durably(marker, [body])
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None
+
+    def check(self) -> None:
+        marker = self.root / MARKER
+        try:
+            info = json.loads(marker.read_bytes())
+        except FileNotFoundError:
+            if not self.root.is_dir():
+                raise StorageUnavailable(f"data dir {self.root} is missing") from None
+            raise StorageUnavailable(
+                f"data dir {self.root} has no {MARKER} marker: not initialised for this store "
+                "(an unmounted disk?)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise StorageUnavailable(f"data dir {self.root} cannot be read: {exc}") from None
+        if self.store_id is not None and info.get("store_id") != self.store_id:
+            raise StorageUnavailable(
+                f"data dir {self.root} belongs to another store ({info.get('store_id')})"
+            )
+        if not os.access(self.root, os.W_OK):
+            raise StorageUnavailable(f"data dir {self.root} is not writable")
+
+    def usage(self) -> Usage:
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None
+        return Usage(total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bavail * st.f_frsize)
+
+    # --- blobs ----------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root / key
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"data dir {self.root} is missing")
+        missing = []
+        d = directory
+        while not d.exists() and d != self.root:
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                pass
+            fsync_dir(d.parent)  # the new entry must survive a crash too
+        self._known_dirs.add(directory)
+
+    def put(self, key: str, parts: Sequence[Buffer]) -> None:
+        path = self._path(key)
+        try:
+            self._ensure_dir(path.parent)
+            write_durably(path, parts)
+        except OSError as exc:
+            self._known_dirs.discard(path.parent)
+            raise storage_error(exc, self.root) from None
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ShardMissing(f"{key} not found in data dir {self.root}") from None
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None
+
+    def stat(self, key: str) -> BlobInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None
+        return BlobInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"data dir {self.root} is missing")
+        root = str(self.root)
+        for dirpath, _dirnames, filenames in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            for fn in filenames:
+                key = fn if rel == "." else f"{rel}/{fn}"
+                if key == MARKER or not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, fn))
+                except FileNotFoundError:
+                    continue
+                yield BlobInfo(key=key, size=st.st_size, mtime=st.st_mtime)

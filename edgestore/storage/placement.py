@@ -1,0 +1,38 @@
+"""Shard placement: which backend holds which shard of a chunk (pure).
+
+The start backend rotates with the chunk id, so load spreads evenly and two nodes placing the
+same chunk choose the same backends. Shards of a chunk never share a backend while there are
+at least as many backends as shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edgestore.types import ChunkId
+
+
+def place(chunk: ChunkId, shard_count: int, backends: Sequence[str]) -> list[str]:
+    """Backend name for each shard index 0..shard_count-1."""
+    if not backends:
+        raise ValueError("no backends to place shards on")
+    start = int(chunk[:8], 16) % len(backends)
+    return [backends[(start + i) % len(backends)] for i in range(shard_count)]
+
+
+def shard_key(chunk: ChunkId, generation: str, shard_index: int) -> str:
+    """Blob key of a shard: fanned out by the chunk id's first bytes, unique per write.
+
+    The generation (random per write) keeps two writers of the same chunk, or a writer and a
+    garbage collector, from ever touching each other's files.
+    """
+    return f"{chunk[:2]}/{chunk[2:4]}/{chunk}.{generation}.{shard_index}"
+
+
+def parse_shard_key(key: str) -> tuple[ChunkId, str, int] | None:
+    """Inverse of shard_key; None for anything that is not a shard key."""
+    name = key.rsplit("/", 1)[-1]
+    parts = name.split(".")
+    if len(parts) != 3 or len(parts[0]) != 64 or not parts[2].isdigit():
+        return None
+    return ChunkId(parts[0]), parts[1], int(parts[2])
