@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgestore.codec import compression
@@ -16,7 +17,7 @@ from edgestore.codec.erasure import ReedSolomon
 from edgestore.codec.hashing import ResumableSha256
 from edgestore.config import Settings
 from edgestore.engine.dedup import ChunkWriter, RedundancyPolicy
-from edgestore.engine.pipeline import CpuPool
+from edgestore.engine.pipeline import CpuPool, tune_allocator
 from edgestore.engine.read import ChunkReader, ShardFault
 from edgestore.errors import SelfTestFailed, StoreParamsMismatch
 from edgestore.metadata import chunks as chunk_index
@@ -39,6 +40,7 @@ class EngineCore:
     writer: ChunkWriter
     reader: ChunkReader
     params: dict[str, str]
+    io_pool: ThreadPoolExecutor
 
     @property
     def store_id(self) -> str:
@@ -46,6 +48,7 @@ class EngineCore:
 
     def close(self) -> None:
         self.pool.shutdown()
+        self.io_pool.shutdown(wait=True, cancel_futures=True)
         self.db.close()
 
 
@@ -125,7 +128,13 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             recorded["store_id"],
             initialise=is_new or initialise_dirs,
         )
+        tune_allocator()
         pool = CpuPool(settings.workers)
+        # Shard writes mostly wait on fsync: enough threads for every shard of every chunk
+        # the CPU pool can have in flight.
+        io_pool = ThreadPoolExecutor(
+            max(len(dirs.backends), 1) * settings.workers, thread_name_prefix="edgestore-io"
+        )
 
         def on_faults(chunk: str, faults: list[ShardFault]) -> None:
             reason = "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults)
@@ -144,9 +153,10 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             dirs=dirs,
             pool=pool,
             policy=policy,
-            writer=ChunkWriter(settings, db, dirs, policy),
+            writer=ChunkWriter(settings, db, dirs, policy, io_pool),
             reader=ChunkReader(dirs, ec_backend or None, on_faults),
             params=recorded,
+            io_pool=io_pool,
         )
     except BaseException:
         db.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgestore.codec import compression, shardfile
@@ -85,12 +86,14 @@ class ChunkWriter:
         db: Database,
         dirs: DataDirs,
         policy: RedundancyPolicy,
+        io_pool: ThreadPoolExecutor,
     ) -> None:
         self._settings = settings
         self._db = db
         self._dirs = dirs
         self._policy = policy
         self._inflight = InflightDedup()
+        self._io = io_pool
 
     def store(self, raw: bytes) -> StoredChunk:
         """Store a chunk unless already stored; thread-safe; returns once durable."""
@@ -163,33 +166,29 @@ class ChunkWriter:
         payloads = redundancy.codec.encode(stored)
         placement = place(cid, len(payloads), names)
         refs: list[ShardRef] = []
-        try:
-            for index, (payload, backend_name) in enumerate(zip(payloads, placement, strict=True)):
-                header = shardfile.make_header(
-                    cid,
-                    redundancy.layout,
-                    index,
-                    redundancy.k,
-                    redundancy.m,
-                    codec,
-                    len(stored),
-                    payload,
-                )
-                key = shard_key(cid, generation, index)
-                self._dirs.backends[backend_name].put(key, shardfile.pack(header, payload))
-                refs.append(
-                    ShardRef(
-                        cid,
-                        index,
-                        backend_name,
-                        key,
-                        len(payload),
-                        header.payload_checksum,
-                    )
-                )
-        except BaseException:
+        writes = []
+        for index, (payload, backend_name) in enumerate(zip(payloads, placement, strict=True)):
+            header = shardfile.make_header(
+                cid,
+                redundancy.layout,
+                index,
+                redundancy.k,
+                redundancy.m,
+                codec,
+                len(stored),
+                payload,
+            )
+            key = shard_key(cid, generation, index)
+            refs.append(
+                ShardRef(cid, index, backend_name, key, len(payload), header.payload_checksum)
+            )
+            backend = self._dirs.backends[backend_name]
+            # Shards go to different disks: write them at once, so their fsyncs overlap.
+            writes.append(self._io.submit(backend.put, key, shardfile.pack(header, payload)))
+        errors = [exc for exc in (w.exception() for w in writes) if exc is not None]
+        if errors:
             self._delete_shards(refs)  # no row will point at these; don't wait for gc
-            raise
+            raise errors[0]
         return refs
 
     def _delete_shards(self, refs: list[ShardRef]) -> None:

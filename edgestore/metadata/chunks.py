@@ -254,9 +254,10 @@ def delete_if_unreferenced(conn: Connection, chunk: str, before: float) -> list[
     return list(refs.shards)
 
 
-def shard_keys(conn: Connection, backend: str) -> set[str]:
-    """Every shard key the index knows on one backend (for finding orphan files)."""
-    return set(conn.execute(sa.select(shards.c.key).where(shards.c.backend == backend)).scalars())
+def shard_keys(conn: Connection, backend: str, prefix: str) -> set[str]:
+    """Shard keys the index knows on one backend under a key prefix (to find orphan files)."""
+    q = sa.select(shards.c.key).where(shards.c.backend == backend, shards.c.key.like(prefix + "%"))
+    return set(conn.execute(q).scalars())
 
 
 def reference_mismatches(conn: Connection) -> list[tuple[str, int, int]]:

@@ -8,14 +8,11 @@ when the operator asks (`edgestore init`); afterwards a dir without its marker s
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgestore.errors import StorageUnavailable
 from edgestore.storage.local import MARKER, LocalBackend
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +21,7 @@ class DataDirs:
 
     backends: dict[str, LocalBackend] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    single_disk: bool = False  # several dirs, one filesystem: bitrot protection only
 
     @property
     def names(self) -> list[str]:
@@ -74,11 +72,13 @@ def open_data_dirs(paths: list[Path], store_id: str, *, initialise: bool) -> Dat
             backend.check()
         except StorageUnavailable as exc:
             dirs.unavailable[name] = str(exc)
-            log.warning("%s", exc)
-    if len({p.resolve().stat().st_dev for p in paths if p.exists()}) == 1 and len(paths) > 1:
-        log.warning(
-            "all %d data dirs are on one disk: erasure coding then protects against bitrot, "
-            "not against losing the disk; give each data dir its own disk",
-            len(paths),
-        )
+    dirs.single_disk = len(paths) > 1 and (
+        len({p.resolve().stat().st_dev for p in paths if p.exists()}) == 1
+    )
     return dirs
+
+
+SINGLE_DISK_WARNING = (
+    "all data dirs are on one disk: erasure coding then protects against bitrot, not against "
+    "losing the disk; give each data dir its own disk (EDGESTORE_DATA_DIRS)"
+)

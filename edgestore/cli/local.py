@@ -1,0 +1,323 @@
+"""Local-mode commands: work on the store in --home directly, without a server."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, BinaryIO
+
+import typer
+
+from edgestore.cli import output
+from edgestore.cli.context import CliState
+from edgestore.cli.main import app
+from edgestore.engine import ObjectSelector, VersionInfo
+from edgestore.engine.dedup import StoredChunk
+from edgestore.engine.keys import DEFAULT_BUCKET
+from edgestore.engine.objects import is_object_id
+from edgestore.errors import InvalidInput
+from edgestore.maintenance import gc
+from edgestore.storage.datadirs import SINGLE_DISK_WARNING
+
+READ_BLOCK = 1024 * 1024
+
+BucketOpt = Annotated[str, typer.Option("--bucket", "-b", help="Bucket.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+VersionOpt = Annotated[
+    int | None, typer.Option("--version", "-V", help="Version number (default: latest).")
+]
+
+
+def _selector(ref: str, bucket: str, version: int | None) -> ObjectSelector:
+    if is_object_id(ref):
+        return ObjectSelector(object_id=ref.lower(), version=version)
+    return ObjectSelector(bucket=bucket, key=ref, version=version)
+
+
+def _read_blocks(f: BinaryIO) -> Iterator[bytes]:
+    while block := f.read(READ_BLOCK):
+        yield block
+
+
+def _version_fields(v: VersionInfo) -> list[tuple[str, str]]:
+    return [
+        ("key", f"{v.bucket}/{v.key}"),
+        ("object id", v.object_id),
+        ("version", str(v.version)),
+        ("size", f"{v.size} ({output.human_bytes(v.size)})"),
+        ("sha256", v.sha256 or "(not yet computed)"),
+        ("etag", v.etag),
+        ("content type", v.content_type or "-"),
+        ("filename", v.filename or "-"),
+        ("created", output.when(v.created_at)),
+    ]
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the store (if new) and claim data dirs added to the configuration."""
+    state: CliState = ctx.obj
+    with state.engine(initialise_dirs=True) as engine:
+        dirs = engine.core.dirs
+        for name in dirs.names:
+            status = dirs.unavailable.get(name, "ok")
+            output.out.print(f"{name}: {dirs.backends[name].root} ({status})", highlight=False)
+        if dirs.single_disk:
+            output.note(f"warning: {SINGLE_DISK_WARNING}")
+        output.out.print(f"store {engine.core.store_id} ready", highlight=False)
+
+
+@app.command()
+def put(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="File to store; '-' reads standard input.")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="Key (default: file name).")
+    ] = None,
+    content_type: Annotated[str | None, typer.Option("--content-type")] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Store FILE as the next version of bucket/key (deduplicated, compressed, erasure-coded)."""
+    state: CliState = ctx.obj
+    stdin = str(file) == "-"
+    if stdin and key is None:
+        raise InvalidInput("reading standard input needs --key")
+    key = key or file.name
+    total = None if stdin else file.stat().st_size
+    stats = {"chunks": 0, "new_chunks": 0, "dedup_bytes": 0, "stored_bytes": 0}
+
+    def on_chunk(c: StoredChunk) -> None:
+        stats["chunks"] += 1
+        if c.is_new:
+            stats["new_chunks"] += 1
+            stats["stored_bytes"] += c.stored_size
+        else:
+            stats["dedup_bytes"] += c.raw_size
+
+    started = time.monotonic()
+    with state.engine() as engine:
+        source: BinaryIO = sys.stdin.buffer if stdin else open(file, "rb")  # noqa: SIM115
+        try:
+            with output.Transfer(f"put {key}", total, quiet=quiet or json_out) as bar:
+                version = engine.put(
+                    bar.track(_read_blocks(source)),
+                    bucket=bucket,
+                    key=key,
+                    content_type=content_type,
+                    filename=None if stdin else file.name,
+                    on_chunk=on_chunk,
+                )
+        finally:
+            if not stdin:
+                source.close()
+    seconds = time.monotonic() - started
+    if json_out:
+        output.emit_json({"version": version, "seconds": seconds, **stats})
+        return
+    output.fields(
+        [
+            *_version_fields(version),
+            ("chunks", f"{stats['chunks']} ({stats['new_chunks']} new)"),
+            ("deduplicated", output.human_bytes(stats["dedup_bytes"])),
+            ("written", output.human_bytes(stats["stored_bytes"])),
+            ("rate", f"{output.human_bytes(version.size / max(seconds, 1e-9))}/s"),
+        ]
+    )
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(metavar="KEY|ID", help="Object key or object id.")],
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output file ('-' for stdout; default: key's name)."),
+    ] = None,
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    version: VersionOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write an object version to a file, verified chunk by chunk."""
+    state: CliState = ctx.obj
+    with state.engine() as engine:
+        info = engine.objects.stat(_selector(ref, bucket, version))
+        target = out_path or Path(Path(info.key).name or info.object_id)
+        if str(target) == "-":
+            for piece in engine.objects.read(info):
+                sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.flush()
+            return
+        partial = target.with_name(target.name + ".part")
+        with (
+            open(partial, "wb") as f,
+            output.Transfer(f"get {info.key}", info.size, quiet=quiet) as bar,
+        ):
+            for piece in engine.objects.read(info):
+                f.write(piece)
+                bar.advance(len(piece))
+        os.replace(partial, target)
+    if not quiet:
+        output.note(f"wrote {target} ({output.human_bytes(info.size)})")
+
+
+@app.command("ls")
+def list_objects(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Argument(help="Key prefix.")] = "",
+    bucket: Annotated[
+        str | None, typer.Option("--bucket", "-b", help="Bucket (default: all).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 1000,
+    json_out: JsonOpt = False,
+) -> None:
+    """List objects (latest versions) by key prefix."""
+    state: CliState = ctx.obj
+    with state.engine() as engine:
+        found = engine.objects.list(bucket=bucket, prefix=prefix, limit=limit)
+    if json_out:
+        output.emit_json(found)
+        return
+    output.table(
+        ["bucket", "key", "version", "size", "modified", "object id"],
+        (
+            [
+                v.bucket,
+                v.key,
+                str(v.version),
+                output.human_bytes(v.size),
+                output.when(v.created_at),
+                v.object_id,
+            ]
+            for v in found
+        ),
+    )
+
+
+@app.command()
+def stat(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(metavar="KEY|ID")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    version: VersionOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show an object version and the object's version history."""
+    state: CliState = ctx.obj
+    with state.engine() as engine:
+        info = engine.objects.stat(_selector(ref, bucket, version))
+        history = engine.objects.versions(info.object_id)
+        chunks = len(engine.objects.manifest(info))
+    if json_out:
+        output.emit_json({"version": info, "chunks": chunks, "versions": history})
+        return
+    output.fields([*_version_fields(info), ("chunks", str(chunks))])
+    output.table(
+        ["version", "size", "sha256", "created"],
+        (
+            [
+                str(v.version),
+                output.human_bytes(v.size),
+                (v.sha256 or "-")[:16],
+                output.when(v.created_at),
+            ]
+            for v in history
+        ),
+        title="versions",
+    )
+
+
+@app.command()
+def rm(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(metavar="KEY|ID")],
+    bucket: BucketOpt = DEFAULT_BUCKET,
+    version: VersionOpt = None,
+    all_versions: Annotated[bool, typer.Option("--all", help="Delete every version.")] = False,
+) -> None:
+    """Delete an object version (the latest by default); space returns after `gc`."""
+    state: CliState = ctx.obj
+    with state.engine() as engine:
+        info = engine.objects.stat(_selector(ref, bucket, version))
+        doomed = engine.objects.versions(info.object_id) if all_versions else [info]
+        for v in doomed:
+            engine.objects.delete(v)
+            output.note(f"deleted {v.bucket}/{v.key} version {v.version}")
+
+
+@app.command()
+def du(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Space used: logical, unique (after dedup), stored (after compression and redundancy)."""
+    state: CliState = ctx.obj
+    with state.engine() as engine:
+        u = engine.objects.usage()
+        single_disk = engine.core.dirs.single_disk
+    if json_out:
+        output.emit_json(
+            {
+                **output.as_json(u),
+                "dedup_ratio": u.dedup_ratio,
+                "compression_ratio": u.compression_ratio,
+                "redundancy_overhead": u.redundancy_overhead,
+            }
+        )
+        return
+    output.fields(
+        [
+            ("objects", f"{u.objects} ({u.versions} versions, {u.open_uploads} uploads open)"),
+            ("logical bytes", output.human_bytes(u.logical_bytes)),
+            ("unique bytes", f"{output.human_bytes(u.unique_bytes)} in {u.chunks} chunks"),
+            ("compressed bytes", output.human_bytes(u.compressed_bytes)),
+            ("stored bytes", output.human_bytes(u.stored_bytes)),
+            ("dedup ratio", f"{u.dedup_ratio:.2f}x"),
+            ("compression ratio", f"{u.compression_ratio:.2f}x"),
+            ("redundancy overhead", f"{u.redundancy_overhead:.2f}x"),
+        ]
+    )
+    if single_disk:
+        output.note(f"warning: {SINGLE_DISK_WARNING}")
+
+
+@app.command("gc")
+def collect_garbage(
+    ctx: typer.Context,
+    grace: Annotated[
+        float | None,
+        typer.Option(help="Spare garbage younger than this many seconds (default: config)."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove expired uploads, unreferenced chunks and orphan shard files."""
+    state: CliState = ctx.obj
+    with state.engine() as engine:
+        status = output.err.status("collecting garbage…") if not json_out else None
+        if status:
+            status.start()
+        try:
+            report = gc.collect(
+                engine,
+                grace=grace,
+                progress=lambda stage, n: status.update(f"gc: {stage} {n}") if status else None,
+            )
+        finally:
+            if status:
+                status.stop()
+    if json_out:
+        output.emit_json(report)
+        return
+    output.fields(
+        [
+            ("uploads expired", str(report.uploads_expired)),
+            ("chunks deleted", str(report.chunks_deleted)),
+            ("shard files deleted", str(report.shard_files_deleted)),
+            ("bytes freed", output.human_bytes(report.bytes_freed + report.orphan_bytes)),
+            ("orphan files deleted", str(report.orphan_files_deleted)),
+            ("errors", str(report.errors)),
+            ("seconds", f"{report.seconds:.2f}"),
+        ]
+    )

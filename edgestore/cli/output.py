@@ -1,0 +1,107 @@
+"""All CLI printing: human tables and progress on the terminal, or JSON with --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def as_json(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: as_json(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json(v) for v in value]
+    return value
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(as_json(value), indent=2, sort_keys=True) + "\n")
+
+
+def table(columns: list[str], rows: Iterable[list[str]], *, title: str | None = None) -> None:
+    t = Table(*columns, title=title, show_edge=False, header_style="bold")
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+
+
+def fields(pairs: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in pairs)
+    for k, v in pairs:
+        out.print(f"[bold]{k.ljust(width)}[/bold]  {v}", highlight=False)
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+
+
+def note(message: str) -> None:
+    err.print(message, highlight=False)
+
+
+class Transfer:
+    """A byte progress bar on stderr (rate, ETA); silent when quiet or not a terminal."""
+
+    def __init__(self, description: str, total: int | None, *, quiet: bool = False) -> None:
+        self._enabled = not quiet and err.is_terminal
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+            disable=not self._enabled,
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> Transfer:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def describe(self, description: str) -> None:
+        self._progress.update(self._task, description=description)
+
+    def track(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            yield block
+            self.advance(len(block))

@@ -1,0 +1,1 @@
+"""Maintenance jobs over the engine: garbage collection (scrub, repair, tiering to come)."""
