@@ -117,8 +117,9 @@ def insert(
             zero_since=t,
         )
         .on_conflict_do_nothing(index_elements=[chunks.c.chunk_id])
+        .returning(chunks.c.chunk_id)
     )
-    if conn.execute(stmt).rowcount != 1:
+    if conn.execute(stmt).scalar_one_or_none() is None:
         return False
     if shard_refs:
         conn.execute(

@@ -1,0 +1,142 @@
+"""Benchmark data sets written to files: random bytes, and compressible text that never dedups.
+
+The text set is a tar of the Python standard library's sources, repeated up to the target size
+with a counter stamped into every 64 KiB block, so no chunk repeats (see `make_text`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sysconfig
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+WRITE_BLOCK = 4 * MiB
+STAMP_EVERY = 64 * KiB  # far below the chunker's 1 MiB minimum: every chunk gets stamps
+KINDS = ("random", "text")
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kib": KiB,
+    "m": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gib": GiB,
+    "t": 1024 * GiB,
+    "tib": 1024 * GiB,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+# Compiled or bundled binaries in the stdlib tree; the text set is meant to be sources.
+_SKIP_DIRS = {"__pycache__", "site-packages", "dist-packages", "lib-dynload", "_bundled"}
+_SKIP_SUFFIXES = {".so", ".a", ".pyc", ".whl", ".exe", ".dll"}
+
+
+def parse_size(text: str) -> int:
+    """'1GiB', '256MiB', '64M' (binary), '500MB' (decimal) or plain bytes."""
+    m = _SIZE.fullmatch(text)
+    unit = m.group(2).lower() if m else ""
+    if m is None or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (try 1GiB, 256MiB, 500MB or a byte count)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    kind: str
+    path: Path
+    size: int
+
+
+def read_blocks(path: Path, block_size: int) -> Iterator[bytes]:
+    """The file as blocks of `block_size` bytes (the last one shorter)."""
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(block_size):
+            yield block
+
+
+def make_random(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(WRITE_BLOCK, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def stdlib_tar(path: Path) -> int:
+    """Write a tar of the standard library's source files; return its size."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("config-")
+            )
+            for name in sorted(filenames):
+                file = Path(dirpath, name)
+                if file.suffix in _SKIP_SUFFIXES or not file.is_file() or file.is_symlink():
+                    continue
+                tar.add(file, arcname=str(file.relative_to(root.parent)), recursive=False)
+    return path.stat().st_size
+
+
+def make_text(path: Path, size: int) -> None:
+    """Compressible data: the stdlib tar, repeated, each 64 KiB block stamped with its number.
+
+    Concatenated copies of one tar would be almost all dedup hits after the first copy, so
+    the first 16 bytes of every 64 KiB block become the block's index in hex: text-like,
+    costing nothing in compression, and making every chunk (at least 1 MiB) unique.
+    """
+    source = path.with_name(path.name + ".stdlib.tar")
+    try:
+        if stdlib_tar(source) < STAMP_EVERY:
+            raise RuntimeError(f"the stdlib tar {source} is implausibly small")
+        block_index = 0
+        left = size
+        with open(path, "wb") as out:
+            while left:
+                for piece in read_blocks(source, STAMP_EVERY):
+                    if not left:
+                        break
+                    buf = bytearray(piece[:left])
+                    stamp = b"%016x" % block_index
+                    n = min(len(stamp), len(buf))
+                    buf[:n] = stamp[:n]
+                    out.write(buf)
+                    left -= len(buf)
+                    block_index += 1
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def ensure(kind: str, workdir: Path, size: int) -> Dataset:
+    """The data set of this kind and size in workdir, generated unless already there."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown data set {kind!r}; choose from {', '.join(KINDS)}")
+    path = workdir / f"{kind}-{size}.bin"
+    if not (path.is_file() and path.stat().st_size == size):
+        tmp = path.with_name(path.name + ".partial")
+        (make_random if kind == "random" else make_text)(tmp, size)
+        tmp.rename(path)
+    return Dataset(kind, path, size)

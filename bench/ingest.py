@@ -1,0 +1,358 @@
+"""Storage-engine benchmark: ingest stages alone, full ingest, read-back, re-ingest, peak RSS.
+
+For each data set (random bytes; compressible text, a stamped tar of the stdlib):
+  * each stage alone on one thread, with the project's code — chunk, chunk-id SHA-256,
+    whole-file SHA-256, compress, EC encode, shard write — and the 2-core ceiling they imply;
+  * `Engine.put` of the file into a fresh store, then reading it back, then putting it again
+    (all dedup hits), with targets: full ≥ 70% of the ceiling, read-back ≥ full ingest,
+    re-ingest ≥ 3x full ingest;
+then the peak RSS of a separate process ingesting a 4 GiB random file (target ≤ 256 MiB).
+
+    .venv/bin/python -m bench.ingest                       # 1 GiB per data set, median of 3
+    .venv/bin/python -m bench.ingest --quick               # smoke run: 64 MiB, once, no RSS
+    make bench ARGS="--size 256MiB --data text --json out.json"
+
+Settings come from `EDGESTORE_*` as for the server (e.g. EDGESTORE_DATABASE_URL for
+PostgreSQL); every store lives in the work dir. Data files are read through the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import datasets, report, stages
+from bench.datasets import Dataset, GiB, MiB, format_size, parse_size, read_blocks
+from bench.report import Spread, Verdict
+from edgestore.codec.erasure import ReedSolomon
+from edgestore.config import load_settings
+from edgestore.engine import Engine
+from edgestore.metadata.stats import StoreUsage
+
+PUT_BLOCK = 1 * MiB  # what `edgestore put` reads at a time
+
+TARGET_OF_CEILING = 0.70
+TARGET_READ_VS_INGEST = 1.0
+TARGET_REINGEST_VS_INGEST = 3.0
+TARGET_PEAK_RSS = 256 * MiB
+RSS_FREE_FACTOR = 3  # the file, its shards (1.5x for random data) and slack
+DATA_FREE_FACTOR = 4  # the file, the stage shards, the store's shards and slack
+CHILD = (sys.executable, "-m", "bench.ingest")
+
+
+# --- the engine, end to end ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRun:
+    """One fresh store: put, read back, put again; seconds of wall clock and of CPU."""
+
+    size: int
+    ingest_s: float
+    ingest_cpu: float
+    read_s: float
+    read_cpu: float
+    reingest_s: float
+    reingest_cpu: float
+    usage: StoreUsage  # after the first put
+    sha256: str | None
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def engine_run(ds: Dataset, home: Path) -> EngineRun:
+    try:
+        with Engine.open(load_settings(home=home)) as engine:
+            w0, c0 = time.perf_counter(), _cpu()
+            info = engine.put(read_blocks(ds.path, PUT_BLOCK), key=f"bench/{ds.kind}")
+            w1, c1 = time.perf_counter(), _cpu()
+            usage = engine.objects.usage()
+            got = sum(len(piece) for piece in engine.objects.read(info))
+            w2, c2 = time.perf_counter(), _cpu()
+            engine.put(read_blocks(ds.path, PUT_BLOCK), key=f"bench/{ds.kind}-again")
+            w3, c3 = time.perf_counter(), _cpu()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if info.size != ds.size or got != ds.size:
+        raise RuntimeError(f"stored {info.size} and read back {got} bytes of {ds.size}")
+    return EngineRun(
+        ds.size, w1 - w0, c1 - c0, w2 - w1, c2 - c1, w3 - w2, c3 - c2, usage, info.sha256
+    )
+
+
+# --- one data set ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetResult:
+    kind: str
+    size: int
+    stage_wall: dict[str, Spread]  # raw bytes per second
+    stage_cpu: dict[str, Spread]  # raw bytes per CPU second
+    shard_bytes_rate: Spread
+    ceiling: stages.Ceiling
+    ingest: Spread
+    ingest_cpu_per_gb: Spread
+    read: Spread
+    read_cpu_per_gb: Spread
+    reingest: Spread
+    reingest_cpu_per_gb: Spread
+    verdicts: list[Verdict]
+    usage: StoreUsage
+    chunks: int
+    layouts: dict[str, int]
+    stored_ratio: float  # stored / raw bytes after compression, from the stage run
+    sha256_matches: bool
+
+
+def bench_dataset(ds: Dataset, repeat: int, workdir: Path, log: Console) -> DatasetResult:
+    settings = load_settings(home=workdir / "settings-only")
+    stage_runs: list[stages.StageRun] = []
+    engine_runs: list[EngineRun] = []
+    for i in range(repeat):
+        log.print(f"  [{ds.kind}] repeat {i + 1}/{repeat}: stages…")
+        stage_runs.append(stages.run_stages(ds.path, settings, workdir / "stage-shards"))
+        log.print(f"  [{ds.kind}] repeat {i + 1}/{repeat}: engine put, read, put again…")
+        engine_runs.append(engine_run(ds, workdir / f"store-{ds.kind}-{i}"))
+
+    stage_wall = {s: Spread.of(r.rate(s) for r in stage_runs) for s in stages.STAGES}
+    stage_cpu = {s: Spread.of(r.cpu_rate(s) for r in stage_runs) for s in stages.STAGES}
+    ceil = stages.ceiling({s: spread.median for s, spread in stage_cpu.items()})
+
+    def rate(seconds: list[float]) -> Spread:
+        return Spread.of(ds.size / s for s in seconds)
+
+    def cpu_per_gb(seconds: list[float]) -> Spread:
+        return Spread.of(s / (ds.size / 1e9) for s in seconds)
+
+    ingest = rate([r.ingest_s for r in engine_runs])
+    read = rate([r.read_s for r in engine_runs])
+    reingest = rate([r.reingest_s for r in engine_runs])
+    first = stage_runs[0]
+    return DatasetResult(
+        kind=ds.kind,
+        size=ds.size,
+        stage_wall=stage_wall,
+        stage_cpu=stage_cpu,
+        shard_bytes_rate=Spread.of(r.shard_write_rate() for r in stage_runs),
+        ceiling=ceil,
+        ingest=ingest,
+        ingest_cpu_per_gb=cpu_per_gb([r.ingest_cpu for r in engine_runs]),
+        read=read,
+        read_cpu_per_gb=cpu_per_gb([r.read_cpu for r in engine_runs]),
+        reingest=reingest,
+        reingest_cpu_per_gb=cpu_per_gb([r.reingest_cpu for r in engine_runs]),
+        verdicts=[
+            Verdict("full / ceiling", ingest.median / ceil.value, TARGET_OF_CEILING),
+            Verdict("read-back / full", read.median / ingest.median, TARGET_READ_VS_INGEST),
+            Verdict("re-ingest / full", reingest.median / ingest.median, TARGET_REINGEST_VS_INGEST),
+        ],
+        usage=engine_runs[0].usage,
+        chunks=first.chunks,
+        layouts=first.layouts,
+        stored_ratio=first.stored_bytes / max(first.raw_bytes, 1),
+        sha256_matches=all(r.sha256 == first.sha256 for r in engine_runs),
+    )
+
+
+def print_dataset(out: Console, r: DatasetResult) -> None:
+    title = f"{r.kind} data, {format_size(r.size)}: stages alone"
+    rows = {s: (r.stage_wall[s], r.stage_cpu[s]) for s in stages.STAGES}
+    report.stages(out, title, rows, [("  shard write, shard bytes/s", r.shard_bytes_rate)])
+    layouts = ", ".join(f"{n} {k}" for k, n in r.layouts.items() if n)
+    out.print(
+        f"{r.chunks} chunks (mean {format_size(r.size // max(r.chunks, 1))}): {layouts}; "
+        f"stored/raw after compression {r.stored_ratio:.2f}"
+    )
+    terms = {"2 cores": r.ceiling.two_cores}
+    terms |= {s.split(" (")[0]: v for s, v in r.ceiling.caps.items()}
+    full, read, again = r.verdicts
+    report.ceiling(out, r.ceiling.formula + ", rates per CPU-second", terms, r.ceiling.value, full)
+    report.engine(
+        out,
+        f"{r.kind} data, {format_size(r.size)}: engine",
+        [
+            ("full ingest (Engine.put)", r.ingest, f"{r.ingest_cpu_per_gb.median:.2f}", None),
+            ("read-back (objects.read)", r.read, f"{r.read_cpu_per_gb.median:.2f}", read),
+            ("re-ingest (same bytes)", r.reingest, f"{r.reingest_cpu_per_gb.median:.2f}", again),
+        ],
+    )
+    u = r.usage
+    out.print(
+        f"store after the first put: dedup {u.dedup_ratio:.2f}x, compression "
+        f"{u.compression_ratio:.2f}x, redundancy overhead {u.redundancy_overhead:.2f}x "
+        f"({u.chunks} chunks); whole-file SHA-256 "
+        + ("identical in every repeat" if r.sha256_matches else "[red]DIFFERS between repeats[/]")
+    )
+    out.print()
+
+
+# --- peak RSS, in a process of its own -----------------------------------------------------
+
+
+def rss_child(path: Path, workdir: Path) -> dict[str, Any]:
+    """Runs in the child: ingest `path` into a fresh store, report this process's peak RSS."""
+    home = workdir / "rss-store"
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    try:
+        with Engine.open(load_settings(home=home)) as engine:
+            t0 = time.perf_counter()
+            info = engine.put(read_blocks(path, PUT_BLOCK), key="bench/rss")
+            seconds = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"size": info.size, "seconds": seconds, "peak_rss": peak, "baseline_rss": baseline}
+
+
+def bench_rss(size: int, workdir: Path, log: Console) -> dict[str, Any] | None:
+    free = shutil.disk_usage(workdir).free
+    if free < RSS_FREE_FACTOR * size:
+        log.print(
+            f"[yellow]skipping the RSS test: {format_size(free)} free in {workdir}, it needs "
+            f"{format_size(RSS_FREE_FACTOR * size)} (use --rss-size 0 to skip it silently)[/]"
+        )
+        return None
+    log.print(f"  [rss] generating {format_size(size)} of random data…")
+    ds = datasets.ensure("random", workdir, size)
+    try:
+        log.print("  [rss] ingesting in a separate process…")
+        proc = subprocess.run(
+            [*CHILD, "--rss-child", str(ds.path), "--workdir", str(workdir)],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        ds.path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the RSS child failed ({proc.returncode}):\n{proc.stderr}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- the machine --------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "CPU": f"{os.cpu_count()} x {model}",
+        "Python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "EC backend": f"pyeclib {version('pyeclib')}, {ReedSolomon(6, 3).backend}",
+        "zstandard": version("zstandard"),
+        "pyfastcdc": version("pyfastcdc"),
+        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=parse_size, help="bytes per data set (default 1GiB)")
+    p.add_argument("--repeat", type=int, help="repeats; medians are reported (default 3)")
+    p.add_argument(
+        "--data",
+        default=",".join(datasets.KINDS),
+        help=f"data sets, comma-separated (default {','.join(datasets.KINDS)})",
+    )
+    p.add_argument("--workdir", type=Path, help="work dir (default: a temp dir, removed after)")
+    p.add_argument("--rss-size", type=parse_size, help="RSS test file size, 0 skips (4GiB)")
+    p.add_argument("--json", type=Path, help="also write the results to this file")
+    p.add_argument("--quick", action="store_true", help="smoke run: 64MiB, 1 repeat, no RSS")
+    p.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.size = args.size or (64 * MiB if args.quick else 1 * GiB)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    if args.rss_size is None:
+        args.rss_size = 0 if args.quick else 4 * GiB
+    args.data = [d.strip() for d in args.data.split(",") if d.strip()]
+    for kind in args.data:
+        if kind not in datasets.KINDS:
+            p.error(f"unknown data set {kind!r}; choose from {', '.join(datasets.KINDS)}")
+    if args.repeat < 1 or args.size < 1:
+        p.error("--size and --repeat must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.rss_child is not None:
+        print(json.dumps(rss_child(args.rss_child, args.workdir)))
+        return 0
+
+    out, log = Console(), Console(stderr=True)
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="edgestore-bench-")) if own_workdir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": machine_info(), "datasets": {}, "rss": None}
+    try:
+        report.machine(out, results["machine"])
+        for kind in args.data:
+            free = shutil.disk_usage(workdir).free
+            if free < DATA_FREE_FACTOR * args.size:
+                raise SystemExit(
+                    f"{format_size(free)} free in {workdir}; {kind} data of "
+                    f"{format_size(args.size)} needs {format_size(DATA_FREE_FACTOR * args.size)}"
+                )
+            log.print(f"  [{kind}] generating {format_size(args.size)}…")
+            t0 = time.perf_counter()
+            ds = datasets.ensure(kind, workdir, args.size)
+            log.print(f"  [{kind}] ready in {time.perf_counter() - t0:.1f} s")
+            result = bench_dataset(ds, args.repeat, workdir, log)
+            print_dataset(out, result)
+            results["datasets"][kind] = report.jsonable(result)
+            if own_workdir:
+                ds.path.unlink()
+        if args.rss_size:
+            rss = bench_rss(args.rss_size, workdir, log)
+            if rss is not None:
+                verdict = Verdict("peak RSS", rss["peak_rss"], TARGET_PEAK_RSS, at_most=True)
+                rate = rss["size"] / rss["seconds"]
+                report.rss(out, rss["size"], rss["peak_rss"], rss["baseline_rss"], rate, verdict)
+                results["rss"] = rss | {"target": TARGET_PEAK_RSS, "passed": verdict.passed}
+        if args.json is not None:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Each ingest stage alone, on one thread, with the project's own code: bytes per second.
+
+The data set is read in batches of `BATCH` bytes (untimed); each stage then runs over the
+whole batch, in memory, fed by the previous stage's output, so every stage is timed alone and
+memory stays at a few batches whatever the data set's size.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.datasets import MiB, read_blocks
+from edgestore.chunking import StreamChunker
+from edgestore.codec import compression, shardfile
+from edgestore.codec.hashing import ResumableSha256, chunk_id
+from edgestore.config import Settings
+from edgestore.engine.dedup import Redundancy, RedundancyPolicy
+from edgestore.storage.local import LocalBackend
+from edgestore.storage.placement import place, shard_key
+from edgestore.types import ChunkId, Compression, Layout
+
+BLOCK = 4 * MiB
+BATCH = 256 * MiB
+
+CHUNK = "chunk (FastCDC)"
+CHUNK_HASH = "hash: chunk id SHA-256"
+FILE_HASH = "hash: whole-file SHA-256"
+COMPRESS = "compress (zstd probe + level)"
+ENCODE = "EC encode"
+SHARD_WRITE = "shard write (fsync)"
+STAGES = (CHUNK, CHUNK_HASH, FILE_HASH, COMPRESS, ENCODE, SHARD_WRITE)
+
+
+@dataclass(slots=True)
+class Timing:
+    wall: float = 0.0
+    cpu: float = 0.0  # this thread's user + system time
+
+
+@contextmanager
+def timed(t: Timing) -> Iterator[None]:
+    w0, c0 = time.perf_counter(), time.thread_time()
+    try:
+        yield
+    finally:
+        t.wall += time.perf_counter() - w0
+        t.cpu += time.thread_time() - c0
+
+
+@dataclass(slots=True)
+class StageRun:
+    """One pass of every stage over a data set."""
+
+    raw_bytes: int = 0
+    timings: dict[str, Timing] = field(default_factory=lambda: {s: Timing() for s in STAGES})
+    chunks: int = 0
+    stored_bytes: int = 0  # after compression
+    shard_bytes: int = 0  # shard files written, headers included
+    layouts: dict[str, int] = field(default_factory=lambda: {la.value: 0 for la in Layout})
+    sha256: str = ""
+
+    def rate(self, stage: str) -> float:
+        """Raw input bytes per wall-clock second."""
+        return self.raw_bytes / max(self.timings[stage].wall, 1e-9)
+
+    def cpu_rate(self, stage: str) -> float:
+        """Raw input bytes per CPU second: what the stage costs a core, waits excluded."""
+        return self.raw_bytes / max(self.timings[stage].cpu, 1e-9)
+
+    def shard_write_rate(self) -> float:
+        """Shard bytes written per wall-clock second."""
+        return self.shard_bytes / max(self.timings[SHARD_WRITE].wall, 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    chunk: ChunkId
+    codec: Compression
+    stored_size: int
+    redundancy: Redundancy | None  # None: inline in the database, no shard files
+    payloads: list[bytes]
+
+
+class _StagePipeline:
+    def __init__(self, settings: Settings, shard_root: Path) -> None:
+        self.settings = settings
+        self.run = StageRun()
+        self.chunker = StreamChunker(settings.chunker)
+        self.hasher = ResumableSha256()
+        self.policy = RedundancyPolicy(settings)
+        self.backends: dict[str, LocalBackend] = {}
+        for i in range(settings.ec_k + settings.ec_m):
+            backend = LocalBackend(f"d{i}", shard_root / f"d{i}")
+            backend.initialise()
+            self.backends[backend.name] = backend
+        self.names = list(self.backends)
+
+    def feed(self, blocks: list[bytes]) -> None:
+        chunks: list[bytes] = []
+        with timed(self.run.timings[CHUNK]):
+            for block in blocks:
+                chunks += self.chunker.feed(block)
+        self.run.raw_bytes += sum(len(b) for b in blocks)
+        self._process(chunks)
+
+    def finish(self) -> StageRun:
+        with timed(self.run.timings[CHUNK]):
+            chunks = self.chunker.finish()
+        self._process(chunks)
+        self.run.sha256 = self.hasher.hexdigest()
+        return self.run
+
+    def _process(self, chunks: list[bytes]) -> None:
+        run, t, s = self.run, self.run.timings, self.settings
+        run.chunks += len(chunks)
+        with timed(t[CHUNK_HASH]):
+            ids = [chunk_id(c) for c in chunks]
+        with timed(t[FILE_HASH]):
+            for c in chunks:
+                self.hasher.update(c)
+        with timed(t[COMPRESS]):
+            packed = [compression.compress(c, s.zstd_level, s.compress_min_saving) for c in chunks]
+        del chunks
+        # The engine's policy decides per stored size: EC, whole copies, or inline.
+        encoded: list[_Encoded] = []
+        with timed(t[ENCODE]):
+            for cid, (codec, stored) in zip(ids, packed, strict=True):
+                red = self.policy.for_size(len(stored))
+                payloads = red.codec.encode(stored) if red is not None else []
+                encoded.append(_Encoded(cid, codec, len(stored), red, payloads))
+        del packed
+        with timed(t[SHARD_WRITE]):
+            for e in encoded:
+                run.shard_bytes += self._write(e)
+        for e in encoded:
+            run.stored_bytes += e.stored_size
+            run.layouts[(e.redundancy.layout if e.redundancy else Layout.INLINE).value] += 1
+
+    def _write(self, e: _Encoded) -> int:
+        """Write a chunk's shards one after the other, as the engine's ChunkWriter lays them."""
+        if e.redundancy is None:
+            return 0
+        red = e.redundancy
+        generation = secrets.token_hex(6)
+        written = 0
+        placement = place(e.chunk, len(e.payloads), self.names)
+        for index, (payload, name) in enumerate(zip(e.payloads, placement, strict=True)):
+            header = shardfile.make_header(
+                e.chunk, red.layout, index, red.k, red.m, e.codec, e.stored_size, payload
+            )
+            parts = shardfile.pack(header, payload)
+            self.backends[name].put(shard_key(e.chunk, generation, index), parts)
+            written += sum(len(p) for p in parts)
+        return written
+
+
+def run_stages(path: Path, settings: Settings, shard_root: Path) -> StageRun:
+    """Every stage over the file at `path`; shard files go under `shard_root`, removed after."""
+    try:
+        pipeline = _StagePipeline(settings, shard_root)
+        batch: list[bytes] = []
+        for block in read_blocks(path, BLOCK):
+            batch.append(block)
+            if len(batch) * BLOCK >= BATCH:
+                pipeline.feed(batch)
+                batch = []
+        if batch:
+            pipeline.feed(batch)
+        return pipeline.finish()
+    finally:
+        shutil.rmtree(shard_root, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """What two cores could ingest if the stages overlapped perfectly (bytes per second)."""
+
+    one_core: float  # 1 / Σ 1/rate
+    two_cores: float  # 2 / Σ 1/rate
+    caps: dict[str, float]  # stages that cannot run on two cores at once
+    value: float
+    formula: str
+
+
+# Stages of one stream that run on one thread at a time: the chunker cuts the stream in
+# order, the whole-file SHA-256 runs on a serial lane, and pyeclib's encode holds the GIL.
+SERIAL_STAGES = (CHUNK, FILE_HASH, ENCODE)
+
+
+def ceiling(rates: dict[str, float], cores: int = 2) -> Ceiling:
+    """min(cores / Σ 1/rate, each serial stage's rate); rates are bytes per CPU second."""
+    seconds_per_byte = sum(1.0 / rates[s] for s in STAGES)
+    one = 1.0 / seconds_per_byte
+    caps = {s: rates[s] for s in SERIAL_STAGES}
+    value = min(cores * one, *caps.values())
+    formula = (
+        f"min({cores} / Σ 1/rate[stage], "
+        + ", ".join(f"rate[{s.split(' (')[0]}]" for s in SERIAL_STAGES)
+        + ")"
+    )
+    return Ceiling(one, cores * one, caps, value, formula)

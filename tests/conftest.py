@@ -1,0 +1,117 @@
+"""Shared fixtures: stores on SQLite and on the real PostgreSQL, small-chunk settings, data.
+
+PostgreSQL tests use the server on 127.0.0.1:5432 (override with EDGESTORE_TEST_PG_URL). Where
+it is down they skip with the reason, unless EDGESTORE_REQUIRE_PG=1 (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from edgestore.config import Settings, load_settings
+from edgestore.engine import Engine
+from tests.helpers import SMALL_CHUNKS
+
+PG_ADMIN_URL = os.environ.get(
+    "EDGESTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _require(var: str) -> bool:
+    return os.environ.get(var, "") not in ("", "0", "false", "no")
+
+
+def _pg_unavailable_reason() -> str | None:
+    try:
+        eng = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with eng.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        eng.dispose()
+    except Exception as exc:  # any failure to connect means "not here"
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc.__class__.__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    reason = _pg_unavailable_reason()
+    if reason:
+        if _require("EDGESTORE_REQUIRE_PG"):
+            pytest.fail(f"EDGESTORE_REQUIRE_PG is set but {reason}")
+        pytest.skip(reason)
+    name = f"edgestore_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def reset_pg(url: str) -> None:
+    """An empty public schema, so every test migrates a new store from scratch."""
+    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA public"))
+    eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The metadata database URL: each test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    url = request.getfixturevalue("pg_server_url")
+    reset_pg(url)
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> str:
+    """PostgreSQL only (concurrency tests that SQLite cannot express)."""
+    reset_pg(pg_server_url)
+    return pg_server_url
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, db_url: str) -> SettingsFactory:
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "home": tmp_path / "home",
+            "database_url": db_url,
+            "gc_grace_seconds": 3600,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return factory
+
+
+@pytest.fixture
+def engine(make_settings: SettingsFactory) -> Iterator[Engine]:
+    """A store with the product's default chunking (1/4/8 MiB)."""
+    with Engine.open(make_settings()) as eng:
+        yield eng
+
+
+@pytest.fixture
+def small_engine(make_settings: SettingsFactory) -> Iterator[Engine]:
+    """A store with small chunks (16/64/256 KiB) for fast multi-chunk tests."""
+    with Engine.open(make_settings(**SMALL_CHUNKS)) as eng:
+        yield eng

@@ -1,0 +1,198 @@
+"""Resumable upload sessions: durable offsets, staged tails, checksums, locks, expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from edgestore.engine import Engine
+from edgestore.engine.ingest import Checksum
+from edgestore.errors import (
+    ChecksumMismatch,
+    OffsetConflict,
+    TooLarge,
+    TransferInterrupted,
+    UploadGone,
+    UploadLocked,
+    UploadStateError,
+)
+from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.chunks import reference_mismatches
+from tests.helpers import SMALL_CHUNKS, KiB, MiB, blocks_of, random_bytes, read_all
+
+
+def _interrupted(data: bytes, after: int) -> Iterator[bytes]:
+    yield from blocks_of(data[:after], 50 * KiB)
+    raise TransferInterrupted("client went away")
+
+
+def test_append_in_pieces_across_nodes(make_settings) -> None:
+    """Each append may land on another node: all state is in the database."""
+    data = random_bytes(3 * MiB + 777, seed=1)
+    settings = make_settings(**SMALL_CHUNKS)
+    with Engine.open(settings) as first:
+        up = first.uploads.create(length=len(data), bucket="b", key="k", filename="f.bin")
+    cuts = [0, 1, 1000, 65_536, 700_001, 2 * MiB + 5, len(data)]
+    for lo, hi in itertools.pairwise(cuts):
+        with Engine.open(settings) as node:  # a fresh "process" for every request
+            rec = node.uploads.append(up.upload_id, lo, blocks_of(data[lo:hi], 40 * KiB))
+            assert rec.offset == hi
+            assert node.uploads.get(up.upload_id).offset == hi
+    with Engine.open(settings) as node:
+        rec = node.uploads.get(up.upload_id)
+        assert rec.state == upload_rows.COMPLETE and rec.version_id
+        v = node.objects.by_version_id(rec.version_id)
+        assert (v.bucket, v.key, v.filename, v.size) == ("b", "k", "f.bin", len(data))
+        assert v.sha256 == hashlib.sha256(data).hexdigest()
+        assert read_all(node, v) == data
+        with node.core.db.read() as conn:
+            assert reference_mismatches(conn) == []
+
+
+def test_resumed_chunks_match_an_uninterrupted_upload(small_engine: Engine) -> None:
+    data = random_bytes(2 * MiB, seed=2)
+    whole = small_engine.put(blocks_of(data), key="whole")
+    up = small_engine.uploads.create(length=len(data), key="pieces")
+    off = 0
+    for step in (123_457, 400_000, 1, 999_999):
+        small_engine.uploads.append(up.upload_id, off, blocks_of(data[off : off + step]))
+        off += step
+    rec = small_engine.uploads.append(up.upload_id, off, blocks_of(data[off:]))
+    pieces = small_engine.objects.by_version_id(rec.version_id)
+    same = [e.chunk_id for e in small_engine.objects.manifest(whole)]
+    assert [e.chunk_id for e in small_engine.objects.manifest(pieces)] == same
+
+
+def test_wrong_offset_conflicts(small_engine: Engine) -> None:
+    up = small_engine.uploads.create(length=100)
+    small_engine.uploads.append(up.upload_id, 0, iter([b"x" * 10]))
+    with pytest.raises(OffsetConflict) as info:
+        small_engine.uploads.append(up.upload_id, 5, iter([b"y"]))
+    assert info.value.expected == 10
+    assert small_engine.uploads.get(up.upload_id).offset == 10
+
+
+def test_bytes_beyond_length_are_refused(small_engine: Engine) -> None:
+    up = small_engine.uploads.create(length=10)
+    with pytest.raises(TooLarge):
+        small_engine.uploads.append(up.upload_id, 0, iter([b"x" * 11]))
+    assert small_engine.uploads.get(up.upload_id).offset == 0
+    with pytest.raises(TooLarge):
+        small_engine.uploads.create(length=small_engine.settings.max_upload_size + 1)
+
+
+def test_checksum_mismatch_keeps_nothing(small_engine: Engine) -> None:
+    data = random_bytes(600 * KiB, seed=3)
+    up = small_engine.uploads.create(length=2 * len(data))
+    bad = Checksum("sha1", hashlib.sha1(b"other").digest())
+    with pytest.raises(ChecksumMismatch):
+        small_engine.uploads.append(up.upload_id, 0, blocks_of(data), checksum=bad)
+    assert small_engine.uploads.get(up.upload_id).offset == 0
+    good = Checksum("sha256", hashlib.sha256(data).digest())
+    rec = small_engine.uploads.append(up.upload_id, 0, blocks_of(data), checksum=good)
+    assert rec.offset == len(data)
+    with small_engine.core.db.read() as conn:
+        assert reference_mismatches(conn) == []
+
+
+def test_interrupted_transfer_keeps_what_arrived(small_engine: Engine) -> None:
+    data = random_bytes(1 * MiB, seed=4)
+    up = small_engine.uploads.create(length=len(data))
+    with pytest.raises(TransferInterrupted):
+        small_engine.uploads.append(up.upload_id, 0, _interrupted(data, 700_000))
+    assert small_engine.uploads.get(up.upload_id).offset == 700_000
+    rec = small_engine.uploads.append(up.upload_id, 700_000, blocks_of(data[700_000:]))
+    assert read_all(small_engine, small_engine.objects.by_version_id(rec.version_id)) == data
+
+
+def test_interrupted_checksummed_transfer_keeps_nothing(small_engine: Engine) -> None:
+    data = random_bytes(1 * MiB, seed=5)
+    up = small_engine.uploads.create(length=len(data))
+    ck = Checksum("md5", hashlib.md5(data).digest())
+    with pytest.raises(TransferInterrupted):
+        small_engine.uploads.append(up.upload_id, 0, _interrupted(data, 700_000), checksum=ck)
+    assert small_engine.uploads.get(up.upload_id).offset == 0
+
+
+def test_lock_blocks_a_second_writer_until_its_lease_expires(make_settings) -> None:
+    settings = make_settings(upload_lock_seconds=1.0, **SMALL_CHUNKS)
+    with Engine.open(settings) as a, Engine.open(settings) as b:
+        up = a.uploads.create(length=100)
+        with a.core.db.write() as conn:  # a writer elsewhere holds the lease, then dies
+            upload_rows.acquire_lock(conn, up.upload_id, "dead-writer", 1.0)
+        with pytest.raises(UploadLocked):
+            b.uploads.append(up.upload_id, 0, iter([b"x"]))
+        time.sleep(1.1)
+        assert b.uploads.append(up.upload_id, 0, iter([b"x"])).offset == 1
+
+
+def test_takeover_stops_the_old_writer(small_engine: Engine) -> None:
+    up = small_engine.uploads.create(length=10 * MiB)
+    started = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def slow() -> Iterator[bytes]:
+        yield b"a" * 100_000
+        started.set()
+        while not release.is_set():
+            yield b"a" * 1000
+            time.sleep(0.01)
+
+    def first() -> None:
+        try:
+            small_engine.uploads.append(up.upload_id, 0, slow())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert started.wait(5)
+    offset = small_engine.uploads.get(up.upload_id).offset
+    with pytest.raises((OffsetConflict, UploadLocked)):
+        # the newcomer stops the old writer; its offset is stale by then
+        small_engine.uploads.append(up.upload_id, offset + 1, iter([b"z"]))
+    t.join(5)
+    release.set()
+    assert not t.is_alive()
+    assert errors and isinstance(errors[0], TransferInterrupted)
+    durable = small_engine.uploads.get(up.upload_id).offset
+    assert durable >= 100_000  # what the old writer received was kept
+    assert small_engine.uploads.append(up.upload_id, durable, iter([b"z"])).offset == durable + 1
+
+
+def test_terminate_and_expiry(small_engine: Engine) -> None:
+    data = random_bytes(500 * KiB, seed=6)
+    up = small_engine.uploads.create(length=10 * MiB)
+    small_engine.uploads.append(up.upload_id, 0, blocks_of(data))
+    small_engine.uploads.terminate(up.upload_id)
+    with pytest.raises(UploadGone):
+        small_engine.uploads.append(up.upload_id, len(data), iter([b"x"]))
+    short = small_engine.uploads.create(length=10, expires_in=0.2)
+    time.sleep(0.3)
+    with pytest.raises(UploadGone):
+        small_engine.uploads.get_open(short.upload_id)
+    assert small_engine.uploads.expire_stale(local_grace=3600) >= 1
+    assert small_engine.uploads.get(short.upload_id).state == upload_rows.EXPIRED
+    with small_engine.core.db.read() as conn:
+        assert reference_mismatches(conn) == []
+
+
+def test_deferred_length(small_engine: Engine) -> None:
+    up = small_engine.uploads.create()
+    assert up.length is None
+    small_engine.uploads.append(up.upload_id, 0, iter([b"hello "]))
+    with pytest.raises(Exception, match="less than"):
+        small_engine.uploads.declare_length(up.upload_id, 3)
+    small_engine.uploads.declare_length(up.upload_id, 11)
+    rec = small_engine.uploads.append(up.upload_id, 6, iter([b"world"]))
+    assert rec.state == upload_rows.COMPLETE
+    v = small_engine.objects.by_version_id(rec.version_id)
+    assert read_all(small_engine, v) == b"hello world"
+    with pytest.raises(UploadStateError):
+        small_engine.uploads.append(up.upload_id, 11, iter([b"!"]))

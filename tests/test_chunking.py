@@ -1,0 +1,193 @@
+"""StreamChunker: same cuts as FastCDC over the whole buffer, however the stream is split."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyfastcdc import FastCDC
+
+from edgestore.chunking import DEFAULT_PARAMS, StreamChunker, chunk_stream, make_cdc
+from edgestore.types import ChunkerParams
+
+KiB = 1024
+MiB = 1024 * KiB
+
+SMALL = ChunkerParams(min_size=256, avg_size=1 * KiB, max_size=4 * KiB)
+
+# (min, avg, max) within pyfastcdc's bounds: min [64, 1 MiB], avg [256, 4 MiB], max [1 KiB, 16 MiB].
+params_strategy = st.builds(
+    ChunkerParams,
+    min_size=st.sampled_from([64, 256, 1 * KiB]),
+    avg_size=st.sampled_from([256, 1 * KiB, 4 * KiB]),
+    max_size=st.sampled_from([1 * KiB, 4 * KiB, 16 * KiB]),
+).filter(lambda p: p.min_size <= p.avg_size <= p.max_size)
+
+
+@st.composite
+def stream_data(draw, max_random_size=3 * MiB):
+    """Bytes of several kinds: small arbitrary, large random, low-entropy repeats, zeros."""
+    kind = draw(st.sampled_from(["binary", "random", "pattern", "zeros"]))
+    if kind == "binary":
+        return draw(st.binary(max_size=20 * KiB))
+    size = draw(st.integers(0, max_random_size))
+    if kind == "random":
+        return random.Random(draw(st.integers(0, 2**32))).randbytes(size)
+    if kind == "pattern":
+        unit = draw(st.binary(min_size=1, max_size=300))
+        return (unit * (size // len(unit) + 1))[:size]
+    return bytes(size)
+
+
+@st.composite
+def split(draw, data):
+    """Split data into pieces (empty and 1-byte included), each as bytes/bytearray/memoryview."""
+    sizes = st.one_of(
+        st.just(0), st.just(1), st.integers(0, 20 * KiB), st.integers(0, max(len(data), 1))
+    )
+    pieces = []
+    pos = 0
+    for size in draw(st.lists(sizes, max_size=40)):
+        pieces.append(data[pos : pos + size])
+        pos = min(pos + size, len(data))
+    pieces.append(data[pos:])
+    kinds = draw(st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=len(pieces)))
+    return [kind(p) for kind, p in zip(kinds, pieces, strict=False)]
+
+
+def reference_chunks(data, params):
+    cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
+    return [bytes(c.data) for c in cdc.cut_buf(data)]
+
+
+def feed_all(chunker, pieces):
+    out = []
+    for piece in pieces:
+        out += chunker.feed(piece)
+    return out
+
+
+def assert_size_bounds(chunks, params):
+    assert all(chunks), "no chunk may be empty"
+    for c in chunks[:-1]:
+        assert params.min_size <= len(c) <= params.max_size
+    if chunks:
+        assert len(chunks[-1]) <= params.max_size
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=params_strategy, data=st.data())
+def test_any_split_gives_the_whole_buffer_cuts(params, data):
+    stream = data.draw(stream_data())
+    pieces = data.draw(split(stream))
+    chunker = StreamChunker(params)
+    emitted = b""
+    chunks = []
+    for piece in pieces:
+        new = chunker.feed(piece)
+        chunks += new
+        emitted += b"".join(new)
+        # Nothing is lost or duplicated: emitted chunks + tail = everything fed so far.
+        assert emitted + chunker.tail == stream[: len(emitted) + chunker.tail_length]
+        assert chunker.tail_length <= 2 * params.max_size
+    chunks += chunker.finish()
+
+    assert chunks == reference_chunks(stream, params)
+    assert b"".join(chunks) == stream
+    assert_size_bounds(chunks, params)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=params_strategy, data=st.data())
+def test_resuming_from_the_saved_tail_gives_the_same_chunks(params, data):
+    """An interrupted upload resumes from the chunks already taken plus the saved tail."""
+    stream = data.draw(stream_data(max_random_size=1 * MiB))
+    cut = data.draw(st.integers(0, len(stream)))
+    first = StreamChunker(params)
+    chunks = feed_all(first, data.draw(split(stream[:cut])))
+    tail = first.tail
+    del first  # the first process is gone; only the chunks and the tail survive
+
+    second = StreamChunker(params, tail=tail)
+    assert second.tail == tail
+    chunks += feed_all(second, data.draw(split(stream[cut:])))
+    chunks += second.finish()
+
+    assert chunks == reference_chunks(stream, params)
+    assert b"".join(chunks) == stream
+
+
+@settings(max_examples=30, deadline=None)
+@given(stream=stream_data(max_random_size=256 * KiB), block=st.integers(1, 64 * KiB))
+def test_chunk_stream_matches_the_reference(stream, block):
+    blocks = (stream[i : i + block] for i in range(0, len(stream), block))
+    assert list(chunk_stream(blocks, SMALL)) == reference_chunks(stream, SMALL)
+
+
+def test_make_cdc_uses_the_params():
+    cdc = make_cdc(SMALL)
+    assert (cdc.min_size, cdc.avg_size, cdc.max_size) == (256, 1 * KiB, 4 * KiB)
+
+
+@pytest.mark.parametrize("params", [SMALL, DEFAULT_PARAMS])
+def test_empty_stream_gives_no_chunks(params):
+    chunker = StreamChunker(params)
+    assert chunker.feed(b"") == []
+    assert chunker.feed(bytearray()) == []
+    assert chunker.finish() == []
+    assert chunker.tail == b""
+    assert list(chunk_stream([], params)) == []
+
+
+def test_default_params_are_1_4_8_mib():
+    assert (DEFAULT_PARAMS.min_size, DEFAULT_PARAMS.avg_size, DEFAULT_PARAMS.max_size) == (
+        1 * MiB,
+        4 * MiB,
+        8 * MiB,
+    )
+
+
+def test_default_params_mean_chunk_size_on_random_data():
+    data = random.Random(1234).randbytes(20 * MiB)
+    chunks = list(chunk_stream(data[i : i + MiB] for i in range(0, len(data), MiB)))
+    assert b"".join(chunks) == data
+    assert chunks == reference_chunks(data, DEFAULT_PARAMS)
+    assert_size_bounds(chunks, DEFAULT_PARAMS)
+    mean = len(data) / len(chunks)
+    assert 2 * MiB <= mean <= 8 * MiB, f"mean chunk {mean / MiB:.2f} MiB over {len(chunks)}"
+
+
+def _ids(data):
+    return [hashlib.sha256(c).hexdigest() for c in chunk_stream([data], SMALL)]
+
+
+def _common_prefix(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_insertion_changes_only_nearby_chunks(seed):
+    rng = random.Random(seed)
+    data = rng.randbytes(512 * KiB)
+    at = rng.randrange(len(data) // 4, 3 * len(data) // 4)
+    edited = data[:at] + rng.randbytes(rng.randint(1, 300)) + data[at:]
+
+    before, after = _ids(data), _ids(edited)
+    assert len(before) > 100  # enough chunks for the check to mean something
+    assert 1 <= len(set(before) - set(after)) <= 3
+    assert 1 <= len(set(after) - set(before)) <= 3
+    # Every chunk that ends before the edit is kept, in order; after a resync, so is the rest.
+    ends_before = 0
+    offset = 0
+    for chunk in chunk_stream([data], SMALL):
+        offset += len(chunk)
+        if offset > at:
+            break
+        ends_before += 1
+    head = _common_prefix(before, after)
+    tail = _common_prefix(before[::-1], after[::-1])
+    assert head >= ends_before
+    assert head + tail >= len(before) - 3
