@@ -227,8 +227,9 @@ def bench_rss(size: int, workdir: Path, log: Console) -> dict[str, Any] | None:
     free = shutil.disk_usage(workdir).free
     if free < RSS_FREE_FACTOR * size:
         log.print(
-            f"[yellow]skipping the RSS test: {format_size(free)} free in {workdir}, it needs "
-            f"{format_size(RSS_FREE_FACTOR * size)} (use --rss-size 0 to skip it silently)[/]"
+            f"skipping the RSS test: {format_size(free)} free in {workdir}, it needs "
+            f"{format_size(RSS_FREE_FACTOR * size)} (use --rss-size 0 to skip it silently)",
+            style="yellow",
         )
         return None
     log.print(f"  [rss] generating {format_size(size)} of random data…")
@@ -316,7 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rss_child(args.rss_child, args.workdir)))
         return 0
 
-    out, log = Console(), Console(stderr=True)
+    # Piped output (make bench > file) would otherwise wrap the tables at 80 columns.
+    out = Console(width=None if sys.stdout.isatty() else 120)
+    log = Console(stderr=True, markup=False, highlight=False)
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="edgestore-bench-")) if own_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.datasets import format_size
@@ -88,8 +89,8 @@ def ceiling(
     console: Console, formula: str, terms: Mapping[str, float], value: float, full: Verdict
 ) -> None:
     parts = ", ".join(f"{name} {mbps(rate)}" for name, rate in terms.items())
-    console.print(f"2-core ceiling = {formula}")
-    console.print(f"               = min({parts}) = [bold]{mbps(value)} MB/s[/]")
+    console.print(f"2-core ceiling = {escape(formula)}")
+    console.print(f"               = min({escape(parts)}) = [bold]{mbps(value)} MB/s[/]")
     console.print(
         f"full ingest / ceiling = [bold]{full.value:.0%}[/] "
         f"(target ≥ {full.target:.0%}) {_verdict(full)}"

@@ -29,11 +29,11 @@ BLOCK = 4 * MiB
 BATCH = 256 * MiB
 
 CHUNK = "chunk (FastCDC)"
-CHUNK_HASH = "hash: chunk id SHA-256"
-FILE_HASH = "hash: whole-file SHA-256"
-COMPRESS = "compress (zstd probe + level)"
-ENCODE = "EC encode"
-SHARD_WRITE = "shard write (fsync)"
+CHUNK_HASH = "chunk id SHA-256"
+FILE_HASH = "whole-file SHA-256"
+COMPRESS = "compress (probe + zstd)"
+ENCODE = "EC encode (by policy)"
+SHARD_WRITE = "shard write (+fsync)"
 STAGES = (CHUNK, CHUNK_HASH, FILE_HASH, COMPRESS, ENCODE, SHARD_WRITE)
 
 
