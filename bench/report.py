@@ -130,7 +130,7 @@ def engine(
 def rss(console: Console, size: int, peak: int, baseline: int, rate: float, v: Verdict) -> None:
     console.print(
         f"Peak RSS ingesting {format_size(size)} of random data (separate process): "
-        f"[bold]{format_size(peak)}[/] (at start {format_size(baseline)}), "
+        f"[bold]{format_size(peak)}[/] ({format_size(baseline)} after Engine.open), "
         f"{mbps(rate)} MB/s; target ≤ {format_size(int(v.target))} {_verdict(v)}"
     )
 

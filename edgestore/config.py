@@ -141,7 +141,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if path is not None:
 
         class FileSettings(Settings):
-            model_config = SettingsConfigDict(**Settings.model_config, toml_file=path)
+            model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
 
         settings_cls = FileSettings
     try:

@@ -6,7 +6,10 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import sqlalchemy as sa
+
 from edgestore.engine import Engine
+from edgestore.metadata.schema import chunks, shards
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -32,3 +35,20 @@ def blocks_of(data: bytes, size: int = 256 * KiB) -> Iterator[bytes]:
 
 def read_all(eng: Engine, info: Any, start: int = 0, end: int | None = None) -> bytes:
     return b"".join(bytes(p) for p in eng.objects.read(info, start, end))
+
+
+def assert_no_partial_chunks(engine: Engine) -> None:
+    """Every chunk row has all its shards, and every shard file exists (invariant 2)."""
+    with engine.core.db.read() as conn:
+        rows = conn.execute(
+            sa.select(chunks.c.chunk_id, chunks.c.layout, chunks.c.ec_k, chunks.c.ec_m)
+        ).all()
+        by_chunk: dict[str, list] = {}
+        for s in conn.execute(sa.select(shards)).all():
+            by_chunk.setdefault(s.chunk_id, []).append(s)
+    for r in rows:
+        refs = by_chunk.get(r.chunk_id, [])
+        expected = 0 if r.layout == "inline" else r.ec_k + r.ec_m
+        assert len(refs) == expected, r
+        for s in refs:
+            assert engine.core.dirs.backends[s.backend].stat(s.key) is not None, s

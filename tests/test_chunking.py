@@ -165,7 +165,8 @@ def _ids(data):
 
 
 def _common_prefix(a, b):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -91,27 +91,12 @@ _register()
 
 
 def main() -> None:
+    """Console entry point: usage errors are typer's; domain errors map to exit codes here."""
     try:
-        app(standalone_mode=False)
+        app()
     except e.EdgestoreError as exc:
         output.error(exc.message)
         sys.exit(exit_code_for(exc))
     except KeyboardInterrupt:
         output.error("interrupted")
         sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        output.error("aborted")
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-
-
-if __name__ == "__main__":
-    main()

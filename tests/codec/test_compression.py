@@ -26,9 +26,7 @@ DECOMPRESS_ERRORS = (zstandard.ZstdError, ValueError, EdgestoreError)
 def text_like(size: int, seed: int = 0) -> bytes:
     """Python-source-like text: the project's own modules, shuffled and repeated."""
     root = Path(edgestore.__file__).parent
-    lines = [
-        line for p in sorted(root.rglob("*.py")) for line in p.read_bytes().splitlines(True)
-    ]
+    lines = [line for p in sorted(root.rglob("*.py")) for line in p.read_bytes().splitlines(True)]
     rng = random.Random(seed)
     out = bytearray()
     while len(out) < size:
@@ -120,7 +118,7 @@ def test_raw_bytes_longer_than_raw_size_raise():
 
 
 def test_compressors_are_safe_to_use_from_many_threads():
-    """A shared ZstdCompressor segfaults under concurrent use (FACTS.md): each thread needs its own."""
+    """A ZstdCompressor shared between threads segfaults (FACTS.md): each needs its own."""
     threads_n, rounds = 8, 60
     barrier = threading.Barrier(threads_n)
     failures: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import hashlib
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -32,7 +33,7 @@ def pieces(draw):
     data = draw(st.binary(max_size=5000))
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=12)))
     bounds = [0, *cuts, len(data)]
-    parts = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    parts = [data[a:b] for a, b in itertools.pairwise(bounds)]
     return data, [draw(buffer_kinds)(p) for p in parts]
 
 
@@ -157,6 +158,4 @@ def test_chunk_id_is_lowercase_hex_sha256(data, kind):
 
 
 def test_chunk_id_known_answer():
-    assert chunk_id(b"abc") == (
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    )
+    assert chunk_id(b"abc") == ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")

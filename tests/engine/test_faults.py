@@ -14,28 +14,18 @@ from edgestore.errors import ChunkUnreadable, StorageFull, StorageUnavailable
 from edgestore.maintenance import gc
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import chunks, repair_queue, shards
-from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
+from tests.helpers import (
+    SMALL_CHUNKS,
+    MiB,
+    assert_no_partial_chunks,
+    blocks_of,
+    random_bytes,
+    read_all,
+)
 
 
 def _dir_paths(engine: Engine) -> list[Path]:
     return [engine.core.dirs.backends[n].root for n in engine.core.dirs.names]
-
-
-def assert_no_partial_chunks(engine: Engine) -> None:
-    """Every chunk row has all its shards, and every shard file exists (invariant 2)."""
-    with engine.core.db.read() as conn:
-        rows = conn.execute(
-            sa.select(chunks.c.chunk_id, chunks.c.layout, chunks.c.ec_k, chunks.c.ec_m)
-        ).all()
-        by_chunk: dict[str, list] = {}
-        for s in conn.execute(sa.select(shards)).all():
-            by_chunk.setdefault(s.chunk_id, []).append(s)
-    for r in rows:
-        refs = by_chunk.get(r.chunk_id, [])
-        expected = 0 if r.layout == "inline" else r.ec_k + r.ec_m
-        assert len(refs) == expected, r
-        for s in refs:
-            assert engine.core.dirs.backends[s.backend].stat(s.key) is not None, s
 
 
 def _settle(engine: Engine, before: tuple[int, int]) -> None:

@@ -1,0 +1,5 @@
+"""`python -m edgestore` runs the CLI."""
+
+from edgestore.cli.main import main
+
+main()
