@@ -43,7 +43,7 @@ class Settings(BaseSettings):
 
     redundancy: Literal["ec", "replication"] = "ec"
     ec_k: int = Field(6, ge=1, le=32)
-    ec_m: int = Field(3, ge=0, le=16)
+    ec_m: int = Field(3, ge=1, le=16)
     replicas: int = Field(3, ge=1, le=16, description="Copies per chunk in replication mode.")
     inline_max_bytes: int = Field(
         64 * 1024, ge=0, le=1 * MiB, description="Stored chunks up to this size live in the DB."
@@ -82,10 +82,12 @@ class Settings(BaseSettings):
     def _check_sizes(self) -> Settings:
         if not self.chunk_min_size <= self.chunk_avg_size <= self.chunk_max_size:
             raise ValueError(
-                "chunk sizes must satisfy chunk_min_size <= chunk_avg_size <= chunk_max_size"
+                "chunk sizes must satisfy chunk_min_size (EDGESTORE_CHUNK_MIN_SIZE) <= "
+                "chunk_avg_size (EDGESTORE_CHUNK_AVG_SIZE) <= chunk_max_size "
+                "(EDGESTORE_CHUNK_MAX_SIZE)"
             )
         if self.data_dirs is not None and len(self.data_dirs) == 0:
-            raise ValueError("data_dirs must name at least one directory")
+            raise ValueError("data_dirs (EDGESTORE_DATA_DIRS) must name at least one directory")
         return self
 
     @classmethod
@@ -149,8 +151,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "settings"
-            env = ENV_PREFIX + key.split(".")[0].upper() if err["loc"] else "settings"
+            if not err["loc"]:  # a cross-field check: its message names the keys
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            key = ".".join(str(p) for p in err["loc"])
+            env = ENV_PREFIX + str(err["loc"][0]).upper()
             problems.append(f"{key} ({env}): {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except ValueError as exc:  # e.g. a malformed TOML file

@@ -211,11 +211,6 @@ def test_explicit_data_dirs_win(tmp_path):
     assert load_settings(home=tmp_path, data_dirs=dirs).resolved_data_dirs == dirs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: config accepts ec_m=0 (Field ge=0) but ReedSolomon refuses m < 1, so the "
-    "store fails at Engine.open with a bare ValueError instead of a ConfigError",
-)
 def test_every_accepted_ec_shape_builds_a_codec():
     try:
         s = load_settings(ec_m=0)

@@ -59,9 +59,21 @@ def compress(raw: Buffer, level: int = 3, min_saving: float = 0.03) -> tuple[Com
 
 
 def decompress(codec: Compression | str, stored: Buffer, raw_size: int) -> bytes:
-    """Inverse of `compress`; never returns more than `raw_size` bytes."""
+    """Inverse of `compress`: exactly `raw_size` bytes, or ValueError.
+
+    The frame's declared size is checked before decompressing (zstandard trusts it over
+    max_output_size), so a corrupt or hostile frame cannot make us allocate more.
+    """
     if codec == Compression.NONE:
+        if len(stored) != raw_size:
+            raise ValueError(f"raw chunk is {len(stored)} bytes, expected {raw_size}")
         return bytes(stored)
     if codec == Compression.ZSTD:
-        return _decompressor().decompress(stored, max_output_size=raw_size)
+        declared = zstandard.frame_content_size(stored)
+        if declared not in (raw_size, zstandard.CONTENTSIZE_UNKNOWN):
+            raise ValueError(f"zstd frame declares {declared} bytes, expected {raw_size}")
+        raw = _decompressor().decompress(stored, max_output_size=raw_size)
+        if len(raw) != raw_size:
+            raise ValueError(f"zstd frame gave {len(raw)} bytes, expected {raw_size}")
+        return raw
     raise ValueError(f"unknown compression {codec!r}")

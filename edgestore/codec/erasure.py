@@ -12,8 +12,10 @@ from typing import Protocol
 
 from pyeclib.ec_iface import ECDriver
 
-# Fastest first: ISA-L's Vandermonde RS (~1.2-1.5 GB/s per core here), then the portable one.
-_RS_BACKENDS = ("isa_l_rs_vand", "liberasurecode_rs_vand")
+# ISA-L's Cauchy RS first: measured here at ~6.7 GB/s encode against ~1.5 GB/s for ISA-L's
+# Vandermonde variant, and it is MDS for every (k, m) - isa_l_rs_vand is not for m >= 5 (some
+# sets of k shards fail to decode). The portable liberasurecode_rs_vand is the fallback.
+_RS_BACKENDS = ("isa_l_rs_cauchy", "liberasurecode_rs_vand")
 
 
 class RedundancyCodec(Protocol):
@@ -28,7 +30,11 @@ class RedundancyCodec(Protocol):
 
 
 class ReedSolomon:
-    """k data + m parity shards; any k rebuild the chunk."""
+    """k data + m parity shards; any k rebuild the chunk.
+
+    `backend` is the store's recorded one (never changed under existing data); new stores get
+    the first available of _RS_BACKENDS.
+    """
 
     def __init__(self, k: int, m: int, backend: str | None = None) -> None:
         if k < 1 or m < 1:

@@ -116,17 +116,20 @@ class ResumableSha256:
         return _LIBCRYPTO is not None
 
     def update(self, data: Buffer) -> None:
-        if not len(data):
+        if not isinstance(data, bytes):
+            view = memoryview(data).cast("B")
+            # ctypes needs a writable buffer to point into; copy only read-only views.
+            data = bytes(view) if view.readonly else view  # type: ignore[assignment]
+        size = len(data)
+        if not size:
             return
         if isinstance(data, bytes):
             ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
             keep: object = data
         else:
-            buf = (ctypes.c_char * len(data)).from_buffer(
-                data if isinstance(data, bytearray) else bytearray(data)
-            )
+            buf = (ctypes.c_char * size).from_buffer(data)
             ptr, keep = ctypes.cast(buf, ctypes.c_void_p), buf
-        _LIBCRYPTO.SHA256_Update(ctypes.byref(self._ctx), ptr, len(data))  # type: ignore[union-attr]
+        _LIBCRYPTO.SHA256_Update(ctypes.byref(self._ctx), ptr, size)  # type: ignore[union-attr]
         del keep
 
     def state(self) -> bytes:

@@ -20,6 +20,7 @@ MARKER = ".edgestore-datadir"
 TMP_SUFFIX = ".tmp"
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 def storage_error(exc: OSError, where: Path | str) -> StorageError:
@@ -51,9 +52,9 @@ def write_durably(path: Path, parts: Sequence[Buffer]) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
-            views = [memoryview(p) for p in parts]
+            views = [memoryview(p).cast("B") for p in parts]
             while views:
-                written = os.writev(fd, views)
+                written = os.writev(fd, views[:_IOV_MAX])
                 while views and written >= len(views[0]):
                     written -= len(views[0])
                     views.pop(0)
@@ -164,6 +165,8 @@ class LocalBackend:
             with open(path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
+            if not self.root.is_dir():
+                raise StorageUnavailable(f"data dir {self.root} is missing") from None
             raise ShardMissing(f"{key} not found in data dir {self.root}") from None
         except OSError as exc:
             raise storage_error(exc, self.root) from None

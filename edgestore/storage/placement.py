@@ -7,9 +7,13 @@ at least as many backends as shards.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from edgestore.types import ChunkId
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DIGITS = re.compile(r"[0-9]{1,3}")
 
 
 def place(chunk: ChunkId, shard_count: int, backends: Sequence[str]) -> list[str]:
@@ -34,8 +38,10 @@ def shard_key(chunk: ChunkId, generation: str, shard_index: int) -> str:
 
 def parse_shard_key(key: str) -> tuple[ChunkId, str, int] | None:
     """Inverse of shard_key; None for anything that is not a shard key."""
-    name = key.rsplit("/", 1)[-1]
-    parts = name.split(".")
-    if len(parts) != 3 or len(parts[0]) != 64 or not parts[2].isdigit():
+    parts = key.rsplit("/", 1)[-1].split(".")
+    if len(parts) != 3:
         return None
-    return ChunkId(parts[0]), parts[1], int(parts[2])
+    chunk, generation, index = parts
+    if not (_HEX64.fullmatch(chunk) and _DIGITS.fullmatch(index) and generation):
+        return None
+    return ChunkId(chunk), generation, int(index)

@@ -97,21 +97,12 @@ def test_garbage_is_not_decompressed():
         decompress(Compression.ZSTD, b"definitely not a zstd frame", 100)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decompress passes max_output_size, which zstandard ignores when the frame "
-    "header records its content size, so a frame bigger than raw_size is returned whole",
-)
 def test_frame_bigger_than_raw_size_raises():
     _, frame = compress(b"a" * 100_000)
     with pytest.raises(DECOMPRESS_ERRORS):
         decompress(Compression.ZSTD, frame, 1000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decompress(NONE, ...) returns the stored bytes without checking raw_size",
-)
 def test_raw_bytes_longer_than_raw_size_raise():
     with pytest.raises(DECOMPRESS_ERRORS):
         decompress(Compression.NONE, b"x" * 10, 5)

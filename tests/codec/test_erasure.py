@@ -71,16 +71,8 @@ def test_fewer_than_k_shards_are_refused(params, data, draw):
         (4, 2),
         (6, 3),
         (10, 4),
-        pytest.param(
-            8,
-            5,
-            marks=pytest.mark.xfail(
-                ReedSolomon(8, 5).backend == "isa_l_rs_vand",
-                strict=True,
-                reason="BUG: isa_l_rs_vand is not MDS for m >= 5 (some k-subsets fail to "
-                "decode), yet config allows ec_m up to 16 and _pick_backend prefers it",
-            ),
-        ),
+        (8, 5),
+        (10, 6),
     ],
 )
 def test_every_k_subset_rebuilds_the_chunk(k, m):

@@ -158,11 +158,6 @@ def test_usage_is_plausible(backend):
     assert 0 <= usage.free_bytes <= usage.total_bytes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: write_durably passes every part to one os.writev; more than IOV_MAX (1024) "
-    "parts fail with EINVAL, reported as StorageUnavailable",
-)
 def test_put_with_many_parts(backend):
     parts = [bytes([i % 256]) * 3 for i in range(2000)]
     backend.put("many/parts", parts)

@@ -121,11 +121,6 @@ def test_missing_data_dir_is_unavailable(tmp_path):
     assert not root.exists(), "a missing data dir must not be created by a write"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LocalBackend.get maps FileNotFoundError to ShardMissing even when the whole "
-    "data dir is missing (unreachable), contrary to the Backend.get contract",
-)
 def test_get_from_a_missing_data_dir_is_unavailable(tmp_path):
     root = tmp_path / "not-mounted"
     with pytest.raises(StorageUnavailable, match=re.escape(str(root))):

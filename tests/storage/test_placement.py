@@ -109,11 +109,6 @@ def test_parse_shard_key_rejects_other_names(name):
     assert parse_shard_key(name) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_shard_key accepts any 64-character first field (not only hex) and "
-    "uses str.isdigit(), so names like '<id>.g.²' raise ValueError instead of returning None",
-)
 @pytest.mark.parametrize(
     "name",
     [f"012/{CHUNK}.a1b2c3.²", f"zzz/{'z' * 64}.a1b2c3.4"],

@@ -213,7 +213,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("manifests", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_manifests_version_id_offset"))
