@@ -32,6 +32,25 @@ class Spread:
 
 
 @dataclass(frozen=True, slots=True)
+class Throughput:
+    """An operation over `size` bytes, repeated: its rate and what it cost in CPU."""
+
+    rate: Spread  # bytes per wall-clock second
+    cpu_per_gb: Spread  # CPU seconds of all threads per GB (10^9 bytes)
+    cores: Spread  # CPU seconds per wall-clock second: how many cores it kept busy
+
+    @classmethod
+    def of(cls, size: int, runs: Iterable[tuple[float, float]]) -> Throughput:
+        """runs: (wall seconds, CPU seconds) per repeat."""
+        r = list(runs)
+        return cls(
+            Spread.of(size / wall for wall, _ in r),
+            Spread.of(cpu / (size / 1e9) for _, cpu in r),
+            Spread.of(cpu / wall for wall, cpu in r),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """A measured ratio against its target (higher is better unless `at_most`)."""
 
@@ -100,30 +119,31 @@ def ceiling(
 def engine(
     console: Console,
     title: str,
-    rows: Iterable[tuple[str, Spread, str, Verdict | None]],
+    rows: Iterable[tuple[str, Throughput, Verdict, str]],
 ) -> None:
-    """rows: (operation, rate, CPU note, verdict against its target or None)."""
+    """rows: (operation, figures, verdict against its target, what the ratio compares to)."""
     table = Table(title=title, title_justify="left")
-    table.add_column("engine (2 cores)")
+    table.add_column("engine (all cores)")
     table.add_column("MB/s (median)", justify="right")
     table.add_column("min–max", justify="right")
-    table.add_column("CPU-s per GB", justify="right")
+    table.add_column("CPU-s/GB", justify="right")
+    table.add_column("cores busy", justify="right")
     table.add_column("ratio", justify="right")
+    table.add_column("vs")
     table.add_column("target", justify="right")
     table.add_column("")
-    for name, rate, cpu_note, verdict in rows:
-        if verdict is None:
-            table.add_row(name, mbps(rate.median), _range(rate), cpu_note, "", "", "")
-        else:
-            table.add_row(
-                name,
-                mbps(rate.median),
-                _range(rate),
-                cpu_note,
-                f"{verdict.value:.2f}x",
-                f"{'≤' if verdict.at_most else '≥'} {verdict.target:.2f}x",
-                _verdict(verdict),
-            )
+    for name, t, verdict, versus in rows:
+        table.add_row(
+            name,
+            mbps(t.rate.median),
+            _range(t.rate),
+            f"{t.cpu_per_gb.median:.2f}",
+            f"{t.cores.median:.2f}",
+            f"{verdict.value:.2f}x",
+            versus,
+            f"{'≤' if verdict.at_most else '≥'} {verdict.target:.2f}x",
+            _verdict(verdict),
+        )
     console.print(table)
 
 

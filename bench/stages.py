@@ -2,7 +2,9 @@
 
 The data set is read in batches of `BATCH` bytes (untimed); each stage then runs over the
 whole batch, in memory, fed by the previous stage's output, so every stage is timed alone and
-memory stays at a few batches whatever the data set's size.
+memory stays at a few batches whatever the data set's size. "EC encode" and "shard write"
+follow the engine's RedundancyPolicy: a chunk that compresses to at most small_chunk_max_bytes
+is stored as m+1 whole copies (nothing to encode, more to write), a tiny one inline (no files).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from edgestore.storage.placement import place, shard_key
 from edgestore.types import ChunkId, Compression, Layout
 
 BLOCK = 4 * MiB
-BATCH = 256 * MiB
+BATCH = 128 * MiB
 
 CHUNK = "chunk (FastCDC)"
 CHUNK_HASH = "chunk id SHA-256"

@@ -46,6 +46,16 @@ class InvalidInput(EdgestoreError):
     code = "invalid_input"
 
 
+class ProtocolMismatch(InvalidInput):
+    """The request speaks a protocol version this server does not (tus: 412)."""
+
+    code = "protocol_mismatch"
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+
+
 class InvalidKey(InvalidInput):
     code = "invalid_key"
 
@@ -64,6 +74,18 @@ class ChecksumMismatch(InvalidInput):
     """Bytes received do not match the checksum the client declared."""
 
     code = "checksum_mismatch"
+
+
+class ChunkHashMismatch(InvalidInput):
+    """A chunk's bytes do not hash to the id it was sent under (native API)."""
+
+    code = "chunk_hash_mismatch"
+
+
+class WholeFileMismatch(InvalidInput):
+    """The assembled object's SHA-256 differs from the one the client declared."""
+
+    code = "sha256_mismatch"
 
 
 class UnsupportedChecksum(InvalidInput):
@@ -131,6 +153,27 @@ class SourceChanged(EdgestoreError):
     """A file changed on disk while it was being uploaded."""
 
     code = "source_changed"
+
+
+# --- access and abuse ---------------------------------------------------------------------------
+
+
+class Unauthorized(EdgestoreError):
+    code = "unauthorized"
+
+
+class Forbidden(EdgestoreError):
+    code = "forbidden"
+
+
+class RateLimited(EdgestoreError):
+    """Too many requests or bytes; details['retry_after'] says when to come back (seconds)."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(EdgestoreError):
+    code = "quota_exceeded"
 
 
 # --- storage faults ---------------------------------------------------------------------------

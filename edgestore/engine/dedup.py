@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
@@ -31,6 +32,8 @@ class StoredChunk:
     raw_size: int
     stored_size: int  # bytes this call wrote to shards (0 for a dedup hit)
     is_new: bool
+    compressed_size: int = 0  # after zstd, before redundancy (0 for a dedup hit)
+    seconds: float = 0.0  # time to hash, look up and (if new) store
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +100,12 @@ class ChunkWriter:
 
     def store(self, raw: bytes) -> StoredChunk:
         """Store a chunk unless already stored; thread-safe; returns once durable."""
+        started = time.perf_counter()
         cid = compute_chunk_id(raw)
         stored, did_work = self._inflight.run(cid, lambda: self._store(cid, raw))
         if not did_work:
-            return StoredChunk(cid, len(raw), 0, False)
-        return stored
+            stored = StoredChunk(cid, len(raw), 0, False)
+        return replace(stored, seconds=time.perf_counter() - started)
 
     def _store(self, cid: ChunkId, raw: bytes) -> StoredChunk:
         with self._db.read() as conn:
@@ -152,7 +156,8 @@ class ChunkWriter:
         if not inserted:  # another writer won the race; ours are unreferenced duplicates
             self._delete_shards(refs)
             return StoredChunk(cid, len(raw), 0, False)
-        return StoredChunk(cid, len(raw), sum(r.size for r in refs) or len(stored), True)
+        written = sum(r.size for r in refs) or len(stored)
+        return StoredChunk(cid, len(raw), written, True, compressed_size=len(stored))
 
     def _write_shards(
         self,

@@ -102,6 +102,7 @@ class Appender:
         self._ready: list[tuple[NewPart, bytes | None]] = []
         self._next_offset = upload.committed_offset
         self._stop_reason: str | None = None
+        self.last_activity = time.monotonic()
         self._last_commit = self._last_renew = time.monotonic()
         self._chunks = self._new_chunks = self._stored = self._dedup = self._received = 0
 
@@ -114,6 +115,11 @@ class Appender:
     @property
     def upload(self) -> UploadRecord:
         return self._upload
+
+    @property
+    def idle_seconds(self) -> float:
+        """Time since the last block arrived: a dropped connection goes quiet."""
+        return time.monotonic() - self.last_activity
 
     @property
     def stats(self) -> AppendStats:
@@ -139,6 +145,7 @@ class Appender:
         try:
             try:
                 for block in blocks:
+                    self.last_activity = time.monotonic()
                     if self._stop_reason:
                         raise TransferInterrupted(self._stop_reason)
                     if up.length is not None and up.offset + received + len(block) > up.length:

@@ -20,13 +20,23 @@ from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.ingest import Appender, Checksum
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
-from edgestore.errors import InvalidInput, OffsetConflict, TooLarge, UploadLocked, UploadStateError
+from edgestore.errors import (
+    InvalidInput,
+    OffsetConflict,
+    TooLarge,
+    UploadLocked,
+    UploadStateError,
+)
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import now
 from edgestore.metadata.uploads import UploadRecord
 
 log = logging.getLogger(__name__)
+
+# A second request for an upload whose current writer has received nothing for this long
+# takes over (the first one's client is gone); sooner, it is refused as locked.
+TAKEOVER_IDLE_SECONDS = 1.0
 
 
 @dataclass
@@ -190,12 +200,18 @@ class Uploads:
                 log.exception("could not release the lock of upload %s", upload_id)
 
     def _take_over(self, upload_id: str, owner: str) -> None:
-        """If this process is still writing the upload, stop that writer and wait for it."""
-        if not self._stop_local_writer(upload_id, "a newer request took over this upload"):
-            return
+        """If this process is writing the upload but its client went quiet, stop that writer.
+
+        A writer still receiving bytes keeps the upload: the newcomer gets UploadLocked.
+        """
         with self._lock:
             active = self._active.get(upload_id)
-        if active is not None and not active.done.wait(self._core.settings.upload_lock_seconds):
+        if active is None:
+            return
+        if active.appender.idle_seconds < TAKEOVER_IDLE_SECONDS:
+            raise UploadLocked(f"upload {upload_id} is being written by another request")
+        active.appender.stop("a newer request took over this upload")
+        if not active.done.wait(self._core.settings.upload_lock_seconds):
             raise UploadLocked(f"upload {upload_id} is still being written; retry shortly")
 
     def _stop_local_writer(self, upload_id: str, reason: str) -> bool:
@@ -205,6 +221,74 @@ class Uploads:
             return False
         active.appender.stop(reason)
         return True
+
+    def concatenate(
+        self,
+        partial_ids: list[str],
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        content_type: str | None = None,
+        filename: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+    ) -> UploadRecord:
+        """A final upload made of complete partial uploads, in order: no byte is copied.
+
+        The new version's manifest is the partials' manifests end to end; the partials keep
+        their own references until they expire, so a retried final is still possible.
+        """
+        if not partial_ids:
+            raise InvalidInput("a final upload needs at least one partial upload")
+        if bucket is not None:
+            validate_bucket(bucket)
+        if key is not None:
+            validate_key(key)
+        db = self._core.db
+        with db.write() as conn:
+            entries: list[tuple[str, int, int]] = []
+            total = 0
+            for pid in partial_ids:
+                part = upload_rows.get_open(conn, pid)
+                if not part.is_partial:
+                    raise UploadStateError(f"upload {pid} is not a partial upload")
+                if part.state != upload_rows.COMPLETE:
+                    raise UploadStateError(
+                        f"partial upload {pid} is not complete ({part.offset} of "
+                        f"{part.length if part.length is not None else '?'} bytes)"
+                    )
+                for cid, off, length in upload_rows.parts(conn, pid):
+                    entries.append((cid, total + off, length))
+                total += part.offset
+            if total > self._core.settings.max_upload_size:
+                raise TooLarge(f"concatenated length {total} exceeds the maximum")
+            uid = upload_rows.create(
+                conn,
+                kind="tus",
+                bucket=bucket,
+                key=key,
+                length=total,
+                expires_at=None,
+                hash_state=None,
+                content_type=content_type,
+                filename=filename,
+                user_metadata=user_metadata,
+                concat_of=list(partial_ids),
+                committed_offset=total,
+            )
+            version_id = object_rows.create_version(
+                db,
+                conn,
+                bucket=bucket or DEFAULT_BUCKET,
+                key=key or uid,
+                entries=entries,
+                sha256=None,  # filled in by the maintenance task (SHA-256 state can't be joined)
+                content_type=content_type,
+                filename=filename,
+                user_metadata=user_metadata or {},
+                take_refs=True,
+            )
+            upload_rows.mark_complete(conn, uid, version_id)
+            return upload_rows.get(conn, uid)
 
     def _complete(self, conn: Connection, rec: UploadRecord, sha256: str | None) -> None:
         """Turn a finished upload into an object version (a partial one just stays complete)."""

@@ -113,6 +113,7 @@ def create(
     is_partial: bool = False,
     concat_of: list[str] | None = None,
     expected_sha256: str | None = None,
+    committed_offset: int = 0,
 ) -> UploadId:
     uid = str(uuid.uuid4())
     t = now()
@@ -124,7 +125,7 @@ def create(
             bucket=bucket,
             key=key,
             length=length,
-            committed_offset=0,
+            committed_offset=committed_offset,
             tail_length=0,
             next_seq=0,
             hash_state=hash_state,
@@ -340,12 +341,22 @@ def release_data(conn: Connection, upload_id: str, state: str) -> None:
 
 
 def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> list[str]:
-    """Uploads to reclaim: open ones past their expiry, local puts whose process died."""
+    """Uploads to reclaim: open ones past their expiry, local puts whose process died, and
+    complete partial uploads (kept for concatenation) past their expiry."""
     q = sa.select(uploads.c.upload_id).where(
-        uploads.c.state == OPEN,
         sa.or_(
-            uploads.c.expires_at < t,
-            sa.and_(uploads.c.kind == "local", uploads.c.updated_at < local_before),
-        ),
+            sa.and_(
+                uploads.c.state == OPEN,
+                sa.or_(
+                    uploads.c.expires_at < t,
+                    sa.and_(uploads.c.kind == "local", uploads.c.updated_at < local_before),
+                ),
+            ),
+            sa.and_(
+                uploads.c.state == COMPLETE,
+                uploads.c.is_partial.is_(True),
+                uploads.c.expires_at < t,
+            ),
+        )
     )
     return list(conn.execute(q.limit(limit)).scalars())

@@ -131,22 +131,25 @@ def test_lock_blocks_a_second_writer_until_its_lease_expires(make_settings) -> N
         assert b.uploads.append(up.upload_id, 0, iter([b"x"])).offset == 1
 
 
-def test_takeover_stops_the_old_writer(small_engine: Engine) -> None:
+def test_a_live_writer_keeps_the_upload_a_silent_one_is_taken_over(
+    small_engine: Engine,
+) -> None:
     up = small_engine.uploads.create(length=10 * MiB)
-    started = threading.Event()
-    release = threading.Event()
+    started, quiet, release = threading.Event(), threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
-    def slow() -> Iterator[bytes]:
+    def client() -> Iterator[bytes]:
         yield b"a" * 100_000
         started.set()
-        while not release.is_set():
+        while not quiet.is_set():  # a live client keeps sending
             yield b"a" * 1000
             time.sleep(0.01)
+        release.wait(10)  # then its connection hangs: nothing more arrives
+        yield b"never"
 
     def first() -> None:
         try:
-            small_engine.uploads.append(up.upload_id, 0, slow())
+            small_engine.uploads.append(up.upload_id, 0, client())
         except BaseException as exc:
             errors.append(exc)
 
@@ -154,15 +157,21 @@ def test_takeover_stops_the_old_writer(small_engine: Engine) -> None:
     t.start()
     assert started.wait(5)
     offset = small_engine.uploads.get(up.upload_id).offset
-    with pytest.raises((OffsetConflict, UploadLocked)):
-        # the newcomer stops the old writer; its offset is stale by then
-        small_engine.uploads.append(up.upload_id, offset + 1, iter([b"z"]))
+    with pytest.raises(UploadLocked):  # two live writers: the second is refused
+        small_engine.uploads.append(up.upload_id, offset, iter([b"z"]))
+    quiet.set()
+    time.sleep(1.3)  # the first client has been silent for longer than the takeover delay
+    durable = small_engine.uploads.get(up.upload_id).offset
+    done = threading.Timer(0.5, release.set)  # the hung read eventually returns
+    done.start()
+    with pytest.raises(OffsetConflict):
+        # the newcomer stops the old writer, which keeps what it received: offset moved
+        small_engine.uploads.append(up.upload_id, durable, iter([b"z"]))
     t.join(5)
-    release.set()
     assert not t.is_alive()
     assert errors and isinstance(errors[0], TransferInterrupted)
     durable = small_engine.uploads.get(up.upload_id).offset
-    assert durable >= 100_000  # what the old writer received was kept
+    assert durable > 100_000
     assert small_engine.uploads.append(up.upload_id, durable, iter([b"z"])).offset == durable + 1
 
 

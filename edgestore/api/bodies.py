@@ -1,0 +1,140 @@
+"""Streaming a request body from the event loop into an engine call on a worker thread.
+
+The event loop receives the body (~64 KiB pieces), gathers them into ~1 MiB blocks and hands
+them over through a small bounded queue; the engine consumes them on its own thread, so the
+loop never hashes, compresses, codes or fsyncs. Back-pressure: when the engine falls behind,
+the loop stops reading the socket. A client that disconnects (or goes silent) turns into
+TransferInterrupted on the engine side, which keeps the durable prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from starlette.requests import ClientDisconnect
+
+from edgestore.errors import TooLarge, TransferInterrupted
+
+T = TypeVar("T")
+
+BLOCK = 1024 * 1024
+QUEUE_BLOCKS = 4
+_END = object()
+
+
+class _Interrupt:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class BodyBridge:
+    """A bounded, one-way channel of byte blocks from the event loop to one worker thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = QUEUE_BLOCKS) -> None:
+        self._loop = loop
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._space = asyncio.Semaphore(depth)
+        self.received = 0
+
+    # --- worker-thread side --------------------------------------------------------------------
+
+    def blocks(self) -> Iterator[bytes]:
+        """What the engine iterates; raises TransferInterrupted if the sender went away."""
+        while True:
+            item = self._queue.get()
+            self._loop.call_soon_threadsafe(self._space.release)
+            if item is _END:
+                return
+            if isinstance(item, _Interrupt):
+                raise TransferInterrupted(item.reason)
+            assert isinstance(item, bytes)
+            yield item
+
+    # --- event-loop side -----------------------------------------------------------------------
+
+    async def _put(self, item: object, consumer: asyncio.Future[object]) -> bool:
+        """Queue an item once there is room; False if the consumer has already finished."""
+        acquire = asyncio.ensure_future(self._space.acquire())
+        done, _ = await asyncio.wait({acquire, consumer}, return_when=asyncio.FIRST_COMPLETED)
+        if acquire not in done:
+            acquire.cancel()
+            return False
+        self._queue.put_nowait(item)
+        return True
+
+    def interrupt_now(self, reason: str) -> None:
+        """Wake the consumer with an interruption without waiting for queue space."""
+        self._queue.put_nowait(_Interrupt(reason))
+
+    async def pump(
+        self,
+        body: AsyncIterator[bytes],
+        consumer: asyncio.Future[object],
+        *,
+        limit: int | None = None,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        """Feed the body to the consumer until it ends, the client leaves or the consumer stops.
+
+        `limit`: more bytes than this is refused (TooLarge) before they reach the engine.
+        """
+        pending = bytearray()
+        it = body.__aiter__()
+        try:
+            while True:
+                try:
+                    piece = await asyncio.wait_for(it.__anext__(), idle_timeout)
+                except StopAsyncIteration:
+                    break
+                if not piece:
+                    continue
+                self.received += len(piece)
+                if limit is not None and self.received > limit:
+                    self.interrupt_now("request body longer than allowed")
+                    raise TooLarge(
+                        f"request body exceeds the {limit} bytes this upload can still take"
+                    )
+                pending += piece
+                if len(pending) >= BLOCK:
+                    if not await self._put(bytes(pending), consumer):
+                        return
+                    pending.clear()
+            if pending and not await self._put(bytes(pending), consumer):
+                return
+            await self._put(_END, consumer)
+        except ClientDisconnect:
+            self.interrupt_now("client disconnected")
+        except TimeoutError:
+            self.interrupt_now(f"no bytes from the client for {idle_timeout:.0f}s")
+        except asyncio.CancelledError:  # server shutting down: keep what arrived
+            self.interrupt_now("server shutting down")
+            raise
+
+
+async def run_with_body(
+    executor: ThreadPoolExecutor,
+    body: AsyncIterator[bytes],
+    work: Callable[[Iterator[bytes]], T],
+    *,
+    limit: int | None = None,
+    idle_timeout: float = 60.0,
+) -> tuple[T, int]:
+    """Run work(blocks) on a worker thread while streaming the body into it.
+
+    Returns (result, bytes received). Whatever happens on the loop side (cancellation,
+    oversize body), the worker is waited for, so it never outlives the request unseen.
+    """
+    loop = asyncio.get_running_loop()
+    bridge = BodyBridge(loop)
+    fut: Future[T] = executor.submit(work, bridge.blocks())
+    consumer = asyncio.wrap_future(fut)
+    try:
+        await bridge.pump(body, consumer, limit=limit, idle_timeout=idle_timeout)
+    except BaseException:
+        await asyncio.shield(asyncio.wait({consumer}))
+        raise
+    return await consumer, bridge.received

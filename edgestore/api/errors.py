@@ -1,0 +1,106 @@
+"""The one table from domain errors to HTTP statuses, and the error response body.
+
+Everything edgestore raises on purpose maps here; anything else is logged and answered 500.
+Bodies are JSON: {"error": <stable code>, "message": <what happened and what to do>}.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgestore import errors as e
+
+log = logging.getLogger(__name__)
+
+# tus 1.0 checksum extension: "460 Checksum Mismatch".
+CHECKSUM_MISMATCH = 460
+
+STATUS: list[tuple[type[e.EdgestoreError], int]] = [
+    (e.ChecksumMismatch, CHECKSUM_MISMATCH),
+    (e.ChunkHashMismatch, 422),
+    (e.WholeFileMismatch, 422),
+    (e.InvalidRange, 416),
+    (e.ProtocolMismatch, 412),
+    (e.UnsupportedMediaType, 415),
+    (e.TooLarge, 413),
+    (e.UnsupportedChecksum, 400),
+    (e.InvalidInput, 400),
+    (e.Forbidden, 403),
+    (e.Unauthorized, 401),
+    (e.UploadGone, 410),
+    (e.NotFound, 404),
+    (e.OffsetConflict, 409),
+    (e.MissingChunks, 409),
+    (e.UploadStateError, 403),
+    (e.UploadLocked, 423),
+    (e.QuotaExceeded, 507),
+    (e.RateLimited, 429),
+    (e.StorageFull, 507),
+    (e.StorageUnavailable, 503),
+    (e.ChunkUnreadable, 500),
+    (e.ChunkCorrupt, 500),
+    (e.TransferInterrupted, 400),
+]
+
+
+def status_for(exc: e.EdgestoreError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
+    return {"error": code, "message": message, **extra}
+
+
+def error_response(exc: e.EdgestoreError, headers: dict[str, str] | None = None) -> JSONResponse:
+    status = status_for(exc)
+    extra: dict[str, object] = {}
+    if isinstance(exc, e.MissingChunks):
+        extra["missing"] = exc.chunk_ids
+    if isinstance(exc, e.OffsetConflict):
+        extra["offset"] = exc.expected
+    hdrs = dict(headers or {})
+    retry_after = exc.details.get("retry_after")
+    if retry_after is not None:
+        hdrs["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    if status >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+    return JSONResponse(error_body(exc.code, exc.message, **extra), status, headers=hdrs)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers; tus routes add their protocol headers in their own wrapper."""
+
+    @app.exception_handler(e.EdgestoreError)
+    async def _domain(request: Request, exc: e.EdgestoreError) -> JSONResponse:
+        return error_response(exc, getattr(request.state, "error_headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return JSONResponse(error_body("invalid_request", problems), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        headers.update(getattr(request.state, "error_headers", None) or {})
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", "internal server error; see the server log"),
+            500,
+            headers=getattr(request.state, "error_headers", None),
+        )
