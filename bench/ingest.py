@@ -44,6 +44,7 @@ from bench.report import Spread, Throughput, Verdict
 from edgestore.codec.erasure import ReedSolomon
 from edgestore.config import load_settings
 from edgestore.engine import Engine
+from edgestore.engine.pipeline import tune_allocator
 from edgestore.metadata.stats import StoreUsage
 
 PUT_BLOCK = 1 * MiB  # what `edgestore put` reads at a time
@@ -335,6 +336,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_allocator()  # as Engine.open does, so stage figures and engine figures compare
     if args.rss_child is not None:
         print(json.dumps(rss_child(args.rss_child, args.workdir)))
         return 0

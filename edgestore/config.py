@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         64 * 1024, ge=0, le=1 * MiB, description="Stored chunks up to this size live in the DB."
     )
     small_chunk_max_bytes: int = Field(
-        1 * MiB,
+        128 * 1024,
         ge=0,
         description="Stored chunks up to this size are replicated (m+1 copies), not EC'd.",
     )

@@ -9,7 +9,6 @@ import hashlib
 import logging
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgestore.codec import compression
@@ -40,15 +39,14 @@ class EngineCore:
     writer: ChunkWriter
     reader: ChunkReader
     params: dict[str, str]
-    io_pool: ThreadPoolExecutor
 
     @property
     def store_id(self) -> str:
         return self.params["store_id"]
 
     def close(self) -> None:
+        self.writer.close()
         self.pool.shutdown()
-        self.io_pool.shutdown(wait=True, cancel_futures=True)
         self.db.close()
 
 
@@ -130,11 +128,6 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
         )
         tune_allocator()
         pool = CpuPool(settings.workers)
-        # Shard writes mostly wait on fsync: enough threads for every shard of every chunk
-        # the CPU pool can have in flight.
-        io_pool = ThreadPoolExecutor(
-            max(len(dirs.backends), 1) * settings.workers, thread_name_prefix="edgestore-io"
-        )
 
         def on_faults(chunk: str, faults: list[ShardFault]) -> None:
             reason = "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults)
@@ -153,10 +146,9 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             dirs=dirs,
             pool=pool,
             policy=policy,
-            writer=ChunkWriter(settings, db, dirs, policy, io_pool),
+            writer=ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers * 3),
             reader=ChunkReader(dirs, ec_backend or None, on_faults),
             params=recorded,
-            io_pool=io_pool,
         )
     except BaseException:
         db.close()

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
 from edgestore.codec.hashing import chunk_id as compute_chunk_id
 from edgestore.config import Settings
-from edgestore.engine.pipeline import InflightDedup
+from edgestore.engine.pipeline import CpuPool
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import Database
 from edgestore.storage.datadirs import DataDirs
 from edgestore.storage.placement import place, shard_key
-from edgestore.types import ChunkId, Compression, Layout, ShardRef
+from edgestore.types import ChunkId, Layout, ShardRef
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,22 @@ class RedundancyPolicy:
         return self.small if stored_size <= self.small_max else self.large
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A new chunk after the CPU phase: compressed, coded, ready to be written and indexed."""
+
+    record: chunk_index.ChunkRecord
+    shards: list[tuple[ShardRef, list[bytes]]]  # (where, the file's buffers)
+
+
 class ChunkWriter:
-    """Stores chunks exactly once, whatever the concurrency."""
+    """Stores chunks exactly once, whatever the concurrency, in a two-phase pipeline.
+
+    CPU phase (the CPU pool): SHA-256, dedup lookup, zstd, erasure coding. I/O phase (the
+    commit pool): write every shard at once on the shard-I/O pool, then insert the chunk row.
+    A worker never sits waiting on fsync while there is hashing to do. At most `slots` chunks
+    are in flight (submit blocks beyond that), which bounds memory.
+    """
 
     def __init__(
         self,
@@ -89,25 +104,116 @@ class ChunkWriter:
         db: Database,
         dirs: DataDirs,
         policy: RedundancyPolicy,
-        io_pool: ThreadPoolExecutor,
+        cpu: CpuPool,
+        slots: int,
     ) -> None:
         self._settings = settings
         self._db = db
         self._dirs = dirs
         self._policy = policy
-        self._inflight = InflightDedup()
-        self._io = io_pool
+        self._cpu = cpu
+        self._slots = threading.BoundedSemaphore(slots)
+        self._commit = ThreadPoolExecutor(slots, thread_name_prefix="edgestore-commit")
+        # Enough threads to write every shard of every in-flight chunk at once.
+        self._io = ThreadPoolExecutor(
+            slots * max(policy.large.codec.total, 1), thread_name_prefix="edgestore-io"
+        )
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[StoredChunk]] = {}
+
+    def close(self) -> None:
+        self._commit.shutdown(wait=True, cancel_futures=True)
+        self._io.shutdown(wait=True, cancel_futures=True)
 
     def store(self, raw: bytes) -> StoredChunk:
-        """Store a chunk unless already stored; thread-safe; returns once durable."""
-        started = time.perf_counter()
-        cid = compute_chunk_id(raw)
-        stored, did_work = self._inflight.run(cid, lambda: self._store(cid, raw))
-        if not did_work:
-            stored = StoredChunk(cid, len(raw), 0, False)
-        return replace(stored, seconds=time.perf_counter() - started)
+        """Store a chunk unless already stored; returns once it is durable."""
+        return self.submit(raw).result()
 
-    def _store(self, cid: ChunkId, raw: bytes) -> StoredChunk:
+    def submit(self, raw: bytes) -> Future[StoredChunk]:
+        """Start storing a chunk; the future resolves once it is durable (or known)."""
+        self._slots.acquire()
+        result: Future[StoredChunk] = Future()
+        result.set_running_or_notify_cancel()  # work under way can't be cancelled, only awaited
+        result.add_done_callback(lambda _f: self._slots.release())
+        started = time.perf_counter()
+        try:
+            self._cpu.submit(self._cpu_phase, raw, result, started)
+        except BaseException:
+            result.cancel()
+            raise
+        return result
+
+    # --- the two phases ---------------------------------------------------------------------
+
+    def _cpu_phase(self, raw: bytes, result: Future[StoredChunk], started: float) -> None:
+        cid: ChunkId | None = None
+        try:
+            cid = compute_chunk_id(raw)
+            with self._lock:
+                owner = self._inflight.setdefault(cid, result)
+            if owner is not result:  # the same chunk is being stored right now: wait for it
+                owner.add_done_callback(lambda f: self._follow(f, result, raw, started))
+                cid = None
+                return
+            prepared = self._prepare(cid, raw)
+            if isinstance(prepared, StoredChunk):
+                self._finish(cid, result, prepared, started)
+            else:
+                self._commit.submit(self._io_phase, prepared, result, started)
+            cid = None
+        except BaseException as exc:
+            if cid is not None:
+                self._fail(cid, result, exc)
+            else:
+                result.set_exception(exc)
+
+    def _io_phase(self, prep: _Prepared, result: Future[StoredChunk], started: float) -> None:
+        rec = prep.record
+        try:
+            refs = self._write_shards(prep)
+            with self._db.write(durable=False) as conn:
+                # Not fsynced on its own: the upload checkpoint that references this chunk is
+                # a durable commit, and it makes every earlier commit durable with it.
+                inserted = chunk_index.insert(self._db, conn, rec, refs)
+            if not inserted:  # another node won the race; ours are unreferenced duplicates
+                self._delete_shards(refs)
+                stored = StoredChunk(rec.chunk_id, rec.raw_size, 0, False)
+            else:
+                written = sum(r.size for r in refs) or rec.stored_size
+                stored = StoredChunk(
+                    rec.chunk_id, rec.raw_size, written, True, compressed_size=rec.stored_size
+                )
+            self._finish(rec.chunk_id, result, stored, started)
+        except BaseException as exc:
+            self._fail(rec.chunk_id, result, exc)
+
+    def _follow(
+        self, owner: Future[StoredChunk], result: Future[StoredChunk], raw: bytes, started: float
+    ) -> None:
+        exc = owner.exception() if not owner.cancelled() else RuntimeError("chunk write cancelled")
+        if exc is not None:
+            result.set_exception(exc)
+            return
+        stored = owner.result()
+        result.set_result(
+            StoredChunk(stored.chunk_id, len(raw), 0, False, seconds=time.perf_counter() - started)
+        )
+
+    def _finish(
+        self, cid: str, result: Future[StoredChunk], stored: StoredChunk, started: float
+    ) -> None:
+        with self._lock:
+            self._inflight.pop(cid, None)
+        result.set_result(replace(stored, seconds=time.perf_counter() - started))
+
+    def _fail(self, cid: str, result: Future[StoredChunk], exc: BaseException) -> None:
+        with self._lock:
+            self._inflight.pop(cid, None)
+        result.set_exception(exc)
+
+    # --- work ---------------------------------------------------------------------------------
+
+    def _prepare(self, cid: ChunkId, raw: bytes) -> StoredChunk | _Prepared:
         with self._db.read() as conn:
             refcount = chunk_index.refcount_of(conn, cid)
         if refcount is not None:
@@ -136,42 +242,11 @@ class ChunkWriter:
                 refcount=0,
                 inline_data=stored,
             )
-            refs: list[ShardRef] = []
-        else:
-            refs = self._write_shards(cid, codec, stored, redundancy, generation)
-            record = chunk_index.ChunkRecord(
-                chunk_id=cid,
-                raw_size=len(raw),
-                stored_size=len(stored),
-                compression=codec,
-                layout=redundancy.layout,
-                ec_k=redundancy.k,
-                ec_m=redundancy.m,
-                shard_size=refs[0].size,
-                generation=generation,
-                refcount=0,
-            )
-        with self._db.write() as conn:
-            inserted = chunk_index.insert(self._db, conn, record, refs)
-        if not inserted:  # another writer won the race; ours are unreferenced duplicates
-            self._delete_shards(refs)
-            return StoredChunk(cid, len(raw), 0, False)
-        written = sum(r.size for r in refs) or len(stored)
-        return StoredChunk(cid, len(raw), written, True, compressed_size=len(stored))
-
-    def _write_shards(
-        self,
-        cid: ChunkId,
-        codec: Compression,
-        stored: bytes,
-        redundancy: Redundancy,
-        generation: str,
-    ) -> list[ShardRef]:
+            return _Prepared(record, [])
         names = self._dirs.writable_names()
         payloads = redundancy.codec.encode(stored)
         placement = place(cid, len(payloads), names)
-        refs: list[ShardRef] = []
-        writes = []
+        files = []
         for index, (payload, backend_name) in enumerate(zip(payloads, placement, strict=True)):
             header = shardfile.make_header(
                 cid,
@@ -183,13 +258,36 @@ class ChunkWriter:
                 len(stored),
                 payload,
             )
-            key = shard_key(cid, generation, index)
-            refs.append(
-                ShardRef(cid, index, backend_name, key, len(payload), header.payload_checksum)
+            ref = ShardRef(
+                cid,
+                index,
+                backend_name,
+                shard_key(cid, generation, index),
+                len(payload),
+                header.payload_checksum,
             )
-            backend = self._dirs.backends[backend_name]
-            # Shards go to different disks: write them at once, so their fsyncs overlap.
-            writes.append(self._io.submit(backend.put, key, shardfile.pack(header, payload)))
+            files.append((ref, shardfile.pack(header, payload)))
+        record = chunk_index.ChunkRecord(
+            chunk_id=cid,
+            raw_size=len(raw),
+            stored_size=len(stored),
+            compression=codec,
+            layout=redundancy.layout,
+            ec_k=redundancy.k,
+            ec_m=redundancy.m,
+            shard_size=len(payloads[0]),
+            generation=generation,
+            refcount=0,
+        )
+        return _Prepared(record, files)
+
+    def _write_shards(self, prep: _Prepared) -> list[ShardRef]:
+        """Write all shards at once (they are on different disks, so their fsyncs overlap)."""
+        refs = [ref for ref, _ in prep.shards]
+        writes = [
+            self._io.submit(self._dirs.backends[ref.backend].put, ref.key, parts)
+            for ref, parts in prep.shards
+        ]
         errors = [exc for exc in (w.exception() for w in writes) if exc is not None]
         if errors:
             self._delete_shards(refs)  # no row will point at these; don't wait for gc

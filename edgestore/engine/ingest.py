@@ -188,7 +188,7 @@ class Appender:
     # --- internals ----------------------------------------------------------------------------
 
     def _submit(self, chunk: bytes) -> None:
-        stored = self._pool.submit_limited(self._writer.store, chunk)
+        stored = self._writer.submit(chunk)
         hashed = None
         if self._lane is not None and self._hasher is not None:
             hashed = self._lane.submit(_hash_step, self._hasher, chunk)

@@ -58,17 +58,6 @@ class CpuPool:
     def submit(self, fn: Callable[..., R], *args: object) -> Future[R]:
         return self._executor.submit(fn, *args)
 
-    def submit_limited(self, fn: Callable[..., R], *args: object) -> Future[R]:
-        """Like submit, but blocks while the pool already has its fill of queued work."""
-        self._slots.acquire()
-        try:
-            fut = self._executor.submit(fn, *args)
-        except BaseException:
-            self._slots.release()
-            raise
-        fut.add_done_callback(lambda _f: self._slots.release())
-        return fut
-
     def map_ordered(
         self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None
     ) -> Iterator[R]:
@@ -110,33 +99,3 @@ class SerialLane:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-class InflightDedup:
-    """Coalesces concurrent work on the same key: the second caller waits for the first."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[str, Future[object]] = {}
-
-    def run(self, key: str, fn: Callable[[], R]) -> tuple[R, bool]:
-        """(result, True if this call did the work)."""
-        with self._lock:
-            fut = self._running.get(key)
-            owner = fut is None
-            if owner:
-                fut = self._running[key] = Future()
-        assert fut is not None
-        if not owner:
-            return fut.result(), False  # type: ignore[return-value]
-        try:
-            result = fn()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            raise
-        else:
-            fut.set_result(result)
-            return result, True
-        finally:
-            with self._lock:
-                del self._running[key]

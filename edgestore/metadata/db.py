@@ -70,13 +70,22 @@ class Database:
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction: committed on normal exit, rolled back on any exception."""
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction: committed on normal exit, rolled back on any exception.
+
+        `durable=False` skips the commit's own flush to disk (SQLite synchronous=NORMAL,
+        PostgreSQL synchronous_commit=off). The write-ahead log is sequential, so the next
+        durable commit flushes it too: use it only for rows whose loss before then is harmless.
+        """
         with (
             _translate_errors(),
-            self.engine.connect().execution_options(sqlite_immediate=True) as conn,
+            self.engine.connect().execution_options(
+                sqlite_immediate=True, sqlite_durable=durable
+            ) as conn,
             conn.begin(),
         ):
+            if not durable and self.is_postgres:
+                conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
             yield conn
 
     def insert(self, table: sa.Table) -> Any:
@@ -123,8 +132,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        durable = options.get("sqlite_durable", True)
+        conn.exec_driver_sql("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
 @contextmanager
