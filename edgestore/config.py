@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         6.0, gt=0, le=300, description="Write lease of an upload; a dead writer blocks no longer."
     )
 
+    maintenance_interval_seconds: int = Field(
+        600, ge=0, description="Server upkeep (expiry, gc) every this often; 0 disables it."
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="Base URL clients see, behind a proxy.")

@@ -67,6 +67,8 @@ def error_response(exc: e.EdgestoreError, headers: dict[str, str] | None = None)
     if isinstance(exc, e.OffsetConflict):
         extra["offset"] = exc.expected
     hdrs = dict(headers or {})
+    if isinstance(exc, e.InvalidRange):
+        hdrs["Content-Range"] = f"bytes */{exc.size}"
     retry_after = exc.details.get("retry_after")
     if retry_after is not None:
         hdrs["Retry-After"] = str(max(1, int(retry_after + 0.999)))

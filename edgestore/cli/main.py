@@ -84,7 +84,7 @@ def main_options(
 
 
 def _register() -> None:
-    from edgestore.cli import local  # noqa: F401  (registers its commands on `app`)
+    from edgestore.cli import local, serve  # noqa: F401  (they register their commands)
 
 
 _register()

@@ -23,6 +23,7 @@ from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
 from edgestore.errors import (
     InvalidInput,
     OffsetConflict,
+    StorageUnavailable,
     TooLarge,
     UploadLocked,
     UploadStateError,
@@ -52,6 +53,20 @@ class Uploads:
         self._core = core
         self._lock = threading.Lock()
         self._active: dict[str, _Active] = {}
+        self._closing: str | None = None
+
+    @property
+    def closing(self) -> str | None:
+        """Why new appends are refused (the server is shutting down), or None."""
+        return self._closing
+
+    def stop_all(self, reason: str) -> None:
+        """Refuse new appends and ask running ones to stop, keeping what they received."""
+        self._closing = reason
+        with self._lock:
+            running = list(self._active.values())
+        for active in running:
+            active.appender.stop(reason)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -156,6 +171,8 @@ class Uploads:
         lease of `upload_lock_seconds` that it renews while bytes flow.
         """
         core = self._core
+        if self._closing:
+            raise StorageUnavailable(f"{self._closing}; resume this upload shortly")
         owner = uuid.uuid4().hex
         self._take_over(upload_id, owner)
         try:

@@ -42,15 +42,25 @@ def _noop(_stage: str, _count: int) -> None:
     pass
 
 
-def collect(engine: Engine, *, grace: float | None = None, progress: Progress = _noop) -> GcReport:
-    """Run one collection; `grace` (seconds) defaults to the configured gc_grace_seconds."""
+def collect(
+    engine: Engine,
+    *,
+    grace: float | None = None,
+    orphans: bool = True,
+    progress: Progress = _noop,
+) -> GcReport:
+    """Run one collection; `grace` (seconds) defaults to the configured gc_grace_seconds.
+
+    `orphans=False` skips listing the data dirs for orphan files (the costly part).
+    """
     grace = engine.settings.gc_grace_seconds if grace is None else grace
     report = GcReport()
     started = time.monotonic()
     report.uploads_expired = engine.uploads.expire_stale(local_grace=grace)
     progress("uploads", report.uploads_expired)
     _collect_chunks(engine, now() - grace, report, progress)
-    _collect_orphans(engine, now() - grace, report, progress)
+    if orphans:
+        _collect_orphans(engine, now() - grace, report, progress)
     report.seconds = time.monotonic() - started
     return report
 

@@ -7,6 +7,7 @@ so concurrent writers queue instead of failing.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,6 +101,8 @@ class Database:
         """Bring the schema to the newest migration (safe with several nodes starting)."""
         from alembic import command
         from alembic.config import Config
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per start is plenty
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

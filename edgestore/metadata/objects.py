@@ -311,3 +311,9 @@ def referencing(conn: Connection, chunk: str, limit: int = 5) -> list[tuple[str,
         .limit(limit)
     )
     return [(r[0], r[1], r[2]) for r in conn.execute(q)]
+
+
+def without_sha256(conn: Connection, limit: int = 10) -> list[VersionInfo]:
+    """Versions whose whole-file SHA-256 is not known yet (concatenations)."""
+    q = _versions_query().where(object_versions.c.sha256.is_(None)).limit(limit)
+    return [_info(r) for r in conn.execute(q)]

@@ -10,8 +10,6 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 from fastapi import Request
 
@@ -58,10 +56,6 @@ def parse_size(name: str, value: str | None, *, required: bool = False) -> int |
     if not _DIGITS.fullmatch(value):
         raise InvalidInput(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
-
-
-def http_date(ts: float) -> str:
-    return format_datetime(datetime.fromtimestamp(ts, UTC), usegmt=True)
 
 
 # --- Upload-Metadata ----------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""The FastAPI application: routes, error mapping, request ids, metrics, background upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from edgestore import __version__
+from edgestore.api import errors, objects, ops, tus
+from edgestore.api.middleware import RequestContext
+from edgestore.api.state import Services
+from edgestore.config import Settings
+from edgestore.engine import Engine
+from edgestore.maintenance import gc
+from edgestore.maintenance.hashes import fill_missing_sha256
+
+log = logging.getLogger("edgestore.http")
+
+# The orphan-file sweep lists every data dir; run it every this many upkeep rounds.
+ORPHAN_SWEEP_EVERY = 24
+
+
+async def upkeep(svc: Services) -> None:
+    """Background upkeep: expire abandoned uploads, collect garbage, fill missing digests."""
+    interval = svc.settings.maintenance_interval_seconds
+    rounds = 0
+    while True:
+        await asyncio.sleep(interval)
+        rounds += 1
+        try:
+            report = await asyncio.to_thread(
+                gc.collect, svc.engine, orphans=rounds % ORPHAN_SWEEP_EVERY == 0
+            )
+            if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
+                log.info("upkeep: %s", report)
+            await asyncio.to_thread(fill_missing_sha256, svc.engine)
+        except Exception:
+            log.exception("upkeep round failed; will retry")
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The app for these settings; opens the store at start-up unless an engine is given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        eng = engine or await asyncio.to_thread(Engine.open, settings)
+        svc = Services(settings=settings, engine=eng)
+        app.state.services = svc
+        task = asyncio.create_task(upkeep(svc)) if settings.maintenance_interval_seconds else None
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+            eng.uploads.stop_all("server is shutting down")
+            await asyncio.to_thread(svc.close)
+            if engine is None:
+                await asyncio.to_thread(eng.close)
+
+    app = FastAPI(
+        title="edgestore",
+        version=__version__,
+        summary="Resumable uploads of huge files into a deduplicated, erasure-coded store.",
+        description="tus 1.0 uploads live at /files/ (see docs/api.md); this schema covers "
+        "the other routes.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(tus.router)
+    app.include_router(objects.router)
+    app.include_router(ops.router)
+
+    app.add_middleware(RequestContext)
+    return app

@@ -1,0 +1,127 @@
+"""Serving an object version over HTTP: Range, ETag, conditional requests, streaming.
+
+Bytes come from the engine chunk by chunk (each verified against its SHA-256, the next ones
+decoding ahead in parallel), pulled off the event loop one chunk at a time: memory stays at a
+few chunks whatever the object's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
+
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
+
+from edgestore.api.http import http_date
+from edgestore.api.state import Services
+from edgestore.errors import InvalidRange
+from edgestore.metadata.objects import VersionInfo
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f"\\]')
+
+
+def etag_of(info: VersionInfo) -> str:
+    return f'"{info.etag}"'
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / 5987).
+
+    Quotes, backslashes and control characters (CR/LF: header injection) never reach the
+    header; the UTF-8 form is percent-encoded.
+    """
+    name = filename.replace("/", "_")
+    ascii_name = _UNSAFE_FILENAME.sub("_", name).encode("ascii", "replace").decode()
+    ascii_name = ascii_name.replace("?", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """A single `bytes=` range as [start, end), None to serve everything, InvalidRange → 416."""
+    if header is None:
+        return None
+    header = header.strip()
+    if "," in header:
+        return None  # multiple ranges: serving the whole object is allowed (RFC 9110 14.2)
+    m = _RANGE.fullmatch(header)
+    if m is None or (not m.group(1) and not m.group(2)):
+        return None  # not a byte range we understand: ignore it, as RFC 9110 permits
+    first, last = m.group(1), m.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+        if last and int(last) < start:
+            return None
+    else:
+        suffix = int(last)
+        if suffix == 0:
+            raise InvalidRange("a zero-length suffix range cannot be satisfied", size=size)
+        start, end = max(size - suffix, 0), size
+    if start >= size:
+        raise InvalidRange(f"range starts at {start}, the object has {size} bytes", size=size)
+    return start, end
+
+
+def _headers(info: VersionInfo) -> dict[str, str]:
+    h = {
+        "ETag": etag_of(info),
+        "Last-Modified": http_date(info.created_at),
+        "Accept-Ranges": "bytes",
+        "X-Edgestore-Object-Id": info.object_id,
+        "X-Edgestore-Version": str(info.version),
+        "Cache-Control": "private, no-cache",
+    }
+    if info.sha256:
+        h["X-Edgestore-Sha256"] = info.sha256
+    if info.filename:
+        h["Content-Disposition"] = content_disposition(info.filename)
+    return h
+
+
+async def _pull(services: Services, pieces: Iterator[bytes | memoryview]) -> AsyncIterator[bytes]:
+    """Pull a blocking iterator one chunk at a time on a worker thread."""
+    sentinel = object()
+    try:
+        while True:
+            piece = await asyncio.to_thread(next, pieces, sentinel)
+            if piece is sentinel:
+                return
+            data = bytes(piece) if isinstance(piece, memoryview) else piece
+            services.metrics.bytes_out.inc(len(data))
+            yield data  # type: ignore[misc]
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
+
+
+def object_response(
+    request: Request, services: Services, info: VersionInfo, *, head: bool = False
+) -> Response:
+    headers = _headers(info)
+    media_type = info.content_type or "application/octet-stream"
+    etag = headers["ETag"]
+    inm = request.headers.get("if-none-match")
+    if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+        return Response(status_code=304, headers=headers)
+    byte_range = parse_range(request.headers.get("range"), info.size)
+    if_range = request.headers.get("if-range")
+    if byte_range is not None and if_range is not None and if_range.strip() != etag:
+        byte_range = None  # the client's copy is stale: send the whole (current) object
+    status = 200
+    start, end = 0, info.size
+    if byte_range is not None:
+        start, end = byte_range
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    headers["Content-Length"] = str(end - start)
+    if head:
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    pieces = services.engine.objects.read(info, start, end)
+    return StreamingResponse(
+        _pull(services, pieces), status_code=status, headers=headers, media_type=media_type
+    )

@@ -1,0 +1,103 @@
+"""What the tus handlers share: upload URLs, the headers that describe an upload, appends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import Request
+
+from edgestore.api.bodies import run_with_body
+from edgestore.api.http import http_date
+from edgestore.api.state import Services
+from edgestore.api.tus.headers import TUS_VERSION, base_headers, encode_metadata
+from edgestore.engine.ingest import Checksum
+from edgestore.errors import StorageUnavailable, TransferInterrupted
+from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.uploads import UploadRecord
+
+PREFIX = "/files"
+BODY_IDLE_TIMEOUT = 60.0  # seconds without a byte before a request counts as abandoned
+
+
+def base_url(request: Request, services: Services) -> str:
+    if services.settings.public_url:
+        return services.settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+def upload_url(request: Request, services: Services, upload_id: str) -> str:
+    return f"{base_url(request, services)}{PREFIX}/{upload_id}"
+
+
+def upload_id_from_url(url: str) -> str:
+    """The upload id in an upload URL (absolute or a path), for Upload-Concat."""
+    path = url.strip().split("?", 1)[0].rstrip("/")
+    if "://" in path:
+        path = "/" + path.split("://", 1)[1].split("/", 1)[-1]
+    return path.rsplit("/", 1)[-1]
+
+
+def describe(request: Request, services: Services, rec: UploadRecord) -> dict[str, str]:
+    """Headers that tell a client where an upload stands (HEAD, POST and PATCH responses)."""
+    h = base_headers()
+    h["Upload-Offset"] = str(rec.offset)
+    if rec.length is not None:
+        h["Upload-Length"] = str(rec.length)
+    else:
+        h["Upload-Defer-Length"] = "1"
+    tus_meta = rec.user_metadata
+    if tus_meta:
+        h["Upload-Metadata"] = encode_metadata(tus_meta)
+    if rec.is_partial:
+        h["Upload-Concat"] = "partial"
+    elif rec.concat_of:
+        urls = " ".join(f"{PREFIX}/{pid}" for pid in rec.concat_of)
+        h["Upload-Concat"] = f"final;{urls}"
+    if rec.state == upload_rows.OPEN and rec.expires_at is not None:
+        h["Upload-Expires"] = http_date(rec.expires_at)
+    h["Cache-Control"] = "no-store"
+    return h
+
+
+async def append_body(
+    request: Request,
+    services: Services,
+    upload: UploadRecord,
+    offset: int,
+    checksum: Checksum | None,
+) -> UploadRecord:
+    """Stream the request body into the upload at `offset`; return the upload afterwards."""
+    engine = services.engine
+    metrics = services.metrics
+    remaining = None if upload.length is None else upload.length - offset
+
+    def work(blocks: Iterator[bytes]) -> UploadRecord:  # runs on an upload thread
+        return engine.uploads.append(
+            upload.upload_id,
+            offset,
+            blocks,
+            checksum=checksum,
+            on_chunk=metrics.observe_chunk,
+        )
+
+    metrics.uploads_active.inc()
+    try:
+        rec, received = await run_with_body(
+            services.uploads,
+            request.stream(),
+            work,
+            limit=remaining,
+            idle_timeout=BODY_IDLE_TIMEOUT,
+        )
+    except TransferInterrupted:
+        closing = engine.uploads.closing
+        if closing:  # the client is still there: tell it to come back (tus clients retry 5xx)
+            raise StorageUnavailable(f"{closing}; resume from HEAD's Upload-Offset") from None
+        raise
+    finally:
+        metrics.uploads_active.dec()
+    metrics.bytes_in.inc(received)
+    return rec
+
+
+__all__ = ["TUS_VERSION", "append_body", "base_url", "describe", "upload_url"]

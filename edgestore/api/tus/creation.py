@@ -1,0 +1,106 @@
+"""POST: create an upload (creation, creation-with-upload, creation-defer-length, and the
+final uploads of the concatenation extension).
+
+Upload-Metadata keys edgestore understands: `bucket`, `key`, `filename` (also `name`),
+`filetype` (also `contentType`, `type`); all keys are kept with the object version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+
+from edgestore.api.state import Services, services
+from edgestore.api.tus.common import append_body, describe, upload_url
+from edgestore.api.tus.concatenation import parse_concat
+from edgestore.api.tus.headers import (
+    OFFSET_CONTENT_TYPE,
+    UploadMetadata,
+    parse_checksum,
+    parse_metadata,
+    parse_size,
+)
+from edgestore.engine.ingest import Checksum
+from edgestore.engine.keys import validate_key
+from edgestore.errors import InvalidInput, InvalidKey, UnsupportedMediaType
+from edgestore.metadata.uploads import UploadRecord
+
+router = APIRouter()
+
+
+def object_key(meta: UploadMetadata) -> str | None:
+    """The key the finished object gets: `key`, else the file name if it is a valid key
+    (else the upload id, chosen by the engine)."""
+    if meta.key is not None:
+        return meta.key
+    if meta.filename:
+        try:
+            return validate_key(meta.filename)
+        except InvalidKey:
+            return None
+    return None
+
+
+@router.post("", include_in_schema=False)
+@router.post("/", include_in_schema=False)
+async def create(request: Request) -> Response:
+    svc = services(request)
+    h = request.headers
+    meta = parse_metadata(h.get("upload-metadata"))
+    concat = parse_concat(h.get("upload-concat"))
+    defer = h.get("upload-defer-length")
+    length = parse_size("Upload-Length", h.get("upload-length"))
+    if defer is not None and defer.strip() != "1":
+        raise InvalidInput("Upload-Defer-Length must be 1")
+
+    if concat is not None and not concat.partial:
+        if length is not None:
+            raise InvalidInput("a final upload must not carry Upload-Length")
+        rec = await asyncio.to_thread(
+            svc.engine.uploads.concatenate,
+            concat.parts,
+            bucket=meta.bucket,
+            key=object_key(meta),
+            content_type=meta.content_type,
+            filename=meta.filename,
+            user_metadata=meta.user,
+        )
+        return _created(request, svc, rec)
+
+    if (length is None) == (defer is None):
+        raise InvalidInput("send exactly one of Upload-Length and Upload-Defer-Length: 1")
+    partial = concat is not None and concat.partial
+    rec = await asyncio.to_thread(
+        svc.engine.uploads.create,
+        kind="tus",
+        bucket=None if partial else meta.bucket,
+        key=None if partial else object_key(meta),
+        length=length,
+        content_type=meta.content_type,
+        filename=meta.filename,
+        user_metadata=meta.user,
+        is_partial=partial,
+    )
+    if _has_body(request):
+        content_type = h.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != OFFSET_CONTENT_TYPE:
+            raise UnsupportedMediaType(
+                f"creation-with-upload needs Content-Type: {OFFSET_CONTENT_TYPE}"
+            )
+        checksum = parse_checksum(h.get("upload-checksum"))
+        rec = await append_body(request, svc, rec, 0, Checksum(*checksum) if checksum else None)
+    return _created(request, svc, rec)
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+def _created(request: Request, svc: Services, rec: UploadRecord) -> Response:
+    headers = describe(request, svc, rec)
+    headers["Location"] = upload_url(request, svc, rec.upload_id)
+    return Response(status_code=201, headers=headers)

@@ -1,0 +1,19 @@
+"""HEAD: the upload's durable offset (core protocol); what a client resumes from."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+
+from edgestore.api.state import services
+from edgestore.api.tus.common import describe
+
+router = APIRouter()
+
+
+@router.head("/{upload_id}", include_in_schema=False)
+async def head(upload_id: str, request: Request) -> Response:
+    svc = services(request)
+    rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id)
+    return Response(status_code=200, headers=describe(request, svc, rec))

@@ -1,0 +1,62 @@
+"""PATCH: append bytes at the upload's offset (core protocol, with the checksum extension).
+
+`Upload-Offset` must equal the durable offset (409 otherwise); the body streams into the
+engine, and the response's `Upload-Offset` is the new durable offset: every byte it covers is
+on disk in chunks and rows. With `Upload-Checksum`, nothing of this request is kept unless the
+checksum matches (460).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+
+from edgestore.api.state import services
+from edgestore.api.tus.common import append_body, describe
+from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_checksum, parse_size
+from edgestore.engine.ingest import Checksum
+from edgestore.errors import (
+    OffsetConflict,
+    TooLarge,
+    UnsupportedMediaType,
+    UploadStateError,
+)
+
+router = APIRouter()
+
+
+@router.patch("/{upload_id}", include_in_schema=False)
+async def patch(upload_id: str, request: Request) -> Response:
+    svc = services(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != OFFSET_CONTENT_TYPE:
+        raise UnsupportedMediaType(
+            f"PATCH needs Content-Type: {OFFSET_CONTENT_TYPE}, got {content_type or 'none'!r}"
+        )
+    offset = parse_size("Upload-Offset", request.headers.get("upload-offset"), required=True)
+    assert offset is not None
+    length = parse_size("Upload-Length", request.headers.get("upload-length"))
+    checksum = parse_checksum(request.headers.get("upload-checksum"))
+    body_length = parse_size("Content-Length", request.headers.get("content-length"))
+
+    uploads = svc.engine.uploads
+    rec = await asyncio.to_thread(uploads.get_open, upload_id)
+    if rec.concat_of:
+        raise UploadStateError("a final (concatenated) upload cannot be patched")
+    if length is not None and rec.length is None:
+        rec = await asyncio.to_thread(uploads.declare_length, upload_id, length)
+    # Cheap checks before a byte is read; the engine checks again under the upload's lock.
+    if offset != rec.offset:
+        raise OffsetConflict(
+            f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
+            expected=rec.offset,
+        )
+    if rec.length is not None and body_length is not None and offset + body_length > rec.length:
+        raise TooLarge(
+            f"{body_length} bytes at offset {offset} go beyond the upload's length {rec.length}"
+        )
+    if rec.length is not None and offset == rec.length and not body_length:
+        return Response(status_code=204, headers=describe(request, svc, rec))
+    rec = await append_body(request, svc, rec, offset, Checksum(*checksum) if checksum else None)
+    return Response(status_code=204, headers=describe(request, svc, rec))

@@ -1,0 +1,39 @@
+"""`edgestore serve`: the upload server."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgestore.cli import output
+from edgestore.cli.context import CliState
+from edgestore.cli.main import app
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default 8080; 0 picks a free one).")
+    ] = None,
+) -> None:
+    """Run the upload server: tus at /files/, objects at /objects/, metrics at /metrics."""
+    from edgestore.api.server import run
+
+    state: CliState = ctx.obj
+    settings = state.settings(host=host, port=port)
+    scheme = "http"
+    base = f"{scheme}://{settings.host}:{settings.port}"
+    output.note(
+        f"edgestore serving {settings.resolved_database_url.split('://')[0]} metadata, "
+        f"{len(settings.resolved_data_dirs)} data dirs under {settings.home}\n"
+        f"  upload (tus):  {base}/files/\n"
+        f"  download:      {base}/objects/{{bucket}}/{{key}}   list: {base}/objects\n"
+        f"  health:        {base}/healthz  {base}/readyz  metrics: {base}/metrics\n"
+        f"  API docs:      {base}/docs"
+    )
+    run(settings)
