@@ -115,3 +115,38 @@ def small_engine(make_settings: SettingsFactory) -> Iterator[Engine]:
     """A store with small chunks (16/64/256 KiB) for fast multi-chunk tests."""
     with Engine.open(make_settings(**SMALL_CHUNKS)) as eng:
         yield eng
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A real `edgestore serve` for a test module, on SQLite and on PostgreSQL.
+
+    Tests share it: each creates its own uploads and objects (unique keys).
+    """
+    from tests.server import ServerProcess
+
+    base = tmp_path_factory.mktemp("server")
+    if request.param == "sqlite":
+        url = f"sqlite:///{base / 'meta.db'}"
+    else:
+        url = request.getfixturevalue("pg_server_url")
+        reset_pg(url)
+    proc = ServerProcess(home=base / "home", database_url=url).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path, db_url: str):
+    """A server of the test's own (crash and restart tests); stopped afterwards."""
+    from tests.server import ServerProcess
+
+    proc = ServerProcess(home=tmp_path / "home", database_url=db_url)
+    try:
+        yield proc
+    finally:
+        proc.kill()
