@@ -7,13 +7,15 @@ is documented in docs/configuration.md.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -37,8 +39,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite under HOME. postgresql+psycopg://…"
     )
-    data_dirs: list[Path] | None = Field(
-        None, description="One directory per disk for shards; default k+m dirs under HOME."
+    data_dirs: Annotated[list[Path] | None, NoDecode] = Field(
+        None,
+        description="One directory per disk for shards (comma-separated or a JSON list); "
+        "default k+m dirs under HOME.",
     )
 
     redundancy: Literal["ec", "replication"] = "ec"
@@ -81,6 +85,16 @@ class Settings(BaseSettings):
     max_upload_size: int = Field(1 << 40, ge=0, description="Tus-Max-Size, bytes.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("data_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Settings:
