@@ -18,6 +18,7 @@ from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
 from edgestore.codec.hashing import chunk_id as compute_chunk_id
 from edgestore.config import Settings
 from edgestore.engine.pipeline import CpuPool
+from edgestore.errors import ChunkHashMismatch
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import Database
 from edgestore.storage.datadirs import DataDirs
@@ -121,23 +122,32 @@ class ChunkWriter:
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[StoredChunk]] = {}
 
+    @property
+    def io(self) -> ThreadPoolExecutor:
+        """The shard-I/O pool (staged tails use it too)."""
+        return self._io
+
     def close(self) -> None:
         self._commit.shutdown(wait=True, cancel_futures=True)
         self._io.shutdown(wait=True, cancel_futures=True)
 
-    def store(self, raw: bytes) -> StoredChunk:
+    def store(self, raw: bytes, expect: str | None = None) -> StoredChunk:
         """Store a chunk unless already stored; returns once it is durable."""
-        return self.submit(raw).result()
+        return self.submit(raw, expect).result()
 
-    def submit(self, raw: bytes) -> Future[StoredChunk]:
-        """Start storing a chunk; the future resolves once it is durable (or known)."""
+    def submit(self, raw: bytes, expect: str | None = None) -> Future[StoredChunk]:
+        """Start storing a chunk; the future resolves once it is durable (or known).
+
+        `expect`: the id the sender claims (native API); if the bytes hash otherwise, the
+        future fails with ChunkHashMismatch before anything is written.
+        """
         self._slots.acquire()
         result: Future[StoredChunk] = Future()
         result.set_running_or_notify_cancel()  # work under way can't be cancelled, only awaited
         result.add_done_callback(lambda _f: self._slots.release())
         started = time.perf_counter()
         try:
-            self._cpu.submit(self._cpu_phase, raw, result, started)
+            self._cpu.submit(self._cpu_phase, raw, result, started, expect)
         except BaseException:
             result.cancel()
             raise
@@ -145,10 +155,18 @@ class ChunkWriter:
 
     # --- the two phases ---------------------------------------------------------------------
 
-    def _cpu_phase(self, raw: bytes, result: Future[StoredChunk], started: float) -> None:
+    def _cpu_phase(
+        self, raw: bytes, result: Future[StoredChunk], started: float, expect: str | None
+    ) -> None:
         cid: ChunkId | None = None
         try:
-            cid = compute_chunk_id(raw)
+            computed = compute_chunk_id(raw)
+            if expect is not None and computed != expect:  # cid stays None: nothing to undo
+                raise ChunkHashMismatch(
+                    f"the {len(raw)} bytes received hash to {computed}, not to chunk id "
+                    f"{expect}; nothing was stored"
+                )
+            cid = computed
             with self._lock:
                 owner = self._inflight.setdefault(cid, result)
             if owner is not result:  # the same chunk is being stored right now: wait for it

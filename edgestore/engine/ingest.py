@@ -21,12 +21,14 @@ from sqlalchemy.engine import Connection
 from edgestore.chunking import StreamChunker
 from edgestore.codec.hashing import Hasher, ResumableSha256, new_checksum
 from edgestore.config import Settings
+from edgestore.engine import staging
 from edgestore.engine.dedup import ChunkWriter, StoredChunk
 from edgestore.engine.pipeline import CpuPool, SerialLane
 from edgestore.errors import ChecksumMismatch, TooLarge, TransferInterrupted, UploadLocked
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database
 from edgestore.metadata.uploads import Checkpoint, NewPart, UploadRecord
+from edgestore.storage.datadirs import DataDirs
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Appender:
         db: Database,
         pool: CpuPool,
         writer: ChunkWriter,
+        dirs: DataDirs,
         upload: UploadRecord,
         tail: bytes,
         owner: str,
@@ -90,6 +93,7 @@ class Appender:
         self._db = db
         self._pool = pool
         self._writer = writer
+        self._dirs = dirs
         self._upload = upload
         self._owner = owner
         self._on_complete = on_complete
@@ -243,26 +247,45 @@ class Appender:
         self._last_renew = time.monotonic()
 
     def _commit(self, *, tail: bytes | None, complete: bool = False) -> UploadRecord:
-        """One transaction: ready parts, the new tail, the hash state (and completion)."""
+        """One transaction: ready parts, the new tail, the hash state (and completion).
+
+        A tail is staged (written durably to its own file) before the transaction that points
+        at it; the tail it replaces is removed only after that transaction commits.
+        """
         parts = [p for p, _ in self._ready]
-        cp = Checkpoint(parts=parts, tail=tail)
+        up = self._upload
+        base = up.committed_offset + sum(p.length for p in parts)
+        old = up.tail
+        new = None
+        if tail:
+            if old is not None and not parts and old.length == len(tail):
+                new = old  # nothing moved since it was staged
+            else:
+                new = staging.stage(self._dirs, self._writer.io, up.upload_id, base, tail)
+        cp = Checkpoint(parts=parts, tail=new)
         if self._ready and self._ready[-1][1] is not None:
             cp.hash_state = self._ready[-1][1]
-        up = self._upload
-        with self._db.write() as conn:
-            rec = upload_rows.checkpoint(
-                conn,
-                up.upload_id,
-                self._owner,
-                expected_committed=up.committed_offset,
-                cp=cp,
-                lease=self._lease,
-            )
-            if complete:
-                state = cp.hash_state or rec.hash_state
-                sha = ResumableSha256(state).hexdigest() if state is not None else None
-                self._on_complete(conn, rec, sha)
-                rec = upload_rows.get(conn, up.upload_id)
+        try:
+            with self._db.write() as conn:
+                rec = upload_rows.checkpoint(
+                    conn,
+                    up.upload_id,
+                    self._owner,
+                    expected_committed=up.committed_offset,
+                    cp=cp,
+                    lease=self._lease,
+                )
+                if complete:
+                    state = cp.hash_state or rec.hash_state
+                    sha = ResumableSha256(state).hexdigest() if state is not None else None
+                    self._on_complete(conn, rec, sha)
+                    rec = upload_rows.get(conn, up.upload_id)
+        except BaseException:
+            if new is not old:
+                staging.drop(self._dirs, new)
+            raise
+        if old is not None and new is not old:
+            staging.drop(self._dirs, old)
         self._ready.clear()
         self._last_commit = self._last_renew = time.monotonic()
         return rec

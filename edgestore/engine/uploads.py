@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from edgestore.codec.hashing import ResumableSha256
+from edgestore.engine import staging
 from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.ingest import Appender, Checksum
@@ -29,6 +30,7 @@ from edgestore.errors import (
     UploadStateError,
 )
 from edgestore.metadata import objects as object_rows
+from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import now
 from edgestore.metadata.uploads import UploadRecord
@@ -99,6 +101,8 @@ class Uploads:
         expiry = settings.upload_expiry_seconds if expires_in is None else expires_in
         state = ResumableSha256().state() if ResumableSha256.available() else None
         with self._core.db.write() as conn:
+            if length is not None and not is_partial:
+                quotas.check_bucket(conn, settings, bucket, length)  # before a byte arrives
             uid = upload_rows.create(
                 conn,
                 kind=kind,
@@ -127,10 +131,12 @@ class Uploads:
     def terminate(self, upload_id: str) -> None:
         """Drop the upload and its references (a completed upload's object stays)."""
         self._stop_local_writer(upload_id, "upload terminated")
+        tail = None
         with self._core.db.write() as conn:
             rec = upload_rows.get(conn, upload_id)
             if rec.state in (upload_rows.OPEN, upload_rows.COMPLETE):
-                upload_rows.release_data(conn, upload_id, upload_rows.TERMINATED)
+                tail = upload_rows.release_data(conn, upload_id, upload_rows.TERMINATED)
+        staging.drop(self._core.dirs, tail)
 
     def declare_length(self, upload_id: str, length: int) -> UploadRecord:
         """Set a deferred Upload-Length once; it must cover the bytes already received."""
@@ -149,6 +155,8 @@ class Uploads:
                 return rec
             if length < rec.offset:
                 raise InvalidInput(f"length {length} is less than the {rec.offset} bytes received")
+            if not rec.is_partial:
+                quotas.check_bucket(conn, self._core.settings, rec.bucket, length)
             upload_rows.set_length(conn, upload_id, length)
             return upload_rows.get(conn, upload_id)
 
@@ -186,13 +194,14 @@ class Uploads:
                         f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
                         expected=rec.offset,
                     )
-                tail = upload_rows.tail(conn, upload_id)
                 rec = upload_rows.get(conn, upload_id)
+            tail = staging.load(core.dirs, rec.tail) if rec.tail is not None else b""
             appender = Appender(
                 core.settings,
                 core.db,
                 core.pool,
                 core.writer,
+                core.dirs,
                 rec,
                 tail,
                 owner,
@@ -278,6 +287,7 @@ class Uploads:
                 total += part.offset
             if total > self._core.settings.max_upload_size:
                 raise TooLarge(f"concatenated length {total} exceeds the maximum")
+            quotas.check_bucket(conn, self._core.settings, bucket, total)
             uid = upload_rows.create(
                 conn,
                 kind="tus",
@@ -340,5 +350,6 @@ class Uploads:
                 return count
             for uid in batch:
                 with self._core.db.write() as conn:
-                    upload_rows.release_data(conn, uid, upload_rows.EXPIRED)
+                    tail = upload_rows.release_data(conn, uid, upload_rows.EXPIRED)
+                staging.drop(self._core.dirs, tail)
                 count += 1

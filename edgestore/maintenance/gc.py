@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgestore.engine import Engine
+from edgestore.engine import Engine, staging
 from edgestore.errors import StorageError
 from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import now
 from edgestore.storage.local import TMP_SUFFIX
 from edgestore.storage.placement import parse_shard_key
@@ -97,8 +98,11 @@ def _collect_chunks(engine: Engine, before: float, report: GcReport, progress: P
 
 
 def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: Progress) -> None:
-    """Shard files no row points at (a crash between write and commit), and stale temps."""
+    """Shard files no row points at (a crash between write and commit), staged tails no
+    upload points at any more, and stale temporary files."""
     db, dirs = engine.core.db, engine.core.dirs
+    with db.read() as conn:
+        live_tails = upload_rows.tail_keys(conn)
     for name, backend in dirs.backends.items():
         if name in dirs.unavailable:
             continue
@@ -117,9 +121,12 @@ def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: 
             with db.read() as conn:
                 known = chunk_index.shard_keys(conn, name, prefix + "/")
             for blob in group:
-                orphan = blob.key.endswith(TMP_SUFFIX) or (
-                    parse_shard_key(blob.key) is not None and blob.key not in known
-                )
+                if blob.key.startswith(staging.PREFIX):
+                    orphan = blob.key not in live_tails
+                else:
+                    orphan = blob.key.endswith(TMP_SUFFIX) or (
+                        parse_shard_key(blob.key) is not None and blob.key not in known
+                    )
                 if not orphan:
                     continue
                 try:

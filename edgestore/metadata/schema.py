@@ -120,8 +120,10 @@ manifests = sa.Table(
 )
 
 # An upload in progress (tus, native session or local put). Its durable bytes are the chunks
-# in upload_parts plus the staged tail; `hash_state` is the whole-file SHA-256 state at
-# `committed_offset`, so the digest is ready when the last byte lands.
+# in upload_parts plus the staged tail (the bytes after the last chunk boundary, in a small
+# file on two data dirs: tail_key, tail_backends, tail_checksum); `hash_state` is the
+# whole-file SHA-256 state at `committed_offset`, so the digest is ready when the last byte
+# lands.
 uploads = sa.Table(
     "uploads",
     metadata,
@@ -133,6 +135,9 @@ uploads = sa.Table(
     sa.Column("length", sa.BigInteger, nullable=True),  # null while deferred
     sa.Column("committed_offset", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("tail_length", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("tail_key", sa.String(255), nullable=True),
+    sa.Column("tail_backends", sa.JSON, nullable=True),
+    sa.Column("tail_checksum", sa.String(32), nullable=True),
     sa.Column("next_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("hash_state", sa.LargeBinary, nullable=True),
     sa.Column("expected_sha256", sa.String(64), nullable=True),
@@ -166,20 +171,6 @@ upload_parts = sa.Table(
     sa.Index(None, "chunk_id"),
 )
 
-# Bytes received after the last chunk cut, staged in the database (at most one max-size
-# chunk) so the offset can be acknowledged and any node can continue the upload.
-upload_tails = sa.Table(
-    "upload_tails",
-    metadata,
-    sa.Column(
-        "upload_id",
-        UuidType,
-        sa.ForeignKey("uploads.upload_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-)
-
 # Chunks a native upload session holds (pinned: counted in refcount) before its manifest.
 upload_pins = sa.Table(
     "upload_pins",
@@ -203,4 +194,33 @@ repair_queue = sa.Table(
     sa.Column("first_seen", Time, nullable=False),
     sa.Column("last_seen", Time, nullable=False),
     sa.Column("count", sa.Integer, nullable=False, server_default="1"),
+)
+
+# API keys (docs/security.md). Only the SHA-256 of a key is kept: keys are 256-bit random, so
+# a fast hash is as good as a slow one. `scopes` is a comma-separated subset of
+# upload,read,admin; `bucket` and `prefix`, when set, bound what the key may touch.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.String(64), nullable=False),
+    sa.Column("bucket", sa.String(63), nullable=True),
+    sa.Column("prefix", sa.String(1024), nullable=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("revoked_at", Time, nullable=True),
+    sa.Column("last_used_at", Time, nullable=True),
+    sa.UniqueConstraint("secret_hash"),
+)
+
+# Secrets generated once per store and shared by every node (invariant 5: nodes are
+# stateless), e.g. the HMAC key of pre-signed URLs. Kept apart from store_params, which are
+# shown to operators.
+server_secrets = sa.Table(
+    "server_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
 )

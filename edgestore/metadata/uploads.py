@@ -1,8 +1,9 @@
 """Queries on uploads in progress: sessions, their durable parts and staged tail, and locks.
 
 An upload's durable offset is `committed_offset` (bytes in upload_parts) plus `tail_length`
-(bytes staged in upload_tails). Both change only together, in one transaction, and only by the
-holder of the upload's lock lease, so no two writers ever interleave.
+(bytes after the last chunk boundary, staged in a small file the `tail_*` columns point at).
+Both change only together, in one transaction, and only by the holder of the upload's lock
+lease, so no two writers ever interleave.
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ from sqlalchemy.engine import Connection
 from edgestore.errors import OffsetConflict, UploadGone, UploadLocked, UploadNotFound
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import now
-from edgestore.metadata.schema import upload_parts, upload_pins, upload_tails, uploads
+from edgestore.metadata.schema import upload_parts, upload_pins, uploads
 from edgestore.types import UploadId
 
 OPEN, COMPLETE, TERMINATED, EXPIRED = "open", "complete", "terminated", "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class TailRef:
+    """Where the staged tail of an upload lives: the same key on one or more backends."""
+
+    key: str
+    backends: tuple[str, ...]
+    length: int
+    checksum: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +59,7 @@ class UploadRecord:
     expires_at: float | None
     lock_owner: str | None = None
     lock_expires: float | None = None
+    tail: TailRef | None = None
 
     @property
     def offset(self) -> int:
@@ -68,7 +80,14 @@ class Checkpoint:
 
     parts: list[NewPart] = field(default_factory=list)
     hash_state: bytes | None = None
-    tail: bytes | None = None  # None: keep no tail
+    tail: TailRef | None = None  # None: no staged tail after these parts
+
+
+def _tail_ref(row: sa.Row) -> TailRef | None:
+    if not row.tail_key:
+        return None
+    backends = tuple(row.tail_backends or ())
+    return TailRef(row.tail_key, backends, row.tail_length, row.tail_checksum)
 
 
 def _record(row: sa.Row) -> UploadRecord:
@@ -95,6 +114,11 @@ def _record(row: sa.Row) -> UploadRecord:
         expires_at=row.expires_at,
         lock_owner=row.lock_owner,
         lock_expires=row.lock_expires,
+        tail=TailRef(
+            row.tail_key, tuple(row.tail_backends or ()), row.tail_length, row.tail_checksum
+        )
+        if row.tail_key
+        else None,
     )
 
 
@@ -165,13 +189,6 @@ def get_open(conn: Connection, upload_id: str) -> UploadRecord:
             f"upload {upload_id} has {'expired' if rec.state != TERMINATED else 'been terminated'}"
         )
     return rec
-
-
-def tail(conn: Connection, upload_id: str) -> bytes:
-    data = conn.execute(
-        sa.select(upload_tails.c.data).where(upload_tails.c.upload_id == upload_id)
-    ).scalar_one_or_none()
-    return bytes(data) if data is not None else b""
 
 
 def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
@@ -265,13 +282,10 @@ def checkpoint(
     if rows:
         chunk_index.add_refs(conn, Counter(p.chunk_id for p in cp.parts))
         conn.execute(sa.insert(upload_parts), rows)
-    conn.execute(sa.delete(upload_tails).where(upload_tails.c.upload_id == upload_id))
-    if cp.tail:
-        conn.execute(sa.insert(upload_tails).values(upload_id=upload_id, data=cp.tail))
     values: dict[str, Any] = {
         "committed_offset": offset,
         "next_seq": seq,
-        "tail_length": len(cp.tail or b""),
+        **_tail_values(cp.tail),
         "updated_at": now(),
         "lock_expires": now() + lease,
     }
@@ -279,6 +293,17 @@ def checkpoint(
         values["hash_state"] = cp.hash_state
     conn.execute(sa.update(uploads).where(uploads.c.upload_id == upload_id).values(**values))
     return get(conn, upload_id)
+
+
+def _tail_values(tail: TailRef | None) -> dict[str, Any]:
+    if tail is None:
+        return {"tail_length": 0, "tail_key": None, "tail_backends": None, "tail_checksum": None}
+    return {
+        "tail_length": tail.length,
+        "tail_key": tail.key,
+        "tail_backends": list(tail.backends),
+        "tail_checksum": tail.checksum,
+    }
 
 
 def set_length(conn: Connection, upload_id: str, length: int) -> None:
@@ -293,14 +318,13 @@ def mark_complete(conn: Connection, upload_id: str, version_id: str | None) -> N
     """The upload is done; its parts were handed over to a version (or kept, if partial)."""
     if version_id is not None:
         conn.execute(sa.delete(upload_parts).where(upload_parts.c.upload_id == upload_id))
-    conn.execute(sa.delete(upload_tails).where(upload_tails.c.upload_id == upload_id))
     conn.execute(
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id)
         .values(
             state=COMPLETE,
             version_id=version_id,
-            tail_length=0,
+            **_tail_values(None),
             hash_state=None,
             lock_owner=None,
             lock_expires=None,
@@ -309,8 +333,12 @@ def mark_complete(conn: Connection, upload_id: str, version_id: str | None) -> N
     )
 
 
-def release_data(conn: Connection, upload_id: str, state: str) -> None:
-    """Drop everything the upload holds (parts, pins, tail) and mark it terminated/expired."""
+def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None:
+    """Drop everything the upload holds (parts, pins, tail) and mark it terminated/expired.
+
+    Returns the staged tail whose file the caller removes once this transaction commits.
+    """
+    old_tail = get(conn, upload_id).tail
     counts = Counter(
         conn.execute(
             sa.select(upload_parts.c.chunk_id).where(upload_parts.c.upload_id == upload_id)
@@ -323,7 +351,6 @@ def release_data(conn: Connection, upload_id: str, state: str) -> None:
     )
     conn.execute(sa.delete(upload_parts).where(upload_parts.c.upload_id == upload_id))
     conn.execute(sa.delete(upload_pins).where(upload_pins.c.upload_id == upload_id))
-    conn.execute(sa.delete(upload_tails).where(upload_tails.c.upload_id == upload_id))
     chunk_index.drop_refs(conn, counts)
     conn.execute(
         sa.update(uploads)
@@ -331,13 +358,14 @@ def release_data(conn: Connection, upload_id: str, state: str) -> None:
         .values(
             state=state,
             committed_offset=0,
-            tail_length=0,
+            **_tail_values(None),
             hash_state=None,
             lock_owner=None,
             lock_expires=None,
             updated_at=now(),
         )
     )
+    return old_tail
 
 
 def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> list[str]:
@@ -360,3 +388,9 @@ def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> 
         )
     )
     return list(conn.execute(q.limit(limit)).scalars())
+
+
+def tail_keys(conn: Connection) -> set[str]:
+    """Keys of every staged tail still referenced (gc spares their files)."""
+    rows = conn.execute(sa.select(uploads.c.tail_key).where(uploads.c.tail_key.is_not(None)))
+    return set(rows.scalars())

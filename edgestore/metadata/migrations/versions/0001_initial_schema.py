@@ -76,6 +76,9 @@ def upgrade() -> None:
         sa.Column("length", sa.BigInteger(), nullable=True),
         sa.Column("committed_offset", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("tail_length", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("tail_key", sa.String(length=255), nullable=True),
+        sa.Column("tail_backends", sa.JSON(), nullable=True),
+        sa.Column("tail_checksum", sa.String(length=32), nullable=True),
         sa.Column("next_seq", sa.Integer(), server_default="0", nullable=False),
         sa.Column("hash_state", sa.LargeBinary(), nullable=True),
         sa.Column("expected_sha256", sa.String(length=64), nullable=True),
@@ -177,18 +180,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("upload_id", "chunk_id", name=op.f("pk_upload_pins")),
     )
     op.create_table(
-        "upload_tails",
-        sa.Column("upload_id", sa.String(length=36), nullable=False),
-        sa.Column("data", sa.LargeBinary(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["upload_id"],
-            ["uploads.upload_id"],
-            name=op.f("fk_upload_tails_upload_id_uploads"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("upload_id", name=op.f("pk_upload_tails")),
-    )
-    op.create_table(
         "manifests",
         sa.Column("version_id", sa.String(length=36), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
@@ -219,7 +210,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_manifests_chunk_id"))
 
     op.drop_table("manifests")
-    op.drop_table("upload_tails")
     op.drop_table("upload_pins")
     with op.batch_alter_table("upload_parts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_upload_parts_chunk_id"))

@@ -1,0 +1,236 @@
+"""The peer tus servers and the official tus clients, installed and run for side-by-side runs.
+
+* @tus/server + @tus/file-store and tus-js-client: npm packages, installed into
+  bench/.peers/node from the peer scripts in ../shared/peers (package.json pins versions).
+* tuspyserver (PyPI, a FastAPI tus router) in a venv of its own (bench/.peers/tuspyserver),
+  so its pins never touch edgestore's.
+* tuspy (the official Python client) comes with edgestore's dev dependencies.
+
+Every server runs as a child process on a free loopback port; its CPU time and peak RSS are
+read from /proc, so the figures cover the server alone, never the client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_PEERS = ROOT.parent / "shared" / "peers"
+PEERS_DIR = ROOT / "bench" / ".peers"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_peers() -> Path:
+    """bench/.peers/node with the peer scripts and their npm packages installed."""
+    target = PEERS_DIR / "node"
+    if not SHARED_PEERS.is_dir():
+        raise SystemExit(f"peer scripts not found at {SHARED_PEERS} (../shared/peers)")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "tus-node-server.mjs", "tus-js-upload.mjs", "tuspyserver_app.py"):
+        shutil.copy2(SHARED_PEERS / name, target / name)
+    if not (target / "node_modules" / "@tus" / "server").is_dir():
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=target,
+            check=True,
+        )
+    return target
+
+
+def tuspyserver_venv() -> Path:
+    """A venv with tuspyserver and uvicorn; returns its bin directory."""
+    venv = PEERS_DIR / "tuspyserver"
+    bin_dir = venv / "bin"
+    if not (bin_dir / "uvicorn").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(bin_dir / "pip"), "install", "--quiet", "tuspyserver", "uvicorn[standard]"],
+            check=True,
+            stderr=subprocess.DEVNULL,  # pip's warnings about unreachable extra indexes
+        )
+    return bin_dir
+
+
+@dataclass
+class ServerRun:
+    """A server process under measurement."""
+
+    name: str
+    argv: list[str]
+    endpoint_path: str
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.endpoint_path}"
+
+    def start(self, log: Path, timeout: float = 60) -> ServerRun:
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=self.cwd,
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start; see {log}")
+            try:
+                httpx.options(self.endpoint, headers={"Tus-Resumable": "1.0.0"}, timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start within {timeout}s; see {log}")
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def peak_rss(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> ServerRun:
+    home = workdir / f"edgestore-{time.monotonic_ns()}"
+    return ServerRun(
+        "edgestore",
+        [sys.executable, "-m", "edgestore", "serve", "--port", "{port}", *EDGESTORE_SERVE_FLAGS],
+        "/files/",
+        ROOT,
+        env={
+            "EDGESTORE_HOME": str(home),
+            "EDGESTORE_LOG_LEVEL": "warning",
+            "EDGESTORE_MAINTENANCE_INTERVAL_SECONDS": "0",
+            **(extra_env or {}),
+        },
+    )
+
+
+# Flags for a benchmark server on loopback (no credentials to pass around).
+EDGESTORE_SERVE_FLAGS: list[str] = []
+
+
+def node_server(workdir: Path, peers: Path) -> ServerRun:
+    files = workdir / f"node-files-{time.monotonic_ns()}"
+    files.mkdir(parents=True)
+    return ServerRun(
+        "@tus/server",
+        ["node", str(peers / "tus-node-server.mjs"), "{port}", str(files)],
+        "/files",
+        peers,
+    )
+
+
+def tuspyserver_server(workdir: Path, peers: Path, bin_dir: Path) -> ServerRun:
+    files = workdir / f"tuspyserver-files-{time.monotonic_ns()}"
+    files.mkdir(parents=True)
+    return ServerRun(
+        "tuspyserver",
+        [
+            str(bin_dir / "uvicorn"),
+            "tuspyserver_app:app",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+        ],
+        "/files",
+        peers,
+        env={"TUSPYSERVER_DIR": str(files)},
+    )
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    seconds: float
+    ok: bool
+    detail: str = ""
+
+
+def run_tus_js(
+    peers: Path, endpoint: str, file: Path, chunk_mib: int, parallel: int
+) -> ClientResult:
+    """tus-js-client (Node), via the shared peer script: one JSON line on success."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [
+            "node",
+            str(peers / "tus-js-upload.mjs"),
+            endpoint,
+            str(file),
+            str(chunk_mib),
+            str(parallel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        return ClientResult(wall, False, (proc.stderr or proc.stdout).strip()[-300:])
+    line = proc.stdout.strip().splitlines()[-1]
+    return ClientResult(float(json.loads(line)["seconds"]), True)
+
+
+TUSPY_SCRIPT = """
+import sys, time
+from tusclient import client
+endpoint, path, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t0 = time.monotonic()
+up = client.TusClient(endpoint).uploader(path, chunk_size=chunk, metadata={"filename": path.rsplit("/", 1)[-1]})
+up.upload()
+print(time.monotonic() - t0)
+"""
+
+
+def run_tuspy(endpoint: str, file: Path, chunk_mib: int) -> ClientResult:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", TUSPY_SCRIPT, endpoint, str(file), str(chunk_mib * 1024 * 1024)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        return ClientResult(wall, False, proc.stderr.strip()[-300:])
+    return ClientResult(float(proc.stdout.strip().splitlines()[-1]), True)

@@ -1,0 +1,334 @@
+"""tus upload benchmark: edgestore against @tus/server and tuspyserver, same clients, same run.
+
+    python -m bench.tus [--size 2GiB] [--repeat 3] [--data random,text] [--rss-uploads 8]
+
+For each data set, each server runs fresh (empty store) per measured upload, and receives the
+same files from the same clients: tus-js-client (chunkSize 50 MiB, parallelUploads 1 and 4)
+and tuspy (50 MiB chunks). Printed per run: MB/s (median of the repeats), the server's CPU
+seconds per GB and its peak RSS; then the issue's targets as ratios with PASS/FAIL.
+Everything runs on loopback; the client shares the two cores with the server, as in the
+figures quoted in the issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import peers
+from bench.datasets import KINDS, ensure, format_size, parse_size
+from bench.peers import ClientResult, ServerRun
+
+CHUNK_MIB = 50
+
+
+@dataclass
+class Measure:
+    server: str
+    client: str
+    data: str
+    rates: list[float] = field(default_factory=list)  # bytes/s per repeat
+    cpu_per_gb: list[float] = field(default_factory=list)
+    peak_rss: list[int] = field(default_factory=list)
+    failure: str = ""
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates) if self.rates else 0.0
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_per_gb) if self.cpu_per_gb else 0.0
+
+    @property
+    def rss(self) -> int:
+        return max(self.peak_rss) if self.peak_rss else 0
+
+
+def measure(
+    make_server: Callable[[], ServerRun],
+    upload: Callable[[str], ClientResult],
+    size: int,
+    m: Measure,
+    logs: Path,
+    *,
+    before: Callable[[str], ClientResult] | None = None,
+) -> None:
+    """One repeat: a fresh server, optionally a first upload, then the measured one."""
+    safe = m.server.replace("/", "_").replace("@", "")
+    server = make_server().start(logs / f"{safe}-{time.monotonic_ns()}.log")
+    try:
+        if before is not None:
+            first = before(server.endpoint)
+            if not first.ok:
+                m.failure = first.detail
+                return
+        cpu0 = server.cpu_seconds()
+        result = upload(server.endpoint)
+        cpu1 = server.cpu_seconds()
+        if not result.ok:
+            m.failure = result.detail or "failed"
+            return
+        m.rates.append(size / result.seconds)
+        m.cpu_per_gb.append((cpu1 - cpu0) / (size / 1e9))
+        m.peak_rss.append(server.peak_rss())
+    finally:
+        server.stop()
+
+
+def concurrent_rss(workdir: Path, node: Path, files: list[Path], logs: Path) -> tuple[int, float]:
+    """Peak RSS of edgestore while len(files) tus-js-client uploads run at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = peers.edgestore_server(workdir).start(logs / "edgestore-concurrent.log")
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(len(files)) as pool:
+            results = list(
+                pool.map(lambda f: peers.run_tus_js(node, server.endpoint, f, CHUNK_MIB, 1), files)
+            )
+        wall = time.monotonic() - started
+        if not all(r.ok for r in results):
+            raise RuntimeError(
+                f"concurrent uploads failed: {[r.detail for r in results if not r.ok]}"
+            )
+        return server.peak_rss(), sum(f.stat().st_size for f in files) / wall
+    finally:
+        server.stop()
+
+
+def verdict(name: str, value: float, target: float, *, at_most: bool = False) -> dict[str, object]:
+    ok = value <= target if at_most else value >= target
+    return {
+        "check": name,
+        "value": round(value, 3),
+        "target": target,
+        "at_most": at_most,
+        "pass": ok,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.tus", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="2GiB", help="bytes per upload (default 2GiB)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per figure; medians are printed")
+    p.add_argument("--data", default="random,text", help="data sets: random,text")
+    p.add_argument("--rss-uploads", type=int, default=8, help="concurrent 1 GiB uploads (0 skips)")
+    p.add_argument("--rss-size", default="1GiB", help="size of each concurrent upload")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    size = parse_size(args.size)
+    kinds = [k.strip() for k in args.data.split(",") if k.strip()]
+    for k in kinds:
+        if k not in KINDS:
+            p.error(f"unknown data set {k!r}")
+    out = Console()
+    log = Console(stderr=True)
+    node = peers.node_peers()
+    tuspy_bin = peers.tuspyserver_venv()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgestore-bench-tus-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    servers: dict[str, Callable[[], ServerRun]] = {
+        "edgestore": lambda: peers.edgestore_server(workdir),
+        "@tus/server": lambda: peers.node_server(workdir, node),
+        "tuspyserver": lambda: peers.tuspyserver_server(workdir, node, tuspy_bin),
+    }
+    results: list[Measure] = []
+    for kind in kinds:
+        ds = ensure(kind, workdir, size)
+        clients: dict[str, Callable[[str], ClientResult]] = {
+            "tus-js-client": lambda e, f=ds.path: peers.run_tus_js(node, e, f, CHUNK_MIB, 1),
+            "tus-js-client x4": lambda e, f=ds.path: peers.run_tus_js(node, e, f, CHUNK_MIB, 4),
+            "tuspy": lambda e, f=ds.path: peers.run_tuspy(e, f, CHUNK_MIB),
+        }
+        for rep in range(args.repeat):
+            for server_name, make in servers.items():
+                for client_name, upload in clients.items():
+                    m = _get(results, server_name, client_name, kind)
+                    if m.failure:
+                        continue
+                    log.print(
+                        f"[{kind} {format_size(size)}] {rep + 1}/{args.repeat} {server_name} ← {client_name}"
+                    )
+                    measure(make, upload, size, m, logs)
+            # the same file a second time into the same store: dedup
+            m = _get(results, "edgestore", "tus-js-client, same file again", kind)
+            log.print(f"[{kind}] {rep + 1}/{args.repeat} edgestore ← same file twice")
+            measure(
+                servers["edgestore"],
+                clients["tus-js-client"],
+                size,
+                m,
+                logs,
+                before=clients["tus-js-client"],
+            )
+
+    concurrent: dict[str, object] = {}
+    if args.rss_uploads:
+        each = parse_size(args.rss_size)
+        files = []
+        for i in range(args.rss_uploads):
+            (workdir / f"c{i}").mkdir(exist_ok=True)
+            files.append(ensure("random", workdir / f"c{i}", each).path)
+        log.print(f"edgestore ← {args.rss_uploads} concurrent uploads of {format_size(each)}")
+        rss, rate = concurrent_rss(workdir, node, files, logs)
+        concurrent = {
+            "uploads": args.rss_uploads,
+            "each": each,
+            "peak_rss": rss,
+            "aggregate_rate": rate,
+        }
+        for f in files:
+            f.unlink(missing_ok=True)
+
+    checks = _checks(results, kinds, concurrent)
+    _print(out, results, kinds, size, concurrent, checks)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "size": size,
+                    "results": [asdict(m) for m in results],
+                    "concurrent": concurrent,
+                    "checks": checks,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def _get(results: list[Measure], server: str, client: str, data: str) -> Measure:
+    for m in results:
+        if (m.server, m.client, m.data) == (server, client, data):
+            return m
+    m = Measure(server, client, data)
+    results.append(m)
+    return m
+
+
+def _checks(
+    results: list[Measure], kinds: list[str], concurrent: dict[str, object]
+) -> list[dict[str, object]]:
+    def rate(server: str, client: str, kind: str) -> float:
+        return _get(results, server, client, kind).rate
+
+    checks = []
+    for kind in kinds:
+        ours = rate("edgestore", "tus-js-client", kind)
+        checks.append(
+            verdict(
+                f"{kind}: edgestore / @tus/server (tus-js-client)",
+                ours / max(rate("@tus/server", "tus-js-client", kind), 1),
+                1.0,
+            )
+        )
+        cpu_ours = _get(results, "edgestore", "tus-js-client", kind).cpu
+        cpu_py = _get(results, "tuspyserver", "tus-js-client", kind).cpu
+        checks.append(
+            verdict(
+                f"{kind}: CPU-s/GB edgestore / tuspyserver",
+                cpu_ours / max(cpu_py, 1e-9),
+                2.5,
+                at_most=True,
+            )
+        )
+        par = rate("edgestore", "tus-js-client x4", kind)
+        checks.append(
+            verdict(
+                f"{kind}: parallelUploads 4, edgestore / tuspyserver",
+                par / max(rate("tuspyserver", "tus-js-client x4", kind), 1),
+                2.0,
+            )
+        )
+        checks.append(
+            verdict(f"{kind}: parallelUploads 4 / edgestore single stream", par / max(ours, 1), 1.0)
+        )
+        again = rate("edgestore", "tus-js-client, same file again", kind)
+        checks.append(
+            verdict(f"{kind}: second upload of the same file / first", again / max(ours, 1), 1.5)
+        )
+    if concurrent:
+        rss = int(concurrent["peak_rss"])  # type: ignore[call-overload]
+        checks.append(
+            verdict(
+                f"peak RSS MiB, {concurrent['uploads']} concurrent uploads",
+                rss / 2**20,
+                300,
+                at_most=True,
+            )
+        )
+    return checks
+
+
+def _print(
+    out: Console,
+    results: list[Measure],
+    kinds: list[str],
+    size: int,
+    concurrent: dict[str, object],
+    checks: list[dict[str, object]],
+) -> None:
+    for kind in kinds:
+        t = Table(
+            title=f"{kind} data, {format_size(size)} per upload, loopback", title_justify="left"
+        )
+        for col in (
+            "server",
+            "client",
+            "MB/s (median)",
+            "min–max",
+            "server CPU-s/GB",
+            "server peak RSS",
+        ):
+            t.add_column(col, justify="left" if col in ("server", "client") else "right")
+        for m in results:
+            if m.data != kind:
+                continue
+            if m.failure:
+                t.add_row(m.server, m.client, "n/a", m.failure[:40], "", "")
+                continue
+            t.add_row(
+                m.server,
+                m.client,
+                f"{m.rate / 1e6:,.0f}",
+                f"{min(m.rates) / 1e6:,.0f}–{max(m.rates) / 1e6:,.0f}",
+                f"{m.cpu:.2f}",
+                f"{m.rss / 2**20:,.0f} MiB",
+            )
+        out.print(t)
+    if concurrent:
+        out.print(
+            f"edgestore, {concurrent['uploads']} concurrent uploads of {format_size(int(concurrent['each']))}: "  # type: ignore[call-overload]
+            f"peak RSS {int(concurrent['peak_rss']) / 2**20:,.0f} MiB, "  # type: ignore[call-overload]
+            f"aggregate {float(concurrent['aggregate_rate']) / 1e6:,.0f} MB/s"  # type: ignore[arg-type]
+        )
+    t = Table(title="targets (issue 3)", title_justify="left")
+    for col in ("check", "measured", "target", ""):
+        t.add_column(col)
+    for c in checks:
+        op = "≤" if c["at_most"] else "≥"
+        t.add_row(
+            str(c["check"]),
+            f"{c['value']}",
+            f"{op} {c['target']}",
+            "[green]PASS[/]" if c["pass"] else "[red]FAIL[/]",
+        )
+    out.print(t)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
