@@ -26,61 +26,98 @@ def make_cdc(params: ChunkerParams) -> FastCDC:
 class StreamChunker:
     """Cuts a byte stream, fed in pieces of any size, into FastCDC chunks.
 
-    FastCDC decides a cut by scanning at most `max_size` bytes from the chunk's start, so a
-    chunk is final once `max_size` bytes past its start have been seen, or the stream ended.
-    Everything after the last final cut is the *tail*, kept until more bytes arrive; the
-    buffer holds at most `2 * max_size` bytes.
+    FastCDC decides a cut by scanning at most `max_size` bytes from the chunk's start, so the
+    next chunk is final once `max_size` bytes past its start are buffered, or the stream has
+    ended. Chunks are cut one at a time, only then, so every byte is scanned once; the
+    buffer is fixed at `max_size + SLACK` bytes (compacted in place, never reallocated).
+    Bytes buffered but not yet cut are the *tail*.
     """
+
+    SLACK = 1024 * 1024
 
     def __init__(self, params: ChunkerParams, tail: bytes | bytearray = b"") -> None:
         self._cdc = make_cdc(params)
         self._max = params.max_size
-        # One fixed buffer, filled in place and compacted after each cut: no reallocation on
-        # the hot path. Cutting rescans the tail, so cut only when the buffer is full.
-        self._buf = bytearray(max(2 * params.max_size, len(tail) + params.max_size))
+        self._buf = bytearray(max(params.max_size + self.SLACK, len(tail) + self.SLACK))
         self._view = memoryview(self._buf)
-        self._len = len(tail)
+        self._start = 0  # first byte not yet cut
+        self._len = len(tail)  # bytes in the buffer
         self._buf[: self._len] = tail
 
     @property
     def tail(self) -> bytes:
         """Bytes received but not yet part of a final chunk."""
-        return bytes(self._view[: self._len])
+        return bytes(self._view[self._start : self._len])
 
     @property
     def tail_length(self) -> int:
-        return self._len
+        return self._len - self._start
+
+    def push(self, data: bytes | bytearray | memoryview) -> int:
+        """Copy in as much of `data` as fits; returns how many bytes were taken.
+
+        Take chunks out with `pop()` to make room.
+        """
+        if self._len == len(self._buf) and self._start:
+            self._compact()
+        room = len(self._buf) - self._len
+        src = memoryview(data).cast("B")
+        take = min(room, len(src))
+        self._view[self._len : self._len + take] = src[:take]
+        self._len += take
+        return take
+
+    def ready(self) -> bool:
+        """Whether `pop()` would return a chunk."""
+        return self._len - self._start >= self._max
+
+    def pop(self) -> bytes | None:
+        """The next final chunk, or None until more bytes arrive."""
+        if not self.ready():
+            return None
+        return self._cut_one()
+
+    def pop_last(self) -> bytes | None:
+        """At the end of the stream: the next chunk however few bytes remain, else None."""
+        if self._start == self._len:
+            return None
+        return self._cut_one()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add bytes; return the chunks that became final, in stream order."""
         chunks: list[bytes] = []
-        src = memoryview(data).cast("B")
-        while src:
-            room = len(self._buf) - self._len
-            take = min(room, len(src))
-            self._view[self._len : self._len + take] = src[:take]
-            self._len += take
-            src = src[take:]
-            if self._len == len(self._buf):
-                chunks += self._cut(final=False)
-        return chunks
+        view = memoryview(data).cast("B")
+        while True:
+            view = view[self.push(view) :]
+            while (chunk := self.pop()) is not None:
+                chunks.append(chunk)
+            if not view:
+                return chunks
 
     def finish(self) -> list[bytes]:
         """The stream ended: return every remaining chunk (the tail included)."""
-        return self._cut(final=True)
-
-    def _cut(self, *, final: bool) -> list[bytes]:
-        # Keep only (offset, length): pyfastcdc's chunk views must not outlive this call.
-        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(self._view[: self._len])]
-        if cuts and not final and cuts[-1][1] < self._max:
-            cuts.pop()  # the last piece may still grow when more bytes arrive
-        chunks = [bytes(self._view[off : off + length]) for off, length in cuts]
-        if cuts:
-            consumed = cuts[-1][0] + cuts[-1][1]
-            remaining = self._len - consumed
-            self._view[:remaining] = self._view[consumed : self._len]
-            self._len = remaining
+        chunks = []
+        while (chunk := self.pop_last()) is not None:
+            chunks.append(chunk)
         return chunks
+
+    def _cut_one(self) -> bytes:
+        # Only the first chunk is taken: the iterator scans no further than its cut point.
+        window = self._view[self._start : self._len]
+        first = next(iter(self._cdc.cut_buf(window)))
+        length = first.length
+        del first  # pyfastcdc's view into our buffer must not outlive this call
+        window.release()
+        chunk = bytes(self._view[self._start : self._start + length])
+        self._start += length
+        if self._start == self._len:
+            self._start = self._len = 0
+        return chunk
+
+    def _compact(self) -> None:
+        remaining = self._len - self._start
+        self._view[:remaining] = self._view[self._start : self._len]
+        self._start, self._len = 0, remaining
 
 
 def chunk_stream(

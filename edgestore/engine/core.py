@@ -146,7 +146,7 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             dirs=dirs,
             pool=pool,
             policy=policy,
-            writer=ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers * 3),
+            writer=ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers + 1),
             reader=ChunkReader(dirs, ec_backend or None, on_faults),
             params=recorded,
         )

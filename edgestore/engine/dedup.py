@@ -115,10 +115,8 @@ class ChunkWriter:
         self._cpu = cpu
         self._slots = threading.BoundedSemaphore(slots)
         self._commit = ThreadPoolExecutor(slots, thread_name_prefix="edgestore-commit")
-        # Enough threads to write every shard of every in-flight chunk at once.
-        self._io = ThreadPoolExecutor(
-            slots * max(policy.large.codec.total, 1), thread_name_prefix="edgestore-io"
-        )
+        # For staged tails (two copies written at once); shards are written by commit threads.
+        self._io = ThreadPoolExecutor(4, thread_name_prefix="edgestore-io")
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[StoredChunk]] = {}
 
@@ -135,22 +133,34 @@ class ChunkWriter:
         """Store a chunk unless already stored; returns once it is durable."""
         return self.submit(raw, expect).result()
 
-    def submit(self, raw: bytes, expect: str | None = None) -> Future[StoredChunk]:
+    def reserve(self) -> None:
+        """Wait for a pipeline slot before cutting a chunk, so that a writer waiting for room
+        holds no chunk in memory; pass `reserved=True` to the submit that follows."""
+        self._slots.acquire()
+
+    def release(self) -> None:
+        """Give back a reserved slot that will not be used."""
+        self._slots.release()
+
+    def submit(
+        self, raw: bytes, expect: str | None = None, *, reserved: bool = False
+    ) -> Future[StoredChunk]:
         """Start storing a chunk; the future resolves once it is durable (or known).
 
         `expect`: the id the sender claims (native API); if the bytes hash otherwise, the
         future fails with ChunkHashMismatch before anything is written.
         """
-        self._slots.acquire()
+        if not reserved:
+            self._slots.acquire()
         result: Future[StoredChunk] = Future()
         result.set_running_or_notify_cancel()  # work under way can't be cancelled, only awaited
-        result.add_done_callback(lambda _f: self._slots.release())
         started = time.perf_counter()
         try:
             self._cpu.submit(self._cpu_phase, raw, result, started, expect)
         except BaseException:
-            result.cancel()
+            self._slots.release()
             raise
+        result.add_done_callback(lambda _f: self._slots.release())
         return result
 
     # --- the two phases ---------------------------------------------------------------------
@@ -300,16 +310,20 @@ class ChunkWriter:
         return _Prepared(record, files)
 
     def _write_shards(self, prep: _Prepared) -> list[ShardRef]:
-        """Write all shards at once (they are on different disks, so their fsyncs overlap)."""
+        """Write the shards one after the other on this commit thread.
+
+        With O_DIRECT a shard write is a few hundred microseconds plus an fsync; the commit
+        threads (one per in-flight chunk) already overlap them across chunks, and writing
+        sequentially keeps one aligned write buffer per commit thread instead of one per
+        shard in flight.
+        """
         refs = [ref for ref, _ in prep.shards]
-        writes = [
-            self._io.submit(self._dirs.backends[ref.backend].put, ref.key, parts)
-            for ref, parts in prep.shards
-        ]
-        errors = [exc for exc in (w.exception() for w in writes) if exc is not None]
-        if errors:
+        try:
+            for ref, parts in prep.shards:
+                self._dirs.backends[ref.backend].put(ref.key, parts)
+        except BaseException:
             self._delete_shards(refs)  # no row will point at these; don't wait for gc
-            raise errors[0]
+            raise
         return refs
 
     def _delete_shards(self, refs: list[ShardRef]) -> None:

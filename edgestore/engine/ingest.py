@@ -161,8 +161,7 @@ class Appender:
                     self._received = received
                     if verify is not None:
                         verify.update(block)
-                    for chunk in self._chunker.feed(block):
-                        self._submit(chunk)
+                    self._feed(block)
                     self._harvest(wait=False)
                     if verify is None:
                         self._maybe_commit()
@@ -179,7 +178,7 @@ class Appender:
                 )
             complete = final or (up.length is not None and up.offset + received == up.length)
             if complete:
-                for chunk in self._chunker.finish():
+                while (chunk := self._chunker.pop_last()) is not None:
                     self._submit(chunk)
             self._drain()
             self._upload = self._commit(
@@ -191,8 +190,24 @@ class Appender:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _submit(self, chunk: bytes) -> None:
-        stored = self._writer.submit(chunk)
+    def _feed(self, block: bytes) -> None:
+        """Chunk one block, submitting each chunk as soon as it is cut (one copy at a time:
+        a chunk waiting for a pipeline slot is the only one materialised)."""
+        view = memoryview(block)
+        while view:
+            view = view[self._chunker.push(view) :]
+            while self._chunker.ready():
+                self._writer.reserve()
+                try:
+                    chunk = self._chunker.pop()
+                    assert chunk is not None
+                except BaseException:
+                    self._writer.release()
+                    raise
+                self._submit(chunk, reserved=True)
+
+    def _submit(self, chunk: bytes, *, reserved: bool = False) -> None:
+        stored = self._writer.submit(chunk, reserved=reserved)
         hashed = None
         if self._lane is not None and self._hasher is not None:
             hashed = self._lane.submit(_hash_step, self._hasher, chunk)

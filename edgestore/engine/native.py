@@ -1,0 +1,367 @@
+"""Native dedup-aware upload sessions: the client chunks and hashes exactly as the store does,
+asks which chunk ids are missing, sends only those (each verified before it is stored), then
+commits the ordered manifest with the whole-file SHA-256.
+
+A session is a row in `uploads` (kind 'native'); the chunks it holds are pinned (upload_pins,
+counted in refcount), so a session survives restarts and any node can serve any of its
+requests (invariant 5). Finalize verifies the whole-file SHA-256 before the version exists:
+from an identical manifest whose digest the store already computed, else by reading the
+chunks back through the verifying reader (see `finalize`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from edgestore.engine.core import EngineCore
+from edgestore.engine.dedup import StoredChunk
+from edgestore.engine.keys import DEFAULT_BUCKET, validate_key
+from edgestore.engine.uploads import Uploads
+from edgestore.errors import (
+    ChunkUnreadable,
+    InvalidInput,
+    InvalidKey,
+    MissingChunks,
+    StorageUnavailable,
+    TooLarge,
+    UploadGone,
+    UploadNotFound,
+    UploadStateError,
+    WholeFileMismatch,
+)
+from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import objects as object_rows
+from edgestore.metadata import pins
+from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.objects import VersionInfo
+from edgestore.metadata.uploads import UploadRecord
+from edgestore.types import ChunkerParams, ChunkId
+
+KIND = "native"
+MAX_MISSING_BATCH = 10_000  # chunk ids per "which are missing?" request
+READ_BACK_PAGE = 256  # chunk rows loaded at a time while verifying: bounded memory
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def check_sha256(value: str, what: str = "chunk id") -> str:
+    """A lower-case hex SHA-256, or InvalidInput naming `what` was malformed."""
+    if not _SHA256_HEX.fullmatch(value):
+        raise InvalidInput(f"{what} {value[:80]!r} is not 64 lower-case hex digits (a SHA-256)")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestChunk:
+    """One entry of the manifest a client commits: a chunk id and its size in bytes."""
+
+    chunk_id: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatus:
+    upload: UploadRecord
+    pinned_chunks: int
+    pinned_bytes: int
+    version: VersionInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class Finalized:
+    upload: UploadRecord
+    version: VersionInfo
+    # How the whole-file SHA-256 was checked: "read-back", "known-manifest" or "already"
+    # (a retried finalize of a session finalized before).
+    verified_by: str
+
+
+class NativeUploads:
+    """Native upload sessions over the engine core; stateless, so any node serves any call."""
+
+    def __init__(self, core: EngineCore, uploads: Uploads) -> None:
+        self._core = core
+        self._uploads = uploads
+
+    # --- parameters and sessions ----------------------------------------------------------------
+
+    def params(self) -> ChunkerParams:
+        """The store's recorded chunker and hash: a client must cut exactly the same chunks."""
+        p = self._core.params
+        return ChunkerParams(
+            min_size=int(p["chunk_min_size"]),
+            avg_size=int(p["chunk_avg_size"]),
+            max_size=int(p["chunk_max_size"]),
+            algorithm=p["chunker"],
+            hash=p["hash"],
+        )
+
+    def create(
+        self,
+        *,
+        size: int,
+        bucket: str | None = None,
+        key: str | None = None,
+        sha256: str | None = None,
+        content_type: str | None = None,
+        filename: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> UploadRecord:
+        """Open a session for an object of `size` bytes (the key defaults to the file name)."""
+        if sha256 is not None:
+            check_sha256(sha256, "sha256")
+        if key is None and filename:
+            try:
+                key = validate_key(filename)
+            except InvalidKey:
+                key = None  # the upload id names it, as for tus
+        return self._uploads.create(
+            kind=KIND,
+            bucket=bucket or DEFAULT_BUCKET,
+            key=key,
+            length=size,
+            content_type=content_type,
+            filename=filename,
+            user_metadata=metadata,
+            expected_sha256=sha256,
+        )
+
+    def status(self, upload_id: str) -> SessionStatus:
+        with self._core.db.read() as conn:
+            rec = self._session(conn, upload_id)
+            count, nbytes = pins.pinned(conn, upload_id)
+            version = object_rows.get_version(conn, rec.version_id) if rec.version_id else None
+        return SessionStatus(rec, count, nbytes, version)
+
+    def abort(self, upload_id: str) -> None:
+        """Drop an open session and its pins (a finalized session's object stays)."""
+        with self._core.db.read() as conn:
+            self._session(conn, upload_id)
+        self._uploads.terminate(upload_id)
+
+    # --- chunks ---------------------------------------------------------------------------------
+
+    def missing(self, upload_id: str, chunk_ids: Sequence[str]) -> list[str]:
+        """The ids the store lacks, in request order; the ones it has are pinned to the session
+        in the same transaction, so gc cannot take them before finalize."""
+        if len(chunk_ids) > MAX_MISSING_BATCH:
+            raise InvalidInput(
+                f"{len(chunk_ids)} chunk ids in one request; ask about {MAX_MISSING_BATCH} at most"
+            )
+        for cid in chunk_ids:
+            check_sha256(cid)
+        with self._core.db.write() as conn:
+            self._lock_open(conn, upload_id)
+            have = pins.pin(conn, upload_id, chunk_ids)
+        return [cid for cid in dict.fromkeys(chunk_ids) if cid not in have]
+
+    def pin_if_stored(self, upload_id: str, chunk_id: str) -> int | None:
+        """Pin an already stored chunk to the session and return its size; None (and nothing
+        written) if it is not stored. Lets a PUT of a known chunk be answered unread."""
+        check_sha256(chunk_id)
+        with self._core.db.read() as conn:
+            self._open_session(conn, upload_id)
+            if chunk_index.refcount_of(conn, ChunkId(chunk_id)) is None:
+                return None
+        with self._core.db.write() as conn:
+            self._lock_open(conn, upload_id)
+            return pins.pin(conn, upload_id, [chunk_id]).get(chunk_id)
+
+    def put_chunk(self, upload_id: str, chunk_id: str, raw: bytes) -> StoredChunk:
+        """Verify and store one chunk, then pin it to the session; idempotent.
+
+        The bytes are hashed before anything is written: a body that does not hash to
+        `chunk_id` raises ChunkHashMismatch and leaves no trace.
+        """
+        check_sha256(chunk_id)
+        limit = self.params().max_size
+        if not raw:
+            raise InvalidInput("a chunk cannot be empty")
+        if len(raw) > limit:
+            raise TooLarge(f"chunk of {len(raw)} bytes exceeds the store's maximum of {limit}")
+        with self._core.db.read() as conn:
+            self._open_session(conn, upload_id)  # 404 / 410 / 403 before any hashing
+        for _attempt in range(3):
+            stored = self._core.writer.store(raw, expect=chunk_id)
+            try:
+                with self._core.db.write() as conn:
+                    self._lock_open(conn, upload_id)
+                    if chunk_id in pins.pin(conn, upload_id, [chunk_id]):
+                        return stored
+            except IntegrityError:
+                pass  # gc took the unreferenced chunk between store and pin: store it again
+        raise StorageUnavailable(f"chunk {chunk_id} could not be pinned; retry the request")
+
+    # --- finalize -------------------------------------------------------------------------------
+
+    def finalize(
+        self, upload_id: str, chunks: Sequence[ManifestChunk], sha256: str | None
+    ) -> Finalized:
+        """Commit the ordered manifest as the next version of the session's bucket/key.
+
+        Every chunk must be stored (else MissingChunks lists them, 409), every size must match,
+        and the bytes must hash to the whole-file SHA-256 (else WholeFileMismatch, 422, and no
+        version). The version is created with its references and the session's pins are
+        released in one transaction. A retried finalize returns the same version.
+
+        Whole-file check: chunk ids prove each chunk's bytes, but SHA-256 does not compose, so
+        the digest of the concatenation needs every byte in order. If a version with the same
+        manifest digest (same ids and lengths, so the same bytes) already has a server-computed
+        SHA-256, that is compared and nothing is read: re-uploads cost no I/O. Otherwise the
+        chunks are read back through the verifying reader (decoded ahead in parallel), which
+        also proves every chunk readable before the version exists.
+        """
+        entries = self._entries(chunks)
+        digest = object_rows.manifest_digest([(cid, n) for cid, _, n in entries])
+        with self._core.db.read() as conn:
+            rec = self._session(conn, upload_id)
+        if rec.state == upload_rows.COMPLETE:
+            return self._already(rec, digest, sha256)
+        declared = self._declared_sha256(rec, sha256)
+        total = sum(n for _, _, n in entries)
+        if rec.length is not None and total != rec.length:
+            raise InvalidInput(
+                f"the manifest covers {total} bytes; the session was created for {rec.length}"
+            )
+
+        unique = list(dict.fromkeys(cid for cid, _, _ in entries))
+        with self._core.db.write() as conn:  # pin all, so nothing is collected while we verify
+            self._lock_open(conn, upload_id)
+            sizes = pins.pin(conn, upload_id, unique)
+        missing = [cid for cid in unique if cid not in sizes]
+        if missing:
+            raise MissingChunks(
+                f"{len(missing)} of the manifest's {len(unique)} distinct chunks are not "
+                "stored; PUT them, then finalize again",
+                chunk_ids=missing,
+            )
+        for cid, offset, n in entries:
+            if sizes[cid] != n:
+                raise InvalidInput(
+                    f"chunk {cid} at offset {offset} is {sizes[cid]} bytes, the manifest says {n}"
+                )
+
+        with self._core.db.read() as conn:
+            known = object_rows.sha256_of_manifest(conn, digest)
+        actual = known or self._read_back_sha256(entries)
+        if actual != declared:
+            raise WholeFileMismatch(
+                f"the manifest's {total} bytes have SHA-256 {actual}, not {declared}; "
+                "no version was created"
+            )
+
+        with self._core.db.write() as conn:
+            if not pins.touch_open(conn, upload_id):
+                claimed = None  # finalized (or expired) by someone else meanwhile
+            else:
+                claimed = object_rows.create_version(
+                    self._core.db,
+                    conn,
+                    bucket=rec.bucket or DEFAULT_BUCKET,
+                    key=rec.key or rec.upload_id,
+                    entries=entries,
+                    sha256=actual,
+                    content_type=rec.content_type,
+                    filename=rec.filename,
+                    user_metadata=rec.user_metadata,
+                    take_refs=True,
+                )
+                pins.release(conn, upload_id)
+                upload_rows.mark_complete(conn, upload_id, claimed)
+                version = object_rows.get_version(conn, claimed)
+                done = upload_rows.get(conn, upload_id)
+        if claimed is None:
+            with self._core.db.read() as conn:
+                rec = self._session(conn, upload_id)
+            return self._already(rec, digest, sha256)
+        assert version is not None
+        return Finalized(done, version, "known-manifest" if known else "read-back")
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _session(self, conn: Connection, upload_id: str) -> UploadRecord:
+        """The native session (404 if unknown or another kind, 410 if expired or aborted)."""
+        rec = upload_rows.get_open(conn, upload_id)
+        if rec.kind != KIND:
+            raise UploadNotFound(f"upload {upload_id} is not a native upload session")
+        return rec
+
+    def _open_session(self, conn: Connection, upload_id: str) -> UploadRecord:
+        rec = self._session(conn, upload_id)
+        if rec.state != upload_rows.OPEN:
+            raise UploadStateError(f"upload {upload_id} is already finalized")
+        return rec
+
+    def _lock_open(self, conn: Connection, upload_id: str) -> None:
+        """Check the session takes chunks and lock its row for the rest of the transaction."""
+        if not pins.touch_open(conn, upload_id):
+            self._open_session(conn, upload_id)  # raises the precise error
+            raise UploadGone(f"upload {upload_id} has expired")
+
+    def _entries(self, chunks: Sequence[ManifestChunk]) -> list[tuple[str, int, int]]:
+        """(chunk id, offset, length) for create_version; checks ids and sizes."""
+        limit = self.params().max_size
+        entries = []
+        offset = 0
+        for c in chunks:
+            check_sha256(c.chunk_id)
+            if not 0 < c.size <= limit:
+                raise InvalidInput(
+                    f"chunk {c.chunk_id} has size {c.size}; sizes run from 1 to {limit}"
+                )
+            entries.append((c.chunk_id, offset, c.size))
+            offset += c.size
+        return entries
+
+    def _declared_sha256(self, rec: UploadRecord, sha256: str | None) -> str:
+        if sha256 is not None:
+            check_sha256(sha256, "sha256")
+        if sha256 and rec.expected_sha256 and sha256 != rec.expected_sha256:
+            raise WholeFileMismatch(
+                f"finalize declares SHA-256 {sha256}, the session was created with "
+                f"{rec.expected_sha256}; no version was created"
+            )
+        declared = sha256 or rec.expected_sha256
+        if declared is None:
+            raise InvalidInput("finalize needs the whole-file sha256 (or give it at creation)")
+        return declared
+
+    def _already(self, rec: UploadRecord, digest: str, sha256: str | None) -> Finalized:
+        """A finalize of a finalized session: the same manifest gets the same version."""
+        with self._core.db.read() as conn:
+            version = object_rows.get_version(conn, rec.version_id) if rec.version_id else None
+        if version is None:
+            raise UploadStateError(f"upload {rec.upload_id} was finalized; its version is gone")
+        if version.manifest_digest != digest or (sha256 and sha256 != version.sha256):
+            raise UploadStateError(
+                f"upload {rec.upload_id} was already finalized as {version.bucket}/{version.key} "
+                f"version {version.version} with a different manifest"
+            )
+        return Finalized(rec, version, "already")
+
+    def _read_back_sha256(self, entries: Sequence[tuple[str, int, int]]) -> str:
+        """SHA-256 of the manifest's bytes, each chunk rebuilt and verified by the reader."""
+        core = self._core
+        digest = hashlib.sha256()
+
+        def records() -> Iterator[chunk_index.ChunkRecord]:
+            for i in range(0, len(entries), READ_BACK_PAGE):
+                page = [cid for cid, _, _ in entries[i : i + READ_BACK_PAGE]]
+                with core.db.read() as conn:
+                    found = chunk_index.load(conn, page)
+                for cid in page:
+                    rec = found.get(cid)
+                    if rec is None:  # pinned, so only an index fault gets here
+                        raise ChunkUnreadable(f"chunk {cid} is missing from the index")
+                    yield rec
+
+        window = max(1, core.settings.read_ahead_chunks)
+        for raw in core.pool.map_ordered(core.reader.read, records(), window):
+            digest.update(raw)
+        return digest.hexdigest()
