@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -86,15 +86,103 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("data_dirs", mode="before")
+    # Access control and abuse protection: docs/security.md explains each of these.
+    auth_enabled: bool = Field(
+        True, description="Require an API key or a pre-signed URL (serve --no-auth: loopback only)."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="An admin API key made sure of at start (bootstrap, automation)."
+    )
+    metrics_public: bool = Field(False, description="Serve /metrics without credentials.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Peers (IPs or CIDRs) whose X-Forwarded-For / -Proto are believed.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Browser origins allowed by CORS; none by default."
+    )
+    rate_limit: str = Field(
+        "200/second", description="Requests per client, e.g. '200/second;5000/minute'; '' = off."
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="memory:// (per node) or redis://host:port[/db] (shared)."
+    )
+    upload_bandwidth: int = Field(
+        0, ge=0, description="Request-body bytes per second per client (throttled); 0 = off."
+    )
+    max_concurrent_uploads: int = Field(
+        32, ge=0, description="Upload requests streaming at once per client; 0 = unlimited."
+    )
+    bucket_quota_bytes: int = Field(
+        0, ge=0, description="Logical bytes a bucket may hold (versions + open uploads); 0 = off."
+    )
+    bucket_quotas: dict[str, int] = Field(
+        default_factory=dict, description="Per-bucket overrides of bucket_quota_bytes."
+    )
+    presign_max_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="Longest lifetime a pre-signed URL may be given."
+    )
+    tls_certfile: Path | None = Field(None, description="PEM certificate chain: serve HTTPS.")
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile.")
+
+    @field_validator("data_dirs", "trusted_proxies", "cors_origins", mode="before")
     @classmethod
-    def _split_dirs(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (use `edgestore keys create`)")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parse_rate_limit(cls, value: str) -> str:
+        from limits import parse_many  # the library that enforces it parses it
+
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not like '200/second' or '10/second;500/minute'"
+                ) from None
+        return value.strip()
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _storage_scheme(cls, value: str) -> str:
+        if value.split("://", 1)[0] not in ("memory", "redis", "rediss", "redis+unix"):
+            raise ValueError("use memory:// or redis://host:port[/db]")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError(
+                "tls_certfile (EDGESTORE_TLS_CERTFILE, serve --certfile) and tls_keyfile "
+                "(EDGESTORE_TLS_KEYFILE, serve --keyfile) go together: give both or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_sizes(self) -> Settings:

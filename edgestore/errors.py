@@ -166,6 +166,22 @@ class Forbidden(EdgestoreError):
     code = "forbidden"
 
 
+class SignatureInvalid(Forbidden):
+    """A pre-signed URL or upload token that is malformed or whose signature does not match."""
+
+    code = "signature_invalid"
+
+
+class SignatureExpired(Forbidden):
+    code = "signature_expired"
+
+
+class OutOfScope(Forbidden):
+    """Valid credentials used for something they do not grant (route, object, limits)."""
+
+    code = "out_of_scope"
+
+
 class RateLimited(EdgestoreError):
     """Too many requests or bytes; details['retry_after'] says when to come back (seconds)."""
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edgestore import __version__
-from edgestore.api import errors, objects, ops, tus
+from edgestore.api import errors, native, objects, ops, security, tus
 from edgestore.api.middleware import RequestContext
 from edgestore.api.state import Services
 from edgestore.config import Settings
@@ -50,6 +50,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         eng = engine or await asyncio.to_thread(Engine.open, settings)
         svc = Services(settings=settings, engine=eng)
         app.state.services = svc
+        await app.state.security.start(eng)
         task = asyncio.create_task(upkeep(svc)) if settings.maintenance_interval_seconds else None
         try:
             yield
@@ -57,6 +58,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             if task:
                 task.cancel()
             eng.uploads.stop_all("server is shutting down")
+            await app.state.security.stop()
             await asyncio.to_thread(svc.close)
             if engine is None:
                 await asyncio.to_thread(eng.close)
@@ -71,8 +73,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(tus.router)
+    app.include_router(native.router)
     app.include_router(objects.router)
     app.include_router(ops.router)
 
+    security.install(app, settings)  # CORS, auth, limits, /v1/presign (api/security.py)
     app.add_middleware(RequestContext)
     return app

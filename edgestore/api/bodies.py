@@ -31,6 +31,13 @@ class _Interrupt:
         self.reason = reason
 
 
+class _Refuse:
+    """The body broke a limit: the engine keeps nothing more of this request."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class BodyBridge:
     """A bounded, one-way channel of byte blocks from the event loop to one worker thread."""
 
@@ -53,6 +60,8 @@ class BodyBridge:
                 return
             if isinstance(item, _Interrupt):
                 raise TransferInterrupted(item.reason)
+            if isinstance(item, _Refuse):
+                raise item.error
             assert isinstance(item, list)
             # One ~1 MiB block per batch: one memcpy here saves the engine a trip through its
             # loop per 64 KiB piece.
@@ -97,10 +106,11 @@ class BodyBridge:
                     continue
                 self.received += len(piece)
                 if limit is not None and self.received > limit:
-                    self.interrupt_now("request body longer than allowed")
-                    raise TooLarge(
+                    error = TooLarge(
                         f"request body exceeds the {limit} bytes this upload can still take"
                     )
+                    self._queue.put_nowait(_Refuse(error))
+                    raise error
                 pending.append(piece)
                 pending_size += len(piece)
                 if pending_size >= BLOCK:

@@ -22,6 +22,7 @@ from edgestore.metadata.objects import VersionInfo
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f"\\]')
+_PRINTABLE = re.compile(r"[\x21-\x7e][\x20-\x7e]*")
 
 
 def etag_of(info: VersionInfo) -> str:
@@ -104,6 +105,8 @@ def object_response(
 ) -> Response:
     headers = _headers(info)
     media_type = info.content_type or "application/octet-stream"
+    if not _PRINTABLE.fullmatch(media_type):  # stored from client input: never a broken header
+        media_type = "application/octet-stream"
     etag = headers["ETag"]
     inm = request.headers.get("if-none-match")
     if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):

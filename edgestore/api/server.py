@@ -8,13 +8,17 @@ node after a restart, or another. Then uvicorn drains the remaining requests.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from edgestore.api.app import create_app
+from edgestore.api.auth import check_bind
 from edgestore.api.logs import configure
+from edgestore.api.protocol import BoundedHttpToolsProtocol
 from edgestore.config import Settings
+from edgestore.errors import ConfigError
 
 log = logging.getLogger("edgestore.server")
 GRACEFUL_SECONDS = 20
@@ -31,6 +35,9 @@ class _Server(uvicorn.Server):
 def run(
     settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
 ) -> None:
+    check_bind(settings)
+    ssl_certfile = ssl_certfile or _tls_file(settings.tls_certfile, "tls_certfile")
+    ssl_keyfile = ssl_keyfile or _tls_file(settings.tls_keyfile, "tls_keyfile")
     configure(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -38,7 +45,7 @@ def run(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # httptools, with a cap on request heads
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -47,5 +54,17 @@ def run(
         timeout_keep_alive=75,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
+        # X-Forwarded-For/-Proto are believed from trusted_proxies only (uvicorn's own
+        # default trusts 127.0.0.1, which would let any local client pick its rate-limit id).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
     _Server(config).run()
+
+
+def _tls_file(path: Path | None, name: str) -> str | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ConfigError(f"{name} (EDGESTORE_{name.upper()}) {path} is not a readable file")
+    return str(path)

@@ -38,6 +38,10 @@ EXIT_CODES: list[tuple[type[e.EdgestoreError], int]] = [
     (e.StorageFull, 6),
     (e.StorageError, 6),
     (e.TransferInterrupted, 7),
+    (e.Unauthorized, 8),
+    (e.Forbidden, 8),
+    (e.QuotaExceeded, 9),
+    (e.RateLimited, 9),
 ]
 
 
@@ -84,7 +88,7 @@ def main_options(
 
 
 def _register() -> None:
-    from edgestore.cli import local, serve  # noqa: F401  (they register their commands)
+    from edgestore.cli import keys, local, presign, remote, serve  # noqa: F401  (they register their commands)
 
 
 _register()

@@ -82,11 +82,13 @@ class Transfer:
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[detail]}"),
             console=err,
             transient=False,
             disable=not self._enabled,
         )
-        self._task = self._progress.add_task(description, total=total)
+        self._task = self._progress.add_task(description, total=total, detail="")
+        self._skipped = 0
 
     def __enter__(self) -> Transfer:
         self._progress.start()
@@ -100,6 +102,20 @@ class Transfer:
 
     def describe(self, description: str) -> None:
         self._progress.update(self._task, description=description)
+
+    # The client library's Progress protocol (edgestore.client.results.Progress).
+
+    def start(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+    def transferred(self, n: int) -> None:
+        self.advance(n)
+
+    def skipped(self, n: int) -> None:
+        """Bytes the server already had: they count as done, and are shown apart."""
+        self._skipped += n
+        detail = f"{human_bytes(self._skipped)} already there" if self._skipped else ""
+        self._progress.update(self._task, advance=n, detail=detail)
 
     def track(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
         for block in blocks:

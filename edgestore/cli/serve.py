@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,13 +21,31 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port (default 8080; 0 picks a free one).")
     ] = None,
+    certfile: Annotated[
+        Path | None, typer.Option(help="PEM certificate (chain): serve HTTPS.", show_default=False)
+    ] = None,
+    keyfile: Annotated[
+        Path | None, typer.Option(help="PEM private key of --certfile.", show_default=False)
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="No credentials needed: local experiments only (loopback)."),
+    ] = False,
 ) -> None:
     """Run the upload server: tus at /files/, objects at /objects/, metrics at /metrics."""
+    from edgestore.api.auth import check_bind
     from edgestore.api.server import run
 
     state: CliState = ctx.obj
-    settings = state.settings(host=host, port=port)
-    scheme = "http"
+    settings = state.settings(
+        host=host,
+        port=port,
+        tls_certfile=certfile,
+        tls_keyfile=keyfile,
+        auth_enabled=False if no_auth else None,
+    )
+    check_bind(settings)
+    scheme = "https" if settings.tls_certfile else "http"
     base = f"{scheme}://{settings.host}:{settings.port}"
     output.note(
         f"edgestore serving {settings.resolved_database_url.split('://')[0]} metadata, "

@@ -145,6 +145,8 @@ class Appender:
         """
         up = self._upload
         verify: Hasher | None = new_checksum(checksum.algorithm) if checksum else None
+        # A deferred length is bounded by the largest upload the server accepts.
+        limit = up.length if up.length is not None else self._settings.max_upload_size
         received = 0
         try:
             try:
@@ -152,9 +154,9 @@ class Appender:
                     self.last_activity = time.monotonic()
                     if self._stop_reason:
                         raise TransferInterrupted(self._stop_reason)
-                    if up.length is not None and up.offset + received + len(block) > up.length:
+                    if up.offset + received + len(block) > limit:
                         raise TooLarge(
-                            f"upload {up.upload_id} is {up.length} bytes; this request goes "
+                            f"upload {up.upload_id} may hold {limit} bytes; this request goes "
                             f"beyond it (offset {up.offset}, +{received + len(block)} bytes)"
                         )
                     received += len(block)

@@ -39,8 +39,12 @@ class VersionInfo:
 
     @property
     def etag(self) -> str:
-        """A strong validator: the whole-file SHA-256, else the manifest digest."""
-        return self.sha256 or f"m-{self.manifest_digest}"
+        """A strong validator that never changes for a version: its manifest digest.
+
+        (Not the whole-file SHA-256: a concatenated upload learns that only later, and an ETag
+        that changed would break If-Range and resumed downloads.)
+        """
+        return self.manifest_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,3 +321,16 @@ def without_sha256(conn: Connection, limit: int = 10) -> list[VersionInfo]:
     """Versions whose whole-file SHA-256 is not known yet (concatenations)."""
     q = _versions_query().where(object_versions.c.sha256.is_(None)).limit(limit)
     return [_info(r) for r in conn.execute(q)]
+
+
+def sha256_of_manifest(conn: Connection, digest: str) -> str | None:
+    """The whole-file SHA-256 of any version with this manifest digest, if one is known.
+
+    The same ordered chunk ids and lengths are the same bytes, so they have the same digest;
+    every stored sha256 was computed by the server. (No index on manifest_digest yet: a scan.)
+    """
+    return conn.execute(
+        sa.select(object_versions.c.sha256)
+        .where(object_versions.c.manifest_digest == digest, object_versions.c.sha256.isnot(None))
+        .limit(1)
+    ).scalar_one_or_none()

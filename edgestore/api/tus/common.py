@@ -69,7 +69,8 @@ async def append_body(
     """Stream the request body into the upload at `offset`; return the upload afterwards."""
     engine = services.engine
     metrics = services.metrics
-    remaining = None if upload.length is None else upload.length - offset
+    ceiling = upload.length if upload.length is not None else services.settings.max_upload_size
+    remaining = ceiling - offset
 
     def work(blocks: Iterator[bytes]) -> UploadRecord:  # runs on an upload thread
         return engine.uploads.append(

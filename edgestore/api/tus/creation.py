@@ -12,6 +12,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import Services, services
+from edgestore.api.tus import ietf
 from edgestore.api.tus.common import append_body, describe, upload_url
 from edgestore.api.tus.concatenation import parse_concat
 from edgestore.api.tus.headers import (
@@ -23,7 +24,7 @@ from edgestore.api.tus.headers import (
 )
 from edgestore.engine.ingest import Checksum
 from edgestore.engine.keys import validate_key
-from edgestore.errors import InvalidInput, InvalidKey, UnsupportedMediaType
+from edgestore.errors import InvalidInput, InvalidKey, TooLarge, UnsupportedMediaType
 from edgestore.metadata.uploads import UploadRecord
 
 router = APIRouter()
@@ -45,6 +46,8 @@ def object_key(meta: UploadMetadata) -> str | None:
 @router.post("", include_in_schema=False)
 @router.post("/", include_in_schema=False)
 async def create(request: Request) -> Response:
+    if ietf.is_draft(request):
+        return await ietf.create(request)
     svc = services(request)
     h = request.headers
     meta = parse_metadata(h.get("upload-metadata"))
@@ -70,6 +73,19 @@ async def create(request: Request) -> Response:
 
     if (length is None) == (defer is None):
         raise InvalidInput("send exactly one of Upload-Length and Upload-Defer-Length: 1")
+    # Everything about the body is checked before the upload exists.
+    has_body = _has_body(request)
+    checksum = None
+    if has_body:
+        content_type = h.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != OFFSET_CONTENT_TYPE:
+            raise UnsupportedMediaType(
+                f"creation-with-upload needs Content-Type: {OFFSET_CONTENT_TYPE}"
+            )
+        checksum = parse_checksum(h.get("upload-checksum"))
+        body_length = parse_size("Content-Length", h.get("content-length"))
+        if length is not None and body_length is not None and body_length > length:
+            raise TooLarge(f"a {body_length}-byte body exceeds Upload-Length {length}")
     partial = concat is not None and concat.partial
     rec = await asyncio.to_thread(
         svc.engine.uploads.create,
@@ -82,14 +98,10 @@ async def create(request: Request) -> Response:
         user_metadata=meta.user,
         is_partial=partial,
     )
-    if _has_body(request):
-        content_type = h.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != OFFSET_CONTENT_TYPE:
-            raise UnsupportedMediaType(
-                f"creation-with-upload needs Content-Type: {OFFSET_CONTENT_TYPE}"
-            )
-        checksum = parse_checksum(h.get("upload-checksum"))
+    if has_body:
         rec = await append_body(request, svc, rec, 0, Checksum(*checksum) if checksum else None)
+    elif rec.length == 0:  # nothing to send: the empty object exists at once
+        rec = await asyncio.to_thread(svc.engine.uploads.append, rec.upload_id, 0, ())
     return _created(request, svc, rec)
 
 

@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import services
+from edgestore.api.tus import ietf
 from edgestore.api.tus.common import describe
 
 router = APIRouter()
@@ -14,6 +15,8 @@ router = APIRouter()
 
 @router.head("/{upload_id}", include_in_schema=False)
 async def head(upload_id: str, request: Request) -> Response:
+    if ietf.is_draft(request):
+        return await ietf.head(upload_id, request)
     svc = services(request)
     rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id)
     return Response(status_code=200, headers=describe(request, svc, rec))

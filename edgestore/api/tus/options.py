@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import services
+from edgestore.api.tus import ietf
 from edgestore.api.tus.headers import EXTENSIONS, TUS_VERSION
 from edgestore.codec.hashing import CHECKSUM_ALGORITHMS
 
@@ -15,6 +16,8 @@ router = APIRouter()
 @router.options("/", include_in_schema=False)
 @router.options("/{upload_id}", include_in_schema=False)
 async def options(request: Request) -> Response:
+    if ietf.is_draft(request):
+        return ietf.options(request)
     return Response(
         status_code=204,
         headers={

@@ -13,6 +13,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import services
+from edgestore.api.tus import ietf
 from edgestore.api.tus.common import append_body, describe
 from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_checksum, parse_size
 from edgestore.engine.ingest import Checksum
@@ -22,12 +23,15 @@ from edgestore.errors import (
     UnsupportedMediaType,
     UploadStateError,
 )
+from edgestore.metadata import uploads as upload_rows
 
 router = APIRouter()
 
 
 @router.patch("/{upload_id}", include_in_schema=False)
 async def patch(upload_id: str, request: Request) -> Response:
+    if ietf.is_draft(request):
+        return await ietf.append(upload_id, request)
     svc = services(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != OFFSET_CONTENT_TYPE:
@@ -44,19 +48,23 @@ async def patch(upload_id: str, request: Request) -> Response:
     rec = await asyncio.to_thread(uploads.get_open, upload_id)
     if rec.concat_of:
         raise UploadStateError("a final (concatenated) upload cannot be patched")
-    if length is not None and rec.length is None:
-        rec = await asyncio.to_thread(uploads.declare_length, upload_id, length)
-    # Cheap checks before a byte is read; the engine checks again under the upload's lock.
+    # Cheap checks before a byte is read (and before anything changes); the engine checks
+    # again under the upload's lock.
     if offset != rec.offset:
         raise OffsetConflict(
             f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
             expected=rec.offset,
         )
-    if rec.length is not None and body_length is not None and offset + body_length > rec.length:
+    final_length = rec.length if rec.length is not None else length
+    if final_length is not None and body_length is not None and offset + body_length > final_length:
         raise TooLarge(
-            f"{body_length} bytes at offset {offset} go beyond the upload's length {rec.length}"
+            f"{body_length} bytes at offset {offset} go beyond the upload's length {final_length}"
         )
+    if length is not None and rec.length is None:
+        rec = await asyncio.to_thread(uploads.declare_length, upload_id, length)
     if rec.length is not None and offset == rec.length and not body_length:
+        if rec.state == upload_rows.OPEN:  # every byte is there: an empty append completes it
+            rec = await asyncio.to_thread(uploads.append, upload_id, offset, ())
         return Response(status_code=204, headers=describe(request, svc, rec))
     rec = await append_body(request, svc, rec, offset, Checksum(*checksum) if checksum else None)
     return Response(status_code=204, headers=describe(request, svc, rec))

@@ -1,0 +1,382 @@
+"""Authentication and authorization as plain ASGI middleware, in front of every route.
+
+Each request gets an Identity: an API key (`Authorization: Bearer <key>`), a pre-signed
+grant (`es_signature` in the query), an upload token (`es_upload_token`, for one tus upload),
+or anyone when auth is off (loopback only). api/policy.py says what each route needs; this
+module checks it, binds pre-signed uploads to what was signed, and answers 401/403 through
+the one error table. Plain ASGI, like api/middleware.py, so upload bodies stream untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgestore.api import policy, presign
+from edgestore.api.errors import error_response
+from edgestore.api.identity import KEY, OPEN, PRESIGNED, SCOPES, UPLOAD_TOKEN, Identity, Target
+from edgestore.api.presign import Grant, Signer
+from edgestore.api.state import Services
+from edgestore.api.tus.common import upload_id_from_url
+from edgestore.api.tus.concatenation import parse_concat
+from edgestore.api.tus.creation import object_key
+from edgestore.api.tus.headers import UploadMetadata, encode_metadata, parse_metadata, parse_size
+from edgestore.config import Settings
+from edgestore.engine.keys import DEFAULT_BUCKET
+from edgestore.errors import ConfigError, EdgestoreError, OutOfScope, TooLarge, Unauthorized
+from edgestore.metadata import keys as key_rows
+from edgestore.metadata.db import Database
+from edgestore.metadata.keys import ApiKey
+
+log = logging.getLogger("edgestore.auth")
+
+CACHE_SECONDS = 5.0  # a revoked key stops working on every node within this
+CACHE_ENTRIES = 10_000
+TOUCH_SECONDS = 60.0  # last_used_at is written at most this often per key
+UPLOAD_TOKEN_SLACK = 3600  # an upload token outlives its upload's expiry by this much
+MAX_JSON_BODY = 64 * 1024  # JSON bodies read to find their object (limited keys only)
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgestore"'}
+OPEN_IDENTITY = Identity(OPEN, frozenset(SCOPES))
+
+
+def check_bind(settings: Settings) -> None:
+    """Refuse to serve without auth anywhere but loopback: a typo must not open a store."""
+    if settings.auth_enabled:
+        return
+    host = settings.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"--no-auth (auth_enabled=false) only listens on loopback (127.0.0.0/8, ::1, "
+            f"localhost), not {settings.host!r}: anyone who can reach it could read and write "
+            "everything. Create a key with `edgestore keys create` instead."
+        )
+
+
+def effective_method(scope: Scope) -> str:
+    """The method a request stands for: tus lets clients that cannot send PATCH or DELETE
+    POST with X-HTTP-Method-Override, and the override is what must be authorized."""
+    method: str = scope["method"]
+    if method == "POST":
+        override = Headers(scope=scope).get("x-http-method-override", "").strip().upper()
+        if override in ("PATCH", "DELETE", "HEAD", "GET"):
+            return override
+    return method
+
+
+class KeyRing:
+    """Verifies bearer keys against the database, with a short cache so that PATCH-heavy
+    uploads cost no query per request; keeps last_used_at roughly current."""
+
+    def __init__(self) -> None:
+        self.db: Database | None = None
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._touched: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def verify(self, secret: str) -> ApiKey:
+        digest = key_rows.hash_secret(secret)
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > time.monotonic():
+            key = hit[1]
+        else:
+            key = await asyncio.to_thread(self._fetch, digest)
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + CACHE_SECONDS, key)
+        if key is None or not hmac.compare_digest(key.secret_hash, digest):
+            raise Unauthorized("unknown API key", headers=CHALLENGE)
+        if key.revoked_at is not None:
+            raise Unauthorized(f"API key {key.key_id} was revoked", headers=CHALLENGE)
+        self._touch(key.key_id)
+        return key
+
+    def _fetch(self, digest: str) -> ApiKey | None:
+        assert self.db is not None, "KeyRing used before the app started"
+        with self.db.read() as conn:
+            return key_rows.by_hash(conn, digest)
+
+    def _touch(self, key_id: str) -> None:
+        t = time.time()
+        if t - self._touched.get(key_id, 0.0) < TOUCH_SECONDS:
+            return
+        self._touched[key_id] = t
+
+        def write() -> None:
+            assert self.db is not None
+            try:
+                with self.db.write(durable=False) as conn:
+                    key_rows.touch(conn, key_id, t)
+            except Exception:  # bookkeeping only: never fail a request over it
+                log.warning("could not record the use of API key %s", key_id, exc_info=True)
+
+        task = asyncio.ensure_future(asyncio.to_thread(write))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class AccessControl:
+    """The ASGI middleware: identify, authorize, bind, then call the app."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings, keys: KeyRing, signer: Signer) -> None:
+        self.app = app
+        self.settings = settings
+        self.keys = keys
+        self.signer = signer
+        self.rules = policy.rules(settings.metrics_public)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            identity, scope, receive, send = await self._admit(scope, receive, send)
+        except EdgestoreError as exc:
+            headers = exc.details.get("headers") if isinstance(exc, Unauthorized) else None
+            await error_response(exc, headers)(scope, receive, send)
+            return
+        scope = {**scope, "state": {**scope.get("state", {}), "identity": identity}}
+        await self.app(scope, receive, send)
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[Identity, Scope, Receive, Send]:
+        method, path = effective_method(scope), scope["path"]
+        rule, m = policy.match(self.rules, method, path)
+        if rule.is_open:
+            return OPEN_IDENTITY, scope, receive, send
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        authorization = Headers(scope=scope).get("authorization")
+        if authorization is not None and self.settings.auth_enabled:
+            identity = await self._bearer(authorization)
+        elif presign.carries_grant(query):
+            grant = self.signer.verify(query)
+            scope = await self._bind_grant(scope, grant, method, path)
+            return Identity(PRESIGNED), scope, receive, self._issue_upload_tokens(send)
+        elif presign.P_UPLOAD_TOKEN in query:
+            self._check_upload_token(query, method, path)
+            return Identity(UPLOAD_TOKEN), scope, receive, send
+        elif not self.settings.auth_enabled:
+            return OPEN_IDENTITY, scope, receive, send
+        else:
+            raise Unauthorized(
+                "credentials required: send 'Authorization: Bearer <key>' or use a pre-signed URL",
+                headers=CHALLENGE,
+            )
+        policy.authorize(identity, rule)
+        if identity.restricted:
+            if rule.target == policy.JSON_BODY:
+                receive = await _check_json_target(receive, identity)
+            else:
+                scope = await self._check_target(scope, identity, rule, m, query)
+        return identity, scope, receive, send
+
+    async def _bearer(self, authorization: str) -> Identity:
+        scheme, _, secret = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized("use 'Authorization: Bearer <key>'", headers=CHALLENGE)
+        key = await self.keys.verify(secret.strip())
+        return Identity(KEY, key.scopes, key.key_id, key.name, key.bucket, key.prefix)
+
+    async def _check_target(
+        self,
+        scope: Scope,
+        identity: Identity,
+        rule: policy.Rule,
+        m: re.Match[str] | None,
+        query: dict[str, list[str]],
+    ) -> Scope:
+        if rule.target == policy.CREATION:
+            return _bind_key_creation(scope, identity)
+        svc: Services = scope["app"].state.services
+        resolved = await policy.target_of(rule, m, query, identity, svc)
+        if not resolved.skip:
+            identity.require_target(resolved.target)
+        if resolved.query_string is not None:
+            scope = {**scope, "query_string": resolved.query_string}
+        return scope
+
+    # --- pre-signed grants and upload tokens --------------------------------------------------
+
+    async def _bind_grant(self, scope: Scope, grant: Grant, method: str, path: str) -> Scope:
+        if grant.action == presign.ACTION_DOWNLOAD:
+            wanted = f"/objects/{grant.bucket}/{grant.key}"
+            if method in ("GET", "HEAD") and path == wanted:
+                return scope
+            raise OutOfScope(f"this pre-signed URL grants GET/HEAD {wanted}, not {method} {path}")
+        if method == "OPTIONS" and path in ("/files", "/files/"):
+            return scope
+        if method != "POST" or path not in ("/files", "/files/"):
+            raise OutOfScope(
+                f"this pre-signed URL grants creating a tus upload (POST {presign.UPLOAD_PATH}) "
+                f"of {grant.bucket}/{grant.key}, not {method} {path}"
+            )
+        headers = Headers(scope=scope)
+        concat = parse_concat(headers.get("upload-concat"))
+        length = parse_size("Upload-Length", headers.get("upload-length"))
+        if concat is not None and not concat.partial:  # a final upload: check the partials
+            length = await self._partials_length(scope, headers)
+        if grant.max_size is not None:
+            if length is None:
+                raise OutOfScope(
+                    f"this pre-signed URL limits the upload to {grant.max_size} bytes: "
+                    "send Upload-Length (deferred length is not allowed)"
+                )
+            if length > grant.max_size:
+                raise TooLarge(
+                    f"Upload-Length {length} is above the {grant.max_size} bytes this "
+                    "pre-signed URL allows"
+                )
+        if concat is not None and concat.partial:
+            return scope  # partials belong to no object; the final is bound below
+        return _bind_grant_creation(scope, grant)
+
+    async def _partials_length(self, scope: Scope, headers: Headers) -> int:
+        """The final upload's length; each partial must carry its upload token, proving it
+        was created with a pre-signed URL too."""
+        urls = headers.get("upload-concat", "").strip()[len("final;") :].split()
+        svc: Services = scope["app"].state.services
+        total = 0
+        for url in urls:
+            upload_id = upload_id_from_url(url)
+            tokens = parse_qs(urlsplit(url).query).get(presign.P_UPLOAD_TOKEN)
+            if not tokens:
+                raise OutOfScope(
+                    f"partial upload {upload_id} was not created with a pre-signed URL "
+                    f"(its URL carries no {presign.P_UPLOAD_TOKEN})"
+                )
+            self.signer.verify_upload_token(upload_id, tokens[0])
+            rec = await asyncio.to_thread(svc.engine.uploads.get, upload_id)
+            total += rec.length if rec.length is not None else rec.offset
+        return total
+
+    def _issue_upload_tokens(self, send: Send) -> Send:
+        """Give the Location of an upload created with a grant its own upload token."""
+        lifetime = self.settings.upload_expiry_seconds + UPLOAD_TOKEN_SLACK
+
+        async def send_with_token(message: Message) -> None:
+            # 201 normally; also errors that carry Location so the client can resume (IETF).
+            if message["type"] == "http.response.start":
+                headers = []
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"location":
+                        url = value.decode("latin-1")
+                        token = self.signer.upload_token(
+                            upload_id_from_url(url), int(time.time()) + lifetime
+                        )
+                        value = presign.with_query(url, presign.P_UPLOAD_TOKEN, token).encode()
+                    headers.append((name, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_token
+
+    def _check_upload_token(self, query: dict[str, list[str]], method: str, path: str) -> None:
+        tokens = query[presign.P_UPLOAD_TOKEN]
+        parts = path.rstrip("/").split("/")
+        if len(tokens) != 1 or len(parts) != 3 or parts[1] != "files":
+            raise OutOfScope(f"an upload URL's token only grants its own upload, not {path}")
+        self.signer.verify_upload_token(parts[2], tokens[0])
+        if method not in ("HEAD", "PATCH", "DELETE", "OPTIONS"):
+            raise OutOfScope(
+                f"an upload URL's token grants HEAD/PATCH/DELETE of upload {parts[2]}, not {method}"
+            )
+
+
+async def _check_json_target(receive: Receive, identity: Identity) -> Receive:
+    """Read a small JSON body naming `bucket` and `key` (native session creation), check
+    them, and hand the same body on to the route."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if size > MAX_JSON_BODY:
+            raise TooLarge(f"a JSON request body is limited to {MAX_JSON_BODY} bytes")
+        if not message.get("more_body", False):
+            break
+    try:
+        doc = json.loads(b"".join(m.get("body", b"") for m in messages) or b"{}")
+    except ValueError:
+        doc = None  # the route answers 400
+    if isinstance(doc, dict):
+        bucket, key = doc.get("bucket") or DEFAULT_BUCKET, doc.get("key")
+        if key is None and isinstance(doc.get("filename"), str):
+            key = object_key(UploadMetadata({"filename": doc["filename"]}))
+        if not isinstance(bucket, str) or not (key is None or isinstance(key, str)):
+            bucket, key = "", None  # the route answers 400
+        if key is None and identity.prefix:
+            raise OutOfScope(
+                f"{identity.describe()} may only write keys under {identity.prefix!r}: "
+                "name the object with 'key'"
+            )
+        identity.require_target(Target(bucket, key or ""))
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
+def _replace_metadata(scope: Scope, raw: dict[str, str | None]) -> Scope:
+    headers = [(n, v) for n, v in scope["headers"] if n.lower() != b"upload-metadata"]
+    headers.append((b"upload-metadata", encode_metadata(raw).encode("latin-1")))
+    return {**scope, "headers": headers}
+
+
+def _bind_key_creation(scope: Scope, identity: Identity) -> Scope:
+    """A limited key creates uploads inside its bucket (filled in when left out) and prefix."""
+    headers = Headers(scope=scope)
+    concat = parse_concat(headers.get("upload-concat"))
+    if concat is not None and concat.partial:
+        return scope  # partials belong to no object; the final one is checked
+    meta = parse_metadata(headers.get("upload-metadata"))
+    raw = dict(meta.raw)
+    if raw.get("bucket") is None and identity.bucket is not None:
+        raw["bucket"] = identity.bucket
+    key = object_key(UploadMetadata(raw))
+    if key is None and identity.prefix:
+        raise OutOfScope(
+            f"{identity.describe()} may only write keys under {identity.prefix!r}: name the "
+            "object with Upload-Metadata 'key'"
+        )
+    identity.require_target(Target(raw.get("bucket") or DEFAULT_BUCKET, key or ""))
+    return scope if raw == meta.raw else _replace_metadata(scope, raw)
+
+
+def _bind_grant_creation(scope: Scope, grant: Grant) -> Scope:
+    """An upload created with a grant gets the signed bucket, key and content type: values
+    the client sent must match them, missing ones are filled in."""
+    meta = parse_metadata(Headers(scope=scope).get("upload-metadata"))
+    raw = dict(meta.raw)
+    for name, signed in (("bucket", grant.bucket), ("key", grant.key)):
+        if raw.get(name) not in (None, signed):
+            raise OutOfScope(
+                f"this pre-signed URL grants {grant.describe()}; Upload-Metadata {name} "
+                f"{raw[name]!r} is outside it"
+            )
+        raw[name] = signed
+    if grant.content_type is not None:
+        for alias in ("filetype", "contentType", "type"):
+            if raw.get(alias) not in (None, grant.content_type):
+                raise OutOfScope(
+                    f"this pre-signed URL is for content type {grant.content_type!r}, "
+                    f"not {raw[alias]!r}"
+                )
+        raw["filetype"] = grant.content_type
+    return scope if raw == meta.raw else _replace_metadata(scope, raw)

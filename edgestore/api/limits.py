@@ -1,0 +1,297 @@
+"""Per-client limits: requests per second, upload bandwidth, uploads streaming at once.
+
+A client is its API key, else its IP address (the real one behind a trusted proxy: uvicorn
+rewrites the peer address from X-Forwarded-For only for `trusted_proxies`, see
+api/server.py). Counters live in the `limits` library's storage: in memory per node by
+default, or on Redis so that every node counts the same client together.
+
+- Requests: a sliding window per client; over it → 429 with Retry-After.
+- Bandwidth: request bodies are metered as they stream; a client over its rate is *slowed
+  down* (the body is read more slowly, TCP pushes back) rather than refused, because tus
+  clients treat a 4xx in the middle of a PATCH as fatal, while a slow PATCH just finishes.
+- Concurrent uploads: a lease per streaming upload request (a Redis sorted set when shared,
+  so a node that dies mid-upload frees its slots when their leases lapse) → 429.
+
+If Redis goes away while serving, limits fail open (logged), uploads keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgestore.api.errors import error_response
+from edgestore.config import Settings
+from edgestore.errors import RateLimited, StorageUnavailable
+
+log = logging.getLogger("edgestore.limits")
+
+MiB = 1024 * 1024
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})  # load balancers probe these constantly
+UPLOAD_CONTENT_TYPES = ("application/offset+octet-stream", "application/octet-stream")
+LEASE_SECONDS = 120.0  # an upload slot not renewed for this long is free again
+WARN_EVERY = 30.0
+
+# Take a slot if the client holds fewer than ARGV[3] unexpired ones (atomic on the server).
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+def client_of(scope: Scope) -> str:
+    """The client a request counts against: its API key, else its address."""
+    identity = scope.get("state", {}).get("identity")
+    key_id = getattr(identity, "key_id", None)
+    if key_id:
+        return f"key:{key_id}"
+    client = scope.get("client")
+    return f"ip:{client[0] if client else 'unknown'}"
+
+
+def is_upload(scope: Scope) -> bool:
+    method = scope["method"]
+    if method in ("PATCH", "PUT"):
+        return True
+    if method != "POST":
+        return False
+    content_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+    return content_type in UPLOAD_CONTENT_TYPES
+
+
+class Limiter:
+    """The counters, in memory or on Redis; started and stopped with the app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.request_items: list[RateLimitItem] = (
+            parse_many(settings.rate_limit) if settings.rate_limit else []
+        )
+        self.bandwidth = settings.upload_bandwidth
+        self.bandwidth_item = (
+            RateLimitItemPerSecond(self.bandwidth, 1, namespace="edgestore-bytes")
+            if self.bandwidth
+            else None
+        )
+        # Charge at most a quarter second's worth at once, so a slow client still moves.
+        self.step = min(MiB, max(self.bandwidth // 4, 1)) if self.bandwidth else 0
+        self.max_uploads = settings.max_concurrent_uploads
+        self.namespace = "edgestore"
+        self.storage: Any = None
+        self.strategy: SlidingWindowCounterRateLimiter | None = None
+        self.redis: Any = None
+        self._acquire: Any = None
+        self._local_slots: Counter[str] = Counter()
+        self._warned = 0.0
+
+    @property
+    def shared(self) -> bool:
+        return self.settings.rate_limit_storage.startswith("redis")
+
+    async def start(self, namespace: str) -> None:
+        """Connect the storage; an unreachable Redis stops the server with a clear error."""
+        self.namespace = f"edgestore:{namespace}"
+        url = self.settings.rate_limit_storage
+        if not (self.request_items or self.bandwidth_item or self.max_uploads):
+            return
+        options: dict[str, Any] = {}
+        if self.shared:
+            options = {"implementation": "redispy", "key_prefix": self.namespace}
+        self.storage = storage_from_string("async+" + url, **options)
+        self.strategy = SlidingWindowCounterRateLimiter(self.storage)
+        if not self.shared:
+            return
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.from_url(url)
+        self._acquire = self.redis.register_script(_ACQUIRE)
+        try:
+            await self.redis.ping()
+        except Exception as exc:
+            await self.stop()
+            raise StorageUnavailable(
+                f"rate_limit_storage (EDGESTORE_RATE_LIMIT_STORAGE) {url} is unreachable: {exc}"
+            ) from None
+
+    async def stop(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+        if self.shared and self.storage is not None:
+            bridge = getattr(self.storage, "bridge", None)
+            client = getattr(bridge, "storage", None)
+            if client is not None and hasattr(client, "aclose"):
+                await client.aclose()
+
+    def _fail_open(self, what: str) -> None:
+        if time.monotonic() - self._warned > WARN_EVERY:
+            self._warned = time.monotonic()
+            log.warning("rate-limit storage failed (%s); not limiting for now", what, exc_info=True)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def check_request(self, client: str) -> None:
+        """Count one request; RateLimited (429) with Retry-After if the client is over."""
+        if not self.request_items or self.strategy is None:
+            return
+        for item in self.request_items:
+            try:
+                if await self.strategy.hit(item, self.namespace, client):
+                    continue
+                stats = await self.strategy.get_window_stats(item, self.namespace, client)
+            except Exception:
+                self._fail_open("request count")
+                return
+            wait = min(max(stats.reset_time - time.time(), 1.0), float(item.get_expiry()))
+            raise RateLimited(
+                f"too many requests: this client is limited to {item}; retry in {wait:.0f} s",
+                retry_after=wait,
+            )
+
+    # --- bandwidth --------------------------------------------------------------------------
+
+    def metered(self, receive: Receive, client: str) -> Receive:
+        """`receive`, slowed down to the client's bandwidth as body bytes arrive."""
+        pending = 0
+
+        async def receive_metered() -> Message:
+            nonlocal pending
+            message = await receive()
+            if message["type"] == "http.request":
+                pending += len(message.get("body", b""))
+                while pending >= self.step:
+                    await self._spend(client, self.step)
+                    pending -= self.step
+                if not message.get("more_body", False) and pending:
+                    await self._spend(client, pending)
+                    pending = 0
+            return message
+
+        return receive_metered
+
+    async def _spend(self, client: str, nbytes: int) -> None:
+        assert self.strategy is not None and self.bandwidth_item is not None
+        while True:
+            try:
+                item = self.bandwidth_item
+                if await self.strategy.hit(item, self.namespace, client, cost=nbytes):
+                    return
+            except Exception:
+                self._fail_open("bandwidth")
+                return
+            await asyncio.sleep(max(nbytes / self.bandwidth, 0.01))
+
+    # --- concurrent uploads -----------------------------------------------------------------
+
+    async def acquire_upload(self, client: str) -> str | None:
+        """A slot for one streaming upload; RateLimited (429) if the client holds them all."""
+        if not self.max_uploads:
+            return None
+        token = uuid.uuid4().hex
+        if self.redis is None:
+            if self._local_slots[client] >= self.max_uploads:
+                self._refuse_upload()
+            self._local_slots[client] += 1
+            return token
+        now = time.time()
+        try:
+            taken = await self._acquire(
+                keys=[f"{self.namespace}:uploads:{client}"],
+                args=[now, now + LEASE_SECONDS, self.max_uploads, token, int(LEASE_SECONDS * 2)],
+            )
+        except Exception:
+            self._fail_open("upload slots")
+            return None
+        if not taken:
+            self._refuse_upload()
+        return token
+
+    def _refuse_upload(self) -> None:
+        raise RateLimited(
+            f"too many uploads at once: this client may stream {self.max_uploads} at a time; "
+            "retry when one has finished",
+            retry_after=1,
+        )
+
+    async def renew_upload(self, client: str, token: str) -> None:
+        if self.redis is not None:
+            try:
+                await self.redis.zadd(
+                    f"{self.namespace}:uploads:{client}", {token: time.time() + LEASE_SECONDS}
+                )
+            except Exception:
+                self._fail_open("upload slots")
+
+    async def release_upload(self, client: str, token: str) -> None:
+        if self.redis is None:
+            self._local_slots[client] -= 1
+            if self._local_slots[client] <= 0:
+                del self._local_slots[client]
+            return
+        try:
+            await self.redis.zrem(f"{self.namespace}:uploads:{client}", token)
+        except Exception:
+            self._fail_open("upload slots")
+
+
+class Throttle:
+    """The ASGI middleware: runs after authentication, so it knows the API key."""
+
+    def __init__(self, app: ASGIApp, *, limiter: Limiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        limiter = self.limiter
+        client = client_of(scope)
+        slot = None
+        try:
+            await limiter.check_request(client)
+            if is_upload(scope):
+                slot = await limiter.acquire_upload(client)
+        except RateLimited as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        if limiter.bandwidth_item is not None:
+            receive = limiter.metered(receive, client)
+        if slot is not None and limiter.redis is not None:
+            receive = _renewing(receive, lambda: limiter.renew_upload(client, slot))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if slot is not None:
+                await limiter.release_upload(client, slot)
+
+
+def _renewing(receive: Receive, renew: Any) -> Receive:
+    """Renew an upload's lease now and then while its body keeps arriving."""
+    last = time.monotonic()
+
+    async def receive_renewing() -> Message:
+        nonlocal last
+        message = await receive()
+        if time.monotonic() - last > LEASE_SECONDS / 4:
+            last = time.monotonic()
+            await renew()
+        return message
+
+    return receive_renewing
+
+
+__all__ = ["Limiter", "Throttle", "client_of", "is_upload"]

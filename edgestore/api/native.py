@@ -1,0 +1,309 @@
+"""The native dedup-aware upload API under /v1: only chunks the store lacks cross the network.
+
+GET    /v1/params                                   the store's chunker and hash
+POST   /v1/uploads                                  open a session
+GET    /v1/uploads/{id}                             where a session stands (resume)
+DELETE /v1/uploads/{id}                             abort it, releasing its pins
+POST   /v1/uploads/{id}/missing                     which of these chunk ids are missing?
+PUT    /v1/uploads/{id}/chunks/{chunk_id}           one chunk's raw bytes, verified first
+POST   /v1/uploads/{id}/finalize                    commit the manifest + whole-file SHA-256
+
+The protocol is described with examples in docs/client.md; errors map in api/errors.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.requests import ClientDisconnect
+
+from edgestore.api.objects import ObjectVersion
+from edgestore.api.state import Services, services
+from edgestore.engine.keys import DEFAULT_BUCKET
+from edgestore.engine.native import MAX_MISSING_BATCH, ManifestChunk, NativeUploads, check_sha256
+from edgestore.errors import InvalidInput, TooLarge, TransferInterrupted
+from edgestore.metadata.uploads import UploadRecord
+
+router = APIRouter(prefix="/v1", tags=["native uploads"])
+
+# Chunk bodies are held whole in memory (each at most the max chunk size) while they are
+# verified and stored; this bounds how many at once, hence memory (64 x 8 MiB by default).
+MAX_CHUNK_BODIES = 64
+CHUNK_BODY_SECONDS = 600.0  # a chunk body not complete by then counts as abandoned
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ChunkerParamsOut(BaseModel):
+    algorithm: str = Field(description="Content-defined chunking: FastCDC 2020 (pyfastcdc).")
+    hash: str = Field(description="Chunk id: the lower-case hex digest of the raw chunk.")
+    min_size: int
+    avg_size: int
+    max_size: int
+
+
+class StoreParamsOut(BaseModel):
+    api_version: int = 1
+    chunker: ChunkerParamsOut
+    max_chunk_size: int = Field(description="A larger chunk body is refused with 413.")
+    max_upload_size: int
+    max_missing_batch: int = Field(description="Chunk ids per /missing request, at most.")
+
+
+class CreateUploadIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = DEFAULT_BUCKET
+    key: str | None = Field(None, description="Default: the filename if valid, else the id.")
+    size: int = Field(ge=0, description="The object's size in bytes.")
+    sha256: Sha256Hex | None = Field(None, description="Whole-file SHA-256, if known now.")
+    content_type: str | None = Field(None, max_length=255)
+    filename: str | None = Field(None, max_length=1024)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class UploadSessionOut(BaseModel):
+    upload_id: str
+    state: str = Field(description="open, complete (finalized), expired or terminated.")
+    bucket: str | None
+    key: str | None
+    size: int | None
+    expires_at: float | None = Field(description="Unix time after which the session is gone.")
+    pinned_chunks: int = Field(0, description="Stored chunks this session holds.")
+    pinned_bytes: int = Field(0, description="Their raw bytes: what a resume need not send.")
+    params: StoreParamsOut
+    version: ObjectVersion | None = Field(None, description="Set once finalized.")
+
+
+class MissingIn(BaseModel):
+    chunk_ids: list[Sha256Hex] = Field(max_length=MAX_MISSING_BATCH)
+
+
+class MissingOut(BaseModel):
+    missing: list[str] = Field(description="Ids the store lacks, in request order: PUT these.")
+    pinned: int = Field(description="How many of the others are now held by the session.")
+
+
+class ChunkOut(BaseModel):
+    chunk_id: str
+    size: int
+    new: bool = Field(description="False: the store already had it (nothing was read).")
+
+
+class ManifestChunkIn(BaseModel):
+    id: Sha256Hex
+    size: int = Field(gt=0)
+
+
+class FinalizeIn(BaseModel):
+    chunks: list[ManifestChunkIn] = Field(description="The object's chunks, in order.")
+    sha256: Sha256Hex | None = Field(None, description="Whole-file SHA-256 (or at creation).")
+
+
+class FinalizedOut(ObjectVersion):
+    upload_id: str
+    verified_by: str = Field(description="read-back, known-manifest, or already (a retry).")
+
+
+def _native(svc: Services) -> NativeUploads:
+    return NativeUploads(svc.engine.core, svc.engine.uploads)
+
+
+def _params(svc: Services) -> StoreParamsOut:
+    p = _native(svc).params()
+    return StoreParamsOut(
+        chunker=ChunkerParamsOut(
+            algorithm=p.algorithm,
+            hash=p.hash,
+            min_size=p.min_size,
+            avg_size=p.avg_size,
+            max_size=p.max_size,
+        ),
+        max_chunk_size=p.max_size,
+        max_upload_size=svc.settings.max_upload_size,
+        max_missing_batch=MAX_MISSING_BATCH,
+    )
+
+
+def _session_out(
+    svc: Services,
+    rec: UploadRecord,
+    *,
+    pinned: tuple[int, int] = (0, 0),
+    version: ObjectVersion | None = None,
+) -> UploadSessionOut:
+    return UploadSessionOut(
+        upload_id=rec.upload_id,
+        state=rec.state,
+        bucket=rec.bucket,
+        key=rec.key,
+        size=rec.length,
+        expires_at=rec.expires_at,
+        pinned_chunks=pinned[0],
+        pinned_bytes=pinned[1],
+        params=_params(svc),
+        version=version,
+    )
+
+
+@router.get("/params", response_model=StoreParamsOut, summary="The store's chunker and hash")
+async def params(request: Request) -> StoreParamsOut:
+    """Chunk exactly this way and the store recognises every chunk it already holds."""
+    return _params(services(request))
+
+
+@router.post(
+    "/uploads", status_code=201, response_model=UploadSessionOut, summary="Open an upload session"
+)
+async def create(body: CreateUploadIn, request: Request, response: Response) -> UploadSessionOut:
+    """Sessions live in the database: any node serves any later request of this session."""
+    svc = services(request)
+    rec = await asyncio.to_thread(
+        _native(svc).create,
+        size=body.size,
+        bucket=body.bucket,
+        key=body.key,
+        sha256=body.sha256,
+        content_type=body.content_type,
+        filename=body.filename,
+        metadata=body.metadata,
+    )
+    response.headers["Location"] = f"/v1/uploads/{rec.upload_id}"
+    return _session_out(svc, rec)
+
+
+@router.get(
+    "/uploads/{upload_id}", response_model=UploadSessionOut, summary="A session's state (resume)"
+)
+async def status(upload_id: str, request: Request) -> UploadSessionOut:
+    svc = services(request)
+    st = await asyncio.to_thread(_native(svc).status, upload_id)
+    version = ObjectVersion.of(st.version) if st.version else None
+    return _session_out(svc, st.upload, pinned=(st.pinned_chunks, st.pinned_bytes), version=version)
+
+
+@router.delete("/uploads/{upload_id}", status_code=204, summary="Abort a session")
+async def abort(upload_id: str, request: Request) -> Response:
+    """Releases the chunks the session pinned; a finalized session's object stays."""
+    await asyncio.to_thread(_native(services(request)).abort, upload_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/uploads/{upload_id}/missing",
+    response_model=MissingOut,
+    summary="Which of these chunk ids are missing?",
+)
+async def missing(upload_id: str, body: MissingIn, request: Request) -> MissingOut:
+    """The chunks the store has are pinned to the session in the same transaction, so they
+    cannot be collected before finalize: the client never needs to send them."""
+    native = _native(services(request))
+    lacking = await asyncio.to_thread(native.missing, upload_id, body.chunk_ids)
+    return MissingOut(missing=lacking, pinned=len(set(body.chunk_ids)) - len(lacking))
+
+
+@router.put(
+    "/uploads/{upload_id}/chunks/{chunk_id}",
+    response_model=ChunkOut,
+    status_code=201,
+    summary="Upload one chunk by its SHA-256",
+    responses={200: {"model": ChunkOut, "description": "Already stored: body not read."}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResponse:
+    """The body is the raw chunk. It is hashed before anything is stored (422 if it is not
+    `chunk_id`); a chunk already stored is answered at once, unread: with `Expect:
+    100-continue` its bytes never leave the client (uvicorn sends 100 only when the body is
+    first read)."""
+    svc = services(request)
+    native = _native(svc)
+    limit = native.params().max_size
+    declared = _content_length(request)
+    if declared is not None and declared > limit:
+        raise TooLarge(f"chunk of {declared} bytes exceeds the store's maximum of {limit}")
+    check_sha256(chunk_id)
+    size = await asyncio.to_thread(native.pin_if_stored, upload_id, chunk_id)
+    if size is not None:
+        # An unread body that the client holds back (100-continue) would be parsed as the
+        # next request: close the connection instead.
+        headers = {"Connection": "close"} if _expects_continue(request) else None
+        body = ChunkOut(chunk_id=chunk_id, size=size, new=False)
+        return JSONResponse(body.model_dump(), 200, headers=headers)
+    async with _body_slots(request):
+        raw = await _read_chunk(request, limit)
+        stored = await asyncio.get_running_loop().run_in_executor(
+            svc.uploads, native.put_chunk, upload_id, chunk_id, raw
+        )
+    svc.metrics.bytes_in.inc(len(raw))
+    svc.metrics.observe_chunk(stored)
+    body = ChunkOut(chunk_id=chunk_id, size=len(raw), new=stored.is_new)
+    return JSONResponse(body.model_dump(), 201 if stored.is_new else 200)
+
+
+@router.post(
+    "/uploads/{upload_id}/finalize",
+    response_model=FinalizedOut,
+    summary="Commit the manifest as an object version",
+)
+async def finalize(upload_id: str, body: FinalizeIn, request: Request) -> FinalizedOut:
+    """Every chunk must be stored (409 lists the missing ones) and the bytes must hash to the
+    whole-file SHA-256 (422, no version); the version and the release of the session's pins
+    are one transaction. Idempotent: a retry returns the same version."""
+    svc = services(request)
+    chunks = [ManifestChunk(c.id, c.size) for c in body.chunks]
+    done = await asyncio.get_running_loop().run_in_executor(
+        svc.uploads, _native(svc).finalize, upload_id, chunks, body.sha256
+    )
+    base = ObjectVersion.of(done.version).model_dump()
+    return FinalizedOut(**base, upload_id=done.upload.upload_id, verified_by=done.verified_by)
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidInput(f"Content-Length must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _expects_continue(request: Request) -> bool:
+    return request.headers.get("expect", "").strip().lower() == "100-continue"
+
+
+def _body_slots(request: Request) -> asyncio.Semaphore:
+    state: Any = request.app.state
+    slots = getattr(state, "native_chunk_bodies", None)
+    if slots is None:
+        slots = state.native_chunk_bodies = asyncio.Semaphore(MAX_CHUNK_BODIES)
+    return slots
+
+
+async def _read_chunk(request: Request, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it passes `limit` (chunked bodies too)."""
+    buf = bytearray()
+    try:
+        async with asyncio.timeout(CHUNK_BODY_SECONDS):
+            async for piece in request.stream():
+                buf += piece
+                if len(buf) > limit:
+                    raise TooLarge(f"chunk body exceeds the store's maximum of {limit} bytes")
+    except ClientDisconnect:
+        raise TransferInterrupted("client disconnected mid-chunk; nothing was stored") from None
+    except TimeoutError:
+        raise TransferInterrupted(
+            f"chunk body incomplete after {CHUNK_BODY_SECONDS:.0f}s; nothing was stored"
+        ) from None
+    return bytes(buf)

@@ -1,0 +1,279 @@
+"""The IETF "Resumable Uploads for HTTP" draft, served on the tus URLs (/files/).
+
+A request carrying `Upload-Draft-Interop-Version` is served here instead of by the tus 1.0
+handlers, and needs no `Tus-Resumable`. Interop versions: 6 (draft-ietf-httpbis-resumable-
+upload-04/-05, what tus-js-client's `protocol: 'ietf-draft-05'` speaks, as tusd), 7 (-06 to
+-08) and 8 (-09 to -12, the newest). For a server they differ only in details handled here:
+the lifetime key in `Upload-Limit` (`expires` in 6, `max-age` later) and which response
+headers are required, which this module always sends. 104 (Upload Resumption Supported)
+interim responses are never sent: uvicorn cannot send 1xx responses, so `Location` arrives with
+the final 201 and clients should create uploads "carefully" (an empty `Upload-Complete: ?0`
+POST first), as tus-js-client does.
+
+One deviation forced by the engine: an upload whose offset reaches its declared length is
+complete (it becomes an object version then), even if that request said `Upload-Complete: ?0`;
+a later empty `Upload-Complete: ?1` PATCH at that offset is answered as a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.message
+import email.utils
+import time
+
+from fastapi import Request, Response
+
+from edgestore.api.state import Services, services
+from edgestore.api.tus.common import append_body, upload_url
+from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_metadata, parse_size
+from edgestore.errors import InvalidInput, OffsetConflict, TooLarge, UnsupportedMediaType
+from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.uploads import UploadRecord
+
+INTEROP_HEADER = "Upload-Draft-Interop-Version"
+INTEROP_VERSIONS = ("6", "7", "8")
+PARTIAL_UPLOAD = "application/partial-upload"
+
+
+def is_draft(request: Request) -> bool:
+    """Whether the request speaks the IETF draft (any interop version) rather than tus 1.0."""
+    return INTEROP_HEADER in request.headers
+
+
+def prepare(request: Request) -> None:
+    """Check the interop version (400 if unsupported) and set this protocol's error headers."""
+    version = _version(request)
+    request.state.error_headers = {}
+    if version not in INTEROP_VERSIONS:
+        raise InvalidInput(
+            f"{INTEROP_HEADER} {version!r} is not supported; this server speaks interop "
+            f"versions {', '.join(INTEROP_VERSIONS)} (draft-ietf-httpbis-resumable-upload-04 "
+            "to -12; tus-js-client: protocol 'ietf-draft-05'), or tus 1.0.0 without this header"
+        )
+    headers = {INTEROP_HEADER: version, "Upload-Limit": _limits(request, services(request))}
+    if request.method in ("POST", "PATCH"):
+        # Draft -05: every response to an `Upload-Complete: ?0` request says ?0, errors too;
+        # an error never completes an upload, so ?0 is true for ?1 requests as well.
+        headers["Upload-Complete"] = "?0"
+    request.state.error_headers = headers
+
+
+# --- handlers (the tus modules dispatch here) ----------------------------------------------
+
+
+def options(request: Request) -> Response:
+    """What an upload may be: `Upload-Limit` (draft -05: MUST), `Accept-Patch` (-10: MUST)."""
+    return Response(
+        status_code=204,
+        headers={
+            INTEROP_HEADER: _version(request),
+            "Upload-Limit": _limits(request, services(request)),
+            "Accept-Patch": PARTIAL_UPLOAD,
+        },
+    )
+
+
+async def create(request: Request) -> Response:
+    """Upload creation: a POST with or without content; `Upload-Complete: ?1` finishes it."""
+    svc = services(request)
+    h = request.headers
+    complete = _upload_complete(request)
+    length = parse_size("Upload-Length", h.get("upload-length"))
+    body_length = parse_size("Content-Length", h.get("content-length"))
+    if complete and body_length is not None:
+        if length is not None and length != body_length:
+            raise InvalidInput(
+                f"inconsistent length: Upload-Length {length} but Upload-Complete: ?1 with "
+                f"{body_length} bytes of content"
+            )
+        length = body_length
+    meta = parse_metadata(h.get("upload-metadata"))  # tus-js-client sends it in draft mode too
+    filename = _disposition_filename(h.get("content-disposition"))
+    if filename and not meta.filename:
+        meta.raw["filename"] = filename
+    media_type = h.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in ("", PARTIAL_UPLOAD, OFFSET_CONTENT_TYPE) and not meta.content_type:
+        meta.raw["filetype"] = media_type  # the draft: Content-Type is the representation's
+
+    from edgestore.api.tus.creation import object_key  # creation imports this module
+
+    rec = await asyncio.to_thread(
+        svc.engine.uploads.create,
+        kind="ietf",
+        bucket=meta.bucket,
+        key=object_key(meta),
+        length=length,
+        content_type=meta.content_type,
+        filename=meta.filename,
+        user_metadata=meta.user,
+    )
+    location = upload_url(request, svc, rec.upload_id)
+    request.state.error_headers["Location"] = location  # so a failed transfer can resume
+    rec = await _transfer(request, svc, rec, 0, complete)
+    headers = _state_headers(request, svc, rec)
+    headers["Location"] = location
+    return Response(status_code=201, headers=headers)
+
+
+async def head(upload_id: str, request: Request) -> Response:
+    """Offset retrieval: where the upload stands (durable bytes only)."""
+    svc = services(request)
+    rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id)
+    return Response(status_code=204, headers=_state_headers(request, svc, rec))
+
+
+async def append(upload_id: str, request: Request) -> Response:
+    """Upload append: a PATCH of `application/partial-upload` content at `Upload-Offset`."""
+    try:
+        return await _append(upload_id, request)
+    except OffsetConflict as exc:  # the draft: a 409 carries the correct offset
+        request.state.error_headers["Upload-Offset"] = str(exc.expected)
+        raise
+
+
+async def cancel(upload_id: str, request: Request) -> Response:
+    """Upload cancellation: the upload is terminated and its staged bytes released."""
+    uploads = services(request).engine.uploads
+    await asyncio.to_thread(uploads.get_open, upload_id)  # 404 / 410 first
+    await asyncio.to_thread(uploads.terminate, upload_id)
+    return Response(status_code=204, headers={INTEROP_HEADER: _version(request)})
+
+
+# --- the append and completion --------------------------------------------------------------
+
+
+async def _append(upload_id: str, request: Request) -> Response:
+    svc = services(request)
+    h = request.headers
+    media_type = h.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != PARTIAL_UPLOAD:
+        raise UnsupportedMediaType(
+            f"an upload append needs Content-Type: {PARTIAL_UPLOAD}, got {media_type or 'none'!r}"
+        )
+    offset = parse_size("Upload-Offset", h.get("upload-offset"), required=True)
+    assert offset is not None
+    length = parse_size("Upload-Length", h.get("upload-length"))
+    body_length = parse_size("Content-Length", h.get("content-length"))
+    complete = _upload_complete(request)
+
+    uploads = svc.engine.uploads
+    rec = await asyncio.to_thread(uploads.get_open, upload_id)
+    if rec.state != upload_rows.OPEN:
+        request.state.error_headers["Upload-Complete"] = "?1"
+        if complete and offset == rec.offset and not _has_body(request):
+            # A retried completion whose response was lost, or the confirmation of an upload
+            # that completed when its offset reached Upload-Length: nothing changes.
+            return Response(status_code=204, headers=_state_headers(request, svc, rec))
+        raise InvalidInput(f"upload {upload_id} is already complete; it takes no more bytes")
+    # Cheap checks before a byte is read; the engine checks the offset again under its lock.
+    if offset != rec.offset:
+        raise OffsetConflict(
+            f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
+            expected=rec.offset,
+        )
+    if length is not None and rec.length != length:
+        if rec.length is not None:
+            raise InvalidInput(
+                f"inconsistent length: Upload-Length {length}, but the upload was declared "
+                f"with {rec.length}"
+            )
+        rec = await asyncio.to_thread(uploads.declare_length, upload_id, length)
+    if not complete and rec.length is not None and offset + (body_length or 0) > rec.length:
+        raise TooLarge(
+            f"{body_length} bytes at offset {offset} go beyond the upload's length {rec.length}"
+        )
+    rec = await _transfer(request, svc, rec, offset, complete)
+    return Response(status_code=204, headers=_state_headers(request, svc, rec))
+
+
+async def _transfer(
+    request: Request, svc: Services, rec: UploadRecord, offset: int, complete: bool
+) -> UploadRecord:
+    """Stream the request content in at `offset`; complete the upload if asked to.
+
+    With `Upload-Complete: ?1` and a Content-Length, the length (offset + content) is declared
+    first, so the engine refuses any byte beyond it and completes the upload at its end.
+    """
+    uploads = svc.engine.uploads
+    body_length = parse_size("Content-Length", request.headers.get("content-length"))
+    if complete and body_length is not None:
+        total = offset + body_length
+        if rec.length is None:
+            rec = await asyncio.to_thread(uploads.declare_length, rec.upload_id, total)
+        elif rec.length != total:
+            raise InvalidInput(
+                f"inconsistent length: Upload-Complete: ?1 with {body_length} bytes at offset "
+                f"{offset}, but the upload's length is {rec.length}"
+            )
+    if _has_body(request):
+        rec = await append_body(request, svc, rec, offset, None)
+    if rec.state == upload_rows.OPEN and (complete or rec.offset == rec.length):
+        if rec.length is None:  # chunked content: its length is known only now
+            rec = await asyncio.to_thread(uploads.declare_length, rec.upload_id, rec.offset)
+        if rec.offset != rec.length:
+            raise InvalidInput(
+                f"Upload-Complete: ?1, but the upload has {rec.offset} of its {rec.length} "
+                "bytes; resume from HEAD's Upload-Offset"
+            )
+        # An empty append at the declared length makes the engine complete the upload.
+        rec = await asyncio.to_thread(uploads.append, rec.upload_id, rec.offset, ())
+    return rec
+
+
+# --- headers ----------------------------------------------------------------------------------
+
+
+def _version(request: Request) -> str:
+    return request.headers.get(INTEROP_HEADER, "").strip()
+
+
+def _upload_complete(request: Request) -> bool:
+    """`Upload-Complete` is a structured-field Boolean; anything but ?1 counts as false."""
+    return request.headers.get("upload-complete", "").strip() == "?1"
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+def _disposition_filename(header: str | None) -> str | None:
+    """The file name in `Content-Disposition` (`filename*` per RFC 6266 preferred)."""
+    if not header:
+        return None
+    msg = email.message.Message()
+    msg["Content-Disposition"] = header
+    params = msg.get_params([], header="content-disposition")[1:]
+    names = [value for key, value in params if key == "filename"]
+    names.sort(key=lambda value: not isinstance(value, tuple))  # `filename*` decodes to a tuple
+    if not names:
+        return None
+    return email.utils.collapse_rfc2231_value(names[0]) or None
+
+
+def _limits(request: Request, svc: Services, rec: UploadRecord | None = None) -> str:
+    """`Upload-Limit`: the maximum size and, for an open upload, its remaining lifetime."""
+    limits = [f"max-size={svc.settings.max_upload_size}"]
+    if rec is not None and rec.state == upload_rows.OPEN and rec.expires_at is not None:
+        key = "expires" if _version(request) == "6" else "max-age"
+        limits.append(f"{key}={max(0, int(rec.expires_at - time.time()))}")
+    return ",".join(limits)
+
+
+def _state_headers(request: Request, svc: Services, rec: UploadRecord) -> dict[str, str]:
+    """What HEAD, POST and PATCH responses say about an upload."""
+    complete = rec.state == upload_rows.COMPLETE
+    headers = {
+        INTEROP_HEADER: _version(request),
+        "Upload-Offset": str(rec.offset),
+        "Upload-Complete": "?1" if complete else "?0",
+        "Upload-Limit": _limits(request, svc, rec),
+        "Cache-Control": "no-store",
+    }
+    length = rec.length if rec.length is not None or not complete else rec.offset
+    if length is not None:
+        headers["Upload-Length"] = str(length)
+    return headers

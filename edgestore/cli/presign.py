@@ -1,0 +1,99 @@
+"""`edgestore presign upload|download BUCKET KEY`: a pre-signed URL, signed with the store's
+secret from the metadata database (the one every server node verifies with)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Literal
+
+import typer
+
+from edgestore.api.presign import SECRET_NAME, Grant, presigned_url
+from edgestore.cli import output
+from edgestore.cli.context import CliState
+from edgestore.cli.keys import database
+from edgestore.cli.main import app
+from edgestore.engine.keys import validate_bucket, validate_key
+from edgestore.errors import InvalidInput
+from edgestore.metadata import keys as key_rows
+
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.I)
+_MEDIA_TYPE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")  # no control characters
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(text: str) -> int:
+    """'90', '90s', '15m', '1h', '7d', '2w' → seconds."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    if m is None or int(m[1]) == 0:
+        raise InvalidInput(f"--expires {text!r}: use a positive number of s, m, h, d or w")
+    return int(m[1]) * _SECONDS[m[2]]
+
+
+def parse_size(text: str) -> int:
+    """'1000', '512K', '10M', '4GiB', '1T' (binary units) → bytes."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise InvalidInput(f"--max-size {text!r}: use bytes, or K, M, G, T (binary units)")
+    return int(m[1]) * _UNITS[m[2].lower()]
+
+
+@app.command()
+def presign(
+    ctx: typer.Context,
+    action: Annotated[
+        Literal["upload", "download"], typer.Argument(help="upload (a tus endpoint) or download.")
+    ],
+    bucket: Annotated[str, typer.Argument(help="Bucket.")],
+    key: Annotated[str, typer.Argument(help="Object key.")],
+    expires: Annotated[str, typer.Option(help="Lifetime: 90s, 15m, 1h, 7d ...")] = "1h",
+    max_size: Annotated[
+        str | None, typer.Option(help="Upload: largest size, e.g. 10G.", show_default=False)
+    ] = None,
+    content_type: Annotated[
+        str | None, typer.Option(help="Upload: the content type it must have.", show_default=False)
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Server base URL (default: public_url, else http://host:port)."),
+    ] = None,
+) -> None:
+    """Print a URL that lets its holder upload or download one object, and nothing else.
+
+    The URL is printed alone on the last line of stdout.
+    """
+    state: CliState = ctx.obj
+    settings = state.settings()
+    validate_bucket(bucket)
+    validate_key(key)
+    seconds = parse_duration(expires)
+    if seconds > settings.presign_max_seconds:
+        raise InvalidInput(
+            f"--expires {expires} is above presign_max_seconds ({settings.presign_max_seconds} s)"
+        )
+    if action == "download" and (max_size is not None or content_type is not None):
+        raise InvalidInput("--max-size and --content-type only apply to upload URLs")
+    if content_type is not None and not _MEDIA_TYPE.fullmatch(content_type):
+        raise InvalidInput(f"--content-type {content_type!r} is not a printable ASCII media type")
+    grant = Grant(
+        action=action,
+        bucket=bucket,
+        key=key,
+        expires=int(time.time()) + seconds,
+        max_size=parse_size(max_size) if max_size is not None else None,
+        content_type=content_type,
+    )
+    with database(ctx) as db, db.write() as conn:
+        secret = key_rows.server_secret(db, conn, SECRET_NAME)
+    scheme = "https" if settings.tls_certfile else "http"
+    base = url or settings.public_url or f"{scheme}://{settings.host}:{settings.port}"
+    how = (
+        "a tus endpoint: POST to create the upload, then PATCH the Location it returns"
+        if action == "upload"
+        else "GET or HEAD"
+    )
+    output.note(f"{action} of {bucket}/{key} until {output.when(grant.expires)} ({how}):")
+    print(presigned_url(base, secret, grant))

@@ -1,0 +1,140 @@
+"""Commands that talk to a server: `upload` and `download`, through the client library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from edgestore.cli import output
+from edgestore.cli.main import app
+from edgestore.client import Client, DownloadResult, UploadResult
+from edgestore.client.native import Workers
+from edgestore.errors import InvalidInput
+
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="EDGESTORE_API_KEY",
+        help="API key, sent as 'Authorization: Bearer' (else $EDGESTORE_API_KEY).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary at the end.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def parse_workers(value: str) -> Workers:
+    if value == "auto":
+        return "auto"
+    if value.isdigit() and 1 <= int(value) <= 64:
+        return int(value)
+    raise InvalidInput(f"--workers takes 'auto' or a number from 1 to 64, not {value!r}")
+
+
+@app.command()
+def upload(
+    file: Annotated[Path, typer.Argument(help="File to upload.", exists=True, dir_okay=False)],
+    url: Annotated[str, typer.Argument(help="Server URL (with --protocol tus: any tus endpoint).")],
+    bucket: Annotated[str, typer.Option("--bucket", "-b", help="Bucket.")] = "default",
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="Key (default: the file name).")
+    ] = None,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers", "-w", help="Parallel connections, 1-64, or 'auto' (grows while it pays)."
+        ),
+    ] = "auto",
+    protocol: Annotated[
+        str, typer.Option(help="native (sends only chunks the server lacks) or tus.")
+    ] = "native",
+    content_type: Annotated[str | None, typer.Option("--content-type")] = None,
+    api_key: ApiKeyOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Upload FILE in parallel, resumably: run the same command again after any failure (even
+    a kill) and it continues; chunks the server already has are never sent again."""
+    if protocol not in ("native", "tus"):
+        raise InvalidInput(f"--protocol takes native or tus, not {protocol!r}")
+    client = Client(url, api_key)
+    with output.Transfer(f"upload {file.name}", None, quiet=quiet or json_out) as bar:
+        result = client.upload(
+            file,
+            bucket=bucket,
+            key=key,
+            workers=parse_workers(workers),
+            protocol=protocol,  # type: ignore[arg-type]
+            progress=bar,
+            content_type=content_type,
+        )
+    if json_out:
+        output.emit_json(result)
+    elif not quiet:
+        output.fields(_upload_fields(result))
+
+
+def _upload_fields(r: UploadResult) -> list[tuple[str, str]]:
+    where = f"{r.bucket}/{r.key}" + (f" version {r.version}" if r.version else "")
+    rate = output.human_bytes(r.bytes_sent / max(r.seconds, 1e-9))
+    return [
+        ("object", where),
+        ("object id", r.object_id or "-"),
+        ("sha256", r.sha256),
+        ("size", f"{r.size} ({output.human_bytes(r.size)})"),
+        ("sent", f"{output.human_bytes(r.bytes_sent)} at {rate}/s over {r.workers} connections"),
+        ("already there", output.human_bytes(r.bytes_skipped)),
+        ("seconds", f"{r.seconds:.2f}" + (" (resumed)" if r.resumed else "")),
+    ]
+
+
+@app.command()
+def download(
+    ref: Annotated[
+        str, typer.Argument(metavar="URL|ID", help="Object URL, object id, or bucket/key.")
+    ],
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output file (default: the object's file name)."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=64)] = 4,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", envvar="EDGESTORE_SERVER", help="Server URL, for an id or bucket/key."
+        ),
+    ] = None,
+    api_key: ApiKeyOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Download an object with parallel range requests, resumably, verified against its
+    SHA-256 before it takes its name (until then it is OUT.part)."""
+    if ref.startswith(("http://", "https://")):
+        base = str(httpx.URL(ref).copy_with(path="/", query=None, fragment=None))
+    elif server:
+        base = server
+    else:
+        raise InvalidInput("an object id or bucket/key needs --server URL (or a full URL)")
+    client = Client(base, api_key)
+    with output.Transfer(f"download {ref}", None, quiet=quiet or json_out) as bar:
+        result = client.download(ref, out_path, workers=workers, progress=bar)
+    if json_out:
+        output.emit_json(result)
+    elif not quiet:
+        output.fields(_download_fields(result))
+
+
+def _download_fields(r: DownloadResult) -> list[tuple[str, str]]:
+    return [
+        ("file", r.path),
+        ("size", f"{r.size} ({output.human_bytes(r.size)})"),
+        ("sha256", r.sha256 + ("" if r.verified else " (the server has none yet to compare)")),
+        ("received", output.human_bytes(r.bytes_received)),
+        ("resumed", output.human_bytes(r.bytes_resumed)),
+        ("seconds", f"{r.seconds:.2f}"),
+    ]

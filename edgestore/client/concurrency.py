@@ -1,0 +1,125 @@
+"""How many transfers run at once: a gate whose width can change, and the 'auto' controller.
+
+Why adaptive: the right number of connections depends on the path. On a clean path with BBR
+one or two flows fill the link and more only add overhead; on a lossy path with CUBIC each
+flow is capped by loss (~window/RTT), so throughput grows almost linearly with flows.
+
+The auto algorithm (one upward search, then hold):
+1. Run at 2 connections. Each level gets `warmup` seconds to ramp up (slow start of any new
+   connection, not measured), then `window` seconds of measurement: throughput = body bytes
+   handed to the sockets in the window / its length. A window in which fewer than
+   `min_bytes` moved (nothing to send: dedup, a slow reader) is discarded and measured again.
+2. If the level's throughput is at least `gain` (1.10) times the previous level's, step up to
+   the next level of 2, 3, 4, 6, 8, 11, 16 (about x1.4 each: small steps where they matter).
+3. Otherwise the last step did not pay: go back to the previous level and hold it for the rest
+   of the transfer. Reaching 16 holds too.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+
+LEVELS = (2, 3, 4, 6, 8, 11, 16)
+MAX_WORKERS = LEVELS[-1]
+MiB = 1024 * 1024
+
+
+class Gate:
+    """At most `limit` holders at once; the limit may change while threads wait."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._limit = max(1, limit)
+        self._held = 0
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def set_limit(self, limit: int) -> None:
+        with self._cond:
+            self._limit = max(1, limit)
+            self._cond.notify_all()
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Enter when there is room; False if `stop` was set while waiting."""
+        with self._cond:
+            while self._held >= self._limit:
+                if stop is not None and stop.is_set():
+                    return False
+                self._cond.wait(0.2)
+            self._held += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held -= 1
+            self._cond.notify_all()
+
+    def __enter__(self) -> Gate:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+@dataclass
+class AutoWorkers:
+    """Chooses the number of connections from measured throughput (see the module doc)."""
+
+    gain: float = 1.10
+    warmup: float = 0.5
+    window: float = 2.0
+    min_bytes: int = 1 * MiB
+    levels: tuple[int, ...] = LEVELS
+    history: list[tuple[int, float]] = field(default_factory=list)  # (level, bytes/s)
+    _index: int = 0
+    _settled: bool = False
+    _level_since: float | None = None
+    _window_start: tuple[float, int] | None = None
+
+    @property
+    def level(self) -> int:
+        return self.levels[self._index]
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def update(self, sent: int, now: float) -> int:
+        """Feed the running total of bytes sent; returns the level to run at from now on."""
+        if self._settled:
+            return self.level
+        if self._level_since is None:
+            self._level_since = now
+        if self._window_start is None:
+            if now - self._level_since >= self.warmup:
+                self._window_start = (now, sent)
+            return self.level
+        started, base = self._window_start
+        if now - started < self.window:
+            return self.level
+        moved = sent - base
+        if moved < self.min_bytes:
+            self._window_start = (now, sent)  # nothing to measure: look again
+            return self.level
+        rate = moved / (now - started)
+        previous = self.history[-1][1] if self.history else None
+        self.history.append((self.level, rate))
+        if previous is not None and rate < self.gain * previous:
+            self._index -= 1  # this step did not pay: the previous level is enough
+            self._settled = True
+        elif self._index + 1 >= len(self.levels):
+            self._settled = True
+        else:
+            self._index += 1
+            self._level_since, self._window_start = now, None
+        return self.level

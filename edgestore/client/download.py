@@ -1,0 +1,218 @@
+"""Parallel, resumable, verified downloads: range GETs into OUT.part, then a rename.
+
+N workers fetch RANGE_BYTES ranges and write them in place (pwrite). Finished ranges are
+recorded in OUT.part.json (with the object's ETag), so a rerun fetches only the rest of the
+same version. A hasher follows the ranges in order, so the whole-file SHA-256 is ready when
+the last byte lands; it must equal the server's (X-Edgestore-Sha256, or a SHA-256 ETag)
+before the file takes its name. Ranges come from /ids/{object_id}?version=N when the server
+names them, so a new version uploaded meanwhile cannot mix into the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from edgestore.client.http import Transport
+from edgestore.client.results import DownloadResult, NoProgress, Progress
+from edgestore.errors import InvalidInput, WholeFileMismatch
+
+RANGE_BYTES = 8 * 1024 * 1024
+HASH_BLOCK = 4 * 1024 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_FILENAME_STAR = re.compile(r"filename\*=UTF-8''([^;]+)")
+
+
+def object_url(ref: str) -> str:
+    """A URL, an object id, or bucket/key, as a URL (relative to the server for the latter)."""
+    if ref.startswith(("http://", "https://")):
+        return ref
+    if _UUID.fullmatch(ref):
+        return f"/ids/{ref.lower()}"
+    if "/" in ref.strip("/"):
+        bucket, key = ref.strip("/").split("/", 1)
+        return f"/objects/{bucket}/{key}"
+    raise InvalidInput(f"{ref!r} is not a URL, an object id, or bucket/key")
+
+
+def _ranges(done: list[list[int]], size: int, step: int) -> list[tuple[int, int]]:
+    """The [start, end) ranges of `step` bytes not covered by the `done` intervals."""
+    todo = []
+    for start in range(0, size, step):
+        end = min(start + step, size)
+        if not any(lo <= start and end <= hi for lo, hi in done):
+            todo.append((start, end))
+    return todo
+
+
+def _merge(intervals: list[list[int]]) -> list[list[int]]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(intervals):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return merged
+
+
+class Download:
+    def __init__(
+        self,
+        transport: Transport,
+        ref: str,
+        out_path: str | Path | None,
+        *,
+        workers: int = 4,
+        progress: Progress | None = None,
+    ) -> None:
+        self._t = transport
+        self._url = object_url(ref)
+        self._out = Path(out_path) if out_path is not None else None
+        self._workers = workers
+        self._progress = progress or NoProgress()
+        self._cond = threading.Condition()
+        self._done: list[list[int]] = []
+        self._failed = threading.Event()
+        self._received = 0
+
+    def run(self) -> DownloadResult:
+        started = time.monotonic()
+        head = self._t.request("HEAD", self._url, ok=(200,), what="looking up the object")
+        h = head.headers
+        size = int(h.get("content-length", "0"))
+        etag = h.get("etag", "")
+        expected = h.get("x-edgestore-sha256") or (
+            etag.strip('"') if _HEX64.fullmatch(etag.strip('"')) else None
+        )
+        object_id, version = h.get("x-edgestore-object-id"), h.get("x-edgestore-version")
+        url = f"/ids/{object_id}?version={version}" if object_id and version else self._url
+        if url.startswith("/") and self._url.startswith("http"):
+            url = str(httpx.URL(self._url).join(url))
+        target = self._out or Path(self._name(head))
+        part = target.with_name(target.name + ".part")
+        record = target.with_name(target.name + ".part.json")
+        identity = {"etag": etag, "size": size, "object_id": object_id, "version": version}
+        self._done = self._load(record, identity, part)
+        resumed = sum(hi - lo for lo, hi in self._done)
+        step = RANGE_BYTES if "bytes" in h.get("accept-ranges", "") else max(size, 1)
+        todo = _ranges(self._done, size, step)
+
+        self._progress.start(size)
+        self._progress.skipped(resumed)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            hasher = threading.Thread(target=self._hash, args=(fd, size), daemon=True)
+            self._digest = ""
+            hasher.start()
+            try:
+                with ThreadPoolExecutor(self._workers, thread_name_prefix="es-get") as pool:
+                    futures = [pool.submit(self._fetch, fd, url, r, record, identity) for r in todo]
+                    try:
+                        for fut in futures:
+                            fut.result()
+                    except BaseException:
+                        self._failed.set()  # the others stop too; what they wrote stays
+                        self._t.stop.set()
+                        for fut in futures:
+                            fut.cancel()
+                        raise
+            finally:
+                hasher.join()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if expected is not None and self._digest != expected:
+            part.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+            raise WholeFileMismatch(
+                f"the downloaded bytes have SHA-256 {self._digest}, the server says {expected}; "
+                "the partial file was removed: run the command again"
+            )
+        os.replace(part, target)
+        record.unlink(missing_ok=True)
+        return DownloadResult(
+            path=str(target),
+            size=size,
+            sha256=self._digest,
+            verified=expected is not None,
+            bytes_received=self._received,
+            bytes_resumed=resumed,
+            seconds=time.monotonic() - started,
+            object_id=object_id,
+            version=int(version) if version and version.isdigit() else None,
+            retries=self._t.retries,
+        )
+
+    def _name(self, head: httpx.Response) -> str:
+        m = _FILENAME_STAR.search(head.headers.get("content-disposition", ""))
+        if m:
+            name = Path(unquote(m.group(1))).name
+            if name not in ("", ".", ".."):
+                return name
+        path = urlsplit(self._url).path.rstrip("/")
+        return Path(unquote(path)).name or "download"
+
+    def _load(self, record: Path, identity: dict[str, Any], part: Path) -> list[list[int]]:
+        """Finished ranges of an earlier attempt at the same version, if its files are there."""
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and data.get("object") == identity and part.exists():
+            return _merge([[int(lo), int(hi)] for lo, hi in data.get("done", [])])
+        part.unlink(missing_ok=True)
+        return []
+
+    def _fetch(
+        self, fd: int, url: str, span: tuple[int, int], record: Path, identity: dict[str, Any]
+    ) -> None:
+        if self._failed.is_set():
+            return
+        start, end = span
+        headers = {"Range": f"bytes={start}-{end - 1}"} if end > start else {}
+        if identity["etag"]:
+            headers["If-Range"] = identity["etag"]
+        resp = self._t.request("GET", url, headers=headers, ok=(200, 206), what="downloading")
+        body = resp.content
+        if resp.status_code == 200 and (start, end) != (0, identity["size"]):
+            raise InvalidInput("the object changed during the download; run the command again")
+        if len(body) != end - start:
+            raise InvalidInput(f"range {start}-{end} came back with {len(body)} bytes")
+        os.pwrite(fd, body, start)
+        with self._cond:
+            self._received += len(body)
+            self._done = _merge([*self._done, [start, end]])
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"object": identity, "done": self._done}))
+            os.replace(tmp, record)
+            self._cond.notify_all()
+        self._progress.transferred(len(body))
+
+    def _hash(self, fd: int, size: int) -> None:
+        """SHA-256 of the file in order, as the ranges arrive (reads hit the page cache)."""
+        digest = hashlib.sha256()
+        pos = 0
+        while pos < size:
+            with self._cond:
+                while not any(lo <= pos < hi for lo, hi in self._done):
+                    if self._failed.is_set():
+                        return
+                    self._cond.wait(0.2)
+                upto = next(hi for lo, hi in self._done if lo <= pos < hi)
+            while pos < upto:
+                block = os.pread(fd, min(HASH_BLOCK, upto - pos), pos)
+                digest.update(block)
+                pos += len(block)
+        self._digest = digest.hexdigest()

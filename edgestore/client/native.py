@@ -1,0 +1,420 @@
+"""Native upload: chunk and hash the file exactly as the store does, ask which chunks it lacks,
+send only those over parallel connections, then commit the manifest and whole-file SHA-256.
+
+Threads, joined by bounded hand-offs:
+  reader  — reads the file once, cuts FastCDC chunks, hashes each (and the whole file); it
+            keeps only (offset, size, id), and runs at most LOOKAHEAD_BYTES ahead of the chunks
+            not yet resolved (sent, or known to the server), so re-reads stay in the page cache;
+  asker   — batches ids (16, 32, … up to the server's limit) into /missing requests; the
+            server pins the chunks it has to the session, the missing ones go to the senders;
+  senders — re-read their chunk (pread) and PUT it; a Gate holds them to the current number
+            of connections, which the monitor grows in 'auto' mode (client/concurrency.py).
+Memory is about senders x max chunk size. Any thread's failure stops all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from edgestore.chunking import StreamChunker
+from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Gate
+from edgestore.client.http import Transport
+from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
+from edgestore.client.resume import HintKey, ResumeHints
+from edgestore.client.source import SourceFile
+from edgestore.codec.hashing import chunk_id
+from edgestore.errors import (
+    ChunkHashMismatch,
+    InvalidInput,
+    MissingChunks,
+    NotFound,
+    SourceChanged,
+    UploadGone,
+)
+from edgestore.types import ChunkerParams
+
+T = TypeVar("T")
+Workers = int | Literal["auto"]
+
+LOOKAHEAD_BYTES = 1 << 30
+FIRST_BATCH = 16
+SEND_PIECE = 256 * 1024  # body pieces handed to the socket (and counted for 'auto')
+FINALIZE_BYTES_PER_SECOND = 50e6  # slowest server read-back assumed for finalize's timeout
+POLL = 0.2
+SUPPORTED = ("fastcdc2020", "sha256")
+
+
+class _Stopped(Exception):
+    """Another thread failed: wind down without reporting anything."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    offset: int
+    size: int
+    chunk_id: str
+
+
+class _Budget:
+    """Bytes the reader may run ahead of resolution; one chunk may always pass."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._limit = limit
+        self._used = 0
+
+    def take(self, n: int, stop: threading.Event) -> None:
+        with self._cond:
+            while self._used and self._used + n > self._limit:
+                if stop.is_set():
+                    raise _Stopped
+                self._cond.wait(POLL)
+            self._used += n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self._used = max(0, self._used - n)
+            self._cond.notify_all()
+
+
+def chunker_params(session: dict[str, Any]) -> ChunkerParams:
+    """The store's chunking, from a session or /v1/params response; refuses what we can't do."""
+    p = session["params"]["chunker"] if "params" in session else session["chunker"]
+    if (p["algorithm"], p["hash"]) != SUPPORTED:
+        raise InvalidInput(
+            f"the server chunks with {p['algorithm']}/{p['hash']}; this client supports "
+            f"{SUPPORTED[0]}/{SUPPORTED[1]} only"
+        )
+    return ChunkerParams(int(p["min_size"]), int(p["avg_size"]), int(p["max_size"]))
+
+
+class NativeUpload:
+    """One upload of one file; `run()` once."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        source: SourceFile,
+        *,
+        bucket: str,
+        key: str | None,
+        workers: Workers = "auto",
+        progress: Progress | None = None,
+        hints: ResumeHints | None = None,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self._t = transport
+        self._source = source
+        self._bucket = bucket
+        self._key = key
+        self._progress = progress or NoProgress()
+        self._hints = hints or ResumeHints()
+        self._hint_key = HintKey(transport.base_url, "native", str(source.path), bucket, key)
+        self._content_type = content_type
+        self._metadata = metadata or {}
+        self._auto = AutoWorkers() if workers == "auto" else None
+        if self._auto is None and not 1 <= int(workers) <= 64:
+            raise InvalidInput(f"workers must be 'auto' or 1 to 64, not {workers!r}")
+        self._senders = MAX_WORKERS if self._auto else int(workers)
+        self._gate = Gate(self._auto.level if self._auto else int(workers))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
+        self._ids: queue.Queue[_Chunk | None] = queue.Queue()
+        self._work: queue.Queue[_Chunk | None] = queue.Queue(maxsize=2 * MAX_WORKERS)
+        self._budget = _Budget(LOOKAHEAD_BYTES)
+        self._manifest: list[_Chunk] = []
+        self._scheduled: set[str] = set()
+        self._wire = Counter()  # body bytes handed to sockets, retries included
+        self._skipped = Counter()
+        self._chunks_sent = Counter()
+        self._sha256 = ""
+        self._upload_id = ""
+        self._max_batch = FIRST_BATCH
+
+    # --- the upload -----------------------------------------------------------------------------
+
+    def run(self) -> UploadResult:
+        started = time.monotonic()
+        session, resumed = self._open_session()
+        params = chunker_params(session)
+        self._upload_id = session["upload_id"]
+        self._max_batch = int(session["params"].get("max_missing_batch", 1000))
+        self._progress.start(self._source.size)
+        try:
+            self._run_threads(params)
+            version = self._finalize()
+        except SourceChanged:
+            self._abandon()
+            raise
+        self._hints.clear(self._hint_key)
+        return UploadResult(
+            object_id=version["object_id"],
+            version=version["version"],
+            sha256=self._sha256,
+            bytes_sent=self._wire.value,
+            bytes_skipped=self._skipped.value,
+            seconds=time.monotonic() - started,
+            size=self._source.size,
+            bucket=version["bucket"],
+            key=version["key"],
+            version_id=version["version_id"],
+            upload=self._upload_id,
+            protocol="native",
+            workers=self._gate.limit,
+            chunks=len(self._manifest),
+            chunks_sent=self._chunks_sent.value,
+            retries=self._t.retries,
+            resumed=resumed,
+        )
+
+    @property
+    def connection_history(self) -> list[tuple[int, float]]:
+        """'auto' mode: (connections, bytes/s) measured at each level tried."""
+        return list(self._auto.history) if self._auto else []
+
+    def _open_session(self) -> tuple[dict[str, Any], bool]:
+        """Continue the hinted session if the server still has it open, else open one."""
+        hint = self._hints.load(self._hint_key, self._source.identity)
+        if hint and isinstance(hint.get("upload_id"), str):
+            try:
+                st = self._t.json("GET", f"/v1/uploads/{hint['upload_id']}", ok=(200,))
+            except (NotFound, UploadGone):
+                st = None
+            if st and st["state"] == "open" and st["size"] == self._source.size:
+                return st, True
+        body = {
+            "bucket": self._bucket,
+            "key": self._key,
+            "size": self._source.size,
+            "filename": self._source.path.name,
+            "content_type": self._content_type,
+            "metadata": self._metadata,
+        }
+        st = self._t.json("POST", "/v1/uploads", json=body, ok=(201,), what="opening a session")
+        self._hints.save(self._hint_key, self._source.identity, {"upload_id": st["upload_id"]})
+        return st, False
+
+    def _run_threads(self, params: ChunkerParams) -> None:
+        threads = [
+            threading.Thread(target=self._guard(self._read, params), name="es-reader"),
+            threading.Thread(target=self._guard(self._ask_loop), name="es-asker"),
+        ]
+        threads += [
+            threading.Thread(target=self._guard(self._send_loop), name=f"es-sender-{i}")
+            for i in range(self._senders)
+        ]
+        finished = threading.Event()
+        monitor = threading.Thread(target=self._guard(self._monitor, finished), name="es-auto")
+        for t in [*threads, monitor] if self._auto else threads:
+            t.daemon = True
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(POLL)
+        except BaseException as exc:  # Ctrl-C: stop the others, keep the session for resume
+            self._fail(exc)
+            for t in threads:
+                t.join(5)
+        finished.set()
+        if monitor.is_alive():
+            monitor.join()
+        self._t.stop.clear()
+        if self._failure is not None:
+            raise self._failure
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn(*args)
+            except _Stopped:
+                pass
+            except BaseException as exc:
+                self._fail(exc)
+
+        return run
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = exc
+        self._stop.set()
+        self._t.stop.set()  # retries waiting to try again give up at once
+
+    # --- reader, asker, senders -------------------------------------------------------------
+
+    def _read(self, params: ChunkerParams) -> None:
+        chunker = StreamChunker(params)
+        whole = hashlib.sha256()
+        offset = 0
+
+        def emit(piece: bytes) -> None:
+            nonlocal offset
+            self._budget.take(len(piece), self._stop)
+            c = _Chunk(offset, len(piece), chunk_id(piece))
+            self._manifest.append(c)
+            offset += len(piece)
+            self._ids.put(c)
+
+        for block in self._source.blocks():
+            whole.update(block)
+            for piece in chunker.feed(block):
+                emit(piece)
+        for piece in chunker.finish():
+            emit(piece)
+        self._sha256 = whole.hexdigest()
+        self._ids.put(None)
+
+    def _ask_loop(self) -> None:
+        limit, done = FIRST_BATCH, False
+        while not done:
+            item = self._get(self._ids)
+            batch = [] if item is None else [item]
+            done = item is None
+            while not done and len(batch) < limit:
+                try:
+                    item = self._ids.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._ask(batch)
+                limit = min(limit * 2, self._max_batch)
+        for _ in range(self._senders):
+            self._put(self._work, None)
+
+    def _ask(self, batch: list[_Chunk]) -> None:
+        ids = list(dict.fromkeys(c.chunk_id for c in batch))
+        answer = self._t.json(
+            "POST",
+            f"/v1/uploads/{self._upload_id}/missing",
+            json={"chunk_ids": ids},
+            ok=(200,),
+            what="asking which chunks are missing",
+        )
+        missing = set(answer["missing"])
+        for c in batch:
+            if c.chunk_id in missing and c.chunk_id not in self._scheduled:
+                self._scheduled.add(c.chunk_id)
+                self._put(self._work, c)
+            else:  # stored already, or earlier in this very file
+                self._resolve(c, sent=False)
+
+    def _send_loop(self) -> None:
+        while True:
+            if not self._gate.acquire(self._stop):
+                raise _Stopped
+            try:
+                item = self._get(self._work)
+                if item is None:
+                    return
+                self._send(item)
+                self._resolve(item, sent=True)
+            finally:
+                self._gate.release()
+
+    def _send(self, c: _Chunk) -> None:
+        data = self._source.pread(c.offset, c.size)
+        for _ in range(3):
+            try:
+                self._t.request(
+                    "PUT",
+                    f"/v1/uploads/{self._upload_id}/chunks/{c.chunk_id}",
+                    content=lambda: self._body(data),
+                    headers={
+                        "Content-Length": str(len(data)),
+                        "Content-Type": "application/octet-stream",
+                    },
+                    ok=(200, 201),
+                    what=f"sending the chunk at offset {c.offset}",
+                )
+                self._chunks_sent.add(1)
+                return
+            except ChunkHashMismatch:
+                if chunk_id(data) != c.chunk_id:
+                    raise self._source.changed(
+                        f"the {c.size} bytes at offset {c.offset} are not the ones hashed"
+                    ) from None
+                # the same bytes hash right here: they were damaged in transit; send again
+        raise ChunkHashMismatch(f"the chunk at offset {c.offset} arrived damaged three times")
+
+    def _body(self, data: bytes) -> Iterator[bytes]:
+        view = memoryview(data)
+        for i in range(0, len(view), SEND_PIECE):
+            piece = view[i : i + SEND_PIECE]
+            self._wire.add(len(piece))
+            yield piece  # type: ignore[misc]  # httpx takes any bytes-like piece
+
+    def _resolve(self, c: _Chunk, *, sent: bool) -> None:
+        self._budget.give(c.size)
+        if sent:
+            self._progress.transferred(c.size)
+        else:
+            self._skipped.add(c.size)
+            self._progress.skipped(c.size)
+
+    def _monitor(self, finished: threading.Event) -> None:
+        assert self._auto is not None
+        while not finished.wait(POLL) and not self._auto.settled:
+            self._gate.set_limit(self._auto.update(self._wire.value, time.monotonic()))
+
+    def _get(self, q: queue.Queue[T]) -> T:
+        while True:
+            try:
+                return q.get(timeout=POLL)
+            except queue.Empty:
+                if self._stop.is_set():
+                    raise _Stopped from None
+
+    def _put(self, q: queue.Queue[T], item: T) -> None:
+        while True:
+            try:
+                q.put(item, timeout=POLL)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    raise _Stopped from None
+
+    # --- commit -------------------------------------------------------------------------------
+
+    def _finalize(self) -> dict[str, Any]:
+        """Commit, unless the file changed; chunks the server reports missing are sent first
+        (they could only have vanished from a store that lost data)."""
+        self._source.check_unchanged()
+        body = {
+            "chunks": [{"id": c.chunk_id, "size": c.size} for c in self._manifest],
+            "sha256": self._sha256,
+        }
+        url = f"/v1/uploads/{self._upload_id}/finalize"
+        timeout = 120 + self._source.size / FINALIZE_BYTES_PER_SECOND
+        for _round in range(3):
+            try:
+                return self._t.json(
+                    "POST", url, json=body, ok=(200,), timeout=timeout, what="finalizing"
+                )
+            except MissingChunks as exc:
+                wanted = set(exc.chunk_ids)
+                for c in {c.chunk_id: c for c in self._manifest}.values():
+                    if c.chunk_id in wanted:
+                        self._send(c)
+                        self._progress.transferred(c.size)
+        return self._t.json("POST", url, json=body, ok=(200,), timeout=timeout, what="finalizing")
+
+    def _abandon(self) -> None:
+        """The file changed: drop the session (its chunks stay until gc) and the hint."""
+        self._hints.clear(self._hint_key)
+        try:
+            self._t.request("DELETE", f"/v1/uploads/{self._upload_id}", ok=(204, 404, 410))
+        except Exception:
+            pass  # it expires on its own

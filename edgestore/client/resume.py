@@ -1,0 +1,87 @@
+"""Resume hints: a small JSON file per unfinished upload, naming its session.
+
+Only a hint: the server is the source of truth (it says which chunks are missing, or a tus
+upload's offset). The hint merely lets a rerun continue the same session instead of opening
+another; it is ignored when the file's size or mtime changed, and removed on success. Files
+live in $XDG_CACHE_HOME/edgestore/uploads (default ~/.cache/edgestore/uploads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgestore.client.source import Identity
+
+
+def default_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "edgestore" / "uploads"
+
+
+@dataclass(frozen=True, slots=True)
+class HintKey:
+    """What an upload is: this file, to this server and destination, by this protocol."""
+
+    server: str
+    protocol: str
+    path: str
+    bucket: str
+    key: str | None
+
+    @property
+    def name(self) -> str:
+        text = "\n".join([self.server, self.protocol, self.path, self.bucket, self.key or ""])
+        return hashlib.sha256(text.encode()).hexdigest()[:32] + ".json"
+
+
+class ResumeHints:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory or default_dir()
+
+    def _file(self, key: HintKey) -> Path:
+        return self.directory / key.name
+
+    def load(self, key: HintKey, identity: Identity) -> dict[str, Any] | None:
+        """The hint for this upload, if one exists for the file as it is now."""
+        try:
+            data = json.loads(self._file(key).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        if data.get("size") != identity.size or data.get("mtime_ns") != identity.mtime_ns:
+            return None  # the file changed since: the old session is no use
+        state = data.get("state")
+        return state if isinstance(state, dict) else None
+
+    def save(self, key: HintKey, identity: Identity, state: dict[str, Any]) -> None:
+        """Write atomically (a killed client leaves the old hint or the new, never half)."""
+        path = self._file(key)
+        record = {
+            "server": key.server,
+            "protocol": key.protocol,
+            "path": key.path,
+            "bucket": key.bucket,
+            "key": key.key,
+            "size": identity.size,
+            "mtime_ns": identity.mtime_ns,
+            "state": state,
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(record, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # no hint: a rerun opens a new session, and still sends only missing chunks
+
+    def clear(self, key: HintKey) -> None:
+        try:
+            self._file(key).unlink()
+        except OSError:
+            pass

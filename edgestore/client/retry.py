@@ -1,0 +1,119 @@
+"""Which request failures are worth another try, and how long to wait before it.
+
+Retried: connection errors, timeouts, a connection dropped mid-response, 5xx, 429 (rate
+limited), 423 (a tus upload still locked by a dying request) and 460 (tus: the bytes were
+corrupted in transit). Waits grow exponentially with full jitter (a uniform draw in
+[0, min(cap, base * 2^attempt)]), so many clients hitting a restarting server spread out; a
+`Retry-After` from the server is honoured as a minimum. The number of tries is bounded, and the
+final error says how to resume, because nothing already acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from edgestore.errors import TransferInterrupted
+
+RETRY_STATUSES = frozenset({423, 429, 460})
+# httpx errors that mean "the request may not have arrived, or its answer got lost".
+RETRY_ERRORS: tuple[type[Exception], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
+DEFAULT_RESUME_HINT = "run the same command again to resume where it stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How persistent a client is: `tries` attempts in all, waits from `base` up to `cap`."""
+
+    tries: int = 10
+    base: float = 0.25
+    cap: float = 30.0
+    max_retry_after: float = 300.0  # a server asking for longer is waited on this long
+
+    def backoff(self, attempt: int, draw: Callable[[], float] = random.random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt 0 = first retry)."""
+        return draw() * min(self.cap, self.base * (2.0 ** min(attempt, 62)))
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        wait = self.backoff(attempt)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.max_retry_after))
+        return wait
+
+
+def retryable_status(status: int) -> bool:
+    return status >= 500 or status in RETRY_STATUSES
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}" if text != exc.__class__.__name__ else text
+
+
+def _status_text(resp: httpx.Response) -> str:
+    try:
+        message = resp.json().get("message")
+    except Exception:  # not JSON: a proxy's page, or nothing
+        message = None
+    return f"HTTP {resp.status_code}" + (f" ({message})" if message else "")
+
+
+def call_with_retry(
+    send: Callable[[], httpx.Response],
+    policy: RetryPolicy,
+    *,
+    what: str,
+    resume_hint: str = DEFAULT_RESUME_HINT,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[str], None] | None = None,
+) -> httpx.Response:
+    """Call `send` until it returns a response that is not worth retrying, or tries run out.
+
+    Returns that response (success or a definite error: the caller maps it). Raises
+    TransferInterrupted, naming `what` and the last failure, when every try failed.
+    """
+    last = "no attempt made"
+    for attempt in range(max(1, policy.tries)):
+        retry_after = None
+        try:
+            resp = send()
+        except RETRY_ERRORS as exc:
+            last = describe(exc)
+        else:
+            if not retryable_status(resp.status_code):
+                return resp
+            last = _status_text(resp)
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            resp.close()
+        if attempt + 1 >= policy.tries:
+            break
+        if on_retry is not None:
+            on_retry(last)
+        sleep(policy.delay(attempt, retry_after))
+    raise TransferInterrupted(
+        f"{what} failed {policy.tries} times (last: {last}); nothing acknowledged is lost: "
+        f"{resume_hint}"
+    )

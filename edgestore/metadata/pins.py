@@ -1,0 +1,93 @@
+"""Queries on native upload sessions: the chunks a session pins, and claiming a session.
+
+A pin is a row in upload_pins plus one reference in chunks.refcount, written in the same
+transaction, so gc never takes a chunk a session was told it need not send. Every change to a
+session's pins first touches the session's row (`touch_open`): on PostgreSQL that row lock
+orders pinning against finalize, so no pin is added after finalize released them; SQLite
+serialises write transactions anyway.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata.db import now
+from edgestore.metadata.schema import chunks, upload_pins, uploads
+from edgestore.metadata.uploads import OPEN
+
+_IN_BATCH = 500  # rows per IN (...) list or multi-row INSERT: under every parameter limit
+
+
+def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _IN_BATCH):
+        yield items[i : i + _IN_BATCH]
+
+
+def touch_open(conn: Connection, upload_id: str) -> bool:
+    """Mark activity on an open, unexpired session and lock its row; False if it is not."""
+    t = now()
+    res = conn.execute(
+        sa.update(uploads)
+        .where(
+            uploads.c.upload_id == upload_id,
+            uploads.c.state == OPEN,
+            sa.or_(uploads.c.expires_at.is_(None), uploads.c.expires_at >= t),
+        )
+        .values(updated_at=t)
+    )
+    return res.rowcount == 1
+
+
+def pin(conn: Connection, upload_id: str, chunk_ids: Sequence[str]) -> dict[str, int]:
+    """Pin to the session those of `chunk_ids` that are stored; return them (pinned before or
+    now) with their raw sizes. The caller has touched the session in this transaction."""
+    stored: dict[str, int] = {}
+    for batch in _batches(list(dict.fromkeys(chunk_ids))):
+        found = conn.execute(
+            sa.select(chunks.c.chunk_id, chunks.c.raw_size).where(chunks.c.chunk_id.in_(batch))
+        )
+        stored.update((r[0], r[1]) for r in found)
+    if not stored:
+        return stored
+    held: set[str] = set()
+    for batch in _batches(sorted(stored)):
+        held.update(
+            conn.execute(
+                sa.select(upload_pins.c.chunk_id).where(
+                    upload_pins.c.upload_id == upload_id, upload_pins.c.chunk_id.in_(batch)
+                )
+            ).scalars()
+        )
+    new = sorted(stored.keys() - held)
+    for batch in _batches(new):
+        rows = [{"upload_id": upload_id, "chunk_id": c} for c in batch]
+        conn.execute(sa.insert(upload_pins), rows)
+    chunk_index.add_refs(conn, Counter(new))
+    return stored
+
+
+def release(conn: Connection, upload_id: str) -> int:
+    """Drop every pin of the session and its references; returns how many there were."""
+    counts = Counter(
+        conn.execute(
+            sa.select(upload_pins.c.chunk_id).where(upload_pins.c.upload_id == upload_id)
+        ).scalars()
+    )
+    conn.execute(sa.delete(upload_pins).where(upload_pins.c.upload_id == upload_id))
+    chunk_index.drop_refs(conn, counts)
+    return sum(counts.values())
+
+
+def pinned(conn: Connection, upload_id: str) -> tuple[int, int]:
+    """(chunks, raw bytes) the session holds: what a resuming client need not send again."""
+    row = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(chunks.c.raw_size), 0))
+        .select_from(upload_pins.join(chunks, chunks.c.chunk_id == upload_pins.c.chunk_id))
+        .where(upload_pins.c.upload_id == upload_id)
+    ).one()
+    return int(row[0]), int(row[1])

@@ -1,0 +1,61 @@
+"""Bucket quotas: the logical bytes a bucket holds, checked before an upload takes a byte.
+
+A bucket's usage is the size of every version of its objects (what clients see, before dedup
+and compression) plus the declared length of every open upload headed for it: an upload
+reserves its room when it is created, so parallel uploads cannot jointly overshoot by more
+than the ones racing through the same instant.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgestore.config import Settings
+from edgestore.errors import QuotaExceeded
+from edgestore.metadata.schema import object_versions, objects, uploads
+
+DEFAULT_BUCKET = "default"  # as engine.keys.DEFAULT_BUCKET: uploads naming none land there
+
+
+def quota_of(settings: Settings, bucket: str) -> int:
+    """The bucket's quota in bytes; 0 means none."""
+    return settings.bucket_quotas.get(bucket, settings.bucket_quota_bytes)
+
+
+def bucket_usage(conn: Connection, bucket: str) -> int:
+    stored = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(object_versions.c.size), 0))
+        .select_from(object_versions.join(objects))
+        .where(objects.c.bucket == bucket)
+    ).scalar_one()
+    target = uploads.c.bucket == bucket
+    if bucket == DEFAULT_BUCKET:
+        target = sa.or_(target, uploads.c.bucket.is_(None))
+    reserved = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(uploads.c.length), 0)).where(
+            uploads.c.state == "open",
+            sa.not_(uploads.c.is_partial),
+            uploads.c.length.is_not(None),
+            target,
+        )
+    ).scalar_one()
+    return int(stored) + int(reserved)
+
+
+def check_bucket(conn: Connection, settings: Settings, bucket: str | None, adding: int) -> None:
+    """Raise QuotaExceeded if `adding` more bytes would take the bucket past its quota."""
+    bucket = bucket or DEFAULT_BUCKET
+    quota = quota_of(settings, bucket)
+    if not quota:
+        return
+    used = bucket_usage(conn, bucket)
+    if used + adding > quota:
+        raise QuotaExceeded(
+            f"bucket {bucket!r} is over its quota: {adding} more bytes on top of the {used} it "
+            f"holds or has reserved exceed its {quota} bytes; delete versions or raise "
+            "bucket_quota_bytes / bucket_quotas",
+            bucket=bucket,
+            used=used,
+            quota=quota,
+        )
