@@ -43,8 +43,10 @@ def node_peers() -> Path:
     if not SHARED_PEERS.is_dir():
         raise SystemExit(f"peer scripts not found at {SHARED_PEERS} (../shared/peers)")
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "tus-node-server.mjs", "tus-js-upload.mjs", "tuspyserver_app.py"):
+    for name in ("package.json", "tus-node-server.mjs", "tuspyserver_app.py"):
         shutil.copy2(SHARED_PEERS / name, target / name)
+    # Our variant of the shared client script: the same, plus request headers ($TUS_HEADERS).
+    shutil.copy2(ROOT / "bench" / "tus-js-upload.mjs", target / "tus-js-upload.mjs")
     if not (target / "node_modules" / "@tus" / "server").is_dir():
         subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
@@ -145,8 +147,8 @@ def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> 
     )
 
 
-# Flags for a benchmark server on loopback (no credentials to pass around).
-EDGESTORE_SERVE_FLAGS: list[str] = []
+# A benchmark server on loopback needs no credentials (`--no-auth` refuses other addresses).
+EDGESTORE_SERVE_FLAGS: list[str] = ["--no-auth"]
 
 
 def node_server(workdir: Path, peers: Path) -> ServerRun:
@@ -212,23 +214,43 @@ def run_tus_js(
 
 
 TUSPY_SCRIPT = """
-import sys, time
+import json, os, sys, time
 from tusclient import client
 endpoint, path, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
+headers = json.loads(os.environ.get("TUS_HEADERS", "{}"))
 t0 = time.monotonic()
-up = client.TusClient(endpoint).uploader(path, chunk_size=chunk, metadata={"filename": path.rsplit("/", 1)[-1]})
+up = client.TusClient(endpoint, headers=headers).uploader(
+    path, chunk_size=chunk, metadata={"filename": path.rsplit("/", 1)[-1]}
+)
 up.upload()
 print(time.monotonic() - t0)
 """
 
 
-def run_tuspy(endpoint: str, file: Path, chunk_mib: int) -> ClientResult:
+def run_tuspy(
+    endpoint: str,
+    file: Path,
+    chunk_mib: int,
+    *,
+    headers: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+) -> ClientResult:
+    """tuspy, the official Python client (single stream)."""
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-c", TUSPY_SCRIPT, endpoint, str(file), str(chunk_mib * 1024 * 1024)],
+        [
+            *(prefix or []),
+            sys.executable,
+            "-c",
+            TUSPY_SCRIPT,
+            endpoint,
+            str(file),
+            str(chunk_mib * 1024 * 1024),
+        ],
         capture_output=True,
         text=True,
-        timeout=3600,
+        timeout=7200,
+        env={**os.environ, "TUS_HEADERS": json.dumps(headers or {})},
     )
     wall = time.monotonic() - started
     if proc.returncode != 0:

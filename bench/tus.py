@@ -160,9 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     m = _get(results, server_name, client_name, kind)
                     if m.failure:
                         continue
-                    log.print(
-                        f"[{kind} {format_size(size)}] {rep + 1}/{args.repeat} {server_name} ← {client_name}"
-                    )
+                    step = f"{rep + 1}/{args.repeat}"
+                    log.print(f"[{kind} {format_size(size)}] {step} {server_name} ← {client_name}")
                     measure(make, upload, size, m, logs)
             # the same file a second time into the same store: dedup
             m = _get(results, "edgestore", "tus-js-client, same file again", kind)
@@ -311,10 +310,12 @@ def _print(
             )
         out.print(t)
     if concurrent:
+        each = format_size(int(concurrent["each"]))  # type: ignore[call-overload]
+        rss = int(concurrent["peak_rss"]) / 2**20  # type: ignore[call-overload]
+        rate = float(concurrent["aggregate_rate"]) / 1e6  # type: ignore[arg-type]
         out.print(
-            f"edgestore, {concurrent['uploads']} concurrent uploads of {format_size(int(concurrent['each']))}: "  # type: ignore[call-overload]
-            f"peak RSS {int(concurrent['peak_rss']) / 2**20:,.0f} MiB, "  # type: ignore[call-overload]
-            f"aggregate {float(concurrent['aggregate_rate']) / 1e6:,.0f} MB/s"  # type: ignore[arg-type]
+            f"edgestore, {concurrent['uploads']} concurrent uploads of {each}: "
+            f"peak RSS {rss:,.0f} MiB, aggregate {rate:,.0f} MB/s"
         )
     t = Table(title="targets (issue 3)", title_justify="left")
     for col in ("check", "measured", "target", ""):
