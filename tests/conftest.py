@@ -150,3 +150,66 @@ def fresh_server(tmp_path: Path, db_url: str):
         yield proc
     finally:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def probe(server):
+    """Reads the module's server's metadata database: what it really stored."""
+    from tests.helpers import StoreProbe
+
+    p = StoreProbe(server.database_url)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def http(server):
+    """An httpx client on the module's server."""
+    with server.client() as c:
+        yield c
+
+
+# --- access control (issue 5): Redis and servers with authentication on -----------------------
+
+REDIS_URL = os.environ.get("EDGESTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis for shared rate limits; skipped where it is down, unless
+    EDGESTORE_REQUIRE_REDIS=1 (CI), where the test fails instead."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        reason = f"Redis not reachable at {REDIS_URL}: {exc.__class__.__name__}: {exc}"
+        if _require("EDGESTORE_REQUIRE_REDIS"):
+            pytest.fail(f"EDGESTORE_REQUIRE_REDIS is set but {reason}")
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def auth_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A real `edgestore serve` with authentication on (the product default), shared by a
+    module; `auth_server.admin_key` is an admin key, which `auth_server.client()` sends."""
+    from tests.server import ServerProcess
+
+    base = tmp_path_factory.mktemp("auth-server")
+    if request.param == "sqlite":
+        url = f"sqlite:///{base / 'meta.db'}"
+    else:
+        url = request.getfixturevalue("pg_server_url")
+        reset_pg(url)
+    proc = ServerProcess(home=base / "home", database_url=url, auth=True).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,7 +23,13 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    """A running server: `url` is its base URL; `restart()` and `kill()` for crash tests."""
+    """A running server: `url` is its base URL; `restart()` and `kill()` for crash tests.
+
+    Like a developer's local server, it runs `serve --no-auth` on loopback and without
+    per-client rate or concurrency limits, so protocol tests need no credentials and never
+    meet a 429. Access-control tests pass `auth=True` (and limits through `env_extra`).
+    `admin_key` is an admin API key either way (EDGESTORE_ADMIN_KEY), and `client()` sends it.
+    """
 
     home: Path
     database_url: str
@@ -31,10 +38,17 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    auth: bool = False
+    admin_key: str | None = field(default_factory=lambda: "esk_test_" + secrets.token_urlsafe(32))
+    scheme: str = "http"  # "https" with --certfile/--keyfile in args
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"} if self.admin_key else {}
 
     @property
     def env(self) -> dict[str, str]:
@@ -43,6 +57,9 @@ class ServerProcess:
             "EDGESTORE_HOME": str(self.home),
             "EDGESTORE_DATABASE_URL": self.database_url,
             "EDGESTORE_LOG_LEVEL": "info",
+            **({"EDGESTORE_ADMIN_KEY": self.admin_key} if self.admin_key else {}),
+            "EDGESTORE_RATE_LIMIT": "",
+            "EDGESTORE_MAX_CONCURRENT_UPLOADS": "0",
             **self.env_extra,
         }
 
@@ -51,7 +68,11 @@ class ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115  (closed with the process)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgestore", "serve", "--port", str(self.port), *self.args],
+            [
+                *(sys.executable, "-m", "edgestore", "serve", "--port", str(self.port)),
+                *([] if self.auth else ["--no-auth"]),
+                *self.args,
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -62,7 +83,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -95,4 +116,7 @@ class ServerProcess:
         return self.start()
 
     def client(self, **kwargs: object) -> httpx.Client:
+        """An httpx client sending the admin key (pass headers={} for an anonymous one)."""
+        kwargs.setdefault("headers", self.auth_headers)
+        kwargs.setdefault("verify", False)  # the TLS tests' certificate is self-signed
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)  # type: ignore[arg-type]

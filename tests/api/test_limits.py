@@ -1,0 +1,190 @@
+"""Per-client limits: requests per second (429 + Retry-After), bandwidth (throttled, not
+refused), concurrent uploads (429), X-Forwarded-For only from trusted proxies, and the same
+limits shared by two nodes through the real Redis."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgestore.api.identity import Identity
+from edgestore.api.limits import client_of, is_upload
+from edgestore.config import load_settings
+from edgestore.errors import ConfigError
+from tests.api.access import client_with, create_key
+from tests.helpers import MiB, TricklingPatch, random_bytes, tus_create, tus_patch
+from tests.server import ServerProcess
+
+
+def _scope(method: str = "GET", **extra: object) -> dict[str, object]:
+    return {"type": "http", "method": method, "headers": [], "client": ("10.0.0.9", 5), **extra}
+
+
+def test_client_is_the_key_else_the_address() -> None:
+    assert client_of(_scope()) == "ip:10.0.0.9"
+    key = Identity("key", frozenset({"read"}), key_id="abc")
+    assert client_of(_scope(state={"identity": key})) == "key:abc"
+    assert client_of(_scope(state={"identity": Identity("presigned")})) == "ip:10.0.0.9"
+    assert is_upload(_scope("PATCH")) and is_upload(_scope("PUT"))
+    assert not is_upload(_scope("POST"))
+    tus_post = _scope("POST", headers=[(b"content-type", b"application/offset+octet-stream")])
+    assert is_upload(tus_post)
+
+
+@pytest.fixture
+def start(tmp_path: Path):
+    """Start servers of the test's own on one SQLite store; all stopped afterwards."""
+    running: list[ServerProcess] = []
+
+    def starter(auth: bool = False, **env: str) -> ServerProcess:
+        proc = ServerProcess(
+            home=tmp_path / "home",
+            database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+            auth=auth,
+            env_extra={f"EDGESTORE_{k.upper()}": v for k, v in env.items()},
+        )
+        running.append(proc)
+        return proc.start()
+
+    yield starter
+    for proc in running:
+        proc.stop()
+
+
+def _burst(client: httpx.Client, n: int, path: str = "/objects", **kw: object) -> list[int]:
+    return [client.get(path, **kw).status_code for _ in range(n)]  # type: ignore[arg-type]
+
+
+def test_requests_per_client_get_429_with_retry_after(start) -> None:
+    server = start(auth=True, rate_limit="5/minute")
+    other = create_key(server, "--name", "other", "--scope", "read")
+    with server.client() as c:
+        codes = _burst(c, 7)
+        assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+        r = c.get("/objects")
+        assert r.json()["error"] == "rate_limited" and "5 per 1 minute" in r.json()["message"]
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert c.get("/healthz").status_code == 200  # probes are never limited
+    with client_with(server, other) as c:  # another key: its own budget
+        assert _burst(c, 5) == [200] * 5
+
+
+def test_forwarded_for_counts_only_from_trusted_proxies(start) -> None:
+    untrusted = start(rate_limit="3/minute")
+    with untrusted.client() as c:
+        codes = [
+            c.get("/objects", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+            for i in range(5)
+        ]
+        assert codes == [200, 200, 200, 429, 429]  # spoofed addresses do not buy more
+    trusted = start(rate_limit="3/minute", trusted_proxies="127.0.0.0/8")
+    with trusted.client() as c:
+        for ip in ("10.0.0.1", "10.0.0.2"):
+            assert _burst(c, 3, headers={"X-Forwarded-For": ip}) == [200] * 3
+            assert c.get("/objects", headers={"X-Forwarded-For": ip}).status_code == 429
+        # a client-supplied entry left of the proxy's does not change who is counted
+        spoof = {"X-Forwarded-For": "1.2.3.4, 10.0.0.1"}
+        assert c.get("/objects", headers=spoof).status_code == 429
+
+
+def test_bandwidth_is_throttled_not_refused(start) -> None:
+    server = start(upload_bandwidth=str(MiB))
+    data = random_bytes(3 * MiB, seed=1)
+    with server.client() as c:
+        url = tus_create(c, len(data))
+        began = time.monotonic()
+        r = tus_patch(c, url, 0, data)
+        took = time.monotonic() - began
+    assert r.status_code == 204, r.text
+    assert r.headers["Upload-Offset"] == str(len(data))
+    assert took >= 1.5, f"3 MiB at 1 MiB/s took only {took:.2f}s"
+
+
+def test_concurrent_uploads_per_client(start) -> None:
+    server = start(max_concurrent_uploads="1")
+    data = random_bytes(MiB, seed=2)
+    with server.client() as c:
+        first, second = tus_create(c, len(data)), tus_create(c, len(data))
+        slow = TricklingPatch(server.url, first, 0, data, interval=0.05).start()
+        try:
+            time.sleep(0.5)
+            r = tus_patch(c, second, 0, data)
+            assert r.status_code == 429, r.text
+            assert "1 at a time" in r.json()["message"] and r.headers["Retry-After"] == "1"
+            status, _ = slow.finish()
+            assert status == 204
+        finally:
+            slow.close()
+        assert tus_patch(c, second, 0, data).status_code == 204
+
+
+@pytest.mark.redis
+def test_two_nodes_share_limits_through_redis(start, redis_url: str) -> None:
+    env = {"rate_limit": "6/minute", "rate_limit_storage": redis_url, "max_concurrent_uploads": "1"}
+    a, b = start(**env), start(**env)
+    with a.client() as ca, b.client() as cb:
+        assert _burst(ca, 3) == [200] * 3
+        assert _burst(cb, 3) == [200] * 3
+        assert ca.get("/objects").status_code == 429
+        assert cb.get("/objects").status_code == 429
+
+
+@pytest.mark.redis
+def test_upload_slots_are_shared_through_redis(start, redis_url: str) -> None:
+    env = {"rate_limit_storage": redis_url, "max_concurrent_uploads": "1"}
+    a, b = start(**env), start(**env)
+    data = random_bytes(MiB, seed=4)
+    with a.client() as ca, b.client() as cb:
+        first, second = tus_create(ca, len(data)), tus_create(cb, len(data))
+        slow = TricklingPatch(a.url, first, 0, data, interval=0.05).start()
+        try:
+            time.sleep(0.5)
+            assert tus_patch(cb, second, 0, data).status_code == 429
+            assert slow.finish()[0] == 204
+        finally:
+            slow.close()
+        assert tus_patch(cb, second, 0, data).status_code == 204
+
+
+@pytest.mark.redis
+def test_bandwidth_through_redis(start, redis_url: str) -> None:
+    server = start(upload_bandwidth=str(2 * MiB), rate_limit_storage=redis_url)
+    data = random_bytes(4 * MiB, seed=5)
+    with server.client() as c:
+        url = tus_create(c, len(data))
+        began = time.monotonic()
+        assert tus_patch(c, url, 0, data).status_code == 204
+        assert time.monotonic() - began >= 1.0
+
+
+def test_unreachable_redis_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:
+    server = ServerProcess(
+        home=tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        env_extra={"EDGESTORE_RATE_LIMIT": "5/second",
+                   "EDGESTORE_RATE_LIMIT_STORAGE": "redis://:topsecret@127.0.0.1:1/0"},
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="server exited early"):
+        server.start(timeout=20)
+    assert "rate_limit_storage (EDGESTORE_RATE_LIMIT_STORAGE)" in server.log()
+    assert "unreachable" in server.log() and "topsecret" not in server.log()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("rate_limit", "lots", "rate_limit (EDGESTORE_RATE_LIMIT)"),
+        ("rate_limit_storage", "mongodb://db", "use memory:// or redis://"),
+        ("trusted_proxies", "10.0.0.0/8,proxy.example", "not an IP address or CIDR"),
+        ("upload_bandwidth", "-1", "upload_bandwidth"),
+    ],
+)
+def test_limit_settings_are_checked_when_loaded(setting: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_settings(**{setting: value})
+    assert load_settings(rate_limit="").rate_limit == ""
+    assert load_settings(trusted_proxies="10.0.0.0/8, ::1").trusted_proxies == ["10.0.0.0/8", "::1"]

@@ -1,0 +1,266 @@
+"""Pre-signed URLs: signing and verifying, minting (API and CLI), a whole tus upload and a
+download with nothing but the URL, and 403s that say whether a URL was tampered with,
+expired, or used out of scope."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from edgestore.api import presign
+from edgestore.api.presign import Grant
+from edgestore.errors import SignatureExpired, SignatureInvalid
+from tests.api.access import cli, client_with, create_key, grant_url
+from tests.helpers import (
+    TUS,
+    MiB,
+    patch_headers,
+    random_bytes,
+    sha256_hex,
+    tus_metadata,
+    tus_upload,
+)
+from tests.server import ServerProcess
+
+SECRET = b"s" * 32
+
+# --- signing (pure) ---------------------------------------------------------------------------
+
+
+def _query(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query, keep_blank_values=True)
+
+
+def test_sign_and_verify_round_trip() -> None:
+    grant = Grant("upload", "b", "dir/ü k.bin", int(time.time()) + 60, 10, "image/png")
+    url = presign.presigned_url("https://h", SECRET, grant)
+    assert urlsplit(url).path == "/files/"
+    assert presign.verify_grant(SECRET, _query(url), time.time()) == grant
+    down = Grant("download", "b", "dir/ü k.bin", int(time.time()) + 60)
+    assert urlsplit(presign.presigned_url("https://h", SECRET, down)).path.startswith(
+        "/objects/b/dir/%C3%BC%20k.bin"
+    )
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        (presign.P_KEY, "other"),
+        (presign.P_BUCKET, "other"),
+        (presign.P_ACTION, "download"),
+        (presign.P_MAX_SIZE, "999999"),
+        (presign.P_CONTENT_TYPE, "text/html"),
+        (presign.P_SIGNATURE, "A" * 43),
+    ],
+)
+def test_any_change_breaks_the_signature(param: str, value: str) -> None:
+    grant = Grant("upload", "b", "k", int(time.time()) + 60, 10, "image/png")
+    query = _query(presign.presigned_url("https://h", SECRET, grant))
+    query[param] = [value]
+    with pytest.raises(SignatureInvalid, match="does not match"):
+        presign.verify_grant(SECRET, query, time.time())
+    with pytest.raises(SignatureInvalid):
+        presign.verify_grant(
+            b"t" * 32, _query(presign.presigned_url("https://h", SECRET, grant)), 0
+        )
+
+
+def test_longer_expiry_is_tampering_and_a_past_one_is_expired() -> None:
+    grant = Grant("download", "b", "k", int(time.time()) - 5)
+    query = _query(presign.presigned_url("https://h", SECRET, grant))
+    with pytest.raises(SignatureExpired, match="expired at"):
+        presign.verify_grant(SECRET, query, time.time())
+    query[presign.P_EXPIRES] = [str(int(time.time()) + 3600)]
+    with pytest.raises(SignatureInvalid):
+        presign.verify_grant(SECRET, query, time.time())
+
+
+def test_malformed_grants() -> None:
+    grant = Grant("download", "b", "k", int(time.time()) + 60)
+    good = _query(presign.presigned_url("https://h", SECRET, grant))
+    for change in (
+        {presign.P_EXPIRES: ["soon"]},
+        {presign.P_EXPIRES: ["1", "2"]},
+        {presign.P_ACTION: ["delete"]},
+        {presign.P_KEY: []},
+    ):
+        with pytest.raises(SignatureInvalid, match="malformed"):
+            presign.verify_grant(SECRET, {**good, **change}, time.time())
+
+
+def test_upload_tokens() -> None:
+    token = presign.upload_token(SECRET, "u1", int(time.time()) + 60)
+    presign.verify_upload_token(SECRET, "u1", token, time.time())
+    with pytest.raises(SignatureInvalid, match="upload u2"):
+        presign.verify_upload_token(SECRET, "u2", token, time.time())
+    with pytest.raises(SignatureInvalid):
+        presign.verify_upload_token(SECRET, "u1", "9" + token, time.time())
+    with pytest.raises(SignatureInvalid):
+        presign.verify_upload_token(SECRET, "u1", "garbage", time.time())
+    with pytest.raises(SignatureExpired):
+        presign.verify_upload_token(SECRET, "u1", token, time.time() + 120)
+
+
+# --- minting ----------------------------------------------------------------------------------
+
+
+def test_mint_through_the_api(auth_server: ServerProcess) -> None:
+    tag = uuid.uuid4().hex[:8]
+    with auth_server.client() as c:
+        r = c.post("/v1/presign", json={"action": "upload", "bucket": "b", "key": f"k{tag}"})
+        assert r.status_code == 200, r.text
+        assert r.json()["methods"] == ["POST"] and presign.P_SIGNATURE in r.json()["url"]
+        r = c.post("/v1/presign", json={"action": "download", "key": "x", "expires_in": 10**9})
+        assert r.status_code == 400 and "presign_max_seconds" in r.json()["message"]
+        r = c.post("/v1/presign", json={"action": "upload", "key": "../x"})
+        assert r.status_code == 400
+        r = c.post("/v1/presign", json={"action": "upload", "key": "x", "content_type": "a\nb"})
+        assert r.status_code == 400
+    reader = create_key(auth_server, "--name", f"r{tag}", "--scope", "read", "--bucket", "b")
+    with client_with(auth_server, reader) as c:
+        r = c.post("/v1/presign", json={"action": "upload", "bucket": "b", "key": "k"})
+        assert r.status_code == 403 and "'upload' scope" in r.json()["message"]
+        r = c.post("/v1/presign", json={"action": "download", "bucket": "c", "key": "k"})
+        assert r.status_code == 403 and "limited to bucket 'b'" in r.json()["message"]
+        r = c.post("/v1/presign", json={"action": "download", "bucket": "b", "key": "k"})
+        assert r.status_code == 200
+    with client_with(auth_server) as c:
+        assert c.post("/v1/presign", json={"action": "download", "key": "k"}).status_code == 401
+
+
+def test_cli_presign_works_against_the_server(auth_server: ServerProcess) -> None:
+    key = f"cli/{uuid.uuid4().hex}.txt"
+    limits = ("--max-size", "1K", "--content-type", "text/plain", "--url", auth_server.url)
+    done = cli(auth_server, "presign", "upload", "default", key, "--expires", "10m", *limits)
+    url = done.stdout.strip().splitlines()[-1]
+    with client_with(auth_server) as c:
+        r = c.post(url, headers={**TUS, "Upload-Length": "5"})
+        assert r.status_code == 201, r.text
+        assert (
+            c.patch(r.headers["Location"], content=b"hello", headers=patch_headers(0)).status_code
+            == 204
+        )
+    down = cli(auth_server, "presign", "download", "default", key, "--url", auth_server.url)
+    with client_with(auth_server) as c:
+        r = c.get(down.stdout.strip().splitlines()[-1])
+        assert r.content == b"hello" and r.headers["content-type"].startswith("text/plain")
+    bad = cli(auth_server, "presign", "download", "default", key, "--max-size", "1", check=False)
+    assert bad.returncode == 4
+
+
+# --- a browser holding only a URL -------------------------------------------------------------
+
+
+def test_a_whole_tus_upload_with_only_a_presigned_url(auth_server: ServerProcess) -> None:
+    key = f"browser/{uuid.uuid4().hex}.png"
+    data = random_bytes(2 * MiB + 17, seed=3)
+    url = grant_url(
+        auth_server, "upload", "photos", key, max_size=4 * MiB, content_type="image/png"
+    )
+    with client_with(auth_server) as c:
+        meta = tus_metadata({"filename": "cat.png"})
+        r = c.post(url, headers={**TUS, "Upload-Length": str(len(data)), "Upload-Metadata": meta})
+        assert r.status_code == 201, r.text
+        location = r.headers["Location"]
+        assert presign.P_UPLOAD_TOKEN in location and presign.P_SIGNATURE not in location
+        assert c.patch(location, content=data[:MiB], headers=patch_headers(0)).status_code == 204
+        head = c.head(location, headers=TUS)
+        assert head.status_code == 200 and head.headers["Upload-Offset"] == str(MiB)
+        r = c.patch(location, content=data[MiB:], headers=patch_headers(MiB))
+        assert r.status_code == 204, r.text
+        # the token is for this upload's PATCH/HEAD/DELETE: not its download, not anything else
+        r = c.get(location)
+        assert r.status_code == 403 and r.json()["error"] == "out_of_scope"
+        assert c.get(f"/objects/photos/{key}").status_code == 401
+        r = c.get(f"/objects/photos/{key}?{urlsplit(url).query}")
+        assert r.status_code == 403 and "POST /files/" in r.json()["message"]
+    with auth_server.client() as admin:
+        got = admin.get(f"/objects/photos/{key}")
+        assert sha256_hex(got.content) == sha256_hex(data)
+        assert got.headers["content-type"] == "image/png"
+        assert 'filename="cat.png"' in got.headers["content-disposition"]
+
+
+def test_presigned_creation_is_bound_to_what_was_signed(auth_server: ServerProcess) -> None:
+    url = grant_url(auth_server, "upload", "b", "k", max_size=100, content_type="text/plain")
+    cases = [
+        ({"Upload-Length": "101"}, 413, "100 bytes"),
+        ({"Upload-Defer-Length": "1"}, 403, "send Upload-Length"),
+        ({"Upload-Length": "1", "Upload-Metadata": tus_metadata({"key": "x"})}, 403, "key"),
+        ({"Upload-Length": "1", "Upload-Metadata": tus_metadata({"bucket": "c"})}, 403, "bucket"),
+        ({"Upload-Length": "1", "Upload-Metadata": tus_metadata({"filetype": "text/html"})},
+         403, "content type"),
+    ]  # fmt: skip
+    with client_with(auth_server) as c:
+        for headers, status, words in cases:
+            r = c.post(url, headers={**TUS, **headers})
+            assert r.status_code == status, (headers, r.text)
+            assert words in r.json()["message"]
+        assert c.post(url, headers={**TUS, "Upload-Length": "100"}).status_code == 201
+
+
+def test_expired_tampered_and_out_of_scope_say_which(auth_server: ServerProcess) -> None:
+    with auth_server.client() as admin:
+        tus_upload(admin, b"payload", metadata={"bucket": "dl", "key": "file.txt"})
+    good = grant_url(auth_server, "download", "dl", "file.txt")
+    expired = grant_url(auth_server, "download", "dl", "file.txt", expires_in=-10)
+    with client_with(auth_server) as c:
+        assert c.get(good).content == b"payload"
+        assert c.head(good).status_code == 200
+        assert c.get(good, headers={"Range": "bytes=0-2"}).content == b"pay"
+        r = c.get(expired)
+        assert r.status_code == 403 and r.json()["error"] == "signature_expired"
+        assert "expired at" in r.json()["message"]
+        r = c.get(good.replace("file.txt", "other.txt"))
+        assert r.status_code == 403 and r.json()["error"] == "signature_invalid"
+        r = c.get(good.replace("es_expires=", "es_expires=1"))
+        assert r.status_code == 403 and r.json()["error"] == "signature_invalid"
+        r = c.delete(good)
+        assert r.status_code == 403 and r.json()["error"] == "out_of_scope"
+        assert "GET/HEAD /objects/dl/file.txt" in r.json()["message"]
+        r = c.get("/objects" + "?" + urlsplit(good).query)
+        assert r.status_code == 403 and r.json()["error"] == "out_of_scope"
+        r = c.post("/files/?" + urlsplit(good).query, headers={**TUS, "Upload-Length": "1"})
+        assert r.status_code == 403
+
+
+def test_an_upload_token_opens_only_its_own_upload(auth_server: ServerProcess) -> None:
+    url = grant_url(auth_server, "upload", "default", f"t/{uuid.uuid4().hex}")
+    with client_with(auth_server) as c:
+        first = c.post(url, headers={**TUS, "Upload-Length": "4"}).headers["Location"]
+        second = c.post(url, headers={**TUS, "Upload-Length": "4"}).headers["Location"]
+        token = parse_qs(urlsplit(first).query)[presign.P_UPLOAD_TOKEN][0]
+        swapped = second.split("?")[0] + "?" + presign.P_UPLOAD_TOKEN + "=" + token
+        r = c.patch(swapped, content=b"abcd", headers=patch_headers(0))
+        assert r.status_code == 403 and r.json()["error"] == "signature_invalid"
+        assert c.head(second.split("?")[0], headers=TUS).status_code == 401
+        assert c.delete(first, headers=TUS).status_code == 204
+        assert c.head(second, headers=TUS).status_code == 200
+
+
+def test_parallel_upload_through_concatenation(auth_server: ServerProcess) -> None:
+    key = f"concat/{uuid.uuid4().hex}"
+    url = grant_url(auth_server, "upload", "default", key, max_size=10)
+    partial = {**TUS, "Upload-Concat": "partial"}
+    with client_with(auth_server) as c:
+        parts = []
+        for body in (b"hello ", b"world"):
+            r = c.post(url, headers={**partial, "Upload-Length": str(len(body))})
+            assert r.status_code == 201, r.text
+            assert (
+                c.patch(r.headers["Location"], content=body, headers=patch_headers(0)).status_code
+                == 204
+            )
+            parts.append(r.headers["Location"])
+        r = c.post(url, headers={**TUS, "Upload-Concat": "final;" + " ".join(parts)})
+        assert r.status_code == 413  # 11 bytes in all: above the signed 10
+        short = grant_url(auth_server, "upload", "default", key, max_size=11)
+        r = c.post(short, headers={**TUS, "Upload-Concat": "final;" + parts[0].split("?")[0]})
+        assert r.status_code == 403 and "es_upload_token" in r.json()["message"]
+        r = c.post(short, headers={**TUS, "Upload-Concat": "final;" + " ".join(parts)})
+        assert r.status_code == 201, r.text
+    with auth_server.client() as admin:
+        assert admin.get(f"/objects/default/{key}").content == b"hello world"

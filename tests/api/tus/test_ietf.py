@@ -1,0 +1,340 @@
+"""The IETF resumable-upload draft on /files/, raw HTTP against a real server.
+
+Interop version 6 is what tus-js-client's `protocol: 'ietf-draft-05'` speaks; 8 is the newest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.helpers import KiB, MiB, random_bytes
+
+PARTIAL = "application/partial-upload"
+VERSIONS = ["6", "8"]
+
+
+def draft(version: str = "6", **headers: str) -> dict[str, str]:
+    """Request headers of an IETF-draft request (underscores in names become dashes)."""
+    return {
+        "Upload-Draft-Interop-Version": version,
+        **{k.replace("_", "-"): v for k, v in headers.items()},
+    }
+
+
+def append(
+    c: httpx.Client, url: str, offset: int, body: object, complete: bool, version: str = "6"
+) -> httpx.Response:
+    headers = draft(
+        version,
+        Upload_Offset=str(offset),
+        Upload_Complete="?1" if complete else "?0",
+        Content_Type=PARTIAL,
+    )
+    return c.patch(url, content=body, headers=headers)  # type: ignore[arg-type]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_object(c: httpx.Client, url: str, data: bytes) -> httpx.Response:
+    got = c.get(url)
+    assert got.status_code == 200, got.text
+    assert sha256(got.content) == sha256(data)
+    return got
+
+
+def pieces(data: bytes, size: int = 256 * KiB) -> Iterator[bytes]:
+    """A streamed body: httpx sends it chunked, without Content-Length."""
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_options_announces_limits_and_media_type(server, version: str) -> None:
+    with server.client() as c:
+        r = c.options("/files/", headers=draft(version))
+        assert r.status_code == 204
+        assert r.headers["Accept-Patch"] == PARTIAL
+        assert r.headers["Upload-Limit"].startswith("max-size=")
+        assert r.headers["Upload-Draft-Interop-Version"] == version
+        assert "Tus-Resumable" not in r.headers
+        tus = c.options("/files/")
+        assert tus.headers["Tus-Version"] == "1.0.0"
+        assert "Upload-Limit" not in tus.headers
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_create_incomplete_then_append_then_complete(server, version: str) -> None:
+    data = random_bytes(3 * MiB + 17, seed=61)
+    cut = 1 * MiB + 5
+    with server.client() as c:
+        r = c.post("/files/", headers=draft(version, Upload_Complete="?0"))
+        assert r.status_code == 201, r.text
+        url = r.headers["Location"]
+        assert r.headers["Upload-Offset"] == "0"
+        assert r.headers["Upload-Complete"] == "?0"
+        assert "Upload-Length" not in r.headers  # none given yet
+        assert "Tus-Resumable" not in r.headers
+
+        r = append(c, url, 0, data[:cut], complete=False, version=version)
+        assert r.status_code == 204, r.text
+        assert (r.headers["Upload-Offset"], r.headers["Upload-Complete"]) == (str(cut), "?0")
+
+        h = c.head(url, headers=draft(version))
+        assert h.status_code == 204
+        assert (h.headers["Upload-Offset"], h.headers["Upload-Complete"]) == (str(cut), "?0")
+        assert h.headers["Cache-Control"] == "no-store"
+        lifetime = "expires=" if version == "6" else "max-age="
+        assert lifetime in h.headers["Upload-Limit"]
+        assert c.get(url).status_code == 404  # no object before completion
+
+        r = append(c, url, cut, data[cut:], complete=True, version=version)
+        assert r.status_code == 204, r.text
+        assert r.headers["Upload-Offset"] == str(len(data))
+        assert r.headers["Upload-Complete"] == "?1"
+
+        h = c.head(url, headers=draft(version))
+        assert h.headers["Upload-Complete"] == "?1"
+        assert h.headers["Upload-Length"] == str(len(data))  # learnt from the completion
+        assert_object(c, url, data)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_create_with_all_data_and_complete_in_one_request(server, version: str) -> None:
+    data = random_bytes(2 * MiB + 3, seed=62)
+    with server.client() as c:
+        r = c.post(
+            "/files/",
+            content=data,
+            headers=draft(
+                version,
+                Upload_Complete="?1",
+                Content_Type="text/plain",
+                Content_Disposition="inline; filename=\"a b.txt\"; filename*=UTF-8''%C3%A4%20b.txt",
+            ),
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers["Upload-Complete"] == "?1"
+        assert r.headers["Upload-Offset"] == r.headers["Upload-Length"] == str(len(data))
+        got = assert_object(c, r.headers["Location"], data)
+        assert got.headers["Content-Type"].startswith("text/plain")
+        assert "%C3%A4%20b.txt" in got.headers["Content-Disposition"]  # filename* won
+
+
+def test_create_with_first_part_then_append(server) -> None:
+    """What tus-js-client does with uploadDataDuringCreation: Upload-Length and a first part."""
+    data = random_bytes(1 * MiB + 99, seed=63)
+    cut = 300 * KiB
+    with server.client() as c:
+        r = c.post(
+            "/files/",
+            content=data[:cut],
+            headers=draft(Upload_Complete="?0", Upload_Length=str(len(data)), Content_Type=PARTIAL),
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers["Upload-Offset"] == str(cut)
+        assert r.headers["Upload-Length"] == str(len(data))
+        url = r.headers["Location"]
+        r = append(c, url, cut, data[cut:], complete=True)
+        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1")
+        assert_object(c, url, data)
+
+
+def test_streamed_completion_without_any_length(server) -> None:
+    """Upload-Complete: ?1 on chunked content: the length is learnt at the end."""
+    data = random_bytes(1 * MiB + 1234, seed=64)
+    with server.client() as c:
+        r = c.post("/files/", content=pieces(data[:100_000]), headers=draft(Upload_Complete="?0"))
+        assert r.status_code == 201, r.text
+        url = r.headers["Location"]
+        assert r.headers["Upload-Offset"] == "100000"
+        r = append(c, url, 100_000, pieces(data[100_000:]), complete=True)
+        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
+        assert r.headers["Upload-Length"] == str(len(data))
+        assert_object(c, url, data)
+
+        r = c.post("/files/", content=pieces(data), headers=draft(Upload_Complete="?1"))
+        assert (r.status_code, r.headers["Upload-Complete"]) == (201, "?1"), r.text
+        assert_object(c, r.headers["Location"], data)
+
+
+def test_empty_uploads_complete(server) -> None:
+    with server.client() as c:
+        # tus-js-client, for an empty file: Upload-Length: 0 with ?0, and nothing after.
+        r = c.post("/files/", headers=draft(Upload_Complete="?0", Upload_Length="0"))
+        assert (r.status_code, r.headers["Upload-Complete"]) == (201, "?1"), r.text
+        assert_object(c, r.headers["Location"], b"")
+        r = c.post("/files/", headers=draft(Upload_Complete="?1"))
+        assert (r.status_code, r.headers["Upload-Length"]) == (201, "0"), r.text
+        assert_object(c, r.headers["Location"], b"")
+
+
+def test_head_reports_durable_offset_and_length(server) -> None:
+    with server.client() as c:
+        r = c.post("/files/", headers=draft(Upload_Complete="?0", Upload_Length="1000"))
+        url = r.headers["Location"]
+        assert append(c, url, 0, b"x" * 400, complete=False).status_code == 204
+        h = c.head(url, headers=draft())
+        assert h.status_code == 204
+        assert (h.headers["Upload-Offset"], h.headers["Upload-Length"]) == ("400", "1000")
+        assert h.headers["Upload-Limit"].startswith("max-size=")
+        assert c.head("/files/nosuchupload", headers=draft()).status_code == 404
+
+
+def test_offset_mismatch_is_409_with_the_right_offset(server) -> None:
+    data = random_bytes(200 * KiB, seed=65)
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(Upload_Complete="?0")).headers["Location"]
+        assert append(c, url, 0, data[:1000], complete=False).status_code == 204
+        for wrong in (0, 999, 5000):
+            r = append(c, url, wrong, data[1000:], complete=True)
+            assert r.status_code == 409, r.text
+            assert r.headers["Upload-Offset"] == "1000"
+            assert r.headers["Upload-Complete"] == "?0"
+            assert r.json()["offset"] == 1000
+        assert c.head(url, headers=draft()).headers["Upload-Offset"] == "1000"  # nothing kept
+        assert append(c, url, 1000, data[1000:], complete=True).status_code == 204
+        assert_object(c, url, data)
+
+
+def test_append_rules(server) -> None:
+    with server.client() as c:
+        r = c.post("/files/", headers=draft(Upload_Complete="?0", Upload_Length="100"))
+        url = r.headers["Location"]
+        # The draft's media type, not tus's.
+        r = c.patch(
+            url,
+            content=b"abc",
+            headers=draft(
+                Upload_Offset="0",
+                Upload_Complete="?0",
+                Content_Type="application/offset+octet-stream",
+            ),
+        )
+        assert r.status_code == 415
+        assert "Upload-Offset" in append(c, url, 0, b"", complete=False).headers
+        r = c.patch(url, content=b"a", headers=draft(Upload_Complete="?0", Content_Type=PARTIAL))
+        assert r.status_code == 400  # no Upload-Offset
+        # Beyond the declared length: 413 (with the limits); inconsistent lengths: 400.
+        r = append(c, url, 0, b"y" * 101, complete=False)
+        assert r.status_code == 413
+        assert r.headers["Upload-Limit"].startswith("max-size=")
+        assert append(c, url, 0, b"y" * 99, complete=True).status_code == 400
+        r = c.patch(
+            url,
+            content=b"",
+            headers=draft(
+                Upload_Offset="0", Upload_Complete="?0", Upload_Length="50", Content_Type=PARTIAL
+            ),
+        )
+        assert r.status_code == 400
+        r = c.post(
+            "/files/", content=b"z" * 5, headers=draft(Upload_Complete="?1", Upload_Length="6")
+        )
+        assert r.status_code == 400
+        assert c.head(url, headers=draft()).headers["Upload-Offset"] == "0"  # nothing kept
+
+
+def test_completed_upload_takes_no_more_bytes(server) -> None:
+    data = b"hello, draft"
+    with server.client() as c:
+        r = c.post("/files/", content=data, headers=draft(Upload_Complete="?1"))
+        url = r.headers["Location"]
+        r = append(c, url, len(data), b"more", complete=True)
+        assert r.status_code == 400
+        assert r.headers["Upload-Complete"] == "?1"
+        # An empty completion at the final offset (a retry whose response was lost) is fine.
+        r = append(c, url, len(data), b"", complete=True)
+        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1")
+        assert_object(c, url, data)
+
+
+def test_reaching_the_declared_length_completes(server) -> None:
+    data = random_bytes(50_000, seed=66)
+    with server.client() as c:
+        r = c.post("/files/", headers=draft(Upload_Complete="?0", Upload_Length=str(len(data))))
+        url = r.headers["Location"]
+        r = append(c, url, 0, data, complete=False)
+        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1")
+        assert append(c, url, len(data), b"", complete=True).status_code == 204
+        assert_object(c, url, data)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_cancellation(server, version: str) -> None:
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(version, Upload_Complete="?0")).headers["Location"]
+        assert append(c, url, 0, b"q" * 1000, complete=False, version=version).status_code == 204
+        r = c.delete(url, headers=draft(version))
+        assert r.status_code == 204
+        assert "Tus-Resumable" not in r.headers
+        assert c.head(url, headers=draft(version)).status_code == 410
+        assert append(c, url, 1000, b"q", complete=True, version=version).status_code == 410
+        assert c.delete(url, headers=draft(version)).status_code == 410
+        assert c.delete("/files/nosuchupload", headers=draft(version)).status_code == 404
+
+
+def test_interop_version_7_is_served(server) -> None:
+    with server.client() as c:
+        r = c.post("/files/", content=b"seven", headers=draft("7", Upload_Complete="?1"))
+        assert (r.status_code, r.headers["Upload-Complete"]) == (201, "?1"), r.text
+        assert "max-age=" not in r.headers["Upload-Limit"]  # complete: no lifetime left to tell
+        assert_object(c, r.headers["Location"], b"seven")
+
+
+@pytest.mark.parametrize("value", ["5", "3", "9", "x", ""])
+def test_unsupported_interop_version_is_400(server, value: str) -> None:
+    with server.client() as c:
+        r = c.post("/files/", content=b"abc", headers=draft(value, Upload_Complete="?1"))
+        assert r.status_code == 400
+        assert "interop versions 6, 7, 8" in r.json()["message"]
+        assert "Tus-Resumable" not in r.headers
+        assert c.head("/files/whatever", headers=draft(value)).status_code == 400
+
+
+def test_tus_requests_still_need_tus_resumable(server) -> None:
+    with server.client() as c:
+        r = c.post("/files/", headers={"Upload-Length": "10"})
+        assert r.status_code == 412
+        assert r.headers["Tus-Version"] == "1.0.0"
+        r = c.post("/files/", headers={"Upload-Length": "10", "Tus-Resumable": "1.0.0"})
+        assert r.status_code == 201
+        assert r.headers["Tus-Resumable"] == "1.0.0"
+        assert "Upload-Complete" not in r.headers
+        r = c.patch(
+            r.headers["Location"],
+            content=b"0123456789",
+            headers={"Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+        )
+        assert r.status_code == 412
+
+
+def test_a_draft_upload_survives_an_interrupted_completion(server) -> None:
+    """A ?1 request cut short keeps its durable prefix and does not complete the upload."""
+    data = random_bytes(3 * MiB, seed=67)
+
+    def cut_short() -> Iterator[bytes]:
+        yield data[: 2 * MiB]
+        raise ConnectionAbortedError("client gone")
+
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(Upload_Complete="?0")).headers["Location"]
+        with pytest.raises(ConnectionAbortedError):
+            append(c, url, 0, cut_short(), complete=True)
+    with server.client() as c:
+        for _ in range(100):  # the server may still be committing what arrived
+            h = c.head(url, headers=draft())
+            assert h.headers["Upload-Complete"] == "?0"
+            offset = int(h.headers["Upload-Offset"])
+            r = append(c, url, offset, data[offset:], complete=True)
+            if r.status_code not in (409, 423):
+                break
+            time.sleep(0.05)
+        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
+        assert_object(c, url, data)

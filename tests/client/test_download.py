@@ -1,0 +1,141 @@
+"""Client.download against a real server: parallel ranges, every way of naming an object,
+resume of a partial download, and refusal of bytes that do not match the object's SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import edgestore.client.download as download_module
+from edgestore.client import Client, RetryPolicy
+from edgestore.client.download import object_url
+from edgestore.errors import InvalidInput, NotFound, TransferInterrupted, WholeFileMismatch
+from tests.faults import FaultProxy
+from tests.helpers import KiB, MiB, random_bytes
+
+RANGE = 256 * KiB
+
+
+@pytest.fixture(autouse=True)
+def small_ranges(monkeypatch):
+    monkeypatch.setattr(download_module, "RANGE_BYTES", RANGE)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stored(server, tmp_path: Path, data: bytes, key: str) -> dict:
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    r = Client(server.url, state_dir=tmp_path / "hints").upload(src, key=key)
+    return {"object_id": r.object_id, "key": key}
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_parallel_ranges_round_trip(server, tmp_path, workers) -> None:
+    data = random_bytes(3 * MiB + 123, seed=40 + workers)
+    obj = stored(server, tmp_path, data, f"dl/{workers}")
+    out = tmp_path / "out.bin"
+    r = Client(server.url).download(obj["object_id"], out, workers=workers)
+    assert out.read_bytes() == data
+    assert (r.size, r.sha256, r.verified, r.bytes_received) == (
+        len(data),
+        sha(data),
+        True,
+        len(data),
+    )
+    assert r.object_id == obj["object_id"] and r.version == 1
+    assert not out.with_name("out.bin.part").exists()
+    assert not out.with_name("out.bin.part.json").exists()
+
+
+def test_names_an_object_by_url_id_or_bucket_key(server, tmp_path, monkeypatch) -> None:
+    data = random_bytes(600 * KiB, seed=45)
+    obj = stored(server, tmp_path, data, "dl/named.bin")
+    client = Client(server.url)
+    for ref in (
+        f"{server.url}/objects/default/dl/named.bin",
+        "default/dl/named.bin",
+        obj["object_id"],
+    ):
+        out = tmp_path / "got"
+        client.download(ref, out)
+        assert out.read_bytes() == data
+    monkeypatch.chdir(tmp_path)
+    r = client.download("default/dl/named.bin")  # default name: the stored file name
+    assert Path(r.path).name == "src.bin"
+    with pytest.raises(InvalidInput):
+        object_url("not-a-ref")
+    with pytest.raises(NotFound):
+        client.download("default/dl/none", tmp_path / "none")
+
+
+def test_empty_object(server, tmp_path) -> None:
+    obj = stored(server, tmp_path, b"", "dl/empty")
+    out = tmp_path / "empty.out"
+    r = Client(server.url).download(obj["object_id"], out)
+    assert out.read_bytes() == b"" and r.verified
+
+
+def test_interrupted_download_resumes(server, tmp_path) -> None:
+    data = random_bytes(4 * MiB, seed=46)
+    obj = stored(server, tmp_path, data, "dl/resume")
+    out = tmp_path / "resumed.bin"
+    proxy = FaultProxy(server.url).start()
+    try:
+        proxy.add("GET", r"^/ids/", times=1000, status=503, after=5)  # 5 ranges, then failures
+        flaky = Client(proxy.url, retry=RetryPolicy(tries=2, base=0.01))
+        with pytest.raises(TransferInterrupted, match="run the same command again"):
+            flaky.download(obj["object_id"], out, workers=1)
+    finally:
+        proxy.stop()
+    record = json.loads(out.with_name("resumed.bin.part.json").read_text())
+    done = sum(hi - lo for lo, hi in record["done"])
+    assert done == 5 * RANGE
+    r = Client(server.url).download(obj["object_id"], out, workers=3)
+    assert out.read_bytes() == data
+    assert r.bytes_resumed == done and r.bytes_received == len(data) - done
+
+
+def test_corrupt_partial_file_is_caught_and_removed(server, tmp_path) -> None:
+    data = random_bytes(2 * MiB, seed=47)
+    obj = stored(server, tmp_path, data, "dl/corrupt")
+    out = tmp_path / "c.bin"
+    part = out.with_name("c.bin.part")
+    record = out.with_name("c.bin.part.json")
+    proxy = FaultProxy(server.url).start()
+    try:
+        proxy.add("GET", r"^/ids/", times=1000, status=503, after=2)
+        with pytest.raises(TransferInterrupted):
+            Client(proxy.url, retry=RetryPolicy(tries=1)).download(obj["object_id"], out, workers=1)
+    finally:
+        proxy.stop()
+    with open(part, "r+b") as f:  # bitrot in a range recorded as done
+        f.seek(10)
+        f.write(b"\x00\xff")
+    with pytest.raises(WholeFileMismatch):
+        Client(server.url).download(obj["object_id"], out)
+    assert not part.exists() and not record.exists() and not out.exists()
+    Client(server.url).download(obj["object_id"], out)  # a clean rerun works
+    assert out.read_bytes() == data
+
+
+def test_a_new_version_during_the_download_does_not_mix_in(server, tmp_path) -> None:
+    old = random_bytes(1 * MiB, seed=48)
+    stored(server, tmp_path, old, "dl/moving")
+    out = tmp_path / "m.bin"
+    proxy = FaultProxy(server.url).start()
+    try:
+        proxy.add("GET", r"^/ids/", times=1000, status=503, after=1)
+        with pytest.raises(TransferInterrupted):
+            Client(proxy.url, retry=RetryPolicy(tries=1)).download("default/dl/moving", out)
+    finally:
+        proxy.stop()
+    stored(server, tmp_path, random_bytes(1 * MiB, seed=49), "dl/moving")  # version 2
+    r = Client(server.url).download("default/dl/moving", out)
+    assert r.version == 2 and r.bytes_resumed == 0  # the partial of version 1 was dropped
+    assert r.sha256 == sha(out.read_bytes())

@@ -1,0 +1,275 @@
+"""Client.upload over the native protocol against a real server: round trips, dedup, resume
+after an interruption, a file changing mid-upload, and the pieces (auto workers, hints)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from edgestore.client import Client
+from edgestore.client.concurrency import LEVELS, AutoWorkers, Gate
+from edgestore.client.http import error_from
+from edgestore.client.native import chunker_params
+from edgestore.client.resume import HintKey, ResumeHints
+from edgestore.client.source import SourceFile
+from edgestore.errors import InvalidInput, MissingChunks, SourceChanged, UploadGone
+from tests.helpers import KiB, MiB, random_bytes
+from tests.native import SMALL_PARAMS, chunks_of, pins_of, rows, versions_of
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+class Recorder:
+    """A Progress that counts, and can run a hook after the n-th acknowledged chunk."""
+
+    def __init__(self, after: int | None = None, hook=None) -> None:
+        self.total = self.sent = self.skipped_bytes = self.calls = 0
+        self.after, self.hook = after, hook
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def transferred(self, n: int) -> None:
+        self.sent += n
+        self.calls += 1
+        if self.hook is not None and self.calls == self.after:
+            self.hook()
+
+    def skipped(self, n: int) -> None:
+        self.skipped_bytes += n
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("workers", [1, 4, "auto"])
+def test_upload_round_trip(server, http, tmp_path, hints_dir, workers) -> None:
+    data = random_bytes(3 * MiB + 77, seed={1: 11, 4: 12, "auto": 13}[workers])
+    src = write(tmp_path / "file.bin", data)
+    progress = Recorder()
+    r = Client(server.url, state_dir=hints_dir).upload(
+        src, key=f"rt/{workers}", workers=workers, progress=progress
+    )
+    assert (r.sha256, r.size, r.protocol, r.resumed) == (sha(data), len(data), "native", False)
+    assert r.bytes_sent == len(data) and r.bytes_skipped == 0
+    assert r.chunks == r.chunks_sent == len(chunks_of(data))
+    assert (progress.total, progress.sent) == (len(data), len(data))
+    assert http.get(f"/ids/{r.object_id}").content == data
+    assert http.get(f"/ids/{r.object_id}/info").json()["sha256"] == sha(data)
+    assert list(hints_dir.glob("*.json")) == []  # the hint goes with success
+
+
+def test_key_defaults_to_the_file_name(server, tmp_path, hints_dir) -> None:
+    src = write(tmp_path / "named.bin", b"hello native")
+    r = Client(server.url, state_dir=hints_dir).upload(src, bucket="other")
+    assert (r.bucket, r.key, r.version) == ("other", "named.bin", 1)
+
+
+def test_second_upload_sends_nothing(server, tmp_path, hints_dir) -> None:
+    data = random_bytes(2 * MiB, seed=2)
+    src = write(tmp_path / "same.bin", data)
+    client = Client(server.url, state_dir=hints_dir)
+    first = client.upload(src, key="twice")
+    again = client.upload(src, key="twice")
+    assert again.bytes_sent == 0 and again.bytes_skipped == len(data)
+    assert (again.version, again.object_id) == (2, first.object_id)
+
+
+def test_insertion_in_the_middle_resends_a_few_chunks(server, tmp_path, hints_dir) -> None:
+    data = random_bytes(4 * MiB, seed=3)
+    client = Client(server.url, state_dir=hints_dir)
+    client.upload(write(tmp_path / "a.bin", data), key="edit/a")
+    mid = len(data) // 2
+    edited = data[:mid] + random_bytes(64 * KiB, seed=4) + data[mid:]
+    r = client.upload(write(tmp_path / "b.bin", edited), key="edit/b")
+    assert r.chunks_sent <= 3
+    assert r.bytes_sent <= 3 * SMALL_PARAMS.max_size
+    assert r.bytes_skipped + r.bytes_sent >= len(edited)
+
+
+def test_empty_file(server, http, tmp_path, hints_dir) -> None:
+    r = Client(server.url, state_dir=hints_dir).upload(write(tmp_path / "e", b""), key="empty")
+    assert (r.size, r.sha256, r.chunks) == (0, sha(b""), 0)
+    assert http.get(f"/ids/{r.object_id}").content == b""
+
+
+def test_interrupted_upload_resumes_the_same_session(server, probe, tmp_path, hints_dir) -> None:
+    data = random_bytes(4 * MiB, seed=5)
+    src = write(tmp_path / "resume.bin", data)
+    client = Client(server.url, state_dir=hints_dir)
+
+    def boom() -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        client.upload(src, key="resume", workers=2, progress=Recorder(after=10, hook=boom))
+    (hint,) = hints_dir.glob("*.json")
+    session = rows(probe, "SELECT upload_id FROM uploads WHERE key = 'resume'")[0][0]
+    held = sum(len(c) for cid, c in dict(chunks_of(data)).items() if cid in pins_of(probe, session))
+    assert held >= 10 * SMALL_PARAMS.min_size
+
+    r = client.upload(src, key="resume", workers=2)
+    assert r.resumed and r.upload == session
+    assert r.bytes_sent <= len(data) - held and r.bytes_skipped >= held
+    assert r.sha256 == sha(data) and not hint.exists()
+
+
+def test_a_stale_hint_opens_a_new_session(server, probe, tmp_path, hints_dir) -> None:
+    data = random_bytes(1 * MiB, seed=6)
+    src = write(tmp_path / "stale.bin", data)
+    client = Client(server.url, state_dir=hints_dir)
+    with pytest.raises(Interrupted):
+        client.upload(src, key="stale", progress=Recorder(after=1, hook=_raise))
+    old = rows(probe, "SELECT upload_id FROM uploads WHERE key = 'stale'")[0][0]
+    probe.set_expires_at(old, 1.0)
+    r = client.upload(src, key="stale")
+    assert not r.resumed and r.upload != old and r.sha256 == sha(data)
+
+
+def _raise() -> None:
+    raise Interrupted
+
+
+def test_file_changed_during_upload_commits_nothing(server, probe, http, tmp_path, hints_dir):
+    data = random_bytes(4 * MiB, seed=7)
+    src = write(tmp_path / "moving.bin", data)
+
+    def scribble() -> None:
+        with open(src, "r+b") as f:
+            f.seek(3 * MiB)
+            f.write(b"changed!")
+
+    client = Client(server.url, state_dir=hints_dir)
+    with pytest.raises(SourceChanged, match="changed while it was being uploaded"):
+        client.upload(src, key="moving", workers=1, progress=Recorder(after=1, hook=scribble))
+    assert versions_of(probe, "moving") == 0
+    session = rows(probe, "SELECT upload_id, state FROM uploads WHERE key = 'moving'")[0]
+    assert session[1] == "terminated" and pins_of(probe, session[0]) == set()
+    assert list(hints_dir.glob("*.json")) == []
+    r = client.upload(src, key="moving")  # the new content uploads fine
+    assert http.get(f"/ids/{r.object_id}").content == src.read_bytes()
+
+
+def test_file_grown_during_upload_commits_nothing(server, probe, tmp_path, hints_dir) -> None:
+    src = write(tmp_path / "growing.bin", random_bytes(2 * MiB, seed=8))
+
+    def append() -> None:
+        with open(src, "ab") as f:
+            f.write(b"more")
+
+    with pytest.raises(SourceChanged):
+        Client(server.url, state_dir=hints_dir).upload(
+            src, key="growing", workers=1, progress=Recorder(after=1, hook=append)
+        )
+    assert versions_of(probe, "growing") == 0
+
+
+def test_upload_with_an_api_key(auth_server, tmp_path, hints_dir) -> None:
+    from edgestore.errors import Unauthorized
+
+    src = write(tmp_path / "auth.bin", random_bytes(300 * KiB, seed=9))
+    r = Client(auth_server.url, auth_server.admin_key, state_dir=hints_dir).upload(src)
+    assert r.size == 300 * KiB
+    with pytest.raises(Unauthorized):
+        Client(auth_server.url, state_dir=hints_dir).upload(src, key="nokey")
+
+
+def test_bad_workers_are_refused(server, tmp_path, hints_dir) -> None:
+    with pytest.raises(InvalidInput):
+        Client(server.url, state_dir=hints_dir).upload(write(tmp_path / "w", b"x"), workers=0)
+
+
+# --- pieces --------------------------------------------------------------------------------------
+
+
+def test_auto_workers_grow_while_it_pays_then_hold() -> None:
+    auto = AutoWorkers(warmup=0.5, window=2.0)
+    rates = {2: 10e6, 3: 14e6, 4: 18e6, 6: 19e6}  # 6 connections add only ~5%: back to 4
+    t, sent = 0.0, 0
+    levels = []
+    while not auto.settled and t < 100:
+        t += 0.25
+        sent += int(rates[auto.level] * 0.25)
+        levels.append(auto.update(sent, t))
+    assert auto.settled and auto.level == 4
+    assert [lvl for lvl, _ in auto.history] == [2, 3, 4, 6]
+    assert levels[0] == 2 and max(levels) == 6
+
+
+def test_auto_workers_stop_at_the_cap_and_ignore_idle_windows() -> None:
+    auto = AutoWorkers(warmup=0.0, window=1.0)
+    t, sent = 0.0, 0
+    auto.update(sent, t)
+    t += 5
+    assert auto.update(sent, t) == 2  # nothing moved: no verdict
+    for _ in range(200):
+        t += 0.5
+        sent += auto.level * 10 * MiB  # throughput proportional to connections
+        auto.update(sent, t)
+    assert auto.settled and auto.level == LEVELS[-1]
+
+
+def test_gate_width_changes_while_threads_wait() -> None:
+    import threading
+
+    gate = Gate(1)
+    assert gate.acquire()
+    entered = threading.Event()
+
+    def second() -> None:
+        gate.acquire()
+        entered.set()
+
+    threading.Thread(target=second, daemon=True).start()
+    assert not entered.wait(0.3)
+    gate.set_limit(2)
+    assert entered.wait(2)
+
+
+def test_hint_is_ignored_once_the_file_changes(tmp_path) -> None:
+    src = write(tmp_path / "h.bin", b"one")
+    hints = ResumeHints(tmp_path / "hints")
+    key = HintKey("http://s", "native", str(src), "default", "h.bin")
+    with SourceFile(src) as f:
+        hints.save(key, f.identity, {"upload_id": "u1"})
+        assert hints.load(key, f.identity) == {"upload_id": "u1"}
+    os.utime(src, ns=(1, 1))
+    with SourceFile(src) as f:
+        assert hints.load(key, f.identity) is None
+    hints.clear(key)
+    assert list((tmp_path / "hints").iterdir()) == []
+
+
+def test_unknown_chunker_is_refused() -> None:
+    params = {"chunker": {"algorithm": "rabin", "hash": "sha256", "min_size": 1}}
+    with pytest.raises(InvalidInput, match="rabin"):
+        chunker_params(params)
+    ok = {"chunker": {"algorithm": "fastcdc2020", "hash": "sha256", "min_size": 16384}}
+    ok["chunker"].update(avg_size=65536, max_size=262144)
+    assert chunker_params(ok) == SMALL_PARAMS
+
+
+def test_server_errors_come_back_as_domain_errors() -> None:
+    import httpx
+
+    def response(status: int, body: dict) -> httpx.Response:
+        return httpx.Response(status, json=body, request=httpx.Request("POST", "http://s/x"))
+
+    missing = error_from(
+        response(409, {"error": "missing_chunks", "message": "m", "missing": ["a"]})
+    )
+    assert isinstance(missing, MissingChunks) and missing.chunk_ids == ["a"]
+    gone = error_from(response(410, {"error": "upload_gone", "message": "expired"}))
+    assert isinstance(gone, UploadGone) and "expired" in str(gone) and "HTTP 410" in str(gone)
+    assert isinstance(error_from(response(400, {"error": "invalid_request"})), InvalidInput)

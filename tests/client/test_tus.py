@@ -1,0 +1,191 @@
+"""Client.upload over tus: parallel partial uploads joined by concatenation on edgestore, a
+single upload where concatenation is missing, resume of the same uploads after an
+interruption, and (interop) the official Node tus server and tuspyserver."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgestore.client import Client
+from edgestore.client.tus import plan_parts, tus_endpoint
+from edgestore.errors import SourceChanged
+from tests.helpers import KiB, MiB, random_bytes
+from tests.native import rows, versions_of
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+class Hook:
+    def __init__(self, after: int, fn) -> None:
+        self.after, self.fn, self.calls = after, fn, 0
+
+    def start(self, total: int) -> None:
+        pass
+
+    def transferred(self, n: int) -> None:
+        self.calls += 1
+        if self.calls == self.after:
+            self.fn()
+
+    def skipped(self, n: int) -> None:
+        pass
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop() -> None:
+    raise Stop
+
+
+def test_parallel_upload_is_a_concatenation(server, http, probe, tmp_path, hints_dir) -> None:
+    data = random_bytes(6 * MiB + 5, seed=31)
+    r = Client(server.url, state_dir=hints_dir).upload(
+        write(tmp_path / "t.bin", data), key="tus/par", workers=4, protocol="tus"
+    )
+    assert (r.protocol, r.chunks, r.bytes_sent, r.sha256) == ("tus", 4, len(data), sha(data))
+    assert r.object_id and r.version == 1 and "/files/" in r.upload
+    assert http.get(f"/ids/{r.object_id}").content == data
+    finals = rows(probe, "SELECT concat_of FROM uploads WHERE key = 'tus/par'")
+    assert len(finals) == 1 and finals[0][0] is not None  # one final made of partials
+
+
+@pytest.mark.parametrize("workers", [1, "auto"])
+def test_single_and_auto(server, http, tmp_path, hints_dir, workers) -> None:
+    data = random_bytes(3 * MiB, seed={1: 32, "auto": 33}[workers])
+    r = Client(server.url, state_dir=hints_dir).upload(
+        write(tmp_path / "s.bin", data), key=f"tus/{workers}", workers=workers, protocol="tus"
+    )
+    assert http.get(f"/ids/{r.object_id}").content == data and r.sha256 == sha(data)
+    assert list(hints_dir.glob("*.json")) == []
+
+
+def test_interrupted_parts_resume(server, http, tmp_path, hints_dir) -> None:
+    data = random_bytes(8 * MiB, seed=34)
+    src = write(tmp_path / "r.bin", data)
+    client = Client(server.url, state_dir=hints_dir)
+    import edgestore.client.tus as tus_module
+
+    small = 512 * KiB  # several PATCHes per part, so an interruption lands mid-part
+    old, tus_module.PATCH_BYTES = tus_module.PATCH_BYTES, small
+    try:
+        with pytest.raises(Stop):
+            client.upload(src, key="tus/resume", workers=2, protocol="tus", progress=Hook(3, _stop))
+        assert list(hints_dir.glob("*.json"))
+        r = client.upload(src, key="tus/resume", workers=2, protocol="tus")
+    finally:
+        tus_module.PATCH_BYTES = old
+    assert r.resumed and r.bytes_skipped >= 2 * small
+    assert r.bytes_sent + r.bytes_skipped == len(data)
+    assert http.get(f"/ids/{r.object_id}").content == data
+
+
+def test_changed_file_is_not_concatenated(server, probe, tmp_path, hints_dir) -> None:
+    src = write(tmp_path / "c.bin", random_bytes(4 * MiB, seed=35))
+
+    def scribble() -> None:
+        with open(src, "r+b") as f:
+            f.write(b"new start")
+
+    with pytest.raises(SourceChanged):
+        Client(server.url, state_dir=hints_dir).upload(
+            src, key="tus/changed", workers=2, protocol="tus", progress=Hook(1, scribble)
+        )
+    assert versions_of(probe, "tus/changed") == 0
+
+
+def test_changed_file_is_not_completed_by_a_single_upload(server, probe, tmp_path, hints_dir):
+    src = write(tmp_path / "c1.bin", random_bytes(2 * MiB, seed=36))
+
+    def scribble() -> None:
+        with open(src, "r+b") as f:
+            f.write(b"new start")
+
+    import edgestore.client.tus as tus_module
+
+    old, tus_module.PATCH_BYTES = tus_module.PATCH_BYTES, 256 * KiB
+    try:
+        with pytest.raises(SourceChanged):
+            Client(server.url, state_dir=hints_dir).upload(
+                src, key="tus/changed1", workers=1, protocol="tus", progress=Hook(1, scribble)
+            )
+    finally:
+        tus_module.PATCH_BYTES = old
+    assert versions_of(probe, "tus/changed1") == 0
+
+
+def test_plan_and_endpoint() -> None:
+    assert plan_parts(10 * MiB, 4, concat=False) == [(0, 10 * MiB)]
+    assert plan_parts(10 * MiB, 1, concat=True) == [(0, 10 * MiB)]
+    parts = plan_parts(10 * MiB, 4, concat=True)
+    assert len(parts) == 4 and parts[0][0] == 0 and parts[-1][1] == 10 * MiB
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+    assert plan_parts(MiB, 8, concat=True) == [(0, MiB)]  # too small to split
+    assert len(plan_parts(1 << 30, "auto", concat=True)) == 32
+    assert tus_endpoint("http://h:1") == "http://h:1/files/"
+    assert tus_endpoint("http://h:1/uploads") == "http://h:1/uploads"
+
+
+# --- other tus servers ------------------------------------------------------------------------
+
+
+def _peers():
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    try:
+        from bench import peers
+    except ImportError as exc:
+        pytest.skip(f"bench.peers unavailable: {exc}")
+    return peers
+
+
+@pytest.mark.interop
+def test_node_tus_server_without_concatenation(tmp_path, hints_dir) -> None:
+    peers = _peers()
+    try:
+        node_dir = peers.node_peers()
+    except (SystemExit, Exception) as exc:
+        pytest.skip(f"@tus/server not available: {exc}")
+    run = peers.node_server(tmp_path, node_dir).start(tmp_path / "node.log")
+    try:
+        data = random_bytes(3 * MiB, seed=37)
+        r = Client(run.endpoint, state_dir=hints_dir).upload(
+            write(tmp_path / "n.bin", data), workers=4, protocol="tus"
+        )
+        assert r.chunks == 1 and r.bytes_sent == len(data) and r.object_id is None
+        stored = [p for p in (tmp_path).rglob("*") if p.is_file() and p.stat().st_size == len(data)]
+        assert any(p.read_bytes() == data for p in stored)
+    finally:
+        run.stop()
+
+
+@pytest.mark.interop
+def test_tuspyserver_with_concatenation(tmp_path, hints_dir) -> None:
+    peers = _peers()
+    try:
+        node_dir = peers.node_peers()
+        bin_dir = peers.tuspyserver_venv()
+    except (SystemExit, Exception) as exc:
+        pytest.skip(f"tuspyserver not available: {exc}")
+    run = peers.tuspyserver_server(tmp_path, node_dir, bin_dir).start(tmp_path / "py.log")
+    try:
+        data = random_bytes(4 * MiB, seed=38)
+        r = Client(run.endpoint, state_dir=hints_dir).upload(
+            write(tmp_path / "p.bin", data), workers=3, protocol="tus"
+        )
+        assert r.chunks == 3 and r.sha256 == sha(data)
+    finally:
+        run.stop()

@@ -1,0 +1,178 @@
+"""Graceful shutdown (SIGTERM) while PATCHes stream: each is finished or cut cleanly, what the
+server acknowledged is kept, and the upload completes after the restart, at once (a clean
+stop leaves no lease behind)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import (
+    KiB,
+    MiB,
+    OffsetWatcher,
+    StoreProbe,
+    TricklingPatch,
+    paced,
+    patch_headers,
+    random_bytes,
+    sha256_hex,
+    tus_create,
+    tus_offset,
+    tus_patch,
+    upload_id_of,
+)
+
+GRACEFUL = 20  # api/server.py GRACEFUL_SECONDS
+
+
+def _stop(server) -> float:
+    started = time.monotonic()
+    server.stop(timeout=GRACEFUL + 15)
+    return time.monotonic() - started
+
+
+def _resume_and_check(server, url: str, data: bytes, acknowledged: int, sent: int) -> None:
+    server.start()
+    probe = StoreProbe(server.database_url)
+    try:
+        with server.client() as c:
+            durable = tus_offset(c, url)
+            assert acknowledged <= durable <= sent, (acknowledged, durable, sent)
+            assert probe.assert_durable_prefix(upload_id_of(url), data) == durable
+            r = tus_patch(c, url, durable, data[durable:])
+            assert r.status_code == 204, r.text  # no lease left behind: no 423
+            got = c.get(url)
+            assert sha256_hex(got.content) == sha256_hex(data)
+    finally:
+        probe.close()
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_streaming_patch(fresh_server) -> None:
+    data = random_bytes(64 * MiB, seed=500)
+    fresh_server.start()
+    with fresh_server.client() as c:
+        url = tus_create(c, len(data))
+    progress = [0]
+    outcome: list[object] = []
+
+    def client() -> None:
+        body = paced(data, 0, delay=0.008, progress=progress)
+        with httpx.Client(timeout=60) as c:
+            try:
+                outcome.append(c.patch(url, content=body, headers=patch_headers(0)))
+            except httpx.TransportError as exc:
+                outcome.append(exc)
+
+    with OffsetWatcher(url) as watcher:
+        t = threading.Thread(target=client)
+        t.start()
+        time.sleep(1.5)
+        took = _stop(fresh_server)
+        t.join(30)
+    assert not t.is_alive()
+    assert took < GRACEFUL, f"shutdown took {took:.1f}s with a client sending at full speed"
+    assert fresh_server.proc.returncode in (0, -15)  # uvicorn re-raises SIGTERM
+    (result,) = outcome
+    if isinstance(result, httpx.Response):
+        # cut cleanly: tus clients retry 5xx, then resume from HEAD
+        assert result.status_code == 503, result.text
+    _resume_and_check(fresh_server, url, data, watcher.highest, progress[0])
+
+
+STOP_BUG = (
+    "BUG: a PATCH whose client is slow or silent is not cut promptly on SIGTERM: "
+    "Uploads.stop_all -> Appender.stop() only sets a flag, read when the next body block "
+    "(api/bodies.py BLOCK = 256 KiB) reaches the engine, so a client at 80 KiB/s is noticed "
+    "only seconds later and a silent one never; and BodyBridge._put acquires queue space "
+    "before checking consumer.done(), so after the engine has stopped the pump still reads "
+    "QUEUE_BLOCKS more batches of the body before answering. A silent client therefore "
+    "holds the shutdown for the whole GRACEFUL_SECONDS (20 s), after which uvicorn cancels "
+    "the request: 500 and a CancelledError traceback in the log instead of a prompt 503. "
+    "Fix: let stop() interrupt the block source (BodyBridge.interrupt_now) and stop the "
+    "pump as soon as the consumer is done"
+)
+
+
+def _expect_prompt(took: float, status: int | None) -> None:
+    """Data safety is asserted before this; promptness is the known bug above."""
+    if took < 5 and status in (None, 503):
+        pytest.fail("the SIGTERM promptness bug is fixed: make this a plain assertion")
+    pytest.xfail(f"{STOP_BUG} (took {took:.1f}s, status {status})")
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_slow_client(fresh_server) -> None:
+    """A slow but live client (80 KiB/s): what was acknowledged is kept, the upload
+    completes after the restart; (bug) the PATCH should be cut within seconds with a 503."""
+    data = random_bytes(8 * MiB, seed=501)
+    fresh_server.start()
+    with fresh_server.client() as c:
+        url = tus_create(c, len(data))
+    writer = TricklingPatch(
+        fresh_server.url, url, 0, data, first=3 * MiB, step=16 * KiB, interval=0.2
+    ).start()
+    status = None
+    try:
+        with OffsetWatcher(url) as watcher:
+            time.sleep(1.5)
+            took = _stop(fresh_server)
+        assert took < GRACEFUL + 5
+        assert fresh_server.proc.returncode in (0, -15)  # uvicorn re-raises SIGTERM
+        try:
+            status, _ = writer.response(timeout=5)
+        except (OSError, ConnectionError):
+            pass  # cut: also clean
+        sent = writer.sent
+    finally:
+        writer.close()
+    _resume_and_check(fresh_server, url, data, watcher.highest, sent)
+    _expect_prompt(took, status)
+
+
+@pytest.mark.slow
+def test_sigterm_with_a_silent_client(fresh_server) -> None:
+    """A client gone quiet mid-PATCH: the bytes acknowledged before are kept and the upload
+    completes after the restart; (bug) the shutdown waits the whole graceful period."""
+    data = random_bytes(6 * MiB, seed=502)
+    fresh_server.start()
+    with fresh_server.client() as c:
+        url = tus_create(c, len(data))
+    writer = TricklingPatch(fresh_server.url, url, 0, data, first=2 * MiB + 5).start()
+    status = None
+    try:
+        time.sleep(1.2)
+        writer.silence()
+        time.sleep(0.5)
+        sent = writer.sent
+        with fresh_server.client() as c:
+            acknowledged = tus_offset(c, url)
+        took = _stop(fresh_server)
+        assert took < GRACEFUL + 5
+        assert fresh_server.proc.returncode in (0, -15)  # uvicorn re-raises SIGTERM
+        try:
+            status, _ = writer.response(timeout=5)
+        except (OSError, ConnectionError):
+            pass
+    finally:
+        writer.close()
+    _resume_and_check(fresh_server, url, data, acknowledged, sent)
+    _expect_prompt(took, status)
+
+
+def test_sigterm_when_idle_is_quick_and_clean(fresh_server) -> None:
+    fresh_server.start()
+    with fresh_server.client() as c:
+        url = tus_create(c, 10)
+        assert tus_patch(c, url, 0, b"01234").status_code == 204
+    assert _stop(fresh_server) < 5
+    assert fresh_server.proc.returncode in (0, -15)  # uvicorn re-raises SIGTERM
+    fresh_server.start()
+    with fresh_server.client() as c:
+        assert tus_offset(c, url) == 5
+        assert tus_patch(c, url, 5, b"56789").status_code == 204
+        assert c.get(url).content == b"0123456789"

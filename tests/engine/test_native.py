@@ -1,0 +1,104 @@
+"""Native sessions in the engine: pins keep chunks from gc, expiry releases them, a chunk is
+verified before a byte of it is written, and finalize verifies the whole file."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import sqlalchemy as sa
+
+from edgestore.engine import Engine
+from edgestore.engine.native import ManifestChunk, NativeUploads
+from edgestore.errors import (
+    ChunkHashMismatch,
+    MissingChunks,
+    UploadGone,
+    UploadNotFound,
+    WholeFileMismatch,
+)
+from edgestore.maintenance import gc
+from edgestore.metadata.chunks import reference_mismatches
+from edgestore.metadata.schema import chunks, upload_pins, uploads
+from tests.helpers import KiB, random_bytes, read_all
+from tests.native import SMALL_PARAMS, chunks_of
+
+
+def _native(engine: Engine) -> NativeUploads:
+    return NativeUploads(engine.core, engine.uploads)
+
+
+def _count(engine: Engine, table: sa.Table) -> int:
+    with engine.core.db.read() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def _consistent(engine: Engine) -> None:
+    with engine.core.db.read() as conn:
+        assert reference_mismatches(conn) == []
+
+
+def test_params_are_recorded_ones(small_engine: Engine) -> None:
+    assert _native(small_engine).params() == SMALL_PARAMS
+
+
+def test_writer_checks_the_claimed_id_before_writing(small_engine: Engine) -> None:
+    data = random_bytes(100 * KiB, seed=1)
+    files = sum(1 for b in small_engine.core.dirs.backends.values() for _ in b.list())
+    with pytest.raises(ChunkHashMismatch):
+        small_engine.core.writer.store(data, expect=hashlib.sha256(b"other").hexdigest())
+    assert _count(small_engine, chunks) == 0
+    assert sum(1 for b in small_engine.core.dirs.backends.values() for _ in b.list()) == files
+    stored = small_engine.core.writer.store(data, expect=hashlib.sha256(data).hexdigest())
+    assert stored.is_new
+
+
+def test_pinned_chunks_survive_gc_until_the_session_expires(small_engine: Engine) -> None:
+    native = _native(small_engine)
+    data = random_bytes(300 * KiB, seed=2)
+    parts = chunks_of(data)
+    rec = native.create(size=len(data), key="pinned")
+    for cid, c in parts:
+        native.put_chunk(rec.upload_id, cid, c)
+    assert gc.collect(small_engine, grace=0).chunks_deleted == 0  # pinned: kept
+    assert _count(small_engine, chunks) == len({c for c, _ in parts})
+    _consistent(small_engine)
+
+    with small_engine.core.db.write() as conn:  # time passes
+        conn.execute(sa.update(uploads).values(expires_at=0))
+    with pytest.raises(UploadGone):
+        native.missing(rec.upload_id, [parts[0][0]])
+    report = gc.collect(small_engine, grace=0)
+    assert report.uploads_expired == 1
+    assert _count(small_engine, upload_pins) == 0
+    assert _count(small_engine, chunks) == 0
+    _consistent(small_engine)
+
+
+def test_finalize_verifies_and_hands_pins_to_the_version(small_engine: Engine) -> None:
+    native = _native(small_engine)
+    data = random_bytes(500 * KiB, seed=3)
+    parts = chunks_of(data)
+    manifest = [ManifestChunk(cid, len(c)) for cid, c in parts]
+    rec = native.create(size=len(data), key="fin")
+    assert native.missing(rec.upload_id, [cid for cid, _ in parts]) == [cid for cid, _ in parts]
+    for cid, c in parts[:-1]:
+        native.put_chunk(rec.upload_id, cid, c)
+    with pytest.raises(MissingChunks) as missing:
+        native.finalize(rec.upload_id, manifest, hashlib.sha256(data).hexdigest())
+    assert missing.value.chunk_ids == [parts[-1][0]]
+    native.put_chunk(rec.upload_id, *parts[-1])
+    with pytest.raises(WholeFileMismatch):
+        native.finalize(rec.upload_id, manifest, hashlib.sha256(b"no").hexdigest())
+    done = native.finalize(rec.upload_id, manifest, hashlib.sha256(data).hexdigest())
+    assert done.verified_by == "read-back"
+    assert read_all(small_engine, done.version) == data
+    assert _count(small_engine, upload_pins) == 0
+    _consistent(small_engine)
+    assert gc.collect(small_engine, grace=0).chunks_deleted == 0  # the version holds them
+
+
+def test_other_kinds_of_upload_are_not_native_sessions(small_engine: Engine) -> None:
+    rec = small_engine.uploads.create(kind="tus", length=10)
+    with pytest.raises(UploadNotFound):
+        _native(small_engine).status(rec.upload_id)
