@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Browser origins allowed by CORS; none by default."
     )
     rate_limit: str = Field(
-        "200/second", description="Requests per client, e.g. '200/second;5000/minute'; '' = off."
+        "500/second", description="Requests per client, e.g. '500/second;10000/minute'; '' = off."
     )
     rate_limit_storage: str = Field(
         "memory://", description="memory:// (per node) or redis://host:port[/db] (shared)."

@@ -13,6 +13,7 @@ from edgestore import __version__
 from edgestore.api import errors, native, objects, ops, security, tus
 from edgestore.api.middleware import RequestContext
 from edgestore.api.state import Services
+from edgestore.api.tus.override import MethodOverride
 from edgestore.config import Settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
@@ -78,5 +79,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(ops.router)
 
     security.install(app, settings)  # CORS, auth, limits, /v1/presign (api/security.py)
+    app.add_middleware(MethodOverride)  # outside auth: scopes see the real method
     app.add_middleware(RequestContext)
     return app

@@ -32,7 +32,14 @@ from edgestore.api.tus.creation import object_key
 from edgestore.api.tus.headers import UploadMetadata, encode_metadata, parse_metadata, parse_size
 from edgestore.config import Settings
 from edgestore.engine.keys import DEFAULT_BUCKET
-from edgestore.errors import ConfigError, EdgestoreError, OutOfScope, TooLarge, Unauthorized
+from edgestore.errors import (
+    ConfigError,
+    EdgestoreError,
+    InvalidInput,
+    OutOfScope,
+    TooLarge,
+    Unauthorized,
+)
 from edgestore.metadata import keys as key_rows
 from edgestore.metadata.db import Database
 from edgestore.metadata.keys import ApiKey
@@ -65,13 +72,20 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+def refuse_nul(scope: Scope) -> None:
+    """No bucket, key, id or query parameter of this API may hold a NUL byte, and PostgreSQL
+    cannot even compare one (a query would fail with 500): refuse it at the door."""
+    if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+        raise InvalidInput("NUL bytes are not allowed in paths or query parameters")
+
+
 def effective_method(scope: Scope) -> str:
     """The method a request stands for: tus lets clients that cannot send PATCH or DELETE
     POST with X-HTTP-Method-Override, and the override is what must be authorized."""
     method: str = scope["method"]
     if method == "POST":
         override = Headers(scope=scope).get("x-http-method-override", "").strip().upper()
-        if override in ("PATCH", "DELETE", "HEAD", "GET"):
+        if override in ("PATCH", "DELETE"):  # any other value: authorized as the POST it is
             return override
     return method
 
@@ -143,6 +157,7 @@ class AccessControl:
             return
         try:
             identity, scope, receive, send = await self._admit(scope, receive, send)
+            refuse_nul(scope)
         except EdgestoreError as exc:
             headers = exc.details.get("headers") if isinstance(exc, Unauthorized) else None
             await error_response(exc, headers)(scope, receive, send)

@@ -46,7 +46,9 @@ class BodyBridge:
         self._queue: queue.Queue[object] = queue.Queue()
         self._space = asyncio.Semaphore(depth)
         self.received = 0
+        self.consumer_finished = False
         self._idle = False
+        self._last_byte = 0.0
         self._pump_task: asyncio.Task[object] | None = None
 
     # --- worker-thread side --------------------------------------------------------------------
@@ -71,6 +73,8 @@ class BodyBridge:
 
     async def _put(self, item: object, consumer: asyncio.Future[object]) -> bool:
         """Queue an item once there is room; False if the consumer has already finished."""
+        if consumer.done():
+            return False
         acquire = asyncio.ensure_future(self._space.acquire())
         done, _ = await asyncio.wait({acquire, consumer}, return_when=asyncio.FIRST_COMPLETED)
         if acquire not in done:
@@ -80,7 +84,11 @@ class BodyBridge:
         return True
 
     def interrupt_now(self, reason: str) -> None:
-        """Wake the consumer with an interruption without waiting for queue space."""
+        """Wake the consumer with an interruption without waiting for queue space.
+
+        Thread-safe: the engine calls it (through Appender.stop) when a newer request takes
+        the upload over or the server shuts down, even while no byte is arriving.
+        """
         self._queue.put_nowait(_Interrupt(reason))
 
     async def pump(
@@ -99,11 +107,14 @@ class BodyBridge:
         """
         pending: list[bytes] = []
         pending_size = 0
+        loop = asyncio.get_running_loop()
+        self._last_byte = loop.time()
         watchdog = asyncio.ensure_future(self._watch_idle(idle_timeout))
         try:
             async for piece in body:
                 if not piece:
                     continue
+                self._last_byte = loop.time()
                 self.received += len(piece)
                 if limit is not None and self.received > limit:
                     error = TooLarge(
@@ -123,6 +134,8 @@ class BodyBridge:
         except ClientDisconnect:
             self.interrupt_now("client disconnected")
         except asyncio.CancelledError:
+            if self.consumer_finished:  # the engine stopped first (taken over, shut down)
+                return
             if self._idle:
                 self.interrupt_now(f"no bytes from the client for {idle_timeout:.0f}s")
                 return
@@ -132,42 +145,53 @@ class BodyBridge:
             watchdog.cancel()
 
     async def _watch_idle(self, idle_timeout: float) -> None:
-        """Cancel the pump if the client sends nothing for `idle_timeout` seconds.
+        """Cancel the pump once the client has sent nothing for `idle_timeout` seconds.
 
         One timer per request instead of one per body piece (wait_for per 64 KiB piece cost
         more CPU than the rest of the receive path).
         """
-        last = -1
+        loop = asyncio.get_running_loop()
+        step = min(idle_timeout, 5.0)
         while True:
-            await asyncio.sleep(idle_timeout)
-            if self.received == last and self._pump_task is not None:
+            await asyncio.sleep(step)
+            if loop.time() - self._last_byte >= idle_timeout and self._pump_task is not None:
                 self._idle = True
                 self._pump_task.cancel()
                 return
-            last = self.received
 
 
 async def run_with_body(
     executor: ThreadPoolExecutor,
     body: AsyncIterator[bytes],
-    work: Callable[[Iterator[bytes]], T],
+    work: Callable[[Iterator[bytes], Callable[[str], None]], T],
     *,
     limit: int | None = None,
     idle_timeout: float = 60.0,
 ) -> tuple[T, int]:
-    """Run work(blocks) on a worker thread while streaming the body into it.
+    """Run work(blocks, interrupt) on a worker thread while streaming the body into it.
+
+    `interrupt(reason)` lets the engine end the stream from any thread (the block iterator
+    then raises TransferInterrupted), even while the client sends nothing; the body pump stops
+    as soon as the work has finished.
 
     Returns (result, bytes received). Whatever happens on the loop side (cancellation,
     oversize body), the worker is waited for, so it never outlives the request unseen.
     """
     loop = asyncio.get_running_loop()
     bridge = BodyBridge(loop)
-    fut: Future[T] = executor.submit(work, bridge.blocks())
+    fut: Future[T] = executor.submit(work, bridge.blocks(), bridge.interrupt_now)
     consumer = asyncio.wrap_future(fut)
     pump = asyncio.ensure_future(
         bridge.pump(body, consumer, limit=limit, idle_timeout=idle_timeout)
     )
     bridge._pump_task = pump
+
+    def stop_pump(_done: object) -> None:  # runs on the event loop
+        if not pump.done():
+            bridge.consumer_finished = True
+            pump.cancel()
+
+    consumer.add_done_callback(stop_pump)
     try:
         await asyncio.shield(pump)
     except asyncio.CancelledError:

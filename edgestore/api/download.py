@@ -109,7 +109,10 @@ def object_response(
         media_type = "application/octet-stream"
     etag = headers["ETag"]
     inm = request.headers.get("if-none-match")
-    if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
+    # Weak comparison, as RFC 9110 13.1.2 requires for If-None-Match.
+    if inm is not None and (
+        inm.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in inm.split(",")]
+    ):
         return Response(status_code=304, headers=headers)
     byte_range = parse_range(request.headers.get("range"), info.size)
     if_range = request.headers.get("if-range")
@@ -122,9 +125,9 @@ def object_response(
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
     headers["Content-Length"] = str(end - start)
+    # Set directly: media_type= would append "; charset=utf-8" to text/* types.
+    headers["Content-Type"] = media_type
     if head:
-        return Response(status_code=status, headers=headers, media_type=media_type)
+        return Response(status_code=status, headers=headers)
     pieces = services.engine.objects.read(info, start, end)
-    return StreamingResponse(
-        _pull(services, pieces), status_code=status, headers=headers, media_type=media_type
-    )
+    return StreamingResponse(_pull(services, pieces), status_code=status, headers=headers)

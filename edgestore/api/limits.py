@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse_many
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -50,6 +51,15 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def client_of(scope: Scope) -> str:
@@ -123,7 +133,8 @@ class Limiter:
         except Exception as exc:
             await self.stop()
             raise StorageUnavailable(
-                f"rate_limit_storage (EDGESTORE_RATE_LIMIT_STORAGE) {url} is unreachable: {exc}"
+                f"rate_limit_storage (EDGESTORE_RATE_LIMIT_STORAGE) {_redacted(url)} is "
+                f"unreachable: {exc}"
             ) from None
 
     async def stop(self) -> None:

@@ -36,6 +36,8 @@ MAX_CHUNK_BODIES = 64
 CHUNK_BODY_SECONDS = 600.0  # a chunk body not complete by then counts as abandoned
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+# PostgreSQL cannot store NUL in text or JSON: such values are refused here (400), not at commit.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
 
 
 class ChunkerParamsOut(BaseModel):
@@ -57,13 +59,13 @@ class StoreParamsOut(BaseModel):
 class CreateUploadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    bucket: str = DEFAULT_BUCKET
-    key: str | None = Field(None, description="Default: the filename if valid, else the id.")
+    bucket: Text = DEFAULT_BUCKET
+    key: Text | None = Field(None, description="Default: the filename if valid, else the id.")
     size: int = Field(ge=0, description="The object's size in bytes.")
     sha256: Sha256Hex | None = Field(None, description="Whole-file SHA-256, if known now.")
-    content_type: str | None = Field(None, max_length=255)
-    filename: str | None = Field(None, max_length=1024)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    content_type: Text | None = Field(None, max_length=255)
+    filename: Text | None = Field(None, max_length=1024)
+    metadata: dict[Text, Text] = Field(default_factory=dict, max_length=64)
 
 
 class UploadSessionOut(BaseModel):

@@ -19,11 +19,15 @@ from pydantic import BaseModel
 from edgestore.api.download import object_response
 from edgestore.api.state import services
 from edgestore.engine import ObjectSelector
+from edgestore.metadata import objects as object_rows
 from edgestore.metadata.objects import VersionInfo
 
 router = APIRouter(tags=["objects"])
 
-VersionQuery = Annotated[int | None, Query(ge=1, description="Version number; default latest.")]
+# Bounded like the column (32-bit): PostgreSQL answers a larger one with an error, not "none".
+VersionQuery = Annotated[
+    int | None, Query(ge=1, le=2**31 - 1, description="Version number; default latest.")
+]
 
 
 class ObjectVersion(BaseModel):
@@ -60,7 +64,9 @@ class ObjectVersion(BaseModel):
 
 class ObjectList(BaseModel):
     objects: list[ObjectVersion]
-    next_after: str | None  # pass as `after` for the next page; null on the last page
+    # Pass as `after` for the next page (the key, or bucket/key when listing every bucket);
+    # null on the last page.
+    next_after: str | None
 
 
 async def _stat(request: Request, sel: ObjectSelector) -> VersionInfo:
@@ -84,7 +90,7 @@ async def list_objects(
     )
     return ObjectList(
         objects=[ObjectVersion.of(v) for v in found],
-        next_after=found[-1].key if len(found) == limit else None,
+        next_after=object_rows.cursor(found[-1], bucket) if len(found) == limit else None,
     )
 
 

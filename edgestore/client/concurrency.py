@@ -71,6 +71,30 @@ class Gate:
         self.release()
 
 
+class Budget:
+    """Bytes a producer may be ahead of its consumers; one item may always pass."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._limit = limit
+        self._used = 0
+
+    def take(self, n: int, stop: threading.Event) -> bool:
+        """Wait for room for `n` bytes; False if `stop` was set meanwhile."""
+        with self._cond:
+            while self._used and self._used + n > self._limit:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.2)
+            self._used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self._used = max(0, self._used - n)
+            self._cond.notify_all()
+
+
 @dataclass
 class AutoWorkers:
     """Chooses the number of connections from measured throughput (see the module doc)."""

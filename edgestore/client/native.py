@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from edgestore.chunking import StreamChunker
-from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Gate
+from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Budget, Gate
 from edgestore.client.http import Transport
 from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
 from edgestore.client.resume import HintKey, ResumeHints
@@ -59,28 +59,6 @@ class _Chunk:
     offset: int
     size: int
     chunk_id: str
-
-
-class _Budget:
-    """Bytes the reader may run ahead of resolution; one chunk may always pass."""
-
-    def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition()
-        self._limit = limit
-        self._used = 0
-
-    def take(self, n: int, stop: threading.Event) -> None:
-        with self._cond:
-            while self._used and self._used + n > self._limit:
-                if stop.is_set():
-                    raise _Stopped
-                self._cond.wait(POLL)
-            self._used += n
-
-    def give(self, n: int) -> None:
-        with self._cond:
-            self._used = max(0, self._used - n)
-            self._cond.notify_all()
 
 
 def chunker_params(session: dict[str, Any]) -> ChunkerParams:
@@ -129,7 +107,7 @@ class NativeUpload:
         self._failure: BaseException | None = None
         self._ids: queue.Queue[_Chunk | None] = queue.Queue()
         self._work: queue.Queue[_Chunk | None] = queue.Queue(maxsize=2 * MAX_WORKERS)
-        self._budget = _Budget(LOOKAHEAD_BYTES)
+        self._budget = Budget(LOOKAHEAD_BYTES)
         self._manifest: list[_Chunk] = []
         self._scheduled: set[str] = set()
         self._wire = Counter()  # body bytes handed to sockets, retries included
@@ -173,12 +151,8 @@ class NativeUpload:
             chunks_sent=self._chunks_sent.value,
             retries=self._t.retries,
             resumed=resumed,
+            auto_levels=tuple(self._auto.history) if self._auto else (),
         )
-
-    @property
-    def connection_history(self) -> list[tuple[int, float]]:
-        """'auto' mode: (connections, bytes/s) measured at each level tried."""
-        return list(self._auto.history) if self._auto else []
 
     def _open_session(self) -> tuple[dict[str, Any], bool]:
         """Continue the hinted session if the server still has it open, else open one."""
@@ -258,7 +232,8 @@ class NativeUpload:
 
         def emit(piece: bytes) -> None:
             nonlocal offset
-            self._budget.take(len(piece), self._stop)
+            if not self._budget.take(len(piece), self._stop):
+                raise _Stopped
             c = _Chunk(offset, len(piece), chunk_id(piece))
             self._manifest.append(c)
             offset += len(piece)

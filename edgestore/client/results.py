@@ -61,6 +61,8 @@ class UploadResult:
     chunks_sent: int
     retries: int
     resumed: bool  # continued an earlier, interrupted attempt
+    # workers='auto': (connections, bytes/s) measured at each level tried, in order
+    auto_levels: tuple[tuple[int, float], ...] = ()
 
     @property
     def bytes_per_second(self) -> float:

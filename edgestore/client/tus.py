@@ -160,6 +160,7 @@ class TusUpload:
             chunks_sent=len(parts),
             retries=self._t.retries,
             resumed=resumed,
+            auto_levels=tuple(self._auto.history) if self._auto else (),
         )
 
     # --- protocol steps -----------------------------------------------------------------------

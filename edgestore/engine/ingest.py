@@ -88,6 +88,7 @@ class Appender:
         *,
         on_complete: CompletionHook,
         on_chunk: Callable[[StoredChunk], None] | None = None,
+        interrupt: Callable[[str], None] | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -98,6 +99,7 @@ class Appender:
         self._owner = owner
         self._on_complete = on_complete
         self._on_chunk = on_chunk
+        self._interrupt = interrupt
         self._lease = settings.upload_lock_seconds
         self._chunker = StreamChunker(settings.chunker, tail)
         self._hasher = ResumableSha256(upload.hash_state) if upload.hash_state is not None else None
@@ -113,8 +115,10 @@ class Appender:
     # --- control ------------------------------------------------------------------------------
 
     def stop(self, reason: str) -> None:
-        """Ask a running append to end at the next block, keeping what is durable."""
+        """Ask a running append to end, keeping what arrived; wakes an idle source too."""
         self._stop_reason = reason
+        if self._interrupt is not None:
+            self._interrupt(reason)
 
     @property
     def upload(self) -> UploadRecord:
@@ -279,7 +283,11 @@ class Appender:
                 new = old  # nothing moved since it was staged
             else:
                 new = staging.stage(self._dirs, self._writer.io, up.upload_id, base, tail)
-        cp = Checkpoint(parts=parts, tail=new)
+        cp = Checkpoint(
+            parts=parts,
+            tail=new,
+            expires_at=time.time() + self._settings.upload_expiry_seconds,
+        )
         if self._ready and self._ready[-1][1] is not None:
             cp.hash_state = self._ready[-1][1]
         try:

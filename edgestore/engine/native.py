@@ -231,9 +231,12 @@ class NativeUploads:
             )
 
         unique = list(dict.fromkeys(cid for cid, _, _ in entries))
-        with self._core.db.write() as conn:  # pin all, so nothing is collected while we verify
-            self._lock_open(conn, upload_id)
-            sizes = pins.pin(conn, upload_id, unique)
+        try:
+            with self._core.db.write() as conn:  # pin all: nothing is collected while we verify
+                self._lock_open(conn, upload_id)
+                sizes = pins.pin(conn, upload_id, unique)
+        except UploadStateError:  # a concurrent finalize (a retry) completed it meanwhile
+            return self._finalized_meanwhile(upload_id, digest, sha256)
         missing = [cid for cid in unique if cid not in sizes]
         if missing:
             raise MissingChunks(
@@ -277,9 +280,7 @@ class NativeUploads:
                 version = object_rows.get_version(conn, claimed)
                 done = upload_rows.get(conn, upload_id)
         if claimed is None:
-            with self._core.db.read() as conn:
-                rec = self._session(conn, upload_id)
-            return self._already(rec, digest, sha256)
+            return self._finalized_meanwhile(upload_id, digest, sha256)
         assert version is not None
         return Finalized(done, version, "known-manifest" if known else "read-back")
 
@@ -344,6 +345,11 @@ class NativeUploads:
                 f"version {version.version} with a different manifest"
             )
         return Finalized(rec, version, "already")
+
+    def _finalized_meanwhile(self, upload_id: str, digest: str, sha256: str | None) -> Finalized:
+        with self._core.db.read() as conn:
+            rec = self._session(conn, upload_id)  # UploadGone if it expired instead
+        return self._already(rec, digest, sha256)
 
     def _read_back_sha256(self, entries: Sequence[tuple[str, int, int]]) -> str:
         """SHA-256 of the manifest's bytes, each chunk rebuilt and verified by the reader."""

@@ -27,6 +27,7 @@ from edgestore.errors import (
     StorageUnavailable,
     TooLarge,
     UploadLocked,
+    UploadNotFound,
     UploadStateError,
 )
 from edgestore.metadata import objects as object_rows
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 # A second request for an upload whose current writer has received nothing for this long
 # takes over (the first one's client is gone); sooner, it is refused as locked.
 TAKEOVER_IDLE_SECONDS = 1.0
+
+
+def _of_kind(rec: UploadRecord, kinds: tuple[str, ...] | None) -> UploadRecord:
+    if kinds is not None and rec.kind not in kinds:
+        raise UploadNotFound(f"upload {rec.upload_id} not found")
+    return rec
 
 
 @dataclass
@@ -119,14 +126,16 @@ class Uploads:
             )
             return upload_rows.get(conn, uid)
 
-    def get(self, upload_id: str) -> UploadRecord:
+    def get(self, upload_id: str, kinds: tuple[str, ...] | None = None) -> UploadRecord:
+        """The upload; with `kinds`, one of another protocol is UploadNotFound (a tus URL
+        never reaches a native session, and the reverse)."""
         with self._core.db.read() as conn:
-            return upload_rows.get(conn, upload_id)
+            return _of_kind(upload_rows.get(conn, upload_id), kinds)
 
-    def get_open(self, upload_id: str) -> UploadRecord:
+    def get_open(self, upload_id: str, kinds: tuple[str, ...] | None = None) -> UploadRecord:
         """The upload if it can take bytes; UploadGone if expired or terminated."""
         with self._core.db.read() as conn:
-            return upload_rows.get_open(conn, upload_id)
+            return _of_kind(upload_rows.get_open(conn, upload_id), kinds)
 
     def terminate(self, upload_id: str) -> None:
         """Drop the upload and its references (a completed upload's object stays)."""
@@ -136,6 +145,15 @@ class Uploads:
             rec = upload_rows.get(conn, upload_id)
             if rec.state in (upload_rows.OPEN, upload_rows.COMPLETE):
                 tail = upload_rows.release_data(conn, upload_id, upload_rows.TERMINATED)
+        staging.drop(self._core.dirs, tail)
+
+    def discard(self, upload_id: str) -> None:
+        """Forget an upload entirely, as if never created: for a creation that failed before
+        its client learnt the upload's URL (no one could resume or delete it)."""
+        self._stop_local_writer(upload_id, "upload discarded")
+        with self._core.db.write() as conn:
+            tail = upload_rows.release_data(conn, upload_id, upload_rows.TERMINATED)
+            upload_rows.delete(conn, upload_id)
         staging.drop(self._core.dirs, tail)
 
     def declare_length(self, upload_id: str, length: int) -> UploadRecord:
@@ -171,8 +189,13 @@ class Uploads:
         final: bool = False,
         checksum: Checksum | None = None,
         on_chunk: Callable[[StoredChunk], None] | None = None,
+        interrupt: Callable[[str], None] | None = None,
     ) -> UploadRecord:
         """Append blocks at `offset` (which must equal the durable offset).
+
+        `interrupt(reason)`: how to wake the block source when this append must stop (taken
+        over, shutting down) while no bytes are arriving; without it, stopping waits for the
+        next block.
 
         A writer of the same upload still running in this process (its client dropped and
         reconnected) is asked to stop and keep what it has; one in another process holds a
@@ -183,6 +206,7 @@ class Uploads:
             raise StorageUnavailable(f"{self._closing}; resume this upload shortly")
         owner = uuid.uuid4().hex
         self._take_over(upload_id, owner)
+        active: _Active | None = None
         try:
             with core.db.write() as conn:
                 rec = upload_rows.get_open(conn, upload_id)
@@ -207,23 +231,24 @@ class Uploads:
                 owner,
                 on_complete=self._complete,
                 on_chunk=on_chunk,
+                interrupt=interrupt,
             )
             active = _Active(appender, threading.Event())
             with self._lock:
                 self._active[upload_id] = active
-            try:
-                return appender.run(blocks, final=final, checksum=checksum)
-            finally:
+            return appender.run(blocks, final=final, checksum=checksum)
+        finally:
+            if active is not None:
                 with self._lock:
                     if self._active.get(upload_id) is active:
                         del self._active[upload_id]
-                active.done.set()
-        finally:
             try:
                 with core.db.write() as conn:
                     upload_rows.release_lock(conn, upload_id, owner)
             except Exception:  # the lease expires by itself
                 log.exception("could not release the lock of upload %s", upload_id)
+            if active is not None:
+                active.done.set()  # only now: a request waiting to take over finds it free
 
     def _take_over(self, upload_id: str, owner: str) -> None:
         """If this process is writing the upload but its client went quiet, stop that writer.
@@ -276,9 +301,9 @@ class Uploads:
             for pid in partial_ids:
                 part = upload_rows.get_open(conn, pid)
                 if not part.is_partial:
-                    raise UploadStateError(f"upload {pid} is not a partial upload")
+                    raise InvalidInput(f"upload {pid} is not a partial upload")
                 if part.state != upload_rows.COMPLETE:
-                    raise UploadStateError(
+                    raise InvalidInput(
                         f"partial upload {pid} is not complete ({part.offset} of "
                         f"{part.length if part.length is not None else '?'} bytes)"
                     )

@@ -267,12 +267,30 @@ def list_latest(
     if bucket is not None:
         q = q.where(objects.c.bucket == bucket)
     if prefix:
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        q = q.where(objects.c.key.like(escaped + "%", escape="\\"))
+        # substr, not LIKE: SQLite's LIKE ignores ASCII case, and no escaping is needed.
+        q = q.where(sa.func.substr(objects.c.key, 1, len(prefix)) == prefix)
     if after is not None:
-        q = q.where(objects.c.key > after)
+        after_bucket, after_key = split_cursor(after, bucket)
+        q = q.where(
+            sa.or_(
+                objects.c.bucket > after_bucket,
+                sa.and_(objects.c.bucket == after_bucket, objects.c.key > after_key),
+            )
+        )
     q = q.order_by(objects.c.bucket, objects.c.key).limit(limit)
     return [_info(r) for r in conn.execute(q)]
+
+
+def cursor(info: VersionInfo, bucket: str | None) -> str:
+    """Where a listing continues after `info`: the key, or bucket/key across buckets."""
+    return info.key if bucket is not None else f"{info.bucket}/{info.key}"
+
+
+def split_cursor(after: str, bucket: str | None) -> tuple[str, str]:
+    if bucket is not None:
+        return bucket, after
+    b, _, k = after.partition("/")  # bucket names contain no '/'
+    return b, k
 
 
 def list_versions(conn: Connection, object_id: str) -> list[VersionInfo]:

@@ -100,6 +100,7 @@ object_versions = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", Time, nullable=False),
     sa.UniqueConstraint("object_id", "version"),
+    sa.Index(None, "manifest_digest"),  # finding a known manifest's SHA-256 (native API)
 )
 
 manifests = sa.Table(

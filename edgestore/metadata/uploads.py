@@ -81,6 +81,7 @@ class Checkpoint:
     parts: list[NewPart] = field(default_factory=list)
     hash_state: bytes | None = None
     tail: TailRef | None = None  # None: no staged tail after these parts
+    expires_at: float | None = None  # progress pushes an upload's expiry back
 
 
 def _tail_ref(row: sa.Row) -> TailRef | None:
@@ -182,8 +183,10 @@ def get(conn: Connection, upload_id: str) -> UploadRecord:
 def get_open(conn: Connection, upload_id: str) -> UploadRecord:
     """The upload if it can still take bytes; UploadGone if expired or terminated."""
     rec = get(conn, upload_id)
+    lapsed = rec.expires_at is not None and rec.expires_at < now()
+    # A finished partial upload lives on (for concatenation) only until its expiry.
     if rec.state in (TERMINATED, EXPIRED) or (
-        rec.state == OPEN and rec.expires_at is not None and rec.expires_at < now()
+        lapsed and (rec.state == OPEN or (rec.state == COMPLETE and rec.is_partial))
     ):
         raise UploadGone(
             f"upload {upload_id} has {'expired' if rec.state != TERMINATED else 'been terminated'}"
@@ -291,6 +294,8 @@ def checkpoint(
     }
     if cp.hash_state is not None:
         values["hash_state"] = cp.hash_state
+    if cp.expires_at is not None and rec.expires_at is not None:
+        values["expires_at"] = max(rec.expires_at, cp.expires_at)
     conn.execute(sa.update(uploads).where(uploads.c.upload_id == upload_id).values(**values))
     return get(conn, upload_id)
 
@@ -339,19 +344,8 @@ def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None
     Returns the staged tail whose file the caller removes once this transaction commits.
     """
     old_tail = get(conn, upload_id).tail
-    counts = Counter(
-        conn.execute(
-            sa.select(upload_parts.c.chunk_id).where(upload_parts.c.upload_id == upload_id)
-        ).scalars()
-    )
-    counts.update(
-        conn.execute(
-            sa.select(upload_pins.c.chunk_id).where(upload_pins.c.upload_id == upload_id)
-        ).scalars()
-    )
-    conn.execute(sa.delete(upload_parts).where(upload_parts.c.upload_id == upload_id))
-    conn.execute(sa.delete(upload_pins).where(upload_pins.c.upload_id == upload_id))
-    chunk_index.drop_refs(conn, counts)
+    # The row first: on PostgreSQL this takes its lock, so a concurrent pin or checkpoint of
+    # this upload waits for us (and then finds it released) instead of slipping in between.
     conn.execute(
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id)
@@ -365,7 +359,25 @@ def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None
             updated_at=now(),
         )
     )
+    counts = Counter(
+        conn.execute(
+            sa.select(upload_parts.c.chunk_id).where(upload_parts.c.upload_id == upload_id)
+        ).scalars()
+    )
+    counts.update(
+        conn.execute(
+            sa.select(upload_pins.c.chunk_id).where(upload_pins.c.upload_id == upload_id)
+        ).scalars()
+    )
+    conn.execute(sa.delete(upload_parts).where(upload_parts.c.upload_id == upload_id))
+    conn.execute(sa.delete(upload_pins).where(upload_pins.c.upload_id == upload_id))
+    chunk_index.drop_refs(conn, counts)
     return old_tail
+
+
+def delete(conn: Connection, upload_id: str) -> None:
+    """Remove an upload's row (after release_data): for uploads no client ever heard of."""
+    conn.execute(sa.delete(uploads).where(uploads.c.upload_id == upload_id))
 
 
 def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> list[str]:

@@ -141,16 +141,7 @@ def test_file_names_cannot_inject_headers(auth_server: ServerProcess) -> None:
         assert key in (400, 404)
 
 
-NUL_ON_POSTGRES = (
-    "BUG (api/tus/headers.py parse_metadata, api/native.py CreateUploadIn): a NUL byte in an "
-    "Upload-Metadata value (or a native session's filename) reaches PostgreSQL, which cannot "
-    "store NUL in text or JSON: 500. Fix: refuse values containing NUL with 400 at parsing."
-)
-
-
-def test_nul_in_file_names_is_no_server_error(request, auth_server: ServerProcess) -> None:
-    if "postgres" in request.node.callspec.id:
-        request.applymarker(pytest.mark.xfail(reason=NUL_ON_POSTGRES, strict=False))
+def test_nul_in_file_names_is_no_server_error(auth_server: ServerProcess) -> None:
     meta = tus_metadata({"filename": "a\x00b.txt"})
     with auth_server.client() as c:
         r = c.post("/files/", headers={**TUS, "Upload-Length": "1", "Upload-Metadata": meta})

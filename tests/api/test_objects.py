@@ -178,20 +178,12 @@ def test_list_prefix_wildcards_are_literal(http) -> None:
     assert _keys(http, bucket=bucket, prefix="a_")[0] == ["a_b"]
 
 
-def test_list_prefix_is_case_sensitive(http, server) -> None:
+def test_list_prefix_is_case_sensitive(http) -> None:
     bucket = _bucket()
     for k in ["Photos/1", "photos/2"]:
         _put(http, bucket, k, b"x")
-    ok = _keys(http, bucket=bucket, prefix="photos/")[0] == ["photos/2"]
-    if server.database_url.startswith("sqlite"):
-        if ok:
-            pytest.fail("the SQLite LIKE bug below is fixed: make this a plain assertion")
-        pytest.xfail(
-            "BUG (SQLite only): metadata/objects.list_latest filters the prefix with LIKE, "
-            "which SQLite compares case-insensitively for ASCII: prefix 'photos/' also lists "
-            "'Photos/1' (PostgreSQL is right)"
-        )
-    assert ok
+    # (SQLite's LIKE ignores ASCII case; the listing must not use it.)
+    assert _keys(http, bucket=bucket, prefix="photos/")[0] == ["photos/2"]
 
 
 def test_list_rejects_bad_parameters(http) -> None:
@@ -200,12 +192,6 @@ def test_list_rejects_bad_parameters(http) -> None:
     assert http.get("/objects", params={"bucket": "Not Valid"}).status_code == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: listing without a bucket pages by key alone: next_after is the last key and "
-    "the next page asks key > after across all buckets, so keys of a later bucket that sort "
-    "before it are skipped (api/objects.py next_after, metadata/objects.list_latest)",
-)
 def test_listing_all_buckets_pages_without_skipping(http) -> None:
     tag = uuid.uuid4().hex[:8]
     first, second = f"a{tag}", f"b{tag}"
@@ -294,11 +280,6 @@ def test_if_none_match(http) -> None:
     assert http.get(f"/objects/{bucket}/c", headers={"If-None-Match": etag}).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): If-None-Match must use the weak comparison (RFC 9110 13.1.2); "
-    'download.py compares strings, so W/"<etag>" misses and the client gets 200, not 304',
-)
 def test_if_none_match_uses_weak_comparison(http) -> None:
     bucket = _bucket()
     _put(http, bucket, "w", b"weak")
@@ -336,12 +317,6 @@ def test_content_type_comes_from_filetype(http) -> None:
     assert ctype == "application/octet-stream"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): a text/* filetype is served with '; charset=utf-8' appended "
-    "(Starlette adds it when download.py passes media_type=), a charset the server never "
-    "knew: a Latin-1 CSV is then mis-decoded; set the Content-Type header as stored",
-)
 def test_text_content_type_is_served_as_stored(http) -> None:
     bucket = _bucket()
     _put(http, bucket, "latin1.csv", "a;b\ncafé\n".encode("latin-1"), filetype="text/csv")

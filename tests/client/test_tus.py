@@ -143,22 +143,23 @@ def test_plan_and_endpoint() -> None:
 
 
 def _peers():
+    """bench/peers.py's ready-installed peers (`python -m bench.tus` installs them); this test
+    never installs anything itself."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     try:
         from bench import peers
     except ImportError as exc:
         pytest.skip(f"bench.peers unavailable: {exc}")
+    if not (peers.PEERS_DIR / "node" / "node_modules" / "@tus" / "server").is_dir():
+        pytest.skip(f"@tus/server is not installed under {peers.PEERS_DIR} (run bench/tus.py)")
     return peers
 
 
 @pytest.mark.interop
 def test_node_tus_server_without_concatenation(tmp_path, hints_dir) -> None:
     peers = _peers()
-    try:
-        node_dir = peers.node_peers()
-    except (SystemExit, Exception) as exc:
-        pytest.skip(f"@tus/server not available: {exc}")
+    node_dir = peers.node_peers()
     run = peers.node_server(tmp_path, node_dir).start(tmp_path / "node.log")
     try:
         data = random_bytes(3 * MiB, seed=37)
@@ -175,11 +176,9 @@ def test_node_tus_server_without_concatenation(tmp_path, hints_dir) -> None:
 @pytest.mark.interop
 def test_tuspyserver_with_concatenation(tmp_path, hints_dir) -> None:
     peers = _peers()
-    try:
-        node_dir = peers.node_peers()
-        bin_dir = peers.tuspyserver_venv()
-    except (SystemExit, Exception) as exc:
-        pytest.skip(f"tuspyserver not available: {exc}")
+    if not (peers.PEERS_DIR / "tuspyserver" / "bin" / "uvicorn").exists():
+        pytest.skip(f"tuspyserver is not installed under {peers.PEERS_DIR} (run bench/tus.py)")
+    node_dir, bin_dir = peers.node_peers(), peers.tuspyserver_venv()
     run = peers.tuspyserver_server(tmp_path, node_dir, bin_dir).start(tmp_path / "py.log")
     try:
         data = random_bytes(4 * MiB, seed=38)

@@ -172,15 +172,6 @@ def test_a_closed_connection_leaves_no_lingering_lock(node) -> None:
         _assert_object(c, url, data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a writer whose client went silent (connection open, no bytes: a network "
-    "drop without FIN/RST) blocks the upload for 60-120 s: Uploads._take_over calls "
-    "Appender.stop(), a flag read only when the next body block arrives, so "
-    "done.wait(upload_lock_seconds) times out and every retry is 423 (each after a 6 s "
-    "wait) until BodyBridge._watch_idle fires, which needs two checks 60 s apart. Fix: let "
-    "stop() interrupt the block source (BodyBridge.interrupt_now through a callback)",
-)
 def test_a_silent_client_is_taken_over_within_seconds(node) -> None:
     data = random_bytes(4 * MiB, seed=404)
     with node.client() as c:

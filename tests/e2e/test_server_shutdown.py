@@ -84,25 +84,11 @@ def test_sigterm_during_a_streaming_patch(fresh_server) -> None:
     _resume_and_check(fresh_server, url, data, watcher.highest, progress[0])
 
 
-STOP_BUG = (
-    "BUG: a PATCH whose client is slow or silent is not cut promptly on SIGTERM: "
-    "Uploads.stop_all -> Appender.stop() only sets a flag, read when the next body block "
-    "(api/bodies.py BLOCK = 256 KiB) reaches the engine, so a client at 80 KiB/s is noticed "
-    "only seconds later and a silent one never; and BodyBridge._put acquires queue space "
-    "before checking consumer.done(), so after the engine has stopped the pump still reads "
-    "QUEUE_BLOCKS more batches of the body before answering. A silent client therefore "
-    "holds the shutdown for the whole GRACEFUL_SECONDS (20 s), after which uvicorn cancels "
-    "the request: 500 and a CancelledError traceback in the log instead of a prompt 503. "
-    "Fix: let stop() interrupt the block source (BodyBridge.interrupt_now) and stop the "
-    "pump as soon as the consumer is done"
-)
-
-
 def _expect_prompt(took: float, status: int | None) -> None:
-    """Data safety is asserted before this; promptness is the known bug above."""
-    if took < 5 and status in (None, 503):
-        pytest.fail("the SIGTERM promptness bug is fixed: make this a plain assertion")
-    pytest.xfail(f"{STOP_BUG} (took {took:.1f}s, status {status})")
+    """Data safety is asserted before this: a SIGTERM also cuts a slow or silent client at
+    once (503 or a closed connection), instead of holding shutdown for its grace period."""
+    assert took < 5, f"shutdown took {took:.1f}s"
+    assert status in (None, 503), status
 
 
 @pytest.mark.slow

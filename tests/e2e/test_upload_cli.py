@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import MiB, StoreProbe
+from tests.helpers import MiB, StoreProbe, random_bytes
 from tests.native import rows, versions_of
 
 EDGESTORE = [sys.executable, "-m", "edgestore"]
@@ -119,16 +119,20 @@ def test_killed_upload_resumes_and_sends_only_the_rest(srv, probe, env, tmp_path
 @pytest.mark.slow
 def test_reupload_and_an_insertion_send_almost_nothing(srv, env, tmp_path) -> None:
     size = 64 * MiB
-    src = random_file(tmp_path / "base.bin", size)
+    src = tmp_path / "base.bin"
+    src.write_bytes(random_bytes(size, seed=4))
     first = upload_json(env, str(src), srv.url, "--key", "base")
     assert first["bytes_sent"] == size
 
     again = upload_json(env, str(src), srv.url, "--key", "base")
     assert again["bytes_sent"] <= size // 100 and again["version"] == 2
 
+    # FastCDC 1/4/8 MiB resynchronises within 1-3 chunks of an edit for ~92% of random files
+    # (measured over 40); a run of forced 8 MiB cuts after the edit can make it more. These
+    # bytes are a typical case (2 new chunks), fixed so the test does not depend on luck.
     data = src.read_bytes()
     edited = tmp_path / "edited.bin"
-    edited.write_bytes(data[: size // 2] + os.urandom(MiB) + data[size // 2 :])
+    edited.write_bytes(data[: size // 2] + random_bytes(MiB, seed=104) + data[size // 2 :])
     r = upload_json(env, str(edited), srv.url, "--key", "edited")
     assert r["chunks_sent"] <= 3 and r["bytes_sent"] <= 3 * MAX_CHUNK
     assert r["sha256"] == sha_of(edited)

@@ -256,11 +256,6 @@ def test_empty_file(node, server, tmp_path) -> None:
     _check_object(server, _last(events, "success")["url"], data, bucket, key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: overridePatchMethod (POST + X-HTTP-Method-Override: PATCH, required by the "
-    "tus core protocol) is answered 405",
-)
 def test_override_patch_method(node, server, tmp_path) -> None:
     path, data = _file(tmp_path, 2 * MiB, seed=609)
     bucket, key, meta = _meta("override")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import Request
 
@@ -16,6 +16,7 @@ from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.uploads import UploadRecord
 
 PREFIX = "/files"
+TUS_KINDS = ("tus", "ietf")  # uploads the /files/ URLs serve (not native sessions)
 BODY_IDLE_TIMEOUT = 60.0  # seconds without a byte before a request counts as abandoned
 
 
@@ -72,13 +73,14 @@ async def append_body(
     ceiling = upload.length if upload.length is not None else services.settings.max_upload_size
     remaining = ceiling - offset
 
-    def work(blocks: Iterator[bytes]) -> UploadRecord:  # runs on an upload thread
-        return engine.uploads.append(
+    def work(blocks: Iterator[bytes], interrupt: Callable[[str], None]) -> UploadRecord:
+        return engine.uploads.append(  # on an upload thread
             upload.upload_id,
             offset,
             blocks,
             checksum=checksum,
             on_chunk=metrics.observe_chunk,
+            interrupt=interrupt,
         )
 
     metrics.uploads_active.inc()

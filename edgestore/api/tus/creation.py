@@ -99,7 +99,13 @@ async def create(request: Request) -> Response:
         is_partial=partial,
     )
     if has_body:
-        rec = await append_body(request, svc, rec, 0, Checksum(*checksum) if checksum else None)
+        try:
+            rec = await append_body(request, svc, rec, 0, Checksum(*checksum) if checksum else None)
+        except BaseException:
+            # The client never learns the Location of an upload whose creation failed: drop it
+            # rather than leave an orphan nobody can resume or delete.
+            await asyncio.shield(asyncio.to_thread(svc.engine.uploads.discard, rec.upload_id))
+            raise
     elif rec.length == 0:  # nothing to send: the empty object exists at once
         rec = await asyncio.to_thread(svc.engine.uploads.append, rec.upload_id, 0, ())
     return _created(request, svc, rec)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import services
 from edgestore.api.tus import ietf
-from edgestore.api.tus.common import describe
+from edgestore.api.tus.common import TUS_KINDS, describe
 
 router = APIRouter()
 
@@ -18,5 +18,5 @@ async def head(upload_id: str, request: Request) -> Response:
     if ietf.is_draft(request):
         return await ietf.head(upload_id, request)
     svc = services(request)
-    rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id)
+    rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id, TUS_KINDS)
     return Response(status_code=200, headers=describe(request, svc, rec))

@@ -121,6 +121,8 @@ def parse_metadata(header: str | None) -> UploadMetadata:
             raise InvalidInput(
                 f"Upload-Metadata value of {key!r} is not valid base64-encoded UTF-8"
             ) from None
+        if "\x00" in out[key]:  # type: ignore[operator]
+            raise InvalidInput(f"Upload-Metadata value of {key!r} contains a NUL byte")
     return UploadMetadata(out)
 
 

@@ -25,7 +25,7 @@ import time
 from fastapi import Request, Response
 
 from edgestore.api.state import Services, services
-from edgestore.api.tus.common import append_body, upload_url
+from edgestore.api.tus.common import TUS_KINDS, append_body, upload_url
 from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_metadata, parse_size
 from edgestore.errors import InvalidInput, OffsetConflict, TooLarge, UnsupportedMediaType
 from edgestore.metadata import uploads as upload_rows
@@ -119,7 +119,7 @@ async def create(request: Request) -> Response:
 async def head(upload_id: str, request: Request) -> Response:
     """Offset retrieval: where the upload stands (durable bytes only)."""
     svc = services(request)
-    rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id)
+    rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id, TUS_KINDS)
     return Response(status_code=204, headers=_state_headers(request, svc, rec))
 
 
@@ -135,7 +135,7 @@ async def append(upload_id: str, request: Request) -> Response:
 async def cancel(upload_id: str, request: Request) -> Response:
     """Upload cancellation: the upload is terminated and its staged bytes released."""
     uploads = services(request).engine.uploads
-    await asyncio.to_thread(uploads.get_open, upload_id)  # 404 / 410 first
+    await asyncio.to_thread(uploads.get_open, upload_id, TUS_KINDS)  # 404 / 410 first
     await asyncio.to_thread(uploads.terminate, upload_id)
     return Response(status_code=204, headers={INTEROP_HEADER: _version(request)})
 
@@ -158,7 +158,7 @@ async def _append(upload_id: str, request: Request) -> Response:
     complete = _upload_complete(request)
 
     uploads = svc.engine.uploads
-    rec = await asyncio.to_thread(uploads.get_open, upload_id)
+    rec = await asyncio.to_thread(uploads.get_open, upload_id, TUS_KINDS)
     if rec.state != upload_rows.OPEN:
         request.state.error_headers["Upload-Complete"] = "?1"
         if complete and offset == rec.offset and not _has_body(request):

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import services
 from edgestore.api.tus import ietf
-from edgestore.api.tus.common import append_body, describe
+from edgestore.api.tus.common import TUS_KINDS, append_body, describe
 from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_checksum, parse_size
 from edgestore.engine.ingest import Checksum
 from edgestore.errors import (
@@ -45,7 +45,7 @@ async def patch(upload_id: str, request: Request) -> Response:
     body_length = parse_size("Content-Length", request.headers.get("content-length"))
 
     uploads = svc.engine.uploads
-    rec = await asyncio.to_thread(uploads.get_open, upload_id)
+    rec = await asyncio.to_thread(uploads.get_open, upload_id, TUS_KINDS)
     if rec.concat_of:
         raise UploadStateError("a final (concatenated) upload cannot be patched")
     # Cheap checks before a byte is read (and before anything changes); the engine checks

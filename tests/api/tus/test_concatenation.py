@@ -166,11 +166,6 @@ def test_a_partial_can_feed_two_finals(http) -> None:
     assert http.get(r2.headers["Location"]).content == b + a
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a final naming an unfinished partial is answered 403 (UploadStateError maps "
-    "to 403 in api/errors.py), not 400 as tusd does; in tus, 403 means 'PATCH to a final'",
-)
 def test_final_naming_an_unfinished_partial_is_400(http, probe) -> None:
     done = _partial(http, random_bytes(100, seed=128))
     unfinished = _partial(http, random_bytes(100, seed=129), fill=50)
@@ -187,11 +182,6 @@ def test_final_naming_an_unfinished_partial_is_refused_and_creates_nothing(http,
     assert 400 <= r.status_code < 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a final naming an upload that is not a partial is answered 403 "
-    "(UploadStateError), not 400",
-)
 def test_final_naming_a_non_partial_upload_is_400(http, probe) -> None:
     plain = tus_upload(http, random_bytes(100, seed=132))
     with store_unchanged(http, probe):

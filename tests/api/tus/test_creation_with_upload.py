@@ -115,11 +115,6 @@ def test_bad_checksum_header_with_a_body_is_400_and_creates_nothing(
     assert r.status_code == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a POST whose body fails its Upload-Checksum is answered 460 without a "
-    "Location, yet the upload it created stays (an orphan no client can reach)",
-)
 def test_checksum_mismatch_in_the_post_is_460_and_creates_nothing(http, probe) -> None:
     data = random_bytes(50_000, seed=56)
     with store_unchanged(http, probe):
@@ -145,12 +140,6 @@ def test_post_body_longer_than_upload_length_is_413_and_creates_nothing(http, pr
     assert r.status_code == 413
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a chunked POST body (no Content-Length) that runs past Upload-Length is "
-    "refused 413 only after creation.py has created the upload: the upload stays, without "
-    "a Location for anyone to resume or delete it (same cause as the 460 case above)",
-)
 def test_chunked_post_body_longer_than_upload_length_is_413_and_creates_nothing(
     http, probe
 ) -> None:

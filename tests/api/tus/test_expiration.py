@@ -66,12 +66,6 @@ def test_an_expired_upload_is_410_for_head_patch_and_delete(http, probe) -> None
     assert http.get(url).status_code in (404, 410)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: metadata/uploads.get_open only checks expires_at for OPEN uploads, so a "
-    "finished partial upload past its expiry still answers HEAD 200 and can still be "
-    "concatenated, until the upkeep task happens to reclaim it",
-)
 def test_an_expired_partial_upload_is_gone(http, probe) -> None:
     url = http.post(
         "/files/", headers={**TUS, "Upload-Length": "3", "Upload-Concat": "partial"}
@@ -84,12 +78,6 @@ def test_an_expired_partial_upload_is_gone(http, probe) -> None:
     assert http.head(url, headers=TUS).status_code == 410
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG/design: an upload's expiry is fixed at creation and never pushed back by "
-    "progress (checkpoint() updates updated_at only), so an upload still moving after 7 days "
-    "expires mid-way; the issue asks that *abandoned* uploads expire",
-)
 def test_progress_pushes_the_expiry_back(http, probe) -> None:
     data = random_bytes(2000, seed=93)
     url = tus_create(http, len(data))

@@ -192,11 +192,6 @@ def test_patch_to_an_unknown_upload_is_404(http, probe, upload_id: str) -> None:
     assert r.headers["Tus-Resumable"] == "1.0.0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: X-HTTP-Method-Override (tus 1.0 core: MUST be honoured) is ignored; "
-    "POST /files/{id} is 405 (tus-js-client overridePatchMethod cannot work)",
-)
 def test_x_http_method_override_patch(http) -> None:
     data = b"0123456789"
     url = tus_create(http, len(data))

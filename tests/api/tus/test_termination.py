@@ -82,12 +82,6 @@ def test_terminating_a_finished_upload_keeps_its_object(http) -> None:
     assert http.get(f"/objects/default/{key}").content == data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (spec SHOULD): after DELETE, GET on the upload URL still serves the object "
-    "(tus/download.py uses uploads.get, not get_open); termination says every later request "
-    "to the URL should get 404 or 410",
-)
 def test_get_on_a_terminated_upload_url_is_gone(http) -> None:
     url = tus_upload(http, random_bytes(100, seed=84))
     assert http.delete(url, headers=TUS).status_code == 204
