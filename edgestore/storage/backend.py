@@ -37,6 +37,14 @@ class Backend(Protocol):
         """Store the concatenated parts under key; durable when this returns. Overwrites."""
         ...
 
+    def write(self, key: str, parts: Sequence[Buffer]) -> None:
+        """Store the parts under key, durable only after the next flush() (batching)."""
+        ...
+
+    def flush(self) -> None:
+        """Make every write() so far durable."""
+        ...
+
     def get(self, key: str) -> bytes:
         """The whole blob; raises ShardMissing if absent, StorageUnavailable if unreachable."""
         ...

@@ -162,3 +162,22 @@ def test_put_with_many_parts(backend):
     parts = [bytes([i % 256]) * 3 for i in range(2000)]
     backend.put("many/parts", parts)
     assert backend.get("many/parts") == b"".join(parts)
+
+
+def test_write_then_flush_round_trip(backend):
+    """The batched path shards take: write() several blobs, flush() once, read them back."""
+    blobs = {f"abc/{i:064x}.g.{i}": bytes([i]) * (1000 + i) for i in range(5)}
+    for key, data in blobs.items():
+        backend.write(key, [data[:10], memoryview(data)[10:]])
+    backend.flush()
+    for key, data in blobs.items():
+        assert backend.get(key) == data
+    assert {b.key for b in backend.list("abc/")} == set(blobs)
+    assert not [b for b in backend.list() if b.key.endswith(".tmp")]
+
+
+def test_write_overwrites(backend):
+    backend.write("k", [b"first version, longer"])
+    backend.write("k", [b"second"])
+    backend.flush()
+    assert backend.get("k") == b"second"
