@@ -35,7 +35,7 @@ CHUNK_HASH = "chunk id SHA-256"
 FILE_HASH = "whole-file SHA-256"
 COMPRESS = "compress (probe + zstd)"
 ENCODE = "EC encode (by policy)"
-SHARD_WRITE = "shard write (+fsync)"
+SHARD_WRITE = "shard write (+syncfs)"
 STAGES = (CHUNK, CHUNK_HASH, FILE_HASH, COMPRESS, ENCODE, SHARD_WRITE)
 
 
@@ -145,7 +145,8 @@ class _StagePipeline:
             run.layouts[(e.redundancy.layout if e.redundancy else Layout.INLINE).value] += 1
 
     def _write(self, e: _Encoded) -> int:
-        """Write a chunk's shards one after the other, as the engine's ChunkWriter lays them."""
+        """Write a chunk's shards one after the other, then one flush (syncfs) per chunk, as
+        the engine's ChunkWriter lays them (it writes them in parallel)."""
         if e.redundancy is None:
             return 0
         red = e.redundancy
@@ -157,8 +158,9 @@ class _StagePipeline:
                 e.chunk, red.layout, index, red.k, red.m, e.codec, e.stored_size, payload
             )
             parts = shardfile.pack(header, payload)
-            self.backends[name].put(shard_key(e.chunk, generation, index), parts)
+            self.backends[name].write(shard_key(e.chunk, generation, index), parts)
             written += sum(len(p) for p in parts)
+        self.backends[self.names[0]].flush()  # the data dirs share one filesystem here
         return written
 
 

@@ -22,7 +22,6 @@ from edgestore.errors import ChunkHashMismatch
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import Database
 from edgestore.storage.datadirs import DataDirs
-from edgestore.storage.local import LocalBackend
 from edgestore.storage.placement import place, shard_key
 from edgestore.types import ChunkId, Layout, ShardRef
 
@@ -314,7 +313,8 @@ class ChunkWriter:
 
     def _write_shards(self, prep: _Prepared) -> list[ShardRef]:
         """Write all shards of a chunk at once, then make them durable with one flush per
-        filesystem (not an fsync per file and per directory).
+        filesystem, shared with the chunks finishing at the same time (not an fsync per file
+        and per directory).
 
         The writes go to different data dirs (disks) and overlap on the shard-I/O pool, which
         holds one aligned write buffer per thread: its size bounds that memory.
@@ -327,19 +327,14 @@ class ChunkWriter:
         ]
         errors = [exc for exc in (w.exception() for w in writes) if exc is not None]
         if not errors:
-            flushes = [self._io.submit(b.flush) for b in self._one_per_filesystem(refs)]
-            errors = [exc for exc in (f.exception() for f in flushes) if exc is not None]
+            try:
+                self._dirs.flush(ref.backend for ref in refs)
+            except Exception as exc:
+                errors.append(exc)
         if errors:
             self._delete_shards(refs)  # no row will point at these; don't wait for gc
             raise errors[0]
         return refs
-
-    def _one_per_filesystem(self, refs: list[ShardRef]) -> list[LocalBackend]:
-        seen: dict[int, LocalBackend] = {}
-        for ref in refs:
-            backend = self._dirs.backends[ref.backend]
-            seen.setdefault(backend.filesystem, backend)
-        return list(seen.values())
 
     def _delete_shards(self, refs: list[ShardRef]) -> None:
         for ref in refs:

@@ -8,6 +8,7 @@ when the operator asks (`edgestore init`); afterwards a dir without its marker s
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,16 @@ class DataDirs:
     backends: dict[str, LocalBackend] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     single_disk: bool = False  # several dirs, one filesystem: bitrot protection only
+
+    def flush(self, names: Iterable[str]) -> None:
+        """Make writes to these backends durable: one flush per filesystem they live on.
+
+        (Concurrent callers each flush: the kernel overlaps them better than a group commit
+        here did, which measured slower.)
+        """
+        by_filesystem = {self.backends[n].filesystem: self.backends[n] for n in names}
+        for backend in by_filesystem.values():
+            backend.flush()
 
     @property
     def names(self) -> list[str]:
