@@ -79,6 +79,7 @@ class ServerRun:
     endpoint_path: str
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
+    data: Path | None = None  # where the server stores uploads: removed by stop()
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -121,14 +122,15 @@ class ServerRun:
         return 0
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.data is not None:  # gigabytes per run: a full benchmark would fill the disk
+            shutil.rmtree(self.data, ignore_errors=True)
 
 
 def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> ServerRun:
@@ -138,6 +140,7 @@ def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> 
         [sys.executable, "-m", "edgestore", "serve", "--port", "{port}", *EDGESTORE_SERVE_FLAGS],
         "/files/",
         ROOT,
+        data=home,
         env={
             "EDGESTORE_HOME": str(home),
             "EDGESTORE_LOG_LEVEL": "warning",
@@ -159,6 +162,7 @@ def node_server(workdir: Path, peers: Path) -> ServerRun:
         ["node", str(peers / "tus-node-server.mjs"), "{port}", str(files)],
         "/files",
         peers,
+        data=files,
     )
 
 
@@ -178,6 +182,7 @@ def tuspyserver_server(workdir: Path, peers: Path, bin_dir: Path) -> ServerRun:
         "/files",
         peers,
         env={"TUSPYSERVER_DIR": str(files)},
+        data=files,
     )
 
 
