@@ -49,6 +49,10 @@ class StreamChunker:
         """Bytes received but not yet part of a final chunk."""
         return bytes(self._view[self._start : self._len])
 
+    def tail_view(self) -> memoryview:
+        """The tail without copying it; valid until the next push or pop."""
+        return self._view[self._start : self._len]
+
     @property
     def tail_length(self) -> int:
         return self._len - self._start

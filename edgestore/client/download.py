@@ -3,9 +3,9 @@
 N workers fetch RANGE_BYTES ranges and write them in place (pwrite). Finished ranges are
 recorded in OUT.part.json (with the object's ETag), so a rerun fetches only the rest of the
 same version. A hasher follows the ranges in order, so the whole-file SHA-256 is ready when
-the last byte lands; it must equal the server's (X-Edgestore-Sha256, or a SHA-256 ETag)
-before the file takes its name. Ranges come from /ids/{object_id}?version=N when the server
-names them, so a new version uploaded meanwhile cannot mix into the file.
+the last byte lands; it must equal the server's (X-Edgestore-Sha256; from other servers, a
+SHA-256 ETag) before the file takes its name. Ranges come from /ids/{object_id}?version=N
+when the server names them, so a new version uploaded meanwhile cannot mix into the file.
 """
 
 from __future__ import annotations
@@ -92,9 +92,12 @@ class Download:
         h = head.headers
         size = int(h.get("content-length", "0"))
         etag = h.get("etag", "")
-        expected = h.get("x-edgestore-sha256") or (
-            etag.strip('"') if _HEX64.fullmatch(etag.strip('"')) else None
-        )
+        if "x-edgestore-object-id" in h:
+            # edgestore's ETag is a manifest digest, never the file's SHA-256; the digest of a
+            # concatenated upload may not be known yet (then: no whole-file check).
+            expected = h.get("x-edgestore-sha256")
+        else:  # another server: an ETag that looks like a SHA-256 is taken as one
+            expected = etag.strip('"') if _HEX64.fullmatch(etag.strip('"')) else None
         object_id, version = h.get("x-edgestore-object-id"), h.get("x-edgestore-version")
         url = f"/ids/{object_id}?version={version}" if object_id and version else self._url
         if url.startswith("/") and self._url.startswith("http"):

@@ -175,7 +175,7 @@ class Appender:
             except TransferInterrupted:
                 self._drain()
                 if verify is None:
-                    self._commit(tail=self._chunker.tail)
+                    self._commit(tail=self._chunker.tail_view())
                 raise
             if verify is not None and checksum is not None and verify.digest() != checksum.digest:
                 raise ChecksumMismatch(
@@ -188,7 +188,7 @@ class Appender:
                     self._submit(chunk)
             self._drain()
             self._upload = self._commit(
-                tail=None if complete else self._chunker.tail, complete=complete
+                tail=None if complete else self._chunker.tail_view(), complete=complete
             )
             return self._upload
         finally:
@@ -267,7 +267,7 @@ class Appender:
                 )
         self._last_renew = time.monotonic()
 
-    def _commit(self, *, tail: bytes | None, complete: bool = False) -> UploadRecord:
+    def _commit(self, *, tail: memoryview | None, complete: bool = False) -> UploadRecord:
         """One transaction: ready parts, the new tail, the hash state (and completion).
 
         A tail is staged (written durably to its own file) before the transaction that points
@@ -282,7 +282,7 @@ class Appender:
             if old is not None and not parts and old.length == len(tail):
                 new = old  # nothing moved since it was staged
             else:
-                new = staging.stage(self._dirs, self._writer.io, up.upload_id, base, tail)
+                new = staging.stage(self._dirs, up.upload_id, base, tail)
         cp = Checkpoint(
             parts=parts,
             tail=new,

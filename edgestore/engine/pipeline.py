@@ -43,7 +43,7 @@ def tune_allocator() -> bool:
     return bool(
         mallopt(_M_ARENA_MAX, 2)
         and mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-        and mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
+        and mallopt(_M_TRIM_THRESHOLD, 16 * 1024 * 1024)
     )
 
 

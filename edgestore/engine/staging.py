@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 
 from edgestore.codec.hashing import shard_checksum
 from edgestore.errors import StorageError
@@ -24,16 +23,21 @@ COPIES = 2
 PREFIX = "staging/"
 
 
-def stage(
-    dirs: DataDirs, io: ThreadPoolExecutor, upload_id: str, base: int, data: bytes
-) -> TailRef:
-    """Write the tail durably to COPIES data dirs (all writes at once)."""
+def stage(dirs: DataDirs, upload_id: str, base: int, data: bytes | memoryview) -> TailRef:
+    """Write the tail durably to COPIES data dirs, one after the other: a tail is up to one
+    max-size chunk, and writing the copies in turn keeps one aligned copy of it in memory, not
+    one per data dir (with many uploads ending requests at once, that adds up)."""
     key = f"{PREFIX}{upload_id}/{base}.{secrets.token_hex(6)}"
     names = dirs.writable_names()
     chosen = place(_as_chunk(upload_id), min(COPIES, len(names)), names)
     chosen = list(dict.fromkeys(chosen))  # fewer dirs than copies: one copy per dir
-    writes = [io.submit(dirs.backends[n].put, key, [data]) for n in chosen]
-    errors = [e for e in (w.exception() for w in writes) if e is not None]
+    errors: list[Exception] = []
+    for name in chosen:
+        try:
+            dirs.backends[name].put(key, [data])
+        except Exception as exc:
+            errors.append(exc)
+            break
     ref = TailRef(key, tuple(chosen), len(data), shard_checksum(data))
     if errors:
         drop(dirs, ref)

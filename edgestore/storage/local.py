@@ -61,13 +61,18 @@ def _write_buffered(fd: int, parts: Sequence[Buffer]) -> None:
 _direct_buffers = threading.local()
 
 
+KEPT_BUFFER = 2 * 1024 * 1024  # a shard fits; a staged tail (up to 9 MiB) does not
+
+
 def _aligned_buffer(size: int) -> mmap.mmap:
-    """A page-aligned buffer of at least `size` bytes, reused by this thread."""
+    """A page-aligned buffer of at least `size` bytes: reused by this thread up to
+    KEPT_BUFFER (shards, the common case), fresh for the rare larger write, so that each I/O
+    thread keeps at most KEPT_BUFFER resident."""
+    if size > KEPT_BUFFER:
+        return mmap.mmap(-1, size)
     buf: mmap.mmap | None = getattr(_direct_buffers, "buf", None)
-    if buf is None or len(buf) < size:
-        if buf is not None:
-            buf.close()
-        buf = _direct_buffers.buf = mmap.mmap(-1, max(size, 1 << 20))
+    if buf is None:
+        buf = _direct_buffers.buf = mmap.mmap(-1, KEPT_BUFFER)
     return buf
 
 
@@ -81,6 +86,17 @@ def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
     total = sum(memoryview(p).nbytes for p in parts)
     padded = -(-total // DIRECT_ALIGN) * DIRECT_ALIGN
     buf = _aligned_buffer(padded)
+    try:
+        _write_aligned(fd, buf, parts, total, padded)
+    finally:
+        if len(buf) > KEPT_BUFFER:
+            buf.close()
+    os.ftruncate(fd, total)
+
+
+def _write_aligned(
+    fd: int, buf: mmap.mmap, parts: Sequence[Buffer], total: int, padded: int
+) -> None:
     pos = 0
     for p in parts:
         view = memoryview(p).cast("B")
@@ -94,7 +110,6 @@ def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
             written += os.pwrite(fd, view[written:], written)
     finally:
         view.release()
-    os.ftruncate(fd, total)
 
 
 def _write_file(path: Path, parts: Sequence[Buffer], *, direct: bool, exclusive: bool) -> int:
