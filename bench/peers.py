@@ -194,12 +194,20 @@ class ClientResult:
 
 
 def run_tus_js(
-    peers: Path, endpoint: str, file: Path, chunk_mib: int, parallel: int
+    peers: Path,
+    endpoint: str,
+    file: Path,
+    chunk_mib: int,
+    parallel: int,
+    *,
+    headers: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
 ) -> ClientResult:
-    """tus-js-client (Node), via the shared peer script: one JSON line on success."""
+    """tus-js-client (Node): one JSON line on success. `prefix` runs it elsewhere (a netns)."""
     started = time.monotonic()
     proc = subprocess.run(
         [
+            *(prefix or []),
             "node",
             str(peers / "tus-js-upload.mjs"),
             endpoint,
@@ -210,6 +218,7 @@ def run_tus_js(
         capture_output=True,
         text=True,
         timeout=3600,
+        env={**os.environ, "TUS_HEADERS": json.dumps(headers or {})},
     )
     wall = time.monotonic() - started
     if proc.returncode != 0:
