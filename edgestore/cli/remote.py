@@ -57,8 +57,10 @@ def upload(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Upload FILE in parallel, resumably: run the same command again after any failure (even
-    a kill) and it continues; chunks the server already has are never sent again."""
+    """Upload FILE in parallel and resumably; chunks the server already has never travel.
+
+    Run the same command again after any failure (even a kill) and it continues.
+    """
     if protocol not in ("native", "tus"):
         raise InvalidInput(f"--protocol takes native or tus, not {protocol!r}")
     client = Client(url, api_key)

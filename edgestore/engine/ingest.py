@@ -42,15 +42,6 @@ class CompletionHook(Protocol):
     def __call__(self, conn: Connection, upload: UploadRecord, sha256: str | None) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class AppendStats:
-    bytes_received: int
-    chunks: int
-    new_chunks: int
-    bytes_stored: int  # written to shards by this append (after dedup and compression)
-    dedup_bytes: int  # raw bytes that were already stored
-
-
 @dataclass(slots=True)
 class _InFlight:
     offset: int
@@ -110,7 +101,6 @@ class Appender:
         self._stop_reason: str | None = None
         self.last_activity = time.monotonic()
         self._last_commit = self._last_renew = time.monotonic()
-        self._chunks = self._new_chunks = self._stored = self._dedup = self._received = 0
 
     # --- control ------------------------------------------------------------------------------
 
@@ -128,12 +118,6 @@ class Appender:
     def idle_seconds(self) -> float:
         """Time since the last block arrived: a dropped connection goes quiet."""
         return time.monotonic() - self.last_activity
-
-    @property
-    def stats(self) -> AppendStats:
-        return AppendStats(
-            self._received, self._chunks, self._new_chunks, self._stored, self._dedup
-        )
 
     # --- the append -------------------------------------------------------------------------
 
@@ -164,7 +148,6 @@ class Appender:
                             f"beyond it (offset {up.offset}, +{received + len(block)} bytes)"
                         )
                     received += len(block)
-                    self._received = received
                     if verify is not None:
                         verify.update(block)
                     self._feed(block)
@@ -227,12 +210,6 @@ class Appender:
             stored = item.stored.result()
             state = item.hash_state.result() if item.hash_state is not None else None
             self._ready.append((NewPart(stored.chunk_id, item.offset, item.length), state))
-            self._chunks += 1
-            if stored.is_new:
-                self._new_chunks += 1
-                self._stored += stored.stored_size
-            else:
-                self._dedup += stored.raw_size
             if self._on_chunk is not None:
                 self._on_chunk(stored)
 

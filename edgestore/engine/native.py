@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_key
-from edgestore.engine.uploads import Uploads
+from edgestore.engine.uploads import Uploads, version_of
 from edgestore.errors import (
     ChunkUnreadable,
     InvalidInput,
@@ -263,18 +263,7 @@ class NativeUploads:
             if not pins.touch_open(conn, upload_id):
                 claimed = None  # finalized (or expired) by someone else meanwhile
             else:
-                claimed = object_rows.create_version(
-                    self._core.db,
-                    conn,
-                    bucket=rec.bucket or DEFAULT_BUCKET,
-                    key=rec.key or rec.upload_id,
-                    entries=entries,
-                    sha256=actual,
-                    content_type=rec.content_type,
-                    filename=rec.filename,
-                    user_metadata=rec.user_metadata,
-                    take_refs=True,
-                )
+                claimed = version_of(self._core.db, conn, rec, entries, actual, take_refs=True)
                 pins.release(conn, upload_id)
                 upload_rows.mark_complete(conn, upload_id, claimed)
                 version = object_rows.get_version(conn, claimed)

@@ -8,7 +8,7 @@ of it leaves (invariant 3); too few intact shards is a clear error, never wrong 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgestore.codec import compression, shardfile
@@ -101,28 +101,3 @@ class ChunkReader:
                 f"chunk {rec.chunk_id} decoded to {len(stored)} bytes, expected {rec.stored_size}"
             )
         return stored, faults
-
-
-def slice_chunk(raw: bytes, chunk_offset: int, start: int, end: int) -> bytes | memoryview:
-    """The part of a chunk at object offset `chunk_offset` that falls in [start, end)."""
-    lo = max(start - chunk_offset, 0)
-    hi = min(end - chunk_offset, len(raw))
-    if lo == 0 and hi == len(raw):
-        return raw
-    return memoryview(raw)[lo:hi]
-
-
-def iter_ranges(total: int, start: int, end: int | None) -> tuple[int, int]:
-    """Clamp a requested [start, end) to an object of `total` bytes."""
-    stop = total if end is None else min(end, total)
-    return start, stop
-
-
-def stream_chunks(
-    pieces: Iterator[tuple[int, bytes]], start: int, end: int
-) -> Iterator[bytes | memoryview]:
-    """Trim each (offset, raw chunk) to [start, end)."""
-    for offset, raw in pieces:
-        piece = slice_chunk(raw, offset, start, end)
-        if len(piece):
-            yield piece

@@ -33,7 +33,7 @@ from edgestore.errors import (
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
-from edgestore.metadata.db import now
+from edgestore.metadata.db import Database, now
 from edgestore.metadata.uploads import UploadRecord
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,31 @@ log = logging.getLogger(__name__)
 # A second request for an upload whose current writer has received nothing for this long
 # takes over (the first one's client is gone); sooner, it is refused as locked.
 TAKEOVER_IDLE_SECONDS = 1.0
+
+
+def version_of(
+    db: Database,
+    conn: Connection,
+    rec: UploadRecord,
+    entries: list[tuple[str, int, int]],
+    sha256: str | None,
+    *,
+    take_refs: bool,
+) -> str:
+    """The object version a finished upload becomes: its bucket and key (defaults: the
+    default bucket, the upload id), its metadata, these (chunk id, offset, length) entries."""
+    return object_rows.create_version(
+        db,
+        conn,
+        bucket=rec.bucket or DEFAULT_BUCKET,
+        key=rec.key or rec.upload_id,
+        entries=entries,
+        sha256=sha256,
+        content_type=rec.content_type,
+        filename=rec.filename,
+        user_metadata=rec.user_metadata,
+        take_refs=take_refs,
+    )
 
 
 def _of_kind(rec: UploadRecord, kinds: tuple[str, ...] | None) -> UploadRecord:
@@ -348,18 +373,7 @@ class Uploads:
             upload_rows.mark_complete(conn, rec.upload_id, None)
             return
         entries = upload_rows.parts(conn, rec.upload_id)
-        version_id = object_rows.create_version(
-            self._core.db,
-            conn,
-            bucket=rec.bucket or DEFAULT_BUCKET,
-            key=rec.key or rec.upload_id,
-            entries=entries,
-            sha256=sha256,
-            content_type=rec.content_type,
-            filename=rec.filename,
-            user_metadata=rec.user_metadata,
-            take_refs=False,
-        )
+        version_id = version_of(self._core.db, conn, rec, entries, sha256, take_refs=False)
         upload_rows.mark_complete(conn, rec.upload_id, version_id)
 
     # --- housekeeping -------------------------------------------------------------------------

@@ -184,16 +184,6 @@ def load(conn: Connection, chunk_ids: Sequence[str]) -> dict[str, ChunkRecord]:
     return found
 
 
-def existing(conn: Connection, chunk_ids: Sequence[str]) -> set[str]:
-    """Which of these chunk ids are stored."""
-    have: set[str] = set()
-    for batch in _batches(list(dict.fromkeys(chunk_ids))):
-        have.update(
-            conn.execute(sa.select(chunks.c.chunk_id).where(chunks.c.chunk_id.in_(batch))).scalars()
-        )
-    return have
-
-
 def note_read(conn: Connection, chunk_ids: Sequence[str]) -> None:
     """Record last-read times for tiering, at most once per READ_NOTE_INTERVAL per chunk."""
     t = now()

@@ -34,7 +34,6 @@ class VersionInfo:
     content_type: str | None
     filename: str | None
     created_at: float
-    chunk_count: int = 0
     user_metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -309,30 +308,6 @@ def manifest(
         q = q.where(manifests.c.offset < end)
     for r in conn.execute(q.order_by(manifests.c.seq)):
         yield ManifestEntry(r.seq, ChunkId(r.chunk_id), r.offset, r.length)
-
-
-def chunk_count(conn: Connection, version_id: str) -> int:
-    return conn.execute(
-        sa.select(sa.func.count())
-        .select_from(manifests)
-        .where(manifests.c.version_id == version_id)
-    ).scalar_one()
-
-
-def referencing(conn: Connection, chunk: str, limit: int = 5) -> list[tuple[str, str, int]]:
-    """(bucket, key, version) of versions that use a chunk, for error messages."""
-    q = (
-        sa.select(objects.c.bucket, objects.c.key, object_versions.c.version)
-        .select_from(
-            manifests.join(
-                object_versions, object_versions.c.version_id == manifests.c.version_id
-            ).join(objects, objects.c.object_id == object_versions.c.object_id)
-        )
-        .where(manifests.c.chunk_id == chunk)
-        .distinct()
-        .limit(limit)
-    )
-    return [(r[0], r[1], r[2]) for r in conn.execute(q)]
 
 
 def without_sha256(conn: Connection, limit: int = 10) -> list[VersionInfo]:
