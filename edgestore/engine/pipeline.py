@@ -29,7 +29,7 @@ def tune_allocator() -> bool:
 
     By default glibc serves each multi-MiB chunk buffer with a new mmap, so every chunk pays
     a page fault per 4 KiB (measured here: ~1 s of kernel time per GiB ingested). Buffers
-    below 32 MiB come from the heap instead, which is trimmed only past 64 MiB free, and at
+    below 32 MiB come from the heap instead, which is trimmed only past 16 MiB free, and at
     most two arenas serve all threads (one per thread kept ~70 MiB more resident with dozens
     of I/O threads). Memory stays bounded by the pipeline's in-flight limit.
     """

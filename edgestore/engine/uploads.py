@@ -258,6 +258,7 @@ class Uploads:
                 on_chunk=on_chunk,
                 interrupt=interrupt,
             )
+            del tail  # the chunker holds its own copy; this one would sit out the whole append
             active = _Active(appender, threading.Event())
             with self._lock:
                 self._active[upload_id] = active
