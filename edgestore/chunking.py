@@ -33,7 +33,10 @@ class StreamChunker:
     Bytes buffered but not yet cut are the *tail*.
     """
 
-    SLACK = 1024 * 1024
+    # Room past max_size, so a push rarely stops short of a whole block. Each uploading
+    # request holds one buffer: a smaller slack is that much less per concurrent upload,
+    # and compaction (once per cut, as before) moves the same bytes.
+    SLACK = 256 * 1024
 
     def __init__(self, params: ChunkerParams, tail: bytes | bytearray = b"") -> None:
         self._cdc = make_cdc(params)

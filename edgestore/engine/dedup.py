@@ -17,7 +17,7 @@ from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
 from edgestore.codec.hashing import chunk_id as compute_chunk_id
 from edgestore.config import Settings
-from edgestore.engine.pipeline import CpuPool
+from edgestore.engine.pipeline import CpuPool, release_free_memory
 from edgestore.errors import ChunkHashMismatch
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import Database
@@ -216,6 +216,9 @@ class ChunkWriter:
             self._finish(rec.chunk_id, result, stored, started)
         except BaseException as exc:
             self._fail(rec.chunk_id, result, exc)
+        finally:
+            prep.shards.clear()  # the shard buffers, freed now rather than with the work item
+            release_free_memory()
 
     def _follow(
         self, owner: Future[StoredChunk], result: Future[StoredChunk], raw: bytes, started: float

@@ -21,6 +21,7 @@ from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.ingest import Appender, Checksum
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.engine.pipeline import release_free_memory
 from edgestore.errors import (
     InvalidInput,
     OffsetConflict,
@@ -226,6 +227,21 @@ class Uploads:
         reconnected) is asked to stop and keep what it has; one in another process holds a
         lease of `upload_lock_seconds` that it renews while bytes flow.
         """
+        try:
+            return self._append(upload_id, offset, blocks, final, checksum, on_chunk, interrupt)
+        finally:
+            release_free_memory()  # the chunker's buffer and the chunks the append freed
+
+    def _append(
+        self,
+        upload_id: str,
+        offset: int,
+        blocks: Iterable[bytes],
+        final: bool,
+        checksum: Checksum | None,
+        on_chunk: Callable[[StoredChunk], None] | None,
+        interrupt: Callable[[str], None] | None,
+    ) -> UploadRecord:
         core = self._core
         if self._closing:
             raise StorageUnavailable(f"{self._closing}; resume this upload shortly")

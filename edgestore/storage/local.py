@@ -61,7 +61,7 @@ def _write_buffered(fd: int, parts: Sequence[Buffer]) -> None:
 _direct_buffers = threading.local()
 
 
-KEPT_BUFFER = 2 * 1024 * 1024  # a shard fits; a staged tail (up to 9 MiB) does not
+KEPT_BUFFER = 2 * 1024 * 1024  # a shard fits; a staged tail (up to ~8 MiB) does not
 
 
 def _aligned_buffer(size: int) -> mmap.mmap:

@@ -193,18 +193,33 @@ def test_bad_workers_are_refused(server, tmp_path, hints_dir) -> None:
 # --- pieces --------------------------------------------------------------------------------------
 
 
-def test_auto_workers_grow_while_it_pays_then_hold() -> None:
-    auto = AutoWorkers(warmup=0.5, window=2.0)
-    rates = {2: 10e6, 3: 14e6, 4: 18e6, 6: 19e6}  # 6 connections add only ~5%: back to 4
+def _drive(auto: AutoWorkers, rates: dict[int, float]) -> list[int]:
+    """Feed `auto` the bytes a path with these per-level rates would move; its levels."""
     t, sent = 0.0, 0
     levels = []
     while not auto.settled and t < 100:
         t += 0.25
         sent += int(rates[auto.level] * 0.25)
         levels.append(auto.update(sent, t))
-    assert auto.settled and auto.level == 4
-    assert [lvl for lvl, _ in auto.history] == [2, 3, 4, 6]
-    assert levels[0] == 2 and max(levels) == 6
+    return levels
+
+
+def test_auto_workers_grow_while_it_pays_then_hold() -> None:
+    auto = AutoWorkers(warmup=0.5, window=2.0)
+    rates = {4: 10e6, 6: 14e6, 8: 18e6, 11: 18.2e6, 16: 30e6}  # 11 adds only ~1%: hold 11
+    levels = _drive(auto, rates)
+    assert auto.settled and auto.level == 11
+    assert [lvl for lvl, _ in auto.history] == [4, 6, 8, 11]
+    assert levels[0] == 4 and max(levels) == 11
+
+
+def test_auto_workers_undo_a_step_that_hurts() -> None:
+    auto = AutoWorkers(warmup=0.5, window=2.0)
+    rates = {4: 10e6, 6: 14e6, 8: 12e6, 11: 30e6, 16: 30e6}  # 8 is worse than 6: back to 6
+    levels = _drive(auto, rates)
+    assert auto.settled and auto.level == 6
+    assert [lvl for lvl, _ in auto.history] == [4, 6, 8]
+    assert max(levels) == 8 and levels[-1] == 6
 
 
 def test_auto_workers_stop_at_the_cap_and_ignore_idle_windows() -> None:
@@ -212,7 +227,7 @@ def test_auto_workers_stop_at_the_cap_and_ignore_idle_windows() -> None:
     t, sent = 0.0, 0
     auto.update(sent, t)
     t += 5
-    assert auto.update(sent, t) == 2  # nothing moved: no verdict
+    assert auto.update(sent, t) == LEVELS[0]  # nothing moved: no verdict
     for _ in range(200):
         t += 0.5
         sent += auto.level * 10 * MiB  # throughput proportional to connections
