@@ -61,55 +61,58 @@ def _write_buffered(fd: int, parts: Sequence[Buffer]) -> None:
 _direct_buffers = threading.local()
 
 
-KEPT_BUFFER = 2 * 1024 * 1024  # a shard fits; a staged tail (up to ~8 MiB) does not
+# Each I/O thread's aligned staging buffer. O_DIRECT needs page-aligned memory, so a file's
+# bytes are copied through it piece by piece: 12 I/O threads x 1 MiB instead of x the
+# largest shard (~1.4 MiB) each, which counted with many concurrent uploads; 1 MiB holds
+# a typical shard (~0.8 MiB) in one write (256 KiB pieces cost measurably more kernel time).
+DIRECT_PIECE = 1024 * 1024
 
 
-def _aligned_buffer(size: int) -> mmap.mmap:
-    """A page-aligned buffer of at least `size` bytes: reused by this thread up to
-    KEPT_BUFFER (shards, the common case), fresh for the rare larger write, so that each I/O
-    thread keeps at most KEPT_BUFFER resident."""
-    if size > KEPT_BUFFER:
-        return mmap.mmap(-1, size)
+def _aligned_buffer() -> mmap.mmap:
     buf: mmap.mmap | None = getattr(_direct_buffers, "buf", None)
     if buf is None:
-        buf = _direct_buffers.buf = mmap.mmap(-1, KEPT_BUFFER)
+        buf = _direct_buffers.buf = mmap.mmap(-1, DIRECT_PIECE)
     return buf
 
 
 def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
-    """Write through O_DIRECT from an aligned copy, then cut the padding off.
+    """Write through O_DIRECT, DIRECT_PIECE bytes at a time from an aligned copy, then cut
+    the padding of the last piece off.
 
     Bypassing the page cache cut kernel CPU per GiB written by ~8x on this kind of VM
     (measured: 0.5 s instead of 4.5 s for 1.6 GB of 700 KB shard files) and the data is on
     its way to the disk at once instead of waiting for writeback.
     """
-    total = sum(memoryview(p).nbytes for p in parts)
-    padded = -(-total // DIRECT_ALIGN) * DIRECT_ALIGN
-    buf = _aligned_buffer(padded)
+    buf = _aligned_buffer()
+    view = memoryview(buf)
     try:
-        _write_aligned(fd, buf, parts, total, padded)
+        total = 0  # bytes of the file written so far
+        fill = 0  # bytes in buf
+        for p in parts:
+            src = memoryview(p).cast("B")
+            while src:
+                take = min(len(src), DIRECT_PIECE - fill)
+                view[fill : fill + take] = src[:take]
+                fill += take
+                src = src[take:]
+                if fill == DIRECT_PIECE:
+                    _pwrite_all(fd, view, total)
+                    total += fill
+                    fill = 0
+        if fill:
+            padded = -(-fill // DIRECT_ALIGN) * DIRECT_ALIGN
+            view[fill:padded] = bytes(padded - fill)
+            _pwrite_all(fd, view[:padded], total)
+            total += fill
     finally:
-        if len(buf) > KEPT_BUFFER:
-            buf.close()
+        view.release()
     os.ftruncate(fd, total)
 
 
-def _write_aligned(
-    fd: int, buf: mmap.mmap, parts: Sequence[Buffer], total: int, padded: int
-) -> None:
-    pos = 0
-    for p in parts:
-        view = memoryview(p).cast("B")
-        buf[pos : pos + len(view)] = view
-        pos += len(view)
-    buf[total:padded] = bytes(padded - total)
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     written = 0
-    view = memoryview(buf)[:padded]
-    try:
-        while written < padded:
-            written += os.pwrite(fd, view[written:], written)
-    finally:
-        view.release()
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
 
 
 def _write_file(path: Path, parts: Sequence[Buffer], *, direct: bool, exclusive: bool) -> int:
