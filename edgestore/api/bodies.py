@@ -1,7 +1,7 @@
 """Streaming a request body from the event loop into an engine call on a worker thread.
 
-The event loop receives the body (~64 KiB pieces) and hands them over in batches of ~1 MiB
-(a list) through a small bounded queue; the engine consumes them on its own
+The event loop receives the body (~64 KiB pieces) and hands them over in batches of
+~256 KiB (a list) through a small bounded queue; the engine consumes them on its own
 thread, so the loop never hashes, compresses, codes or fsyncs. Back-pressure: when the
 engine falls behind, the loop stops reading the socket. A client that disconnects (or goes
 silent) turns into TransferInterrupted on the engine side, which keeps the durable prefix.
@@ -65,7 +65,7 @@ class BodyBridge:
             if isinstance(item, _Refuse):
                 raise item.error
             assert isinstance(item, list)
-            # One ~1 MiB block per batch: one memcpy here saves the engine a trip through its
+            # One ~256 KiB block per batch: one memcpy here saves the engine a trip through its
             # loop per 64 KiB piece.
             yield item[0] if len(item) == 1 else b"".join(item)
 
