@@ -10,8 +10,6 @@ Skipped when node or tests/interop/node_modules is missing, unless EDGESTORE_REQ
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -29,24 +27,6 @@ pytestmark = pytest.mark.interop
 HERE = Path(__file__).parent
 SCRIPT = HERE / "tus_js_upload.mjs"
 TIMEOUT = 180
-
-
-def _unavailable() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (HERE / "node_modules" / "tus-js-client").is_dir():
-        return "tests/interop/node_modules is missing (run `make npm`)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("EDGESTORE_REQUIRE_INTEROP", "") not in ("", "0", "false", "no"):
-            pytest.fail(f"EDGESTORE_REQUIRE_INTEROP is set but {reason}")
-        pytest.skip(reason)
-    return str(shutil.which("node"))
 
 
 def _command(node: str, server: Any, path: Path, options: dict[str, Any]) -> list[str]:

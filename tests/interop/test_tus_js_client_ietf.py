@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -24,24 +22,6 @@ pytestmark = pytest.mark.interop
 HERE = Path(__file__).parent
 SCRIPT = HERE / "ietf_upload.mjs"
 DRAFT = {"Upload-Draft-Interop-Version": "6"}
-
-
-def _unavailable() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (HERE / "node_modules" / "tus-js-client").is_dir():
-        return "tests/interop/node_modules is missing (run `cd tests/interop && npm install`)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("EDGESTORE_REQUIRE_INTEROP", "") not in ("", "0", "false", "no"):
-            pytest.fail(f"EDGESTORE_REQUIRE_INTEROP is set but {reason}")
-        pytest.skip(reason)
-    return str(shutil.which("node"))
 
 
 def client_command(node: str, server: Any, path: Path, **options: Any) -> list[str]:

@@ -8,8 +8,6 @@ Skipped when node or tests/interop/node_modules is missing, unless EDGESTORE_REQ
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -26,20 +24,6 @@ pytestmark = pytest.mark.interop
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "presigned_upload.mjs"
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    reason = None
-    if shutil.which("node") is None:
-        reason = "node is not installed"
-    elif not (HERE / "node_modules" / "tus-js-client").is_dir():
-        reason = "tests/interop/node_modules is missing (run `cd tests/interop && npm install`)"
-    if reason:
-        if os.environ.get("EDGESTORE_REQUIRE_INTEROP", "") not in ("", "0", "false", "no"):
-            pytest.fail(f"EDGESTORE_REQUIRE_INTEROP is set but {reason}")
-        pytest.skip(reason)
-    return str(shutil.which("node"))
 
 
 @pytest.mark.parametrize("parallel", [1, 3])
