@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -72,6 +73,12 @@ OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """Write data to path and return the path (a file for a client to upload)."""
+    path.write_bytes(data)
+    return path
 
 
 def tus_metadata(values: dict[str, str | None]) -> str:

@@ -3,7 +3,6 @@ status and that the store is unchanged), expiry, idempotency, and Expect: 100-co
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 import time
@@ -11,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import KiB, random_bytes
+from tests.helpers import KiB, random_bytes, sha256_hex
 from tests.native import (
     DB_PARAMS,
     SMALL_PARAMS,
@@ -32,10 +31,6 @@ MAX = SMALL_PARAMS.max_size
 def server(request, tmp_path_factory):
     with small_chunk_server(request, tmp_path_factory) as proc:
         yield proc
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def open_session(http: httpx.Client, size: int, **extra) -> str:
@@ -139,13 +134,13 @@ def test_create_refusals(http, probe, server, body, status) -> None:
 
 @pytest.mark.parametrize("uid", ["no-such-upload", "00000000-0000-4000-8000-000000000000"])
 def test_unknown_session_is_404_everywhere(http, probe, server, uid) -> None:
-    cid = sha(b"x")
+    cid = sha256_hex(b"x")
     with unchanged(probe, server):
         assert http.get(f"/v1/uploads/{uid}").status_code == 404
         assert http.delete(f"/v1/uploads/{uid}").status_code == 404
         assert http.post(f"/v1/uploads/{uid}/missing", json={"chunk_ids": [cid]}).status_code == 404
         assert put(http, uid, cid, b"x").status_code == 404
-        assert finalize(http, uid, [(cid, b"x")], sha(b"x")).status_code == 404
+        assert finalize(http, uid, [(cid, b"x")], sha256_hex(b"x")).status_code == 404
 
 
 def test_a_tus_upload_is_not_a_native_session(http, probe, server) -> None:
@@ -153,7 +148,7 @@ def test_a_tus_upload_is_not_a_native_session(http, probe, server) -> None:
     uid = r.headers["location"].rsplit("/", 1)[-1]
     with unchanged(probe, server):
         assert http.get(f"/v1/uploads/{uid}").status_code == 404
-        assert put(http, uid, sha(b"hello"), b"hello").status_code == 404
+        assert put(http, uid, sha256_hex(b"hello"), b"hello").status_code == 404
 
 
 def test_expired_session_is_410_everywhere(http, probe, server) -> None:
@@ -167,7 +162,7 @@ def test_expired_session_is_410_everywhere(http, probe, server) -> None:
         assert http.get(f"/v1/uploads/{uid}").status_code == 410
         assert http.post(f"/v1/uploads/{uid}/missing", json={"chunk_ids": [cid]}).status_code == 410
         assert put(http, uid, cid, c).status_code == 410
-        assert finalize(http, uid, chunks, sha(data)).status_code == 410
+        assert finalize(http, uid, chunks, sha256_hex(data)).status_code == 410
     assert versions_of(probe, uid) == 0
 
 
@@ -207,14 +202,19 @@ def test_missing_lists_absent_ids_and_pins_the_rest(http, probe) -> None:
 
 def test_missing_takes_thousands_of_ids(http) -> None:
     uid = open_session(http, 1)
-    ids = [sha(str(i).encode()) for i in range(10_000)]
+    ids = [sha256_hex(str(i).encode()) for i in range(10_000)]
     r = http.post(f"/v1/uploads/{uid}/missing", json={"chunk_ids": ids})
     assert r.status_code == 200 and r.json()["missing"] == ids
 
 
 @pytest.mark.parametrize(
     "chunk_ids",
-    [["nothex"], ["A" * 64], [sha(b"x")[:63]], [sha(str(i).encode()) for i in range(10_001)]],
+    [
+        ["nothex"],
+        ["A" * 64],
+        [sha256_hex(b"x")[:63]],
+        [sha256_hex(str(i).encode()) for i in range(10_001)],
+    ],
 )
 def test_missing_refusals(http, probe, server, chunk_ids) -> None:
     uid = open_session(http, 1)
@@ -228,7 +228,7 @@ def test_missing_refusals(http, probe, server, chunk_ids) -> None:
 
 def test_put_verifies_stores_pins_and_is_idempotent(http, probe) -> None:
     data = random_bytes(50 * KiB, seed=4)
-    cid = sha(data)
+    cid = sha256_hex(data)
     uid = open_session(http, len(data))
     r = put(http, uid, cid, data)
     assert r.status_code == 201 and r.json() == {"chunk_id": cid, "size": len(data), "new": True}
@@ -242,7 +242,7 @@ def test_put_verifies_stores_pins_and_is_idempotent(http, probe) -> None:
 def test_put_with_wrong_bytes_is_422_and_keeps_nothing(http, probe, server) -> None:
     uid = open_session(http, 10)
     data = random_bytes(40 * KiB, seed=5)
-    claimed = sha(data + b"!")
+    claimed = sha256_hex(data + b"!")
     with unchanged(probe, server):
         r = put(http, uid, claimed, data)
     assert r.status_code == 422
@@ -254,15 +254,15 @@ def test_put_oversized_chunk_is_413_before_reading(http, probe, server) -> None:
     uid = open_session(http, MAX + 1)
     big = random_bytes(MAX + 1, seed=6)
     with unchanged(probe, server):
-        assert put(http, uid, sha(big), big).status_code == 413  # by Content-Length
-        chunked = http.put(f"/v1/uploads/{uid}/chunks/{sha(big)}", content=iter([big]))
+        assert put(http, uid, sha256_hex(big), big).status_code == 413  # by Content-Length
+        chunked = http.put(f"/v1/uploads/{uid}/chunks/{sha256_hex(big)}", content=iter([big]))
         assert chunked.status_code == 413  # no Content-Length: counted while reading
-    assert "transfer-encoding" not in put(http, uid, sha(b"ok"), b"ok").request.headers
+    assert "transfer-encoding" not in put(http, uid, sha256_hex(b"ok"), b"ok").request.headers
 
 
 @pytest.mark.parametrize(
     ("cid", "body", "status"),
-    [("nothex", b"x", 400), ("A" * 64, b"x", 400), (sha(b""), b"", 400)],
+    [("nothex", b"x", 400), ("A" * 64, b"x", 400), (sha256_hex(b""), b"", 400)],
 )
 def test_put_refusals(http, probe, server, cid, body, status) -> None:
     uid = open_session(http, 10)
@@ -275,12 +275,12 @@ def test_put_after_finalize_is_refused(http, probe, server) -> None:
     chunks = chunks_of(data)
     uid = open_session(http, len(data))
     upload_all(http, uid, chunks)
-    assert finalize(http, uid, chunks, sha(data)).status_code == 200
+    assert finalize(http, uid, chunks, sha256_hex(data)).status_code == 200
     other = random_bytes(20 * KiB, seed=8)
     with unchanged(probe, server):
-        assert put(http, uid, sha(other), other).status_code == 403
+        assert put(http, uid, sha256_hex(other), other).status_code == 403
         assert put(http, uid, chunks[0][0], chunks[0][1]).status_code == 403
-        r = http.post(f"/v1/uploads/{uid}/missing", json={"chunk_ids": [sha(other)]})
+        r = http.post(f"/v1/uploads/{uid}/missing", json={"chunk_ids": [sha256_hex(other)]})
         assert r.status_code == 403
 
 
@@ -303,7 +303,7 @@ def _read_head(sock: socket.socket) -> bytes:
 
 def test_expect_continue_known_chunk_answered_without_the_body(http, probe, server) -> None:
     data = random_bytes(200 * KiB, seed=9)
-    cid = sha(data)
+    cid = sha256_hex(data)
     first = open_session(http, len(data))
     assert put(http, first, cid, data).status_code == 201
     uid = open_session(http, len(data))
@@ -323,7 +323,7 @@ def test_expect_continue_known_chunk_answered_without_the_body(http, probe, serv
 
 def test_expect_continue_unknown_chunk_gets_100_then_stores(http, probe, server) -> None:
     data = random_bytes(100 * KiB, seed=10)
-    cid = sha(data)
+    cid = sha256_hex(data)
     uid = open_session(http, len(data))
     path = f"/v1/uploads/{uid}/chunks/{cid}"
     sock = _raw_put(server, path, len(data), "Expect: 100-continue\r\n")
@@ -344,13 +344,13 @@ def test_finalize_creates_the_version_and_releases_pins(http, probe) -> None:
     chunks = chunks_of(data)
     uid = open_session(http, len(data), key="fin/a.bin", content_type="application/x-test")
     upload_all(http, uid, chunks)
-    r = finalize(http, uid, chunks, sha(data))
+    r = finalize(http, uid, chunks, sha256_hex(data))
     assert r.status_code == 200, r.text
     v = r.json()
     assert (v["key"], v["size"], v["sha256"], v["version"]) == (
         "fin/a.bin",
         len(data),
-        sha(data),
+        sha256_hex(data),
         1,
     )
     assert v["upload_id"] == uid and v["verified_by"] == "read-back"
@@ -361,7 +361,7 @@ def test_finalize_creates_the_version_and_releases_pins(http, probe) -> None:
     st = http.get(f"/v1/uploads/{uid}").json()
     assert st["state"] == "complete" and st["version"]["version_id"] == v["version_id"]
 
-    again = finalize(http, uid, chunks, sha(data))  # a retry: same version, nothing new
+    again = finalize(http, uid, chunks, sha256_hex(data))  # a retry: same version, nothing new
     assert again.status_code == 200
     assert (
         again.json()["version_id"] == v["version_id"] and again.json()["verified_by"] == "already"
@@ -374,7 +374,7 @@ def test_finalize_of_a_known_manifest_reads_nothing(http) -> None:
     chunks = chunks_of(data)
     uid = open_session(http, len(data), key="known/1")
     upload_all(http, uid, chunks)
-    assert finalize(http, uid, chunks, sha(data)).json()["verified_by"] == "read-back"
+    assert finalize(http, uid, chunks, sha256_hex(data)).json()["verified_by"] == "read-back"
     uid = open_session(http, len(data), key="known/2")
     assert (
         http.post(f"/v1/uploads/{uid}/missing", json={"chunk_ids": [c for c, _ in chunks]}).json()[
@@ -382,10 +382,10 @@ def test_finalize_of_a_known_manifest_reads_nothing(http) -> None:
         ]
         == []
     )
-    r = finalize(http, uid, chunks, sha(data))
+    r = finalize(http, uid, chunks, sha256_hex(data))
     assert r.status_code == 200 and r.json()["verified_by"] == "known-manifest"
     wrong = open_session(http, len(data), key="known/3")
-    assert finalize(http, wrong, chunks, sha(b"other")).status_code == 422
+    assert finalize(http, wrong, chunks, sha256_hex(b"other")).status_code == 422
 
 
 def test_finalize_with_missing_chunks_is_409_listing_them(http, probe, server) -> None:
@@ -394,13 +394,13 @@ def test_finalize_with_missing_chunks_is_409_listing_them(http, probe, server) -
     uid = open_session(http, len(data), key="miss/a")
     upload_all(http, uid, chunks[1:-1])
     before = snapshot(probe, server)
-    r = finalize(http, uid, chunks, sha(data))
+    r = finalize(http, uid, chunks, sha256_hex(data))
     assert r.status_code == 409
     assert r.json()["error"] == "missing_chunks"
     assert r.json()["missing"] == [chunks[0][0], chunks[-1][0]]
     assert snapshot(probe, server) == before and versions_of(probe, "miss/a") == 0
     upload_all(http, uid, [chunks[0], chunks[-1]])
-    assert finalize(http, uid, chunks, sha(data)).status_code == 200
+    assert finalize(http, uid, chunks, sha256_hex(data)).status_code == 200
 
 
 def test_finalize_with_wrong_sha256_is_422_and_creates_nothing(http, probe, server) -> None:
@@ -409,21 +409,21 @@ def test_finalize_with_wrong_sha256_is_422_and_creates_nothing(http, probe, serv
     uid = open_session(http, len(data), key="bad/sha")
     upload_all(http, uid, chunks)
     with unchanged(probe, server):
-        r = finalize(http, uid, chunks, sha(data + b"x"))
+        r = finalize(http, uid, chunks, sha256_hex(data + b"x"))
         assert r.status_code == 422 and r.json()["error"] == "sha256_mismatch"
         swapped = [chunks[1], chunks[0], *chunks[2:]]  # the same chunks in another order
-        assert finalize(http, uid, swapped, sha(data)).status_code == 422
+        assert finalize(http, uid, swapped, sha256_hex(data)).status_code == 422
     assert versions_of(probe, "bad/sha") == 0
-    assert finalize(http, uid, chunks, sha(data)).status_code == 200  # still open: fixable
+    assert finalize(http, uid, chunks, sha256_hex(data)).status_code == 200  # still open: fixable
 
 
 @pytest.mark.parametrize("fault", ["size_of_one", "total", "no_sha", "other_sha", "bad_id"])
 def test_finalize_refusals(http, probe, server, fault) -> None:
     data = random_bytes(200 * KiB, seed=15)
     chunks = chunks_of(data)
-    uid = open_session(http, len(data), sha256=sha(data))
+    uid = open_session(http, len(data), sha256=sha256_hex(data))
     upload_all(http, uid, chunks)
-    body = {"chunks": manifest(chunks), "sha256": sha(data)}
+    body = {"chunks": manifest(chunks), "sha256": sha256_hex(data)}
     status = 400
     if fault == "size_of_one":
         body["chunks"][0]["size"] += 1
@@ -435,7 +435,7 @@ def test_finalize_refusals(http, probe, server, fault) -> None:
         upload_all(http, uid, chunks)
         del body["sha256"]
     elif fault == "other_sha":
-        body["sha256"] = sha(b"different")
+        body["sha256"] = sha256_hex(b"different")
         status = 422
     else:
         body["chunks"][0]["id"] = "xyz"
@@ -447,10 +447,10 @@ def test_finalize_refusals(http, probe, server, fault) -> None:
 def test_sha256_given_at_creation_is_enough(http) -> None:
     data = random_bytes(100 * KiB, seed=16)
     chunks = chunks_of(data)
-    uid = open_session(http, len(data), sha256=sha(data))
+    uid = open_session(http, len(data), sha256=sha256_hex(data))
     upload_all(http, uid, chunks)
     r = finalize(http, uid, chunks, None)
-    assert r.status_code == 200 and r.json()["sha256"] == sha(data)
+    assert r.status_code == 200 and r.json()["sha256"] == sha256_hex(data)
 
 
 def test_finalize_another_manifest_after_completion_is_refused(http, probe, server) -> None:
@@ -458,17 +458,17 @@ def test_finalize_another_manifest_after_completion_is_refused(http, probe, serv
     chunks = chunks_of(data)
     uid = open_session(http, len(data))
     upload_all(http, uid, chunks)
-    assert finalize(http, uid, chunks, sha(data)).status_code == 200
+    assert finalize(http, uid, chunks, sha256_hex(data)).status_code == 200
     other = random_bytes(100 * KiB, seed=18)
     other_chunks = chunks_of(other)
     upload_all(http, open_session(http, len(other)), other_chunks)
     with unchanged(probe, server):
-        assert finalize(http, uid, other_chunks, sha(other)).status_code == 403
+        assert finalize(http, uid, other_chunks, sha256_hex(other)).status_code == 403
 
 
 def test_empty_object(http) -> None:
     uid = open_session(http, 0, key="empty")
-    r = finalize(http, uid, [], sha(b""))
+    r = finalize(http, uid, [], sha256_hex(b""))
     assert r.status_code == 200 and r.json()["size"] == 0
     assert http.get(f"/ids/{r.json()['object_id']}").content == b""
 
@@ -482,7 +482,7 @@ def test_concurrent_finalizes_create_one_version(http, probe, server) -> None:
 
     def go() -> None:
         with server.client() as c:
-            results.append(finalize(c, uid, chunks, sha(data)))
+            results.append(finalize(c, uid, chunks, sha256_hex(data)))
 
     threads = [threading.Thread(target=go) for _ in range(4)]
     for t in threads:
@@ -505,6 +505,6 @@ def test_chunk_repeated_inside_a_file(http) -> None:
         f"/v1/uploads/{uid}/missing", json={"chunk_ids": [c for c, _ in chunks]}
     ).json()["missing"]
     upload_all(http, uid, [(c, b) for c, b in dict(chunks).items() if c in missing])
-    r = finalize(http, uid, chunks, sha(data))
+    r = finalize(http, uid, chunks, sha256_hex(data))
     assert r.status_code == 200
     assert http.get(f"/ids/{r.json()['object_id']}").content == data

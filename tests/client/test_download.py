@@ -3,7 +3,6 @@ resume of a partial download, and refusal of bytes that do not match the object'
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from edgestore.client import Client, RetryPolicy
 from edgestore.client.download import object_url
 from edgestore.errors import InvalidInput, NotFound, TransferInterrupted, WholeFileMismatch
 from tests.faults import FaultProxy
-from tests.helpers import KiB, MiB, random_bytes
+from tests.helpers import KiB, MiB, random_bytes, sha256_hex
 
 RANGE = 256 * KiB
 
@@ -22,10 +21,6 @@ RANGE = 256 * KiB
 @pytest.fixture(autouse=True)
 def small_ranges(monkeypatch):
     monkeypatch.setattr(download_module, "RANGE_BYTES", RANGE)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def stored(server, tmp_path: Path, data: bytes, key: str) -> dict:
@@ -44,7 +39,7 @@ def test_parallel_ranges_round_trip(server, tmp_path, workers) -> None:
     assert out.read_bytes() == data
     assert (r.size, r.sha256, r.verified, r.bytes_received) == (
         len(data),
-        sha(data),
+        sha256_hex(data),
         True,
         len(data),
     )
@@ -138,4 +133,4 @@ def test_a_new_version_during_the_download_does_not_mix_in(server, tmp_path) -> 
     stored(server, tmp_path, random_bytes(1 * MiB, seed=49), "dl/moving")  # version 2
     r = Client(server.url).download("default/dl/moving", out)
     assert r.version == 2 and r.bytes_resumed == 0  # the partial of version 1 was dropped
-    assert r.sha256 == sha(out.read_bytes())
+    assert r.sha256 == sha256_hex(out.read_bytes())

@@ -3,9 +3,7 @@ after an interruption, a file changing mid-upload, and the pieces (auto workers,
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 import pytest
 
@@ -16,17 +14,8 @@ from edgestore.client.native import chunker_params
 from edgestore.client.resume import HintKey, ResumeHints
 from edgestore.client.source import SourceFile
 from edgestore.errors import InvalidInput, MissingChunks, SourceChanged, UploadGone
-from tests.helpers import KiB, MiB, random_bytes
+from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
 from tests.native import SMALL_PARAMS, chunks_of, pins_of, rows, versions_of
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
 
 
 class Recorder:
@@ -56,29 +45,34 @@ class Interrupted(Exception):
 @pytest.mark.parametrize("workers", [1, 4, "auto"])
 def test_upload_round_trip(server, http, tmp_path, hints_dir, workers) -> None:
     data = random_bytes(3 * MiB + 77, seed={1: 11, 4: 12, "auto": 13}[workers])
-    src = write(tmp_path / "file.bin", data)
+    src = write_file(tmp_path / "file.bin", data)
     progress = Recorder()
     r = Client(server.url, state_dir=hints_dir).upload(
         src, key=f"rt/{workers}", workers=workers, progress=progress
     )
-    assert (r.sha256, r.size, r.protocol, r.resumed) == (sha(data), len(data), "native", False)
+    assert (r.sha256, r.size, r.protocol, r.resumed) == (
+        sha256_hex(data),
+        len(data),
+        "native",
+        False,
+    )
     assert r.bytes_sent == len(data) and r.bytes_skipped == 0
     assert r.chunks == r.chunks_sent == len(chunks_of(data))
     assert (progress.total, progress.sent) == (len(data), len(data))
     assert http.get(f"/ids/{r.object_id}").content == data
-    assert http.get(f"/ids/{r.object_id}/info").json()["sha256"] == sha(data)
+    assert http.get(f"/ids/{r.object_id}/info").json()["sha256"] == sha256_hex(data)
     assert list(hints_dir.glob("*.json")) == []  # the hint goes with success
 
 
 def test_key_defaults_to_the_file_name(server, tmp_path, hints_dir) -> None:
-    src = write(tmp_path / "named.bin", b"hello native")
+    src = write_file(tmp_path / "named.bin", b"hello native")
     r = Client(server.url, state_dir=hints_dir).upload(src, bucket="other")
     assert (r.bucket, r.key, r.version) == ("other", "named.bin", 1)
 
 
 def test_second_upload_sends_nothing(server, tmp_path, hints_dir) -> None:
     data = random_bytes(2 * MiB, seed=2)
-    src = write(tmp_path / "same.bin", data)
+    src = write_file(tmp_path / "same.bin", data)
     client = Client(server.url, state_dir=hints_dir)
     first = client.upload(src, key="twice")
     again = client.upload(src, key="twice")
@@ -89,24 +83,24 @@ def test_second_upload_sends_nothing(server, tmp_path, hints_dir) -> None:
 def test_insertion_in_the_middle_resends_a_few_chunks(server, tmp_path, hints_dir) -> None:
     data = random_bytes(4 * MiB, seed=3)
     client = Client(server.url, state_dir=hints_dir)
-    client.upload(write(tmp_path / "a.bin", data), key="edit/a")
+    client.upload(write_file(tmp_path / "a.bin", data), key="edit/a")
     mid = len(data) // 2
     edited = data[:mid] + random_bytes(64 * KiB, seed=4) + data[mid:]
-    r = client.upload(write(tmp_path / "b.bin", edited), key="edit/b")
+    r = client.upload(write_file(tmp_path / "b.bin", edited), key="edit/b")
     assert r.chunks_sent <= 3
     assert r.bytes_sent <= 3 * SMALL_PARAMS.max_size
     assert r.bytes_skipped + r.bytes_sent >= len(edited)
 
 
 def test_empty_file(server, http, tmp_path, hints_dir) -> None:
-    r = Client(server.url, state_dir=hints_dir).upload(write(tmp_path / "e", b""), key="empty")
-    assert (r.size, r.sha256, r.chunks) == (0, sha(b""), 0)
+    r = Client(server.url, state_dir=hints_dir).upload(write_file(tmp_path / "e", b""), key="empty")
+    assert (r.size, r.sha256, r.chunks) == (0, sha256_hex(b""), 0)
     assert http.get(f"/ids/{r.object_id}").content == b""
 
 
 def test_interrupted_upload_resumes_the_same_session(server, probe, tmp_path, hints_dir) -> None:
     data = random_bytes(4 * MiB, seed=5)
-    src = write(tmp_path / "resume.bin", data)
+    src = write_file(tmp_path / "resume.bin", data)
     client = Client(server.url, state_dir=hints_dir)
 
     def boom() -> None:
@@ -122,19 +116,19 @@ def test_interrupted_upload_resumes_the_same_session(server, probe, tmp_path, hi
     r = client.upload(src, key="resume", workers=2)
     assert r.resumed and r.upload == session
     assert r.bytes_sent <= len(data) - held and r.bytes_skipped >= held
-    assert r.sha256 == sha(data) and not hint.exists()
+    assert r.sha256 == sha256_hex(data) and not hint.exists()
 
 
 def test_a_stale_hint_opens_a_new_session(server, probe, tmp_path, hints_dir) -> None:
     data = random_bytes(1 * MiB, seed=6)
-    src = write(tmp_path / "stale.bin", data)
+    src = write_file(tmp_path / "stale.bin", data)
     client = Client(server.url, state_dir=hints_dir)
     with pytest.raises(Interrupted):
         client.upload(src, key="stale", progress=Recorder(after=1, hook=_raise))
     old = rows(probe, "SELECT upload_id FROM uploads WHERE key = 'stale'")[0][0]
     probe.set_expires_at(old, 1.0)
     r = client.upload(src, key="stale")
-    assert not r.resumed and r.upload != old and r.sha256 == sha(data)
+    assert not r.resumed and r.upload != old and r.sha256 == sha256_hex(data)
 
 
 def _raise() -> None:
@@ -143,7 +137,7 @@ def _raise() -> None:
 
 def test_file_changed_during_upload_commits_nothing(server, probe, http, tmp_path, hints_dir):
     data = random_bytes(4 * MiB, seed=7)
-    src = write(tmp_path / "moving.bin", data)
+    src = write_file(tmp_path / "moving.bin", data)
 
     def scribble() -> None:
         with open(src, "r+b") as f:
@@ -162,7 +156,7 @@ def test_file_changed_during_upload_commits_nothing(server, probe, http, tmp_pat
 
 
 def test_file_grown_during_upload_commits_nothing(server, probe, tmp_path, hints_dir) -> None:
-    src = write(tmp_path / "growing.bin", random_bytes(2 * MiB, seed=8))
+    src = write_file(tmp_path / "growing.bin", random_bytes(2 * MiB, seed=8))
 
     def append() -> None:
         with open(src, "ab") as f:
@@ -178,7 +172,7 @@ def test_file_grown_during_upload_commits_nothing(server, probe, tmp_path, hints
 def test_upload_with_an_api_key(auth_server, tmp_path, hints_dir) -> None:
     from edgestore.errors import Unauthorized
 
-    src = write(tmp_path / "auth.bin", random_bytes(300 * KiB, seed=9))
+    src = write_file(tmp_path / "auth.bin", random_bytes(300 * KiB, seed=9))
     r = Client(auth_server.url, auth_server.admin_key, state_dir=hints_dir).upload(src)
     assert r.size == 300 * KiB
     with pytest.raises(Unauthorized):
@@ -187,7 +181,7 @@ def test_upload_with_an_api_key(auth_server, tmp_path, hints_dir) -> None:
 
 def test_bad_workers_are_refused(server, tmp_path, hints_dir) -> None:
     with pytest.raises(InvalidInput):
-        Client(server.url, state_dir=hints_dir).upload(write(tmp_path / "w", b"x"), workers=0)
+        Client(server.url, state_dir=hints_dir).upload(write_file(tmp_path / "w", b"x"), workers=0)
 
 
 # --- pieces --------------------------------------------------------------------------------------
@@ -253,7 +247,7 @@ def test_gate_width_changes_while_threads_wait() -> None:
 
 
 def test_hint_is_ignored_once_the_file_changes(tmp_path) -> None:
-    src = write(tmp_path / "h.bin", b"one")
+    src = write_file(tmp_path / "h.bin", b"one")
     hints = ResumeHints(tmp_path / "hints")
     key = HintKey("http://s", "native", str(src), "default", "h.bin")
     with SourceFile(src) as f:

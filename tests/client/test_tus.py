@@ -4,27 +4,16 @@ interruption, and (interop) the official Node tus server and tuspyserver."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import shutil
-from pathlib import Path
 
 import pytest
 
 from edgestore.client import Client
 from edgestore.client.tus import plan_parts, tus_endpoint
 from edgestore.errors import SourceChanged
-from tests.helpers import KiB, MiB, random_bytes
+from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
 from tests.native import rows, versions_of
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
 
 
 class Hook:
@@ -54,9 +43,9 @@ def _stop() -> None:
 def test_parallel_upload_is_a_concatenation(server, http, probe, tmp_path, hints_dir) -> None:
     data = random_bytes(6 * MiB + 5, seed=31)
     r = Client(server.url, state_dir=hints_dir).upload(
-        write(tmp_path / "t.bin", data), key="tus/par", workers=4, protocol="tus"
+        write_file(tmp_path / "t.bin", data), key="tus/par", workers=4, protocol="tus"
     )
-    assert (r.protocol, r.chunks, r.bytes_sent, r.sha256) == ("tus", 4, len(data), sha(data))
+    assert (r.protocol, r.chunks, r.bytes_sent, r.sha256) == ("tus", 4, len(data), sha256_hex(data))
     assert r.object_id and r.version == 1 and "/files/" in r.upload
     assert http.get(f"/ids/{r.object_id}").content == data
     finals = rows(probe, "SELECT concat_of FROM uploads WHERE key = 'tus/par'")
@@ -67,15 +56,15 @@ def test_parallel_upload_is_a_concatenation(server, http, probe, tmp_path, hints
 def test_single_and_auto(server, http, tmp_path, hints_dir, workers) -> None:
     data = random_bytes(3 * MiB, seed={1: 32, "auto": 33}[workers])
     r = Client(server.url, state_dir=hints_dir).upload(
-        write(tmp_path / "s.bin", data), key=f"tus/{workers}", workers=workers, protocol="tus"
+        write_file(tmp_path / "s.bin", data), key=f"tus/{workers}", workers=workers, protocol="tus"
     )
-    assert http.get(f"/ids/{r.object_id}").content == data and r.sha256 == sha(data)
+    assert http.get(f"/ids/{r.object_id}").content == data and r.sha256 == sha256_hex(data)
     assert list(hints_dir.glob("*.json")) == []
 
 
 def test_interrupted_parts_resume(server, http, tmp_path, hints_dir) -> None:
     data = random_bytes(8 * MiB, seed=34)
-    src = write(tmp_path / "r.bin", data)
+    src = write_file(tmp_path / "r.bin", data)
     client = Client(server.url, state_dir=hints_dir)
     import edgestore.client.tus as tus_module
 
@@ -94,7 +83,7 @@ def test_interrupted_parts_resume(server, http, tmp_path, hints_dir) -> None:
 
 
 def test_changed_file_is_not_concatenated(server, probe, tmp_path, hints_dir) -> None:
-    src = write(tmp_path / "c.bin", random_bytes(4 * MiB, seed=35))
+    src = write_file(tmp_path / "c.bin", random_bytes(4 * MiB, seed=35))
 
     def scribble() -> None:
         with open(src, "r+b") as f:
@@ -108,7 +97,7 @@ def test_changed_file_is_not_concatenated(server, probe, tmp_path, hints_dir) ->
 
 
 def test_changed_file_is_not_completed_by_a_single_upload(server, probe, tmp_path, hints_dir):
-    src = write(tmp_path / "c1.bin", random_bytes(2 * MiB, seed=36))
+    src = write_file(tmp_path / "c1.bin", random_bytes(2 * MiB, seed=36))
 
     def scribble() -> None:
         with open(src, "r+b") as f:
@@ -164,7 +153,7 @@ def test_node_tus_server_without_concatenation(tmp_path, hints_dir) -> None:
     try:
         data = random_bytes(3 * MiB, seed=37)
         r = Client(run.endpoint, state_dir=hints_dir).upload(
-            write(tmp_path / "n.bin", data), workers=4, protocol="tus"
+            write_file(tmp_path / "n.bin", data), workers=4, protocol="tus"
         )
         assert r.chunks == 1 and r.bytes_sent == len(data) and r.object_id is None
         stored = [p for p in (tmp_path).rglob("*") if p.is_file() and p.stat().st_size == len(data)]
@@ -183,8 +172,8 @@ def test_tuspyserver_with_concatenation(tmp_path, hints_dir) -> None:
     try:
         data = random_bytes(4 * MiB, seed=38)
         r = Client(run.endpoint, state_dir=hints_dir).upload(
-            write(tmp_path / "p.bin", data), workers=3, protocol="tus"
+            write_file(tmp_path / "p.bin", data), workers=3, protocol="tus"
         )
-        assert r.chunks == 3 and r.sha256 == sha(data)
+        assert r.chunks == 3 and r.sha256 == sha256_hex(data)
     finally:
         run.stop()
