@@ -69,6 +69,12 @@ class Settings(BaseSettings):
 
     cpu_workers: int = Field(0, ge=0, le=64, description="CPU pool size; 0 means one per core.")
     read_ahead_chunks: int = Field(4, ge=0, le=64)
+    native_hash_buffer_bytes: int = Field(
+        128 * MiB,
+        ge=0,
+        description="Memory for native chunks that arrive ahead of their turn in the whole-file "
+        "SHA-256; beyond it they are read back instead.",
+    )
     gc_grace_seconds: int = Field(6 * 3600, ge=0)
     upload_expiry_seconds: int = Field(7 * 24 * 3600, ge=60)
     upload_lock_seconds: float = Field(

@@ -14,6 +14,7 @@ The protocol is described with examples in docs/client.md; errors map in api/err
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
@@ -83,6 +84,16 @@ class UploadSessionOut(BaseModel):
 
 class MissingIn(BaseModel):
     chunk_ids: list[Sha256Hex] = Field(max_length=MAX_MISSING_BATCH)
+    offset: int | None = Field(
+        None,
+        ge=0,
+        description="With sizes: chunk_ids are the file's chunks in order (repeats included) "
+        "from this byte offset, so the server hashes the whole file as they arrive and "
+        "finalize need not read the object back.",
+    )
+    sizes: list[int] | None = Field(
+        None, max_length=MAX_MISSING_BATCH, description="The size of each of chunk_ids."
+    )
 
 
 class MissingOut(BaseModel):
@@ -108,11 +119,14 @@ class FinalizeIn(BaseModel):
 
 class FinalizedOut(ObjectVersion):
     upload_id: str
-    verified_by: str = Field(description="read-back, known-manifest, or already (a retry).")
+    verified_by: str = Field(
+        description="streamed (hashed as the chunks arrived), read-back (some chunks read back "
+        "at finalize), known-manifest, or already (a retry)."
+    )
 
 
 def _native(svc: Services) -> NativeUploads:
-    return NativeUploads(svc.engine.core, svc.engine.uploads)
+    return svc.engine.native
 
 
 def _params(svc: Services) -> StoreParamsOut:
@@ -204,7 +218,9 @@ async def missing(upload_id: str, body: MissingIn, request: Request) -> MissingO
     """The chunks the store has are pinned to the session in the same transaction, so they
     cannot be collected before finalize: the client never needs to send them."""
     native = _native(services(request))
-    lacking = await asyncio.to_thread(native.missing, upload_id, body.chunk_ids)
+    lacking = await asyncio.to_thread(
+        partial(native.missing, offset=body.offset, sizes=body.sizes), upload_id, body.chunk_ids
+    )
     return MissingOut(missing=lacking, pinned=len(set(body.chunk_ids)) - len(lacking))
 
 

@@ -270,11 +270,16 @@ class NativeUpload:
             self._put(self._work, None)
 
     def _ask(self, batch: list[_Chunk]) -> None:
-        ids = list(dict.fromkeys(c.chunk_id for c in batch))
+        # The run in file order (repeats included) with its offset and sizes: the server
+        # hashes the whole file as chunks arrive, so finalize need not read it back.
         answer = self._t.json(
             "POST",
             f"/v1/uploads/{self._upload_id}/missing",
-            json={"chunk_ids": ids},
+            json={
+                "chunk_ids": [c.chunk_id for c in batch],
+                "offset": batch[0].offset,
+                "sizes": [c.size for c in batch],
+            },
             ok=(200,),
             what="asking which chunks are missing",
         )

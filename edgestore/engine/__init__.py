@@ -16,8 +16,10 @@ from edgestore.config import Settings
 from edgestore.engine.core import EngineCore, open_core
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.engine.native import NativeUploads
 from edgestore.engine.objects import Objects, ObjectSelector
 from edgestore.engine.uploads import Uploads
+from edgestore.engine.wholefile import WholeFileHashes
 from edgestore.metadata.objects import VersionInfo
 
 __all__ = ["Engine", "ObjectSelector", "VersionInfo"]
@@ -29,12 +31,15 @@ class Engine:
         self.settings = core.settings
         self.objects = Objects(core)
         self.uploads = Uploads(core)
+        self.wholefile = WholeFileHashes(core, core.settings.native_hash_buffer_bytes)
+        self.native = NativeUploads(core, self.uploads, self.wholefile)
 
     @classmethod
     def open(cls, settings: Settings, *, initialise_dirs: bool = False) -> Engine:
         return cls(open_core(settings, initialise_dirs=initialise_dirs))
 
     def close(self) -> None:
+        self.wholefile.close()
         self.core.close()
 
     def __enter__(self) -> Engine:

@@ -508,3 +508,39 @@ def test_chunk_repeated_inside_a_file(http) -> None:
     r = finalize(http, uid, chunks, sha256_hex(data))
     assert r.status_code == 200
     assert http.get(f"/ids/{r.json()['object_id']}").content == data
+
+
+def test_chunks_announced_in_order_are_hashed_as_they_arrive(http) -> None:
+    """/missing with offset and sizes lets the server hash the whole file during the upload:
+    finalize then reads nothing back."""
+    data = random_bytes(700 * KiB, seed=97)
+    chunks = chunks_of(data)
+    uid = open_session(http, len(data), key="streamed/1")
+    ids = [c for c, _ in chunks]
+    sizes = [len(c) for _, c in chunks]
+    r = http.post(
+        f"/v1/uploads/{uid}/missing", json={"chunk_ids": ids, "offset": 0, "sizes": sizes}
+    )
+    assert r.status_code == 200 and r.json()["missing"] == list(dict.fromkeys(ids))
+    upload_all(http, uid, chunks)
+    r = finalize(http, uid, chunks, sha256_hex(data))
+    assert r.status_code == 200 and r.json()["verified_by"] == "streamed"
+    assert http.get(f"/ids/{r.json()['object_id']}").content == data
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"offset": 0}, "offset and sizes come together"),
+        ({"sizes": [1]}, "offset and sizes come together"),
+        ({"offset": 0, "sizes": [1, 2]}, "2 sizes for 1 chunk ids"),
+        ({"offset": 0, "sizes": [0]}, "chunk sizes run from 1 to"),
+        ({"offset": -1, "sizes": [1]}, "offset"),
+    ],
+)
+def test_a_malformed_announcement_is_refused(http, probe, server, extra, message) -> None:
+    uid = open_session(http, 10)
+    body = {"chunk_ids": [sha256_hex(b"x")], **extra}
+    with unchanged(probe, server):
+        r = http.post(f"/v1/uploads/{uid}/missing", json=body)
+    assert r.status_code in (400, 422) and message in r.text, r.text

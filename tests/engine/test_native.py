@@ -25,7 +25,7 @@ from tests.native import SMALL_PARAMS, chunks_of
 
 
 def _native(engine: Engine) -> NativeUploads:
-    return NativeUploads(engine.core, engine.uploads)
+    return engine.native
 
 
 def _count(engine: Engine, table: sa.Table) -> int:
