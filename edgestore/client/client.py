@@ -8,7 +8,7 @@ from typing import Literal
 from edgestore.client.concurrency import MAX_WORKERS
 from edgestore.client.download import Download
 from edgestore.client.http import Transport
-from edgestore.client.native import NativeUpload, Workers
+from edgestore.client.native import SENDERS_PER_TURN, NativeUpload, Workers
 from edgestore.client.results import DownloadResult, Progress, UploadResult
 from edgestore.client.resume import ResumeHints
 from edgestore.client.retry import RetryPolicy
@@ -48,7 +48,7 @@ class Client:
         return Transport(
             base_url,
             self._key,
-            connections=width + 4,
+            connections=SENDERS_PER_TURN * width + 4,
             timeout=self._timeout,
             retry=self._retry,
             verify=self._verify,

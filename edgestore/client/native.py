@@ -7,9 +7,13 @@ Threads, joined by bounded hand-offs:
             not yet resolved (sent, or known to the server), so re-reads stay in the page cache;
   asker   — batches ids (16, 32, … up to the server's limit) into /missing requests; the
             server pins the chunks it has to the session, the missing ones go to the senders;
-  senders — re-read their chunk (pread) and PUT it; a Gate holds them to the current number
-            of connections, which the monitor grows in 'auto' mode (client/concurrency.py).
-Memory is about senders x max chunk size. Any thread's failure stops all of them.
+  senders — re-read their chunk (pread) and PUT it; a Gate holds the ones sending a body to
+            the current number of connections, which the monitor grows in 'auto' mode
+            (client/concurrency.py). A sender gives up its turn once its body is on the wire,
+            while the server makes the chunk durable and answers (a round trip and more), so
+            another connection sends meanwhile: there are twice as many senders as turns.
+Memory is about turns x max chunk size (a sender waiting for its answer holds no chunk: a
+retry reads it again). Any thread's failure stops all of them.
 """
 
 from __future__ import annotations
@@ -47,11 +51,32 @@ FIRST_BATCH = 16
 SEND_PIECE = 256 * 1024  # body pieces handed to the socket (and counted for 'auto')
 FINALIZE_BYTES_PER_SECOND = 50e6  # slowest server read-back assumed for finalize's timeout
 POLL = 0.2
+SENDERS_PER_TURN = 2  # one sending a body, one waiting for its answer
 SUPPORTED = ("fastcdc2020", "sha256")
 
 
 class _Stopped(Exception):
     """Another thread failed: wind down without reporting anything."""
+
+
+class _Turn:
+    """One sender's place at the gate, taken at most once at a time, given back at most once."""
+
+    def __init__(self, gate: Gate, stop: threading.Event) -> None:
+        self._gate = gate
+        self._stop = stop
+        self._held = False
+
+    def take(self) -> None:
+        if not self._held:
+            if not self._gate.acquire(self._stop):
+                raise _Stopped
+            self._held = True
+
+    def give(self) -> None:
+        if self._held:
+            self._held = False
+            self._gate.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +125,7 @@ class NativeUpload:
         self._auto = AutoWorkers() if workers == "auto" else None
         if self._auto is None and not 1 <= int(workers) <= 64:
             raise InvalidInput(f"workers must be 'auto' or 1 to 64, not {workers!r}")
-        self._senders = MAX_WORKERS if self._auto else int(workers)
+        self._senders = SENDERS_PER_TURN * (MAX_WORKERS if self._auto else int(workers))
         self._gate = Gate(self._auto.level if self._auto else int(workers))
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -293,27 +318,32 @@ class NativeUpload:
 
     def _send_loop(self) -> None:
         while True:
-            if not self._gate.acquire(self._stop):
-                raise _Stopped
+            turn = _Turn(self._gate, self._stop)
+            turn.take()
             try:
                 item = self._get(self._work)
                 if item is None:
                     return
-                self._send(item)
+                self._send(item, turn)
                 self._resolve(item, sent=True)
             finally:
-                self._gate.release()
+                turn.give()
 
-    def _send(self, c: _Chunk) -> None:
-        data = self._source.pread(c.offset, c.size)
+    def _send(self, c: _Chunk, turn: _Turn | None = None) -> None:
+        if turn is None:
+            turn = _Turn(self._gate, self._stop)
+            try:
+                return self._send(c, turn)
+            finally:
+                turn.give()
         for _ in range(3):
             try:
                 self._t.request(
                     "PUT",
                     f"/v1/uploads/{self._upload_id}/chunks/{c.chunk_id}",
-                    content=lambda: self._body(data),
+                    content=lambda: self._body(c, turn),
                     headers={
-                        "Content-Length": str(len(data)),
+                        "Content-Length": str(c.size),
                         "Content-Type": "application/octet-stream",
                     },
                     ok=(200, 201),
@@ -322,19 +352,23 @@ class NativeUpload:
                 self._chunks_sent.add(1)
                 return
             except ChunkHashMismatch:
-                if chunk_id(data) != c.chunk_id:
+                if chunk_id(self._source.pread(c.offset, c.size)) != c.chunk_id:
                     raise self._source.changed(
                         f"the {c.size} bytes at offset {c.offset} are not the ones hashed"
                     ) from None
                 # the same bytes hash right here: they were damaged in transit; send again
         raise ChunkHashMismatch(f"the chunk at offset {c.offset} arrived damaged three times")
 
-    def _body(self, data: bytes) -> Iterator[bytes]:
-        view = memoryview(data)
+    def _body(self, c: _Chunk, turn: _Turn) -> Iterator[bytes]:
+        """The chunk's bytes, read for this try; the turn is held while they are sent (a retry
+        takes it again) and given up after the last piece, before the answer comes."""
+        turn.take()
+        view = memoryview(self._source.pread(c.offset, c.size))
         for i in range(0, len(view), SEND_PIECE):
             piece = view[i : i + SEND_PIECE]
             self._wire.add(len(piece))
             yield piece  # type: ignore[misc]  # httpx takes any bytes-like piece
+        turn.give()
 
     def _resolve(self, c: _Chunk, *, sent: bool) -> None:
         self._budget.give(c.size)
