@@ -10,7 +10,7 @@ import pytest
 from edgestore.client import Client
 from edgestore.client.concurrency import LEVELS, AutoWorkers, Gate
 from edgestore.client.http import error_from
-from edgestore.client.native import chunker_params
+from edgestore.client.native import _Stopped, _Turn, chunker_params
 from edgestore.client.resume import HintKey, ResumeHints
 from edgestore.client.source import SourceFile
 from edgestore.errors import InvalidInput, MissingChunks, SourceChanged, UploadGone
@@ -244,6 +244,28 @@ def test_gate_width_changes_while_threads_wait() -> None:
     assert not entered.wait(0.3)
     gate.set_limit(2)
     assert entered.wait(2)
+
+
+def test_a_turn_is_held_once_and_given_back_once() -> None:
+    """A sender holds its turn while a body is sent (a retry takes it again, a second take
+    is a no-op) and gives it back once, however many times it is asked to."""
+    import threading
+
+    gate, stop = Gate(1), threading.Event()
+    turn, other = _Turn(gate, stop), _Turn(gate, stop)
+    turn.take()
+    turn.take()  # the first try's body already holds it
+    stop.set()
+    with pytest.raises(_Stopped):  # the gate is full: a stopping upload does not wait
+        other.take()
+    stop.clear()
+    turn.give()
+    turn.give()  # the loop's cleanup after the body already gave it back
+    other.take()
+    stop.set()
+    assert not gate.acquire(stop)  # one turn, held: nobody else gets in
+    other.give()
+    assert gate.acquire(stop)
 
 
 def test_hint_is_ignored_once_the_file_changes(tmp_path) -> None:
