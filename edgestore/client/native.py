@@ -2,7 +2,8 @@
 send only those over parallel connections, then commit the manifest and whole-file SHA-256.
 
 Threads, joined by bounded hand-offs:
-  reader  — reads the file once, cuts FastCDC chunks, hashes each (and the whole file); it
+  reader  — reads the file once, cuts FastCDC chunks, hashes each on a small pool (and the
+            whole file on a lane of its own); it
             keeps only (offset, size, id), and runs at most LOOKAHEAD_BYTES ahead of the chunks
             not yet resolved (sent, or known to the server), so re-reads stay in the page cache;
   asker   — batches ids (16, 32, … up to the server's limit) into /missing requests; the
@@ -22,7 +23,9 @@ import hashlib
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -52,6 +55,8 @@ SEND_PIECE = 256 * 1024  # body pieces handed to the socket (and counted for 'au
 FINALIZE_BYTES_PER_SECOND = 50e6  # slowest server read-back assumed for finalize's timeout
 POLL = 0.2
 SENDERS_PER_TURN = 2  # one sending a body, one waiting for its answer
+HASH_THREADS = 2  # chunk ids computed at once while the reader cuts the next chunks
+HASH_AHEAD = 4  # chunks cut but not yet hashed, at most (memory: 4 x max chunk size)
 SUPPORTED = ("fastcdc2020", "sha256")
 
 
@@ -254,22 +259,43 @@ class NativeUpload:
         chunker = StreamChunker(params)
         whole = hashlib.sha256()
         offset = 0
+        # Three streams over the cores (hashlib releases the GIL): cut points here, chunk ids
+        # on a small pool, the whole-file digest on a lane of its own, in block order.
+        ids = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="es-hash")
+        lane = ThreadPoolExecutor(1, thread_name_prefix="es-whole")
+        hashing: deque[tuple[int, int, Future[str]]] = deque()
+        digesting: deque[Future[None]] = deque()
+
+        def publish(wait: bool) -> None:
+            while hashing and (wait or hashing[0][2].done() or len(hashing) > HASH_AHEAD):
+                at, size, cid = hashing.popleft()
+                c = _Chunk(at, size, cid.result())
+                self._manifest.append(c)
+                self._ids.put(c)
 
         def emit(piece: bytes) -> None:
             nonlocal offset
             if not self._budget.take(len(piece), self._stop):
                 raise _Stopped
-            c = _Chunk(offset, len(piece), chunk_id(piece))
-            self._manifest.append(c)
+            hashing.append((offset, len(piece), ids.submit(chunk_id, piece)))
             offset += len(piece)
-            self._ids.put(c)
+            publish(wait=False)
 
-        for block in self._source.blocks():
-            whole.update(block)
-            for piece in chunker.feed(block):
+        try:
+            for block in self._source.blocks():
+                digesting.append(lane.submit(whole.update, block))
+                while len(digesting) > 2:  # bounded: the lane holds at most two blocks
+                    digesting.popleft().result()
+                for piece in chunker.feed(block):
+                    emit(piece)
+            for piece in chunker.finish():
                 emit(piece)
-        for piece in chunker.finish():
-            emit(piece)
+            publish(wait=True)
+            while digesting:
+                digesting.popleft().result()
+        finally:
+            ids.shutdown(cancel_futures=True)
+            lane.shutdown(cancel_futures=True)
         self._sha256 = whole.hexdigest()
         self._ids.put(None)
 
