@@ -3,9 +3,9 @@ send only those over parallel connections, then commit the manifest and whole-fi
 
 Threads, joined by bounded hand-offs:
   reader  — reads the file once, cuts FastCDC chunks, hashes each on a small pool (and the
-            whole file on a lane of its own); it
-            keeps only (offset, size, id), and runs at most LOOKAHEAD_BYTES ahead of the chunks
-            not yet resolved (sent, or known to the server), so re-reads stay in the page cache;
+            whole file on a lane of its own); it keeps only (offset, size, id), and runs at
+            most LOOKAHEAD_BYTES ahead of the chunks not yet resolved (sent, or known to the
+            server), so re-reads stay in the page cache;
   asker   — batches ids (16, 32, … up to the server's limit) into /missing requests; the
             server pins the chunks it has to the session, the missing ones go to the senders;
   senders — re-read their chunk (pread) and PUT it; a Gate holds the ones sending a body to
