@@ -200,19 +200,19 @@ def _drive(auto: AutoWorkers, rates: dict[int, float]) -> list[int]:
 
 def test_auto_workers_grow_while_it_pays_then_hold() -> None:
     auto = AutoWorkers(warmup=0.5, window=2.0)
-    rates = {4: 10e6, 6: 14e6, 8: 18e6, 11: 18.2e6, 16: 30e6}  # 11 adds only ~1%: hold 11
+    rates = {6: 14e6, 8: 18e6, 11: 18.2e6, 16: 30e6}  # 11 adds only ~1%: hold 11
     levels = _drive(auto, rates)
     assert auto.settled and auto.level == 11
-    assert [lvl for lvl, _ in auto.history] == [4, 6, 8, 11]
-    assert levels[0] == 4 and max(levels) == 11
+    assert [lvl for lvl, _ in auto.history] == [6, 8, 11]
+    assert levels[0] == 6 and max(levels) == 11
 
 
 def test_auto_workers_undo_a_step_that_hurts() -> None:
     auto = AutoWorkers(warmup=0.5, window=2.0)
-    rates = {4: 10e6, 6: 14e6, 8: 12e6, 11: 30e6, 16: 30e6}  # 8 is worse than 6: back to 6
+    rates = {6: 14e6, 8: 12e6, 11: 30e6, 16: 30e6}  # 8 is worse than 6: back to 6
     levels = _drive(auto, rates)
     assert auto.settled and auto.level == 6
-    assert [lvl for lvl, _ in auto.history] == [4, 6, 8]
+    assert [lvl for lvl, _ in auto.history] == [6, 8]
     assert max(levels) == 8 and levels[-1] == 6
 
 
