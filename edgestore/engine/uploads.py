@@ -253,6 +253,8 @@ class Uploads:
                 rec = upload_rows.get_open(conn, upload_id)
                 if rec.state != upload_rows.OPEN:
                     raise UploadStateError(f"upload {upload_id} is already complete")
+                if rec.concat_of is not None:
+                    raise UploadStateError(f"upload {upload_id} is a final upload: not patchable")
                 upload_rows.acquire_lock(conn, upload_id, owner, core.settings.upload_lock_seconds)
                 if offset != rec.offset:
                     raise OffsetConflict(
@@ -325,10 +327,12 @@ class Uploads:
         filename: str | None = None,
         user_metadata: dict[str, Any] | None = None,
     ) -> UploadRecord:
-        """A final upload made of complete partial uploads, in order: no byte is copied.
+        """A final upload made of partial uploads, in order: no byte is copied.
 
         The new version's manifest is the partials' manifests end to end; the partials keep
-        their own references until they expire, so a retried final is still possible.
+        their own references until they expire, so a retried final is still possible. If some
+        partials are still receiving bytes (tus concatenation-unfinished), the final upload
+        waits, open, and becomes a version in the transaction that completes its last partial.
         """
         if not partial_ids:
             raise InvalidInput("a final upload needs at least one partial upload")
@@ -336,58 +340,81 @@ class Uploads:
             validate_bucket(bucket)
         if key is not None:
             validate_key(key)
-        db = self._core.db
-        with db.write() as conn:
-            entries: list[tuple[str, int, int]] = []
-            total = 0
-            for pid in partial_ids:
-                part = upload_rows.get_open(conn, pid)
+        settings = self._core.settings
+        with self._core.db.write() as conn:
+            # Locked: a partial completing now either committed before (seen complete here)
+            # or waits for this transaction, and then finds the final waiting for it.
+            parts = [upload_rows.get_open(conn, pid, for_update=True) for pid in partial_ids]
+            lengths = [p.length for p in parts]
+            known = None if None in lengths else sum(n for n in lengths if n is not None)
+            for part in parts:
                 if not part.is_partial:
-                    raise InvalidInput(f"upload {pid} is not a partial upload")
-                if part.state != upload_rows.COMPLETE:
-                    raise InvalidInput(
-                        f"partial upload {pid} is not complete ({part.offset} of "
-                        f"{part.length if part.length is not None else '?'} bytes)"
-                    )
-                for cid, off, length in upload_rows.parts(conn, pid):
-                    entries.append((cid, total + off, length))
-                total += part.offset
-            if total > self._core.settings.max_upload_size:
-                raise TooLarge(f"concatenated length {total} exceeds the maximum")
-            quotas.check_bucket(conn, self._core.settings, bucket, total)
+                    raise InvalidInput(f"upload {part.upload_id} is not a partial upload")
+            if known is not None:
+                if known > settings.max_upload_size:
+                    raise TooLarge(f"concatenated length {known} exceeds the maximum")
+                quotas.check_bucket(conn, settings, bucket, known)
+            finished = all(p.state == upload_rows.COMPLETE for p in parts)
             uid = upload_rows.create(
                 conn,
                 kind="tus",
                 bucket=bucket,
                 key=key,
-                length=total,
-                expires_at=None,
+                length=known,
+                expires_at=None if finished else now() + settings.upload_expiry_seconds,
                 hash_state=None,
                 content_type=content_type,
                 filename=filename,
                 user_metadata=user_metadata,
                 concat_of=list(partial_ids),
-                committed_offset=total,
             )
-            version_id = object_rows.create_version(
-                db,
-                conn,
-                bucket=bucket or DEFAULT_BUCKET,
-                key=key or uid,
-                entries=entries,
-                sha256=None,  # filled in by the maintenance task (SHA-256 state can't be joined)
-                content_type=content_type,
-                filename=filename,
-                user_metadata=user_metadata or {},
-                take_refs=True,
-            )
-            upload_rows.mark_complete(conn, uid, version_id)
+            if finished:
+                self._finish_final(conn, upload_rows.get(conn, uid))
             return upload_rows.get(conn, uid)
 
+    def _finish_final(self, conn: Connection, final: UploadRecord) -> None:
+        """Make a final upload whose partials are all complete into its object version."""
+        assert final.concat_of is not None
+        entries: list[tuple[str, int, int]] = []
+        total = 0
+        for pid in final.concat_of:
+            part = upload_rows.get(conn, pid)
+            for cid, off, length in upload_rows.parts(conn, pid):
+                entries.append((cid, total + off, length))
+            total += part.offset
+        if total > self._core.settings.max_upload_size:
+            raise TooLarge(f"concatenated length {total} exceeds the maximum")
+        upload_rows.set_concatenated(conn, final.upload_id, total)
+        version_id = object_rows.create_version(
+            self._core.db,
+            conn,
+            bucket=final.bucket or DEFAULT_BUCKET,
+            key=final.key or final.upload_id,
+            entries=entries,
+            sha256=None,  # filled in by the maintenance task (SHA-256 state can't be joined)
+            content_type=final.content_type,
+            filename=final.filename,
+            user_metadata=final.user_metadata,
+            take_refs=True,
+        )
+        upload_rows.mark_complete(conn, final.upload_id, version_id)
+
     def _complete(self, conn: Connection, rec: UploadRecord, sha256: str | None) -> None:
-        """Turn a finished upload into an object version (a partial one just stays complete)."""
+        """Turn a finished upload into an object version; a partial one stays complete, and
+        completes the final uploads that were waiting only for it."""
         if rec.is_partial:
             upload_rows.mark_complete(conn, rec.upload_id, None)
+            for fid in upload_rows.pending_finals(conn, rec.upload_id):
+                final = upload_rows.get(conn, fid, for_update=True)
+                if final.state != upload_rows.OPEN or final.concat_of is None:
+                    continue
+                others = [upload_rows.get(conn, pid) for pid in final.concat_of]
+                if all(p.state == upload_rows.COMPLETE for p in others):
+                    try:
+                        self._finish_final(conn, final)
+                    except TooLarge as exc:  # raised before any write: the partial still lands
+                        log.warning("final upload %s cannot complete: %s", fid, exc)
+                        upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
             return
         entries = upload_rows.parts(conn, rec.upload_id)
         version_id = version_of(self._core.db, conn, rec, entries, sha256, take_refs=False)

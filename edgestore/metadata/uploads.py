@@ -168,21 +168,26 @@ def create(
     return UploadId(uid)
 
 
-def get(conn: Connection, upload_id: str) -> UploadRecord:
-    """The upload, or UploadNotFound. Expired and terminated uploads are returned as such."""
+def get(conn: Connection, upload_id: str, *, for_update: bool = False) -> UploadRecord:
+    """The upload, or UploadNotFound. Expired and terminated uploads are returned as such.
+
+    `for_update` locks the row until the transaction ends (PostgreSQL; SQLite's write
+    transactions are serial anyway).
+    """
     try:
         uuid.UUID(upload_id)
     except ValueError:
         raise UploadNotFound(f"upload {upload_id!r} not found") from None
-    row = conn.execute(sa.select(uploads).where(uploads.c.upload_id == upload_id)).one_or_none()
+    query = sa.select(uploads).where(uploads.c.upload_id == upload_id)
+    row = conn.execute(query.with_for_update() if for_update else query).one_or_none()
     if row is None:
         raise UploadNotFound(f"upload {upload_id} not found")
     return _record(row)
 
 
-def get_open(conn: Connection, upload_id: str) -> UploadRecord:
+def get_open(conn: Connection, upload_id: str, *, for_update: bool = False) -> UploadRecord:
     """The upload if it can still take bytes; UploadGone if expired or terminated."""
-    rec = get(conn, upload_id)
+    rec = get(conn, upload_id, for_update=for_update)
     lapsed = rec.expires_at is not None and rec.expires_at < now()
     # A finished partial upload lives on (for concatenation) only until its expiry.
     if rec.state in (TERMINATED, EXPIRED) or (
@@ -192,6 +197,19 @@ def get_open(conn: Connection, upload_id: str) -> UploadRecord:
             f"upload {upload_id} has {'expired' if rec.state != TERMINATED else 'been terminated'}"
         )
     return rec
+
+
+def pending_finals(conn: Connection, partial_id: str) -> list[str]:
+    """Open final uploads (concatenation-unfinished) waiting for this partial upload."""
+    rows = conn.execute(
+        sa.select(uploads.c.upload_id, uploads.c.concat_of).where(
+            uploads.c.state == OPEN,
+            uploads.c.is_partial.is_(False),
+            uploads.c.committed_offset == 0,  # a pending final holds no bytes of its own
+            uploads.c.tail_length == 0,
+        )
+    )
+    return [r.upload_id for r in rows if partial_id in (r.concat_of or ())]
 
 
 def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
@@ -316,6 +334,15 @@ def set_length(conn: Connection, upload_id: str, length: int) -> None:
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id, uploads.c.length.is_(None))
         .values(length=length, updated_at=now())
+    )
+
+
+def set_concatenated(conn: Connection, upload_id: str, total: int) -> None:
+    """A final upload's length and offset once all its partials are in."""
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id)
+        .values(length=total, committed_offset=total, updated_at=now())
     )
 
 

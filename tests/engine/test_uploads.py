@@ -205,3 +205,52 @@ def test_deferred_length(small_engine: Engine) -> None:
     assert read_all(small_engine, v) == b"hello world"
     with pytest.raises(UploadStateError):
         small_engine.uploads.append(up.upload_id, 11, iter([b"!"]))
+
+
+def _finish_together(engine: Engine, ids: list[str], parts: list[bytes]) -> None:
+    """Append each partial's whole content, all threads released at the same moment."""
+    start = threading.Barrier(len(ids))
+    errors: list[BaseException] = []
+
+    def finish(uid: str, data: bytes) -> None:
+        try:
+            start.wait()
+            engine.uploads.append(uid, 0, blocks_of(data, 64 * KiB))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=finish, args=a) for a in zip(ids, parts, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_partials_finishing_together_complete_their_final_once(small_engine: Engine) -> None:
+    """concatenation-unfinished: whichever partial lands last (here two at the same moment,
+    on PostgreSQL truly in parallel) makes the waiting final an object, exactly once."""
+    uploads = small_engine.uploads
+    for round_ in range(4):
+        parts = [random_bytes(300 * KiB + i, seed=40 + 2 * round_ + i) for i in range(2)]
+        ids = [uploads.create(length=len(p), is_partial=True).upload_id for p in parts]
+        final = uploads.concatenate(ids, key=f"final-{round_}")
+        assert final.state == upload_rows.OPEN and final.length == sum(map(len, parts))
+        _finish_together(small_engine, ids, parts)
+        done = uploads.get(final.upload_id)
+        assert done.state == upload_rows.COMPLETE and done.offset == sum(map(len, parts))
+        assert done.version_id is not None
+        version = small_engine.objects.by_version_id(done.version_id)
+        assert version.version == 1 and read_all(small_engine, version) == b"".join(parts)
+    with small_engine.core.db.read() as conn:
+        assert reference_mismatches(conn) == []
+
+
+def test_a_final_upload_takes_no_bytes_of_its_own(small_engine: Engine) -> None:
+    uploads = small_engine.uploads
+    part = uploads.create(length=10, is_partial=True)
+    final = uploads.concatenate([part.upload_id])
+    with pytest.raises(UploadStateError):
+        uploads.append(final.upload_id, 0, [b"x"])
+    uploads.append(part.upload_id, 0, [b"0123456789"])
+    assert uploads.get(final.upload_id).state == upload_rows.COMPLETE

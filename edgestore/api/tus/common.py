@@ -41,10 +41,12 @@ def upload_id_from_url(url: str) -> str:
 def describe(request: Request, services: Services, rec: UploadRecord) -> dict[str, str]:
     """Headers that tell a client where an upload stands (HEAD, POST and PATCH responses)."""
     h = base_headers()
-    h["Upload-Offset"] = str(rec.offset)
+    waiting = rec.concat_of is not None and rec.state == upload_rows.OPEN
+    if not waiting:  # a final upload still waiting for its partials has no offset yet
+        h["Upload-Offset"] = str(rec.offset)
     if rec.length is not None:
         h["Upload-Length"] = str(rec.length)
-    else:
+    elif rec.concat_of is None:
         h["Upload-Defer-Length"] = "1"
     tus_meta = rec.user_metadata
     if tus_meta:

@@ -21,6 +21,8 @@ async def download(upload_id: str, request: Request) -> Response:
     rec = await asyncio.to_thread(svc.engine.uploads.get, upload_id, TUS_KINDS)
     if rec.state in (upload_rows.TERMINATED, upload_rows.EXPIRED):
         raise UploadGone(f"upload {upload_id} was {rec.state}; its object is at /objects")
+    if rec.version_id is None and rec.concat_of is not None:
+        raise NotFound(f"final upload {upload_id} is waiting for its partial uploads")
     if rec.version_id is None:
         raise NotFound(f"upload {upload_id} is not finished ({rec.offset} bytes so far)")
     info = await asyncio.to_thread(svc.engine.objects.by_version_id, rec.version_id)

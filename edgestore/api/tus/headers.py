@@ -25,6 +25,7 @@ EXTENSIONS = (
     "expiration",
     "checksum",
     "concatenation",
+    "concatenation-unfinished",
 )
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 MAX_METADATA_BYTES = 8 * 1024

@@ -166,20 +166,51 @@ def test_a_partial_can_feed_two_finals(http) -> None:
     assert http.get(r2.headers["Location"]).content == b + a
 
 
-def test_final_naming_an_unfinished_partial_is_400(http, probe) -> None:
-    done = _partial(http, random_bytes(100, seed=128))
-    unfinished = _partial(http, random_bytes(100, seed=129), fill=50)
-    with store_unchanged(http, probe):
-        r = _final(http, [done, unfinished])
-    assert r.status_code == 400
+def test_a_final_waits_for_unfinished_partials(http, probe) -> None:
+    """concatenation-unfinished: the final exists at once, has no offset until its last
+    partial completes, refuses PATCH, and becomes the object in that partial's last PATCH."""
+    parts = [random_bytes(n, seed=128 + i) for i, n in enumerate((100_000, 70_000, 50_000))]
+    done = _partial(http, parts[0])
+    half = _partial(http, parts[1], fill=30_000)
+    empty = _partial(http, parts[2], fill=0)
+    versions = probe.counts()["object_versions"]
+    r = _final(http, [done, half, empty])
+    assert r.status_code == 201 and "Upload-Offset" not in r.headers
+    final = r.headers["Location"]
+
+    def waiting() -> bool:
+        h = tus_head(http, final)
+        assert h.status_code == 200
+        assert h.headers["Upload-Length"] == str(sum(map(len, parts)))
+        assert h.headers["Upload-Concat"].startswith("final;")
+        return "Upload-Offset" not in h.headers
+
+    assert waiting()
+    assert http.get(final).status_code == 404
+    assert tus_patch(http, final, 0, b"x").status_code == 403
+    assert tus_patch(http, half, 30_000, parts[1][30_000:]).status_code == 204
+    assert waiting() and probe.counts()["object_versions"] == versions
+    assert tus_patch(http, empty, 0, parts[2]).status_code == 204
+    assert not waiting()
+    assert tus_head(http, final).headers["Upload-Offset"] == str(sum(map(len, parts)))
+    assert http.get(final).content == b"".join(parts)
+    assert probe.counts()["object_versions"] == versions + 1
 
 
-def test_final_naming_an_unfinished_partial_is_refused_and_creates_nothing(http, probe) -> None:
-    done = _partial(http, random_bytes(100, seed=130))
-    unfinished = _partial(http, random_bytes(100, seed=131), fill=50)
-    with store_unchanged(http, probe):
-        r = _final(http, [done, unfinished])
-    assert 400 <= r.status_code < 500
+def test_a_final_of_deferred_partials_learns_its_length(http) -> None:
+    data = random_bytes(40_000, seed=140)
+    r = http.post(
+        "/files/", headers={**TUS, "Upload-Defer-Length": "1", "Upload-Concat": "partial"}
+    )
+    part = r.headers["Location"]
+    final = _final(http, [part]).headers["Location"]
+    h = tus_head(http, final)
+    assert not {"Upload-Offset", "Upload-Length", "Upload-Defer-Length"} & set(h.headers)
+    r = tus_patch(http, part, 0, data, **{"Upload-Length": str(len(data))})
+    assert r.status_code == 204
+    h = tus_head(http, final)
+    assert h.headers["Upload-Offset"] == h.headers["Upload-Length"] == str(len(data))
+    assert http.get(final).content == data
 
 
 def test_final_naming_a_non_partial_upload_is_400(http, probe) -> None:

@@ -14,6 +14,7 @@ EXTENSIONS = [
     "expiration",
     "checksum",
     "concatenation",
+    "concatenation-unfinished",
 ]
 
 
