@@ -33,6 +33,9 @@ from edgestore.metadata import chunks as chunk_index
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 3600.0  # a session silent this long loses its running digest (and buffers)
+# A session silent this long gives up the bodies it holds when another needs the memory
+# (finalized on another node, or abandoned): they are read back if it ever goes on.
+PARKED_IDLE_SECONDS = 60.0
 MAX_SESSIONS = 256  # running digests kept per process; the least recently used goes first
 
 
@@ -146,6 +149,8 @@ class WholeFileHashes:
             track = self._tracks.get(upload_id)
         if track is None:
             return
+        if raw is not None and self._parked_bytes + len(raw) > self.budget_bytes:
+            self._reclaim_idle()
         with track.lock:
             if track.closed:
                 return
@@ -267,6 +272,17 @@ class WholeFileHashes:
         track.scheduled = False
         self._release(sum(len(b) for b in track.parked.values()))
         track.parked.clear()
+
+    def _reclaim_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [
+                t for t in self._tracks.values() if t.parked and now - t.used > PARKED_IDLE_SECONDS
+            ]
+        for track in idle:
+            with track.lock:
+                self._release(sum(len(b) for b in track.parked.values()))
+                track.parked.clear()
 
     def _unregister(self, upload_id: str, track: _Track) -> None:
         with self._lock:

@@ -155,6 +155,39 @@ def test_wrong_announced_sizes_never_reach_a_version(small_engine: Engine) -> No
     assert read_all(small_engine, done.version) == data
 
 
+def test_a_silent_session_gives_its_buffer_to_an_active_one(
+    small_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session finalized on another node never comes back here: its waiting bodies must
+    not hold the memory for an hour. Both sessions still finalize correctly."""
+    from edgestore.engine import wholefile
+
+    native, wf = small_engine.native, small_engine.wholefile
+    first, second = random_bytes(600 * KiB, seed=18), random_bytes(600 * KiB, seed=19)
+    parts1, parts2 = chunks_of(first), chunks_of(second)
+    wf.budget_bytes = len(first)
+    s1 = native.create(size=len(first), key="silent")
+    _announce(native, s1.upload_id, parts1)
+    for cid, c in parts1[1:]:  # its first chunk never comes: the rest wait in memory
+        native.put_chunk(s1.upload_id, cid, c)
+    held = wf.parked_bytes
+    assert held == len(first) - len(parts1[0][1])
+    wf.budget_bytes = held  # full
+    s2 = native.create(size=len(second), key="active")
+    _announce(native, s2.upload_id, parts2)
+    native.put_chunk(s2.upload_id, *parts2[-1])  # no room, and the other is not idle yet
+    assert wf.parked_bytes == held
+    monkeypatch.setattr(wholefile, "PARKED_IDLE_SECONDS", 0.0)
+    time.sleep(0.01)
+    native.put_chunk(s2.upload_id, *parts2[-2])  # now the silent session's bodies go
+    assert wf.parked_bytes == len(parts2[-2][1])
+    for parts, rec, data in ((parts2, s2, second), (parts1, s1, first)):
+        for cid, c in parts:
+            native.put_chunk(rec.upload_id, cid, c)
+        done = native.finalize(rec.upload_id, _manifest(parts), sha256_hex(data))
+        assert read_all(small_engine, done.version) == data
+
+
 def test_abort_releases_buffered_chunks(small_engine: Engine) -> None:
     native = small_engine.native
     data = random_bytes(600 * KiB, seed=17)
