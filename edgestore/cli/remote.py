@@ -46,7 +46,10 @@ def upload(
     workers: Annotated[
         str,
         typer.Option(
-            "--workers", "-w", help="Parallel connections, 1-64, or 'auto' (grows while it pays)."
+            "--workers",
+            "-w",
+            help="Transfers at once, 1-64, or 'auto' (grows while it pays). Native: chunk "
+            "bodies being sent, each with a second connection awaiting an answer; tus: parts.",
         ),
     ] = "auto",
     protocol: Annotated[
