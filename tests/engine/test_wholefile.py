@@ -30,6 +30,15 @@ def _manifest(parts: Parts) -> list[ManifestChunk]:
     return [ManifestChunk(cid, len(c)) for cid, c in parts]
 
 
+def _send_and_finalize(engine: Engine, upload_id: str, parts: Parts, data: bytes) -> str:
+    """PUT every chunk, finalize with the file's digest, check the version; how it verified."""
+    for cid, c in parts:
+        engine.native.put_chunk(upload_id, cid, c)
+    done = engine.native.finalize(upload_id, _manifest(parts), sha256_hex(data))
+    assert read_all(engine, done.version) == data
+    return done.verified_by
+
+
 def _wait_hashed(engine: Engine, upload_id: str, nbytes: int) -> None:
     deadline = time.monotonic() + 20
     while engine.wholefile.progress(upload_id) != nbytes:
@@ -50,11 +59,7 @@ def test_in_order_chunks_are_hashed_as_they_arrive(small_engine: Engine) -> None
     parts = chunks_of(data)
     rec = native.create(size=len(data), key="streamed")
     assert _announce(native, rec.upload_id, parts) == list(dict.fromkeys(c for c, _ in parts))
-    for cid, c in parts:
-        native.put_chunk(rec.upload_id, cid, c)
-    done = native.finalize(rec.upload_id, _manifest(parts), sha256_hex(data))
-    assert done.verified_by == "streamed"
-    assert read_all(small_engine, done.version) == data
+    assert _send_and_finalize(small_engine, rec.upload_id, parts, data) == "streamed"
     assert small_engine.wholefile.parked_bytes == 0
     assert small_engine.wholefile.progress(rec.upload_id) is None
 
@@ -132,11 +137,7 @@ def test_a_changed_announcement_drops_the_digest(small_engine: Engine) -> None:
     assert small_engine.wholefile.progress(rec.upload_id) is not None
     _announce(native, rec.upload_id, [parts[1]], offset=0)  # something else at offset 0
     assert small_engine.wholefile.progress(rec.upload_id) is None
-    for cid, c in parts:
-        native.put_chunk(rec.upload_id, cid, c)
-    done = native.finalize(rec.upload_id, _manifest(parts), sha256_hex(data))
-    assert done.verified_by == "read-back"
-    assert read_all(small_engine, done.version) == data
+    assert _send_and_finalize(small_engine, rec.upload_id, parts, data) == "read-back"
 
 
 def test_wrong_announced_sizes_never_reach_a_version(small_engine: Engine) -> None:
@@ -148,11 +149,7 @@ def test_wrong_announced_sizes_never_reach_a_version(small_engine: Engine) -> No
     native.missing(
         rec.upload_id, ids, offset=0, sizes=[len(parts[0][1]) + 1] + [1] * (len(ids) - 1)
     )
-    for cid, c in parts:
-        native.put_chunk(rec.upload_id, cid, c)
-    done = native.finalize(rec.upload_id, _manifest(parts), sha256_hex(data))
-    assert done.verified_by == "read-back"
-    assert read_all(small_engine, done.version) == data
+    assert _send_and_finalize(small_engine, rec.upload_id, parts, data) == "read-back"
 
 
 def test_a_silent_session_gives_its_buffer_to_an_active_one(
@@ -182,10 +179,7 @@ def test_a_silent_session_gives_its_buffer_to_an_active_one(
     native.put_chunk(s2.upload_id, *parts2[-2])  # now the silent session's bodies go
     assert wf.parked_bytes == len(parts2[-2][1])
     for parts, rec, data in ((parts2, s2, second), (parts1, s1, first)):
-        for cid, c in parts:
-            native.put_chunk(rec.upload_id, cid, c)
-        done = native.finalize(rec.upload_id, _manifest(parts), sha256_hex(data))
-        assert read_all(small_engine, done.version) == data
+        _send_and_finalize(small_engine, rec.upload_id, parts, data)
 
 
 def test_abort_releases_buffered_chunks(small_engine: Engine) -> None:
