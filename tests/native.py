@@ -4,10 +4,12 @@ server does, and a snapshot of everything a server stores (rows and shard files)
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -44,6 +46,16 @@ def small_chunk_server(
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module", params=DB_PARAMS, name="server")
+def small_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The `server` fixture of the native API test modules (which import it): a small-chunk
+    server per module, on SQLite and on PostgreSQL."""
+    with small_chunk_server(request, tmp_path_factory) as proc:
+        yield proc
 
 
 def chunks_of(data: bytes, params: ChunkerParams = SMALL_PARAMS) -> list[tuple[str, bytes]]:
@@ -101,3 +113,41 @@ def versions_of(probe: StoreProbe, key: str) -> int:
         k=key,
     )
     return found[0][0]
+
+
+# --- the native API over HTTP -------------------------------------------------------------
+
+
+def open_session(http: httpx.Client, size: int, **extra) -> str:
+    r = http.post("/v1/uploads", json={"size": size, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()["upload_id"]
+
+
+def put(http: httpx.Client, uid: str, cid: str, body: bytes, **headers) -> httpx.Response:
+    return http.put(f"/v1/uploads/{uid}/chunks/{cid}", content=body, headers=headers)
+
+
+def upload_all(http: httpx.Client, uid: str, chunks: list[tuple[str, bytes]]) -> None:
+    for cid, c in chunks:
+        assert put(http, uid, cid, c).status_code in (200, 201)
+
+
+def finalize(http: httpx.Client, uid: str, chunks, sha256: str | None) -> httpx.Response:
+    body = {"chunks": manifest(chunks)}
+    if sha256 is not None:
+        body["sha256"] = sha256
+    return http.post(f"/v1/uploads/{uid}/finalize", json=body)
+
+
+def expire(probe, uid: str) -> None:
+    probe.set_expires_at(uid, time.time() - 10)
+
+
+def finalized_session(http: httpx.Client, data: bytes) -> tuple[str, list[tuple[str, bytes]]]:
+    """A session that received all of `data` and was finalized: (its id, its chunks)."""
+    chunks = chunks_of(data)
+    uid = open_session(http, len(data))
+    upload_all(http, uid, chunks)
+    assert finalize(http, uid, chunks, hashlib.sha256(data).hexdigest()).status_code == 200
+    return uid, chunks
