@@ -192,20 +192,25 @@ class Ceiling:
     formula: str
 
 
-# Stages of one stream that run on one thread at a time: the chunker cuts the stream in
-# order, the whole-file SHA-256 runs on a serial lane, and pyeclib's encode holds the GIL.
-SERIAL_STAGES = (CHUNK, FILE_HASH, ENCODE)
+def serial_stages(encode_holds_gil: bool) -> tuple[str, ...]:
+    """Stages of one stream that run on one thread at a time: the chunker cuts the stream in
+    order, the whole-file SHA-256 runs on a serial lane, and EC encode too when it goes
+    through pyeclib (which holds the GIL; the direct liberasurecode binding does not)."""
+    return (CHUNK, FILE_HASH, ENCODE) if encode_holds_gil else (CHUNK, FILE_HASH)
 
 
-def ceiling(rates: dict[str, float], cores: int = 2) -> Ceiling:
+def ceiling(
+    rates: dict[str, float], cores: int = 2, *, encode_holds_gil: bool = False
+) -> Ceiling:
     """min(cores / Σ 1/rate, each serial stage's rate); rates are bytes per CPU second."""
     seconds_per_byte = sum(1.0 / rates[s] for s in STAGES)
     one = 1.0 / seconds_per_byte
-    caps = {s: rates[s] for s in SERIAL_STAGES}
+    serial = serial_stages(encode_holds_gil)
+    caps = {s: rates[s] for s in serial}
     value = min(cores * one, *caps.values())
     formula = (
         f"min({cores} / Σ 1/rate[stage], "
-        + ", ".join(f"rate[{s.split(' (')[0]}]" for s in SERIAL_STAGES)
+        + ", ".join(f"rate[{s.split(' (')[0]}]" for s in serial)
         + ")"
     )
     return Ceiling(one, cores * one, caps, value, formula)
