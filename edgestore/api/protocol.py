@@ -1,4 +1,13 @@
-"""uvicorn's httptools protocol with a cap on the size of a request head (URL + headers).
+"""uvicorn's httptools protocol reading in large pieces, with a cap on request heads.
+
+Large reads: the event loop competes for the GIL with the threads that store chunks, and a
+thread waiting for the GIL waits up to the switch interval (5 ms) while another runs Python
+code, so the cost of each wakeup is paid per read, not per byte. uvloop reads at most 256 KiB
+at a time; asyncio's loop reads into the buffer a BufferedProtocol offers, here READ_BUFFER
+bytes shared by every connection of the loop (each read is copied out at once, as uvloop
+does). Measured on loopback with one other thread running Python code: 35 MB/s (uvloop,
+256 KiB reads) against 288 MB/s (2-3 MiB reads when the loop comes back late); idle, 1.1-1.8
+GB/s against uvloop's 0.75.
 
 httptools buffers a header line or URL until it ends and uvicorn sets no limit, so one client
 sending an endless header could make the server hold gigabytes (measured: a 200 MiB header
@@ -9,6 +18,8 @@ limits heads too (large_client_header_buffers), but a node must not rely on it.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,16 +34,36 @@ _RESPONSE_431 = (
 )
 
 
+READ_BUFFER = 4 * 1024 * 1024
+
+_buffers = threading.local()  # one read buffer per event loop (thread)
+
+
+def _read_buffer() -> memoryview:
+    view: memoryview | None = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(READ_BUFFER))
+    return view
+
+
 class HeadTooLarge(Exception):
     pass
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
+class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0
         self._refused = False
+
+    # asyncio.BufferedProtocol: the loop reads straight into the shared buffer; the bytes are
+    # copied out before the next read, as data_received needs an object of its own.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_read_buffer()[:nbytes]))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -44,8 +44,10 @@ def run(
         app,
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
-        http=BoundedHttpToolsProtocol,  # httptools, with a cap on request heads
+        # asyncio's loop, not uvloop: it reads into the buffer the protocol offers (4 MiB),
+        # where uvloop reads 256 KiB per wakeup of the GIL-contended loop (see api/protocol.py)
+        loop="asyncio",
+        http=BoundedHttpToolsProtocol,  # httptools, large reads, a cap on request heads
         lifespan="on",
         log_config=None,
         access_log=False,
