@@ -41,6 +41,7 @@ class StreamChunker:
     def __init__(self, params: ChunkerParams, tail: bytes | bytearray = b"") -> None:
         self._cdc = make_cdc(params)
         self._max = params.max_size
+        self._min = params.min_size
         self._buf = bytearray(max(params.max_size + self.SLACK, len(tail) + self.SLACK))
         self._view = memoryview(self._buf)
         self._start = 0  # first byte not yet cut
@@ -84,6 +85,26 @@ class StreamChunker:
             return None
         return self._cut_one()
 
+    def pop_settled(self) -> bytes | None:
+        """The next chunk if its cut point is already certain, else None, without waiting for
+        `max_size` bytes.
+
+        FastCDC takes the first position past `min_size` where the rolling hash matches; one
+        found before the end of the buffered bytes is where the whole stream would cut too,
+        since the scan up to it is the same (only a cut at the very end, or none, may move
+        with more bytes). An append that ends mid-stream cuts what it can this way, so less
+        is left to stage as the tail.
+        """
+        if self.ready():
+            return self._cut_one()
+        buffered = self._len - self._start
+        if buffered <= self._min:
+            return None
+        length = self._cut_length()
+        if length >= buffered:
+            return None
+        return self._take(length)
+
     def pop_last(self) -> bytes | None:
         """At the end of the stream: the next chunk however few bytes remain, else None."""
         if self._start == self._len:
@@ -108,13 +129,19 @@ class StreamChunker:
             chunks.append(chunk)
         return chunks
 
-    def _cut_one(self) -> bytes:
+    def _cut_length(self) -> int:
         # Only the first chunk is taken: the iterator scans no further than its cut point.
         window = self._view[self._start : self._len]
         first = next(iter(self._cdc.cut_buf(window)))
-        length = first.length
+        length: int = first.length
         del first  # pyfastcdc's view into our buffer must not outlive this call
         window.release()
+        return length
+
+    def _cut_one(self) -> bytes:
+        return self._take(self._cut_length())
+
+    def _take(self, length: int) -> bytes:
         chunk = bytes(self._view[self._start : self._start + length])
         self._start += length
         if self._start == self._len:

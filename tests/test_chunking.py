@@ -120,6 +120,49 @@ def test_resuming_from_the_saved_tail_gives_the_same_chunks(params, data):
     assert b"".join(chunks) == stream
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=params_strategy, data=st.data())
+def test_settled_cuts_at_append_ends_match_the_whole_buffer_cuts(params, data):
+    """pop_settled after any piece (an append that ends mid-stream) takes only cuts that the
+    whole stream makes too, and leaves a tail that resumes to the same chunks."""
+    stream = data.draw(stream_data(max_random_size=1 * MiB))
+    pieces = data.draw(split(stream))
+    chunker = StreamChunker(params)
+    chunks = []
+    for piece in pieces:
+        chunks += chunker.feed(piece)
+        if data.draw(st.booleans()):  # this append ends here: cut what is settled
+            while (chunk := chunker.pop_settled()) is not None:
+                chunks.append(chunk)
+            chunker = StreamChunker(params, tail=chunker.tail)  # the next append resumes
+    chunks += chunker.finish()
+
+    assert chunks == reference_chunks(stream, params)
+
+
+def test_pop_settled_leaves_an_uncertain_cut_in_the_tail():
+    """Random bytes shorter than min_size, or with no cut found before the end, stay."""
+    chunker = StreamChunker(SMALL)
+    chunker.feed(random.Random(3).randbytes(SMALL.min_size))
+    assert chunker.pop_settled() is None
+    assert chunker.tail_length == SMALL.min_size
+    flat = StreamChunker(SMALL)
+    flat.feed(bytes(SMALL.max_size - 1))  # zeros: FastCDC finds no cut point, only max_size
+    assert flat.pop_settled() is None
+
+
+def test_pop_settled_takes_the_cuts_found_inside_the_tail():
+    data = random.Random(5).randbytes(3 * SMALL.max_size)
+    chunker = StreamChunker(SMALL)
+    chunker.feed(data[: SMALL.max_size - 1])  # below max_size: pop() would wait
+    assert chunker.pop() is None
+    settled = []
+    while (chunk := chunker.pop_settled()) is not None:
+        settled.append(chunk)
+    assert settled, "random bytes have cut points well before max_size"
+    assert settled == reference_chunks(data, SMALL)[: len(settled)]
+
+
 @settings(max_examples=30, deadline=None)
 @given(stream=stream_data(max_random_size=256 * KiB), block=st.integers(1, 64 * KiB))
 def test_chunk_stream_matches_the_reference(stream, block):

@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pyeclib
 from pyeclib.ec_iface import ECDriver, PyECLib_EC_Types
@@ -60,6 +61,17 @@ def _library() -> ctypes.CDLL | None:
             continue
         return lib
     return None
+
+
+class _Fragments:
+    """The buffers of one encode, given back to liberasurecode when no view needs them."""
+
+    def __init__(self, lib: ctypes.CDLL, desc: int, data: Any, parity: Any) -> None:
+        self._free = lib.liberasurecode_encode_cleanup
+        self._desc, self._data, self._parity = desc, data, parity
+
+    def __del__(self) -> None:
+        self._free(self._desc, self._data, self._parity)
 
 
 class Binding:
@@ -125,7 +137,8 @@ class Binding:
         return desc
 
     def encode(self, data: bytes) -> list[memoryview]:
-        """k data then m parity fragments, as views into one buffer."""
+        """k data then m parity fragments, as views of liberasurecode's own buffers (freed
+        with the last view): no copy, and nothing allocated or zeroed under the GIL."""
         desc = self._descriptor()
         data_ptrs, parity_ptrs, length = _VoidPP(), _VoidPP(), ctypes.c_uint64()
         source = ctypes.c_char_p(bytes(data))  # no copy when data is already bytes
@@ -139,18 +152,15 @@ class Binding:
         )
         if rc != 0:
             raise RuntimeError(f"liberasurecode_encode failed ({rc})")
-        try:
-            size = length.value
-            out = bytearray(size * (self.k + self.m))
-            base = ctypes.addressof(ctypes.c_char.from_buffer(out))
-            for i in range(self.k):
-                ctypes.memmove(base + i * size, data_ptrs[i], size)  # GIL released
-            for i in range(self.m):
-                ctypes.memmove(base + (self.k + i) * size, parity_ptrs[i], size)
-        finally:
-            self._lib.liberasurecode_encode_cleanup(desc, data_ptrs, parity_ptrs)
-        view = memoryview(out)
-        return [view[i * size : (i + 1) * size] for i in range(self.k + self.m)]
+        owner = _Fragments(self._lib, desc, data_ptrs, parity_ptrs)
+        size = length.value
+        addresses = [data_ptrs[i] for i in range(self.k)] + [parity_ptrs[i] for i in range(self.m)]
+        views = []
+        for address in addresses:
+            fragment = (ctypes.c_char * size).from_address(address)
+            fragment.owner = owner  # type: ignore[attr-defined]  # keeps the memory alive
+            views.append(memoryview(fragment).cast("B"))
+        return views
 
     def decode(self, fragments: Sequence[bytes | memoryview]) -> bytes:
         """The original bytes from at least k fragments (any order: each names its index)."""

@@ -166,9 +166,11 @@ class Appender:
                     "Upload-Checksum; none of them were kept"
                 )
             complete = final or (up.length is not None and up.offset + received == up.length)
-            if complete:
-                while (chunk := self._chunker.pop_last()) is not None:
-                    self._submit(chunk)
+            # The stream's end cuts everything; an append's end cuts what is settled, so less
+            # is staged as the tail (and staged again by the next append).
+            pop = self._chunker.pop_last if complete else self._chunker.pop_settled
+            while (chunk := pop()) is not None:
+                self._submit(chunk)
             self._drain()
             self._upload = self._commit(
                 tail=None if complete else self._chunker.tail_view(), complete=complete
