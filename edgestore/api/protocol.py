@@ -5,9 +5,11 @@ thread waiting for the GIL waits up to the switch interval (5 ms) while another 
 code, so the cost of each wakeup is paid per read, not per byte. uvloop reads at most 256 KiB
 at a time; asyncio's loop reads into the buffer a BufferedProtocol offers, here READ_BUFFER
 bytes shared by every connection of the loop (the parser copies each piece out, as with
-uvloop). Measured on loopback with one other thread running Python code: 35 MB/s (uvloop,
-256 KiB reads) against 288 MB/s (2-3 MiB reads when the loop comes back late); idle, 1.1-1.8
-GB/s against uvloop's 0.75.
+uvloop) and divided among the requests receiving a body (see _LoopReads). Measured on
+loopback with one other thread running Python code: 35 MB/s (uvloop, 256 KiB reads) against
+288 MB/s (2-3 MiB reads when the loop comes back late); idle, 1.1-1.8 GB/s against uvloop's
+0.75; one curl upload into edgestore 174-191 MB/s with 512 KiB reads, 256 with 2 MiB,
+262-274 with 4 MiB.
 
 httptools buffers a header line or URL until it ends and uvicorn sets no limit, so one client
 sending an endless header could make the server hold gigabytes (measured: a 200 MiB header
@@ -34,16 +36,31 @@ _RESPONSE_431 = (
 )
 
 
-READ_BUFFER = 4 * 1024 * 1024
+READ_BUFFER = 2 * 1024 * 1024
+MIN_READ = 256 * 1024
 
-_buffers = threading.local()  # one read buffer per event loop (thread)
+
+class _LoopReads(threading.local):
+    """Per event loop (thread): the shared read buffer, and how many requests are receiving.
+
+    The buffer is shared among the requests receiving a body: each read takes at most its
+    share of it (never under MIN_READ). A body piece waits in a few places before the engine
+    takes it (uvicorn's request cycle, the body bridge's queue), so the piece size sets what
+    an upload holds: one upload reads 2 MiB at a time, eight read 256 KiB each, and the
+    total stays near a few READ_BUFFERs however many upload at once (measured with 8
+    concurrent 1 GiB uploads, peak RSS: 426 MiB with 4 MiB reads for each, 268 with 256 KiB;
+    301-323 sharing 4 MiB, 282-287 sharing 2 MiB, against the issue's 300).
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(READ_BUFFER))
+        self.receiving = 0
+
+    def size(self) -> int:
+        return max(MIN_READ, READ_BUFFER // max(1, self.receiving))
 
 
-def _read_buffer() -> memoryview:
-    view: memoryview | None = getattr(_buffers, "view", None)
-    if view is None:
-        view = _buffers.view = memoryview(bytearray(READ_BUFFER))
-    return view
+_reads = _LoopReads()
 
 
 class HeadTooLarge(Exception):
@@ -56,15 +73,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._refused = False
+        self._counted = False  # in _reads.receiving: between a head and the end of its body
 
     # asyncio.BufferedProtocol: the loop reads straight into the shared buffer, and the
     # parser reads from it there: httptools hands every URL, header and body piece on as a
     # bytes object of its own, so nothing refers to the buffer after data_received returns.
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _read_buffer()
+        return _reads.view[: _reads.size()]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_read_buffer()[:nbytes])  # type: ignore[arg-type]
+        self.data_received(_reads.view[:nbytes])  # type: ignore[arg-type]
+
+    def _receiving(self, active: bool) -> None:
+        if active != self._counted:
+            self._counted = active
+            _reads.receiving += 1 if active else -1
+
+    def on_message_complete(self) -> None:
+        self._receiving(False)
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._receiving(False)
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -79,6 +110,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
             self._refused = True
             raise HeadTooLarge  # httptools stops parsing; uvicorn answers via send_400_response
         super().on_headers_complete()
+        self._receiving(True)
 
     def data_received(self, data: bytes) -> None:
         """A head still arriving is measured as it comes, so it is never buffered whole."""

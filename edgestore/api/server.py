@@ -44,7 +44,7 @@ def run(
         app,
         host=settings.host,
         port=settings.port,
-        # asyncio's loop, not uvloop: it reads into the buffer the protocol offers (4 MiB),
+        # asyncio's loop, not uvloop: it reads into the buffer the protocol offers (2 MiB),
         # where uvloop reads 256 KiB per wakeup of the GIL-contended loop (see api/protocol.py)
         loop="asyncio",
         http=BoundedHttpToolsProtocol,  # httptools, large reads, a cap on request heads
