@@ -199,9 +199,7 @@ def serial_stages(encode_holds_gil: bool) -> tuple[str, ...]:
     return (CHUNK, FILE_HASH, ENCODE) if encode_holds_gil else (CHUNK, FILE_HASH)
 
 
-def ceiling(
-    rates: dict[str, float], cores: int = 2, *, encode_holds_gil: bool = False
-) -> Ceiling:
+def ceiling(rates: dict[str, float], cores: int = 2, *, encode_holds_gil: bool = False) -> Ceiling:
     """min(cores / Σ 1/rate, each serial stage's rate); rates are bytes per CPU second."""
     seconds_per_byte = sum(1.0 / rates[s] for s in STAGES)
     one = 1.0 / seconds_per_byte
