@@ -8,6 +8,7 @@ to one chunk (a few MiB).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -107,17 +108,10 @@ class Replication:
         return shards[min(shards)]
 
 
-_BINDINGS: dict[tuple[int, int, str], Binding | None] = {}
-_BINDINGS_LOCK = threading.Lock()
-
-
+@functools.cache
 def _binding(k: int, m: int, backend: str) -> Binding | None:
     """One self-tested binding per parameter set for the whole process (the test costs ~10 ms)."""
-    with _BINDINGS_LOCK:
-        key = (k, m, backend)
-        if key not in _BINDINGS:
-            _BINDINGS[key] = Binding.load(k, m, backend)
-        return _BINDINGS[key]
+    return Binding.load(k, m, backend)
 
 
 def _pick_backend(k: int, m: int) -> str:
