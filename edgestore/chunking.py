@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from pyfastcdc import FastCDC
 
+from edgestore.buffers import bytes_of, copy_into
 from edgestore.types import ChunkerParams
 
 MiB = 1024 * 1024
@@ -71,8 +72,7 @@ class StreamChunker:
         room = len(self._buf) - self._len
         src = memoryview(data).cast("B")
         take = min(room, len(src))
-        self._view[self._len : self._len + take] = src[:take]
-        self._len += take
+        self._len += copy_into(self._buf, self._len, src[:take])
         return take
 
     def ready(self) -> bool:
@@ -142,15 +142,14 @@ class StreamChunker:
         return self._take(self._cut_length())
 
     def _take(self, length: int) -> bytes:
-        chunk = bytes(self._view[self._start : self._start + length])
+        chunk = bytes_of(self._view[self._start : self._start + length])
         self._start += length
         if self._start == self._len:
             self._start = self._len = 0
         return chunk
 
     def _compact(self) -> None:
-        remaining = self._len - self._start
-        self._view[:remaining] = self._view[self._start : self._len]
+        remaining = copy_into(self._buf, 0, self._view[self._start : self._len])
         self._start, self._len = 0, remaining
 
 

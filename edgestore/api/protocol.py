@@ -24,6 +24,7 @@ import asyncio
 import threading
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_REQUEST_HEAD = 64 * 1024
@@ -83,6 +84,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(_reads.view[:nbytes])  # type: ignore[arg-type]
+
+    def on_body(self, body: bytes) -> None:
+        """Hand the parser's piece on as it is, not appended to a bytearray.
+
+        uvicorn appends every piece to the request cycle's bytearray and `receive()` copies
+        that out with `bytes(...)`: two more copies of each uploaded byte on the event loop's
+        thread, under the GIL (measured with perf: ~2.5% of the server's CPU during an upload,
+        as much as the parser's own copy). When nothing is waiting, the piece itself becomes
+        the cycle's body, and `bytes()` of a bytes object is that same object.
+        """
+        cycle = self.cycle
+        if cycle.body or cycle.response_complete or self.parser.should_upgrade():
+            super().on_body(body)  # pieces waiting (or an upgrade): uvicorn's own path
+            return
+        cycle.body = body  # type: ignore[assignment]  # bytes: receive() passes it on
+        if len(body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def _receiving(self, active: bool) -> None:
         if active != self._counted:

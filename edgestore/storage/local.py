@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from edgestore.buffers import copy_into
 from edgestore.errors import ShardMissing, StorageError, StorageFull, StorageUnavailable
 from edgestore.storage.backend import BlobInfo, Buffer, Usage
 
@@ -92,8 +93,7 @@ def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
             src = memoryview(p).cast("B")
             while src:
                 take = min(len(src), DIRECT_PIECE - fill)
-                view[fill : fill + take] = src[:take]
-                fill += take
+                fill += copy_into(buf, fill, src[:take])
                 src = src[take:]
                 if fill == DIRECT_PIECE:
                     _pwrite_all(fd, view, total)
