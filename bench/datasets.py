@@ -139,4 +139,15 @@ def ensure(kind: str, workdir: Path, size: int) -> Dataset:
         tmp = path.with_name(path.name + ".partial")
         (make_random if kind == "random" else make_text)(tmp, size)
         tmp.rename(path)
+        settle()
     return Dataset(kind, path, size)
+
+
+def settle() -> None:
+    """Write every dirty page out before a measurement starts (untimed).
+
+    A server that makes its bytes durable (syncfs, fsync) would otherwise also pay for writing
+    back whatever was left dirty before it: the data set just generated, or the previous
+    server's uploads that were never synced (the peers don't sync).
+    """
+    os.sync()

@@ -90,6 +90,7 @@ def _cpu() -> float:
 def engine_run(ds: Dataset, home: Path) -> EngineRun:
     try:
         with Engine.open(load_settings(home=home)) as engine:
+            datasets.settle()
             w0, c0 = time.perf_counter(), _cpu()
             info = engine.put(read_blocks(ds.path, PUT_BLOCK), key=f"bench/{ds.kind}")
             w1, c1 = time.perf_counter(), _cpu()

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import peers
-from bench.datasets import KINDS, ensure, format_size, parse_size
+from bench.datasets import KINDS, ensure, format_size, parse_size, settle
 from bench.peers import ClientResult, ServerRun
 
 CHUNK_MIB = 50
@@ -72,6 +72,7 @@ def measure(
             if not first.ok:
                 m.failure = first.detail
                 return
+        settle()
         cpu0 = server.cpu_seconds()
         result = upload(server.endpoint)
         cpu1 = server.cpu_seconds()

@@ -38,6 +38,9 @@ class StreamChunker:
     # request holds one buffer: a smaller slack is that much less per concurrent upload,
     # and compaction (once per cut, as before) moves the same bytes.
     SLACK = 256 * 1024
+    # pop_settled scans from the chunk's start each time (pyfastcdc cannot resume a scan);
+    # an upload sent in small requests would rescan its growing tail once per request.
+    RESCAN_AFTER = 1024 * 1024
 
     def __init__(self, params: ChunkerParams, tail: bytes | bytearray = b"") -> None:
         self._cdc = make_cdc(params)
@@ -48,6 +51,7 @@ class StreamChunker:
         self._start = 0  # first byte not yet cut
         self._len = len(tail)  # bytes in the buffer
         self._buf[: self._len] = tail
+        self._no_cut_within = 0  # bytes past _start that pop_settled found no cut in
 
     @property
     def tail(self) -> bytes:
@@ -57,6 +61,11 @@ class StreamChunker:
     def tail_view(self) -> memoryview:
         """The tail without copying it; valid until the next push or pop."""
         return self._view[self._start : self._len]
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of memory the buffer takes."""
+        return len(self._buf)
 
     @property
     def tail_length(self) -> int:
@@ -100,8 +109,11 @@ class StreamChunker:
         buffered = self._len - self._start
         if buffered <= self._min:
             return None
+        if self._no_cut_within and buffered - self._no_cut_within < self.RESCAN_AFTER:
+            return None  # scanned before, nearly as far: not worth another pass from the start
         length = self._cut_length()
         if length >= buffered:
+            self._no_cut_within = buffered
             return None
         return self._take(length)
 
@@ -144,6 +156,7 @@ class StreamChunker:
     def _take(self, length: int) -> bytes:
         chunk = bytes_of(self._view[self._start : self._start + length])
         self._start += length
+        self._no_cut_within = 0
         if self._start == self._len:
             self._start = self._len = 0
         return chunk

@@ -134,10 +134,38 @@ def test_settled_cuts_at_append_ends_match_the_whole_buffer_cuts(params, data):
         if data.draw(st.booleans()):  # this append ends here: cut what is settled
             while (chunk := chunker.pop_settled()) is not None:
                 chunks.append(chunk)
-            chunker = StreamChunker(params, tail=chunker.tail)  # the next append resumes
+            if data.draw(st.booleans()):  # the next append resumes from the staged tail
+                chunker = StreamChunker(params, tail=chunker.tail)
+            # else it goes on with the same chunker (kept warm between requests)
     chunks += chunker.finish()
 
     assert chunks == reference_chunks(stream, params)
+
+
+def test_pop_settled_does_not_rescan_a_tail_that_barely_grew():
+    """Small requests: each ends with pop_settled; a tail already scanned without finding a
+    cut is scanned again only once RESCAN_AFTER more bytes arrived."""
+    chunker = StreamChunker(DEFAULT_PARAMS)
+    scans = 0
+    real = chunker._cut_length
+
+    def counting() -> int:
+        nonlocal scans
+        scans += 1
+        return real()
+
+    chunker._cut_length = counting  # type: ignore[method-assign]
+    data = bytes(DEFAULT_PARAMS.max_size - 1)  # zeros: no cut before max_size
+    chunker.push(data[: DEFAULT_PARAMS.min_size + 1])
+    assert chunker.pop_settled() is None and scans == 1
+    fed = DEFAULT_PARAMS.min_size + 1
+    for _ in range(15):  # 15 requests of 64 KiB: under RESCAN_AFTER in all
+        chunker.push(data[fed : fed + 64 * KiB])
+        fed += 64 * KiB
+        assert chunker.pop_settled() is None
+    assert scans == 1
+    chunker.push(data[fed : fed + StreamChunker.RESCAN_AFTER])
+    assert chunker.pop_settled() is None and scans == 2
 
 
 def test_pop_settled_leaves_an_uncertain_cut_in_the_tail():

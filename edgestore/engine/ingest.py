@@ -27,7 +27,7 @@ from edgestore.engine.pipeline import CpuPool, SerialLane
 from edgestore.errors import ChecksumMismatch, TooLarge, TransferInterrupted, UploadLocked
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database
-from edgestore.metadata.uploads import Checkpoint, NewPart, UploadRecord
+from edgestore.metadata.uploads import Checkpoint, NewPart, TailRef, UploadRecord
 from edgestore.storage.datadirs import DataDirs
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class Appender:
         on_complete: CompletionHook,
         on_chunk: Callable[[StoredChunk], None] | None = None,
         interrupt: Callable[[str], None] | None = None,
+        chunker: StreamChunker | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -92,7 +93,8 @@ class Appender:
         self._on_chunk = on_chunk
         self._interrupt = interrupt
         self._lease = settings.upload_lock_seconds
-        self._chunker = StreamChunker(settings.chunker, tail)
+        # `chunker`: the one the previous append left, its buffer holding `upload.tail`.
+        self._chunker = chunker or StreamChunker(settings.chunker, tail)
         self._hasher = ResumableSha256(upload.hash_state) if upload.hash_state is not None else None
         self._lane = SerialLane("edgestore-hash") if self._hasher else None
         self._inflight: deque[_InFlight] = deque()
@@ -113,6 +115,11 @@ class Appender:
     @property
     def upload(self) -> UploadRecord:
         return self._upload
+
+    @property
+    def chunker(self) -> StreamChunker:
+        """After a successful run, its buffered bytes are the staged tail `upload.tail`."""
+        return self._chunker
 
     @property
     def idle_seconds(self) -> float:
@@ -171,10 +178,15 @@ class Appender:
             pop = self._chunker.pop_last if complete else self._chunker.pop_settled
             while (chunk := pop()) is not None:
                 self._submit(chunk)
-            self._drain()
-            self._upload = self._commit(
-                tail=None if complete else self._chunker.tail_view(), complete=complete
-            )
+            tail = None if complete else self._chunker.tail_view()
+            pending = self._stage_early(tail)  # written while the last chunks are stored
+            try:
+                self._drain()
+            except BaseException:
+                if pending is not None:
+                    pending.cancel()
+                raise
+            self._upload = self._commit(tail=tail, complete=complete, pending=pending)
             return self._upload
         finally:
             self._abandon()
@@ -246,22 +258,54 @@ class Appender:
                 )
         self._last_renew = time.monotonic()
 
-    def _commit(self, *, tail: memoryview | None, complete: bool = False) -> UploadRecord:
+    def _stage_early(self, tail: memoryview | None) -> staging.PendingTail | None:
+        """Start writing the tail an append ends with, unless it is the one already staged
+        (nothing arrived since). The tail starts where the last submitted chunk ends."""
+        if not tail or self._tail_unchanged(len(tail)):
+            return None
+        return staging.PendingTail(
+            self._dirs,
+            self._writer.io,
+            self._upload.upload_id,
+            self._next_offset,
+            tail,
+            grows=self._upload.tail if self._nothing_cut() else None,
+        )
+
+    def _nothing_cut(self) -> bool:
+        """No chunk was cut since the staged tail was written: the buffered bytes still
+        start with it."""
+        return not self._ready and self._next_offset == self._upload.committed_offset
+
+    def _tail_unchanged(self, length: int) -> bool:
+        old = self._upload.tail
+        return old is not None and self._nothing_cut() and old.length == length
+
+    def _commit(
+        self,
+        *,
+        tail: memoryview | None,
+        complete: bool = False,
+        pending: staging.PendingTail | None = None,
+    ) -> UploadRecord:
         """One transaction: ready parts, the new tail, the hash state (and completion).
 
         A tail is staged (written durably to its own file) before the transaction that points
-        at it; the tail it replaces is removed only after that transaction commits.
+        at it; the tail it replaces is removed only after that transaction commits. `pending`:
+        the tail's writes, already started.
         """
         parts = [p for p, _ in self._ready]
         up = self._upload
         base = up.committed_offset + sum(p.length for p in parts)
         old = up.tail
         new = None
-        if tail:
-            if old is not None and not parts and old.length == len(tail):
+        if pending is not None:
+            new = pending.finish()
+        elif tail:
+            if self._tail_unchanged(len(tail)):
                 new = old  # nothing moved since it was staged
             else:
-                new = staging.stage(self._dirs, up.upload_id, base, tail)
+                new = staging.stage(self._dirs, self._writer.io, up.upload_id, base, tail)
         cp = Checkpoint(
             parts=parts,
             tail=new,
@@ -285,11 +329,15 @@ class Appender:
                     self._on_complete(conn, rec, sha)
                     rec = upload_rows.get(conn, up.upload_id)
         except BaseException:
-            if new is not old:
-                staging.drop(self._dirs, new)
+            if new is not None and not _same_file(new, old):
+                staging.drop(self._dirs, new)  # a grown tail's file still holds the old one
             raise
-        if old is not None and new is not old:
+        if old is not None and not _same_file(new, old):
             staging.drop(self._dirs, old)
         self._ready.clear()
         self._last_commit = self._last_renew = time.monotonic()
         return rec
+
+
+def _same_file(a: TailRef | None, b: TailRef | None) -> bool:
+    return a is not None and b is not None and a.key == b.key

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from edgestore.chunking import StreamChunker
 from edgestore.codec.hashing import ResumableSha256
 from edgestore.engine import staging
 from edgestore.engine.core import EngineCore
@@ -35,7 +38,7 @@ from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database, now
-from edgestore.metadata.uploads import UploadRecord
+from edgestore.metadata.uploads import TailRef, UploadRecord
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,65 @@ class _Active:
     done: threading.Event
 
 
+# Chunkers kept between an upload's requests, their buffers holding the staged tail: the next
+# request goes on from memory instead of reading the tail back from disk into a new buffer
+# and scanning it again (the whole per-request cost, for clients that send small requests).
+WARM_BUDGET_BYTES = 64 * 1024 * 1024
+WARM_SECONDS = 60.0
+
+
+@dataclass
+class _Warm:
+    tail: TailRef  # what the chunker holds, as committed
+    chunker: StreamChunker
+    since: float
+
+
+class WarmTails:
+    """The chunkers of uploads between requests, least recently used first out.
+
+    Used only when the upload's committed tail is still exactly the one the chunker holds
+    (another process may have appended since), so it can never resume from stale bytes.
+    """
+
+    def __init__(self, budget: int = WARM_BUDGET_BYTES, seconds: float = WARM_SECONDS) -> None:
+        self._budget, self._seconds = budget, seconds
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Warm] = OrderedDict()
+        self._bytes = 0
+
+    def take(self, upload_id: str, tail: TailRef | None) -> StreamChunker | None:
+        with self._lock:
+            entry = self._pop(upload_id)
+        if entry is None or tail is None or entry.tail != tail:
+            return None
+        if time.monotonic() - entry.since > self._seconds:
+            return None
+        return entry.chunker
+
+    def put(self, upload_id: str, tail: TailRef, chunker: StreamChunker) -> None:
+        now_ = time.monotonic()
+        with self._lock:
+            self._pop(upload_id)
+            self._entries[upload_id] = _Warm(tail, chunker, now_)
+            self._bytes += chunker.capacity
+            while self._entries and (
+                self._bytes > self._budget
+                or now_ - next(iter(self._entries.values())).since > self._seconds
+            ):
+                self._pop(next(iter(self._entries)))
+
+    def forget(self, upload_id: str) -> None:
+        with self._lock:
+            self._pop(upload_id)
+
+    def _pop(self, upload_id: str) -> _Warm | None:
+        entry = self._entries.pop(upload_id, None)
+        if entry is not None:
+            self._bytes -= entry.chunker.capacity
+        return entry
+
+
 class Uploads:
     """Upload sessions over the engine core; thread-safe."""
 
@@ -88,6 +150,7 @@ class Uploads:
         self._core = core
         self._lock = threading.Lock()
         self._active: dict[str, _Active] = {}
+        self._warm = WarmTails()
         self._closing: str | None = None
 
     @property
@@ -166,6 +229,7 @@ class Uploads:
     def terminate(self, upload_id: str) -> None:
         """Drop the upload and its references (a completed upload's object stays)."""
         self._stop_local_writer(upload_id, "upload terminated")
+        self._warm.forget(upload_id)
         tail = None
         with self._core.db.write() as conn:
             rec = upload_rows.get(conn, upload_id)
@@ -177,6 +241,7 @@ class Uploads:
         """Forget an upload entirely, as if never created: for a creation that failed before
         its client learnt the upload's URL (no one could resume or delete it)."""
         self._stop_local_writer(upload_id, "upload discarded")
+        self._warm.forget(upload_id)
         with self._core.db.write() as conn:
             tail = upload_rows.release_data(conn, upload_id, upload_rows.TERMINATED)
             upload_rows.delete(conn, upload_id)
@@ -262,7 +327,10 @@ class Uploads:
                         expected=rec.offset,
                     )
                 rec = upload_rows.get(conn, upload_id)
-            tail = staging.load(core.dirs, rec.tail) if rec.tail is not None else b""
+            chunker = self._warm.take(upload_id, rec.tail)
+            tail = b""
+            if chunker is None and rec.tail is not None:
+                tail = staging.load(core.dirs, rec.tail)
             appender = Appender(
                 core.settings,
                 core.db,
@@ -275,12 +343,16 @@ class Uploads:
                 on_complete=self._complete,
                 on_chunk=on_chunk,
                 interrupt=interrupt,
+                chunker=chunker,
             )
             del tail  # the chunker holds its own copy; this one would sit out the whole append
             active = _Active(appender, threading.Event())
             with self._lock:
                 self._active[upload_id] = active
-            return appender.run(blocks, final=final, checksum=checksum)
+            done = appender.run(blocks, final=final, checksum=checksum)
+            if done.state == upload_rows.OPEN and done.tail is not None:
+                self._warm.put(upload_id, done.tail, appender.chunker)
+            return done
         finally:
             if active is not None:
                 with self._lock:

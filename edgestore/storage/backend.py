@@ -41,6 +41,11 @@ class Backend(Protocol):
         """Store the parts under key, durable only after the next flush() (batching)."""
         ...
 
+    def write_at(self, key: str, offset: int, parts: Sequence[Buffer]) -> None:
+        """Write the parts into the blob at offset (created if missing), keeping the bytes
+        before it; durable only after the next flush()."""
+        ...
+
     def flush(self) -> None:
         """Make every write() so far durable."""
         ...

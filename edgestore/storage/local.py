@@ -291,6 +291,32 @@ class LocalBackend:
             self._known_dirs.discard(path.parent)
             raise storage_error(exc, self.root) from None
 
+    def write_at(self, key: str, offset: int, parts: Sequence[Buffer]) -> None:
+        """Write the parts into the blob at `offset`, creating it if missing, keeping the
+        bytes before `offset` (bytes past the end of what is written are left as they were).
+        Durable only after `flush()`.
+
+        Through the page cache: the offset is rarely aligned, and the pieces are small (what
+        a request added to an upload's staged tail).
+        """
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        path = self._path(key)
+        try:
+            self._ensure_dir(path.parent, sync=False)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                position = offset
+                for p in parts:
+                    view = memoryview(p).cast("B")
+                    _pwrite_all(fd, view, position)
+                    position += len(view)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._known_dirs.discard(path.parent)
+            raise storage_error(exc, self.root) from None
+
     def flush(self) -> None:
         """Make every `write()` so far durable (syncfs of this dir's filesystem)."""
         try:

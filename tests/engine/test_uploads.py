@@ -254,3 +254,68 @@ def test_a_final_upload_takes_no_bytes_of_its_own(small_engine: Engine) -> None:
         uploads.append(final.upload_id, 0, [b"x"])
     uploads.append(part.upload_id, 0, [b"0123456789"])
     assert uploads.get(final.upload_id).state == upload_rows.COMPLETE
+
+
+def test_the_next_request_goes_on_from_the_warm_chunker(make_settings, monkeypatch) -> None:
+    """Within a process, the next append resumes from the chunker the last one left (no
+    read of the staged tail); another process, or a tail changed meanwhile, reads it back."""
+    from edgestore.engine import staging
+
+    loads = 0
+    real_load = staging.load
+
+    def counting_load(*args, **kwargs):
+        nonlocal loads
+        loads += 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(staging, "load", counting_load)
+    settings = make_settings(**SMALL_CHUNKS)
+    data = random_bytes(700 * KiB + 5, seed=11)
+    cuts = [0, 10_000, 150_000, 150_500, 420_000, 600_000, len(data)]
+    with Engine.open(settings) as a, Engine.open(settings) as b:
+        up = a.uploads.create(length=len(data), key="warm")
+        a.uploads.append(up.upload_id, 0, blocks_of(data[: cuts[1]]))
+        a.uploads.append(up.upload_id, cuts[1], blocks_of(data[cuts[1] : cuts[2]]))
+        assert loads == 0  # the same process, the same tail: from memory
+        b.uploads.append(up.upload_id, cuts[2], blocks_of(data[cuts[2] : cuts[3]]))
+        assert loads == 1  # another node reads the staged tail
+        a.uploads.append(up.upload_id, cuts[3], blocks_of(data[cuts[3] : cuts[4]]))
+        assert loads == 2  # b changed the tail: a's warm chunker is stale, not used
+        a.uploads.append(up.upload_id, cuts[4], blocks_of(data[cuts[4] : cuts[5]]))
+        assert loads == 2
+        rec = a.uploads.append(up.upload_id, cuts[5], blocks_of(data[cuts[5] :]))
+        assert rec.state == upload_rows.COMPLETE
+        v = a.objects.by_version_id(rec.version_id)
+        assert read_all(a, v) == data and v.sha256 == hashlib.sha256(data).hexdigest()
+        whole = a.put(blocks_of(data), key="whole")
+        assert [e.chunk_id for e in a.objects.manifest(v)] == [
+            e.chunk_id for e in a.objects.manifest(whole)
+        ]
+
+
+def test_warm_tails_are_bounded_and_expire() -> None:
+    from edgestore.chunking import DEFAULT_PARAMS, StreamChunker
+    from edgestore.engine.uploads import WarmTails
+    from edgestore.metadata.uploads import TailRef
+
+    def ref(n: int) -> TailRef:
+        return TailRef(f"staging/u/{n}.t", ("d0", "d1"), n, "c")
+
+    one = StreamChunker(DEFAULT_PARAMS).capacity
+    warm = WarmTails(budget=2 * one, seconds=60)
+    chunkers = {n: StreamChunker(DEFAULT_PARAMS) for n in range(3)}
+    for n, c in chunkers.items():
+        warm.put(f"u{n}", ref(n), c)
+    assert warm.take("u0", ref(0)) is None  # the least recently used went first
+    assert warm.take("u1", ref(99)) is None  # not the committed tail: never used...
+    assert warm.take("u1", ref(1)) is None  # ...and dropped
+    assert warm.take("u2", ref(2)) is chunkers[2]
+    assert warm.take("u2", ref(2)) is None  # taken: the append owns it now
+    old = WarmTails(seconds=0.05)
+    old.put("u", ref(1), chunkers[1])
+    time.sleep(0.1)
+    assert old.take("u", ref(1)) is None
+    warm.put("u5", ref(5), chunkers[0])
+    warm.forget("u5")
+    assert warm.take("u5", ref(5)) is None

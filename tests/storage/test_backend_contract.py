@@ -181,3 +181,34 @@ def test_write_overwrites(backend):
     backend.write("k", [b"second"])
     backend.flush()
     assert backend.get("k") == b"second"
+
+
+def test_write_at_extends_keeping_what_is_there(backend):
+    """How a staged tail grows: the new bytes go after the old ones, which stay untouched."""
+    first = bytes(range(256)) * 20 + b"odd"  # not a multiple of any block size
+    backend.write("staging/u/0.t", [first])
+    backend.flush()
+    more = [b"abc", memoryview(b"defgh")[1:]]
+    backend.write_at("staging/u/0.t", len(first), more)
+    backend.flush()
+    assert backend.get("staging/u/0.t") == first + b"abcefgh"
+
+
+def test_write_at_leaves_bytes_past_its_end(backend):
+    """A crashed writer's bytes past the recorded length are overwritten, not truncated:
+    readers take the recorded length."""
+    backend.write("k", [b"0123456789"])
+    backend.write_at("k", 2, [b"ab"])
+    backend.flush()
+    assert backend.get("k") == b"01ab456789"
+
+
+def test_write_at_creates_a_missing_blob(backend):
+    backend.write_at("new/blob", 0, [b"hello"])
+    backend.flush()
+    assert backend.get("new/blob") == b"hello"
+
+
+def test_write_at_refuses_a_negative_offset(backend):
+    with pytest.raises(ValueError):
+        backend.write_at("k", -1, [b"x"])
