@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     upload_lock_seconds: float = Field(
         6.0, gt=0, le=300, description="Write lease of an upload; a dead writer blocks no longer."
     )
+    upload_warm_bytes: int = Field(
+        64 * MiB,
+        ge=0,
+        description="Memory for the chunkers of uploads between requests, so the next request "
+        "goes on without reading the staged tail back; 0 keeps none.",
+    )
 
     maintenance_interval_seconds: int = Field(
         600, ge=0, description="Server upkeep (expiry, gc) every this often; 0 disables it."

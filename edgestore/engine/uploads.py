@@ -84,10 +84,10 @@ class _Active:
     done: threading.Event
 
 
-# Chunkers kept between an upload's requests, their buffers holding the staged tail: the next
-# request goes on from memory instead of reading the tail back from disk into a new buffer
-# and scanning it again (the whole per-request cost, for clients that send small requests).
-WARM_BUDGET_BYTES = 64 * 1024 * 1024
+# Chunkers kept between an upload's requests (settings.upload_warm_bytes of them), their
+# buffers holding the staged tail: the next request goes on from memory instead of reading
+# the tail back from disk into a new buffer and scanning it again (most of the per-request
+# cost, for clients that send small requests).
 WARM_SECONDS = 60.0
 
 
@@ -105,7 +105,7 @@ class WarmTails:
     (another process may have appended since), so it can never resume from stale bytes.
     """
 
-    def __init__(self, budget: int = WARM_BUDGET_BYTES, seconds: float = WARM_SECONDS) -> None:
+    def __init__(self, budget: int, seconds: float = WARM_SECONDS) -> None:
         self._budget, self._seconds = budget, seconds
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Warm] = OrderedDict()
@@ -150,7 +150,7 @@ class Uploads:
         self._core = core
         self._lock = threading.Lock()
         self._active: dict[str, _Active] = {}
-        self._warm = WarmTails()
+        self._warm = WarmTails(core.settings.upload_warm_bytes)
         self._closing: str | None = None
 
     @property

@@ -312,10 +312,32 @@ def test_warm_tails_are_bounded_and_expire() -> None:
     assert warm.take("u1", ref(1)) is None  # ...and dropped
     assert warm.take("u2", ref(2)) is chunkers[2]
     assert warm.take("u2", ref(2)) is None  # taken: the append owns it now
-    old = WarmTails(seconds=0.05)
+    old = WarmTails(budget=2 * one, seconds=0.05)
     old.put("u", ref(1), chunkers[1])
     time.sleep(0.1)
     assert old.take("u", ref(1)) is None
     warm.put("u5", ref(5), chunkers[0])
     warm.forget("u5")
     assert warm.take("u5", ref(5)) is None
+
+
+def test_no_warm_chunkers_when_their_memory_is_zero(make_settings, monkeypatch) -> None:
+    from edgestore.engine import staging
+
+    loads = 0
+    real_load = staging.load
+
+    def counting_load(*args, **kwargs):
+        nonlocal loads
+        loads += 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(staging, "load", counting_load)
+    data = random_bytes(30_000, seed=12)
+    with Engine.open(make_settings(**SMALL_CHUNKS, upload_warm_bytes=0)) as engine:
+        up = engine.uploads.create(length=len(data), key="cold")
+        engine.uploads.append(up.upload_id, 0, blocks_of(data[:10_000]))
+        engine.uploads.append(up.upload_id, 10_000, blocks_of(data[10_000:20_000]))
+        assert loads == 1
+        rec = engine.uploads.append(up.upload_id, 20_000, blocks_of(data[20_000:]))
+        assert read_all(engine, engine.objects.by_version_id(rec.version_id)) == data
