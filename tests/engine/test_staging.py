@@ -115,3 +115,35 @@ def test_small_requests_grow_one_tail_file(make_settings) -> None:
         assert read_all(engine, engine.objects.by_version_id(rec.version_id)) == data
         for backend in engine.core.dirs.backends.values():
             assert not [b for b in backend.list(staging.PREFIX)], "the tail was removed"
+
+
+def test_a_request_whose_commit_fails_leaves_the_upload_as_it_was(
+    make_settings, monkeypatch
+) -> None:
+    """The tail grew on disk, then the checkpoint failed: the upload still reads its old
+    offset and tail, and a retry (on another node too) finishes it byte for byte."""
+    from edgestore.engine import ingest
+
+    settings = make_settings(**SMALL_CHUNKS)
+    data = random_bytes(60 * KiB, seed=8)
+    with Engine.open(settings) as a:
+        up = a.uploads.create(length=len(data), key="failed-commit")
+        rec = a.uploads.append(up.upload_id, 0, blocks_of(data[:4000]))
+        before = rec.tail
+        real = ingest.upload_rows.checkpoint
+
+        def failing(*args, **kwargs):
+            raise RuntimeError("database went away")
+
+        monkeypatch.setattr(ingest.upload_rows, "checkpoint", failing)
+        with pytest.raises(RuntimeError, match="went away"):
+            a.uploads.append(up.upload_id, 4000, blocks_of(data[4000:9000]))
+        monkeypatch.setattr(ingest.upload_rows, "checkpoint", real)
+        rec = a.uploads.get(up.upload_id)
+        assert rec.offset == 4000 and rec.tail == before
+        assert staging.load(a.core.dirs, rec.tail) == data[:4000]
+    with Engine.open(settings) as b:  # another node: no warm chunker, reads the tail back
+        b.uploads.append(up.upload_id, 4000, blocks_of(data[4000:9000]))
+        done = b.uploads.append(up.upload_id, 9000, blocks_of(data[9000:]))
+        assert done.state == upload_rows.COMPLETE
+        assert read_all(b, b.objects.by_version_id(done.version_id)) == data
