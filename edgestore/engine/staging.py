@@ -56,12 +56,17 @@ class PendingTail:
         grows: TailRef | None = None,
     ) -> None:
         self._dirs = dirs
-        self.extends = grows is not None and len(data) > grows.length and _written_here(grows.key)
+        names = dirs.writable_names()
+        self.extends = (
+            grows is not None
+            and len(data) > grows.length
+            and _written_here(grows.key)
+            and set(grows.backends) <= set(names)
+        )
         if grows is not None and self.extends:
             self.ref = TailRef(grows.key, grows.backends, len(data), shard_checksum(data))
             start = grows.length
         else:
-            names = dirs.writable_names()
             chosen = place(_as_chunk(upload_id), min(COPIES, len(names)), names)
             chosen = list(dict.fromkeys(chosen))  # fewer dirs than copies: one copy per dir
             self.ref = TailRef(

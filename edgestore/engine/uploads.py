@@ -114,6 +114,7 @@ class WarmTails:
     def take(self, upload_id: str, tail: TailRef | None) -> StreamChunker | None:
         with self._lock:
             entry = self._pop(upload_id)
+            self._prune()
         if entry is None or tail is None or entry.tail != tail:
             return None
         if time.monotonic() - entry.since > self._seconds:
@@ -121,20 +122,32 @@ class WarmTails:
         return entry.chunker
 
     def put(self, upload_id: str, tail: TailRef, chunker: StreamChunker) -> None:
-        now_ = time.monotonic()
         with self._lock:
             self._pop(upload_id)
-            self._entries[upload_id] = _Warm(tail, chunker, now_)
+            self._entries[upload_id] = _Warm(tail, chunker, time.monotonic())
             self._bytes += chunker.capacity
-            while self._entries and (
-                self._bytes > self._budget
-                or now_ - next(iter(self._entries.values())).since > self._seconds
-            ):
-                self._pop(next(iter(self._entries)))
+            self._prune()
 
     def forget(self, upload_id: str) -> None:
         with self._lock:
             self._pop(upload_id)
+
+    def prune(self) -> None:
+        """Drop the chunkers kept too long (also done on every take and put)."""
+        with self._lock:
+            self._prune()
+
+    @property
+    def held_bytes(self) -> int:
+        return self._bytes
+
+    def _prune(self) -> None:
+        now_ = time.monotonic()
+        while self._entries and (
+            self._bytes > self._budget
+            or now_ - next(iter(self._entries.values())).since > self._seconds
+        ):
+            self._pop(next(iter(self._entries)))
 
     def _pop(self, upload_id: str) -> _Warm | None:
         entry = self._entries.pop(upload_id, None)
@@ -495,7 +508,9 @@ class Uploads:
     # --- housekeeping -------------------------------------------------------------------------
 
     def expire_stale(self, local_grace: float) -> int:
-        """Expire open uploads past their expiry, and local puts whose process died."""
+        """Expire open uploads past their expiry, and local puts whose process died; drop
+        the warm chunkers of uploads that went quiet."""
+        self._warm.prune()
         t = now()
         count = 0
         while True:

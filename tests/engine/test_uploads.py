@@ -314,7 +314,10 @@ def test_warm_tails_are_bounded_and_expire() -> None:
     assert warm.take("u2", ref(2)) is None  # taken: the append owns it now
     old = WarmTails(budget=2 * one, seconds=0.05)
     old.put("u", ref(1), chunkers[1])
+    assert old.held_bytes == one
     time.sleep(0.1)
+    old.prune()  # the server's upkeep: an upload gone quiet gives its memory back
+    assert old.held_bytes == 0
     assert old.take("u", ref(1)) is None
     warm.put("u5", ref(5), chunkers[0])
     warm.forget("u5")
