@@ -256,20 +256,25 @@ def test_a_final_upload_takes_no_bytes_of_its_own(small_engine: Engine) -> None:
     assert uploads.get(final.upload_id).state == upload_rows.COMPLETE
 
 
-def test_the_next_request_goes_on_from_the_warm_chunker(make_settings, monkeypatch) -> None:
-    """Within a process, the next append resumes from the chunker the last one left (no
-    read of the staged tail); another process, or a tail changed meanwhile, reads it back."""
+@pytest.fixture
+def tail_loads(monkeypatch) -> list[int]:
+    """How many times a staged tail is read back from disk (the real read, counted)."""
     from edgestore.engine import staging
 
-    loads = 0
+    count = [0]
     real_load = staging.load
 
     def counting_load(*args, **kwargs):
-        nonlocal loads
-        loads += 1
+        count[0] += 1
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(staging, "load", counting_load)
+    return count
+
+
+def test_the_next_request_goes_on_from_the_warm_chunker(make_settings, tail_loads) -> None:
+    """Within a process, the next append resumes from the chunker the last one left (no
+    read of the staged tail); another process, or a tail changed meanwhile, reads it back."""
     settings = make_settings(**SMALL_CHUNKS)
     data = random_bytes(700 * KiB + 5, seed=11)
     cuts = [0, 10_000, 150_000, 150_500, 420_000, 600_000, len(data)]
@@ -277,13 +282,13 @@ def test_the_next_request_goes_on_from_the_warm_chunker(make_settings, monkeypat
         up = a.uploads.create(length=len(data), key="warm")
         a.uploads.append(up.upload_id, 0, blocks_of(data[: cuts[1]]))
         a.uploads.append(up.upload_id, cuts[1], blocks_of(data[cuts[1] : cuts[2]]))
-        assert loads == 0  # the same process, the same tail: from memory
+        assert tail_loads[0] == 0  # the same process, the same tail: from memory
         b.uploads.append(up.upload_id, cuts[2], blocks_of(data[cuts[2] : cuts[3]]))
-        assert loads == 1  # another node reads the staged tail
+        assert tail_loads[0] == 1  # another node reads the staged tail
         a.uploads.append(up.upload_id, cuts[3], blocks_of(data[cuts[3] : cuts[4]]))
-        assert loads == 2  # b changed the tail: a's warm chunker is stale, not used
+        assert tail_loads[0] == 2  # b changed the tail: a's warm chunker is stale, not used
         a.uploads.append(up.upload_id, cuts[4], blocks_of(data[cuts[4] : cuts[5]]))
-        assert loads == 2
+        assert tail_loads[0] == 2
         rec = a.uploads.append(up.upload_id, cuts[5], blocks_of(data[cuts[5] :]))
         assert rec.state == upload_rows.COMPLETE
         v = a.objects.by_version_id(rec.version_id)
@@ -324,23 +329,12 @@ def test_warm_tails_are_bounded_and_expire() -> None:
     assert warm.take("u5", ref(5)) is None
 
 
-def test_no_warm_chunkers_when_their_memory_is_zero(make_settings, monkeypatch) -> None:
-    from edgestore.engine import staging
-
-    loads = 0
-    real_load = staging.load
-
-    def counting_load(*args, **kwargs):
-        nonlocal loads
-        loads += 1
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(staging, "load", counting_load)
+def test_no_warm_chunkers_when_their_memory_is_zero(make_settings, tail_loads) -> None:
     data = random_bytes(30_000, seed=12)
     with Engine.open(make_settings(**SMALL_CHUNKS, upload_warm_bytes=0)) as engine:
         up = engine.uploads.create(length=len(data), key="cold")
         engine.uploads.append(up.upload_id, 0, blocks_of(data[:10_000]))
         engine.uploads.append(up.upload_id, 10_000, blocks_of(data[10_000:20_000]))
-        assert loads == 1
+        assert tail_loads[0] == 1
         rec = engine.uploads.append(up.upload_id, 20_000, blocks_of(data[20_000:]))
         assert read_all(engine, engine.objects.by_version_id(rec.version_id)) == data
