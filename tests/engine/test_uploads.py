@@ -301,7 +301,7 @@ def test_the_next_request_goes_on_from_the_warm_chunker(make_settings, tail_load
 
 def test_warm_tails_are_bounded_and_expire() -> None:
     from edgestore.chunking import DEFAULT_PARAMS, StreamChunker
-    from edgestore.engine.uploads import WarmTails
+    from edgestore.engine.warm import WarmTails
     from edgestore.metadata.uploads import TailRef
 
     def ref(n: int) -> TailRef:
