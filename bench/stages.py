@@ -6,7 +6,8 @@ before the next chunk, as in the engine, so memory stays at a batch whatever the
 size and each stage's figure includes what its memory costs in the engine. "EC encode" and
 "shard write" follow the engine's RedundancyPolicy: a chunk that compresses to at most
 small_chunk_max_bytes is stored as m+1 whole copies (nothing to encode, more to write), a tiny
-one inline (no files).
+one inline (no files). "EC encode" lays out the shard files with their headers (and payload
+checksums), as shardfile.build does in the engine; "shard write" writes them and syncs.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class _Encoded:
     codec: Compression
     stored_size: int
     redundancy: Redundancy | None  # None: inline in the database, no shard files
-    payloads: list[bytes]
+    files: list[shardfile.ShardFile]
 
 
 class _StagePipeline:
@@ -137,8 +138,12 @@ class _StagePipeline:
         # The engine's policy decides per stored size: EC, whole copies, or inline.
         with timed(t[ENCODE]):
             red = self.policy.for_size(len(stored))
-            payloads = red.codec.encode(stored) if red is not None else []
-        e = _Encoded(cid, codec, len(stored), red, payloads)
+            files = (
+                shardfile.build(red.codec, cid, red.layout, red.k, red.m, codec, stored)
+                if red is not None
+                else []
+            )
+        e = _Encoded(cid, codec, len(stored), red, files)
         with timed(t[SHARD_WRITE]):
             run.shard_bytes += self._write(e)
         run.stored_bytes += e.stored_size
@@ -149,17 +154,12 @@ class _StagePipeline:
         the engine's ChunkWriter lays them (it writes them in parallel)."""
         if e.redundancy is None:
             return 0
-        red = e.redundancy
         generation = secrets.token_hex(6)
         written = 0
-        placement = place(e.chunk, len(e.payloads), self.names)
-        for index, (payload, name) in enumerate(zip(e.payloads, placement, strict=True)):
-            header = shardfile.make_header(
-                e.chunk, red.layout, index, red.k, red.m, e.codec, e.stored_size, payload
-            )
-            parts = shardfile.pack(header, payload)
-            self.backends[name].write(shard_key(e.chunk, generation, index), parts)
-            written += sum(len(p) for p in parts)
+        placement = place(e.chunk, len(e.files), self.names)
+        for index, (shard, name) in enumerate(zip(e.files, placement, strict=True)):
+            self.backends[name].write(shard_key(e.chunk, generation, index), shard.parts)
+            written += sum(len(p) for p in shard.parts)
         self.backends[self.names[0]].flush()  # the data dirs share one filesystem here
         return written
 

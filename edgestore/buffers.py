@@ -14,6 +14,7 @@ costs more than the copy.
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -100,3 +101,95 @@ def bytes_of(source: Buffer) -> bytes:
         assert dst.buf is not None and s.buf is not None
         ctypes.memmove(dst.buf, s.buf, n)
     return out
+
+
+def address_of(source: Buffer) -> int:
+    """Where the buffer's first byte is in memory (to check alignment; not to be kept)."""
+    with _pinned(source, _PyBUF_SIMPLE) as view:
+        return view.buf or 0
+
+
+def fill_zero(target: bytearray | memoryview, offset: int, n: int) -> None:
+    """Zero n bytes of target from offset, without the GIL when it is large."""
+    if offset < 0 or n < 0 or offset + n > memoryview(target).nbytes:
+        raise ValueError(f"{n} bytes at {offset} do not fit a {len(target)}-byte buffer")
+    if n < GIL_FREE_MIN:
+        memoryview(target).cast("B")[offset : offset + n] = bytes(n)
+        return
+    with _pinned(target, _PyBUF_WRITABLE) as dst:
+        assert dst.buf is not None
+        ctypes.memset(dst.buf + offset, 0, n)
+
+
+PAGE = 4096
+_GRAIN = 1024 * 1024  # block sizes are rounded up to this, so blocks fit many requests
+
+_libc = ctypes.CDLL(None)
+_aligned_alloc = _libc.aligned_alloc
+_aligned_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+_aligned_alloc.restype = ctypes.c_void_p
+_free = _libc.free
+_free.argtypes = [ctypes.c_void_p]
+_free.restype = None
+
+
+class _Lease:
+    """Gives its block back to the pool when the last view of the block is gone."""
+
+    def __init__(self, pool: AlignedPool, address: int, capacity: int) -> None:
+        self.pool, self.address, self.capacity = pool, address, capacity
+
+    def __del__(self) -> None:
+        try:
+            self.pool._give_back(self.address, self.capacity)
+        except Exception:
+            pass
+
+
+class AlignedPool:
+    """Page-aligned blocks (for O_DIRECT writes straight from them), reused.
+
+    A block goes back to the pool only when nothing can reach it any more: every view of it
+    holds it alive (CPython frees it, and the pool takes it back, when the last view goes),
+    so a reused block cannot change bytes that someone still reads. Reuse matters: fresh
+    memory costs a page fault and a zeroed page per 4 KiB (erasure coding a 4 MiB chunk into
+    fresh blocks measured 0.49 ms of CPU here, into reused ones 0.29-0.30), and the heap does
+    not keep its free pages (the engine's periodic malloc_trim gives them back). At most
+    `idle_bytes` wait for reuse; the rest goes back to libc.
+
+    A reused block holds old bytes: whoever takes one writes every byte it will use.
+    """
+
+    def __init__(self, idle_bytes: int) -> None:
+        self.idle_bytes = idle_bytes
+        self._idle: list[tuple[int, int]] = []  # (capacity, address), smallest first
+        self._lock = threading.RLock()  # RLock: a lease may end inside get() on this thread
+
+    def get(self, size: int) -> memoryview:
+        """A writable, page-aligned view of `size` bytes (contents undefined)."""
+        if size < 0:
+            raise ValueError(f"negative size {size}")
+        with self._lock:
+            found = next((i for i, (cap, _) in enumerate(self._idle) if cap >= size), None)
+            capacity, address = self._idle.pop(found) if found is not None else (0, 0)
+        if not address:
+            capacity = max(_GRAIN, -(-size // _GRAIN) * _GRAIN)
+            address = _aligned_alloc(PAGE, capacity) or 0
+            if not address:
+                raise MemoryError(f"cannot allocate {capacity} aligned bytes")
+        array = (ctypes.c_char * size).from_address(address)
+        array.lease = _Lease(self, address, capacity)  # type: ignore[attr-defined]
+        return memoryview(array).cast("B")
+
+    def _give_back(self, address: int, capacity: int) -> None:
+        with self._lock:
+            self._idle.append((capacity, address))
+            self._idle.sort()
+            while self._idle and sum(c for c, _ in self._idle) > self.idle_bytes:
+                _free(self._idle.pop()[1])  # the largest first
+
+    @property
+    def idle(self) -> int:
+        """Bytes waiting for reuse."""
+        with self._lock:
+            return sum(c for c, _ in self._idle)

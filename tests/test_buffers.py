@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgestore.buffers import GIL_FREE_MIN, bytes_of, copy_into
+from edgestore.buffers import (
+    GIL_FREE_MIN,
+    PAGE,
+    AlignedPool,
+    address_of,
+    bytes_of,
+    copy_into,
+    fill_zero,
+)
 
 SIZES = st.sampled_from([0, 1, GIL_FREE_MIN - 1, GIL_FREE_MIN, GIL_FREE_MIN + 4097, 3 << 20])
 
@@ -90,3 +98,59 @@ def test_large_copies_let_other_threads_run() -> None:
     # Measured: with the GIL held through each copy the spinner advanced during none of
     # them (it only runs between copies); released, during every one.
     assert sum(1 for s in seen if s > 0) >= 5
+
+
+# --- aligned blocks ---------------------------------------------------------------------------
+
+
+def test_pool_blocks_are_page_aligned_and_writable() -> None:
+    pool = AlignedPool(idle_bytes=8 << 20)
+    for size in (0, 1, PAGE - 1, PAGE, 3 << 20):
+        block = pool.get(size)
+        assert len(block) == size
+        assert address_of(block) % PAGE == 0
+        block[:] = b"\x5a" * size
+        assert bytes(block) == b"\x5a" * size
+
+
+def test_a_block_returns_to_the_pool_only_when_its_last_view_is_gone() -> None:
+    pool = AlignedPool(idle_bytes=8 << 20)
+    block = pool.get(5000)
+    address = address_of(block)
+    piece = block[100:200]
+    del block
+    assert pool.idle == 0, "a slice still reaches the block"
+    assert address_of(pool.get(5000)) != address
+    del piece
+    assert pool.idle > 0
+    assert address_of(pool.get(5000)) == address
+
+
+def test_the_pool_keeps_at_most_its_idle_bytes() -> None:
+    pool = AlignedPool(idle_bytes=3 << 20)
+    blocks = [pool.get(1 << 20) for _ in range(6)]
+    del blocks
+    assert 0 < pool.idle <= 3 << 20
+
+
+def test_the_smallest_fitting_block_is_reused() -> None:
+    pool = AlignedPool(idle_bytes=64 << 20)
+    big, small = pool.get(5 << 20), pool.get(1 << 20)
+    big_at, small_at = address_of(big), address_of(small)
+    del big, small
+    assert address_of(pool.get(1000)) == small_at
+    assert address_of(pool.get(2 << 20)) == big_at
+
+
+def test_negative_size_is_refused() -> None:
+    with pytest.raises(ValueError):
+        AlignedPool(idle_bytes=0).get(-1)
+
+
+@pytest.mark.parametrize("size", [0, 1, GIL_FREE_MIN - 1, GIL_FREE_MIN + 3])
+def test_fill_zero_clears_exactly_the_range(size: int) -> None:
+    target = bytearray(b"\xff" * (size + 20))
+    fill_zero(target, 10, size)
+    assert target == b"\xff" * 10 + bytes(size) + b"\xff" * 10
+    with pytest.raises(ValueError):
+        fill_zero(target, 11, size + 10)

@@ -25,10 +25,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edgestore.codec.hashing import header_checksum, shard_checksum
 from edgestore.errors import CorruptShard
 from edgestore.types import ChunkId, Compression, Layout
+
+if TYPE_CHECKING:
+    from edgestore.codec.erasure import RedundancyCodec
+
+Buffer = bytes | bytearray | memoryview
 
 MAGIC = b"ESHD"
 VERSION = 1
@@ -55,23 +61,66 @@ class ShardHeader:
     payload_checksum: str
 
 
-def pack(header_fields: ShardHeader, payload: bytes) -> list[bytes]:
-    """Header and payload as separate buffers, ready for a vectored write."""
+def header_bytes(fields: ShardHeader) -> bytes:
+    """The HEADER_SIZE bytes that open the shard file."""
     body = _BODY.pack(
         MAGIC,
         VERSION,
-        _LAYOUT_CODES[header_fields.layout],
-        header_fields.shard_index,
-        header_fields.k,
-        header_fields.m,
-        _COMPRESSION_CODES[header_fields.compression],
+        _LAYOUT_CODES[fields.layout],
+        fields.shard_index,
+        fields.k,
+        fields.m,
+        _COMPRESSION_CODES[fields.compression],
         0,
-        bytes.fromhex(header_fields.chunk_id),
-        len(payload),
-        header_fields.stored_length,
-        bytes.fromhex(header_fields.payload_checksum),
+        bytes.fromhex(fields.chunk_id),
+        fields.payload_length,
+        fields.stored_length,
+        bytes.fromhex(fields.payload_checksum),
     )
-    return [body + _CHECK.pack(header_checksum(body)), payload]
+    return body + _CHECK.pack(header_checksum(body))
+
+
+def pack(header_fields: ShardHeader, payload: Buffer) -> list[Buffer]:
+    """Header and payload as separate buffers, ready for a vectored write."""
+    if len(payload) != header_fields.payload_length:
+        raise ValueError("payload length differs from the header's")
+    return [header_bytes(header_fields), payload]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardFile:
+    header: ShardHeader
+    parts: list[Buffer]  # the file's bytes, in order
+
+
+def build(
+    codec: RedundancyCodec,
+    chunk: ChunkId,
+    layout: Layout,
+    k: int,
+    m: int,
+    compression: Compression,
+    stored: bytes,
+) -> list[ShardFile]:
+    """Every shard file of a stored chunk, ready to write.
+
+    Where the codec lays the shards out in page-aligned memory, each file is one buffer with
+    its header written in front: O_DIRECT writes it without a copy (see codec/isal.py).
+    """
+    frames = codec.encode_framed(stored, HEADER_SIZE)
+    if frames is None:
+        files = []
+        for index, payload in enumerate(codec.encode(stored)):
+            fields = make_header(chunk, layout, index, k, m, compression, len(stored), payload)
+            files.append(ShardFile(fields, pack(fields, payload)))
+        return files
+    files = []
+    for index, frame in enumerate(frames):
+        payload = frame[HEADER_SIZE:]
+        fields = make_header(chunk, layout, index, k, m, compression, len(stored), payload)
+        frame[:HEADER_SIZE] = header_bytes(fields)
+        files.append(ShardFile(fields, [frame]))
+    return files
 
 
 def make_header(
@@ -82,7 +131,7 @@ def make_header(
     m: int,
     compression: Compression,
     stored_length: int,
-    payload: bytes,
+    payload: Buffer,
 ) -> ShardHeader:
     return ShardHeader(
         chunk_id=chunk,

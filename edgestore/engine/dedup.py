@@ -21,6 +21,7 @@ from edgestore.engine.pipeline import CpuPool, release_free_memory
 from edgestore.errors import ChunkHashMismatch
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import Database
+from edgestore.storage.backend import Buffer
 from edgestore.storage.datadirs import DataDirs
 from edgestore.storage.placement import place, shard_key
 from edgestore.types import ChunkId, Layout, ShardRef
@@ -87,7 +88,7 @@ class _Prepared:
     """A new chunk after the CPU phase: compressed, coded, ready to be written and indexed."""
 
     record: chunk_index.ChunkRecord
-    shards: list[tuple[ShardRef, list[bytes]]]  # (where, the file's buffers)
+    shards: list[tuple[ShardRef, list[Buffer]]]  # (where, the file's buffers)
 
 
 class ChunkWriter:
@@ -277,29 +278,21 @@ class ChunkWriter:
             )
             return _Prepared(record, [])
         names = self._dirs.writable_names()
-        payloads = redundancy.codec.encode(stored)
-        placement = place(cid, len(payloads), names)
+        shard_files = shardfile.build(
+            redundancy.codec, cid, redundancy.layout, redundancy.k, redundancy.m, codec, stored
+        )
+        placement = place(cid, len(shard_files), names)
         files = []
-        for index, (payload, backend_name) in enumerate(zip(payloads, placement, strict=True)):
-            header = shardfile.make_header(
-                cid,
-                redundancy.layout,
-                index,
-                redundancy.k,
-                redundancy.m,
-                codec,
-                len(stored),
-                payload,
-            )
+        for index, (shard, backend_name) in enumerate(zip(shard_files, placement, strict=True)):
             ref = ShardRef(
                 cid,
                 index,
                 backend_name,
                 shard_key(cid, generation, index),
-                len(payload),
-                header.payload_checksum,
+                shard.header.payload_length,
+                shard.header.payload_checksum,
             )
-            files.append((ref, shardfile.pack(header, payload)))
+            files.append((ref, shard.parts))
         record = chunk_index.ChunkRecord(
             chunk_id=cid,
             raw_size=len(raw),
@@ -308,7 +301,7 @@ class ChunkWriter:
             layout=redundancy.layout,
             ec_k=redundancy.k,
             ec_m=redundancy.m,
-            shard_size=len(payloads[0]),
+            shard_size=shard_files[0].header.payload_length,
             generation=generation,
             refcount=0,
         )

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from edgestore.buffers import copy_into
+from edgestore.buffers import address_of, copy_into
 from edgestore.errors import ShardMissing, StorageError, StorageFull, StorageUnavailable
 from edgestore.storage.backend import BlobInfo, Buffer, Usage
 
@@ -77,17 +77,26 @@ def _aligned_buffer() -> mmap.mmap:
 
 
 def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
-    """Write through O_DIRECT, DIRECT_PIECE bytes at a time from an aligned copy, then cut
-    the padding of the last piece off.
+    """Write through O_DIRECT, then cut the padding of the last piece off.
+
+    A file given as one page-aligned buffer (a shard laid out by codec/isal.py) goes to the
+    kernel as it is, all but its last partial page; other bytes are copied through the
+    thread's aligned buffer, DIRECT_PIECE bytes at a time.
 
     Bypassing the page cache cut kernel CPU per GiB written by ~8x on this kind of VM
     (measured: 0.5 s instead of 4.5 s for 1.6 GB of 700 KB shard files) and the data is on
     its way to the disk at once instead of waiting for writeback.
     """
+    total = 0  # bytes of the file written so far
+    if len(parts) == 1 and address_of(parts[0]) % DIRECT_ALIGN == 0:
+        whole = memoryview(parts[0]).cast("B")
+        total = len(whole) // DIRECT_ALIGN * DIRECT_ALIGN
+        if total:
+            _pwrite_all(fd, whole[:total], 0)
+        parts = [whole[total:]]
     buf = _aligned_buffer()
     view = memoryview(buf)
     try:
-        total = 0  # bytes of the file written so far
         fill = 0  # bytes in buf
         for p in parts:
             src = memoryview(p).cast("B")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgestore.codec import shardfile
+from edgestore.codec.erasure import ReedSolomon, Replication
 from edgestore.codec.shardfile import (
     HEADER_SIZE,
     MAGIC,
@@ -200,3 +201,45 @@ def test_make_header_records_the_payload():
     assert isinstance(header, ShardHeader)
     assert header.payload_length == len(payload)
     assert header.payload_checksum == xxhash.xxh3_128_hexdigest(payload)
+
+
+# --- building a chunk's shard files -----------------------------------------------------------
+
+
+class _CopyingOnly:
+    """The same Reed-Solomon codec without its in-place encoder (the fallback path)."""
+
+    def __init__(self, inner: ReedSolomon) -> None:
+        self.inner = inner
+        self.total, self.needed = inner.total, inner.needed
+
+    def encode(self, data: bytes):  # type: ignore[no-untyped-def]
+        return self.inner.encode(data)
+
+    def encode_framed(self, data: bytes, reserve: int) -> None:
+        return None
+
+    def decode(self, shards):  # type: ignore[no-untyped-def]
+        return self.inner.decode(shards)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.binary(max_size=70_000), cid=chunk_ids)
+def test_in_place_and_copied_shard_files_are_the_same_bytes(data, cid):
+    rs = ReedSolomon(6, 3)
+    framed = shardfile.build(rs, cid, Layout.EC, 6, 3, Compression.NONE, data)
+    copied = shardfile.build(_CopyingOnly(rs), cid, Layout.EC, 6, 3, Compression.NONE, data)
+    assert len(framed[0].parts) == 1, "ISA-L lays each file out in one aligned buffer"
+    assert [b"".join(f.parts) for f in framed] == [b"".join(f.parts) for f in copied]
+    assert [f.header for f in framed] == [f.header for f in copied]
+    for index, f in enumerate(framed):
+        header, payload = unpack(b"".join(f.parts), cid)
+        assert header.shard_index == index and len(payload) == header.payload_length
+
+
+def test_replicas_are_built_from_the_chunk_itself():
+    data = b"replicated" * 100
+    files = shardfile.build(
+        Replication(3), ChunkId("ab" * 32), Layout.REPLICA, 1, 2, Compression.NONE, data
+    )
+    assert [unpack(b"".join(f.parts))[1].tobytes() for f in files] == [data] * 3

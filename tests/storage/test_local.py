@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import random
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from edgestore.buffers import AlignedPool
 from edgestore.errors import ShardMissing, StorageFull, StorageUnavailable
+from edgestore.storage import local
 from edgestore.storage.local import (
     DIRECT_ALIGN,
     DIRECT_PIECE,
@@ -78,6 +81,31 @@ def test_direct_writes_round_trip_across_piece_boundaries(tmp_path, sizes):
     except OSError as exc:  # a filesystem without O_DIRECT (tmpfs)
         pytest.skip(f"O_DIRECT unavailable here: {exc}")
     assert target.read_bytes() == b"".join(parts)
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, DIRECT_ALIGN - 1, DIRECT_ALIGN, DIRECT_ALIGN + 1, 3 * DIRECT_PIECE + 7]
+)
+def test_an_aligned_buffer_is_written_without_a_copy(tmp_path, monkeypatch, size):
+    """A page-aligned single buffer goes to the kernel as it is; only its last partial page
+    passes through the staging buffer."""
+    block = AlignedPool(idle_bytes=0).get(size)
+    block[:] = random.Random(size).randbytes(size)
+    copied: list[int] = []
+    real_copy = local.copy_into
+
+    def counting_copy(target, offset, source):  # type: ignore[no-untyped-def]
+        copied.append(len(memoryview(source)))
+        return real_copy(target, offset, source)
+
+    monkeypatch.setattr(local, "copy_into", counting_copy)
+    target = tmp_path / "file"
+    try:
+        write_durably(target, [block], direct=True)
+    except OSError as exc:
+        pytest.skip(f"O_DIRECT unavailable here: {exc}")
+    assert target.read_bytes() == bytes(block)
+    assert sum(copied) == size % DIRECT_ALIGN
 
 
 class ExplodingParts(Sequence):
