@@ -104,7 +104,7 @@ def test_large_copies_let_other_threads_run() -> None:
 
 
 def test_pool_blocks_are_page_aligned_and_writable() -> None:
-    pool = AlignedPool(idle_bytes=8 << 20)
+    pool = AlignedPool(idle_blocks=4)
     for size in (0, 1, PAGE - 1, PAGE, 3 << 20):
         block = pool.get(size)
         assert len(block) == size
@@ -114,37 +114,47 @@ def test_pool_blocks_are_page_aligned_and_writable() -> None:
 
 
 def test_a_block_returns_to_the_pool_only_when_its_last_view_is_gone() -> None:
-    pool = AlignedPool(idle_bytes=8 << 20)
+    pool = AlignedPool(idle_blocks=4)
     block = pool.get(5000)
     address = address_of(block)
     piece = block[100:200]
     del block
     assert pool.idle == 0, "a slice still reaches the block"
-    assert address_of(pool.get(5000)) != address
+    other = pool.get(5000)
+    assert address_of(other) != address
     del piece
     assert pool.idle > 0
     assert address_of(pool.get(5000)) == address
 
 
-def test_the_pool_keeps_at_most_its_idle_bytes() -> None:
-    pool = AlignedPool(idle_bytes=3 << 20)
+def test_the_pool_keeps_at_most_its_idle_blocks() -> None:
+    pool = AlignedPool(idle_blocks=2)
     blocks = [pool.get(1 << 20) for _ in range(6)]
     del blocks
-    assert 0 < pool.idle <= 3 << 20
+    assert pool.idle == 2 << 20
 
 
-def test_the_smallest_fitting_block_is_reused() -> None:
-    pool = AlignedPool(idle_bytes=64 << 20)
-    big, small = pool.get(5 << 20), pool.get(1 << 20)
-    big_at, small_at = address_of(big), address_of(small)
-    del big, small
-    assert address_of(pool.get(1000)) == small_at
-    assert address_of(pool.get(2 << 20)) == big_at
+def test_blocks_grow_to_the_largest_request_and_serve_any_size() -> None:
+    """Mixed chunk sizes must not make the pool miss: every new block is as large as the
+    largest request so far, and idle blocks smaller than that are dropped."""
+    pool = AlignedPool(idle_blocks=4)
+    small = pool.get(1000)
+    del small
+    assert pool.idle == 1 << 20
+    big = pool.get(5 << 20)
+    assert pool.idle == 0, "the 1 MiB block was too small for it and is gone"
+    big_at = address_of(big)
+    del big
+    a = pool.get(1000)
+    assert address_of(a) == big_at
+    b = pool.get(1000)  # a miss while the big block is out: made as large as it
+    del a, b
+    assert pool.idle == 10 << 20
 
 
 def test_negative_size_is_refused() -> None:
     with pytest.raises(ValueError):
-        AlignedPool(idle_bytes=0).get(-1)
+        AlignedPool(idle_blocks=0).get(-1)
 
 
 @pytest.mark.parametrize("size", [0, 1, GIL_FREE_MIN - 1, GIL_FREE_MIN + 3])

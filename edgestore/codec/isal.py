@@ -38,9 +38,9 @@ _MATRICES = {"isa_l_rs_cauchy": "gf_gen_cauchy1_matrix", "isa_l_rs_vand": "gf_ge
 # Big, then small (into the big one's stale block), then odd: the self-test's sizes.
 _SELF_TEST_SIZES = (4 * 1024 * 1024 + 7, 1, 100, 4095, 65_537, 1_048_579, 0, 8 * 1024 * 1024)
 
-# Shard blocks of the chunks just written, kept for the next ones: ~2.5 typical (4 MiB)
-# chunks' worth, or one of the largest (8 MiB: 9 x 1.4 MiB).
-POOL = AlignedPool(idle_bytes=16 * 1024 * 1024)
+# Shard blocks of the chunks just written, kept for the next ones. The engine has at most
+# workers + 1 (3 on two cores) chunks in flight, so this many blocks serve it without a miss.
+POOL = AlignedPool(idle_blocks=4)
 
 
 def _library() -> ctypes.CDLL | None:

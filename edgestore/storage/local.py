@@ -80,23 +80,21 @@ def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
     """Write through O_DIRECT, then cut the padding of the last piece off.
 
     A file given as one page-aligned buffer (a shard laid out by codec/isal.py) goes to the
-    kernel as it is, all but its last partial page; other bytes are copied through the
-    thread's aligned buffer, DIRECT_PIECE bytes at a time.
+    kernel as it is; only its last partial page is copied (into the thread's aligned buffer,
+    padded), and both go in one pwritev: one device write per file, as before. Other files
+    are copied through the aligned buffer, DIRECT_PIECE bytes at a time.
 
     Bypassing the page cache cut kernel CPU per GiB written by ~8x on this kind of VM
     (measured: 0.5 s instead of 4.5 s for 1.6 GB of 700 KB shard files) and the data is on
     its way to the disk at once instead of waiting for writeback.
     """
-    total = 0  # bytes of the file written so far
-    if len(parts) == 1 and address_of(parts[0]) % DIRECT_ALIGN == 0:
-        whole = memoryview(parts[0]).cast("B")
-        total = len(whole) // DIRECT_ALIGN * DIRECT_ALIGN
-        if total:
-            _pwrite_all(fd, whole[:total], 0)
-        parts = [whole[total:]]
     buf = _aligned_buffer()
     view = memoryview(buf)
     try:
+        if len(parts) == 1 and address_of(parts[0]) % DIRECT_ALIGN == 0:
+            _write_aligned(fd, memoryview(parts[0]).cast("B"), view)
+            return
+        total = 0  # bytes of the file written so far
         fill = 0  # bytes in buf
         for p in parts:
             src = memoryview(p).cast("B")
@@ -113,9 +111,25 @@ def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
             view[fill:padded] = bytes(padded - fill)
             _pwrite_all(fd, view[:padded], total)
             total += fill
+        os.ftruncate(fd, total)
     finally:
         view.release()
-    os.ftruncate(fd, total)
+
+
+def _write_aligned(fd: int, whole: memoryview, staging: memoryview) -> None:
+    whole_pages = len(whole) // DIRECT_ALIGN * DIRECT_ALIGN
+    rest = len(whole) - whole_pages
+    padded = -(-rest // DIRECT_ALIGN) * DIRECT_ALIGN
+    copy_into(staging, 0, whole[whole_pages:])
+    staging[rest:padded] = bytes(padded - rest)
+    pieces = [p for p in (whole[:whole_pages], staging[:padded]) if p]
+    written = os.pwritev(fd, pieces, 0) if pieces else 0
+    if written < whole_pages + padded:  # a short write (rare): the rest piece by piece
+        for piece, at in ((whole[:whole_pages], 0), (staging[:padded], whole_pages)):
+            done = max(0, min(len(piece), written - at))
+            if done < len(piece):
+                _pwrite_all(fd, piece[done:], at + done)
+    os.ftruncate(fd, len(whole))
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

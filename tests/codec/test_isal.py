@@ -66,7 +66,7 @@ def test_frames_are_pyeclibs_fragments_page_aligned(params, data, reserve):
 
 
 def test_a_reused_block_with_stale_bytes_gives_the_same_fragments(monkeypatch):
-    monkeypatch.setattr(isal, "POOL", AlignedPool(idle_bytes=64 * 1024 * 1024))
+    monkeypatch.setattr(isal, "POOL", AlignedPool(idle_blocks=4))
     big = random.Random(1).randbytes(3 * 1024 * 1024)
     first = encoder(6, 3).encode(big, 84)
     address = address_of(first[0])
@@ -101,7 +101,7 @@ def test_a_block_is_not_reused_while_a_view_of_it_lives():
 def test_idle_blocks_are_bounded():
     held = [encoder(6, 3).encode(b"c" * (2 * 1024 * 1024), 84) for _ in range(6)]
     del held
-    assert isal.POOL.idle <= isal.POOL.idle_bytes
+    assert len(isal.POOL._idle) <= isal.POOL.idle_blocks
 
 
 def test_threads_encode_at_once():
