@@ -6,8 +6,10 @@ with a counter stamped into every 64 KiB block, so no chunk repeats (see `make_t
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import sysconfig
 import tarfile
 from collections.abc import Iterator
@@ -151,3 +153,35 @@ def settle() -> None:
     server's uploads that were never synced (the peers don't sync).
     """
     os.sync()
+
+
+# --- stores of finished runs --------------------------------------------------------------
+
+# Deleting a finished run's store right away taxed the next run: this kind of machine's ext4
+# has no journal, and there every new inode (a shard file, a fan-out dir) is checked against
+# the inodes deleted in the last minute or more ("recently_deleted"), which after a store of
+# a few thousand shards was ~9% of the server's CPU in the next upload (perf). So stores are
+# kept until the benchmark ends, unless the disk runs low.
+KEEP_FREE = 16 * GiB
+_discarded: list[Path] = []
+
+
+def discard(path: Path) -> None:
+    """Delete a finished run's files when the benchmark ends (now, if the disk is low)."""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except FileNotFoundError:
+        return
+    if free < KEEP_FREE:
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _discarded.append(path)
+
+
+def empty_discarded() -> None:
+    """Delete everything `discard` kept (call when the measurements are over)."""
+    while _discarded:
+        shutil.rmtree(_discarded.pop(), ignore_errors=True)
+
+
+atexit.register(empty_discarded)  # also when a benchmark stops on an error

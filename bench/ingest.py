@@ -100,7 +100,7 @@ def engine_run(ds: Dataset, home: Path) -> EngineRun:
             engine.put(read_blocks(ds.path, PUT_BLOCK), key=f"bench/{ds.kind}-again")
             w3, c3 = time.perf_counter(), _cpu()
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        datasets.discard(home)
     if info.size != ds.size or got != ds.size:
         raise RuntimeError(f"stored {info.size} and read back {got} bytes of {ds.size}")
     return EngineRun(
@@ -391,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json is not None:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
+        datasets.empty_discarded()
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.datasets import discard
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_PEERS = ROOT.parent / "shared" / "peers"
 PEERS_DIR = ROOT / "bench" / ".peers"
@@ -129,8 +131,8 @@ class ServerRun:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        if self.data is not None:  # gigabytes per run: a full benchmark would fill the disk
-            shutil.rmtree(self.data, ignore_errors=True)
+        if self.data is not None:  # deleted when the benchmark ends (see datasets.discard)
+            discard(self.data)
 
 
 def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> ServerRun:

@@ -13,13 +13,13 @@ checksums), as shardfile.build does in the engine; "shard write" writes them and
 from __future__ import annotations
 
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import datasets
 from bench.datasets import MiB, read_blocks
 from edgestore.chunking import StreamChunker
 from edgestore.codec import compression, shardfile
@@ -178,7 +178,7 @@ def run_stages(path: Path, settings: Settings, shard_root: Path) -> StageRun:
             pipeline.feed(batch)
         return pipeline.finish()
     finally:
-        shutil.rmtree(shard_root, ignore_errors=True)
+        datasets.discard(shard_root)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import peers
-from bench.datasets import KINDS, ensure, format_size, parse_size, settle
+from bench.datasets import KINDS, empty_discarded, ensure, format_size, parse_size, settle
 from bench.peers import ClientResult, ServerRun
 
 CHUNK_MIB = 50
@@ -194,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in files:
             f.unlink(missing_ok=True)
 
+    empty_discarded()
     checks = _checks(results, kinds, concurrent)
     _print(out, results, kinds, size, concurrent, checks)
     if args.json:
