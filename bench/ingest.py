@@ -16,6 +16,8 @@ The ceiling sums each stage's cost in CPU seconds per byte (thread CPU time, so 
 wait on fsync is not counted as work) and is capped by the stages that cannot run in parallel.
 Settings come from `EDGESTORE_*` as for the server (e.g. EDGESTORE_DATABASE_URL for
 PostgreSQL); every store lives in the work dir. Data files are read through the page cache.
+Finished stores are deleted when the benchmark ends, not between runs (see
+`datasets.discard`: on a filesystem without a journal, fresh deletions tax new files).
 """
 
 from __future__ import annotations
