@@ -6,7 +6,13 @@ import asyncio
 import threading
 
 from edgestore.api import protocol
-from edgestore.api.protocol import MIN_READ, READ_BUFFER, BoundedHttpToolsProtocol, _LoopReads
+from edgestore.api.protocol import (
+    FEW_RECEIVING,
+    MIN_READ,
+    READ_BUFFER,
+    BoundedHttpToolsProtocol,
+    _LoopReads,
+)
 
 
 def test_is_a_buffered_protocol():
@@ -19,8 +25,11 @@ def test_read_size_is_shared_among_requests_receiving():
     assert reads.size() == READ_BUFFER  # nobody receiving yet: a new upload reads it all
     reads.receiving = 1
     assert reads.size() == READ_BUFFER
-    reads.receiving = 4
-    assert reads.size() == max(MIN_READ, READ_BUFFER // 4)
+    reads.receiving = FEW_RECEIVING  # a few share the whole buffer
+    assert reads.size() == max(MIN_READ, READ_BUFFER // FEW_RECEIVING)
+    reads.receiving = 8  # more share half of it: memory stays bounded
+    assert reads.size() == max(MIN_READ, READ_BUFFER // 2 // 8)
+    assert reads.size() * 8 <= READ_BUFFER // 2 or reads.size() == MIN_READ
     reads.receiving = 1000
     assert reads.size() == MIN_READ
 
