@@ -26,9 +26,7 @@ from pathlib import Path
 import pyeclib
 from pyeclib.ec_iface import ECDriver
 
-from edgestore.buffers import PAGE, AlignedPool, address_of, copy_into, fill_zero
-
-Buffer = bytes | bytearray | memoryview
+from edgestore.buffers import PAGE, AlignedPool, Buffer, address_of, copy_into, fill_zero
 
 FRAGMENT_HEADER = 80  # sizeof(fragment_header_t) in liberasurecode
 _META = 59  # sizeof(fragment_metadata_t): what the header's CRC-32 covers

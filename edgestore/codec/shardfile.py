@@ -27,14 +27,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edgestore.buffers import Buffer
 from edgestore.codec.hashing import header_checksum, shard_checksum
 from edgestore.errors import CorruptShard
 from edgestore.types import ChunkId, Compression, Layout
 
 if TYPE_CHECKING:
     from edgestore.codec.erasure import RedundancyCodec
-
-Buffer = bytes | bytearray | memoryview
 
 MAGIC = b"ESHD"
 VERSION = 1
@@ -108,18 +107,15 @@ def build(
     its header written in front: O_DIRECT writes it without a copy (see codec/isal.py).
     """
     frames = codec.encode_framed(stored, HEADER_SIZE)
-    if frames is None:
-        files = []
-        for index, payload in enumerate(codec.encode(stored)):
-            fields = make_header(chunk, layout, index, k, m, compression, len(stored), payload)
-            files.append(ShardFile(fields, pack(fields, payload)))
-        return files
+    payloads = codec.encode(stored) if frames is None else [f[HEADER_SIZE:] for f in frames]
     files = []
-    for index, frame in enumerate(frames):
-        payload = frame[HEADER_SIZE:]
+    for index, payload in enumerate(payloads):
         fields = make_header(chunk, layout, index, k, m, compression, len(stored), payload)
-        frame[:HEADER_SIZE] = header_bytes(fields)
-        files.append(ShardFile(fields, [frame]))
+        if frames is None:
+            files.append(ShardFile(fields, pack(fields, payload)))
+        else:
+            frames[index][:HEADER_SIZE] = header_bytes(fields)
+            files.append(ShardFile(fields, [frames[index]]))
     return files
 
 

@@ -292,20 +292,16 @@ class Appender:
 
         A tail is staged (written durably to its own file) before the transaction that points
         at it; the tail it replaces is removed only after that transaction commits. `pending`:
-        the tail's writes, already started.
+        the tail's writes, already started (else they start here; every submitted chunk is
+        among the ready parts by now, so the tail starts where _stage_early expects).
         """
         parts = [p for p, _ in self._ready]
         up = self._upload
-        base = up.committed_offset + sum(p.length for p in parts)
         old = up.tail
-        new = None
-        if pending is not None:
-            new = pending.finish()
-        elif tail:
-            if self._tail_unchanged(len(tail)):
-                new = old  # nothing moved since it was staged
-            else:
-                new = staging.stage(self._dirs, self._writer.io, up.upload_id, base, tail)
+        if pending is None:
+            pending = self._stage_early(tail)
+        unchanged = old if tail else None  # a tail that needs no new writes is the staged one
+        new = pending.finish() if pending is not None else unchanged
         cp = Checkpoint(
             parts=parts,
             tail=new,
