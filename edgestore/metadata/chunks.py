@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -74,11 +75,34 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[i : i + _IN_BATCH]
 
 
+# The statements run once per chunk are built once: building one (and its cache key, from
+# its literal values) cost about as much CPU as running it. Measured on SQLite, a chunk and
+# its 9 shard rows inserted in a transaction of their own: 1,300-1,450 -> 950 us of CPU.
+_REFCOUNT = sa.select(chunks.c.refcount).where(chunks.c.chunk_id == sa.bindparam("cid"))
+_INSERT_SHARDS = sa.insert(shards)
+_ADD_REFS = (
+    sa.update(chunks)
+    .where(chunks.c.chunk_id == sa.bindparam("cid"))
+    .values(refcount=chunks.c.refcount + sa.bindparam("n"), zero_since=None)
+)
+_INSERT_CHUNK: dict[str, Any] = {}  # by dialect: ON CONFLICT is dialect-specific
+
+
+def _insert_chunk(db: Database) -> Any:
+    stmt = _INSERT_CHUNK.get(db.dialect)
+    if stmt is None:  # the VALUES clause follows the keys of the parameters it runs with
+        stmt = (
+            db.insert(chunks)
+            .on_conflict_do_nothing(index_elements=[chunks.c.chunk_id])
+            .returning(chunks.c.chunk_id)
+        )
+        _INSERT_CHUNK[db.dialect] = stmt
+    return stmt
+
+
 def refcount_of(conn: Connection, chunk: ChunkId) -> int | None:
     """The chunk's reference count, or None if it is not stored."""
-    return conn.execute(
-        sa.select(chunks.c.refcount).where(chunks.c.chunk_id == chunk)
-    ).scalar_one_or_none()
+    return conn.execute(_REFCOUNT, {"cid": chunk}).scalar_one_or_none()
 
 
 def keep_alive(conn: Connection, chunk: ChunkId) -> bool:
@@ -99,31 +123,26 @@ def insert(
 ) -> bool:
     """Insert a chunk and its shards; False if another writer stored the chunk first."""
     t = now()
-    stmt = (
-        db.insert(chunks)
-        .values(
-            chunk_id=record.chunk_id,
-            raw_size=record.raw_size,
-            stored_size=record.stored_size,
-            compression=str(record.compression),
-            layout=str(record.layout),
-            ec_k=record.ec_k,
-            ec_m=record.ec_m,
-            shard_size=record.shard_size,
-            generation=record.generation,
-            inline_data=record.inline_data,
-            refcount=0,
-            created_at=t,
-            zero_since=t,
-        )
-        .on_conflict_do_nothing(index_elements=[chunks.c.chunk_id])
-        .returning(chunks.c.chunk_id)
-    )
-    if conn.execute(stmt).scalar_one_or_none() is None:
+    row = {
+        "chunk_id": record.chunk_id,
+        "raw_size": record.raw_size,
+        "stored_size": record.stored_size,
+        "compression": str(record.compression),
+        "layout": str(record.layout),
+        "ec_k": record.ec_k,
+        "ec_m": record.ec_m,
+        "shard_size": record.shard_size,
+        "generation": record.generation,
+        "inline_data": record.inline_data,
+        "refcount": 0,
+        "created_at": t,
+        "zero_since": t,
+    }
+    if conn.execute(_insert_chunk(db), row).scalar_one_or_none() is None:
         return False
     if shard_refs:
         conn.execute(
-            sa.insert(shards),
+            _INSERT_SHARDS,
             [
                 {
                     "chunk_id": s.chunk_id,
@@ -142,12 +161,7 @@ def insert(
 def add_refs(conn: Connection, counts: Counter[str]) -> None:
     """Add references; the caller inserts the referencing rows in the same transaction."""
     if counts:
-        conn.execute(
-            sa.update(chunks)
-            .where(chunks.c.chunk_id == sa.bindparam("cid"))
-            .values(refcount=chunks.c.refcount + sa.bindparam("n"), zero_since=None),
-            [{"cid": c, "n": n} for c, n in counts.items()],
-        )
+        conn.execute(_ADD_REFS, [{"cid": c, "n": n} for c, n in counts.items()])
 
 
 def drop_refs(conn: Connection, counts: Counter[str]) -> None:
