@@ -105,8 +105,15 @@ def stages(
 
 
 def ceiling(
-    console: Console, formula: str, terms: Mapping[str, float], value: float, full: Verdict
+    console: Console,
+    formula: str,
+    terms: Mapping[str, float],
+    value: float,
+    full: Verdict,
+    *,
+    cpu_only: float | None = None,
 ) -> None:
+    """`cpu_only`: full ingest against the cores' ceiling, without the disk's cap."""
     parts = ", ".join(f"{name} {mbps(rate)}" for name, rate in terms.items())
     console.print(f"2-core ceiling = {escape(formula)}")
     console.print(f"               = min({escape(parts)}) = [bold]{mbps(value)} MB/s[/]")
@@ -114,6 +121,8 @@ def ceiling(
         f"full ingest / ceiling = [bold]{full.value:.0%}[/] "
         f"(target ≥ {full.target:.0%}) {_verdict(full)}"
     )
+    if cpu_only is not None:
+        console.print(f"full ingest / the cores' ceiling alone (no disk cap) = {cpu_only:.0%}")
 
 
 def engine(
