@@ -105,6 +105,14 @@ def bytes_of(source: Buffer) -> bytes:
     return out
 
 
+@contextmanager
+def pointer_to(source: Buffer) -> Iterator[tuple[int, int]]:
+    """(address, length) of a contiguous buffer, read-only ones too, held until exit: for C
+    code that reads it (ctypes' from_buffer would need a writable one, or a copy)."""
+    with _pinned(source, _PyBUF_SIMPLE) as view:
+        yield (view.buf or 0), view.len
+
+
 def address_of(source: Buffer) -> int:
     """Where the buffer's first byte is in memory (to check alignment; not to be kept)."""
     with _pinned(source, _PyBUF_SIMPLE) as view:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
 
@@ -10,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
 
-from edgestore.chunking import DEFAULT_PARAMS, StreamChunker, chunk_stream, make_cdc
+from edgestore import chunking
+from edgestore.buffers import AlignedPool
+from edgestore.chunking import (
+    DEFAULT_PARAMS,
+    StreamChunker,
+    chunk_stream,
+    make_cdc,
+)
 from edgestore.types import ChunkerParams
 
 KiB = 1024
@@ -78,12 +86,15 @@ def assert_size_bounds(chunks, params):
         assert len(chunks[-1]) <= params.max_size
 
 
+@pytest.mark.parametrize("lend", [False, True])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=params_strategy, data=st.data())
-def test_any_split_gives_the_whole_buffer_cuts(params, data):
+def test_any_split_gives_the_whole_buffer_cuts(lend, params, data):
+    """With lend=True every chunk is a view of the chunker's buffers, all kept to the end: a
+    buffer written again after it lent a chunk would show here as a chunk that changed."""
     stream = data.draw(stream_data())
     pieces = data.draw(split(stream))
-    chunker = StreamChunker(params)
+    chunker = StreamChunker(params, lend=lend)
     emitted = b""
     chunks = []
     for piece in pieces:
@@ -120,14 +131,15 @@ def test_resuming_from_the_saved_tail_gives_the_same_chunks(params, data):
     assert b"".join(chunks) == stream
 
 
+@pytest.mark.parametrize("lend", [False, True])
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=params_strategy, data=st.data())
-def test_settled_cuts_at_append_ends_match_the_whole_buffer_cuts(params, data):
+def test_settled_cuts_at_append_ends_match_the_whole_buffer_cuts(lend, params, data):
     """pop_settled after any piece (an append that ends mid-stream) takes only cuts that the
     whole stream makes too, and leaves a tail that resumes to the same chunks."""
     stream = data.draw(stream_data(max_random_size=1 * MiB))
     pieces = data.draw(split(stream))
-    chunker = StreamChunker(params)
+    chunker = StreamChunker(params, lend=lend)
     chunks = []
     for piece in pieces:
         chunks += chunker.feed(piece)
@@ -135,11 +147,43 @@ def test_settled_cuts_at_append_ends_match_the_whole_buffer_cuts(params, data):
             while (chunk := chunker.pop_settled()) is not None:
                 chunks.append(chunk)
             if data.draw(st.booleans()):  # the next append resumes from the staged tail
-                chunker = StreamChunker(params, tail=chunker.tail)
+                chunker = StreamChunker(params, tail=chunker.tail_view(), lend=lend)
             # else it goes on with the same chunker (kept warm between requests)
     chunks += chunker.finish()
 
     assert chunks == reference_chunks(stream, params)
+
+
+def test_lent_chunks_are_views_that_outlive_the_buffer_moving_on():
+    data = random.Random(7).randbytes(6 * MiB)
+    chunker = StreamChunker(SMALL, lend=True)
+    chunks = chunker.feed(data[: 3 * MiB]) + chunker.feed(data[3 * MiB :]) + chunker.finish()
+    assert all(isinstance(c, memoryview) and c.readonly for c in chunks)
+    assert b"".join(chunks) == data  # none was written over by the bytes cut after it
+    assert [bytes(c) for c in chunks] == reference_chunks(data, SMALL)
+
+
+def test_a_lending_chunker_hands_its_blocks_back_when_the_chunks_are_gone(monkeypatch):
+    """A block comes back only when the chunker and every chunk cut from it are gone; then
+    it serves the next stream (no new memory)."""
+    pool = AlignedPool(idle_blocks=1000)  # keeps every block handed back, to count them
+    monkeypatch.setattr(chunking, "LENDING_BLOCKS", pool)
+    params = ChunkerParams(min_size=64 * KiB, avg_size=256 * KiB, max_size=1 * MiB)
+    data = random.Random(8).randbytes(8 * MiB)
+
+    def cut_all() -> None:
+        chunker = StreamChunker(params, lend=True)
+        chunks = chunker.feed(data)
+        assert pool.idle == 0  # each block holds the chunker's bytes or a lent chunk
+        assert b"".join(chunks) + chunker.tail == data
+        del chunks, chunker
+        gc.collect()
+
+    cut_all()
+    blocks = pool.idle
+    assert blocks >= 2 * MiB * 2  # it moved on to new blocks (2 MiB each) at least once
+    cut_all()
+    assert pool.idle == blocks  # the second stream reused them all
 
 
 def test_pop_settled_does_not_rescan_a_tail_that_barely_grew():

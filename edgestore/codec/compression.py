@@ -49,13 +49,14 @@ def _worth_trying(raw: Buffer, min_saving: float) -> bool:
     return packed <= PROBE_SIZE * (1.0 - min_saving)
 
 
-def compress(raw: Buffer, level: int = 3, min_saving: float = 0.03) -> tuple[Compression, bytes]:
-    """Return (codec, stored bytes): zstd when it saves at least `min_saving`, else raw."""
+def compress(raw: Buffer, level: int = 3, min_saving: float = 0.03) -> tuple[Compression, Buffer]:
+    """Return (codec, stored bytes): zstd when it saves at least `min_saving`, else `raw`
+    itself (not a copy: a chunk may be a view of the chunker's buffer)."""
     if len(raw) and _worth_trying(raw, min_saving):
         packed = _compressor(level).compress(raw)
         if len(packed) <= len(raw) * (1.0 - min_saving):
             return Compression.ZSTD, packed
-    return Compression.NONE, bytes(raw)
+    return Compression.NONE, raw
 
 
 def decompress(codec: Compression | str, stored: Buffer, raw_size: int) -> bytes:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from pyeclib.ec_iface import ECDriver
 
+from edgestore.buffers import Buffer
 from edgestore.codec.isal import FrameEncoder
 from edgestore.codec.liberasurecode import Binding
 
@@ -31,8 +32,8 @@ class RedundancyCodec(Protocol):
     def total(self) -> int: ...
     @property
     def needed(self) -> int: ...
-    def encode(self, data: bytes) -> Sequence[bytes | memoryview]: ...
-    def encode_framed(self, data: bytes, reserve: int) -> list[memoryview] | None:
+    def encode(self, data: Buffer) -> Sequence[Buffer]: ...
+    def encode_framed(self, data: Buffer, reserve: int) -> list[memoryview] | None:
         """The shard files laid out for O_DIRECT: page-aligned views, `reserve` bytes of
         room for a header (stale bytes: the caller fills them) then the shard; None when
         this codec cannot (callers then use encode() and write header and shard apart)."""
@@ -76,12 +77,12 @@ class ReedSolomon:
             driver = self._local.driver = ECDriver(k=self.k, m=self.m, ec_type=self.backend)
         return driver
 
-    def encode(self, data: bytes) -> Sequence[bytes | memoryview]:
+    def encode(self, data: Buffer) -> Sequence[Buffer]:
         if self._binding is not None:
             return self._binding.encode(data)
         return list(self._driver().encode(bytes(data)))
 
-    def encode_framed(self, data: bytes, reserve: int) -> list[memoryview] | None:
+    def encode_framed(self, data: Buffer, reserve: int) -> list[memoryview] | None:
         if self._framer is None:
             return None
         return self._framer.encode(data, reserve)
@@ -112,10 +113,10 @@ class Replication:
     def needed(self) -> int:
         return 1
 
-    def encode(self, data: bytes) -> Sequence[bytes | memoryview]:
+    def encode(self, data: Buffer) -> Sequence[Buffer]:
         return [data] * self.copies
 
-    def encode_framed(self, data: bytes, reserve: int) -> list[memoryview] | None:
+    def encode_framed(self, data: Buffer, reserve: int) -> list[memoryview] | None:
         return None  # copies are the chunk itself: nothing to lay out
 
     def decode(self, shards: Mapping[int, bytes]) -> bytes:

@@ -15,10 +15,9 @@ from typing import Protocol
 
 import xxhash
 
+from edgestore.buffers import Buffer, pointer_to
 from edgestore.errors import UnsupportedChecksum
 from edgestore.types import ChunkId
-
-Buffer = bytes | bytearray | memoryview
 
 
 def chunk_id(data: Buffer) -> ChunkId:
@@ -116,21 +115,13 @@ class ResumableSha256:
         return _LIBCRYPTO is not None
 
     def update(self, data: Buffer) -> None:
-        if not isinstance(data, bytes):
-            view = memoryview(data).cast("B")
-            # ctypes needs a writable buffer to point into; copy only read-only views.
-            data = bytes(view) if view.readonly else view  # type: ignore[assignment]
-        size = len(data)
-        if not size:
-            return
-        if isinstance(data, bytes):
-            ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
-            keep: object = data
-        else:
-            buf = (ctypes.c_char * size).from_buffer(data)
-            ptr, keep = ctypes.cast(buf, ctypes.c_void_p), buf
-        _LIBCRYPTO.SHA256_Update(ctypes.byref(self._ctx), ptr, size)  # type: ignore[union-attr]
-        del keep
+        """Hash any contiguous buffer in place (read-only views of shared memory included:
+        chunks are views of the chunker's buffer), without the GIL."""
+        with pointer_to(data) as (address, size):
+            if size:
+                _LIBCRYPTO.SHA256_Update(  # type: ignore[union-attr]
+                    ctypes.byref(self._ctx), address, size
+                )
 
     def state(self) -> bytes:
         return bytes(self._ctx)

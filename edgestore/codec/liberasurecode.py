@@ -24,6 +24,8 @@ from typing import Any
 import pyeclib
 from pyeclib.ec_iface import ECDriver, PyECLib_EC_Types
 
+from edgestore.buffers import Buffer
+
 _CHKSUM_NONE = 1  # ec_checksum_type_t: pyeclib's default, no inline fragment checksum
 _SELF_TEST_SIZES = (0, 1, 100, 4095, 65_537, 1_048_579)
 
@@ -136,7 +138,7 @@ class Binding:
             self._local.desc = desc
         return desc
 
-    def encode(self, data: bytes) -> list[memoryview]:
+    def encode(self, data: Buffer) -> list[memoryview]:
         """k data then m parity fragments, as views of liberasurecode's own buffers (freed
         with the last view): no copy, and nothing allocated or zeroed under the GIL."""
         desc = self._descriptor()

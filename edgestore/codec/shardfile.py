@@ -99,7 +99,7 @@ def build(
     k: int,
     m: int,
     compression: Compression,
-    stored: bytes,
+    stored: Buffer,
 ) -> list[ShardFile]:
     """Every shard file of a stored chunk, ready to write.
 

@@ -132,7 +132,7 @@ class ChunkWriter:
         self._commit.shutdown(wait=True, cancel_futures=True)
         self._io.shutdown(wait=True, cancel_futures=True)
 
-    def store(self, raw: bytes, expect: str | None = None) -> StoredChunk:
+    def store(self, raw: Buffer, expect: str | None = None) -> StoredChunk:
         """Store a chunk unless already stored; returns once it is durable."""
         return self.submit(raw, expect).result()
 
@@ -146,7 +146,7 @@ class ChunkWriter:
         self._slots.release()
 
     def submit(
-        self, raw: bytes, expect: str | None = None, *, reserved: bool = False
+        self, raw: Buffer, expect: str | None = None, *, reserved: bool = False
     ) -> Future[StoredChunk]:
         """Start storing a chunk; the future resolves once it is durable (or known).
 
@@ -169,7 +169,7 @@ class ChunkWriter:
     # --- the two phases ---------------------------------------------------------------------
 
     def _cpu_phase(
-        self, raw: bytes, result: Future[StoredChunk], started: float, expect: str | None
+        self, raw: Buffer, result: Future[StoredChunk], started: float, expect: str | None
     ) -> None:
         cid: ChunkId | None = None
         try:
@@ -222,7 +222,7 @@ class ChunkWriter:
             release_free_memory()
 
     def _follow(
-        self, owner: Future[StoredChunk], result: Future[StoredChunk], raw: bytes, started: float
+        self, owner: Future[StoredChunk], result: Future[StoredChunk], raw: Buffer, started: float
     ) -> None:
         exc = owner.exception() if not owner.cancelled() else RuntimeError("chunk write cancelled")
         if exc is not None:
@@ -247,7 +247,7 @@ class ChunkWriter:
 
     # --- work ---------------------------------------------------------------------------------
 
-    def _prepare(self, cid: ChunkId, raw: bytes) -> StoredChunk | _Prepared:
+    def _prepare(self, cid: ChunkId, raw: Buffer) -> StoredChunk | _Prepared:
         with self._db.read() as conn:
             refcount = chunk_index.refcount_of(conn, cid)
         if refcount is not None:
@@ -274,7 +274,7 @@ class ChunkWriter:
                 shard_size=len(stored),
                 generation=generation,
                 refcount=0,
-                inline_data=stored,
+                inline_data=bytes(stored),  # a row keeps it: never a view of a buffer
             )
             return _Prepared(record, [])
         names = self._dirs.writable_names()

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from sqlalchemy.engine import Connection
 
+from edgestore.buffers import Buffer
 from edgestore.chunking import StreamChunker
 from edgestore.codec.hashing import Hasher, ResumableSha256, new_checksum
 from edgestore.config import Settings
@@ -50,7 +51,7 @@ class _InFlight:
     hash_state: Future[bytes] | None
 
 
-def _hash_step(hasher: ResumableSha256, chunk: bytes) -> bytes:
+def _hash_step(hasher: ResumableSha256, chunk: Buffer) -> bytes:
     hasher.update(chunk)
     return hasher.state()
 
@@ -94,7 +95,8 @@ class Appender:
         self._interrupt = interrupt
         self._lease = settings.upload_lock_seconds
         # `chunker`: the one the previous append left, its buffer holding `upload.tail`.
-        self._chunker = chunker or StreamChunker(settings.chunker, tail)
+        # Chunks are views of its buffer (lent, not copied out) until they are stored.
+        self._chunker = chunker or StreamChunker(settings.chunker, tail, lend=True)
         self._hasher = ResumableSha256(upload.hash_state) if upload.hash_state is not None else None
         self._lane = SerialLane("edgestore-hash") if self._hasher else None
         self._inflight: deque[_InFlight] = deque()
@@ -209,7 +211,7 @@ class Appender:
                     raise
                 self._submit(chunk, reserved=True)
 
-    def _submit(self, chunk: bytes, *, reserved: bool = False) -> None:
+    def _submit(self, chunk: Buffer, *, reserved: bool = False) -> None:
         stored = self._writer.submit(chunk, reserved=reserved)
         hashed = None
         if self._lane is not None and self._hasher is not None:

@@ -24,7 +24,13 @@ needs_libcrypto = pytest.mark.skipif(
     reason="libcrypto not loadable: ResumableSha256 unavailable (callers fall back)",
 )
 
-buffer_kinds = st.sampled_from([bytes, bytearray, memoryview])
+
+def _readonly_view(data: bytes) -> memoryview:
+    """A read-only view of writable memory, as a chunk lent by the chunker is."""
+    return memoryview(bytearray(data)).toreadonly()
+
+
+buffer_kinds = st.sampled_from([bytes, bytearray, memoryview, _readonly_view])
 
 
 @st.composite
