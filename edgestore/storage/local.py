@@ -260,10 +260,27 @@ class LocalBackend:
 
     def _ensure_dir(self, directory: Path, *, sync: bool = True) -> None:
         """Create directory (and parents) if needed; `sync=False` leaves making the new
-        entries durable to a later flush()."""
+        entries durable to a later flush().
+
+        A new store creates a fan-out dir for most of its first few thousand chunks (9 per
+        chunk): one mkdir each, not the four syscalls of checking the data dir and walking up.
+        """
         if directory in self._known_dirs:
             return
-        if not self.root.is_dir():
+        if directory != self.root:  # the usual case, a fan-out dir: one syscall
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                self._known_dirs.add(directory)
+                return
+            except FileNotFoundError:
+                pass  # a parent is missing: the data dir itself, or a level between
+            else:
+                if sync:
+                    fsync_dir(directory.parent)
+                self._known_dirs.add(directory)
+                return
+        if not self.root.is_dir():  # never recreated: it may be an unmounted disk
             raise StorageUnavailable(f"data dir {self.root} is missing")
         missing = []
         d = directory
