@@ -35,7 +35,8 @@ class StreamChunker:
     FastCDC decides a cut by scanning at most `max_size` bytes from the chunk's start, so the
     next chunk is final once `max_size` bytes past its start are buffered, or the stream has
     ended. Chunks are cut one at a time, only then, so every byte is scanned once; the
-    buffer is fixed at `max_size + SLACK` bytes (compacted in place, never reallocated).
+    buffer is fixed at `max_size + SLACK` bytes (compacted in place, never grown; a lending
+    chunker moves to a new block instead, see below).
     Bytes buffered but not yet cut are the *tail*.
 
     `lend=True`: chunks are read-only views of the buffer instead of copies (one copy of
