@@ -115,8 +115,8 @@ def pointer_to(source: Buffer) -> Iterator[tuple[int, int]]:
 
 def address_of(source: Buffer) -> int:
     """Where the buffer's first byte is in memory (to check alignment; not to be kept)."""
-    with _pinned(source, _PyBUF_SIMPLE) as view:
-        return view.buf or 0
+    with pointer_to(source) as (address, _length):
+        return address
 
 
 def fill_zero(target: bytearray | memoryview, offset: int, n: int) -> None:

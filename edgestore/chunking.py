@@ -41,9 +41,10 @@ class StreamChunker:
 
     `lend=True`: chunks are read-only views of the buffer instead of copies (one copy of
     every byte less on the thread that cuts the stream, the one stage that cannot run on
-    two cores). A buffer that lent a chunk is never written again: when it fills up, or
-    empties, the chunker moves on to a block of its own from LENDING_BLOCKS, taking the tail
-    along, and the old block is reused only after the last chunk cut from it is gone.
+    two cores). Bytes of a buffer that lent a chunk are never written again: the chunker
+    goes on after them, and when the buffer is full it moves on to a block of its own from
+    LENDING_BLOCKS, taking the tail along; the old block is reused only after the last chunk
+    cut from it is gone.
     """
 
     # Room past max_size, so a push rarely stops short of a whole block. Each uploading
@@ -181,10 +182,8 @@ class StreamChunker:
         piece.release()
         self._start += length
         self._no_cut_within = 0
-        if self._start == self._len:
-            self._start = self._len = 0
-            if self._lent:  # writing from the front again would overwrite what was lent
-                self._view, self._lent = self._new_buffer(), False
+        if self._start == self._len and not self._lent:  # else the front is still lent out:
+            self._start = self._len = 0  # go on after it, until _compact moves on
         return chunk
 
     def _compact(self) -> None:
