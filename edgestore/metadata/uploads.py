@@ -8,6 +8,7 @@ lease, so no two writers ever interleave.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -168,6 +169,35 @@ def create(
     return UploadId(uid)
 
 
+# Statements every request to an upload runs (reading its row, its write lease), built once:
+# building one, with its cache key, cost as much CPU as running it (~0.25 ms each on SQLite).
+_BY_ID = uploads.c.upload_id == sa.bindparam("uid")
+_GET = sa.select(uploads).where(_BY_ID)
+_GET_FOR_UPDATE = _GET.with_for_update()
+_ACQUIRE = (
+    sa.update(uploads)
+    .where(
+        _BY_ID,
+        sa.or_(
+            uploads.c.lock_owner.is_(None),
+            uploads.c.lock_owner == sa.bindparam("owner"),
+            uploads.c.lock_expires < sa.bindparam("t"),
+        ),
+    )
+    .values(lock_owner=sa.bindparam("owner"), lock_expires=sa.bindparam("until"))
+)
+_RENEW = (
+    sa.update(uploads)
+    .where(_BY_ID, uploads.c.lock_owner == sa.bindparam("owner"))
+    .values(lock_expires=sa.bindparam("until"))
+)
+_RELEASE = (
+    sa.update(uploads)
+    .where(_BY_ID, uploads.c.lock_owner == sa.bindparam("owner"))
+    .values(lock_owner=None, lock_expires=None)
+)
+
+
 def get(conn: Connection, upload_id: str, *, for_update: bool = False) -> UploadRecord:
     """The upload, or UploadNotFound. Expired and terminated uploads are returned as such.
 
@@ -178,8 +208,8 @@ def get(conn: Connection, upload_id: str, *, for_update: bool = False) -> Upload
         uuid.UUID(upload_id)
     except ValueError:
         raise UploadNotFound(f"upload {upload_id!r} not found") from None
-    query = sa.select(uploads).where(uploads.c.upload_id == upload_id)
-    row = conn.execute(query.with_for_update() if for_update else query).one_or_none()
+    query = _GET_FOR_UPDATE if for_update else _GET
+    row = conn.execute(query, {"uid": upload_id}).one_or_none()
     if row is None:
         raise UploadNotFound(f"upload {upload_id} not found")
     return _record(row)
@@ -228,38 +258,19 @@ def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
 def acquire_lock(conn: Connection, upload_id: str, owner: str, lease: float) -> None:
     """Take the upload's write lease, or raise UploadLocked while someone else holds it."""
     t = now()
-    res = conn.execute(
-        sa.update(uploads)
-        .where(
-            uploads.c.upload_id == upload_id,
-            sa.or_(
-                uploads.c.lock_owner.is_(None),
-                uploads.c.lock_owner == owner,
-                uploads.c.lock_expires < t,
-            ),
-        )
-        .values(lock_owner=owner, lock_expires=t + lease)
-    )
+    res = conn.execute(_ACQUIRE, {"uid": upload_id, "owner": owner, "t": t, "until": t + lease})
     if res.rowcount != 1:
         get(conn, upload_id)  # UploadNotFound if it does not exist at all
         raise UploadLocked(f"upload {upload_id} is being written by another request")
 
 
 def renew_lock(conn: Connection, upload_id: str, owner: str, lease: float) -> bool:
-    res = conn.execute(
-        sa.update(uploads)
-        .where(uploads.c.upload_id == upload_id, uploads.c.lock_owner == owner)
-        .values(lock_expires=now() + lease)
-    )
+    res = conn.execute(_RENEW, {"uid": upload_id, "owner": owner, "until": now() + lease})
     return res.rowcount == 1
 
 
 def release_lock(conn: Connection, upload_id: str, owner: str) -> None:
-    conn.execute(
-        sa.update(uploads)
-        .where(uploads.c.upload_id == upload_id, uploads.c.lock_owner == owner)
-        .values(lock_owner=None, lock_expires=None)
-    )
+    conn.execute(_RELEASE, {"uid": upload_id, "owner": owner})
 
 
 # --- appending --------------------------------------------------------------------------------
@@ -302,7 +313,7 @@ def checkpoint(
         seq += 1
     if rows:
         chunk_index.add_refs(conn, Counter(p.chunk_id for p in cp.parts))
-        conn.execute(sa.insert(upload_parts), rows)
+        conn.execute(_INSERT_PARTS, rows)
     values: dict[str, Any] = {
         "committed_offset": offset,
         "next_seq": seq,
@@ -314,8 +325,18 @@ def checkpoint(
         values["hash_state"] = cp.hash_state
     if cp.expires_at is not None and rec.expires_at is not None:
         values["expires_at"] = max(rec.expires_at, cp.expires_at)
-    conn.execute(sa.update(uploads).where(uploads.c.upload_id == upload_id).values(**values))
+    conn.execute(_update_by_id(frozenset(values)), {"uid": upload_id, **values})
     return get(conn, upload_id)
+
+
+_INSERT_PARTS = sa.insert(upload_parts)
+
+
+@functools.cache
+def _update_by_id(columns: frozenset[str]) -> sa.Update:
+    """UPDATE uploads SET each column to the parameter of its name, for one upload (the few
+    column sets checkpoints use, each built once)."""
+    return sa.update(uploads).where(_BY_ID).values({c: sa.bindparam(c) for c in columns})
 
 
 def _tail_values(tail: TailRef | None) -> dict[str, Any]:
