@@ -1,6 +1,7 @@
 """tus upload benchmark: edgestore against @tus/server and tuspyserver, same clients, same run.
 
     python -m bench.tus [--size 2GiB] [--repeat 3] [--data random,text] [--rss-uploads 8]
+                        [--chunk-mib 50] [--no-disk]
 
 For each data set, each server runs fresh (empty store) per measured upload, and receives the
 same files from the same clients: tus-js-client (chunkSize 50 MiB, parallelUploads 1 and 4)
@@ -8,6 +9,12 @@ and tuspy (50 MiB chunks). Printed per run: MB/s (median of the repeats), the se
 seconds per GB and its peak RSS; then the issue's targets as ratios with PASS/FAIL.
 Everything runs on loopback; the client shares the two cores with the server, as in the
 figures quoted in the issue.
+
+The disk line: the peers write each byte once, to the page cache, unsynced; edgestore writes
+its shards (1.5x the stored bytes with 6+3) and flushes them before it acknowledges. So, per
+data set, the bench also writes the file's shards the way the engine lays them out (bench
+/stages.py: a syncfs per chunk) and prints the raw bytes per second the disk took that way:
+no tus server doing edgestore's work on this disk can ingest that data faster.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import peers
+from bench import peers, stages
 from bench.datasets import KINDS, empty_discarded, ensure, format_size, parse_size, settle
 from bench.peers import ClientResult, ServerRun
+from edgestore.config import load_settings
 
 CHUNK_MIB = 50
 
@@ -86,7 +94,9 @@ def measure(
         server.stop()
 
 
-def concurrent_rss(workdir: Path, node: Path, files: list[Path], logs: Path) -> tuple[int, float]:
+def concurrent_rss(
+    workdir: Path, node: Path, files: list[Path], logs: Path, chunk_mib: int = CHUNK_MIB
+) -> tuple[int, float]:
     """Peak RSS of edgestore while len(files) tus-js-client uploads run at once."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -95,7 +105,7 @@ def concurrent_rss(workdir: Path, node: Path, files: list[Path], logs: Path) -> 
         started = time.monotonic()
         with ThreadPoolExecutor(len(files)) as pool:
             results = list(
-                pool.map(lambda f: peers.run_tus_js(node, server.endpoint, f, CHUNK_MIB, 1), files)
+                pool.map(lambda f: peers.run_tus_js(node, server.endpoint, f, chunk_mib, 1), files)
             )
         wall = time.monotonic() - started
         if not all(r.ok for r in results):
@@ -127,7 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-size", default="1GiB", help="size of each concurrent upload")
     p.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--chunk-mib",
+        type=int,
+        default=CHUNK_MIB,
+        help=f"request size of the clients, MiB (default {CHUNK_MIB}, as in the issue)",
+    )
+    p.add_argument(
+        "--no-disk", action="store_true", help="skip measuring what the disk takes (see above)"
+    )
     args = p.parse_args(argv)
+    if args.chunk_mib < 1:
+        p.error("--chunk-mib must be at least 1")
     size = parse_size(args.size)
     kinds = [k.strip() for k in args.data.split(",") if k.strip()]
     for k in kinds:
@@ -148,12 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tuspyserver": lambda: peers.tuspyserver_server(workdir, node, tuspy_bin),
     }
     results: list[Measure] = []
+    disk: dict[str, float] = {}  # raw bytes per second of shard writes, per data set
+    mib = args.chunk_mib
     for kind in kinds:
         ds = ensure(kind, workdir, size)
+        if not args.no_disk:
+            log.print(f"[{kind} {format_size(size)}] shards written the engine's way…")
+            disk[kind] = disk_rate(ds.path, workdir)
         clients: dict[str, Callable[[str], ClientResult]] = {
-            "tus-js-client": lambda e, f=ds.path: peers.run_tus_js(node, e, f, CHUNK_MIB, 1),
-            "tus-js-client x4": lambda e, f=ds.path: peers.run_tus_js(node, e, f, CHUNK_MIB, 4),
-            "tuspy": lambda e, f=ds.path: peers.run_tuspy(e, f, CHUNK_MIB),
+            "tus-js-client": lambda e, f=ds.path: peers.run_tus_js(node, e, f, mib, 1),
+            "tus-js-client x4": lambda e, f=ds.path: peers.run_tus_js(node, e, f, mib, 4),
+            "tuspy": lambda e, f=ds.path: peers.run_tuspy(e, f, mib),
         }
         for rep in range(args.repeat):
             for server_name, make in servers.items():
@@ -184,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (workdir / f"c{i}").mkdir(exist_ok=True)
             files.append(ensure("random", workdir / f"c{i}", each).path)
         log.print(f"edgestore ← {args.rss_uploads} concurrent uploads of {format_size(each)}")
-        rss, rate = concurrent_rss(workdir, node, files, logs)
+        rss, rate = concurrent_rss(workdir, node, files, logs, mib)
         concurrent = {
             "uploads": args.rss_uploads,
             "each": each,
@@ -196,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     empty_discarded()
     checks = _checks(results, kinds, concurrent)
-    _print(out, results, kinds, size, concurrent, checks)
+    _print(out, results, kinds, size, concurrent, checks, disk, mib)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -205,11 +231,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "results": [asdict(m) for m in results],
                     "concurrent": concurrent,
                     "checks": checks,
+                    "chunk_mib": mib,
+                    "disk_rate": disk,
                 },
                 indent=2,
             )
         )
     return 0
+
+
+def disk_rate(path: Path, workdir: Path) -> float:
+    """Raw bytes of `path` per wall second of writing its shards (bench/stages.py)."""
+    settings = load_settings(home=workdir / "settings-only")
+    run = stages.run_stages(path, settings, workdir / "stage-shards")
+    return run.rate(stages.SHARD_WRITE)
+
+
+def disk_line(kind: str, rate: float, results: list[Measure]) -> str:
+    """What the disk allows edgestore, and how near it and the peers came (tus-js-client)."""
+    ours = _get(results, "edgestore", "tus-js-client", kind).rate
+    node = _get(results, "@tus/server", "tus-js-client", kind).rate
+    return (
+        f"disk: this data's shards, written the engine's way, went at {rate / 1e6:,.0f} MB/s "
+        f"of raw data; edgestore (tus-js-client) reached {ours / max(rate, 1):.2f} of that, "
+        f"@tus/server's rate is {node / max(rate, 1):.2f} of it"
+    )
 
 
 def _get(results: list[Measure], server: str, client: str, data: str) -> Measure:
@@ -282,10 +328,13 @@ def _print(
     size: int,
     concurrent: dict[str, object],
     checks: list[dict[str, object]],
+    disk: dict[str, float] | None = None,
+    chunk_mib: int = CHUNK_MIB,
 ) -> None:
     for kind in kinds:
         t = Table(
-            title=f"{kind} data, {format_size(size)} per upload, loopback", title_justify="left"
+            title=f"{kind} data, {format_size(size)} per upload in {chunk_mib} MiB requests",
+            title_justify="left",
         )
         for col in (
             "server",
@@ -311,6 +360,8 @@ def _print(
                 f"{m.rss / 2**20:,.0f} MiB",
             )
         out.print(t)
+        if disk and kind in disk:
+            out.print(disk_line(kind, disk[kind], results))
     if concurrent:
         each = format_size(int(concurrent["each"]))  # type: ignore[call-overload]
         rss = int(concurrent["peak_rss"]) / 2**20  # type: ignore[call-overload]

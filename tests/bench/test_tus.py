@@ -1,0 +1,45 @@
+"""bench.tus's own parts that run without the peers: the disk figure, its line, the options.
+
+The whole benchmark (Node and tuspyserver peers, 2 GiB uploads) is not run by the suite; the
+peer scripts it drives are exercised by tests/client/test_tus.py and tests/interop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import datasets
+from bench.tus import Measure, disk_line, disk_rate, main
+
+
+def test_disk_rate_writes_the_files_shards_and_times_them(tmp_path: Path) -> None:
+    data = tmp_path / "random.bin"
+    data.write_bytes(os.urandom(20 * 1024 * 1024))
+    rate = disk_rate(data, tmp_path / "w")
+    assert 0 < rate < 1e12
+    # The shards went under the workdir and are removed (at once, or when the benchmark ends:
+    # see datasets.discard), so runs do not fill the disk.
+    datasets.empty_discarded()
+    assert not (tmp_path / "w" / "stage-shards").exists()
+
+
+def test_disk_line_puts_both_servers_against_the_disk() -> None:
+    results = [
+        Measure("edgestore", "tus-js-client", "random", rates=[100e6]),
+        Measure("@tus/server", "tus-js-client", "random", rates=[300e6]),
+    ]
+    line = disk_line("random", 200e6, results)
+    assert "200 MB/s" in line
+    assert "reached 0.50 of that" in line
+    assert "@tus/server's rate is 1.50 of it" in line
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_request_size_must_be_positive(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--chunk-mib", value])
+    assert exc.value.code == 2
+    assert "--chunk-mib must be at least 1" in capsys.readouterr().err
