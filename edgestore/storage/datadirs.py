@@ -8,12 +8,15 @@ when the operator asks (`edgestore init`); afterwards a dir without its marker s
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgestore.errors import StorageUnavailable
 from edgestore.storage.local import MARKER, LocalBackend
+
+FlushMark = dict[int, int]  # filesystem -> flushes of it started so far
 
 
 @dataclass
@@ -23,16 +26,35 @@ class DataDirs:
     backends: dict[str, LocalBackend] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     single_disk: bool = False  # several dirs, one filesystem: bitrot protection only
+    # Flushes per filesystem: how many have started, and the highest-numbered one finished.
+    _started: dict[int, int] = field(default_factory=dict, repr=False)
+    _finished: dict[int, int] = field(default_factory=dict, repr=False)
+    _flush_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def flush(self, names: Iterable[str]) -> None:
+    def flush(self, names: Iterable[str], *, since: FlushMark | None = None) -> None:
         """Make writes to these backends durable: one flush per filesystem they live on.
 
-        (Concurrent callers each flush: the kernel overlaps them better than a group commit
-        here did, which measured slower.)
+        `since`: the mark taken when those writes had completed (`flush_mark`). A filesystem
+        that another caller's flush, started after that, has finished flushing is skipped:
+        a syncfs makes every write completed before it began durable. (Nothing waits for
+        another caller's flush: concurrent callers each flush, which the kernel overlaps
+        better than a group commit here did.)
         """
         by_filesystem = {self.backends[n].filesystem: self.backends[n] for n in names}
-        for backend in by_filesystem.values():
+        for fs, backend in by_filesystem.items():
+            with self._flush_lock:
+                if since is not None and self._finished.get(fs, 0) > since.get(fs, 0):
+                    continue
+                number = self._started[fs] = self._started.get(fs, 0) + 1
             backend.flush()
+            with self._flush_lock:
+                self._finished[fs] = max(self._finished.get(fs, 0), number)
+
+    def flush_mark(self, names: Iterable[str]) -> FlushMark:
+        """Take right after writes to these backends complete; see `flush(since=...)`."""
+        filesystems = {self.backends[n].filesystem for n in names}
+        with self._flush_lock:
+            return {fs: self._started.get(fs, 0) for fs in filesystems}
 
     @property
     def names(self) -> list[str]:

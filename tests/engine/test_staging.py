@@ -94,6 +94,46 @@ def test_a_damaged_copy_is_read_around(small_engine: Engine, io) -> None:
         staging.load(dirs, ref)
 
 
+def _count_flushes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    for backend in engine.core.dirs.backends.values():
+        real = backend.flush
+
+        def flush(real=real, name=backend.name) -> None:
+            calls.append(name)
+            real()
+
+        monkeypatch.setattr(backend, "flush", flush)
+    return calls
+
+
+def test_a_tail_written_before_another_flush_began_is_not_flushed_again(
+    small_engine: Engine, io, monkeypatch
+) -> None:
+    """The copies are written while the request's last chunks are stored; a chunk's flush
+    that began after they were complete made them durable, so finish() adds none."""
+    dirs = small_engine.core.dirs
+    calls = _count_flushes(small_engine, monkeypatch)
+    data = random_bytes(20_000, seed=11)
+    pending = staging.PendingTail(dirs, io, UID5, 0, data)
+    for write in pending._writes:
+        write.result()
+    dirs.flush([dirs.names[-1]])  # e.g. a chunk's shards: the same filesystem
+    ref = pending.finish()
+    assert calls == [dirs.names[-1]]
+    assert staging.load(dirs, ref) == data
+
+
+def test_a_tail_with_no_flush_since_its_writes_is_flushed(
+    small_engine: Engine, io, monkeypatch
+) -> None:
+    dirs = small_engine.core.dirs
+    dirs.flush(dirs.names)  # before the tail's writes: covers none of them
+    calls = _count_flushes(small_engine, monkeypatch)
+    ref = staging.stage(dirs, io, UID5, 0, random_bytes(20_000, seed=12))
+    assert len(calls) == 1 and calls[0] in ref.backends
+
+
 def test_small_requests_grow_one_tail_file(make_settings) -> None:
     """Requests smaller than a chunk: the tail's file grows by what each one brought
     instead of being rewritten whole, and the upload still reads back byte for byte."""

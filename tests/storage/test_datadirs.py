@@ -1,10 +1,12 @@
-"""Opening the configured data dirs: names live in the markers, unclaimed dirs are refused."""
+"""Opening the configured data dirs: names live in the markers, unclaimed dirs are refused;
+flushes go one per filesystem, and skip filesystems already flushed since the writes."""
 
 from __future__ import annotations
 
 import json
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,92 @@ def test_dirs_on_different_filesystems_are_not_single_disk(tmp_path):
     with tempfile.TemporaryDirectory(dir=shm) as other:
         dirs = open_data_dirs([on_disk, Path(other) / "d"], STORE, initialise=True)
         assert dirs.single_disk is False
+
+
+# --- flushes: one per filesystem, skipped when another already covered the writes ----------
+
+
+def _count_flushes(dirs: DataDirs, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each backend flush (the real syncfs still runs)."""
+    calls: list[str] = []
+    for backend in dirs.backends.values():
+        real = backend.flush
+
+        def flush(real=real, name=backend.name) -> None:
+            calls.append(name)
+            real()
+
+        monkeypatch.setattr(backend, "flush", flush)
+    return calls
+
+
+def test_one_flush_per_filesystem(tmp_path, monkeypatch):
+    dirs = open_data_dirs(make_paths(tmp_path, 4), STORE, initialise=True)
+    calls = _count_flushes(dirs, monkeypatch)
+    dirs.flush(dirs.names)
+    assert len(calls) == 1  # the four dirs share tmp_path's filesystem
+
+
+def test_a_flush_started_after_the_writes_covers_them(tmp_path, monkeypatch):
+    dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
+    calls = _count_flushes(dirs, monkeypatch)
+    dirs.backends["d0"].write("a", [b"written before the mark"])
+    mark = dirs.flush_mark(["d0"])
+    dirs.flush(["d1"])  # someone else's flush, begun after the mark, finished: covers "a"
+    dirs.flush(["d0"], since=mark)
+    assert calls == ["d1"]
+
+
+def test_a_flush_begun_before_the_mark_does_not_cover(tmp_path, monkeypatch):
+    dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
+    calls = _count_flushes(dirs, monkeypatch)
+    dirs.flush(["d1"])  # finished before the writes completed: covers nothing of them
+    dirs.backends["d0"].write("a", [b"written after that flush"])
+    mark = dirs.flush_mark(["d0"])
+    dirs.flush(["d0"], since=mark)
+    dirs.flush(["d0"])  # without a mark, always
+    assert calls == ["d1", "d0", "d0"]
+
+
+def test_a_flush_still_running_at_the_mark_does_not_cover(tmp_path, monkeypatch):
+    """Numbered when it starts: one that began before the writes completed and finishes
+    after the mark must not count, even while a later one (which will cover them) runs."""
+    dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
+    calls = _count_flushes(dirs, monkeypatch)
+    counted = dirs.backends["d1"].flush
+    gates = [(threading.Event(), threading.Event()) for _ in range(2)]
+    turn = iter(gates)
+
+    def slow_flush() -> None:
+        started, release = next(turn)
+        started.set()
+        release.wait(10)
+        counted()
+
+    monkeypatch.setattr(dirs.backends["d1"], "flush", slow_flush)
+    first = threading.Thread(target=dirs.flush, args=(["d1"],))
+    first.start()
+    assert gates[0][0].wait(10)
+    dirs.backends["d0"].write("a", [b"completed while that flush runs"])
+    mark = dirs.flush_mark(["d0"])
+    second = threading.Thread(target=dirs.flush, args=(["d1"],))  # begun after the mark
+    second.start()
+    assert gates[1][0].wait(10)
+    gates[0][1].set()  # the first finishes; the second, which covers "a", still runs
+    first.join(10)
+    dirs.flush(["d0"], since=mark)
+    assert calls == ["d1", "d0"]  # not covered yet: d0 flushed for itself
+    gates[1][1].set()
+    second.join(10)
+    dirs.flush(["d0"], since=mark)  # now covered by the second
+    assert calls == ["d1", "d0", "d1"]
+
+
+def test_flushes_are_counted_per_filesystem(tmp_path, monkeypatch):
+    dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
+    monkeypatch.setattr(LocalBackend, "filesystem", property(lambda self: hash(self.name)))
+    calls = _count_flushes(dirs, monkeypatch)
+    mark = dirs.flush_mark(["d0", "d1"])
+    dirs.flush(["d1"])  # covers d1's filesystem only
+    dirs.flush(["d0", "d1"], since=mark)
+    assert calls == ["d1", "d0"]
