@@ -27,9 +27,9 @@ class DataDirs:
     unavailable: dict[str, str] = field(default_factory=dict)
     single_disk: bool = False  # several dirs, one filesystem: bitrot protection only
     # Flushes per filesystem: how many have started, and the highest-numbered one finished.
-    _started: dict[int, int] = field(default_factory=dict, repr=False)
-    _finished: dict[int, int] = field(default_factory=dict, repr=False)
-    _flush_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _started: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
+    _finished: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
+    _flush_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def flush(self, names: Iterable[str], *, since: FlushMark | None = None) -> None:
         """Make writes to these backends durable: one flush per filesystem they live on.
