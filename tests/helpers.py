@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from edgestore.engine import Engine
 from edgestore.metadata.schema import chunks, shards
+from edgestore.storage.datadirs import DataDirs
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -69,6 +70,20 @@ def assert_no_partial_chunks(engine: Engine) -> None:
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+
+
+def count_flushes(dirs: DataDirs, monkeypatch: Any) -> list[str]:
+    """Record the name of each data dir whose flush runs (the real syncfs still runs)."""
+    calls: list[str] = []
+    for backend in dirs.backends.values():
+        real = backend.flush
+
+        def flush(real: Any = real, name: str = backend.name) -> None:
+            calls.append(name)
+            real()
+
+        monkeypatch.setattr(backend, "flush", flush)
+    return calls
 
 
 def sha256_hex(data: bytes) -> str:

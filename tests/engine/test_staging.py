@@ -11,7 +11,7 @@ import pytest
 from edgestore.engine import Engine, staging
 from edgestore.errors import StorageError
 from edgestore.metadata import uploads as upload_rows
-from tests.helpers import SMALL_CHUNKS, KiB, blocks_of, random_bytes, read_all
+from tests.helpers import SMALL_CHUNKS, KiB, blocks_of, count_flushes, random_bytes, read_all
 
 UID1, UID2, UID3, UID4, UID5 = (f"{i:08x}-0000-4000-8000-000000000000" for i in range(1, 6))
 
@@ -94,26 +94,13 @@ def test_a_damaged_copy_is_read_around(small_engine: Engine, io) -> None:
         staging.load(dirs, ref)
 
 
-def _count_flushes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    for backend in engine.core.dirs.backends.values():
-        real = backend.flush
-
-        def flush(real=real, name=backend.name) -> None:
-            calls.append(name)
-            real()
-
-        monkeypatch.setattr(backend, "flush", flush)
-    return calls
-
-
 def test_a_tail_written_before_another_flush_began_is_not_flushed_again(
     small_engine: Engine, io, monkeypatch
 ) -> None:
     """The copies are written while the request's last chunks are stored; a chunk's flush
     that began after they were complete made them durable, so finish() adds none."""
     dirs = small_engine.core.dirs
-    calls = _count_flushes(small_engine, monkeypatch)
+    calls = count_flushes(small_engine.core.dirs, monkeypatch)
     data = random_bytes(20_000, seed=11)
     pending = staging.PendingTail(dirs, io, UID5, 0, data)
     for write in pending._writes:
@@ -129,7 +116,7 @@ def test_a_tail_with_no_flush_since_its_writes_is_flushed(
 ) -> None:
     dirs = small_engine.core.dirs
     dirs.flush(dirs.names)  # before the tail's writes: covers none of them
-    calls = _count_flushes(small_engine, monkeypatch)
+    calls = count_flushes(small_engine.core.dirs, monkeypatch)
     ref = staging.stage(dirs, io, UID5, 0, random_bytes(20_000, seed=12))
     assert len(calls) == 1 and calls[0] in ref.backends
 

@@ -14,6 +14,7 @@ import pytest
 from edgestore.errors import StorageUnavailable
 from edgestore.storage.datadirs import DataDirs, open_data_dirs
 from edgestore.storage.local import MARKER, LocalBackend
+from tests.helpers import count_flushes
 
 STORE = "store-1"
 
@@ -135,30 +136,16 @@ def test_dirs_on_different_filesystems_are_not_single_disk(tmp_path):
 # --- flushes: one per filesystem, skipped when another already covered the writes ----------
 
 
-def _count_flushes(dirs: DataDirs, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record each backend flush (the real syncfs still runs)."""
-    calls: list[str] = []
-    for backend in dirs.backends.values():
-        real = backend.flush
-
-        def flush(real=real, name=backend.name) -> None:
-            calls.append(name)
-            real()
-
-        monkeypatch.setattr(backend, "flush", flush)
-    return calls
-
-
 def test_one_flush_per_filesystem(tmp_path, monkeypatch):
     dirs = open_data_dirs(make_paths(tmp_path, 4), STORE, initialise=True)
-    calls = _count_flushes(dirs, monkeypatch)
+    calls = count_flushes(dirs, monkeypatch)
     dirs.flush(dirs.names)
     assert len(calls) == 1  # the four dirs share tmp_path's filesystem
 
 
 def test_a_flush_started_after_the_writes_covers_them(tmp_path, monkeypatch):
     dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
-    calls = _count_flushes(dirs, monkeypatch)
+    calls = count_flushes(dirs, monkeypatch)
     dirs.backends["d0"].write("a", [b"written before the mark"])
     mark = dirs.flush_mark(["d0"])
     dirs.flush(["d1"])  # someone else's flush, begun after the mark, finished: covers "a"
@@ -168,7 +155,7 @@ def test_a_flush_started_after_the_writes_covers_them(tmp_path, monkeypatch):
 
 def test_a_flush_begun_before_the_mark_does_not_cover(tmp_path, monkeypatch):
     dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
-    calls = _count_flushes(dirs, monkeypatch)
+    calls = count_flushes(dirs, monkeypatch)
     dirs.flush(["d1"])  # finished before the writes completed: covers nothing of them
     dirs.backends["d0"].write("a", [b"written after that flush"])
     mark = dirs.flush_mark(["d0"])
@@ -181,7 +168,7 @@ def test_a_flush_still_running_at_the_mark_does_not_cover(tmp_path, monkeypatch)
     """Numbered when it starts: one that began before the writes completed and finishes
     after the mark must not count, even while a later one (which will cover them) runs."""
     dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
-    calls = _count_flushes(dirs, monkeypatch)
+    calls = count_flushes(dirs, monkeypatch)
     counted = dirs.backends["d1"].flush
     gates = [(threading.Event(), threading.Event()) for _ in range(2)]
     turn = iter(gates)
@@ -214,7 +201,7 @@ def test_a_flush_still_running_at_the_mark_does_not_cover(tmp_path, monkeypatch)
 def test_flushes_are_counted_per_filesystem(tmp_path, monkeypatch):
     dirs = open_data_dirs(make_paths(tmp_path, 2), STORE, initialise=True)
     monkeypatch.setattr(LocalBackend, "filesystem", property(lambda self: hash(self.name)))
-    calls = _count_flushes(dirs, monkeypatch)
+    calls = count_flushes(dirs, monkeypatch)
     mark = dirs.flush_mark(["d0", "d1"])
     dirs.flush(["d1"])  # covers d1's filesystem only
     dirs.flush(["d0", "d1"], since=mark)
