@@ -253,7 +253,7 @@ class Appender:
     def _maybe_renew(self) -> None:
         if time.monotonic() - self._last_renew < self._lease / 3:
             return
-        with self._db.write(durable=False) as conn:  # a lease: see uploads._LEASE_DURABLE
+        with self._db.write(durable=False) as conn:  # a lease: see Uploads._append
             if not upload_rows.renew_lock(conn, self._upload.upload_id, self._owner, self._lease):
                 raise UploadLocked(
                     f"upload {self._upload.upload_id} was taken over by another request"
