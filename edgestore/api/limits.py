@@ -281,13 +281,31 @@ class Throttle:
             return
         if limiter.bandwidth_item is not None:
             receive = limiter.metered(receive, client)
-        if slot is not None and limiter.redis is not None:
-            receive = _renewing(receive, lambda: limiter.renew_upload(client, slot))
-        try:
+        if slot is None:
             await self.app(scope, receive, send)
-        finally:
-            if slot is not None:
+            return
+        if limiter.redis is not None:
+            receive = _renewing(receive, lambda: limiter.renew_upload(client, slot))
+        held = True
+
+        async def release() -> None:
+            nonlocal held
+            if held:
+                held = False
                 await limiter.release_upload(client, slot)
+
+        async def send_releasing(message: Message) -> None:
+            # Free the slot before the response's last bytes go out: a client that sends its
+            # next request as soon as it has the answer (a tus client's next PATCH, on this
+            # node or another) must not find its own finished upload still counted (429).
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                await release()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_releasing)
+        finally:
+            await release()
 
 
 def _renewing(receive: Receive, renew: Any) -> Receive:

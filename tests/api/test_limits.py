@@ -4,15 +4,17 @@ limits shared by two nodes through the real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from edgestore.api.identity import Identity
-from edgestore.api.limits import client_of, is_upload
+from edgestore.api.limits import Limiter, Throttle, client_of, is_upload
 from edgestore.config import load_settings
 from edgestore.errors import ConfigError
 from tests.api.access import client_with, create_key
@@ -33,6 +35,37 @@ def test_client_is_the_key_else_the_address() -> None:
     assert not is_upload(_scope("POST"))
     tus_post = _scope("POST", headers=[(b"content-type", b"application/offset+octet-stream")])
     assert is_upload(tus_post)
+
+
+def test_an_upload_slot_is_free_before_the_response_goes_out(tmp_path: Path) -> None:
+    """A client that sends its next PATCH the moment it has the answer must not find its
+    finished upload still holding the slot (a spurious 429; tus clients do not retry it)."""
+    settings = load_settings(home=tmp_path, max_concurrent_uploads=1)
+    limiter = Limiter(settings)
+    slots_when_sent: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            slots_when_sent.append(sum(limiter._local_slots.values()))
+
+    async def run() -> None:
+        await limiter.start("test")
+        throttle = Throttle(app, limiter=limiter)
+        try:
+            for _ in range(2):  # the second would be refused if the first still held it
+                await throttle(_scope("PATCH", path="/files/x"), receive, send)
+        finally:
+            await limiter.stop()
+
+    asyncio.run(run())
+    assert slots_when_sent == [0, 0]
 
 
 @pytest.fixture
