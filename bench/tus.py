@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -258,6 +259,16 @@ def disk_line(kind: str, rate: float, results: list[Measure]) -> str:
     )
 
 
+def failure_summary(detail: str) -> str:
+    """A client's error, short enough for a table cell: the HTTP status and the server's
+    reason where the client quotes them (tus-js-client: "response code: 501, response text:
+    Concatenation extension is not (yet) supported..."), else the message's start."""
+    found = re.search(r"response code: (\d{3}), response text: ([^\n,.]*)", detail)
+    if found:
+        return f"{found.group(1)}: {found.group(2).strip()}"[:60]
+    return detail.strip()[:60] or "failed"
+
+
 def _get(results: list[Measure], server: str, client: str, data: str) -> Measure:
     for m in results:
         if (m.server, m.client, m.data) == (server, client, data):
@@ -349,7 +360,7 @@ def _print(
             if m.data != kind:
                 continue
             if m.failure:
-                t.add_row(m.server, m.client, "n/a", m.failure[:40], "", "")
+                t.add_row(m.server, m.client, "n/a", failure_summary(m.failure), "", "")
                 continue
             t.add_row(
                 m.server,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import datasets
-from bench.tus import Measure, disk_line, disk_rate, main
+from bench.tus import Measure, disk_line, disk_rate, failure_summary, main
 
 
 def test_disk_rate_writes_the_files_shards_and_times_them(tmp_path: Path) -> None:
@@ -43,3 +43,15 @@ def test_request_size_must_be_positive(value: str, capsys: pytest.CaptureFixture
         main(["--chunk-mib", value])
     assert exc.value.code == 2
     assert "--chunk-mib must be at least 1" in capsys.readouterr().err
+
+
+def test_a_refused_upload_is_shown_by_its_status_and_reason() -> None:
+    node = (
+        "error tus: unexpected response while creating upload, originated from request "
+        "(method: POST, url: http://127.0.0.1:1/files, response code: 501, response text: "
+        "Concatenation extension is not (yet) supported. Disable parallel uploads in the tus "
+        "client.\n, request id: n/a)"
+    )
+    assert failure_summary(node) == "501: Concatenation extension is not (yet) supported"
+    assert failure_summary("Traceback: boom") == "Traceback: boom"
+    assert failure_summary("") == "failed"
