@@ -1,0 +1,214 @@
+"""Uploads from a real browser: Chromium (headless) running tus-js-client's and Uppy's browser
+builds on a page served from another origin, against `edgestore serve` with authentication
+on, as a site would embed them: CORS preflights, exposed headers, a File sliced by the
+browser, resuming from localStorage after a reload, reading back with fetch and Range.
+
+Skipped when Chromium, node or tests/interop/node_modules is missing, unless
+EDGESTORE_REQUIRE_BROWSER=1 (CI: `.ci/run` installs Debian's chromium).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import MiB, random_bytes, sha256_hex
+from tests.server import ServerProcess, free_port
+
+pytestmark = [pytest.mark.interop, pytest.mark.browser]
+
+HERE = Path(__file__).parent
+DRIVER = HERE / "browser_upload.mjs"
+
+
+def _chromium_or_reason() -> tuple[str | None, str]:
+    found = os.environ.get("CHROMIUM") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p),
+        None,
+    )
+    if not found:
+        return None, "Chromium is not installed (apt-get install chromium, or set CHROMIUM)"
+    for package in ("playwright-core", "uppy"):
+        if not (HERE / "node_modules" / package).is_dir():
+            return None, f"tests/interop/node_modules/{package} is missing (run `make npm`)"
+    return found, ""
+
+
+@pytest.fixture(scope="module")
+def chromium(node: str) -> str:
+    path, reason = _chromium_or_reason()
+    if path is None:
+        if os.environ.get("EDGESTORE_REQUIRE_BROWSER", "") not in ("", "0", "false", "no"):
+            pytest.fail(f"EDGESTORE_REQUIRE_BROWSER is set but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def page_origin() -> Iterator[str]:
+    """The page and the clients' browser builds, from an origin of their own."""
+    handler = functools.partial(_Quiet, directory=str(HERE))
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(page_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp("browser-server")
+    proc = ServerProcess(
+        home=base / "home",
+        database_url=f"sqlite:///{base / 'meta.db'}",
+        auth=True,
+        env_extra={"EDGESTORE_CORS_ORIGINS": page_origin},
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def drive(
+    node: str, chromium: str, page: str, file: Path, steps: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Run the steps in one browser tab; the JSON line of each step that ran."""
+    opts = {"chromium": chromium, "page": page, "file": str(file), "steps": steps}
+    done = subprocess.run(
+        [node, str(DRIVER), json.dumps(opts)], cwd=HERE, capture_output=True, text=True, timeout=180
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 and not any("error" in line for line in lines):
+        pytest.fail(f"the browser driver failed:\n{done.stdout}\n{done.stderr}")
+    return lines
+
+
+def _file(tmp_path: Path, name: str, size: int, seed: int) -> tuple[Path, bytes]:
+    data = random_bytes(size, seed=seed)
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path, data
+
+
+def _auth(server: ServerProcess) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.admin_key}"}
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_tus_js_client_in_chromium_uploads_and_reads_back(
+    node: str,
+    chromium: str,
+    page_origin: str,
+    server: ServerProcess,
+    tmp_path: Path,
+    parallel: int,
+) -> None:
+    path, data = _file(tmp_path, "holiday video.mp4", 9 * MiB + 123, seed=parallel)
+    upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server),
+              "chunkSize": 2 * MiB, "parallelUploads": parallel}  # fmt: skip
+    lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
+        {"call": "tusUpload", "args": upload},
+    ])  # fmt: skip
+    assert "result" in lines[0], f"{lines}\n{server.log()[-3000:]}"
+    url = lines[0]["result"]["url"]
+    back = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
+        {"call": "readBack", "args": {"url": url, "headers": _auth(server)}},
+    ])[0]["result"]  # fmt: skip
+    assert back["status"] == 200
+    assert back["sha256"] == sha256_hex(data)
+    assert back["etag"], "ETag must be readable across origins (exposed by CORS)"
+    assert "holiday" in back["disposition"]
+    assert (back["rangeStatus"], back["rangeLength"]) == (206, 10)
+    assert back["contentRange"] == f"bytes 10-19/{len(data)}"
+    with server.client() as admin:
+        got = admin.get(url)
+    assert got.status_code == 200
+    assert sha256_hex(got.content) == sha256_hex(data)
+    assert got.headers["content-type"] == "video/mp4"  # the File's type, from the browser
+
+
+def test_an_upload_goes_on_from_the_servers_offset_after_the_page_reloads(
+    node: str, chromium: str, page_origin: str, server: ServerProcess, tmp_path: Path
+) -> None:
+    """The tab stops during the upload (abort: a closed tab or a dropped link); after a reload
+    the page finds the upload in localStorage and resumes from the offset the server reports,
+    not from zero and not as a new upload.
+
+    (Chromium hands a request's body to the socket at once on loopback, so its progress, and
+    with it the abort, comes at a request's end: the disconnect in the middle of a PATCH is
+    covered at the socket level in tests/e2e/test_server_locks.py and test_server_crash.py.)"""
+    path, data = _file(tmp_path, "backup.tar", 24 * MiB + 7, seed=11)
+    upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server), "chunkSize": 8 * MiB}
+    lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
+        {"call": "tusUpload", "args": {**upload, "abortAt": 0.4}},
+        {"reload": True},
+        {"call": "tusUpload", "args": {**upload, "resume": True}},
+    ])  # fmt: skip
+    assert [("result" in line) for line in lines] == [True, True, True], lines
+    first, resumed = lines[0]["result"], lines[2]["result"]
+    assert first["aborted"] and first["sent"] < len(data)
+    assert resumed["url"] == first["url"], "the reloaded page must resume, not start anew"
+    assert resumed["offsets"], "the resumed upload must ask the server for its offset (HEAD)"
+    assert 8 * MiB <= resumed["offsets"][0] < len(data)
+    with server.client() as admin:
+        got = admin.get(first["url"])
+    assert got.status_code == 200
+    assert sha256_hex(got.content) == sha256_hex(data)
+
+
+def test_uppy_uploads_through_its_tus_plugin(
+    node: str, chromium: str, page_origin: str, server: ServerProcess, tmp_path: Path
+) -> None:
+    path, data = _file(tmp_path, "scan.pdf", 5 * MiB + 999, seed=21)
+    upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server), "chunkSize": 2 * MiB}
+    lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
+        {"call": "uppyUpload", "args": upload},
+    ])  # fmt: skip
+    assert "result" in lines[0], f"{lines}\n{server.log()[-3000:]}"
+    with server.client() as admin:
+        got = admin.get(lines[0]["result"]["url"])
+    assert got.status_code == 200
+    assert sha256_hex(got.content) == sha256_hex(data)
+    assert got.headers["content-type"] == "application/pdf"
+    assert "scan.pdf" in got.headers["content-disposition"]
+
+
+def test_a_page_from_an_origin_not_allowed_cannot_upload(
+    node: str, chromium: str, server: ServerProcess, tmp_path: Path
+) -> None:
+    """CORS is enforced: the same page from an origin missing from `cors_origins` is stopped
+    at the preflight, with a valid key in hand, and no upload is created."""
+    handler = functools.partial(_Quiet, directory=str(HERE))
+    other = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        path, _ = _file(tmp_path, "x.bin", 100_000, seed=31)
+        posts_before = server.log().count("POST /files/")
+        upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server)}
+        page = f"http://127.0.0.1:{other.server_address[1]}/browser_page.html"
+        lines = drive(node, chromium, page, path, [{"call": "tusUpload", "args": upload}])
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert "error" in lines[0], lines
+    assert "failed to create upload" in lines[0]["error"]
+    assert server.log().count("POST /files/") == posts_before
