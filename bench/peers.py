@@ -5,6 +5,9 @@
 * tuspyserver (PyPI, a FastAPI tus router) in a venv of its own (bench/.peers/tuspyserver),
   so its pins never touch edgestore's.
 * tuspy (the official Python client) comes with edgestore's dev dependencies.
+* With a browser (`bench.tus --browser`): tus-js-client's browser build in headless Chromium,
+  on the page and driver of the browser tests (tests/interop, `make npm`), served from an
+  origin of its own; the servers then allow it by CORS, as a site serving browsers would.
 
 Every server runs as a child process on a free loopback port; its CPU time and peak RSS are
 read from /proc, so the figures cover the server alone, never the client.
@@ -12,6 +15,7 @@ read from /proc, so the figures cover the server alone, never the client.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -19,8 +23,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -47,6 +53,7 @@ def node_peers() -> Path:
     target.mkdir(parents=True, exist_ok=True)
     for name in ("package.json", "tus-node-server.mjs", "tuspyserver_app.py"):
         shutil.copy2(SHARED_PEERS / name, target / name)
+    shutil.copy2(ROOT / "bench" / "tuspyserver_cors_app.py", target / "tuspyserver_cors_app.py")
     # Our variant of the shared client script: the same, plus request headers ($TUS_HEADERS).
     shutil.copy2(ROOT / "bench" / "tus-js-upload.mjs", target / "tus-js-upload.mjs")
     if not (target / "node_modules" / "@tus" / "server").is_dir():
@@ -168,14 +175,17 @@ def node_server(workdir: Path, peers: Path) -> ServerRun:
     )
 
 
-def tuspyserver_server(workdir: Path, peers: Path, bin_dir: Path) -> ServerRun:
+def tuspyserver_server(
+    workdir: Path, peers: Path, bin_dir: Path, *, cors: bool = False
+) -> ServerRun:
+    """`cors`: the same app behind FastAPI's CORSMiddleware, for a browser client."""
     files = workdir / f"tuspyserver-files-{time.monotonic_ns()}"
     files.mkdir(parents=True)
     return ServerRun(
         "tuspyserver",
         [
             str(bin_dir / "uvicorn"),
-            "tuspyserver_app:app",
+            "tuspyserver_cors_app:app" if cors else "tuspyserver_app:app",
             "--port",
             "{port}",
             "--log-level",
@@ -272,3 +282,68 @@ def run_tuspy(
     if proc.returncode != 0:
         return ClientResult(wall, False, proc.stderr.strip()[-300:])
     return ClientResult(float(proc.stdout.strip().splitlines()[-1]), True)
+
+
+BROWSER_DIR = ROOT / "tests" / "interop"  # the browser tests' page and driver
+
+
+def chromium() -> str | None:
+    """Chromium's path ($CHROMIUM, else on PATH), or None."""
+    names = ("chromium", "chromium-browser", "google-chrome")
+    return os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, names)), None)
+
+
+class PageServer:
+    """The browser tests' page and the clients' browser builds, on a loopback origin of their
+    own (so every upload request is a cross-origin one, as from a real site)."""
+
+    def __init__(self) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(BROWSER_DIR))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.page = f"http://127.0.0.1:{self._httpd.server_address[1]}/browser_page.html"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def run_browser(
+    chromium_path: str, page: str, endpoint: str, file: Path, chunk_mib: int, parallel: int
+) -> ClientResult:
+    """tus-js-client's browser build in headless Chromium, the file picked in the page's file
+    input; the time is the page's own, from start() to onSuccess (not the browser's start)."""
+    opts = {
+        "chromium": chromium_path,
+        "page": page,
+        "file": str(file),
+        "steps": [
+            {
+                "call": "tusUpload",
+                "args": {
+                    "endpoint": endpoint,
+                    "chunkSize": chunk_mib * 1024 * 1024,
+                    "parallelUploads": parallel,
+                },
+            }
+        ],
+    }
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["node", str(BROWSER_DIR / "browser_upload.mjs"), json.dumps(opts)],
+        cwd=BROWSER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+    )
+    wall = time.monotonic() - started
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    if not lines or "result" not in lines[0]:
+        detail = lines[0].get("error", "") if lines else proc.stderr.strip()[-300:]
+        return ClientResult(wall, False, str(detail)[-300:] or "failed")
+    return ClientResult(float(lines[0]["result"]["seconds"]), True)

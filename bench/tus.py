@@ -1,14 +1,16 @@
 """tus upload benchmark: edgestore against @tus/server and tuspyserver, same clients, same run.
 
     python -m bench.tus [--size 2GiB] [--repeat 3] [--data random,text] [--rss-uploads 8]
-                        [--chunk-mib 50] [--no-disk]
+                        [--chunk-mib 50] [--no-disk] [--browser]
 
 For each data set, each server runs fresh (empty store) per measured upload, and receives the
 same files from the same clients: tus-js-client (chunkSize 50 MiB, parallelUploads 1 and 4)
 and tuspy (50 MiB chunks). Printed per run: MB/s (median of the repeats), the server's CPU
 seconds per GB and its peak RSS; then the issue's targets as ratios with PASS/FAIL.
 Everything runs on loopback; the client shares the two cores with the server, as in the
-figures quoted in the issue.
+figures quoted in the issue. `--browser` adds tus-js-client's browser build in headless
+Chromium (the browser tests' page, from an origin of its own; every server allows it by CORS),
+the client most uploads come from; it is not among the issue's targets.
 
 The disk line: the peers write each byte once, to the page cache, unsynced; edgestore writes
 its shards (1.5x the stored bytes with 6+3) and flushes them before it acknowledges. So, per
@@ -23,6 +25,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +41,7 @@ from bench.peers import ClientResult, ServerRun
 from edgestore.config import load_settings
 
 CHUNK_MIB = 50
+BROWSER = "tus-js-client (Chromium)"
 
 
 @dataclass
@@ -147,6 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-disk", action="store_true", help="skip measuring what the disk takes (see above)"
     )
+    p.add_argument(
+        "--browser",
+        action="store_true",
+        help="also upload from headless Chromium (needs chromium and `make npm`)",
+    )
     args = p.parse_args(argv)
     if args.chunk_mib < 1:
         p.error("--chunk-mib must be at least 1")
@@ -155,7 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in kinds:
         if k not in KINDS:
             p.error(f"unknown data set {k!r}")
-    out = Console()
+    chromium = peers.chromium() if args.browser else None
+    if args.browser:
+        if chromium is None:
+            p.error("--browser needs Chromium (apt-get install chromium, or set CHROMIUM)")
+        if not (peers.BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+            p.error("--browser needs the browser tests' npm packages: run `make npm`")
+    out = Console(width=None if sys.stdout.isatty() else 132)  # a log file: no wrapping
     log = Console(stderr=True)
     node = peers.node_peers()
     tuspy_bin = peers.tuspyserver_venv()
@@ -169,6 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "@tus/server": lambda: peers.node_server(workdir, node),
         "tuspyserver": lambda: peers.tuspyserver_server(workdir, node, tuspy_bin),
     }
+    # For the browser: each server as a site serving browsers runs it, allowing them by CORS
+    # (@tus/server does by default).
+    cors_servers: dict[str, Callable[[], ServerRun]] = {
+        **servers,
+        "edgestore": lambda: peers.edgestore_server(workdir, {"EDGESTORE_CORS_ORIGINS": "*"}),
+        "tuspyserver": lambda: peers.tuspyserver_server(workdir, node, tuspy_bin, cors=True),
+    }
+    page = peers.PageServer() if chromium is not None else None
     results: list[Measure] = []
     disk: dict[str, float] = {}  # raw bytes per second of shard writes, per data set
     mib = args.chunk_mib
@@ -182,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tus-js-client x4": lambda e, f=ds.path: peers.run_tus_js(node, e, f, mib, 4),
             "tuspy": lambda e, f=ds.path: peers.run_tuspy(e, f, mib),
         }
+        if page is not None and chromium is not None:  # from its page, in Chromium
+            clients[BROWSER] = lambda e, f=ds.path, c=chromium, pg=page.page: peers.run_browser(
+                c, pg, e, f, mib, 1
+            )
         for rep in range(args.repeat):
             for server_name, make in servers.items():
                 for client_name, upload in clients.items():
@@ -190,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     step = f"{rep + 1}/{args.repeat}"
                     log.print(f"[{kind} {format_size(size)}] {step} {server_name} ← {client_name}")
-                    measure(make, upload, size, m, logs)
+                    make_server = cors_servers[server_name] if client_name == BROWSER else make
+                    measure(make_server, upload, size, m, logs)
             # the same file a second time into the same store: dedup
             m = _get(results, "edgestore", "tus-js-client, same file again", kind)
             log.print(f"[{kind}] {rep + 1}/{args.repeat} edgestore ← same file twice")
@@ -221,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in files:
             f.unlink(missing_ok=True)
 
+    if page is not None:
+        page.close()
     empty_discarded()
     checks = _checks(results, kinds, concurrent)
     _print(out, results, kinds, size, concurrent, checks, disk, mib)

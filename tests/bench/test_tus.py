@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import datasets
+from bench import datasets, peers
 from bench.tus import Measure, disk_line, disk_rate, failure_summary, main
+from tests.helpers import MiB, random_bytes, sha256_hex
+from tests.server import ServerProcess
 
 
 def test_disk_rate_writes_the_files_shards_and_times_them(tmp_path: Path) -> None:
@@ -55,3 +57,42 @@ def test_a_refused_upload_is_shown_by_its_status_and_reason() -> None:
     assert failure_summary(node) == "501: Concatenation extension is not (yet) supported"
     assert failure_summary("Traceback: boom") == "Traceback: boom"
     assert failure_summary("") == "failed"
+
+
+def test_the_browser_client_needs_chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium on it
+    with pytest.raises(SystemExit) as exc:
+        main(["--browser"])
+    assert exc.value.code == 2
+    assert "--browser needs Chromium" in capsys.readouterr().err
+
+
+@pytest.mark.interop
+@pytest.mark.browser
+def test_the_browser_client_uploads_from_chromium_and_times_the_page(
+    chromium: str, tmp_path: Path
+) -> None:
+    data = random_bytes(3 * MiB + 5, seed=3)
+    file = tmp_path / "up.bin"
+    file.write_bytes(data)
+    server = ServerProcess(
+        home=tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        env_extra={"EDGESTORE_CORS_ORIGINS": "*"},
+    ).start()
+    page = peers.PageServer()
+    try:
+        result = peers.run_browser(chromium, page.page, f"{server.url}/files/", file, 1, 1)
+        assert result.ok, result.detail
+        assert 0 < result.seconds < 60
+        with server.client() as admin:
+            listed = admin.get("/objects", params={"bucket": "default"}).json()["objects"]
+            assert [o["size"] for o in listed] == [len(data)]
+            got = admin.get(f"/objects/default/{listed[0]['key']}")
+        assert sha256_hex(got.content) == sha256_hex(data)
+    finally:
+        page.close()
+        server.stop()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -29,29 +27,6 @@ pytestmark = [pytest.mark.interop, pytest.mark.browser]
 
 HERE = Path(__file__).parent
 DRIVER = HERE / "browser_upload.mjs"
-
-
-def _chromium_or_reason() -> tuple[str | None, str]:
-    found = os.environ.get("CHROMIUM") or next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p),
-        None,
-    )
-    if not found:
-        return None, "Chromium is not installed (apt-get install chromium, or set CHROMIUM)"
-    for package in ("playwright-core", "uppy"):
-        if not (HERE / "node_modules" / package).is_dir():
-            return None, f"tests/interop/node_modules/{package} is missing (run `make npm`)"
-    return found, ""
-
-
-@pytest.fixture(scope="module")
-def chromium(node: str) -> str:
-    path, reason = _chromium_or_reason()
-    if path is None:
-        if os.environ.get("EDGESTORE_REQUIRE_BROWSER", "") not in ("", "0", "false", "no"):
-            pytest.fail(f"EDGESTORE_REQUIRE_BROWSER is set but {reason}")
-        pytest.skip(reason)
-    return path
 
 
 class _Quiet(SimpleHTTPRequestHandler):
