@@ -192,6 +192,18 @@ def discard(path: Path) -> None:
         _discarded.append(path)
 
 
+def ensure_free(path: Path, needed: int) -> int:
+    """Delete kept runs, oldest first, until the filesystem of `path` has `needed` bytes free
+    beyond KEEP_FREE (the next run's files must fit, with room to spare); returns the free
+    bytes. Kept runs are deleted now rather than fill the disk (a full disk fails the run
+    being measured, and anything else writing there)."""
+    free = shutil.disk_usage(path).free
+    while _discarded and free < needed + KEEP_FREE:
+        shutil.rmtree(_discarded.pop(0), ignore_errors=True)
+        free = shutil.disk_usage(path).free
+    return free
+
+
 def empty_discarded() -> None:
     """Delete everything `discard` kept (call when the measurements are over)."""
     while _discarded:

@@ -96,3 +96,22 @@ def test_the_browser_client_uploads_from_chromium_and_times_the_page(
     finally:
         page.close()
         server.stop()
+
+
+def test_a_failed_concurrent_run_is_reported_and_fails_its_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rich.console import Console
+
+    from bench.tus import _checks, _print
+
+    concurrent = {"uploads": 8, "each": 2**30, "failure": "concurrent uploads failed: [507]"}
+    checks = _checks([], [], concurrent)
+    assert checks == [
+        {"check": "peak RSS MiB, 8 concurrent uploads", "value": "n/a", "target": 300,
+         "at_most": True, "pass": False}
+    ]  # fmt: skip
+    _print(Console(width=200), [], [], 2**30, concurrent, checks)
+    out = capsys.readouterr().out
+    assert "8 concurrent uploads: concurrent uploads failed: [507]" in out
+    assert "FAIL" in out
