@@ -301,7 +301,8 @@ class PageServer:
         handler = functools.partial(_QuietHandler, directory=str(BROWSER_DIR))
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        self.page = f"http://127.0.0.1:{self._httpd.server_address[1]}/browser_page.html"
+        self.origin = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.page = f"{self.origin}/browser_page.html"
 
     def close(self) -> None:
         self._httpd.shutdown()

@@ -9,19 +9,17 @@ EDGESTORE_REQUIRE_BROWSER=1 (CI: `.ci/run` installs Debian's chromium).
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.peers import PageServer
 from tests.helpers import MiB, random_bytes, sha256_hex
-from tests.server import ServerProcess, free_port
+from tests.server import ServerProcess
 
 pytestmark = [pytest.mark.interop, pytest.mark.browser]
 
@@ -29,23 +27,14 @@ HERE = Path(__file__).parent
 DRIVER = HERE / "browser_upload.mjs"
 
 
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def page_origin() -> Iterator[str]:
     """The page and the clients' browser builds, from an origin of their own."""
-    handler = functools.partial(_Quiet, directory=str(HERE))
-    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    page = PageServer()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield page.origin
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        page.close()
 
 
 @pytest.fixture(scope="module")
@@ -172,18 +161,14 @@ def test_a_page_from_an_origin_not_allowed_cannot_upload(
 ) -> None:
     """CORS is enforced: the same page from an origin missing from `cors_origins` is stopped
     at the preflight, with a valid key in hand, and no upload is created."""
-    handler = functools.partial(_Quiet, directory=str(HERE))
-    other = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    threading.Thread(target=other.serve_forever, daemon=True).start()
+    other = PageServer()
     try:
         path, _ = _file(tmp_path, "x.bin", 100_000, seed=31)
         posts_before = server.log().count("POST /files/")
         upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server)}
-        page = f"http://127.0.0.1:{other.server_address[1]}/browser_page.html"
-        lines = drive(node, chromium, page, path, [{"call": "tusUpload", "args": upload}])
+        lines = drive(node, chromium, other.page, path, [{"call": "tusUpload", "args": upload}])
     finally:
-        other.shutdown()
-        other.server_close()
+        other.close()
     assert "error" in lines[0], lines
     assert "failed to create upload" in lines[0]["error"]
     assert server.log().count("POST /files/") == posts_before
