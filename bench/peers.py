@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -314,36 +315,37 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def run_browser(
-    chromium_path: str, page: str, endpoint: str, file: Path, chunk_mib: int, parallel: int
-) -> ClientResult:
-    """tus-js-client's browser build in headless Chromium, the file picked in the page's file
-    input; the time is the page's own, from start() to onSuccess (not the browser's start)."""
-    opts = {
-        "chromium": chromium_path,
-        "page": page,
-        "file": str(file),
-        "steps": [
-            {
-                "call": "tusUpload",
-                "args": {
-                    "endpoint": endpoint,
-                    "chunkSize": chunk_mib * 1024 * 1024,
-                    "parallelUploads": parallel,
-                },
-            }
-        ],
-    }
-    started = time.monotonic()
+def drive_browser(
+    chromium_path: str, page: str, file: Path, steps: list[dict[str, object]], timeout: float
+) -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+    """Run the page's steps in one headless Chromium tab (tests/interop/browser_upload.mjs):
+    the JSON line of each step that ran, and the finished driver process."""
+    opts = {"chromium": chromium_path, "page": page, "file": str(file), "steps": steps}
     proc = subprocess.run(
         ["node", str(BROWSER_DIR / "browser_upload.mjs"), json.dumps(opts)],
         cwd=BROWSER_DIR,
         capture_output=True,
         text=True,
-        timeout=7200,
+        timeout=timeout,
+    )
+    return [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")], proc
+
+
+def run_browser(
+    chromium_path: str, page: str, endpoint: str, file: Path, chunk_mib: int, parallel: int
+) -> ClientResult:
+    """tus-js-client's browser build in headless Chromium, the file picked in the page's file
+    input; the time is the page's own, from start() to onSuccess (not the browser's start)."""
+    upload = {
+        "endpoint": endpoint,
+        "chunkSize": chunk_mib * 1024 * 1024,
+        "parallelUploads": parallel,
+    }
+    started = time.monotonic()
+    lines, proc = drive_browser(
+        chromium_path, page, file, [{"call": "tusUpload", "args": upload}], timeout=7200
     )
     wall = time.monotonic() - started
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     if not lines or "result" not in lines[0]:
         detail = lines[0].get("error", "") if lines else proc.stderr.strip()[-300:]
         return ClientResult(wall, False, str(detail)[-300:] or "failed")

@@ -29,33 +29,31 @@ def _require(var: str) -> bool:
     return os.environ.get(var, "") not in ("", "0", "false", "no")
 
 
-def _browser_unavailable_reason() -> str | None:
+def _browser_or_reason() -> tuple[str | None, str]:
+    """Chromium's path, or None and why the browser tests cannot run."""
     interop = Path(__file__).parent / "interop"
     if shutil.which("node") is None:
-        return "node is not installed"
+        return None, "node is not installed"
     for package in ("tus-js-client", "playwright-core", "uppy"):
         if not (interop / "node_modules" / package).is_dir():
-            return f"tests/interop/node_modules/{package} is missing (run `make npm`)"
+            return None, f"tests/interop/node_modules/{package} is missing (run `make npm`)"
     from bench.peers import chromium as find_chromium
 
-    if find_chromium() is None:
-        return "Chromium is not installed (apt-get install chromium, or set CHROMIUM)"
-    return None
+    found = find_chromium()
+    if found is None:
+        return None, "Chromium is not installed (apt-get install chromium, or set CHROMIUM)"
+    return found, ""
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Chromium's path, for the browser tests; skips when it, node or the npm packages are
     missing, unless EDGESTORE_REQUIRE_BROWSER is set (CI), where that is a failure."""
-    reason = _browser_unavailable_reason()
-    if reason:
+    found, reason = _browser_or_reason()
+    if found is None:
         if _require("EDGESTORE_REQUIRE_BROWSER"):
             pytest.fail(f"EDGESTORE_REQUIRE_BROWSER is set but {reason}")
         pytest.skip(reason)
-    from bench.peers import chromium as find_chromium
-
-    found = find_chromium()
-    assert found is not None
     return found
 
 

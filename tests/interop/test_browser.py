@@ -9,22 +9,17 @@ EDGESTORE_REQUIRE_BROWSER=1 (CI: `.ci/run` installs Debian's chromium).
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.peers import PageServer
+from bench.peers import PageServer, drive_browser
 from tests.helpers import MiB, random_bytes, sha256_hex
 from tests.server import ServerProcess
 
 pytestmark = [pytest.mark.interop, pytest.mark.browser]
-
-HERE = Path(__file__).parent
-DRIVER = HERE / "browser_upload.mjs"
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +50,9 @@ def server(page_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def drive(
     node: str, chromium: str, page: str, file: Path, steps: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Run the steps in one browser tab; the JSON line of each step that ran."""
-    opts = {"chromium": chromium, "page": page, "file": str(file), "steps": steps}
-    done = subprocess.run(
-        [node, str(DRIVER), json.dumps(opts)], cwd=HERE, capture_output=True, text=True, timeout=180
-    )
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    """Run the steps in one browser tab (`node`: the fixture's check that node is there);
+    the JSON line of each step that ran."""
+    lines, done = drive_browser(chromium, page, file, steps, timeout=180)
     if done.returncode != 0 and not any("error" in line for line in lines):
         pytest.fail(f"the browser driver failed:\n{done.stdout}\n{done.stderr}")
     return lines
@@ -73,10 +65,6 @@ def _file(tmp_path: Path, name: str, size: int, seed: int) -> tuple[Path, bytes]
     return path, data
 
 
-def _auth(server: ServerProcess) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.admin_key}"}
-
-
 @pytest.mark.parametrize("parallel", [1, 3])
 def test_tus_js_client_in_chromium_uploads_and_reads_back(
     node: str,
@@ -87,7 +75,7 @@ def test_tus_js_client_in_chromium_uploads_and_reads_back(
     parallel: int,
 ) -> None:
     path, data = _file(tmp_path, "holiday video.mp4", 9 * MiB + 123, seed=parallel)
-    upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server),
+    upload = {"endpoint": f"{server.url}/files/", "headers": server.auth_headers,
               "chunkSize": 2 * MiB, "parallelUploads": parallel}  # fmt: skip
     lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
         {"call": "tusUpload", "args": upload},
@@ -95,7 +83,7 @@ def test_tus_js_client_in_chromium_uploads_and_reads_back(
     assert "result" in lines[0], f"{lines}\n{server.log()[-3000:]}"
     url = lines[0]["result"]["url"]
     back = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
-        {"call": "readBack", "args": {"url": url, "headers": _auth(server)}},
+        {"call": "readBack", "args": {"url": url, "headers": server.auth_headers}},
     ])[0]["result"]  # fmt: skip
     assert back["status"] == 200
     assert back["sha256"] == sha256_hex(data)
@@ -121,7 +109,11 @@ def test_an_upload_goes_on_from_the_servers_offset_after_the_page_reloads(
     with it the abort, comes at a request's end: the disconnect in the middle of a PATCH is
     covered at the socket level in tests/e2e/test_server_locks.py and test_server_crash.py.)"""
     path, data = _file(tmp_path, "backup.tar", 24 * MiB + 7, seed=11)
-    upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server), "chunkSize": 8 * MiB}
+    upload = {
+        "endpoint": f"{server.url}/files/",
+        "headers": server.auth_headers,
+        "chunkSize": 8 * MiB,
+    }
     lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
         {"call": "tusUpload", "args": {**upload, "abortAt": 0.4}},
         {"reload": True},
@@ -143,7 +135,11 @@ def test_uppy_uploads_through_its_tus_plugin(
     node: str, chromium: str, page_origin: str, server: ServerProcess, tmp_path: Path
 ) -> None:
     path, data = _file(tmp_path, "scan.pdf", 5 * MiB + 999, seed=21)
-    upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server), "chunkSize": 2 * MiB}
+    upload = {
+        "endpoint": f"{server.url}/files/",
+        "headers": server.auth_headers,
+        "chunkSize": 2 * MiB,
+    }
     lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
         {"call": "uppyUpload", "args": upload},
     ])  # fmt: skip
@@ -165,7 +161,7 @@ def test_a_page_from_an_origin_not_allowed_cannot_upload(
     try:
         path, _ = _file(tmp_path, "x.bin", 100_000, seed=31)
         posts_before = server.log().count("POST /files/")
-        upload = {"endpoint": f"{server.url}/files/", "headers": _auth(server)}
+        upload = {"endpoint": f"{server.url}/files/", "headers": server.auth_headers}
         lines = drive(node, chromium, other.page, path, [{"call": "tusUpload", "args": upload}])
     finally:
         other.close()
