@@ -58,6 +58,11 @@ def drive(
     return lines
 
 
+def _tus(server: ServerProcess, **options: object) -> dict[str, object]:
+    """A tus upload's options in the page: the server's endpoint, its key, and `options`."""
+    return {"endpoint": f"{server.url}/files/", "headers": server.auth_headers, **options}
+
+
 def _file(tmp_path: Path, name: str, size: int, seed: int) -> tuple[Path, bytes]:
     data = random_bytes(size, seed=seed)
     path = tmp_path / name
@@ -75,8 +80,7 @@ def test_tus_js_client_in_chromium_uploads_and_reads_back(
     parallel: int,
 ) -> None:
     path, data = _file(tmp_path, "holiday video.mp4", 9 * MiB + 123, seed=parallel)
-    upload = {"endpoint": f"{server.url}/files/", "headers": server.auth_headers,
-              "chunkSize": 2 * MiB, "parallelUploads": parallel}  # fmt: skip
+    upload = _tus(server, chunkSize=2 * MiB, parallelUploads=parallel)
     lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
         {"call": "tusUpload", "args": upload},
     ])  # fmt: skip
@@ -109,11 +113,7 @@ def test_an_upload_goes_on_from_the_servers_offset_after_the_page_reloads(
     with it the abort, comes at a request's end: the disconnect in the middle of a PATCH is
     covered at the socket level in tests/e2e/test_server_locks.py and test_server_crash.py.)"""
     path, data = _file(tmp_path, "backup.tar", 24 * MiB + 7, seed=11)
-    upload = {
-        "endpoint": f"{server.url}/files/",
-        "headers": server.auth_headers,
-        "chunkSize": 8 * MiB,
-    }
+    upload = _tus(server, chunkSize=8 * MiB)
     lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
         {"call": "tusUpload", "args": {**upload, "abortAt": 0.4}},
         {"reload": True},
@@ -135,11 +135,7 @@ def test_uppy_uploads_through_its_tus_plugin(
     node: str, chromium: str, page_origin: str, server: ServerProcess, tmp_path: Path
 ) -> None:
     path, data = _file(tmp_path, "scan.pdf", 5 * MiB + 999, seed=21)
-    upload = {
-        "endpoint": f"{server.url}/files/",
-        "headers": server.auth_headers,
-        "chunkSize": 2 * MiB,
-    }
+    upload = _tus(server, chunkSize=2 * MiB)
     lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
         {"call": "uppyUpload", "args": upload},
     ])  # fmt: skip
@@ -161,7 +157,7 @@ def test_a_page_from_an_origin_not_allowed_cannot_upload(
     try:
         path, _ = _file(tmp_path, "x.bin", 100_000, seed=31)
         posts_before = server.log().count("POST /files/")
-        upload = {"endpoint": f"{server.url}/files/", "headers": server.auth_headers}
+        upload = _tus(server)
         lines = drive(node, chromium, other.page, path, [{"call": "tusUpload", "args": upload}])
     finally:
         other.close()
