@@ -43,15 +43,13 @@ from typing import Any
 from rich.console import Console
 
 from bench import datasets, report, stages
-from bench.datasets import Dataset, GiB, MiB, format_size, parse_size, read_blocks
+from bench.datasets import Dataset, GiB, MiB, format_size, parse_size
 from bench.report import Spread, Throughput, Verdict
 from edgestore.codec.erasure import ReedSolomon
 from edgestore.config import load_settings
-from edgestore.engine import Engine
+from edgestore.engine import Engine, VersionInfo
 from edgestore.engine.pipeline import tune_allocator
 from edgestore.metadata.stats import StoreUsage
-
-PUT_BLOCK = 1 * MiB  # what `edgestore put` reads at a time
 
 TARGET_OF_CEILING = 0.70
 TARGET_READ_VS_INGEST = 1.0
@@ -91,17 +89,23 @@ def _cpu() -> float:
     return t.user + t.system
 
 
+def _put_file(engine: Engine, path: Path, key: str) -> VersionInfo:
+    """As `edgestore put` does: the open file is read straight into the chunker's buffer."""
+    with open(path, "rb", buffering=0) as f:
+        return engine.put(f, key=key)
+
+
 def engine_run(ds: Dataset, home: Path) -> EngineRun:
     try:
         with Engine.open(load_settings(home=home)) as engine:
             datasets.settle()
             w0, c0 = time.perf_counter(), _cpu()
-            info = engine.put(read_blocks(ds.path, PUT_BLOCK), key=f"bench/{ds.kind}")
+            info = _put_file(engine, ds.path, f"bench/{ds.kind}")
             w1, c1 = time.perf_counter(), _cpu()
             usage = engine.objects.usage()
             got = sum(len(piece) for piece in engine.objects.read(info))
             w2, c2 = time.perf_counter(), _cpu()
-            engine.put(read_blocks(ds.path, PUT_BLOCK), key=f"bench/{ds.kind}-again")
+            _put_file(engine, ds.path, f"bench/{ds.kind}-again")
             w3, c3 = time.perf_counter(), _cpu()
     finally:
         datasets.discard(home)
@@ -248,7 +252,7 @@ def rss_child(path: Path, workdir: Path) -> dict[str, Any]:
         with Engine.open(load_settings(home=home)) as engine:
             baseline = peak_rss()
             t0 = time.perf_counter()
-            info = engine.put(read_blocks(path, PUT_BLOCK), key="bench/rss")
+            info = _put_file(engine, path, "bench/rss")
             seconds = time.perf_counter() - t0
     finally:
         shutil.rmtree(home, ignore_errors=True)

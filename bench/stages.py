@@ -1,6 +1,8 @@
 """Each ingest stage alone, on one thread, with the project's own code: bytes per second.
 
-The data set is read in batches of `BATCH` bytes (untimed); each chunk then goes through the
+The data set is read in batches of `BATCH` bytes (untimed) and copied into the chunker
+(untimed too: the engine reads a file straight into the chunker's buffer, so "chunk" is the
+cutting alone, chunks lent as in the engine); each chunk then goes through the
 stages one after the other on one thread, each timed on its own, and its buffers are freed
 before the next chunk, as in the engine, so memory stays at a batch whatever the data set's
 size and each stage's figure includes what its memory costs in the engine. "EC encode" and
@@ -96,7 +98,7 @@ class _StagePipeline:
     def __init__(self, settings: Settings, shard_root: Path) -> None:
         self.settings = settings
         self.run = StageRun()
-        self.chunker = StreamChunker(settings.chunker)
+        self.chunker = StreamChunker(settings.chunker, lend=True)  # as the engine's
         self.hasher = ResumableSha256()
         self.policy = RedundancyPolicy(settings)
         self.backends: dict[str, LocalBackend] = {}
@@ -108,11 +110,19 @@ class _StagePipeline:
 
     def feed(self, blocks: list[bytes]) -> None:
         for block in blocks:
-            with timed(self.run.timings[CHUNK]):
-                chunks = self.chunker.feed(block)
+            view = memoryview(block)
+            while view:
+                # Untimed, like the file read: the engine reads a file straight into the
+                # chunker's buffer, so cutting is all this stage does there.
+                view = view[self.chunker.push(view) :]
+                while True:
+                    with timed(self.run.timings[CHUNK]):
+                        chunk = self.chunker.pop()
+                    if chunk is None:
+                        break
+                    self._process(chunk)
+                    del chunk  # a lent view: its block goes back to the pool once all are gone
             self.run.raw_bytes += len(block)
-            for chunk in chunks:
-                self._process(chunk)
 
     def finish(self) -> StageRun:
         with timed(self.run.timings[CHUNK]):

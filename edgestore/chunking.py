@@ -6,7 +6,7 @@ the cut points depend only on the bytes, never on how the stream was split into 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from pyfastcdc import FastCDC
 
@@ -102,6 +102,25 @@ class StreamChunker:
         take = min(room, len(src))
         self._len += copy_into(self._view, self._len, src[:take])
         return take
+
+    def fill(self, readinto: Callable[[memoryview], int | None], at_most: int) -> memoryview:
+        """Read straight into the buffer's free room, up to `at_most` bytes (one call of
+        `readinto`, as a file's or socket's): no copy through an intermediate block.
+
+        Returns a view of the bytes just read, empty at the end of the source; valid until
+        the next push, fill or pop. Take chunks out with `pop()` to make room.
+        """
+        if self._len == len(self._view) and self._start:
+            self._compact()
+        room = self._view[self._len : self._len + min(at_most, len(self._view) - self._len)]
+        try:
+            n = readinto(room)
+        finally:
+            room.release()
+        if n is None:
+            raise BlockingIOError("the source has no bytes ready (non-blocking): not supported")
+        self._len += n
+        return self._view[self._len - n : self._len]
 
     def ready(self) -> bool:
         """Whether `pop()` would return a chunk."""

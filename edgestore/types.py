@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NewType
+from typing import NewType, Protocol, runtime_checkable
 
 ChunkId = NewType("ChunkId", str)
 """Lower-case hex SHA-256 of a chunk's raw bytes."""
@@ -14,6 +14,14 @@ ObjectId = NewType("ObjectId", str)
 VersionId = NewType("VersionId", str)
 
 CHUNK_ID_HEX_LEN = 64
+
+
+@runtime_checkable
+class Readable(Protocol):
+    """A byte source read into the caller's buffer (an open file, standard input): ingest
+    reads it straight into the chunker, one copy less per byte than a stream of blocks."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class Layout(enum.StrEnum):

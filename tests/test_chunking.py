@@ -111,6 +111,53 @@ def test_any_split_gives_the_whole_buffer_cuts(lend, params, data):
     assert_size_bounds(chunks, params)
 
 
+class ShortReads:
+    """A Readable that returns at most the next of `sizes` bytes per read (a pipe, a socket)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data, self._pos, self._sizes = data, 0, sizes
+        self.calls = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        self.calls += 1
+        size = self._sizes[self.calls % len(self._sizes)] if self._sizes else len(buffer)
+        n = min(len(buffer), max(size, 1), len(self._data) - self._pos)
+        buffer[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+@pytest.mark.parametrize("lend", [False, True])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=params_strategy, data=st.data())
+def test_reading_straight_into_the_buffer_gives_the_whole_buffer_cuts(lend, params, data):
+    """fill() with short reads of any size, a cap per call and a saved tail to start from."""
+    stream = data.draw(stream_data())
+    start = data.draw(st.integers(0, min(len(stream), params.max_size)))
+    sizes = data.draw(st.lists(st.integers(1, 64 * KiB), max_size=8))
+    cap = data.draw(st.integers(1, 3 * params.max_size))
+    chunker = StreamChunker(params, stream[:start], lend=lend)
+    source = ShortReads(stream[start:], sizes)
+    chunks, pos = [], start
+    while piece := chunker.fill(source.readinto, cap):
+        assert bytes(piece) == stream[pos : pos + len(piece)]  # the view is what was read
+        assert len(piece) <= cap
+        pos += len(piece)
+        while (chunk := chunker.pop()) is not None:
+            chunks.append(chunk)
+    chunks += chunker.finish()
+
+    assert pos == len(stream)
+    assert chunks == reference_chunks(stream, params)
+
+
+def test_fill_refuses_a_non_blocking_source_with_nothing_ready():
+    chunker = StreamChunker(SMALL)
+    with pytest.raises(BlockingIOError):
+        chunker.fill(lambda buffer: None, 100)
+    assert chunker.tail_length == 0
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=params_strategy, data=st.data())
 def test_resuming_from_the_saved_tail_gives_the_same_chunks(params, data):

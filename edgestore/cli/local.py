@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, BinaryIO
 
@@ -22,8 +21,6 @@ from edgestore.errors import InvalidInput
 from edgestore.maintenance import gc
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
-READ_BLOCK = 1024 * 1024
-
 BucketOpt = Annotated[str, typer.Option("--bucket", "-b", help="Bucket.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -36,11 +33,6 @@ def _selector(ref: str, bucket: str, version: int | None) -> ObjectSelector:
     if is_object_id(ref):
         return ObjectSelector(object_id=ref.lower(), version=version)
     return ObjectSelector(bucket=bucket, key=ref, version=version)
-
-
-def _read_blocks(f: BinaryIO) -> Iterator[bytes]:
-    while block := f.read(READ_BLOCK):
-        yield block
 
 
 def _version_fields(v: VersionInfo) -> list[tuple[str, str]]:
@@ -102,11 +94,11 @@ def put(
 
     started = time.monotonic()
     with state.engine() as engine:
-        source: BinaryIO = sys.stdin.buffer if stdin else open(file, "rb")  # noqa: SIM115
+        source: BinaryIO = sys.stdin.buffer if stdin else open(file, "rb", buffering=0)  # noqa: SIM115
         try:
             with output.Transfer(f"put {key}", total, quiet=quiet or json_out) as bar:
                 version = engine.put(
-                    bar.track(_read_blocks(source)),
+                    bar.track(source),  # read straight into the chunker
                     bucket=bucket,
                     key=key,
                     content_type=content_type,

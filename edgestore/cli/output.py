@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +19,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
+from edgestore.types import Readable
 
 out = Console()
 err = Console(stderr=True)
@@ -117,7 +119,18 @@ class Transfer:
         detail = f"{human_bytes(self._skipped)} already there" if self._skipped else ""
         self._progress.update(self._task, advance=n, detail=detail)
 
-    def track(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
-        for block in blocks:
-            yield block
-            self.advance(len(block))
+    def track(self, source: Readable) -> Readable:
+        """The same source, advancing the bar by what each read returns."""
+        return _TrackedReader(source, self.advance)
+
+
+class _TrackedReader:
+    def __init__(self, source: Readable, advance: Callable[[int], None]) -> None:
+        self._source = source
+        self._advance = advance
+
+    def readinto(self, buffer: memoryview, /) -> int | None:
+        n = self._source.readinto(buffer)
+        if n:
+            self._advance(n)
+        return n

@@ -21,6 +21,7 @@ from edgestore.engine.objects import Objects, ObjectSelector
 from edgestore.engine.uploads import Uploads
 from edgestore.engine.wholefile import WholeFileHashes
 from edgestore.metadata.objects import VersionInfo
+from edgestore.types import Readable
 
 __all__ = ["Engine", "ObjectSelector", "VersionInfo"]
 
@@ -55,7 +56,7 @@ class Engine:
 
     def put(
         self,
-        blocks: Iterable[bytes],
+        blocks: Iterable[bytes] | Readable,
         *,
         key: str,
         bucket: str = DEFAULT_BUCKET,
@@ -64,7 +65,11 @@ class Engine:
         user_metadata: dict[str, Any] | None = None,
         on_chunk: Callable[[StoredChunk], None] | None = None,
     ) -> VersionInfo:
-        """Ingest a byte stream as the next version of bucket/key."""
+        """Ingest a byte stream as the next version of bucket/key.
+
+        `blocks`: an iterable of byte blocks, or a Readable (an open file), which is read
+        straight into the chunker's buffer: one copy less of every byte.
+        """
         validate_bucket(bucket)
         validate_key(key)
         rec = self.uploads.create(

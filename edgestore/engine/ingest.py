@@ -30,6 +30,7 @@ from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database
 from edgestore.metadata.uploads import Checkpoint, NewPart, TailRef, UploadRecord
 from edgestore.storage.datadirs import DataDirs
+from edgestore.types import Readable
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,13 @@ class Appender:
     # --- the append -------------------------------------------------------------------------
 
     def run(
-        self, blocks: Iterable[bytes], *, final: bool = False, checksum: Checksum | None = None
+        self,
+        blocks: Iterable[bytes] | Readable,
+        *,
+        final: bool = False,
+        checksum: Checksum | None = None,
     ) -> UploadRecord:
-        """Append blocks; return the upload as now durable.
+        """Append blocks (or what a Readable holds); return the upload as now durable.
 
         `final`: the stream is the upload's end (length deferred or unknown). Without a
         checksum, progress is committed as chunks complete; with one, nothing of this append
@@ -147,23 +152,16 @@ class Appender:
         received = 0
         try:
             try:
-                for block in blocks:
-                    self.last_activity = time.monotonic()
-                    if self._stop_reason:
-                        raise TransferInterrupted(self._stop_reason)
-                    if up.offset + received + len(block) > limit:
-                        raise TooLarge(
-                            f"upload {up.upload_id} may hold {limit} bytes; this request goes "
-                            f"beyond it (offset {up.offset}, +{received + len(block)} bytes)"
-                        )
-                    received += len(block)
-                    if verify is not None:
-                        verify.update(block)
-                    self._feed(block)
-                    self._harvest(wait=False)
-                    if verify is None:
-                        self._maybe_commit()
-                    self._maybe_renew()
+                if isinstance(blocks, Readable):
+                    received = self._pull(blocks, limit, verify)
+                else:
+                    for block in blocks:
+                        self._arrived(received + len(block), limit)
+                        received += len(block)
+                        if verify is not None:
+                            verify.update(block)
+                        self._feed(block)
+                        self._progress(checked=verify is not None)
             except TransferInterrupted:
                 self._drain()
                 if verify is None:
@@ -195,21 +193,62 @@ class Appender:
 
     # --- internals ----------------------------------------------------------------------------
 
+    def _arrived(self, received: int, limit: int) -> None:
+        """Bytes arrived, `received` in all so far: stop if asked to, refuse past `limit`."""
+        self.last_activity = time.monotonic()
+        up = self._upload
+        if up.offset + received > limit:  # first: an interrupted append keeps what arrived
+            raise TooLarge(
+                f"upload {up.upload_id} may hold {limit} bytes; this request goes "
+                f"beyond it (offset {up.offset}, +{received} bytes)"
+            )
+        if self._stop_reason:
+            raise TransferInterrupted(self._stop_reason)
+
+    def _progress(self, *, checked: bool) -> None:
+        """After each block: collect stored chunks, checkpoint (unless a checksum must
+        match first), keep the lease."""
+        self._harvest(wait=False)
+        if not checked:
+            self._maybe_commit()
+        self._maybe_renew()
+
+    def _pull(self, source: Readable, limit: int, verify: Hasher | None) -> int:
+        """Read the source straight into the chunker's buffer until it ends; bytes read.
+
+        At most one byte past `limit` is ever read: enough to refuse the append."""
+        received = 0
+        while True:
+            room = limit - self._upload.offset - received + 1
+            piece = self._chunker.fill(source.readinto, room)
+            if not piece:
+                return received
+            self._arrived(received + len(piece), limit)
+            received += len(piece)
+            if verify is not None:
+                verify.update(piece)
+            piece.release()
+            self._cut_ready()
+            self._progress(checked=verify is not None)
+
     def _feed(self, block: bytes) -> None:
         """Chunk one block, submitting each chunk as soon as it is cut (one copy at a time:
         a chunk waiting for a pipeline slot is the only one materialised)."""
         view = memoryview(block)
         while view:
             view = view[self._chunker.push(view) :]
-            while self._chunker.ready():
-                self._writer.reserve()
-                try:
-                    chunk = self._chunker.pop()
-                    assert chunk is not None
-                except BaseException:
-                    self._writer.release()
-                    raise
-                self._submit(chunk, reserved=True)
+            self._cut_ready()
+
+    def _cut_ready(self) -> None:
+        while self._chunker.ready():
+            self._writer.reserve()
+            try:
+                chunk = self._chunker.pop()
+                assert chunk is not None
+            except BaseException:
+                self._writer.release()
+                raise
+            self._submit(chunk, reserved=True)
 
     def _submit(self, chunk: Buffer, *, reserved: bool = False) -> None:
         stored = self._writer.submit(chunk, reserved=reserved)

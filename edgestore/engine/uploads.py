@@ -37,6 +37,7 @@ from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database, now
 from edgestore.metadata.uploads import UploadRecord
+from edgestore.types import Readable
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +215,14 @@ class Uploads:
         self,
         upload_id: str,
         offset: int,
-        blocks: Iterable[bytes],
+        blocks: Iterable[bytes] | Readable,
         *,
         final: bool = False,
         checksum: Checksum | None = None,
         on_chunk: Callable[[StoredChunk], None] | None = None,
         interrupt: Callable[[str], None] | None = None,
     ) -> UploadRecord:
-        """Append blocks at `offset` (which must equal the durable offset).
+        """Append blocks (or a Readable's bytes) at `offset` (the durable offset).
 
         `interrupt(reason)`: how to wake the block source when this append must stop (taken
         over, shutting down) while no bytes are arriving; without it, stopping waits for the
@@ -240,7 +241,7 @@ class Uploads:
         self,
         upload_id: str,
         offset: int,
-        blocks: Iterable[bytes],
+        blocks: Iterable[bytes] | Readable,
         final: bool,
         checksum: Checksum | None,
         on_chunk: Callable[[StoredChunk], None] | None,

@@ -49,6 +49,27 @@ def test_round_trip_at_chunk_boundary(
     ]
 
 
+def test_a_file_is_read_straight_into_the_chunker(engine: Engine, tmp_path) -> None:
+    """Engine.put of an open file (a Readable): the same object, chunks and manifest as the
+    same bytes put as blocks."""
+    data = random_bytes(19 * MiB + 5, seed=11)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    with open(path, "rb", buffering=0) as f:
+        from_file = engine.put(f, key="from-file", filename="file.bin")
+    from_blocks = engine.put(blocks_of(data, 1 * MiB), key="from-blocks")
+    assert from_file.size == len(data)
+    assert from_file.sha256 == hashlib.sha256(data).hexdigest()
+    assert read_all(engine, from_file) == data
+    manifest = [(e.chunk_id, e.offset, e.length) for e in engine.objects.manifest(from_file)]
+    assert manifest == [
+        (e.chunk_id, e.offset, e.length) for e in engine.objects.manifest(from_blocks)
+    ]
+    assert [length for *_, length in manifest] == [
+        c.length for c in make_cdc(DEFAULT_PARAMS).cut_buf(data)
+    ]
+
+
 def test_random_large_object_and_ranges(small_engine: Engine) -> None:
     data = random_bytes(3 * MiB + 12345, seed=3)
     v = small_engine.put(blocks_of(data, 100_000), key="big", content_type="application/x-test")

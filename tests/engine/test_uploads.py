@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import threading
 import time
@@ -84,6 +85,42 @@ def test_bytes_beyond_length_are_refused(small_engine: Engine) -> None:
     assert small_engine.uploads.get(up.upload_id).offset == 0
     with pytest.raises(TooLarge):
         small_engine.uploads.create(length=small_engine.settings.max_upload_size + 1)
+
+
+def test_a_readable_past_the_length_is_refused_having_read_one_byte_more(
+    small_engine: Engine,
+) -> None:
+    source = io.BytesIO(b"x" * 1000)
+    up = small_engine.uploads.create(length=10)
+    with pytest.raises(TooLarge):
+        small_engine.uploads.append(up.upload_id, 0, source)
+    assert source.tell() == 11
+    assert small_engine.uploads.get(up.upload_id).offset == 0
+
+
+def test_a_readable_with_short_reads_and_a_checksum(small_engine: Engine) -> None:
+    """A source that returns a few KiB per read (a pipe): offsets, checksum and bytes hold."""
+
+    class Trickle(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def readinto(self, buffer) -> int:  # type: ignore[override]
+            return self._data.readinto(memoryview(buffer)[: 7 * KiB + 3])
+
+    data = random_bytes(900 * KiB, seed=5)
+    up = small_engine.uploads.create(length=len(data) + 100)
+    good = Checksum("sha1", hashlib.sha1(data).digest())
+    rec = small_engine.uploads.append(up.upload_id, 0, Trickle(data), checksum=good)
+    assert rec.offset == len(data)
+    bad = Checksum("sha1", hashlib.sha1(b"other").digest())
+    with pytest.raises(ChecksumMismatch):
+        small_engine.uploads.append(up.upload_id, rec.offset, Trickle(b"y" * 100), checksum=bad)
+    assert small_engine.uploads.get(up.upload_id).offset == len(data)
+    done = small_engine.uploads.append(up.upload_id, rec.offset, Trickle(b"z" * 100))
+    assert done.version_id is not None
+    v = small_engine.objects.by_version_id(done.version_id)
+    assert read_all(small_engine, v) == data + b"z" * 100
 
 
 def test_checksum_mismatch_keeps_nothing(small_engine: Engine) -> None:
