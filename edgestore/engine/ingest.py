@@ -103,6 +103,7 @@ class Appender:
         self._inflight: deque[_InFlight] = deque()
         self._ready: list[tuple[NewPart, bytes | None]] = []
         self._next_offset = upload.committed_offset
+        self._run_offset = upload.offset  # the upload's offset when run() began
         self._stop_reason: str | None = None
         self.last_activity = time.monotonic()
         self._last_commit = self._last_renew = time.monotonic()
@@ -146,6 +147,7 @@ class Appender:
         arrived is kept (without a checksum) and the interruption is re-raised.
         """
         up = self._upload
+        self._run_offset = up.offset  # checkpoints during the run move self._upload.offset on
         verify: Hasher | None = new_checksum(checksum.algorithm) if checksum else None
         # A deferred length is bounded by the largest upload the server accepts.
         limit = up.length if up.length is not None else self._settings.max_upload_size
@@ -196,11 +198,10 @@ class Appender:
     def _arrived(self, received: int, limit: int) -> None:
         """Bytes arrived, `received` in all so far: stop if asked to, refuse past `limit`."""
         self.last_activity = time.monotonic()
-        up = self._upload
-        if up.offset + received > limit:  # first: an interrupted append keeps what arrived
+        if self._run_offset + received > limit:  # first: an interrupted append keeps what arrived
             raise TooLarge(
-                f"upload {up.upload_id} may hold {limit} bytes; this request goes "
-                f"beyond it (offset {up.offset}, +{received} bytes)"
+                f"upload {self._upload.upload_id} may hold {limit} bytes; this request goes "
+                f"beyond it (offset {self._run_offset}, +{received} bytes)"
             )
         if self._stop_reason:
             raise TransferInterrupted(self._stop_reason)
@@ -219,7 +220,7 @@ class Appender:
         At most one byte past `limit` is ever read: enough to refuse the append."""
         received = 0
         while True:
-            room = limit - self._upload.offset - received + 1
+            room = limit - self._run_offset - received + 1
             piece = self._chunker.fill(source.readinto, room)
             if not piece:
                 return received

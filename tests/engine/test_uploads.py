@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgestore.engine import Engine
+from edgestore.engine import Engine, ingest
 from edgestore.engine.ingest import Checksum
 from edgestore.errors import (
     ChecksumMismatch,
@@ -85,6 +85,21 @@ def test_bytes_beyond_length_are_refused(small_engine: Engine) -> None:
     assert small_engine.uploads.get(up.upload_id).offset == 0
     with pytest.raises(TooLarge):
         small_engine.uploads.create(length=small_engine.settings.max_upload_size + 1)
+
+
+@pytest.mark.parametrize("source", ["blocks", "readable"])
+def test_checkpoints_within_one_append_do_not_count_its_bytes_twice(
+    small_engine: Engine, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """A request that fills an upload to its exact length, checkpointing as it goes (as a
+    50 MiB PATCH does): the length check counts from where the request began."""
+    monkeypatch.setattr(ingest, "COMMIT_EVERY_PARTS", 1)
+    data = random_bytes(2 * MiB + 333, seed=9)
+    up = small_engine.uploads.create(length=len(data))
+    body = io.BytesIO(data) if source == "readable" else blocks_of(data, 64 * KiB)
+    done = small_engine.uploads.append(up.upload_id, 0, body)
+    assert done.offset == len(data) and done.version_id is not None
+    assert read_all(small_engine, small_engine.objects.by_version_id(done.version_id)) == data
 
 
 def test_a_readable_past_the_length_is_refused_having_read_one_byte_more(
