@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgestore.api import policy, presign
+from edgestore.api import direct, policy, presign
 from edgestore.api.errors import error_response
 from edgestore.api.identity import KEY, OPEN, PRESIGNED, SCOPES, UPLOAD_TOKEN, Identity, Target
 from edgestore.api.presign import Grant, Signer
@@ -193,6 +193,7 @@ class AccessControl:
         policy.authorize(identity, rule)
         if identity.restricted:
             if rule.target == policy.JSON_BODY:
+                scope = direct.disallow(scope)
                 receive = await _check_json_target(receive, identity)
             else:
                 scope = await self._check_target(scope, identity, rule, m, query)

@@ -31,6 +31,7 @@ from limits.storage import storage_from_string
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgestore.api import direct
 from edgestore.api.errors import error_response
 from edgestore.config import Settings
 from edgestore.errors import RateLimited, StorageUnavailable
@@ -280,11 +281,13 @@ class Throttle:
             await error_response(exc)(scope, receive, send)
             return
         if limiter.bandwidth_item is not None:
+            scope = direct.disallow(scope)  # the body's bytes must pass through the meter
             receive = limiter.metered(receive, client)
         if slot is None:
             await self.app(scope, receive, send)
             return
         if limiter.redis is not None:
+            scope = direct.disallow(scope)  # renewed as the body's bytes arrive
             receive = _renewing(receive, lambda: limiter.renew_upload(client, slot))
         held = True
 

@@ -19,6 +19,14 @@ class Metrics:
         r = self.registry
         self.bytes_in = Counter("edgestore_bytes_in", "Upload body bytes received", registry=r)
         self.bytes_out = Counter("edgestore_bytes_out", "Object bytes sent", registry=r)
+        self.upload_bodies = Counter(
+            "edgestore_upload_bodies",
+            "Upload request bodies by how they reached the engine: 'direct' (read straight into "
+            "its buffer) or 'queued' (chunked bodies, or a bandwidth limit or shared upload "
+            "slots in the way)",
+            ["path"],
+            registry=r,
+        )
         self.uploads_active = Gauge(
             "edgestore_uploads_active", "Upload requests streaming right now", registry=r
         )

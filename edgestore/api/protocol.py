@@ -24,8 +24,12 @@ import asyncio
 import threading
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from edgestore.api import direct
+from edgestore.errors import TransferInterrupted
 
 MAX_REQUEST_HEAD = 64 * 1024
 _MESSAGE = b"request head (URL and headers) too large"
@@ -81,15 +85,73 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         self._head_bytes = 0
         self._refused = False
         self._counted = False  # in _reads.receiving: between a head and the end of its body
+        self._body_seen = 0  # body bytes of this request the parser has handed on
+        self._direct: direct.DirectBody | None = None  # the body being read into the engine
+        self._read_into: memoryview | None = None  # what the last get_buffer returned
 
     # asyncio.BufferedProtocol: the loop reads straight into the shared buffer, and the
     # parser reads from it there: httptools hands every URL, header and body piece on as a
     # bytes object of its own, so nothing refers to the buffer after data_received returns.
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _reads.view[: _reads.size()]
+        spare = _reads.view[: _reads.size()]
+        if self._direct is not None:  # a claimed body: into the engine's buffer if it lent one
+            self._read_into = self._direct.room(spare)
+            return self._read_into
+        return spare
 
     def buffer_updated(self, nbytes: int) -> None:
+        body = self._direct
+        if body is not None:
+            assert self._read_into is not None
+            landed, self._read_into = self._read_into[:nbytes], None
+            if body.landed(landed):
+                self._end_direct()
+            return
         self.data_received(_reads.view[:nbytes])  # type: ignore[arg-type]
+
+    # --- a body read straight into the engine's buffer (api/direct.py) -------------------------
+
+    def _claim_direct(self, cycle: RequestResponseCycle) -> direct.DirectBody | None:
+        """Take the rest of this request's body off the parser, for the route to read."""
+        if (
+            cycle is not self.cycle
+            or self._direct is not None
+            or cycle.response_complete
+            or cycle.disconnected
+            or not cycle.more_body
+            or self.transport.is_closing()
+        ):
+            return None
+        length = _content_length(cycle.scope["headers"])
+        if length is None or length <= self._body_seen:
+            return None
+        pending = bytes(cycle.body)  # what the parser handed on before the claim
+        cycle.body = bytearray()
+        if cycle.waiting_for_100_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        self._direct = direct.DirectBody(self, length - self._body_seen, pending)
+        self.flow.pause_reading()  # until the engine lends its buffer
+        return self._direct
+
+    def _end_direct(self) -> None:
+        """The claimed body has ended: a fresh parser for the connection's next request (the
+        old one still waits for the bytes it never saw), and the request's end as usual."""
+        self._direct = None
+        self.parser = httptools.HttpRequestParser(self)
+        try:
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        except AttributeError:  # httptools < 0.6.3, as uvicorn
+            pass
+        self.on_message_complete()
+
+    def direct_resume(self) -> None:
+        if self.flow is not None and self.transport is not None and not self.transport.is_closing():
+            self.flow.resume_reading()
+
+    def direct_pause(self) -> None:
+        if self.flow is not None:
+            self.flow.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         """Hand the parser's piece on as it is, not appended to a bytearray.
@@ -100,6 +162,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         as much as the parser's own copy). When nothing is waiting, the piece itself becomes
         the cycle's body, and `bytes()` of a bytes object is that same object.
         """
+        self._body_seen += len(body)
         cycle = self.cycle
         if cycle.body or cycle.response_complete or self.parser.should_upgrade():
             super().on_body(body)  # pieces waiting (or an upgrade): uvicorn's own path
@@ -120,12 +183,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._receiving(False)
+        if self._direct is not None:
+            self._direct.fail(TransferInterrupted("client disconnected"))
+            self._direct = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        self._body_seen = 0
 
     def on_headers_complete(self) -> None:
         """A head that arrived in one read is measured here, once parsed."""
@@ -136,6 +203,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
             raise HeadTooLarge  # httptools stops parsing; uvicorn answers via send_400_response
         super().on_headers_complete()
         self._receiving(True)
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+            direct.offer(self.scope, lambda: self._claim_direct(cycle))
 
     def data_received(self, data: bytes) -> None:
         """A head still arriving is measured as it comes, so it is never buffered whole."""
@@ -156,3 +226,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_RESPONSE_431)
             self.transport.close()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The body's length if it is given by one Content-Length and not chunked, else None."""
+    lengths = [v for n, v in headers if n == b"content-length"]
+    if len(lengths) != 1 or any(n == b"transfer-encoding" for n, _ in headers):
+        return None
+    value = lengths[0].strip()
+    return int(value) if value.isdigit() else None

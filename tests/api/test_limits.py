@@ -132,9 +132,13 @@ def test_bandwidth_is_throttled_not_refused(start) -> None:
         began = time.monotonic()
         r = tus_patch(c, url, 0, data)
         took = time.monotonic() - began
+        metrics = c.get("/metrics").text
     assert r.status_code == 204, r.text
     assert r.headers["Upload-Offset"] == str(len(data))
     assert took >= 1.5, f"3 MiB at 1 MiB/s took only {took:.2f}s"
+    # The body went through the meter, not straight into the engine's buffer (api/direct.py).
+    assert 'edgestore_upload_bodies_total{path="queued"} 1.0' in metrics
+    assert 'path="direct"' not in metrics
 
 
 def test_concurrent_uploads_per_client(start) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 
 from fastapi import Request
 
+from edgestore.api import direct
 from edgestore.api.bodies import run_with_body
 from edgestore.api.http import http_date
 from edgestore.api.state import Services
@@ -14,6 +15,7 @@ from edgestore.engine.ingest import Checksum
 from edgestore.errors import StorageUnavailable, TransferInterrupted
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.uploads import UploadRecord
+from edgestore.types import Readable
 
 PREFIX = "/files"
 TUS_KINDS = ("tus", "ietf")  # uploads the /files/ URLs serve (not native sessions)
@@ -75,7 +77,7 @@ async def append_body(
     ceiling = upload.length if upload.length is not None else services.settings.max_upload_size
     remaining = ceiling - offset
 
-    def work(blocks: Iterator[bytes], interrupt: Callable[[str], None]) -> UploadRecord:
+    def work(blocks: Iterable[bytes] | Readable, interrupt: Callable[[str], None]) -> UploadRecord:
         return engine.uploads.append(  # on an upload thread
             upload.upload_id,
             offset,
@@ -87,13 +89,20 @@ async def append_body(
 
     metrics.uploads_active.inc()
     try:
-        rec, received = await run_with_body(
-            services.uploads,
-            request.stream(),
-            work,
-            limit=remaining,
-            idle_timeout=BODY_IDLE_TIMEOUT,
-        )
+        body = direct.claim(request.scope)  # read straight into the engine's buffer
+        metrics.upload_bodies.labels("direct" if body is not None else "queued").inc()
+        if body is not None:
+            rec, received = await direct.run_with_direct_body(
+                services.uploads, body, work, idle_timeout=BODY_IDLE_TIMEOUT
+            )
+        else:
+            rec, received = await run_with_body(
+                services.uploads,
+                request.stream(),
+                work,
+                limit=remaining,
+                idle_timeout=BODY_IDLE_TIMEOUT,
+            )
     except TransferInterrupted:
         closing = engine.uploads.closing
         if closing:  # the client is still there: tell it to come back (tus clients retry 5xx)

@@ -1,0 +1,255 @@
+"""An upload's body read by the event loop straight into the engine's chunker buffer.
+
+The usual way (api/bodies.py) copies every byte twice on its way in: httptools copies each
+body piece out of the loop's read buffer into a bytes object, and the engine copies that into
+its chunker's buffer. Here the engine lends the free room of its chunker buffer (a `readinto`
+call, see StreamChunker.fill) and the loop's socket reads land there: the kernel's copy is
+the only one. The loop hands a lent region back when it is full, the body has ended, or it
+has held bytes for GRANT_SECONDS (so a slow link still shows progress), and pauses reading
+while the engine holds no region (back-pressure, as before).
+
+Only a body of known length (Content-Length) is read this way, once the request's route has
+claimed it (`claim(scope)`); the protocol (api/protocol.py) stops feeding the HTTP parser for
+those bytes and gives it a fresh parser when the body has ended. A middleware that must see
+body bytes itself (bandwidth limits, a renewing upload slot) takes the claim away with
+`disallow(scope)`, and the body goes the usual way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from starlette.types import Scope
+
+from edgestore.buffers import copy_into
+from edgestore.errors import TransferInterrupted
+from edgestore.types import Readable
+
+T = TypeVar("T")
+
+EXTENSION = "edgestore.direct_body"
+GRANT_SECONDS = 0.5
+
+
+class _Reader(Protocol):
+    """What a DirectBody needs of the connection's protocol (on the event loop)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def direct_resume(self) -> None: ...
+    def direct_pause(self) -> None: ...
+
+
+class DirectBody:
+    """One request body: the engine's thread reads it (`readinto`), the event loop fills it.
+
+    Loop side (`room`, `landed`, `fail`, `finish`) runs on the event loop only; `readinto`
+    and `interrupt` on any thread. `_cond` guards what both sides touch.
+    """
+
+    def __init__(self, reader: _Reader, left: int, pending: bytes) -> None:
+        self._reader = reader
+        self._loop = reader.loop
+        self._cond = threading.Condition()
+        self.left = left  # body bytes still to come from the socket (changed under _cond)
+        self.received = len(pending)
+        self.last_byte = self._loop.time()
+        self._overflow: deque[memoryview] = deque([memoryview(pending)] if pending else [])
+        self._grant: memoryview | None = None  # the engine's lent region, while it waits
+        self._filled = 0
+        self._grant_since = 0.0  # when the current grant got its first byte
+        self._grants = 0  # grants that got bytes so far: tells a late timer from a current one
+        self._handed_back = False
+        self._error: BaseException | None = None
+        self._finished = False  # the engine is done: what still arrives is discarded
+        self._into_grant = False  # the last room() was part of the grant
+
+    # --- engine side (any thread) ---------------------------------------------------------------
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        """Lend `buffer` to the loop until bytes land in it; 0 once the body has ended.
+
+        Raises TransferInterrupted if the client left, went quiet, or the append was
+        stopped; bytes that landed before that are returned first.
+        """
+        with self._cond:
+            if self._overflow:
+                return self._take_overflow(buffer)
+            if self._error is not None:
+                raise self._error
+            if self.left == 0:
+                return 0
+            self._grant, self._filled, self._handed_back = buffer, 0, False
+        self._loop.call_soon_threadsafe(self._reader.direct_resume)
+        with self._cond:
+            while not self._handed_back and self._error is None and self.left:
+                self._cond.wait()
+            n, self._grant = self._filled, None
+            if n == 0 and self._error is not None:
+                raise self._error
+            return n
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the append (taken over, shutting down); thread-safe."""
+        self._loop.call_soon_threadsafe(self.fail, TransferInterrupted(reason))
+
+    def _take_overflow(self, buffer: memoryview) -> int:
+        n = 0
+        while self._overflow and n < len(buffer):
+            piece = self._overflow[0]
+            take = min(len(piece), len(buffer) - n)
+            copy_into(buffer, n, piece[:take])
+            n += take
+            if take == len(piece):
+                self._overflow.popleft()
+            else:
+                self._overflow[0] = piece[take:]
+        return n
+
+    # --- loop side ------------------------------------------------------------------------------
+
+    def room(self, spare: memoryview) -> memoryview:
+        """Where the next socket read goes: the lent region, else `spare` (copied after)."""
+        with self._cond:
+            grant = self._grant
+            if grant is not None and not self._handed_back and self._error is None:
+                self._into_grant = True
+                return grant[
+                    self._filled : self._filled + min(len(grant) - self._filled, self.left)
+                ]
+        self._into_grant = False
+        return spare[: min(len(spare), self.left)]
+
+    def landed(self, data: memoryview) -> bool:
+        """`data` (the room's first bytes) was read; True when the body has ended."""
+        n = len(data)
+        now = self._loop.time()
+        self.last_byte = now
+        with self._cond:
+            self.left -= n
+            self.received += n
+            if self._finished or self._error is not None:
+                pass  # discarded: the engine takes no more
+            elif self._into_grant:
+                if self._filled == 0:
+                    self._first_byte(now)
+                self._filled += n
+            else:
+                self._overflow.append(memoryview(bytes(data)))
+                self._fill_grant_from_overflow()
+            grant = self._grant
+            if (
+                grant is not None
+                and not self._handed_back
+                and self._filled
+                and (
+                    self._filled == len(grant)
+                    or self.left == 0
+                    or now - self._grant_since >= GRANT_SECONDS
+                )
+            ):
+                self._hand_back()
+            elif self.left == 0:
+                self._cond.notify_all()
+            waiting = grant is not None and not self._handed_back
+        if not waiting and not self._finished and self._error is None and self.left:
+            self._reader.direct_pause()  # nowhere to read into until the engine lends again
+        return self.left == 0
+
+    def _fill_grant_from_overflow(self) -> None:
+        grant = self._grant
+        if grant is None or self._handed_back:
+            return
+        if self._filled == 0:
+            self._first_byte(self._loop.time())
+        self._filled += self._take_overflow(grant[self._filled :])
+
+    def _first_byte(self, now: float) -> None:
+        """The lent region got its first byte: it goes back within GRANT_SECONDS, full or not."""
+        self._grant_since = now
+        self._grants += 1
+        self._loop.call_later(GRANT_SECONDS, self._hand_back_if_held, self._grants)
+
+    def _hand_back_if_held(self, grant: int) -> None:
+        with self._cond:
+            held = grant == self._grants and self._grant is not None and not self._handed_back
+            if held and self._filled:
+                self._hand_back()
+        if held and not self._finished and self._error is None:
+            self._reader.direct_pause()
+
+    def _hand_back(self) -> None:
+        self._handed_back = True
+        self._cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        """The engine's next read raises `error`; what still arrives is discarded."""
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            self._cond.notify_all()
+        self._reader.direct_resume()  # keep reading: the rest of the body is discarded
+
+    def finish(self) -> None:
+        """The engine is done with the body: discard whatever still arrives."""
+        with self._cond:
+            self._finished = True
+            self._overflow.clear()
+        self._reader.direct_resume()
+
+    async def watch_idle(self, idle_timeout: float) -> None:
+        step = min(idle_timeout, 5.0)
+        while True:
+            await asyncio.sleep(step)
+            if self._loop.time() - self.last_byte >= idle_timeout:
+                self.fail(TransferInterrupted(f"no bytes from the client for {idle_timeout:.0f}s"))
+                return
+
+
+def claim(scope: Scope) -> DirectBody | None:
+    """The request's body as a DirectBody, or None where it must go the usual way."""
+    claimer: Callable[[], DirectBody | None] | None = scope.get("extensions", {}).get(EXTENSION)
+    return claimer() if claimer is not None else None
+
+
+def offer(scope: Scope, claimer: Callable[[], DirectBody | None]) -> None:
+    scope.setdefault("extensions", {})[EXTENSION] = claimer
+
+
+def disallow(scope: Scope) -> Scope:
+    """The same request without a direct body (for a middleware that wraps `receive`)."""
+    extensions = scope.get("extensions")
+    if not extensions or EXTENSION not in extensions:
+        return scope
+    return {**scope, "extensions": {k: v for k, v in extensions.items() if k != EXTENSION}}
+
+
+async def run_with_direct_body(
+    executor: ThreadPoolExecutor,
+    body: DirectBody,
+    work: Callable[[Readable, Callable[[str], None]], T],
+    *,
+    idle_timeout: float,
+) -> tuple[T, int]:
+    """Run work(body, interrupt) on a worker thread; (result, body bytes received).
+
+    The worker is always waited for, whatever happens here (cancellation at shutdown keeps
+    what arrived: the engine's read raises TransferInterrupted)."""
+    fut: Future[T] = executor.submit(work, body, body.interrupt)
+    consumer: asyncio.Future[Any] = asyncio.wrap_future(fut)
+    watchdog = asyncio.ensure_future(body.watch_idle(idle_timeout))
+    try:
+        result: T = await asyncio.shield(consumer)
+    except asyncio.CancelledError:
+        body.fail(TransferInterrupted("server shutting down"))
+        await asyncio.shield(asyncio.wait({consumer}))
+        raise
+    finally:
+        watchdog.cancel()
+        body.finish()
+    return result, body.received

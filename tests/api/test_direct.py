@@ -1,0 +1,289 @@
+"""Bodies read straight into the engine's buffer (api/direct.py), on a real socket and a real
+uvicorn protocol: every byte arrives once and in order, the connection's next request is
+parsed as usual, and a client that leaves or stalls interrupts the reader."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from edgestore.api import direct
+from edgestore.api.protocol import BoundedHttpToolsProtocol
+from edgestore.errors import TransferInterrupted
+from tests.helpers import random_bytes, tus_create, tus_patch
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class Reads:
+    """The engine's side: readinto with buffers of varying sizes, as StreamChunker.fill."""
+
+    def __init__(self, sizes: list[int], stop_after: int | None = None) -> None:
+        self.sizes = sizes
+        self.stop_after = stop_after
+
+    def __call__(self, src: direct.DirectBody | None, interrupt: Callable[[str], None]) -> bytes:
+        assert src is not None
+        out = bytearray()
+        i = 0
+        while self.stop_after is None or len(out) < self.stop_after:
+            buf = memoryview(bytearray(self.sizes[i % len(self.sizes)]))
+            i += 1
+            n = src.readinto(buf)
+            if not n:
+                break
+            out += buf[:n]
+        return bytes(out)
+
+
+def _serve(work: Reads, client: Callable[[socket.socket], None]) -> list[dict]:
+    """Serve one connection with an app that reads its body the direct way when it can;
+    `client` talks to it over a real socket pair. Returns what each request saw."""
+    seen: list[dict] = []
+    pool = ThreadPoolExecutor(2)
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        body = direct.claim(scope)
+        record: dict = {"path": scope["path"], "direct": body is not None}
+        seen.append(record)
+        try:
+            if body is not None:
+                data, record["received"] = await direct.run_with_direct_body(
+                    pool, body, work, idle_timeout=1.0
+                )
+            else:
+                data = b""
+                while True:
+                    message = await receive()
+                    data += message.get("body", b"")
+                    if not message.get("more_body"):
+                        break
+        except TransferInterrupted as exc:
+            record["interrupted"] = str(exc)
+            return
+        record["data"] = data
+        answer = hashlib.sha256(data).hexdigest().encode()
+        headers = [(b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    async def main() -> None:
+        config = uvicorn.Config(app, http=BoundedHttpToolsProtocol, log_level="warning")
+        config.load()
+        proto = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+        ours, theirs = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: proto, ours)
+        done = asyncio.Event()
+
+        def run_client() -> None:
+            try:
+                client(theirs)
+            finally:
+                theirs.close()
+                loop.call_soon_threadsafe(done.set)
+
+        thread = threading.Thread(target=run_client)
+        thread.start()
+        await done.wait()
+        await asyncio.sleep(0.05)  # let the app finish what the client's leaving started
+        thread.join()
+        proto.transport.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        pool.shutdown(wait=True)
+    return seen
+
+
+def _head(path: str, length: int | None, extra: str = "") -> bytes:
+    size = f"Content-Length: {length}\r\n" if length is not None else ""
+    return f"PATCH {path} HTTP/1.1\r\nHost: t\r\n{size}{extra}\r\n".encode()
+
+
+def _response(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, rest = data.split(b"\r\n\r\n", 1)
+    if head.startswith(b"HTTP/1.1 100"):
+        return 100, rest
+    length = int(
+        next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")).split(
+            b":"
+        )[1]
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head.split()[1]), rest[:length]
+
+
+def _send_in_pieces(sock: socket.socket, data: bytes, seed: int) -> None:
+    rng = random.Random(seed)
+    pos = 0
+    while pos < len(data):
+        step = rng.choice([1, 1000, 64 * KiB, 700 * KiB, 3 * MiB])
+        sock.sendall(data[pos : pos + step])
+        pos += step
+        if rng.random() < 0.2:
+            time.sleep(0.002)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_byte_arrives_once_and_the_next_request_is_parsed(seed: int) -> None:
+    """Head and body pieces of any size (the head's read brings body bytes along); then, on
+    the same connection, a second request with a direct body and a third with none."""
+    first = random.Random(seed).randbytes(9 * MiB + seed)
+    second = random.Random(seed + 10).randbytes(300 * KiB)
+    answers: list[tuple[int, bytes]] = []
+
+    def client(sock: socket.socket) -> None:
+        _send_in_pieces(sock, _head("/one", len(first)) + first, seed)
+        answers.append(_response(sock))
+        sock.sendall(_head("/two", len(second)) + second)
+        answers.append(_response(sock))
+        sock.sendall(_head("/three", 0))
+        answers.append(_response(sock))
+
+    seen = _serve(Reads([5 * MiB, 1, 100 * KiB, 8 * MiB + 3]), client)
+    assert [s["path"] for s in seen] == ["/one", "/two", "/three"]
+    assert seen[0]["direct"] and seen[0]["data"] == first and seen[0]["received"] == len(first)
+    assert answers[0] == (200, hashlib.sha256(first).hexdigest().encode())
+    assert seen[1]["data"] == second and answers[1][0] == 200
+    assert not seen[2]["direct"] and seen[2]["data"] == b""  # nothing to read: the usual way
+
+
+def test_expect_100_continue_is_answered_before_the_body() -> None:
+    body = random.Random(4).randbytes(2 * MiB)
+    answers: list[tuple[int, bytes]] = []
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/x", len(body), "Expect: 100-continue\r\n"))
+        answers.append(_response(sock))  # the client waits for it, as curl does
+        sock.sendall(body)
+        answers.append(_response(sock))
+
+    seen = _serve(Reads([4 * MiB]), client)
+    assert answers[0][0] == 100
+    assert seen[0]["direct"] and seen[0]["data"] == body and answers[1][0] == 200
+
+
+def test_a_chunked_body_goes_the_usual_way() -> None:
+    answers: list[tuple[int, bytes]] = []
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/c", None, "Transfer-Encoding: chunked\r\n"))
+        sock.sendall(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        answers.append(_response(sock))
+
+    seen = _serve(Reads([1 * MiB]), client)
+    assert not seen[0]["direct"] and seen[0]["data"] == b"hello world"
+    assert answers[0][0] == 200
+
+
+def test_a_reader_that_stops_early_leaves_the_connection_usable() -> None:
+    """The engine takes part of the body and answers: the rest is read and discarded, and
+    the connection's next request is parsed from the right byte."""
+    body = random.Random(5).randbytes(6 * MiB)
+    answers: list[tuple[int, bytes]] = []
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/partial", len(body)))
+        sender = threading.Thread(target=lambda: sock.sendall(body))
+        sender.start()
+        answers.append(_response(sock))  # answered before the client has sent it all
+        sender.join()
+        sock.sendall(_head("/next", 3) + b"abc")
+        answers.append(_response(sock))
+
+    seen = _serve(Reads([256 * KiB], stop_after=1 * MiB), client)
+    assert seen[0]["data"] == body[: len(seen[0]["data"])] and len(seen[0]["data"]) >= MiB
+    assert [s["path"] for s in seen] == ["/partial", "/next"]
+    assert seen[1]["data"] == b"abc" and answers[1] == (
+        200,
+        hashlib.sha256(b"abc").hexdigest().encode(),
+    )
+
+
+def test_a_client_that_leaves_interrupts_the_reader_keeping_what_arrived() -> None:
+    body = random.Random(6).randbytes(3 * MiB)
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/gone", 10 * MiB) + body)
+        time.sleep(0.3)  # then the connection closes, 7 MiB short
+
+    seen = _serve(Reads([8 * MiB]), client)
+    assert seen[0]["direct"]
+    assert seen[0]["interrupted"] == "client disconnected"
+
+
+def test_a_client_that_goes_quiet_is_cut_off() -> None:
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/quiet", 1 * MiB) + b"x" * 1000)
+        time.sleep(2.5)  # idle_timeout is 1 s
+
+    seen = _serve(Reads([1 * MiB]), client)
+    assert seen[0]["interrupted"].startswith("no bytes from the client for")
+
+
+def test_a_slow_body_is_handed_over_in_pieces_before_the_buffer_is_full() -> None:
+    """A lent buffer goes back after GRANT_SECONDS with what it holds: the engine sees
+    progress on a slow link instead of waiting for 8 MiB."""
+    got: list[tuple[float, int]] = []
+    started = time.monotonic()
+
+    class Timed(Reads):
+        def __call__(self, src, interrupt):
+            out = bytearray()
+            buf = memoryview(bytearray(8 * MiB))
+            while n := src.readinto(buf):
+                got.append((time.monotonic() - started, n))
+                out += buf[:n]
+            return bytes(out)
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/slow", 4000))
+        for _ in range(4):
+            sock.sendall(b"y" * 1000)
+            time.sleep(direct.GRANT_SECONDS * 1.3)
+        _response(sock)
+
+    seen = _serve(Timed([8 * MiB]), client)
+    assert seen[0]["data"] == b"y" * 4000
+    assert len(got) >= 3, got  # not one read of 4000 bytes at the end
+
+
+def test_a_tus_patch_to_the_server_is_read_straight_into_the_engine(server) -> None:
+    """The real server: a PATCH with a Content-Length takes the direct way (counted in
+    /metrics); a chunked one the queued way; both store every byte."""
+    data = random_bytes(5 * MiB + 7, seed=12)
+
+    def count(c, path: str) -> float:
+        for line in c.get("/metrics").text.splitlines():
+            if line.startswith(f'edgestore_upload_bodies_total{{path="{path}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    with server.client() as c:
+        before = count(c, "direct"), count(c, "queued")
+        url = tus_create(c, 2 * len(data))
+        assert tus_patch(c, url, 0, data).status_code == 204
+        chunked = tus_patch(c, url, len(data), iter([data[:MiB], data[MiB:]]))
+        assert chunked.status_code == 204, chunked.text
+        assert (count(c, "direct"), count(c, "queued")) == (before[0] + 1, before[1] + 1)
+        got = c.get(url)
+    assert got.content == data + data
