@@ -240,7 +240,11 @@ async def run_with_direct_body(
 
     The worker is always waited for, whatever happens here (cancellation at shutdown keeps
     what arrived: the engine's read raises TransferInterrupted)."""
-    fut: Future[T] = executor.submit(work, body, body.interrupt)
+    try:
+        fut: Future[T] = executor.submit(work, body, body.interrupt)
+    except BaseException:
+        body.finish()  # never leave the connection paused on a body nobody reads
+        raise
     consumer: asyncio.Future[Any] = asyncio.wrap_future(fut)
     watchdog = asyncio.ensure_future(body.watch_idle(idle_timeout))
     try:
