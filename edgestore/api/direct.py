@@ -63,7 +63,7 @@ class DirectBody:
         self._grant: memoryview | None = None  # the engine's lent region, while it waits
         self._filled = 0
         self._grant_since = 0.0  # when the current grant got its first byte
-        self._grants = 0  # grants that got bytes so far: tells a late timer from a current one
+        self._grant_id = 0  # numbers the grants: tells a late timer from the current grant
         self._handed_back = False
         self._error: BaseException | None = None
         self._finished = False  # the engine is done: what still arrives is discarded
@@ -85,6 +85,9 @@ class DirectBody:
             if self.left == 0:
                 return 0
             self._grant, self._filled, self._handed_back = buffer, 0, False
+            self._grant_id += 1
+            # The idle clock runs while the engine waits for the client, not while it works.
+            self.last_byte = self._loop.time()
         self._loop.call_soon_threadsafe(self._reader.direct_resume)
         with self._cond:
             while not self._handed_back and self._error is None and self.left:
@@ -172,16 +175,18 @@ class DirectBody:
     def _first_byte(self, now: float) -> None:
         """The lent region got its first byte: it goes back within GRANT_SECONDS, full or not."""
         self._grant_since = now
-        self._grants += 1
-        self._loop.call_later(GRANT_SECONDS, self._hand_back_if_held, self._grants)
+        self._loop.call_later(GRANT_SECONDS, self._hand_back_if_held, self._grant_id)
 
-    def _hand_back_if_held(self, grant: int) -> None:
+    def _hand_back_if_held(self, grant_id: int) -> None:
+        """The timer of grant `grant_id`: hand it back if it still holds bytes. A later grant
+        (the engine lends the next one as soon as it has taken this one) is left alone."""
         with self._cond:
-            held = grant == self._grants and self._grant is not None and not self._handed_back
-            if held and self._filled:
+            held = grant_id == self._grant_id and self._grant is not None and self._filled > 0
+            held = held and not self._handed_back
+            if held:
                 self._hand_back()
         if held and not self._finished and self._error is None:
-            self._reader.direct_pause()
+            self._reader.direct_pause()  # nowhere to read into until the engine lends again
 
     def _hand_back(self) -> None:
         self._handed_back = True

@@ -267,6 +267,26 @@ def test_a_slow_body_is_handed_over_in_pieces_before_the_buffer_is_full() -> Non
     assert len(got) >= 3, got  # not one read of 4000 bytes at the end
 
 
+def test_a_pause_after_a_full_buffer_does_not_stop_reading() -> None:
+    """A buffer filled at once, then the client pauses longer than GRANT_SECONDS: the timer
+    of the buffer already handed back must leave the next one (lent, still empty) alone.
+    It used to pause reading there, and the upload stalled until the idle timeout (seen with
+    8 concurrent uploads, whose clients pause while the two cores are busy)."""
+    body = random.Random(8).randbytes(3 * MiB)
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/pause", len(body)))
+        time.sleep(0.1)  # claimed, and the first buffer lent
+        sock.sendall(body[:MiB])  # fills it: handed back, the next one lent at once
+        time.sleep(direct.GRANT_SECONDS + 0.3)  # past the first buffer's timer, within idle
+        sock.sendall(body[MiB:])
+        _response(sock)
+
+    seen = _serve(Reads([MiB]), client)
+    assert "interrupted" not in seen[0], seen[0]
+    assert seen[0]["data"] == body
+
+
 def test_a_tus_patch_to_the_server_is_read_straight_into_the_engine(server) -> None:
     """The real server: a PATCH with a Content-Length takes the direct way (counted in
     /metrics); a chunked one the queued way; both store every byte."""
