@@ -80,10 +80,10 @@ class DirectBody:
         with self._cond:
             if self._overflow:
                 return self._take_overflow(buffer)
+            if self.left == 0:  # every byte arrived: the end, whatever was asked since
+                return 0
             if self._error is not None:
                 raise self._error
-            if self.left == 0:
-                return 0
             self._grant, self._filled, self._handed_back = buffer, 0, False
             self._grant_id += 1
             # The idle clock runs while the engine waits for the client, not while it works.
@@ -99,7 +99,13 @@ class DirectBody:
 
     def interrupt(self, reason: str) -> None:
         """Stop the append (taken over, shutting down); thread-safe."""
-        self._loop.call_soon_threadsafe(self.fail, TransferInterrupted(reason))
+        error = TransferInterrupted(reason)
+        try:
+            self._loop.call_soon_threadsafe(self.fail, error)
+        except RuntimeError:  # the loop is closed: nothing reads into the buffer any more
+            with self._cond:
+                self._error = self._error or error
+                self._cond.notify_all()
 
     def _take_overflow(self, buffer: memoryview) -> int:
         n = 0
@@ -209,9 +215,11 @@ class DirectBody:
 
     async def watch_idle(self, idle_timeout: float) -> None:
         step = min(idle_timeout, 5.0)
-        while True:
+        while self.left:  # once every byte has arrived, the client has nothing left to send
             await asyncio.sleep(step)
-            if self._loop.time() - self.last_byte >= idle_timeout:
+            with self._cond:  # idle only while the engine waits for bytes, not while it works
+                waiting = self._grant is not None and not self._handed_back and self.left > 0
+            if waiting and self._loop.time() - self.last_byte >= idle_timeout:
                 self.fail(TransferInterrupted(f"no bytes from the client for {idle_timeout:.0f}s"))
                 return
 

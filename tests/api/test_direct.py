@@ -287,6 +287,32 @@ def test_a_pause_after_a_full_buffer_does_not_stop_reading() -> None:
     assert seen[0]["data"] == body
 
 
+def test_an_engine_busy_longer_than_the_idle_timeout_is_not_a_quiet_client() -> None:
+    """The idle clock runs while the engine waits for bytes, not while it stores them (a slow
+    disk under many uploads): the whole body arrives, the engine pauses, nothing is cut."""
+    body = random.Random(9).randbytes(3 * MiB)
+
+    class Slow(Reads):
+        def __call__(self, src, interrupt):
+            out = bytearray()
+            buf = memoryview(bytearray(MiB))
+            rested = False
+            while n := src.readinto(buf):
+                out += buf[:n]
+                if len(out) >= MiB and not rested:
+                    rested = True
+                    time.sleep(2.2)  # idle_timeout is 1 s, and its checks come every second
+            return bytes(out)
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/busy", len(body)) + body)
+        _response(sock)
+
+    seen = _serve(Slow([MiB]), client)
+    assert "interrupted" not in seen[0], seen[0]
+    assert seen[0]["data"] == body
+
+
 def test_a_tus_patch_to_the_server_is_read_straight_into_the_engine(server) -> None:
     """The real server: a PATCH with a Content-Length takes the direct way (counted in
     /metrics); a chunked one the queued way; both store every byte."""
