@@ -26,6 +26,11 @@ QUEUE_BLOCKS = 2
 _END = object()
 
 
+def idle_reason(idle_timeout: float) -> str:
+    """Why an upload whose client went quiet was cut (both ways a body reaches the engine)."""
+    return f"no bytes from the client for {idle_timeout:.0f}s"
+
+
 class _Interrupt:
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -137,7 +142,7 @@ class BodyBridge:
             if self.consumer_finished:  # the engine stopped first (taken over, shut down)
                 return
             if self._idle:
-                self.interrupt_now(f"no bytes from the client for {idle_timeout:.0f}s")
+                self.interrupt_now(idle_reason(idle_timeout))
                 return
             self.interrupt_now("server shutting down")  # keep what arrived
             raise

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.types import Scope
 
+from edgestore.api.bodies import idle_reason
 from edgestore.buffers import copy_into
 from edgestore.errors import TransferInterrupted
 from edgestore.types import Readable
@@ -62,7 +63,6 @@ class DirectBody:
         self._overflow: deque[memoryview] = deque([memoryview(pending)] if pending else [])
         self._grant: memoryview | None = None  # the engine's lent region, while it waits
         self._filled = 0
-        self._grant_since = 0.0  # when the current grant got its first byte
         self._grant_id = 0  # numbers the grants: tells a late timer from the current grant
         self._handed_back = False
         self._error: BaseException | None = None
@@ -137,8 +137,7 @@ class DirectBody:
     def landed(self, data: memoryview) -> bool:
         """`data` (the room's first bytes) was read; True when the body has ended."""
         n = len(data)
-        now = self._loop.time()
-        self.last_byte = now
+        self.last_byte = self._loop.time()
         with self._cond:
             self.left -= n
             self.received += n
@@ -146,22 +145,14 @@ class DirectBody:
                 pass  # discarded: the engine takes no more
             elif self._into_grant:
                 if self._filled == 0:
-                    self._first_byte(now)
+                    self._first_byte()
                 self._filled += n
             else:
                 self._overflow.append(memoryview(bytes(data)))
                 self._fill_grant_from_overflow()
             grant = self._grant
-            if (
-                grant is not None
-                and not self._handed_back
-                and self._filled
-                and (
-                    self._filled == len(grant)
-                    or self.left == 0
-                    or now - self._grant_since >= GRANT_SECONDS
-                )
-            ):
+            full = grant is not None and self._filled == len(grant)
+            if grant is not None and not self._handed_back and (full or self.left == 0):
                 self._hand_back()
             elif self.left == 0:
                 self._cond.notify_all()
@@ -175,12 +166,11 @@ class DirectBody:
         if grant is None or self._handed_back:
             return
         if self._filled == 0:
-            self._first_byte(self._loop.time())
+            self._first_byte()
         self._filled += self._take_overflow(grant[self._filled :])
 
-    def _first_byte(self, now: float) -> None:
+    def _first_byte(self) -> None:
         """The lent region got its first byte: it goes back within GRANT_SECONDS, full or not."""
-        self._grant_since = now
         self._loop.call_later(GRANT_SECONDS, self._hand_back_if_held, self._grant_id)
 
     def _hand_back_if_held(self, grant_id: int) -> None:
@@ -220,7 +210,7 @@ class DirectBody:
             with self._cond:  # idle only while the engine waits for bytes, not while it works
                 waiting = self._grant is not None and not self._handed_back and self.left > 0
             if waiting and self._loop.time() - self.last_byte >= idle_timeout:
-                self.fail(TransferInterrupted(f"no bytes from the client for {idle_timeout:.0f}s"))
+                self.fail(TransferInterrupted(idle_reason(idle_timeout)))
                 return
 
 

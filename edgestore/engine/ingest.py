@@ -103,7 +103,8 @@ class Appender:
         self._inflight: deque[_InFlight] = deque()
         self._ready: list[tuple[NewPart, bytes | None]] = []
         self._next_offset = upload.committed_offset
-        self._run_offset = upload.offset  # the upload's offset when run() began
+        # Where this append begins: checkpoints during run() move self._upload.offset on.
+        self._run_offset = upload.offset
         self._stop_reason: str | None = None
         self.last_activity = time.monotonic()
         self._last_commit = self._last_renew = time.monotonic()
@@ -147,7 +148,6 @@ class Appender:
         arrived is kept (without a checksum) and the interruption is re-raised.
         """
         up = self._upload
-        self._run_offset = up.offset  # checkpoints during the run move self._upload.offset on
         verify: Hasher | None = new_checksum(checksum.algorithm) if checksum else None
         # A deferred length is bounded by the largest upload the server accepts.
         limit = up.length if up.length is not None else self._settings.max_upload_size
