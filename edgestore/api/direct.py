@@ -10,8 +10,10 @@ while the engine holds no region (back-pressure, as before).
 
 Only a body of known length (Content-Length) is read this way, once the request's route has
 claimed it (`claim(scope)`); the protocol (api/protocol.py) stops feeding the HTTP parser for
-those bytes and gives it a fresh parser when the body has ended. A middleware that must see
-body bytes itself (bandwidth limits, a renewing upload slot) takes the claim away with
+those bytes and gives it a fresh parser when the body has ended. A middleware that meters
+body bytes (the bandwidth limit) attaches its meter with `metered(scope, spend, step)`: the
+loop charges what lands and stops reading while a charge waits, so TCP slows the client
+down as on the usual way. One that must see the bytes themselves takes the claim away with
 `disallow(scope)`, and the body goes the usual way.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -68,6 +70,18 @@ class DirectBody:
         self._error: BaseException | None = None
         self._finished = False  # the engine is done: what still arrives is discarded
         self._into_grant = False  # the last room() was part of the grant
+        # The bandwidth meter (loop side only): bytes landed but not yet charged, and the
+        # charge under way, during which the loop reads nothing.
+        self._spend: Callable[[int], Awaitable[None]] | None = None
+        self._step = 0
+        self._unpaid = 0
+        self._paying: asyncio.Task[None] | None = None
+
+    def meter(self, spend: Callable[[int], Awaitable[None]], step: int) -> None:
+        """Charge the body's bytes to `spend` as they land, `step` at a time (loop side,
+        before the engine's first read). `spend` returns once the bytes may pass."""
+        self._spend, self._step = spend, max(1, step)
+        self._charge(self.received)  # what came with the request's head
 
     # --- engine side (any thread) ---------------------------------------------------------------
 
@@ -88,7 +102,7 @@ class DirectBody:
             self._grant_id += 1
             # The idle clock runs while the engine waits for the client, not while it works.
             self.last_byte = self._loop.time()
-        self._loop.call_soon_threadsafe(self._reader.direct_resume)
+        self._loop.call_soon_threadsafe(self._resume_for_grant)
         with self._cond:
             while not self._handed_back and self._error is None and self.left:
                 self._cond.wait()
@@ -141,8 +155,9 @@ class DirectBody:
         with self._cond:
             self.left -= n
             self.received += n
-            if self._finished or self._error is not None:
-                pass  # discarded: the engine takes no more
+            discarded = self._finished or self._error is not None
+            if discarded:
+                pass  # the engine takes no more
             elif self._into_grant:
                 if self._filled == 0:
                     self._first_byte()
@@ -157,9 +172,48 @@ class DirectBody:
             elif self.left == 0:
                 self._cond.notify_all()
             waiting = grant is not None and not self._handed_back
+        if self._spend is not None and not discarded:
+            self._charge(n)
+            if self._paying is not None and self.left:
+                self._reader.direct_pause()  # until the meter lets the bytes that landed pass
+                return False
         if not waiting and not self._finished and self._error is None and self.left:
             self._reader.direct_pause()  # nowhere to read into until the engine lends again
         return self.left == 0
+
+    def _resume_for_grant(self) -> None:
+        """The engine lent a region: read into it, unless a charge is still waiting."""
+        if self._paying is None:
+            self._reader.direct_resume()
+
+    def _charge(self, n: int) -> None:
+        """Count landed bytes; start charging them once a step's worth (or the body's end)
+        is due."""
+        self._unpaid += n
+        due = self._unpaid >= self._step or (self.left == 0 and self._unpaid > 0)
+        if due and self._paying is None:
+            self._paying = self._loop.create_task(self._pay())
+
+    async def _pay(self) -> None:
+        assert self._spend is not None
+        try:
+            while self._unpaid >= self._step or (self.left == 0 and self._unpaid > 0):
+                amount = min(self._unpaid, self._step)
+                await self._spend(amount)
+                self._unpaid -= amount
+        finally:
+            self._paying = None
+            # The meter's wait is not the client's silence.
+            self.last_byte = self._loop.time()
+            with self._cond:
+                waiting = self._grant is not None and not self._handed_back
+            if waiting and not self._finished and self._error is None and self.left:
+                self._reader.direct_resume()
+
+    async def charged(self) -> None:
+        """Wait until the bytes that landed have been charged to the meter."""
+        if self._paying is not None:
+            await asyncio.shield(self._paying)
 
     def _fill_grant_from_overflow(self) -> None:
         grant = self._grant
@@ -209,6 +263,7 @@ class DirectBody:
             await asyncio.sleep(step)
             with self._cond:  # idle only while the engine waits for bytes, not while it works
                 waiting = self._grant is not None and not self._handed_back and self.left > 0
+                waiting = waiting and self._paying is None  # not while the meter holds it
             if waiting and self._loop.time() - self.last_byte >= idle_timeout:
                 self.fail(TransferInterrupted(idle_reason(idle_timeout)))
                 return
@@ -222,6 +277,22 @@ def claim(scope: Scope) -> DirectBody | None:
 
 def offer(scope: Scope, claimer: Callable[[], DirectBody | None]) -> None:
     scope.setdefault("extensions", {})[EXTENSION] = claimer
+
+
+def metered(scope: Scope, spend: Callable[[int], Awaitable[None]], step: int) -> Scope:
+    """The same request, its direct body (if claimed) charged to `spend` as it arrives."""
+    extensions = scope.get("extensions")
+    claimer: Callable[[], DirectBody | None] | None = (extensions or {}).get(EXTENSION)
+    if claimer is None:
+        return scope
+
+    def claim_metered() -> DirectBody | None:
+        body = claimer()
+        if body is not None:
+            body.meter(spend, step)
+        return body
+
+    return {**scope, "extensions": {**(extensions or {}), EXTENSION: claim_metered}}
 
 
 def disallow(scope: Scope) -> Scope:
@@ -252,6 +323,7 @@ async def run_with_direct_body(
     watchdog = asyncio.ensure_future(body.watch_idle(idle_timeout))
     try:
         result: T = await asyncio.shield(consumer)
+        await body.charged()  # as the usual way: the answer waits for the meter
     except asyncio.CancelledError:
         body.fail(TransferInterrupted("server shutting down"))
         await asyncio.shield(asyncio.wait({consumer}))

@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -185,16 +186,17 @@ class Limiter:
             if message["type"] == "http.request":
                 pending += len(message.get("body", b""))
                 while pending >= self.step:
-                    await self._spend(client, self.step)
+                    await self.spend(client, self.step)
                     pending -= self.step
                 if not message.get("more_body", False) and pending:
-                    await self._spend(client, pending)
+                    await self.spend(client, pending)
                     pending = 0
             return message
 
         return receive_metered
 
-    async def _spend(self, client: str, nbytes: int) -> None:
+    async def spend(self, client: str, nbytes: int) -> None:
+        """Charge `nbytes` of body to the client; returns once they may pass."""
         assert self.strategy is not None and self.bandwidth_item is not None
         while True:
             try:
@@ -241,8 +243,10 @@ class Limiter:
     async def renew_upload(self, client: str, token: str) -> None:
         if self.redis is not None:
             try:
-                await self.redis.zadd(
-                    f"{self.namespace}:uploads:{client}", {token: time.time() + LEASE_SECONDS}
+                await self.redis.zadd(  # xx: renews a slot still held, never re-adds one
+                    f"{self.namespace}:uploads:{client}",
+                    {token: time.time() + LEASE_SECONDS},
+                    xx=True,
                 )
             except Exception:
                 self._fail_open("upload slots")
@@ -281,20 +285,21 @@ class Throttle:
             await error_response(exc)(scope, receive, send)
             return
         if limiter.bandwidth_item is not None:
-            scope = direct.disallow(scope)  # the body's bytes must pass through the meter
+            # Both ways a body can arrive pass its bytes through the meter.
+            scope = direct.metered(scope, lambda n: limiter.spend(client, n), limiter.step)
             receive = limiter.metered(receive, client)
         if slot is None:
             await self.app(scope, receive, send)
             return
-        if limiter.redis is not None:
-            scope = direct.disallow(scope)  # renewed as the body's bytes arrive
-            receive = _renewing(receive, lambda: limiter.renew_upload(client, slot))
+        renewing = _Renewing(lambda: limiter.renew_upload(client, slot)) if limiter.redis else None
         held = True
 
         async def release() -> None:
             nonlocal held
             if held:
                 held = False
+                if renewing is not None:
+                    await renewing.stop()  # no renewal may land after the release
                 await limiter.release_upload(client, slot)
 
         async def send_releasing(message: Message) -> None:
@@ -311,19 +316,31 @@ class Throttle:
             await release()
 
 
-def _renewing(receive: Receive, renew: Any) -> Receive:
-    """Renew an upload's lease now and then while its body keeps arriving."""
-    last = time.monotonic()
+class _Renewing:
+    """Renews an upload slot's lease every LEASE_SECONDS / 4 while its request runs.
 
-    async def receive_renewing() -> Message:
-        nonlocal last
-        message = await receive()
-        if time.monotonic() - last > LEASE_SECONDS / 4:
-            last = time.monotonic()
-            await renew()
-        return message
+    On a timer rather than as body bytes arrive, so that a body read straight into the
+    engine (api/direct.py) keeps its slot too, and so does a request whose engine work
+    outlasts its body. A node that dies stops renewing, and its slots lapse.
+    """
 
-    return receive_renewing
+    def __init__(self, renew: Callable[[], Awaitable[None]]) -> None:
+        self._renew = renew
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), LEASE_SECONDS / 4)
+                return
+            except TimeoutError:
+                await self._renew()
+
+    async def stop(self) -> None:
+        """Stop, letting a renewal under way finish first (never cancelled half-sent)."""
+        self._stopping.set()
+        await asyncio.shield(self._task)
 
 
 __all__ = ["Limiter", "Throttle", "client_of", "is_upload"]

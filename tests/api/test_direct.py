@@ -47,7 +47,26 @@ class Reads:
         return bytes(out)
 
 
-def _serve(work: Reads, client: Callable[[socket.socket], None]) -> list[dict]:
+class Meter:
+    """A bandwidth meter's `spend`: records each charge and how many body bytes had landed
+    when it began and when it returned (none may land while it waits)."""
+
+    def __init__(self, step: int, wait: Callable[[int], float]) -> None:
+        self.step = step
+        self.wait = wait
+        self.body: direct.DirectBody | None = None
+        self.charges: list[tuple[int, int, int]] = []
+
+    async def spend(self, nbytes: int) -> None:
+        assert self.body is not None
+        before = self.body.received
+        await asyncio.sleep(self.wait(len(self.charges)))
+        self.charges.append((nbytes, before, self.body.received))
+
+
+def _serve(
+    work: Reads, client: Callable[[socket.socket], None], meter: Meter | None = None
+) -> list[dict]:
     """Serve one connection with an app that reads its body the direct way when it can;
     `client` talks to it over a real socket pair. Returns what each request saw."""
     seen: list[dict] = []
@@ -56,7 +75,11 @@ def _serve(work: Reads, client: Callable[[socket.socket], None]) -> list[dict]:
     async def app(scope, receive, send) -> None:
         if scope["type"] != "http":
             return
+        if meter is not None:
+            scope = direct.metered(scope, meter.spend, meter.step)
         body = direct.claim(scope)
+        if meter is not None:
+            meter.body = body
         record: dict = {"path": scope["path"], "direct": body is not None}
         seen.append(record)
         try:
@@ -311,6 +334,44 @@ def test_an_engine_busy_longer_than_the_idle_timeout_is_not_a_quiet_client() -> 
     seen = _serve(Slow([MiB]), client)
     assert "interrupted" not in seen[0], seen[0]
     assert seen[0]["data"] == body
+
+
+def test_a_metered_body_is_charged_in_full_and_not_read_while_a_charge_waits() -> None:
+    """The bandwidth limit on the direct way: every byte is charged (in steps, the last one
+    at the body's end), the loop reads nothing while a charge waits (so TCP slows the client
+    down), and the answer comes after the last charge."""
+    body = random.Random(10).randbytes(3 * MiB + 5)
+    meter = Meter(256 * KiB, wait=lambda i: 0.02)
+    answers: list[tuple[int, bytes]] = []
+
+    def client(sock: socket.socket) -> None:
+        _send_in_pieces(sock, _head("/metered", len(body)) + body, 10)
+        answers.append(_response(sock))
+        sock.sendall(_head("/after", 3) + b"abc")  # the connection goes on as usual
+        answers.append(_response(sock))
+
+    seen = _serve(Reads([MiB, 300 * KiB]), client, meter)
+    assert seen[0]["direct"] and seen[0]["data"] == body
+    assert sum(n for n, _, _ in meter.charges) == len(body)
+    assert all(n <= meter.step for n, _, _ in meter.charges)
+    assert all(before == after for _, before, after in meter.charges), meter.charges
+    assert answers[0][0] == 200 and answers[1][0] == 200 and seen[1]["data"] == b"abc"
+
+
+def test_a_charge_longer_than_the_idle_timeout_is_not_a_quiet_client() -> None:
+    """The meter holding the body back (a client far over its rate) is not the client going
+    quiet: the idle clock restarts when the charge passes."""
+    body = random.Random(11).randbytes(2 * MiB)
+    meter = Meter(MiB, wait=lambda i: 2.2 if i == 0 else 0.0)  # idle_timeout is 1 s
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/held", len(body)) + body)
+        _response(sock)
+
+    seen = _serve(Reads([512 * KiB]), client, meter)
+    assert "interrupted" not in seen[0], seen[0]
+    assert seen[0]["data"] == body
+    assert sum(n for n, _, _ in meter.charges) == len(body)
 
 
 def test_a_tus_patch_to_the_server_is_read_straight_into_the_engine(server) -> None:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from edgestore.api import limits
 from edgestore.api.identity import Identity
 from edgestore.api.limits import Limiter, Throttle, client_of, is_upload
 from edgestore.config import load_settings
@@ -66,6 +67,52 @@ def test_an_upload_slot_is_free_before_the_response_goes_out(tmp_path: Path) -> 
 
     asyncio.run(run())
     assert slots_when_sent == [0, 0]
+
+
+def test_an_upload_slot_is_renewed_on_a_timer_until_released(monkeypatch) -> None:
+    """The lease is renewed while the request runs, whichever way its body arrives (a body
+    read straight into the engine passes no message through `receive`), and stopping waits
+    for a renewal under way, so none lands after the slot's release."""
+    monkeypatch.setattr(limits, "LEASE_SECONDS", 0.2)  # renewed every 0.05 s
+    events: list[str] = []
+
+    async def renew() -> None:
+        events.append("renew")
+        await asyncio.sleep(0.03)
+        events.append("renewed")
+
+    async def run() -> None:
+        renewing = limits._Renewing(renew)
+        await asyncio.sleep(0.3)
+        await renewing.stop()
+        events.append("stopped")
+        await asyncio.sleep(0.2)
+
+    asyncio.run(run())
+    assert events.count("renew") >= 3, events
+    assert events[-1] == "stopped" and events[-2] == "renewed", events
+
+
+@pytest.mark.redis
+def test_a_late_renewal_does_not_bring_a_released_slot_back(redis_url: str, tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path, max_concurrent_uploads=1, rate_limit_storage=redis_url)
+    limiter = Limiter(settings)
+
+    async def run() -> list[int]:
+        await limiter.start(f"test-{time.monotonic_ns()}")
+        try:
+            token = await limiter.acquire_upload("ip:1")
+            assert token is not None
+            await limiter.renew_upload("ip:1", token)
+            held = await limiter.redis.zcard(f"{limiter.namespace}:uploads:ip:1")
+            await limiter.release_upload("ip:1", token)
+            await limiter.renew_upload("ip:1", token)  # too late: must not re-add it
+            after = await limiter.redis.zcard(f"{limiter.namespace}:uploads:ip:1")
+            return [held, after]
+        finally:
+            await limiter.stop()
+
+    assert asyncio.run(run()) == [1, 0]
 
 
 @pytest.fixture
@@ -136,9 +183,24 @@ def test_bandwidth_is_throttled_not_refused(start) -> None:
     assert r.status_code == 204, r.text
     assert r.headers["Upload-Offset"] == str(len(data))
     assert took >= 1.5, f"3 MiB at 1 MiB/s took only {took:.2f}s"
-    # The body went through the meter, not straight into the engine's buffer (api/direct.py).
+    # Metered on its way straight into the engine's buffer (api/direct.py).
+    assert 'edgestore_upload_bodies_total{path="direct"} 1.0' in metrics
+    assert 'path="queued"' not in metrics
+
+
+def test_a_chunked_body_is_throttled_too(start) -> None:
+    """A body without a Content-Length goes the queued way, through the same meter."""
+    server = start(upload_bandwidth=str(MiB))
+    data = random_bytes(3 * MiB, seed=3)
+    with server.client() as c:
+        url = tus_create(c, len(data))
+        began = time.monotonic()
+        r = tus_patch(c, url, 0, iter([data[:MiB], data[MiB:]]))
+        took = time.monotonic() - began
+        metrics = c.get("/metrics").text
+    assert r.status_code == 204, r.text
+    assert took >= 1.5, f"3 MiB at 1 MiB/s took only {took:.2f}s"
     assert 'edgestore_upload_bodies_total{path="queued"} 1.0' in metrics
-    assert 'path="direct"' not in metrics
 
 
 def test_concurrent_uploads_per_client(start) -> None:
