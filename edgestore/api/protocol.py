@@ -15,7 +15,13 @@ httptools buffers a header line or URL until it ends and uvicorn sets no limit, 
 sending an endless header could make the server hold gigabytes (measured: a 200 MiB header
 line grew the process by 270 MiB). Here, a head that passes MAX_REQUEST_HEAD bytes is
 answered 431 and the connection closed; the body (uploads) is not counted. nginx in front
-limits heads too (large_client_header_buffers), but a node must not rely on it.
+limits heads too (large_client_header_buffers), but a node must not rely on it. A chunked
+body's trailer fields are buffered the same way: more than MAX_REQUEST_HEAD bytes in a row
+that are not body bytes (chunk framing, trailers) close the connection.
+
+Trailer fields (after a chunked body; tus's checksum-trailer sends Upload-Checksum there) are
+kept apart from the head's fields, which uvicorn would otherwise extend with them, and
+offered to the route as `trailers(scope)`: complete once the body's last message arrived.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import threading
 from typing import Any
 
 import httptools
+from starlette.types import Scope
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -41,6 +48,7 @@ _RESPONSE_431 = (
 )
 
 
+TRAILERS = "edgestore.trailers"
 READ_BUFFER = 4 * 1024 * 1024
 FEW_RECEIVING = 4
 MIN_READ = 256 * 1024
@@ -88,6 +96,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         self._body_seen = 0  # body bytes of this request the parser has handed on
         self._direct: direct.DirectBody | None = None  # the body being read into the engine
         self._read_into: memoryview | None = None  # what the last get_buffer returned
+        self._trailers: list[tuple[bytes, bytes]] | None = None  # once the head has ended
+        self._framing = 0  # bytes in a row that were neither head nor body
+        self._body_total = 0  # body bytes the parser handed on, over the connection's life
+        self._chunked = False  # a chunked body is arriving (until its message completes)
+        self._began = False  # a request began in the read being parsed
 
     # asyncio.BufferedProtocol: the loop reads straight into the shared buffer, and the
     # parser reads from it there: httptools hands every URL, header and body piece on as a
@@ -163,6 +176,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         the cycle's body, and `bytes()` of a bytes object is that same object.
         """
         self._body_seen += len(body)
+        self._body_total += len(body)
         cycle = self.cycle
         if cycle.body or cycle.response_complete or self.parser.should_upgrade():
             super().on_body(body)  # pieces waiting (or an upgrade): uvicorn's own path
@@ -179,6 +193,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
 
     def on_message_complete(self) -> None:
         self._receiving(False)
+        self._chunked = False
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -193,6 +208,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._body_seen = 0
+        self._trailers = None
+        self._framing = 0
+        self._began = True
+        self._chunked = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._trailers is not None:  # the head has ended: a field of the trailer section
+            self._trailers.append((name.lower(), value))
+            return
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         """A head that arrived in one read is measured here, once parsed."""
@@ -203,15 +228,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
             raise HeadTooLarge  # httptools stops parsing; uvicorn answers via send_400_response
         super().on_headers_complete()
         self._receiving(True)
+        self._trailers = []
+        self._chunked = any(
+            n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers
+        )
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # not an upgrade
             direct.offer(self.scope, lambda: self._claim_direct(cycle))
+            self.scope.setdefault("extensions", {})[TRAILERS] = self._trailers
 
     def data_received(self, data: bytes) -> None:
-        """A head still arriving is measured as it comes, so it is never buffered whole."""
+        """A head still arriving is measured as it comes, so it is never buffered whole; so
+        are the bytes of a body that are not body bytes (chunk framing, trailers)."""
         if self._in_head:
             self._head_bytes += len(data)
+        body_before = self._body_total
+        self._began = False
         super().data_received(data)
+        # A chunked body still arriving, whose head came in an earlier read (so the read held
+        # nothing of other requests pipelined before it).
+        if self._chunked and not self._began:
+            body = self._body_total - body_before
+            # Trailer fields follow the last body byte: a read that brought body bytes ends
+            # any run of them (chunk extensions, never buffered, may come between).
+            self._framing = self._framing + len(data) if not body else 0
+            if self._framing > MAX_REQUEST_HEAD and not self._refused:
+                self._refused = True
+                self.logger.info(
+                    "closed a connection: over %d bytes of chunk framing or trailers",
+                    MAX_REQUEST_HEAD,
+                )
+                self.transport.close()
+                return
         # Checked after parsing, so a read that ends the head and brings body bytes along
         # never counts as an oversized head; at most one read beyond the cap is buffered.
         if self._in_head and self._head_bytes > MAX_REQUEST_HEAD and not self._refused:
@@ -235,3 +283,10 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
         return None
     value = lengths[0].strip()
     return int(value) if value.isdigit() else None
+
+
+def trailers(scope: Scope) -> list[tuple[bytes, bytes]] | None:
+    """The request's trailer fields (names in lower case), complete once its body has been
+    read to the end; None where the server's protocol does not keep them (not this one)."""
+    found: list[tuple[bytes, bytes]] | None = scope.get("extensions", {}).get(TRAILERS)
+    return found

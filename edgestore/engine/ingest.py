@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from edgestore.buffers import Buffer
 from edgestore.chunking import StreamChunker
-from edgestore.codec.hashing import Hasher, ResumableSha256, new_checksum
+from edgestore.codec.hashing import CHECKSUM_ALGORITHMS, Hasher, ResumableSha256, new_checksum
 from edgestore.config import Settings
 from edgestore.engine import staging
 from edgestore.engine.dedup import ChunkWriter, StoredChunk
@@ -63,6 +63,38 @@ class Checksum:
 
     algorithm: str
     digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrailingChecksum:
+    """A checksum the client sends after the bytes (tus checksum-trailer): `read` returns
+    it once the body has ended (raising if it never came). Its algorithm is named only then,
+    so the bytes are hashed with every supported one."""
+
+    read: Callable[[], Checksum]
+
+
+class _Verifier:
+    """Hashes an append's bytes for the checksum they must match."""
+
+    def __init__(self, checksum: Checksum | TrailingChecksum) -> None:
+        self._checksum = checksum
+        names = (checksum.algorithm,) if isinstance(checksum, Checksum) else CHECKSUM_ALGORITHMS
+        self._hashers: dict[str, Hasher] = {name: new_checksum(name) for name in names}
+
+    def update(self, data: Buffer) -> None:
+        for hasher in self._hashers.values():
+            hasher.update(data)
+
+    def check(self, received: int) -> None:
+        declared = self._checksum
+        if isinstance(declared, TrailingChecksum):
+            declared = declared.read()
+        if self._hashers[declared.algorithm].digest() != declared.digest:
+            raise ChecksumMismatch(
+                f"{declared.algorithm} of the {received} bytes received does not match "
+                "Upload-Checksum; none of them were kept"
+            )
 
 
 class Appender:
@@ -138,7 +170,7 @@ class Appender:
         blocks: Iterable[bytes] | Readable,
         *,
         final: bool = False,
-        checksum: Checksum | None = None,
+        checksum: Checksum | TrailingChecksum | None = None,
     ) -> UploadRecord:
         """Append blocks (or what a Readable holds); return the upload as now durable.
 
@@ -148,7 +180,7 @@ class Appender:
         arrived is kept (without a checksum) and the interruption is re-raised.
         """
         up = self._upload
-        verify: Hasher | None = new_checksum(checksum.algorithm) if checksum else None
+        verify = _Verifier(checksum) if checksum is not None else None
         # A deferred length is bounded by the largest upload the server accepts.
         limit = up.length if up.length is not None else self._settings.max_upload_size
         received = 0
@@ -169,11 +201,8 @@ class Appender:
                 if verify is None:
                     self._commit(tail=self._chunker.tail_view())
                 raise
-            if verify is not None and checksum is not None and verify.digest() != checksum.digest:
-                raise ChecksumMismatch(
-                    f"{checksum.algorithm} of the {received} bytes received does not match "
-                    "Upload-Checksum; none of them were kept"
-                )
+            if verify is not None:
+                verify.check(received)
             complete = final or (up.length is not None and up.offset + received == up.length)
             # The stream's end cuts everything; an append's end cuts what is settled, so less
             # is staged as the tail (and staged again by the next append).
@@ -214,7 +243,7 @@ class Appender:
             self._maybe_commit()
         self._maybe_renew()
 
-    def _pull(self, source: Readable, limit: int, verify: Hasher | None) -> int:
+    def _pull(self, source: Readable, limit: int, verify: _Verifier | None) -> int:
         """Read the source straight into the chunker's buffer until it ends; bytes read.
 
         At most one byte past `limit` is ever read: enough to refuse the append."""

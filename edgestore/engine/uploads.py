@@ -19,7 +19,7 @@ from edgestore.codec.hashing import ResumableSha256
 from edgestore.engine import staging
 from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
-from edgestore.engine.ingest import Appender, Checksum
+from edgestore.engine.ingest import Appender, Checksum, TrailingChecksum
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
 from edgestore.engine.pipeline import release_free_memory
 from edgestore.engine.warm import WarmTails
@@ -218,7 +218,7 @@ class Uploads:
         blocks: Iterable[bytes] | Readable,
         *,
         final: bool = False,
-        checksum: Checksum | None = None,
+        checksum: Checksum | TrailingChecksum | None = None,
         on_chunk: Callable[[StoredChunk], None] | None = None,
         interrupt: Callable[[str], None] | None = None,
     ) -> UploadRecord:
@@ -243,7 +243,7 @@ class Uploads:
         offset: int,
         blocks: Iterable[bytes] | Readable,
         final: bool,
-        checksum: Checksum | None,
+        checksum: Checksum | TrailingChecksum | None,
         on_chunk: Callable[[StoredChunk], None] | None,
         interrupt: Callable[[str], None] | None,
     ) -> UploadRecord:

@@ -6,13 +6,13 @@ from collections.abc import Callable, Iterable
 
 from fastapi import Request
 
-from edgestore.api import direct
+from edgestore.api import direct, protocol
 from edgestore.api.bodies import run_with_body
 from edgestore.api.http import http_date
 from edgestore.api.state import Services
-from edgestore.api.tus.headers import TUS_VERSION, base_headers, encode_metadata
-from edgestore.engine.ingest import Checksum
-from edgestore.errors import StorageUnavailable, TransferInterrupted
+from edgestore.api.tus.headers import TUS_VERSION, base_headers, encode_metadata, parse_checksum
+from edgestore.engine.ingest import Checksum, TrailingChecksum
+from edgestore.errors import InvalidInput, StorageUnavailable, TransferInterrupted
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.uploads import UploadRecord
 from edgestore.types import Readable
@@ -64,12 +64,49 @@ def describe(request: Request, services: Services, rec: UploadRecord) -> dict[st
     return h
 
 
+def declared_checksum(request: Request) -> Checksum | TrailingChecksum | None:
+    """The checksum the request's bytes must match: an Upload-Checksum header, or one
+    announced (`Trailer: Upload-Checksum`) to follow a chunked body (checksum-trailer).
+    Everything that can be checked before the body is."""
+    h = request.headers
+    header = parse_checksum(h.get("upload-checksum"))
+    announced = [name.strip().lower() for name in h.get("trailer", "").split(",")]
+    if "upload-checksum" not in announced:
+        return Checksum(*header) if header else None
+    if header is not None:
+        raise InvalidInput("Upload-Checksum is both a header and announced as a trailer; send one")
+    if "chunked" not in h.get("transfer-encoding", "").lower():
+        raise InvalidInput(
+            "Trailer: Upload-Checksum needs Transfer-Encoding: chunked (trailers follow only "
+            "a chunked body)"
+        )
+    fields = protocol.trailers(request.scope)
+    if fields is None:
+        raise InvalidInput(
+            "this server cannot read trailers here; send Upload-Checksum as a header"
+        )
+
+    def read() -> Checksum:
+        values = [value for name, value in fields if name == b"upload-checksum"]
+        if len(values) != 1:
+            raise InvalidInput(
+                "Trailer: Upload-Checksum was announced, but the body was followed by "
+                f"{len(values) or 'no'} Upload-Checksum trailer{'s' if len(values) > 1 else ''}"
+                "; none of its bytes were kept"
+            )
+        parsed = parse_checksum(values[0].decode("latin-1"))
+        assert parsed is not None
+        return Checksum(*parsed)
+
+    return TrailingChecksum(read)
+
+
 async def append_body(
     request: Request,
     services: Services,
     upload: UploadRecord,
     offset: int,
-    checksum: Checksum | None,
+    checksum: Checksum | TrailingChecksum | None,
 ) -> UploadRecord:
     """Stream the request body into the upload at `offset`; return the upload afterwards."""
     engine = services.engine
@@ -114,4 +151,11 @@ async def append_body(
     return rec
 
 
-__all__ = ["TUS_VERSION", "append_body", "base_url", "describe", "upload_url"]
+__all__ = [
+    "TUS_VERSION",
+    "append_body",
+    "base_url",
+    "declared_checksum",
+    "describe",
+    "upload_url",
+]

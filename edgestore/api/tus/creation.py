@@ -13,16 +13,15 @@ from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import Services, services
 from edgestore.api.tus import ietf
-from edgestore.api.tus.common import append_body, describe, upload_url
+from edgestore.api.tus.common import append_body, declared_checksum, describe, upload_url
 from edgestore.api.tus.concatenation import parse_concat
 from edgestore.api.tus.headers import (
     OFFSET_CONTENT_TYPE,
     UploadMetadata,
-    parse_checksum,
     parse_metadata,
     parse_size,
 )
-from edgestore.engine.ingest import Checksum
+from edgestore.engine.ingest import Checksum, TrailingChecksum
 from edgestore.engine.keys import validate_key
 from edgestore.errors import InvalidInput, InvalidKey, TooLarge, UnsupportedMediaType
 from edgestore.metadata.uploads import UploadRecord
@@ -75,14 +74,14 @@ async def create(request: Request) -> Response:
         raise InvalidInput("send exactly one of Upload-Length and Upload-Defer-Length: 1")
     # Everything about the body is checked before the upload exists.
     has_body = _has_body(request)
-    checksum = None
+    checksum: Checksum | TrailingChecksum | None = None
     if has_body:
         content_type = h.get("content-type", "").split(";")[0].strip().lower()
         if content_type != OFFSET_CONTENT_TYPE:
             raise UnsupportedMediaType(
                 f"creation-with-upload needs Content-Type: {OFFSET_CONTENT_TYPE}"
             )
-        checksum = parse_checksum(h.get("upload-checksum"))
+        checksum = declared_checksum(request)
         body_length = parse_size("Content-Length", h.get("content-length"))
         if length is not None and body_length is not None and body_length > length:
             raise TooLarge(f"a {body_length}-byte body exceeds Upload-Length {length}")
@@ -100,7 +99,7 @@ async def create(request: Request) -> Response:
     )
     if has_body:
         try:
-            rec = await append_body(request, svc, rec, 0, Checksum(*checksum) if checksum else None)
+            rec = await append_body(request, svc, rec, 0, checksum)
         except BaseException:
             # The client never learns the Location of an upload whose creation failed: drop it
             # rather than leave an orphan nobody can resume or delete.

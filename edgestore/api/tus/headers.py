@@ -24,6 +24,7 @@ EXTENSIONS = (
     "termination",
     "expiration",
     "checksum",
+    "checksum-trailer",
     "concatenation",
     "concatenation-unfinished",
 )

@@ -2,8 +2,8 @@
 
 `Upload-Offset` must equal the durable offset (409 otherwise); the body streams into the
 engine, and the response's `Upload-Offset` is the new durable offset: every byte it covers is
-on disk in chunks and rows. With `Upload-Checksum`, nothing of this request is kept unless the
-checksum matches (460).
+on disk in chunks and rows. With `Upload-Checksum` (a header, or a trailer after a chunked
+body: checksum-trailer), nothing of this request is kept unless the checksum matches (460).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from fastapi import APIRouter, Request, Response
 
 from edgestore.api.state import services
 from edgestore.api.tus import ietf
-from edgestore.api.tus.common import TUS_KINDS, append_body, describe
-from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_checksum, parse_size
-from edgestore.engine.ingest import Checksum
+from edgestore.api.tus.common import TUS_KINDS, append_body, declared_checksum, describe
+from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_size
 from edgestore.errors import (
     OffsetConflict,
     TooLarge,
@@ -41,7 +40,7 @@ async def patch(upload_id: str, request: Request) -> Response:
     offset = parse_size("Upload-Offset", request.headers.get("upload-offset"), required=True)
     assert offset is not None
     length = parse_size("Upload-Length", request.headers.get("upload-length"))
-    checksum = parse_checksum(request.headers.get("upload-checksum"))
+    checksum = declared_checksum(request)
     body_length = parse_size("Content-Length", request.headers.get("content-length"))
 
     uploads = svc.engine.uploads
@@ -66,5 +65,5 @@ async def patch(upload_id: str, request: Request) -> Response:
         if rec.state == upload_rows.OPEN:  # every byte is there: an empty append completes it
             rec = await asyncio.to_thread(uploads.append, upload_id, offset, ())
         return Response(status_code=204, headers=describe(request, svc, rec))
-    rec = await append_body(request, svc, rec, offset, Checksum(*checksum) if checksum else None)
+    rec = await append_body(request, svc, rec, offset, checksum)
     return Response(status_code=204, headers=describe(request, svc, rec))

@@ -13,6 +13,7 @@ EXTENSIONS = [
     "termination",
     "expiration",
     "checksum",
+    "checksum-trailer",
     "concatenation",
     "concatenation-unfinished",
 ]
