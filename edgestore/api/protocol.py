@@ -22,12 +22,17 @@ that are not body bytes (chunk framing, trailers) close the connection.
 Trailer fields (after a chunked body; tus's checksum-trailer sends Upload-Checksum there) are
 kept apart from the head's fields, which uvicorn would otherwise extend with them, and
 offered to the route as `trailers(scope)`: complete once the body's last message arrived.
+
+ASGI has no message for a 1xx interim response; `informational(scope, status, headers)` writes
+one to an HTTP/1.1 connection before the final response (the IETF resumable-upload draft's
+104 Upload Resumption Supported, which tells a client where to resume a creation that drops).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -49,6 +54,8 @@ _RESPONSE_431 = (
 
 
 TRAILERS = "edgestore.trailers"
+INFORMATIONAL = "edgestore.informational"
+_REASONS = {100: "Continue", 103: "Early Hints", 104: "Upload Resumption Supported"}
 READ_BUFFER = 4 * 1024 * 1024
 FEW_RECEIVING = 4
 MIN_READ = 256 * 1024
@@ -158,6 +165,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
             pass
         self.on_message_complete()
 
+    def _interim(
+        self, cycle: RequestResponseCycle, status: int, fields: list[tuple[str, str]]
+    ) -> bool:
+        """Write a 1xx response now; False where it cannot go (HTTP/1.0, response begun)."""
+        if not (100 <= status < 200) or status == 101:
+            raise ValueError(f"{status} is not an interim status")
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Informational')}"]
+        for name, value in fields:
+            if not name or any(c in name for c in "\r\n\0: ") or any(c in value for c in "\r\n\0"):
+                raise ValueError(f"invalid interim header field {name!r}")
+            lines.append(f"{name}: {value}")
+        if (
+            cycle is not self.cycle
+            or cycle.response_started
+            or cycle.response_complete
+            or cycle.disconnected
+            or self.transport.is_closing()
+            or cycle.scope.get("http_version") != "1.1"
+        ):
+            return False
+        if cycle.waiting_for_100_continue:  # the client waits for this one before the body
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        return True
+
     def direct_resume(self) -> None:
         if self.flow is not None and self.transport is not None and not self.transport.is_closing():
             self.flow.resume_reading()
@@ -235,7 +268,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # not an upgrade
             direct.offer(self.scope, lambda: self._claim_direct(cycle))
-            self.scope.setdefault("extensions", {})[TRAILERS] = self._trailers
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[TRAILERS] = self._trailers
+            extensions[INFORMATIONAL] = lambda status, fields: self._interim(cycle, status, fields)
 
     def data_received(self, data: bytes) -> None:
         """A head still arriving is measured as it comes, so it is never buffered whole; so
@@ -290,3 +325,12 @@ def trailers(scope: Scope) -> list[tuple[bytes, bytes]] | None:
     read to the end; None where the server's protocol does not keep them (not this one)."""
     found: list[tuple[bytes, bytes]] | None = scope.get("extensions", {}).get(TRAILERS)
     return found
+
+
+def informational(scope: Scope, status: int, fields: list[tuple[str, str]]) -> bool:
+    """Send a 1xx interim response before the request's final one; whether it went out (not
+    on HTTP/1.0, not once the response has begun, not under another server protocol)."""
+    send: Callable[[int, list[tuple[str, str]]], bool] | None = scope.get("extensions", {}).get(
+        INFORMATIONAL
+    )
+    return send is not None and send(status, fields)

@@ -5,10 +5,10 @@ handlers, and needs no `Tus-Resumable`. Interop versions: 6 (draft-ietf-httpbis-
 upload-04/-05, what tus-js-client's `protocol: 'ietf-draft-05'` speaks, as tusd), 7 (-06 to
 -08) and 8 (-09 to -12, the newest). For a server they differ only in details handled here:
 the lifetime key in `Upload-Limit` (`expires` in 6, `max-age` later) and which response
-headers are required, which this module always sends. 104 (Upload Resumption Supported)
-interim responses are never sent: uvicorn cannot send 1xx responses, so `Location` arrives with
-the final 201 and clients should create uploads "carefully" (an empty `Upload-Complete: ?0`
-POST first), as tus-js-client does.
+headers are required, which this module always sends. A creation that carries content is
+announced at once with a 104 (Upload Resumption Supported) interim response holding its
+`Location` (api/protocol.py writes it; ASGI cannot), so a client whose connection drops
+mid-creation resumes instead of starting over (Apple's background uploader requires it).
 
 One deviation forced by the engine: an upload whose offset reaches its declared length is
 complete (it becomes an object version then), even if that request said `Upload-Complete: ?0`;
@@ -24,6 +24,7 @@ import time
 
 from fastapi import Request, Response
 
+from edgestore.api import protocol
 from edgestore.api.state import Services, services
 from edgestore.api.tus.common import TUS_KINDS, append_body, upload_url
 from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_metadata, parse_size
@@ -110,6 +111,11 @@ async def create(request: Request) -> Response:
     )
     location = upload_url(request, svc, rec.upload_id)
     request.state.error_headers["Location"] = location  # so a failed transfer can resume
+    if _has_body(request):  # where to resume, before the content (an empty POST ends at once)
+        version = _version(request)
+        limits = _limits(request, svc, rec)
+        interim = [("Location", location), (INTEROP_HEADER, version), ("Upload-Limit", limits)]
+        protocol.informational(request.scope, 104, interim)
     rec = await _transfer(request, svc, rec, 0, complete)
     headers = _state_headers(request, svc, rec)
     headers["Location"] = location
