@@ -26,6 +26,7 @@ from edgestore.engine.warm import WarmTails
 from edgestore.errors import (
     InvalidInput,
     OffsetConflict,
+    QuotaExceeded,
     StorageUnavailable,
     TooLarge,
     UploadLocked,
@@ -402,6 +403,8 @@ class Uploads:
             total += part.offset
         if total > self._core.settings.max_upload_size:
             raise TooLarge(f"concatenated length {total} exceeds the maximum")
+        if final.length is None:  # created before its size was known: nothing was reserved
+            quotas.check_bucket(conn, self._core.settings, final.bucket, total)
         upload_rows.set_concatenated(conn, final.upload_id, total)
         version_id = object_rows.create_version(
             self._core.db,
@@ -430,7 +433,7 @@ class Uploads:
                 if all(p.state == upload_rows.COMPLETE for p in others):
                     try:
                         self._finish_final(conn, final)
-                    except TooLarge as exc:  # raised before any write: the partial still lands
+                    except (TooLarge, QuotaExceeded) as exc:  # before any write: the partial lands
                         log.warning("final upload %s cannot complete: %s", fid, exc)
                         upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
             return

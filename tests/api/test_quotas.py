@@ -88,3 +88,27 @@ def test_concatenation_and_native_sessions_are_checked(quota_server: ServerProce
         assert r.status_code == 507, r.text
         r = c.post("/v1/uploads", json={"bucket": "tiny", "key": "n", "size": 11})
         assert r.status_code == 507, r.text
+
+
+def test_a_waiting_final_is_checked_when_its_length_becomes_known(
+    quota_server: ServerProcess,
+) -> None:
+    """A final created before its partials' lengths were known reserved nothing; when the
+    last partial completes, the concatenation is checked against the bucket's quota, and one
+    that does not fit is terminated (the partials keep their bytes, nothing is charged)."""
+    with quota_server.client() as c:
+        parts = []
+        for _ in range(2):
+            r = _create(c, None, "ignored", **{"Upload-Concat": "partial"})
+            assert r.status_code == 201, r.text
+            parts.append(r.headers["Location"])
+        final = {**TUS, "Upload-Concat": "final;" + " ".join(parts),
+                 "Upload-Metadata": tus_metadata({"bucket": "tiny", "key": "late"})}  # fmt: skip
+        r = c.post("/files/", headers=final)
+        assert r.status_code == 201, r.text  # its size is unknown yet
+        final_url = r.headers["Location"]
+        for url, body in zip(parts, (b"abcdef", b"ghijkl"), strict=True):
+            h = patch_headers(0, **{"Upload-Length": str(len(body))})
+            assert c.patch(url, content=body, headers=h).status_code == 204
+        assert c.head(final_url, headers=TUS).status_code in (404, 410)
+        assert c.get("/objects/tiny/late").status_code == 404
