@@ -190,14 +190,17 @@ class DirectBody:
         """Count landed bytes; start charging them once a step's worth (or the body's end)
         is due."""
         self._unpaid += n
-        due = self._unpaid >= self._step or (self.left == 0 and self._unpaid > 0)
-        if due and self._paying is None:
+        if self._charge_due() and self._paying is None:
             self._paying = self._loop.create_task(self._pay())
+
+    def _charge_due(self) -> bool:
+        """A step's worth is uncharged, or the body has ended with bytes uncharged."""
+        return self._unpaid >= self._step or (self.left == 0 and self._unpaid > 0)
 
     async def _pay(self) -> None:
         assert self._spend is not None
         try:
-            while self._unpaid >= self._step or (self.left == 0 and self._unpaid > 0):
+            while self._charge_due():
                 amount = min(self._unpaid, self._step)
                 await self._spend(amount)
                 self._unpaid -= amount
