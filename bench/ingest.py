@@ -17,7 +17,8 @@ wait on fsync is not counted as work) and is capped by the stages that cannot ru
 and by the disk (the shard-write stage's wall-clock rate); full ingest against the cores'
 ceiling alone is printed too.
 Settings come from `EDGESTORE_*` as for the server (e.g. EDGESTORE_DATABASE_URL for
-PostgreSQL); every store lives in the work dir. Data files are read through the page cache.
+PostgreSQL); every store lives in the work dir. Data files are read through the page cache,
+shards (written and read with O_DIRECT) from the disk.
 Finished stores are deleted when the benchmark ends, not between runs (see
 `datasets.discard`: on a filesystem without a journal, fresh deletions tax new files).
 """
@@ -214,7 +215,8 @@ def print_dataset(out: Console, r: DatasetResult) -> None:
         ],
     )
     out.print(
-        "[dim]Fresh store per repeat; data file and shards are read through the page cache. "
+        "[dim]Fresh store per repeat; the data file is read through the page cache, shards "
+        "from the disk (O_DIRECT). "
         "cores busy = CPU seconds / wall seconds.[/]"
     )
     u = r.usage

@@ -8,7 +8,8 @@ of it leaves (invariant 3); too few intact shards is a clear error, never wrong 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from edgestore.codec import compression, shardfile
@@ -17,7 +18,7 @@ from edgestore.codec.hashing import chunk_id as compute_chunk_id
 from edgestore.errors import ChunkCorrupt, ChunkUnreadable, StorageError
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.storage.datadirs import DataDirs
-from edgestore.types import Layout
+from edgestore.types import Layout, ShardRef
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,17 @@ FaultSink = Callable[[str, list[ShardFault]], None]
 class ChunkReader:
     """Rebuilds and verifies single chunks; thread-safe."""
 
-    def __init__(self, dirs: DataDirs, ec_backend: str | None, on_faults: FaultSink) -> None:
+    def __init__(
+        self,
+        dirs: DataDirs,
+        ec_backend: str | None,
+        on_faults: FaultSink,
+        io: Executor | None = None,
+    ) -> None:
         self._dirs = dirs
         self._ec_backend = ec_backend
         self._on_faults = on_faults
+        self._io = io  # reads a chunk's shards at once; None reads them one after another
         self._codecs: dict[tuple[Layout, int, int], RedundancyCodec] = {}
 
     def _codec(self, rec: ChunkRecord) -> RedundancyCodec:
@@ -73,21 +81,16 @@ class ChunkReader:
         needed = rec.ec_k if rec.layout == Layout.EC else 1
         got: dict[int, bytes] = {}
         faults: list[ShardFault] = []
-        # Shard refs come ordered by index: data shards first, parity only when needed.
-        for ref in rec.shards:
-            if len(got) >= needed:
-                break
-            backend = self._dirs.backends.get(ref.backend)
-            try:
-                if backend is None:
-                    raise StorageError(f"data dir {ref.backend} is not configured or unavailable")
-                header, payload = shardfile.unpack(backend.get(ref.key), rec.chunk_id)
-                if header.shard_index != ref.shard_index or header.payload_checksum != ref.checksum:
-                    raise StorageError("shard header disagrees with the index")
-            except StorageError as exc:
-                faults.append(ShardFault(rec.chunk_id, ref.shard_index, str(exc)))
-                continue
-            got[ref.shard_index] = bytes(payload)
+        # Shard refs come ordered by index: data shards first, parity only when needed, as
+        # many at a time as are still missing.
+        todo = list(rec.shards)
+        while todo and len(got) < needed:
+            batch, todo = todo[: needed - len(got)], todo[needed - len(got) :]
+            for ref, result in zip(batch, self._fetch_all(rec, batch), strict=True):
+                if isinstance(result, ShardFault):
+                    faults.append(result)
+                else:
+                    got[ref.shard_index] = result
         if len(got) < needed:
             lost = ", ".join(f"#{f.shard_index}: {f.reason}" for f in faults)
             self._on_faults(rec.chunk_id, faults)
@@ -101,3 +104,24 @@ class ChunkReader:
                 f"chunk {rec.chunk_id} decoded to {len(stored)} bytes, expected {rec.stored_size}"
             )
         return stored, faults
+
+    def _fetch_all(self, rec: ChunkRecord, refs: Sequence[ShardRef]) -> list[bytes | ShardFault]:
+        """The verified payloads of these shards (or why each is unusable), read in parallel:
+        the reads of a chunk's shards wait on the disk (or disks) together, not in turn."""
+        if self._io is None or len(refs) < 2:
+            return [self._fetch(rec, ref) for ref in refs]
+        futures = [self._io.submit(self._fetch, rec, ref) for ref in refs[1:]]
+        first = self._fetch(rec, refs[0])
+        return [first, *(f.result() for f in futures)]
+
+    def _fetch(self, rec: ChunkRecord, ref: ShardRef) -> bytes | ShardFault:
+        backend = self._dirs.backends.get(ref.backend)
+        try:
+            if backend is None:
+                raise StorageError(f"data dir {ref.backend} is not configured or unavailable")
+            header, payload = shardfile.unpack(backend.get(ref.key), rec.chunk_id)
+            if header.shard_index != ref.shard_index or header.payload_checksum != ref.checksum:
+                raise StorageError("shard header disagrees with the index")
+        except StorageError as exc:
+            return ShardFault(rec.chunk_id, ref.shard_index, str(exc))
+        return bytes(payload)

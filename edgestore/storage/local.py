@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from edgestore.buffers import address_of, copy_into
+from edgestore.buffers import AlignedPool, address_of, copy_into
 from edgestore.errors import ShardMissing, StorageError, StorageFull, StorageUnavailable
 from edgestore.storage.backend import BlobInfo, Buffer, Usage
 
@@ -75,6 +75,39 @@ def _aligned_buffer() -> mmap.mmap:
     if buf is None:
         buf = _direct_buffers.buf = mmap.mmap(-1, DIRECT_PIECE)
     return buf
+
+
+# Blocks that O_DIRECT reads land in: one per reading thread at a time, reused. A shard is
+# copied out of its block at once, so a block is back in the pool as soon as get() returns.
+_READ_BLOCKS = AlignedPool(idle_blocks=8)
+
+
+def _read_direct(fd: int) -> bytes | None:
+    """The whole file through O_DIRECT, or None if it must be read through the page cache.
+
+    Shards are written past the page cache (see _write_direct), so reading one through it
+    would first fill fresh cache pages, and on this kind of VM that was the whole cost of a
+    cold read: 1 GB of ~0.8 MB shard files at ~400 MB/s and ~1.8 s of kernel CPU buffered,
+    against 1.4-2.9 GB/s and ~0.1 s through O_DIRECT into a reused block plus one copy out.
+    Where the cache does hold the file's last page (written that way), the kernel writes it
+    back first if it is dirty, so the bytes are the same either way.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return b""
+    block = _READ_BLOCKS.get(-(-size // DIRECT_ALIGN) * DIRECT_ALIGN)
+    try:
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [block[got:]], got)
+            if n == 0:  # shorter than it was a moment ago: not a shard (they never change)
+                return None
+            got += n
+            if got < size and got % DIRECT_ALIGN:
+                return None  # an unaligned short read: the rest must not go direct
+        return bytes(block[:size])
+    finally:
+        block.release()
 
 
 def _write_direct(fd: int, parts: Sequence[Buffer]) -> None:
@@ -206,6 +239,7 @@ class LocalBackend:
         self.store_id = store_id
         self._known_dirs: set[Path] = set()
         self._direct = hasattr(os, "O_DIRECT")  # until the filesystem says otherwise
+        self._direct_read = self._direct
         self._device: int | None = None
 
     def __repr__(self) -> str:
@@ -375,6 +409,20 @@ class LocalBackend:
     def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
+            if self._direct_read:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._direct_read = False  # e.g. tmpfs: through the page cache from now on
+                else:
+                    try:
+                        data = _read_direct(fd)
+                    finally:
+                        os.close(fd)
+                    if data is not None:
+                        return data
             with open(path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
