@@ -136,7 +136,11 @@ class Uploads:
                     f"upload length {length} exceeds the maximum of {settings.max_upload_size}"
                 )
         expiry = settings.upload_expiry_seconds if expires_in is None else expires_in
-        state = ResumableSha256().state() if ResumableSha256.available() else None
+        # A partial upload is never an object of its own, and SHA-256 states cannot be
+        # joined: its final's digest is computed from the stored chunks later
+        # (maintenance/hashes.py), so hashing a partial's bytes would be wasted work.
+        hashed = ResumableSha256.available() and not is_partial
+        state = ResumableSha256().state() if hashed else None
         with self._core.db.write() as conn:
             if length is not None and not is_partial:
                 quotas.check_bucket(conn, settings, bucket, length)  # before a byte arrives

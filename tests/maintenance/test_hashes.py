@@ -1,0 +1,46 @@
+"""The whole-file SHA-256 of versions made without one (concatenated uploads)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from edgestore.engine import Engine
+from edgestore.maintenance.hashes import fill_missing_sha256
+from tests.helpers import KiB, random_bytes
+
+
+def test_a_concatenated_version_gets_its_digest_from_the_stored_bytes(
+    small_engine: Engine,
+) -> None:
+    uploads = small_engine.uploads
+    parts = [random_bytes(300 * KiB + i, seed=70 + i) for i in range(3)]
+    ids = []
+    for part in parts:
+        up = uploads.create(length=len(part), is_partial=True)
+        # Never an object of its own, and SHA-256 states do not join: nothing to hash.
+        assert up.hash_state is None
+        uploads.append(up.upload_id, 0, [part])
+        assert uploads.get(up.upload_id).hash_state is None
+        ids.append(up.upload_id)
+    final = uploads.concatenate(ids, key="joined")
+    done = uploads.get(final.upload_id)
+    assert done.version_id is not None
+    assert small_engine.objects.by_version_id(done.version_id).sha256 is None
+
+    assert fill_missing_sha256(small_engine) == 1
+    whole = hashlib.sha256(b"".join(parts)).hexdigest()
+    assert small_engine.objects.by_version_id(done.version_id).sha256 == whole
+    assert fill_missing_sha256(small_engine) == 0  # nothing left to do
+
+
+def test_a_single_upload_is_hashed_as_it_arrives(small_engine: Engine) -> None:
+    data = random_bytes(700 * KiB, seed=79)
+    up = small_engine.uploads.create(length=len(data), key="single")
+    assert up.hash_state is not None
+    small_engine.uploads.append(up.upload_id, 0, [data[: 300 * KiB]])
+    small_engine.uploads.append(up.upload_id, 300 * KiB, [data[300 * KiB :]])
+    done = small_engine.uploads.get(up.upload_id)
+    assert done.version_id is not None
+    version = small_engine.objects.by_version_id(done.version_id)
+    assert version.sha256 == hashlib.sha256(data).hexdigest()
+    assert fill_missing_sha256(small_engine) == 0
