@@ -177,9 +177,13 @@ class DirectBody:
             if self._paying is not None and self.left:
                 self._reader.direct_pause()  # until the meter lets the bytes that landed pass
                 return False
-        if not waiting and not self._finished and self._error is None and self.left:
+        if not waiting and self._reading() and self.left:
             self._reader.direct_pause()  # nowhere to read into until the engine lends again
         return self.left == 0
+
+    def _reading(self) -> bool:
+        """The engine still takes this body's bytes (it has not finished, nothing failed)."""
+        return not self._finished and self._error is None
 
     def _resume_for_grant(self) -> None:
         """The engine lent a region: read into it, unless a charge is still waiting."""
@@ -210,7 +214,7 @@ class DirectBody:
             self.last_byte = self._loop.time()
             with self._cond:
                 waiting = self._grant is not None and not self._handed_back
-            if waiting and not self._finished and self._error is None and self.left:
+            if waiting and self._reading() and self.left:
                 self._reader.direct_resume()
 
     async def charged(self) -> None:
@@ -238,7 +242,7 @@ class DirectBody:
             held = held and not self._handed_back
             if held:
                 self._hand_back()
-        if held and not self._finished and self._error is None:
+        if held and self._reading():
             self._reader.direct_pause()  # nowhere to read into until the engine lends again
 
     def _hand_back(self) -> None:
