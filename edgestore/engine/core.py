@@ -46,6 +46,7 @@ class EngineCore:
 
     def close(self) -> None:
         self.writer.close()
+        self.reader.close()
         self.pool.shutdown()
         self.db.close()
 
@@ -148,7 +149,9 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             pool=pool,
             policy=policy,
             writer=writer,
-            reader=ChunkReader(dirs, ec_backend or None, on_faults, io=writer.io),
+            reader=ChunkReader(
+                dirs, ec_backend or None, on_faults, io_threads=policy.large.codec.total + 3
+            ),
             params=recorded,
         )
     except BaseException:

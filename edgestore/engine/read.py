@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgestore.codec import compression, shardfile
@@ -37,17 +37,23 @@ class ChunkReader:
     """Rebuilds and verifies single chunks; thread-safe."""
 
     def __init__(
-        self,
-        dirs: DataDirs,
-        ec_backend: str | None,
-        on_faults: FaultSink,
-        io: Executor | None = None,
+        self, dirs: DataDirs, ec_backend: str | None, on_faults: FaultSink, io_threads: int = 0
     ) -> None:
         self._dirs = dirs
         self._ec_backend = ec_backend
         self._on_faults = on_faults
-        self._io = io  # reads a chunk's shards at once; None reads them one after another
+        # Reads a chunk's shards at once (0: one after another). Its own threads, not the
+        # writer's: downloads must not queue an upload's shard writes behind their reads.
+        self._io = (
+            ThreadPoolExecutor(io_threads, thread_name_prefix="edgestore-read")
+            if io_threads > 0
+            else None
+        )
         self._codecs: dict[tuple[Layout, int, int], RedundancyCodec] = {}
+
+    def close(self) -> None:
+        if self._io is not None:
+            self._io.shutdown(wait=True, cancel_futures=True)
 
     def _codec(self, rec: ChunkRecord) -> RedundancyCodec:
         key = (rec.layout, rec.ec_k, rec.ec_m)
