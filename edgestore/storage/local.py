@@ -419,6 +419,11 @@ class LocalBackend:
                 else:
                     try:
                         data = _read_direct(fd)
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:
+                            raise
+                        self._direct_read = False  # a device whose blocks exceed a page
+                        data = None
                     finally:
                         os.close(fd)
                     if data is not None:

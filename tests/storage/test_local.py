@@ -231,6 +231,27 @@ def test_get_falls_back_where_o_direct_is_refused(backend, monkeypatch):
     assert not backend._direct_read
 
 
+def test_get_falls_back_where_direct_reads_are_refused(backend, monkeypatch):
+    """O_DIRECT opens but a read is refused (a device whose blocks are larger than a page):
+    the bytes come through the page cache, and later reads go there at once."""
+    data = random.Random(5).randbytes(DIRECT_ALIGN + 5)
+    backend.put("ab/blob", [data])
+    assert backend.get("ab/blob") == data
+    if not backend._direct_read:
+        pytest.skip("O_DIRECT unavailable here")
+    calls: list[int] = []
+
+    def refuse(fd, buffers, offset):  # type: ignore[no-untyped-def]
+        calls.append(offset)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(local.os, "preadv", refuse)
+    assert backend.get("ab/blob") == data
+    assert backend.get("ab/blob") == data
+    assert calls == [0]  # tried once
+    assert not backend._direct_read
+
+
 # --- claiming the directory -------------------------------------------------------------------
 
 
