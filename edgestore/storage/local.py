@@ -79,7 +79,13 @@ def _aligned_buffer() -> mmap.mmap:
 
 # Blocks that O_DIRECT reads land in: one per reading thread at a time, reused. A shard is
 # copied out of its block at once, so a block is back in the pool as soon as get() returns.
+# A pool's blocks are all as large as its largest request: files above READ_POOL_MAX (a
+# staged tail of up to one max-size chunk; shards are ~1.4 MiB at most with the defaults)
+# get blocks of their own, unmapped after use, so one such read cannot make every later
+# block (and the idle ones kept) that large.
+READ_POOL_MAX = 4 * 1024 * 1024
 _READ_BLOCKS = AlignedPool(idle_blocks=8)
+_LARGE_READ_BLOCKS = AlignedPool(idle_blocks=0)
 
 
 def _read_direct(fd: int) -> bytes | None:
@@ -95,7 +101,8 @@ def _read_direct(fd: int) -> bytes | None:
     size = os.fstat(fd).st_size
     if size == 0:
         return b""
-    block = _READ_BLOCKS.get(-(-size // DIRECT_ALIGN) * DIRECT_ALIGN)
+    length = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
+    block = (_READ_BLOCKS if length <= READ_POOL_MAX else _LARGE_READ_BLOCKS).get(length)
     try:
         got = 0
         while got < size:

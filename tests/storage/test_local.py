@@ -204,6 +204,24 @@ def test_get_reads_past_the_page_cache(backend, monkeypatch, size):
     assert direct == [size]
 
 
+def test_a_large_read_leaves_the_pooled_blocks_small(backend):
+    """A staged tail of several MiB is read into a block of its own: the pool's blocks (and
+    the idle ones it keeps) stay shard-sized."""
+    small = random.Random(1).randbytes(800 * 1024)
+    large = random.Random(2).randbytes(local.READ_POOL_MAX + 5)
+    backend.write("ab/small", [small])
+    backend.write("ab/large", [large])
+    backend.flush()
+    assert backend.get("ab/small") == small
+    assert backend.get("ab/large") == large
+    if not backend._direct_read:
+        pytest.skip("O_DIRECT unavailable here")
+    assert backend.get("ab/small") == small
+    assert 0 < local._READ_BLOCKS.idle
+    assert local._READ_BLOCKS._capacity <= local.READ_POOL_MAX  # the size of its blocks
+    assert local._LARGE_READ_BLOCKS.idle == 0
+
+
 def test_get_sees_bytes_not_yet_flushed(backend):
     """Bytes still dirty in the page cache (a staged tail before its flush) read back as
     written: the kernel writes them out before a direct read of their range."""
