@@ -217,7 +217,7 @@ def test_a_large_read_leaves_the_pooled_blocks_small(backend):
     if not backend._direct_read:
         pytest.skip("O_DIRECT unavailable here")
     assert backend.get("ab/small") == small
-    assert 0 < local._READ_BLOCKS.idle
+    assert local._READ_BLOCKS.idle > 0
     assert local._READ_BLOCKS._capacity <= local.READ_POOL_MAX  # the size of its blocks
     assert local._LARGE_READ_BLOCKS.idle == 0
 
