@@ -201,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.parallel < 1 or args.chunk_mib < 1 or args.repeat < 1:
         p.error("--parallel, --chunk-mib and --repeat must be at least 1")
+    if args.file is not None and not args.file.is_file():
+        p.error(f"--file {args.file} is not a file")
     if args.src is not None and not (args.src / "edgestore" / "__init__.py").is_file():
         p.error(f"--src {args.src} is not an edgestore checkout")
     if args.perf is not None and shutil.which("perf") is None:

@@ -30,6 +30,7 @@ def test_the_work_dirs_disk_is_found_and_counts(tmp_path: Path) -> None:
         (["--parallel", "0"], "must be at least 1"),
         (["--repeat", "0"], "must be at least 1"),
         (["--src", "/nonexistent"], "is not an edgestore checkout"),
+        (["--file", "/nonexistent"], "is not a file"),
     ],
 )
 def test_bad_options_are_refused(
