@@ -183,6 +183,41 @@ def _print(console: Console, runs: list[Run], title: str) -> None:
     )
 
 
+def _runs(args: argparse.Namespace, workdir: Path) -> tuple[list[Run], str]:
+    """Every upload the options ask for, each repeat on a fresh store; and the title."""
+    file = args.file or datasets.ensure("random", workdir, datasets.parse_size(args.size)).path
+    node = peers.node_peers()
+    disk = disk_of(workdir)
+    runs: list[Run] = []
+    for i in range(args.repeat):
+        server = peers.edgestore_server(workdir)
+        if args.src is not None:
+            server.cwd = args.src
+        server.start(workdir / "server.log")
+        try:
+            last = i == args.repeat - 1
+            runs.append(
+                upload(
+                    server, node, file, "first" if args.again else "upload",
+                    chunk_mib=args.chunk_mib, parallel=args.parallel, disk=disk,
+                    perf=args.perf if last and not args.again else None,
+                )
+            )  # fmt: skip
+            if args.again:
+                runs.append(
+                    upload(
+                        server, node, file, "same file again",
+                        chunk_mib=args.chunk_mib, parallel=args.parallel, disk=disk,
+                        perf=args.perf if last else None,
+                    )
+                )  # fmt: skip
+        finally:
+            server.stop()
+    what = f"{datasets.format_size(file.stat().st_size)} of {file.name}"
+    setup = f"parallelUploads {args.parallel}, {args.chunk_mib} MiB requests"
+    return runs, f"edgestore ← tus-js-client: {what}, {setup}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.profile", description=__doc__.split("\n\n")[0]
@@ -210,44 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=max(100, shutil.get_terminal_size().columns))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgestore-bench-profile-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    file = args.file or datasets.ensure("random", workdir, datasets.parse_size(args.size)).path
-    node = peers.node_peers()
-    disk = disk_of(workdir)
-    runs: list[Run] = []
     try:
-        for i in range(args.repeat):
-            server = peers.edgestore_server(workdir)
-            if args.src is not None:
-                server.cwd = args.src
-            server.start(workdir / "server.log")
-            try:
-                last = not args.again and i == args.repeat - 1
-                runs.append(
-                    upload(
-                        server, node, file, "first" if args.again else "upload",
-                        chunk_mib=args.chunk_mib, parallel=args.parallel, disk=disk,
-                        perf=args.perf if last else None,
-                    )
-                )  # fmt: skip
-                if args.again:
-                    runs.append(
-                        upload(
-                            server, node, file, "same file again",
-                            chunk_mib=args.chunk_mib, parallel=args.parallel, disk=disk,
-                            perf=args.perf if i == args.repeat - 1 else None,
-                        )
-                    )  # fmt: skip
-            finally:
-                server.stop()
+        runs, title = _runs(args, workdir)
     finally:
         datasets.empty_discarded()
-    what = f"{datasets.format_size(file.stat().st_size)} of {file.name}"
-    setup = f"parallelUploads {args.parallel}, {args.chunk_mib} MiB requests"
-    _print(console, runs, f"edgestore ← tus-js-client: {what}, {setup}")
+        if args.workdir is None:  # a temp dir of our own, generated data and all
+            shutil.rmtree(workdir, ignore_errors=True)
+    _print(console, runs, title)
     if args.perf is not None:
         console.print(f"perf data of the server: {args.perf} (perf report -i {args.perf})")
-    if args.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(r.ok for r in runs) else 1
 
 
