@@ -141,14 +141,13 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             except Exception:
                 log.exception("could not queue chunk %s for repair", chunk)
 
-        writer = ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers + 1)
         return EngineCore(
             settings=settings,
             db=db,
             dirs=dirs,
             pool=pool,
             policy=policy,
-            writer=writer,
+            writer=ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers + 1),
             reader=ChunkReader(
                 dirs, ec_backend or None, on_faults, io_threads=policy.large.codec.total + 3
             ),

@@ -416,25 +416,8 @@ class LocalBackend:
     def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            if self._direct_read:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self._direct_read = False  # e.g. tmpfs: through the page cache from now on
-                else:
-                    try:
-                        data = _read_direct(fd)
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL:
-                            raise
-                        self._direct_read = False  # a device whose blocks exceed a page
-                        data = None
-                    finally:
-                        os.close(fd)
-                    if data is not None:
-                        return data
+            if self._direct_read and (data := self._get_direct(path)) is not None:
+                return data
             with open(path, "rb") as f:
                 return f.read()
         except FileNotFoundError:
@@ -443,6 +426,23 @@ class LocalBackend:
             raise ShardMissing(f"{key} not found in data dir {self.root}") from None
         except OSError as exc:
             raise storage_error(exc, self.root) from None
+
+    def _get_direct(self, path: Path) -> bytes | None:
+        """The file through O_DIRECT (see _read_direct); None: read it through the page
+        cache, from now on too if the filesystem refused O_DIRECT."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+            try:
+                return _read_direct(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # Refused at the open (e.g. tmpfs) or at the read (a device whose blocks exceed
+            # a page).
+            self._direct_read = False
+            return None
 
     def delete(self, key: str) -> None:
         try:
