@@ -17,6 +17,8 @@ import ctypes
 import mmap
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -180,6 +182,15 @@ class _Lease:
             pass
 
 
+_POOLS: weakref.WeakSet[AlignedPool] = weakref.WeakSet()
+
+
+def trim_pools(older_than: float) -> int:
+    """Unmap the idle blocks of every pool that waited more than `older_than` seconds
+    (the server's upkeep calls this); returns bytes freed."""
+    return sum(pool.trim(older_than) for pool in list(_POOLS))
+
+
 class AlignedPool:
     """Page-aligned blocks (for O_DIRECT writes straight from them), reused.
 
@@ -191,14 +202,16 @@ class AlignedPool:
     this kind of VM that made erasure coding a 4 MiB chunk into a fresh block 4.6 ms of CPU
     against 0.33 ms into a reused one. So blocks are all made as large as the largest request
     so far (any idle block then serves any request, where mixed sizes made a pool of a few
-    blocks miss and map anew), and up to `idle_blocks` wait for reuse; the rest are unmapped.
+    blocks miss and map anew), and up to `idle_blocks` wait for reuse; the rest are unmapped,
+    and so are those still idle when the server's upkeep comes by (`trim_pools`).
 
     A reused block holds old bytes: whoever takes one writes every byte it will use.
     """
 
     def __init__(self, idle_blocks: int) -> None:
         self.idle_blocks = idle_blocks
-        self._idle: list[tuple[int, int]] = []  # (capacity, address)
+        self._idle: list[tuple[int, int, float]] = []  # (capacity, address, idle since)
+        _POOLS.add(self)
         self._capacity = _GRAIN  # of new blocks: the largest request so far, rounded up
         self._lock = threading.RLock()  # RLock: a lease may end inside get() on this thread
 
@@ -211,7 +224,7 @@ class AlignedPool:
             self._capacity = max(self._capacity, -(-size // _GRAIN) * _GRAIN)
             capacity = self._capacity
             while self._idle and not address:
-                old_capacity, old_address = self._idle.pop()
+                old_capacity, old_address, _ = self._idle.pop()
                 if old_capacity >= size:
                     capacity, address = old_capacity, old_address
                 else:  # made before a larger request: too small from now on
@@ -225,12 +238,24 @@ class AlignedPool:
     def _give_back(self, address: int, capacity: int) -> None:
         with self._lock:
             if len(self._idle) < self.idle_blocks and capacity >= self._capacity:
-                self._idle.append((capacity, address))
+                self._idle.append((capacity, address, time.monotonic()))
                 return
         _munmap(address, capacity)
+
+    def trim(self, older_than: float) -> int:
+        """Unmap the blocks idle for more than `older_than` seconds; returns bytes freed.
+
+        Idle blocks are spares for a busy store; one that went quiet gives them back."""
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            stale = [b for b in self._idle if b[2] < cutoff]
+            self._idle = [b for b in self._idle if b[2] >= cutoff]
+        for capacity, address, _ in stale:
+            _munmap(address, capacity)
+        return sum(capacity for capacity, _, _ in stale)
 
     @property
     def idle(self) -> int:
         """Bytes waiting for reuse."""
         with self._lock:
-            return sum(c for c, _ in self._idle)
+            return sum(c for c, _, _ in self._idle)

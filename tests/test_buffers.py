@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from edgestore.buffers import (
     bytes_of,
     copy_into,
     fill_zero,
+    trim_pools,
 )
 
 SIZES = st.sampled_from([0, 1, GIL_FREE_MIN - 1, GIL_FREE_MIN, GIL_FREE_MIN + 4097, 3 << 20])
@@ -150,6 +152,33 @@ def test_blocks_grow_to_the_largest_request_and_serve_any_size() -> None:
     b = pool.get(1000)  # a miss while the big block is out: made as large as it
     del a, b
     assert pool.idle == 10 << 20
+
+
+def test_trim_unmaps_only_blocks_idle_longer_than_asked() -> None:
+    pool = AlignedPool(idle_blocks=4)
+    old = pool.get(1 << 20)
+    del old
+    time.sleep(0.05)
+    fresh = pool.get(1 << 20), pool.get(1 << 20)  # the old block, then a new one
+    del fresh
+    assert pool.idle == 2 << 20
+    assert pool.trim(older_than=60) == 0
+    assert pool.idle == 2 << 20, "blocks idle for less than a minute are kept"
+    assert pool.trim(older_than=0) == 2 << 20
+    assert pool.idle == 0
+    block = pool.get(5000)  # a trimmed pool still serves
+    block[:] = b"\x01" * 5000
+    assert bytes(block) == b"\x01" * 5000
+
+
+def test_trim_pools_reaches_every_pool() -> None:
+    pools = [AlignedPool(idle_blocks=2) for _ in range(3)]
+    for pool in pools:
+        del_me = pool.get(1000)
+        del del_me
+    assert all(pool.idle == 1 << 20 for pool in pools)
+    assert trim_pools(older_than=0) >= 3 << 20
+    assert all(pool.idle == 0 for pool in pools)
 
 
 def test_negative_size_is_refused() -> None:

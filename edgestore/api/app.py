@@ -14,6 +14,7 @@ from edgestore.api import errors, native, objects, ops, security, tus
 from edgestore.api.middleware import RequestContext
 from edgestore.api.state import Services
 from edgestore.api.tus.override import MethodOverride
+from edgestore.buffers import trim_pools
 from edgestore.config import Settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
@@ -23,6 +24,8 @@ log = logging.getLogger("edgestore.http")
 
 # The orphan-file sweep lists every data dir; run it every this many upkeep rounds.
 ORPHAN_SWEEP_EVERY = 24
+# Pooled buffers idle this long are unmapped by the upkeep (buffers.trim_pools).
+POOL_IDLE_SECONDS = 60.0
 
 
 async def upkeep(svc: Services) -> None:
@@ -39,6 +42,7 @@ async def upkeep(svc: Services) -> None:
             if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
                 log.info("upkeep: %s", report)
             await asyncio.to_thread(fill_missing_sha256, svc.engine)
+            trim_pools(POOL_IDLE_SECONDS)  # spare buffers of a store that went quiet
         except Exception:
             log.exception("upkeep round failed; will retry")
 

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 COMMIT_EVERY_PARTS = 8
 COMMIT_EVERY_SECONDS = 1.0
+# Chunks an append holds (each keeps its buffer alive) before it waits for the oldest. The
+# whole-file hash lane may run that far behind: when the thread that cuts chunks waited on
+# the lane for every stored chunk, neither kept a core busy (a re-ingest of 1 GiB of text
+# used 1.66 cores at 1,100 MB/s; 1.84 cores at 1,250 MB/s with the lane this far apart).
+MAX_HELD_CHUNKS = 3
 
 
 class CompletionHook(Protocol):
@@ -50,6 +55,9 @@ class _InFlight:
     length: int
     stored: Future[StoredChunk]
     hash_state: Future[bytes] | None
+
+    def done(self) -> bool:
+        return self.stored.done() and (self.hash_state is None or self.hash_state.done())
 
 
 def _hash_step(hasher: ResumableSha256, chunk: Buffer) -> bytes:
@@ -289,8 +297,14 @@ class Appender:
         self._next_offset += len(chunk)
 
     def _harvest(self, *, wait: bool) -> None:
-        """Move finished chunks at the head of the queue (all of them with wait) to ready."""
-        while self._inflight and (wait or self._inflight[0].stored.done()):
+        """Move finished chunks at the head of the queue (all of them with wait) to ready.
+
+        A chunk is finished once stored and through the whole-file hash. Waiting for the hash
+        lane only past MAX_HELD_CHUNKS keeps the lane's work apart from the cutting thread's.
+        """
+        while self._inflight and (
+            wait or len(self._inflight) > MAX_HELD_CHUNKS or self._inflight[0].done()
+        ):
             item = self._inflight.popleft()
             stored = item.stored.result()
             state = item.hash_state.result() if item.hash_state is not None else None
