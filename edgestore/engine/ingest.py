@@ -25,6 +25,7 @@ from edgestore.config import Settings
 from edgestore.engine import staging
 from edgestore.engine.dedup import ChunkWriter, StoredChunk
 from edgestore.engine.pipeline import CpuPool, SerialLane
+from edgestore.engine.prefix import RunningDigest
 from edgestore.errors import ChecksumMismatch, TooLarge, TransferInterrupted, UploadLocked
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database
@@ -58,11 +59,6 @@ class _InFlight:
 
     def done(self) -> bool:
         return self.stored.done() and (self.hash_state is None or self.hash_state.done())
-
-
-def _hash_step(hasher: ResumableSha256, chunk: Buffer) -> bytes:
-    hasher.update(chunk)
-    return hasher.state()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +134,14 @@ class Appender:
         # `chunker`: the one the previous append left, its buffer holding `upload.tail`.
         # Chunks are views of its buffer (lent, not copied out) until they are stored.
         self._chunker = chunker or StreamChunker(settings.chunker, tail, lend=True)
-        self._hasher = ResumableSha256(upload.hash_state) if upload.hash_state is not None else None
-        self._lane = SerialLane("edgestore-hash") if self._hasher else None
+        self._digest = (
+            RunningDigest(db, upload.upload_id, upload.next_seq, upload.hash_state)
+            if upload.hash_state is not None
+            else None
+        )
+        self._lane = SerialLane("edgestore-hash") if self._digest else None
         self._inflight: deque[_InFlight] = deque()
-        self._ready: list[tuple[NewPart, bytes | None]] = []
+        self._ready: list[NewPart] = []
         self._next_offset = upload.committed_offset
         # Where this append begins: checkpoints during run() move self._upload.offset on.
         self._run_offset = upload.offset
@@ -291,8 +291,8 @@ class Appender:
     def _submit(self, chunk: Buffer, *, reserved: bool = False) -> None:
         stored = self._writer.submit(chunk, reserved=reserved)
         hashed = None
-        if self._lane is not None and self._hasher is not None:
-            hashed = self._lane.submit(_hash_step, self._hasher, chunk)
+        if self._lane is not None and self._digest is not None:
+            hashed = self._lane.submit(self._digest.step, chunk, stored)
         self._inflight.append(_InFlight(self._next_offset, len(chunk), stored, hashed))
         self._next_offset += len(chunk)
 
@@ -308,7 +308,7 @@ class Appender:
             item = self._inflight.popleft()
             stored = item.stored.result()
             state = item.hash_state.result() if item.hash_state is not None else None
-            self._ready.append((NewPart(stored.chunk_id, item.offset, item.length), state))
+            self._ready.append(NewPart(stored.chunk_id, item.offset, item.length, state))
             if self._on_chunk is not None:
                 self._on_chunk(stored)
 
@@ -380,7 +380,7 @@ class Appender:
         the tail's writes, already started (else they start here; every submitted chunk is
         among the ready parts by now, so the tail starts where _stage_early expects).
         """
-        parts = [p for p, _ in self._ready]
+        parts = list(self._ready)
         up = self._upload
         old = up.tail
         if pending is None:
@@ -392,8 +392,8 @@ class Appender:
             tail=new,
             expires_at=time.time() + self._settings.upload_expiry_seconds,
         )
-        if self._ready and self._ready[-1][1] is not None:
-            cp.hash_state = self._ready[-1][1]
+        if self._ready and self._ready[-1].sha_state is not None:
+            cp.hash_state = self._ready[-1].sha_state
         try:
             with self._db.write() as conn:
                 rec = upload_rows.checkpoint(

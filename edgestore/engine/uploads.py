@@ -55,6 +55,7 @@ def version_of(
     sha256: str | None,
     *,
     take_refs: bool,
+    sha_states: list[bytes | None] | None = None,
 ) -> str:
     """The object version a finished upload becomes: its bucket and key (defaults: the
     default bucket, the upload id), its metadata, these (chunk id, offset, length) entries."""
@@ -69,6 +70,7 @@ def version_of(
         filename=rec.filename,
         user_metadata=rec.user_metadata,
         take_refs=take_refs,
+        sha_states=sha_states,
     )
 
 
@@ -442,7 +444,10 @@ class Uploads:
                         upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
             return
         entries = upload_rows.parts(conn, rec.upload_id)
-        version_id = version_of(self._core.db, conn, rec, entries, sha256, take_refs=False)
+        states = upload_rows.part_states(conn, rec.upload_id) if sha256 is not None else None
+        version_id = version_of(
+            self._core.db, conn, rec, entries, sha256, take_refs=False, sha_states=states
+        )
         upload_rows.mark_complete(conn, rec.upload_id, version_id)
 
     # --- housekeeping -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import Database, now
-from edgestore.metadata.schema import manifests, object_versions, objects
+from edgestore.metadata.schema import manifests, object_versions, objects, upload_parts
 from edgestore.types import ChunkId, ObjectId, VersionId
 
 
@@ -129,8 +129,12 @@ def create_version(
     filename: str | None,
     user_metadata: dict[str, Any],
     take_refs: bool,
+    sha_states: Sequence[bytes | None] | None = None,
 ) -> VersionId:
     """Create the next version of bucket/key from (chunk id, offset, length) entries.
+
+    `sha_states`: the whole-file SHA-256 state after each entry, where the stream was hashed
+    as it arrived (engine/prefix.py follows them).
 
     With `take_refs` the chunks' reference counts are raised here; without, the caller is
     handing over references it already holds (an upload's parts becoming a manifest).
@@ -172,11 +176,21 @@ def create_version(
     else:
         raise RuntimeError(f"could not allocate a version number for {bucket}/{key}")
     if entries:
+        states = sha_states if sha_states is not None else [None] * len(entries)
+        if len(states) != len(entries):
+            raise ValueError(f"{len(states)} hash states for {len(entries)} manifest entries")
         conn.execute(
             sa.insert(manifests),
             [
-                {"version_id": vid, "seq": i, "chunk_id": cid, "offset": off, "length": length}
-                for i, (cid, off, length) in enumerate(entries)
+                {
+                    "version_id": vid,
+                    "seq": i,
+                    "chunk_id": cid,
+                    "offset": off,
+                    "length": length,
+                    "sha_state": state,
+                }
+                for i, ((cid, off, length), state) in enumerate(zip(entries, states, strict=True))
             ],
         )
     if take_refs:
@@ -327,3 +341,51 @@ def sha256_of_manifest(conn: Connection, digest: str) -> str | None:
         .where(object_versions.c.manifest_digest == digest, object_versions.c.sha256.isnot(None))
         .limit(1)
     ).scalar_one_or_none()
+
+
+# --- prefixes already hashed (engine/prefix.py) ----------------------------------------------
+
+
+def version_starting_with(conn: Connection, chunk_id: str) -> str | None:
+    """A version whose first manifest entry is this chunk, with its hash state recorded."""
+    row = conn.execute(
+        sa.select(manifests.c.version_id)
+        .where(
+            manifests.c.chunk_id == chunk_id,
+            manifests.c.seq == 0,
+            manifests.c.sha_state.is_not(None),
+        )
+        .limit(1)
+    ).first()
+    return None if row is None else str(row[0])
+
+
+def version_continuing(conn: Connection, upload_id: str, seq: int, state: bytes) -> str | None:
+    """A version whose entry `seq` is the upload's part `seq`, with the same hash state after
+    it: its bytes up to there are the upload's."""
+    part = upload_parts
+    row = conn.execute(
+        sa.select(manifests.c.version_id)
+        .join(part, part.c.chunk_id == manifests.c.chunk_id)
+        .where(
+            part.c.upload_id == upload_id,
+            part.c.seq == seq,
+            manifests.c.seq == seq,
+            manifests.c.sha_state == state,
+        )
+        .limit(1)
+    ).first()
+    return None if row is None else str(row[0])
+
+
+def entry_states(
+    conn: Connection, version_id: str, first_seq: int, limit: int
+) -> list[tuple[str, int, bytes | None]]:
+    """(chunk id, length, hash state) of a version's manifest entries from `first_seq` on."""
+    rows = conn.execute(
+        sa.select(manifests.c.chunk_id, manifests.c.length, manifests.c.sha_state)
+        .where(manifests.c.version_id == version_id, manifests.c.seq >= first_seq)
+        .order_by(manifests.c.seq)
+        .limit(limit)
+    )
+    return [(str(r[0]), int(r[1]), r[2]) for r in rows]

@@ -116,6 +116,10 @@ manifests = sa.Table(
     sa.Column("chunk_id", ChunkIdType, sa.ForeignKey("chunks.chunk_id"), nullable=False),
     sa.Column("offset", sa.BigInteger, nullable=False),
     sa.Column("length", sa.BigInteger, nullable=False),
+    # The whole-file SHA-256 state after this entry's bytes (null where the server did not
+    # hash the stream itself): an upload that repeats this version's first chunks takes it
+    # instead of hashing them again (engine/prefix.py).
+    sa.Column("sha_state", sa.LargeBinary, nullable=True),
     sa.Index(None, "version_id", "offset"),
     sa.Index(None, "chunk_id"),
 )
@@ -169,6 +173,7 @@ upload_parts = sa.Table(
     sa.Column("chunk_id", ChunkIdType, sa.ForeignKey("chunks.chunk_id"), nullable=False),
     sa.Column("offset", sa.BigInteger, nullable=False),
     sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Column("sha_state", sa.LargeBinary, nullable=True),  # as manifests.sha_state
     sa.Index(None, "chunk_id"),
 )
 

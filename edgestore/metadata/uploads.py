@@ -73,6 +73,7 @@ class NewPart:
     chunk_id: str
     offset: int
     length: int
+    sha_state: bytes | None = None  # the whole-file SHA-256 state after this part, if known
 
 
 @dataclass(slots=True)
@@ -252,6 +253,17 @@ def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
+def part_states(conn: Connection, upload_id: str) -> list[bytes | None]:
+    """The whole-file SHA-256 state after each of the upload's parts, in order (see
+    NewPart.sha_state)."""
+    rows = conn.execute(
+        sa.select(upload_parts.c.sha_state)
+        .where(upload_parts.c.upload_id == upload_id)
+        .order_by(upload_parts.c.seq)
+    )
+    return [r[0] for r in rows]
+
+
 # --- locks (leases) -------------------------------------------------------------------------
 
 
@@ -307,6 +319,7 @@ def checkpoint(
                 "chunk_id": p.chunk_id,
                 "offset": p.offset,
                 "length": p.length,
+                "sha_state": p.sha_state,
             }
         )
         offset += p.length

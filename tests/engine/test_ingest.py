@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from concurrent.futures import Future
 
 import pytest
 
 from edgestore.buffers import Buffer
-from edgestore.codec.hashing import ResumableSha256
 from edgestore.engine import Engine, ingest
+from edgestore.engine.dedup import StoredChunk
+from edgestore.engine.prefix import RunningDigest
 from tests.helpers import KiB, MiB, blocks_of, random_bytes, read_all
 
 
@@ -25,7 +27,7 @@ def test_cutting_goes_on_while_the_whole_file_hash_lags(
     enough = threading.Event()
     waited: list[bool] = []
     real_submit = ingest.Appender._submit
-    real_step = ingest._hash_step
+    real_step = RunningDigest.step
 
     def counting_submit(self: ingest.Appender, chunk: Buffer, *, reserved: bool = False) -> None:
         nonlocal cut
@@ -34,13 +36,13 @@ def test_cutting_goes_on_while_the_whole_file_hash_lags(
         if cut >= ingest.MAX_HELD_CHUNKS:
             enough.set()
 
-    def lagging_step(hasher: ResumableSha256, chunk: Buffer) -> bytes:
+    def lagging_step(self: RunningDigest, chunk: Buffer, stored: Future[StoredChunk]) -> bytes:
         if not waited:
             waited.append(enough.wait(timeout=10))
-        return real_step(hasher, chunk)
+        return real_step(self, chunk, stored)
 
     monkeypatch.setattr(ingest.Appender, "_submit", counting_submit)
-    monkeypatch.setattr(ingest, "_hash_step", lagging_step)
+    monkeypatch.setattr(RunningDigest, "step", lagging_step)
     data = random_bytes(4 * MiB + 5, seed=71)
     info = small_engine.put(blocks_of(data, 16 * KiB), key="lagging-lane")
     assert waited == [True], "the cutting thread waited for the hash lane's first chunk"
