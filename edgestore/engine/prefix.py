@@ -53,7 +53,6 @@ class RunningDigest:
         self._version: str | None = None
         self._entries: list[tuple[str, int, bytes | None]] = []
         self._first = seq  # the seq of _entries[0]
-        self.skipped = 0  # bytes whose hashing a stored version spared
 
     def step(self, chunk: Buffer, stored: Future[StoredChunk]) -> bytes:
         """The state after `chunk`, the upload's next part. `stored` resolves to its id."""
@@ -70,7 +69,6 @@ class RunningDigest:
             state = self._hasher.state()
         else:
             self._hasher = ResumableSha256(state)
-            self.skipped += len(chunk)
         self._seq += 1
         self._state = state
         return state
@@ -80,24 +78,31 @@ class RunningDigest:
         try:
             chunk_id = stored.result().chunk_id
         except Exception:  # the chunk was not stored: the append fails on its own
-            chunk_id = None
-        entry = self._entry(chunk_id) if chunk_id is not None else None
-        if entry is None or entry[0] != chunk_id or entry[1] != length or entry[2] is None:
+            self._following = False
+            return None
+        entry = self._entry()
+        if not _matches(entry, chunk_id, length):
+            # Another version may share the upload's bytes so far and go on with this chunk
+            # (several versions of a growing file: whichever was found first ends sooner).
+            self._version = self._lookup(
+                lambda conn: object_rows.version_with_entry(
+                    conn, chunk_id, self._seq, self._state if self._seq else None
+                )
+            )
+            self._entries = []
+            entry = self._entry()
+        if entry is None or not _matches(entry, chunk_id, length):
             self._following = False
             return None
         return entry[2]
 
-    def _entry(self, chunk_id: str) -> tuple[str, int, bytes | None] | None:
-        """The followed version's entry at this seq (at seq 0, the version is found by it)."""
-        if self._version is None:
-            self._version = self._lookup(
-                lambda conn: object_rows.version_starting_with(conn, chunk_id)
-            )
+    def _entry(self) -> tuple[str, int, bytes | None] | None:
+        """The followed version's entry at this seq, if any."""
         version = self._version
         if version is None:
             return None
         index = self._seq - self._first
-        if index >= len(self._entries):
+        if not 0 <= index < len(self._entries):
             self._entries = (
                 self._lookup(lambda conn: object_rows.entry_states(conn, version, self._seq, PAGE))
                 or []
@@ -114,3 +119,7 @@ class RunningDigest:
         except SQLAlchemyError as exc:
             log.warning("cannot follow a stored version's hash states: %s", exc)
             return None
+
+
+def _matches(entry: tuple[str, int, bytes | None] | None, chunk_id: str, length: int) -> bool:
+    return entry is not None and entry[:2] == (chunk_id, length) and entry[2] is not None

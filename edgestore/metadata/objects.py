@@ -346,17 +346,28 @@ def sha256_of_manifest(conn: Connection, digest: str) -> str | None:
 # --- prefixes already hashed (engine/prefix.py) ----------------------------------------------
 
 
-def version_starting_with(conn: Connection, chunk_id: str) -> str | None:
-    """A version whose first manifest entry is this chunk, with its hash state recorded."""
-    row = conn.execute(
-        sa.select(manifests.c.version_id)
-        .where(
-            manifests.c.chunk_id == chunk_id,
-            manifests.c.seq == 0,
-            manifests.c.sha_state.is_not(None),
+def version_with_entry(
+    conn: Connection, chunk_id: str, seq: int, state_before: bytes | None
+) -> str | None:
+    """A version whose entry `seq` is this chunk, with its hash state recorded, and whose
+    state before it is `state_before` (none at seq 0): its bytes up to there are the ones
+    hashed into that state."""
+    query = sa.select(manifests.c.version_id).where(
+        manifests.c.chunk_id == chunk_id,
+        manifests.c.seq == seq,
+        manifests.c.sha_state.is_not(None),
+    )
+    if seq > 0:
+        before = manifests.alias("before")
+        query = query.join(
+            before,
+            sa.and_(
+                before.c.version_id == manifests.c.version_id,
+                before.c.seq == seq - 1,
+                before.c.sha_state == state_before,
+            ),
         )
-        .limit(1)
-    ).first()
+    row = conn.execute(query.limit(1)).first()
     return None if row is None else str(row[0])
 
 

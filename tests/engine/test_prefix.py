@@ -65,6 +65,21 @@ def test_a_grown_file_hashes_only_what_is_new(
     assert hashed.hashed < 700 * KiB + 2 * SMALL_CHUNKS["chunk_max_size"]
 
 
+def test_a_file_that_keeps_growing_follows_its_longest_version(
+    small_engine: Engine, hashed: type[_Counting]
+) -> None:
+    """Whichever version is found first, the upload goes on with one that shares its bytes
+    so far where the first one ends."""
+    first = random_bytes(1024 * KiB, seed=19)
+    second = first + random_bytes(1024 * KiB, seed=20)
+    third = second + random_bytes(300 * KiB, seed=21)
+    _put(small_engine, first, "grows")
+    _put(small_engine, second, "grows")
+    hashed.hashed = 0
+    _put(small_engine, third, "grows")
+    assert hashed.hashed < 300 * KiB + 2 * SMALL_CHUNKS["chunk_max_size"]
+
+
 def test_an_edit_hashes_from_the_first_chunk_that_differs(
     small_engine: Engine, hashed: type[_Counting]
 ) -> None:
