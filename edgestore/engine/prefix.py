@@ -81,7 +81,7 @@ class RunningDigest:
             self._following = False
             return None
         entry = self._entry()
-        if not _matches(entry, chunk_id, length):
+        if entry is None or not _matches(entry, chunk_id, length):
             # Another version may share the upload's bytes so far and go on with this chunk
             # (several versions of a growing file: whichever was found first ends sooner).
             self._version = self._lookup(
@@ -121,5 +121,5 @@ class RunningDigest:
             return None
 
 
-def _matches(entry: tuple[str, int, bytes | None] | None, chunk_id: str, length: int) -> bool:
-    return entry is not None and entry[:2] == (chunk_id, length) and entry[2] is not None
+def _matches(entry: tuple[str, int, bytes | None], chunk_id: str, length: int) -> bool:
+    return entry[:2] == (chunk_id, length) and entry[2] is not None
