@@ -53,30 +53,19 @@ def test_the_same_bytes_again_are_not_hashed_again(
     assert hashed.hashed == 0
 
 
+@pytest.mark.parametrize("versions", [1, 2], ids=["grew-once", "keeps-growing"])
 def test_a_grown_file_hashes_only_what_is_new(
-    small_engine: Engine, hashed: type[_Counting]
+    small_engine: Engine, hashed: type[_Counting], versions: int
 ) -> None:
-    old = random_bytes(2 * 1024 * KiB, seed=12)
-    grown = old + random_bytes(700 * KiB, seed=13)
-    _put(small_engine, old, "log")
+    """Whichever stored version is found first, the upload goes on with one that shares
+    its bytes so far where that one ends (the latest, for a file that keeps growing)."""
+    data = b""
+    for i in range(versions):
+        data += random_bytes(1024 * KiB, seed=12 + i)
+        _put(small_engine, data, "grows")
     hashed.hashed = 0
-    _put(small_engine, grown, "log")
-    # The old file's last chunk was cut at its end; the grown file cuts there differently.
-    assert hashed.hashed < 700 * KiB + 2 * SMALL_CHUNKS["chunk_max_size"]
-
-
-def test_a_file_that_keeps_growing_follows_its_longest_version(
-    small_engine: Engine, hashed: type[_Counting]
-) -> None:
-    """Whichever version is found first, the upload goes on with one that shares its bytes
-    so far where the first one ends."""
-    first = random_bytes(1024 * KiB, seed=19)
-    second = first + random_bytes(1024 * KiB, seed=20)
-    third = second + random_bytes(300 * KiB, seed=21)
-    _put(small_engine, first, "grows")
-    _put(small_engine, second, "grows")
-    hashed.hashed = 0
-    _put(small_engine, third, "grows")
+    _put(small_engine, data + random_bytes(300 * KiB, seed=19), "grows")
+    # Each version's last chunk was cut at its end; the grown file cuts there differently.
     assert hashed.hashed < 300 * KiB + 2 * SMALL_CHUNKS["chunk_max_size"]
 
 
