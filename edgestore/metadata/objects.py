@@ -177,8 +177,6 @@ def create_version(
         raise RuntimeError(f"could not allocate a version number for {bucket}/{key}")
     if entries:
         states = sha_states if sha_states is not None else [None] * len(entries)
-        if len(states) != len(entries):
-            raise ValueError(f"{len(states)} hash states for {len(entries)} manifest entries")
         conn.execute(
             sa.insert(manifests),
             [
