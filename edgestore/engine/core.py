@@ -149,7 +149,7 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             policy=policy,
             writer=ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers + 1),
             reader=ChunkReader(
-                dirs, ec_backend or None, on_faults, io_threads=policy.large.codec.total + 3
+                dirs, ec_backend or None, on_faults, io_threads=policy.shard_io_threads
             ),
             params=recorded,
         )

@@ -76,6 +76,12 @@ class RedundancyPolicy:
         codec = self.large.codec
         return codec.backend if isinstance(codec, ReedSolomon) else None
 
+    @property
+    def shard_io_threads(self) -> int:
+        """Threads to write (or read) one chunk's shard files at once, plus a few for
+        staged tails and chunks finishing together."""
+        return max(self.large.codec.total, 1) + 3
+
     def for_size(self, stored_size: int) -> Redundancy | None:
         """None means inline."""
         if stored_size <= self.inline_max:
@@ -116,10 +122,8 @@ class ChunkWriter:
         self._cpu = cpu
         self._slots = threading.BoundedSemaphore(slots)
         self._commit = ThreadPoolExecutor(slots, thread_name_prefix="edgestore-commit")
-        # Shard and staged-tail writes: one chunk's shards at once, plus a few.
-        self._io = ThreadPoolExecutor(
-            max(policy.large.codec.total, 1) + 3, thread_name_prefix="edgestore-io"
-        )
+        # Shard and staged-tail writes.
+        self._io = ThreadPoolExecutor(policy.shard_io_threads, thread_name_prefix="edgestore-io")
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[StoredChunk]] = {}
 

@@ -47,8 +47,7 @@ class RunningDigest:
         self._db = db
         self._upload_id = upload_id
         self._seq = seq
-        self._hasher = ResumableSha256(state)
-        self._state = state
+        self._hasher = ResumableSha256(state)  # its state: the upload's, before the next part
         self._following = True  # no chunk has differed yet (nor a lookup failed)
         self._version: str | None = None
         self._entries: list[tuple[str, int, bytes | None]] = []
@@ -59,7 +58,7 @@ class RunningDigest:
         if self._following and self._version is None and self._seq > 0:
             self._version = self._lookup(
                 lambda conn: object_rows.version_continuing(
-                    conn, self._upload_id, self._seq - 1, self._state
+                    conn, self._upload_id, self._seq - 1, self._hasher.state()
                 )
             )
             self._following = self._version is not None  # else: no waiting for chunk ids
@@ -70,7 +69,6 @@ class RunningDigest:
         else:
             self._hasher = ResumableSha256(state)
         self._seq += 1
-        self._state = state
         return state
 
     def _known(self, length: int, stored: Future[StoredChunk]) -> bytes | None:
@@ -86,7 +84,7 @@ class RunningDigest:
             # (several versions of a growing file: whichever was found first ends sooner).
             self._version = self._lookup(
                 lambda conn: object_rows.version_with_entry(
-                    conn, chunk_id, self._seq, self._state if self._seq else None
+                    conn, chunk_id, self._seq, self._hasher.state() if self._seq else None
                 )
             )
             self._entries = []
