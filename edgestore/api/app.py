@@ -19,6 +19,7 @@ from edgestore.config import Settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
 from edgestore.maintenance.hashes import fill_missing_sha256
+from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
 log = logging.getLogger("edgestore.http")
 
@@ -53,6 +54,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         eng = engine or await asyncio.to_thread(Engine.open, settings)
+        if eng.core.dirs.single_disk:  # the CLI prints it; a server's operator reads the log
+            logging.getLogger("edgestore.storage").warning(SINGLE_DISK_WARNING)
         svc = Services(settings=settings, engine=eng)
         app.state.services = svc
         await app.state.security.start(eng)

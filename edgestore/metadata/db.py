@@ -99,10 +99,10 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (safe with several nodes starting)."""
+        # Before the import: alembic logs a line per plugin it sets up as it loads, at INFO.
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per start is plenty
         from alembic import command
         from alembic.config import Config
-
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per start is plenty
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -1,8 +1,13 @@
-"""The server's background upkeep, run in-process for one round."""
+"""The server's start (what it tells the operator) and its background upkeep, run in-process
+for one round."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +15,7 @@ from edgestore.api import app as app_module
 from edgestore.api.state import Services
 from edgestore.buffers import AlignedPool
 from edgestore.engine import Engine
+from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 from tests.conftest import SettingsFactory
 
 
@@ -38,3 +44,32 @@ def test_upkeep_gives_idle_buffers_back(
         finally:
             svc.close()
     assert pool.idle == 0, "the upkeep left the idle block mapped"
+
+
+@pytest.mark.parametrize("disks", ["one", "two"])
+def test_start_warns_when_every_data_dir_is_on_one_disk(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, disks: str
+) -> None:
+    """The default layout (9 dirs under HOME) protects against bitrot, not a lost disk: the
+    server's log says so at start, and stays quiet when the dirs are on different filesystems."""
+    other = Path(tempfile.mkdtemp(dir="/dev/shm")) if disks == "two" else None
+    try:
+        if other is None:
+            settings = make_settings()
+        else:
+            settings = make_settings(data_dirs=[make_settings().home / "a", other])
+            if other.stat().st_dev == settings.home.parent.stat().st_dev:
+                pytest.skip("/dev/shm is on the same filesystem as the test's tmp dir here")
+        app = app_module.create_app(settings)
+        caplog.set_level(logging.WARNING, logger="edgestore.storage")
+
+        async def start_and_stop() -> None:
+            async with app.router.lifespan_context(app):
+                pass
+
+        asyncio.run(start_and_stop())
+    finally:
+        if other is not None:
+            shutil.rmtree(other, ignore_errors=True)
+    warned = [r for r in caplog.records if r.getMessage() == SINGLE_DISK_WARNING]
+    assert len(warned) == (1 if disks == "one" else 0)
