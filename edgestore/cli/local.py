@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import sys
 import time
@@ -71,7 +72,12 @@ def put(
     key: Annotated[
         str | None, typer.Option("--key", "-k", help="Key (default: file name).")
     ] = None,
-    content_type: Annotated[str | None, typer.Option("--content-type")] = None,
+    content_type: Annotated[
+        str | None,
+        typer.Option(
+            "--content-type", help="Media type served with it (default: guessed from the name)."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -81,6 +87,8 @@ def put(
     if stdin and key is None:
         raise InvalidInput("reading standard input needs --key")
     key = key or file.name
+    if content_type is None and not stdin:  # as `upload` does: a video served as one plays
+        content_type = mimetypes.guess_type(file.name)[0]
     total = None if stdin else file.stat().st_size
     stats = {"chunks": 0, "new_chunks": 0, "dedup_bytes": 0, "stored_bytes": 0}
 

@@ -70,6 +70,22 @@ def test_put_get_ls_stat_rm_du_gc(cli, tmp_path: Path) -> None:
     assert du["chunks"] == 0 and du["stored_bytes"] == 0
 
 
+def test_put_guesses_the_content_type_from_the_name(cli, tmp_path: Path) -> None:
+    """As `upload` does, so that a video stored locally plays when served; --content-type
+    wins, and a name that says nothing leaves it unset."""
+    for name in ("clip.mp4", "notes.txt", "blob.unknownext"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+        cli("put", str(tmp_path / name))
+    cli("put", str(tmp_path / "clip.mp4"), "--key", "forced", "--content-type", "text/plain")
+    types = {o["key"]: o["content_type"] for o in json.loads(cli("ls", "--json").stdout)}
+    assert types == {
+        "clip.mp4": "video/mp4",
+        "notes.txt": "text/plain",
+        "blob.unknownext": None,
+        "forced": "text/plain",
+    }
+
+
 def test_stdin_and_human_output(cli) -> None:
     res = cli("put", "-", "--key", "from-stdin", input=b"hello")
     assert "default/from-stdin" in res.stdout.decode()
