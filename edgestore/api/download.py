@@ -61,6 +61,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         suffix = int(last)
         if suffix == 0:
             raise InvalidRange("a zero-length suffix range cannot be satisfied", size=size)
+        if size == 0:
+            return None  # satisfiable (RFC 9110 14.1.1), but no 206 can describe it: a 200
         start, end = max(size - suffix, 0), size
     if start >= size:
         raise InvalidRange(f"range starts at {start}, the object has {size} bytes", size=size)
@@ -114,10 +116,13 @@ def object_response(
         inm.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in inm.split(",")]
     ):
         return Response(status_code=304, headers=headers)
-    byte_range = parse_range(request.headers.get("range"), info.size)
+    range_header = request.headers.get("range")
     if_range = request.headers.get("if-range")
-    if byte_range is not None and if_range is not None and if_range.strip() != etag:
-        byte_range = None  # the client's copy is stale: send the whole (current) object
+    if if_range is not None and if_range.strip() != etag:
+        # The client's copy is stale: its Range is ignored, even one past this version's end
+        # (RFC 9110 13.2.2), and the whole (current) object is sent.
+        range_header = None
+    byte_range = parse_range(range_header, info.size)
     status = 200
     start, end = 0, info.size
     if byte_range is not None:

@@ -6,6 +6,7 @@ DELETE /objects/{bucket}/{key}?version=N          delete that version (default: 
 GET    /ids/{object_id}?version=N                 the bytes, by object id (HEAD, DELETE too)
 GET    /ids/{object_id}/versions                  the version history
 GET    /ids/{object_id}/info?version=N            one version's metadata as JSON
+(HEAD too on every GET route: RFC 9110 9.1.)
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ async def _stat(request: Request, sel: ObjectSelector) -> VersionInfo:
     return await asyncio.to_thread(services(request).engine.objects.stat, sel)
 
 
-@router.get("/objects", response_model=ObjectList, summary="List objects (latest versions)")
+@router.api_route(
+    "/objects",
+    methods=["GET", "HEAD"],
+    response_model=ObjectList,
+    summary="List objects (latest versions)",
+)
 async def list_objects(
     request: Request,
     bucket: str | None = None,
@@ -148,7 +154,12 @@ async def delete_by_id(request: Request, object_id: str, version: VersionQuery =
     return Response(status_code=204)
 
 
-@router.get("/ids/{object_id}/info", response_model=ObjectVersion, summary="Version metadata")
+@router.api_route(
+    "/ids/{object_id}/info",
+    methods=["GET", "HEAD"],
+    response_model=ObjectVersion,
+    summary="Version metadata",
+)
 async def info_by_id(
     request: Request, object_id: str, version: VersionQuery = None
 ) -> ObjectVersion:
@@ -157,7 +168,12 @@ async def info_by_id(
     )
 
 
-@router.get("/ids/{object_id}/versions", response_model=list[ObjectVersion], summary="Versions")
+@router.api_route(
+    "/ids/{object_id}/versions",
+    methods=["GET", "HEAD"],
+    response_model=list[ObjectVersion],
+    summary="Versions",
+)
 async def versions(request: Request, object_id: str) -> list[ObjectVersion]:
     await _stat(request, ObjectSelector(object_id=object_id))
     found = await asyncio.to_thread(services(request).engine.objects.versions, object_id)

@@ -66,7 +66,7 @@ def rules(metrics_public: bool) -> list[Rule]:
         _rule("HEAD PATCH DELETE", r"/files/(?P<upload_id>[^/]+)", UPLOAD, target=UPLOAD_ID),
         _rule("GET", r"/files/(?P<upload_id>[^/]+)", READ, target=UPLOAD_ID),
         # objects (api/objects.py): versions are history, so only admins delete them
-        _rule("GET", r"/objects", READ, target=LISTING),
+        _rule("GET HEAD", r"/objects", READ, target=LISTING),
         _rule("GET HEAD", r"/objects/(?P<bucket>[^/]+)/(?P<key>.+)", READ, target=OBJECT_PATH),
         _rule("DELETE", r"/objects/(?P<bucket>[^/]+)/(?P<key>.+)", ADMIN, target=OBJECT_PATH),
         _rule("GET HEAD", r"/ids/(?P<object_id>[^/]+)(/info|/versions)?", READ, target=OBJECT_ID),

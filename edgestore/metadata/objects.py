@@ -138,21 +138,31 @@ def create_version(
 
     With `take_refs` the chunks' reference counts are raised here; without, the caller is
     handing over references it already holds (an upload's parts becoming a manifest).
-    Runs inside the caller's transaction; the version number is retried on a race.
+    Runs inside the caller's transaction. Numbers only grow: one that was deleted is never
+    given out again (`objects.last_version`), while the object exists; after its last version
+    is deleted, the object goes, and a new one under the same key (a new object id) starts
+    again from 1.
     """
     oid = object_id_for(db, conn, bucket, key)
     vid = str(uuid.uuid4())
     size = sum(length for _, _, length in entries)
     digest = manifest_digest([(cid, length) for cid, _, length in entries])
     for _attempt in range(20):
-        number = (
-            conn.execute(
-                sa.select(sa.func.max(object_versions.c.version)).where(
-                    object_versions.c.object_id == oid
-                )
-            ).scalar_one_or_none()
-            or 0
-        ) + 1
+        # The object's row, locked (PostgreSQL; SQLite has one writer): writers of one object
+        # take numbers one after another. The highest existing number counts too, for a
+        # version written by a node that does not know the counter yet.
+        last = conn.execute(
+            sa.select(objects.c.last_version).where(objects.c.object_id == oid).with_for_update()
+        ).scalar_one()
+        highest = conn.execute(
+            sa.select(sa.func.max(object_versions.c.version)).where(
+                object_versions.c.object_id == oid
+            )
+        ).scalar_one_or_none()
+        number = max(last, highest or 0) + 1
+        conn.execute(
+            sa.update(objects).where(objects.c.object_id == oid).values(last_version=number)
+        )
         try:
             with conn.begin_nested():
                 conn.execute(

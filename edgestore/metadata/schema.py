@@ -77,6 +77,8 @@ objects = sa.Table(
     sa.Column("bucket", sa.String(63), nullable=False),
     sa.Column("key", sa.String(1024), nullable=False),
     sa.Column("created_at", Time, nullable=False),
+    # The highest version number ever given out: a deleted version's number is not reused.
+    sa.Column("last_version", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("bucket", "key"),
 )
 

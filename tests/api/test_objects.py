@@ -119,6 +119,24 @@ def test_versions(http) -> None:
         assert http.get(f"/objects/{bucket}/{key}", params={"version": bad}).status_code == 400
 
 
+def test_listing_versions_and_info_answer_head_like_get(http) -> None:
+    """RFC 9110 9.1 / 9.3.2: HEAD is supported wherever GET is, with GET's headers, no body."""
+    bucket = _bucket()
+    oid = _put(http, bucket, "h", b"head me")
+    for path, params in [
+        ("/objects", {"bucket": bucket}),
+        (f"/ids/{oid}/versions", {}),
+        (f"/ids/{oid}/info", {"version": 1}),
+    ]:
+        g = http.get(path, params=params)
+        h = http.head(path, params=params)
+        assert g.status_code == 200
+        assert h.status_code == 200, (path, h.status_code)
+        assert h.content == b""
+        assert h.headers["Content-Type"] == g.headers["Content-Type"]
+        assert h.headers["Content-Length"] == g.headers["Content-Length"]
+
+
 def test_delete_versions(http) -> None:
     bucket, key = _bucket(), "d"
     a, b, c = (random_bytes(50, seed=s) for s in (220, 221, 222))
@@ -136,6 +154,21 @@ def test_delete_versions(http) -> None:
     assert http.get(f"/objects/{bucket}/{key}").status_code == 404
     assert http.get(f"/ids/{oid}").status_code == 404
     assert http.delete(f"/objects/{bucket}/{key}").status_code == 404
+
+
+def test_a_deleted_latest_version_number_is_not_given_to_the_next_upload(http) -> None:
+    """After deleting version 2, the next upload must not become version 2 again: a
+    ?version=2 link (or a /versions listing kept by a client) would silently name other
+    bytes."""
+    bucket, key = _bucket(), "renumber"
+    oid = _put(http, bucket, key, b"one")
+    _put(http, bucket, key, b"two")
+    assert http.delete(f"/objects/{bucket}/{key}").status_code == 204
+    assert http.get(f"/objects/{bucket}/{key}").content == b"one"  # latest is version 1 again
+    _put(http, bucket, key, b"three")
+    history = http.get(f"/ids/{oid}/versions").json()
+    assert history[0]["version"] != 2, history
+    assert http.get(f"/objects/{bucket}/{key}", params={"version": 2}).status_code == 404
 
 
 # --- listing ----------------------------------------------------------------------------------
@@ -260,6 +293,24 @@ def test_ranges_not_understood_serve_everything(http, spec: str) -> None:
     assert r.status_code == 200 and r.content == data
 
 
+def test_ranges_on_a_zero_length_object(http) -> None:
+    """RFC 9110 14.1.1: on a zero-length representation a suffix range with a non-zero
+    length is satisfiable (416 is wrong; no 206 can describe it, so 200 with the empty
+    body); every int-range and `-0` are unsatisfiable (416, `bytes */0`)."""
+    bucket = _bucket()
+    _put(http, bucket, "empty", b"")
+    for spec in ("bytes=-1", "bytes=-500"):
+        for method in ("GET", "HEAD"):
+            r = http.request(method, f"/objects/{bucket}/empty", headers={"Range": spec})
+            assert r.status_code == 200, (method, spec, r.status_code)
+            assert r.content == b"" and r.headers["Content-Length"] == "0"
+            assert "Content-Range" not in r.headers
+    for spec in ("bytes=0-", "bytes=0-0", "bytes=-0"):
+        r = http.get(f"/objects/{bucket}/empty", headers={"Range": spec})
+        assert r.status_code == 416, (spec, r.status_code)
+        assert r.headers["Content-Range"] == "bytes */0"
+
+
 # --- conditional requests ---------------------------------------------------------------------
 
 
@@ -299,6 +350,24 @@ def test_if_range(http, big) -> None:
     assert stale.status_code == 200
     assert stale.headers["Content-Length"] == str(len(data))
     assert sha256_hex(stale.content) == sha256_hex(data)
+
+
+def test_a_stale_if_range_ignores_even_an_unsatisfiable_range(http) -> None:
+    """RFC 9110 13.1.5 / 13.2.2 step 5: when If-Range does not match, the Range header is
+    ignored and the whole current object is sent (200), whatever the range was. A client
+    resuming an old, longer version past the new one's end must get the new object, not
+    416."""
+    bucket = _bucket()
+    _put(http, bucket, "grow", random_bytes(1000, seed=234))
+    old_etag = http.head(f"/objects/{bucket}/grow").headers["ETag"]
+    data = random_bytes(100, seed=235)
+    _put(http, bucket, "grow", data)  # a new, shorter version
+    for if_range in (old_etag, "Wed, 21 Oct 2015 07:28:00 GMT"):
+        h = {"Range": "bytes=500-", "If-Range": if_range}
+        r = http.get(f"/objects/{bucket}/grow", headers=h)
+        assert r.status_code == 200, (if_range, r.status_code, r.text)
+        assert r.content == data and "Content-Range" not in r.headers
+        assert http.head(f"/objects/{bucket}/grow", headers=h).status_code == 200
 
 
 # --- Content-Type and Content-Disposition ----------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from edgestore.metadata.db import Database
+from edgestore.metadata.db import MIGRATIONS_DIR, Database
 from edgestore.metadata.schema import metadata
 
 
@@ -57,3 +60,44 @@ def test_a_start_logs_no_alembic_chatter(tmp_path) -> None:
     )
     assert "migrated" in out.stdout
     assert "alembic" not in out.stdout + out.stderr
+
+
+def test_the_version_counter_starts_from_each_objects_highest_version(db_url: str) -> None:
+    """Migration 0005 gives existing objects their highest number, so the next version of an
+    object whose versions are 1 and 3 is 4, not 2 and not 4 again after a delete."""
+    db = Database(db_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with db.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0004")
+            conn.commit()
+            oid, other = str(uuid.uuid4()), str(uuid.uuid4())
+            for o, key in ((oid, "a"), (other, "b")):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO objects (object_id, bucket, key, created_at) "
+                        "VALUES (:o, 'mig', :k, 0)"
+                    ),
+                    {"o": o, "k": key},
+                )
+            for number in (1, 3):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO object_versions (version_id, object_id, version, size, "
+                        "manifest_digest, user_metadata, state, created_at) VALUES "
+                        "(:v, :o, :n, 0, 'd', '{}', 'committed', 0)"
+                    ),
+                    {"v": str(uuid.uuid4()), "o": oid, "n": number},
+                )
+            conn.commit()
+            command.upgrade(cfg, "head")
+            conn.commit()
+            rows = conn.execute(
+                sa.text("SELECT key, last_version FROM objects WHERE bucket = 'mig'")
+            ).all()
+            counters = {key: last for key, last in rows}
+        assert counters == {"a": 3, "b": 0}
+    finally:
+        db.close()
