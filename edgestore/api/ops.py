@@ -15,12 +15,18 @@ from edgestore.errors import StorageError
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.api_route(  # HEAD too: load balancers and uptime monitors often probe with it
+    "/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers"
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable, data dirs writable")
+@router.api_route(
+    "/readyz",
+    methods=["GET", "HEAD"],
+    summary="Readiness: database reachable, data dirs writable",
+)
 async def readyz(request: Request) -> JSONResponse:
     svc = services(request)
     problems: list[str] = []

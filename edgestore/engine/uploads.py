@@ -173,6 +173,20 @@ class Uploads:
         with self._core.db.read() as conn:
             return _of_kind(upload_rows.get_open(conn, upload_id), kinds)
 
+    def final_length(self, rec: UploadRecord) -> int | None:
+        """A final upload's length: the stored one, or, while it waits for its partials,
+        their sum once each partial's length is known (None until then)."""
+        if rec.length is not None or rec.concat_of is None:
+            return rec.length
+        lengths = []
+        with self._core.db.read() as conn:
+            for pid in rec.concat_of:
+                try:
+                    lengths.append(upload_rows.get(conn, pid).length)
+                except UploadNotFound:
+                    return None
+        return None if None in lengths else sum(n for n in lengths if n is not None)
+
     def terminate(self, upload_id: str) -> None:
         """Drop the upload and its references (a completed upload's object stays)."""
         self._stop_local_writer(upload_id, "upload terminated")
@@ -196,25 +210,45 @@ class Uploads:
 
     def declare_length(self, upload_id: str, length: int) -> UploadRecord:
         """Set a deferred Upload-Length once; it must cover the bytes already received."""
-        if length < 0:
-            raise InvalidInput(f"upload length {length} is negative")
-        if length > self._core.settings.max_upload_size:
-            raise TooLarge(
-                f"upload length {length} exceeds the maximum of "
-                f"{self._core.settings.max_upload_size}"
-            )
         with self._core.db.write() as conn:
             rec = upload_rows.get_open(conn, upload_id)
             if rec.length is not None:
                 if rec.length != length:
                     raise UploadStateError(f"upload {upload_id} already has length {rec.length}")
                 return rec
-            if length < rec.offset:
-                raise InvalidInput(f"length {length} is less than the {rec.offset} bytes received")
-            if not rec.is_partial:
-                quotas.check_bucket(conn, self._core.settings, rec.bucket, length)
-            upload_rows.set_length(conn, upload_id, length)
+            self._set_length(conn, rec, length)
             return upload_rows.get(conn, upload_id)
+
+    def _set_length(self, conn: Connection, rec: UploadRecord, length: int) -> None:
+        """Declare the length of an upload whose length was deferred, after checking it."""
+        settings = self._core.settings
+        if length < 0:
+            raise InvalidInput(f"upload length {length} is negative")
+        if length > settings.max_upload_size:
+            raise TooLarge(
+                f"upload length {length} exceeds the maximum of {settings.max_upload_size}"
+            )
+        if length < rec.offset:
+            raise InvalidInput(f"length {length} is less than the {rec.offset} bytes received")
+        if not rec.is_partial:
+            quotas.check_bucket(conn, settings, rec.bucket, length)
+        upload_rows.set_length(conn, rec.upload_id, length)
+
+    def _withdraw_length(self, upload_id: str, owner: str, offset: int, length: int) -> None:
+        """Undo the length an append declared when the append kept nothing (a checksum
+        mismatch, say): a refused request leaves the upload as it was."""
+        try:
+            with self._core.db.write() as conn:
+                rec = upload_rows.get(conn, upload_id, for_update=True)
+                if (
+                    rec.state == upload_rows.OPEN
+                    and rec.lock_owner == owner
+                    and rec.offset == offset
+                    and rec.length == length
+                ):
+                    upload_rows.clear_length(conn, upload_id)
+        except Exception:
+            log.exception("could not withdraw the length declared for upload %s", upload_id)
 
     # --- appending ----------------------------------------------------------------------------
 
@@ -228,8 +262,12 @@ class Uploads:
         checksum: Checksum | TrailingChecksum | None = None,
         on_chunk: Callable[[StoredChunk], None] | None = None,
         interrupt: Callable[[str], None] | None = None,
+        length: int | None = None,
     ) -> UploadRecord:
         """Append blocks (or a Readable's bytes) at `offset` (the durable offset).
+
+        `length`: the upload's length, declared with this append if it was deferred (tus
+        sends it in a PATCH); withdrawn again if the append fails without keeping a byte.
 
         `interrupt(reason)`: how to wake the block source when this append must stop (taken
         over, shutting down) while no bytes are arriving; without it, stopping waits for the
@@ -240,7 +278,9 @@ class Uploads:
         lease of `upload_lock_seconds` that it renews while bytes flow.
         """
         try:
-            return self._append(upload_id, offset, blocks, final, checksum, on_chunk, interrupt)
+            return self._append(
+                upload_id, offset, blocks, final, checksum, on_chunk, interrupt, length
+            )
         finally:
             release_free_memory()  # the chunker's buffer and the chunks the append freed
 
@@ -253,6 +293,7 @@ class Uploads:
         checksum: Checksum | TrailingChecksum | None,
         on_chunk: Callable[[StoredChunk], None] | None,
         interrupt: Callable[[str], None] | None,
+        length: int | None = None,
     ) -> UploadRecord:
         core = self._core
         if self._closing:
@@ -260,6 +301,7 @@ class Uploads:
         owner = uuid.uuid4().hex
         self._take_over(upload_id, owner)
         active: _Active | None = None
+        declared = False
         try:
             # Taking the write lease (and renewing and releasing it) are commits without their
             # own flush to disk: the append's checkpoint, a durable commit, flushes them with
@@ -279,6 +321,9 @@ class Uploads:
                         f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
                         expected=rec.offset,
                     )
+                if length is not None and rec.length is None:
+                    self._set_length(conn, rec, length)
+                    declared = True
                 rec = upload_rows.get(conn, upload_id)
             chunker = self._warm.take(upload_id, rec.tail)
             tail = b""
@@ -306,6 +351,10 @@ class Uploads:
             if done.state == upload_rows.OPEN and done.tail is not None:
                 self._warm.put(upload_id, done.tail, appender.chunker)
             return done
+        except BaseException:
+            if declared and length is not None:
+                self._withdraw_length(upload_id, owner, offset, length)
+            raise
         finally:
             if active is not None:
                 with self._lock:
@@ -393,20 +442,25 @@ class Uploads:
                 user_metadata=user_metadata,
                 concat_of=list(partial_ids),
             )
-            if finished:
-                self._finish_final(conn, upload_rows.get(conn, uid))
+            if finished and not self._finish_final(conn, upload_rows.get(conn, uid)):
+                raise AssertionError("partial uploads locked complete are no longer complete")
             return upload_rows.get(conn, uid)
 
-    def _finish_final(self, conn: Connection, final: UploadRecord) -> None:
-        """Make a final upload whose partials are all complete into its object version."""
+    def _finish_final(self, conn: Connection, final: UploadRecord) -> bool:
+        """Make a final upload whose partials are all complete into its object version;
+        False (and nothing written) if one of them is no longer complete (terminated or
+        expired by another node meanwhile)."""
         assert final.concat_of is not None
+        sources = upload_rows.complete_parts(conn, final.concat_of)
+        if sources is None:
+            return False
         entries: list[tuple[str, int, int]] = []
         total = 0
         for pid in final.concat_of:
-            part = upload_rows.get(conn, pid)
-            for cid, off, length in upload_rows.parts(conn, pid):
+            size, parts = sources[pid]
+            for cid, off, length in parts:
                 entries.append((cid, total + off, length))
-            total += part.offset
+            total += size
         if total > self._core.settings.max_upload_size:
             raise TooLarge(f"concatenated length {total} exceeds the maximum")
         if final.length is None:  # created before its size was known: nothing was reserved
@@ -425,6 +479,7 @@ class Uploads:
             take_refs=True,
         )
         upload_rows.mark_complete(conn, final.upload_id, version_id)
+        return True
 
     def _complete(self, conn: Connection, rec: UploadRecord, sha256: str | None) -> None:
         """Turn a finished upload into an object version; a partial one stays complete, and

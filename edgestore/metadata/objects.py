@@ -216,8 +216,13 @@ def set_sha256(conn: Connection, version_id: str, sha256: str) -> None:
 
 def delete_version(conn: Connection, version_id: str) -> bool:
     """Delete a version and drop its chunk references; the object goes with its last version."""
+    # Locked (PostgreSQL): a concurrent delete of the same version waits here, then finds it
+    # gone, instead of reading the manifest rows the first one is deleting and dropping their
+    # references a second time.
     row = conn.execute(
-        sa.select(object_versions.c.object_id).where(object_versions.c.version_id == version_id)
+        sa.select(object_versions.c.object_id)
+        .where(object_versions.c.version_id == version_id)
+        .with_for_update()
     ).one_or_none()
     if row is None:
         return False
@@ -229,6 +234,13 @@ def delete_version(conn: Connection, version_id: str) -> bool:
     conn.execute(sa.delete(manifests).where(manifests.c.version_id == version_id))
     conn.execute(sa.delete(object_versions).where(object_versions.c.version_id == version_id))
     chunk_index.drop_refs(conn, counts)
+    # Locked (PostgreSQL) before counting: a version of this object being committed now
+    # holds a key-share lock on the row until it commits, and is counted after; without
+    # it, the delete below would wait for that commit and then cascade to the new version
+    # (its manifest gone with it, its references never dropped).
+    conn.execute(
+        sa.select(objects.c.object_id).where(objects.c.object_id == row.object_id).with_for_update()
+    )
     left = conn.execute(
         sa.select(sa.func.count())
         .select_from(object_versions)

@@ -253,6 +253,38 @@ def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
+def complete_parts(
+    conn: Connection, upload_ids: list[str]
+) -> dict[str, tuple[int, list[tuple[str, int, int]]]] | None:
+    """Each upload's size and (chunk id, offset, length) parts, in order; None unless every
+    one of them is complete. One statement, so one snapshot even under PostgreSQL's READ
+    COMMITTED: an upload released meanwhile is seen complete with its parts, or not at all."""
+    rows = conn.execute(
+        sa.select(
+            uploads.c.upload_id,
+            uploads.c.state,
+            uploads.c.committed_offset,
+            uploads.c.tail_length,
+            upload_parts.c.chunk_id,
+            upload_parts.c.offset,
+            upload_parts.c.length,
+        )
+        .select_from(
+            uploads.outerjoin(upload_parts, upload_parts.c.upload_id == uploads.c.upload_id)
+        )
+        .where(uploads.c.upload_id.in_(sorted(set(upload_ids))))
+        .order_by(uploads.c.upload_id, upload_parts.c.seq)
+    )
+    found: dict[str, tuple[int, list[tuple[str, int, int]]]] = {}
+    for r in rows:
+        if r.state != COMPLETE:
+            return None
+        _, entries = found.setdefault(r.upload_id, (r.committed_offset + r.tail_length, []))
+        if r.chunk_id is not None:
+            entries.append((r.chunk_id, r.offset, r.length))
+    return found if len(found) == len(set(upload_ids)) else None
+
+
 def part_states(conn: Connection, upload_id: str) -> list[bytes | None]:
     """The whole-file SHA-256 state after each of the upload's parts, in order (see
     NewPart.sha_state)."""
@@ -298,7 +330,10 @@ def checkpoint(
     lease: float,
 ) -> UploadRecord:
     """Make parts (and the new tail) durable, atomically; the caller must hold the lease."""
-    rec = get(conn, upload_id)
+    # Locked (PostgreSQL): a terminate or expiry (release_data) committing after this read
+    # would otherwise go unseen, and its released parts be followed by ours (leaked) or, on
+    # completion, the version be made of ours alone.
+    rec = get(conn, upload_id, for_update=True)
     if rec.lock_owner != owner:
         raise UploadLocked(f"upload {upload_id} was taken over by another request")
     if rec.state != OPEN:
@@ -368,6 +403,15 @@ def set_length(conn: Connection, upload_id: str, length: int) -> None:
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id, uploads.c.length.is_(None))
         .values(length=length, updated_at=now())
+    )
+
+
+def clear_length(conn: Connection, upload_id: str) -> None:
+    """Make the upload's length deferred again (a declaration whose request was refused)."""
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id)
+        .values(length=None, updated_at=now())
     )
 
 

@@ -12,6 +12,9 @@ def test_upload_and_read_back(server) -> None:
     with server.client() as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         assert c.get("/readyz").status_code == 200
+        for probe in ("/healthz", "/readyz"):  # as load balancers and monitors send them
+            h = c.head(probe)
+            assert h.status_code == 200 and h.content == b"", probe
         r = c.post(
             "/files/",
             headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(len(data))},

@@ -56,7 +56,7 @@ def describe(request: Request, services: Services, rec: UploadRecord) -> dict[st
     if rec.is_partial:
         h["Upload-Concat"] = "partial"
     elif rec.concat_of:
-        urls = " ".join(f"{PREFIX}/{pid}" for pid in rec.concat_of)
+        urls = " ".join(upload_url(request, services, pid) for pid in rec.concat_of)
         h["Upload-Concat"] = f"final;{urls}"
     if rec.state == upload_rows.OPEN and rec.expires_at is not None:
         h["Upload-Expires"] = http_date(rec.expires_at)
@@ -107,11 +107,17 @@ async def append_body(
     upload: UploadRecord,
     offset: int,
     checksum: Checksum | TrailingChecksum | None,
+    *,
+    length: int | None = None,
 ) -> UploadRecord:
-    """Stream the request body into the upload at `offset`; return the upload afterwards."""
+    """Stream the request body into the upload at `offset`; return the upload afterwards.
+
+    `length`: a deferred length declared with these bytes (kept only if the append is)."""
     engine = services.engine
     metrics = services.metrics
-    ceiling = upload.length if upload.length is not None else services.settings.max_upload_size
+    ceiling = upload.length if upload.length is not None else length
+    if ceiling is None:
+        ceiling = services.settings.max_upload_size
     remaining = ceiling - offset
 
     def work(blocks: Iterable[bytes] | Readable, interrupt: Callable[[str], None]) -> UploadRecord:
@@ -122,6 +128,7 @@ async def append_body(
             checksum=checksum,
             on_chunk=metrics.observe_chunk,
             interrupt=interrupt,
+            length=length,
         )
 
     metrics.uploads_active.inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from fastapi import APIRouter, Request, Response
 
@@ -19,4 +20,8 @@ async def head(upload_id: str, request: Request) -> Response:
         return await ietf.head(upload_id, request)
     svc = services(request)
     rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id, TUS_KINDS)
+    if rec.concat_of is not None and rec.length is None:
+        # concatenation: a waiting final's Upload-Length is due as soon as it can be computed
+        length = await asyncio.to_thread(svc.engine.uploads.final_length, rec)
+        rec = dataclasses.replace(rec, length=length)
     return Response(status_code=200, headers=describe(request, svc, rec))

@@ -59,11 +59,11 @@ async def patch(upload_id: str, request: Request) -> Response:
         raise TooLarge(
             f"{body_length} bytes at offset {offset} go beyond the upload's length {final_length}"
         )
-    if length is not None and rec.length is None:
-        rec = await asyncio.to_thread(uploads.declare_length, upload_id, length)
-    if rec.length is not None and offset == rec.length and not body_length:
+    # A deferred length is declared by the append itself, so a refused one leaves it deferred.
+    declared = length if rec.length is None else None
+    if final_length is not None and offset == final_length and not body_length:
         if rec.state == upload_rows.OPEN:  # every byte is there: an empty append completes it
-            rec = await asyncio.to_thread(uploads.append, upload_id, offset, ())
+            rec = await asyncio.to_thread(uploads.append, upload_id, offset, (), length=declared)
         return Response(status_code=204, headers=describe(request, svc, rec))
-    rec = await append_body(request, svc, rec, offset, checksum)
+    rec = await append_body(request, svc, rec, offset, checksum, length=declared)
     return Response(status_code=204, headers=describe(request, svc, rec))

@@ -213,6 +213,35 @@ def test_a_final_of_deferred_partials_learns_its_length(http) -> None:
     assert http.get(final).content == data
 
 
+def test_a_waiting_final_reports_its_length_once_it_can_be_calculated(http) -> None:
+    """Spec (concatenation): Upload-Length MUST be in a final's HEAD "if the length of the
+    final resource can be calculated at the time of the request", also before it is done."""
+    known = random_bytes(10_000, seed=141)
+    later = random_bytes(20_000, seed=142)
+    a = _partial(http, known, fill=1000)  # length known, unfinished
+    r = http.post(
+        "/files/", headers={**TUS, "Upload-Defer-Length": "1", "Upload-Concat": "partial"}
+    )
+    b = r.headers["Location"]
+    final = _final(http, [a, b]).headers["Location"]
+    assert "Upload-Length" not in tus_head(http, final).headers  # b's length: not yet known
+    r = tus_patch(http, b, 0, later[:500], **{"Upload-Length": str(len(later))})
+    assert r.status_code == 204  # b's length is declared; neither partial is finished
+    h = tus_head(http, final)
+    assert "Upload-Offset" not in h.headers
+    assert h.headers.get("Upload-Length") == str(len(known) + len(later))
+
+
+def test_head_of_a_final_echoes_the_upload_concat_it_was_created_with(http) -> None:
+    """Spec (concatenation): HEAD of a final upload MUST include Upload-Concat "and its value
+    as received in the upload creation request" (tus-js-client sends the absolute URLs)."""
+    urls = [_partial(http, random_bytes(100, seed=143)), _partial(http, random_bytes(50, seed=144))]
+    value = "final;" + " ".join(urls)
+    r = http.post("/files/", headers={**TUS, "Upload-Concat": value})
+    assert r.status_code == 201
+    assert tus_head(http, r.headers["Location"]).headers["Upload-Concat"] == value
+
+
 def test_final_naming_a_non_partial_upload_is_400(http, probe) -> None:
     plain = tus_upload(http, random_bytes(100, seed=132))
     with store_unchanged(http, probe):

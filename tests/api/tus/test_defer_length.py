@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 
 from tests.helpers import (
@@ -96,6 +99,20 @@ def test_a_refused_patch_does_not_declare_the_length(http, probe) -> None:
         assert r.status_code == 413
     h = tus_head(http, url)
     assert h.headers["Upload-Defer-Length"] == "1"
+
+
+def test_a_patch_refused_for_its_checksum_does_not_declare_the_length(http, probe) -> None:
+    """Spec (checksum): on 460 "the uploaded chunk MUST be discarded, and the upload and its
+    offset MUST NOT be updated" -- the Upload-Length that came with it included."""
+    url = tus_create(http, None)
+    assert tus_patch(http, url, 0, b"abc").status_code == 204
+    wrong = "sha1 " + base64.b64encode(hashlib.sha1(b"something else").digest()).decode()
+    with store_unchanged(http, probe, url):
+        r = tus_patch(http, url, 3, b"def", **{"Upload-Length": "6", "Upload-Checksum": wrong})
+        assert r.status_code == 460
+    h = tus_head(http, url)
+    assert h.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in h.headers
 
 
 def test_head_and_patch_responses_of_a_deferred_upload(http) -> None:

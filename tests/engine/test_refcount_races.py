@@ -1,0 +1,230 @@
+"""Reference counts under concurrent deletes, terminations and completions (PostgreSQL:
+SQLite serialises write transactions, so these interleavings cannot happen there)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from edgestore.config import load_settings
+from edgestore.engine import Engine
+from edgestore.maintenance import gc
+from edgestore.metadata import objects as object_rows
+from edgestore.metadata.chunks import reference_mismatches
+from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
+
+
+def _wait_until_blocked(engine: Engine, timeout: float = 10.0) -> None:
+    """Until some session of this database waits on a lock (the other transaction's)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.core.db.read() as conn:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the second transaction never waited for the first")
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, errors
+
+
+def test_a_version_deleted_twice_at_once_drops_its_references_once(tmp_path, pg_url) -> None:
+    """Two nodes deleting the same version: the second one's chunk references are the rows
+    the first one deleted, so they must not be dropped again (a shared chunk would reach 0
+    while another version still holds it, and gc would take it)."""
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    with Engine.open(settings) as engine:
+        shared = random_bytes(1 * MiB, seed=11)
+        keep = engine.put(blocks_of(shared), key="keep")
+        doomed = engine.put(blocks_of(shared), key="doomed")  # the same chunks: refcount 2
+        with engine.core.db.write() as conn:  # node A deletes it, not yet committed...
+            assert object_rows.delete_version(conn, doomed.version_id)
+            # ...while node B deletes it too, and waits for A's row locks
+            t, errors = _in_thread(lambda: engine.objects.delete(doomed))
+            _wait_until_blocked(engine)
+        t.join(10)
+        assert not t.is_alive()
+        assert all(type(e).__name__ == "ObjectNotFound" for e in errors), errors
+        with engine.core.db.read() as conn:
+            assert reference_mismatches(conn) == []
+        gc.collect(engine, grace=0)
+        assert read_all(engine, keep) == shared
+
+
+def _wait_done_or_blocked(engine: Engine, t: threading.Thread, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        t.join(0.02)
+        if not t.is_alive():
+            return
+        with engine.core.db.read() as conn:
+            if conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one():
+                return
+    raise AssertionError("the terminate neither finished nor waited for a lock")
+
+
+@pytest.mark.parametrize("during", ["progress", "completion"])
+def test_an_upload_terminated_during_a_checkpoint_keeps_no_references(
+    tmp_path, pg_url, monkeypatch, during: str
+) -> None:
+    """Another node terminates the upload after a checkpoint's transaction read the upload's
+    row but before it wrote it. The checkpoint must not go on from that stale read: its parts
+    would follow the released ones into a terminated upload (references nothing releases
+    again), or a completion would make a version of its own parts alone."""
+    from edgestore.engine import ingest
+    from edgestore.metadata import chunks as chunk_index
+    from edgestore.metadata import uploads as upload_rows
+
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    data = random_bytes(2 * MiB, seed=12)
+    half = len(data) // 2
+    with Engine.open(settings) as engine, Engine.open(settings) as other:
+        up = engine.uploads.create(length=len(data))
+        if during == "completion":
+            engine.uploads.append(up.upload_id, 0, blocks_of(data[:half]))
+            start, piece = half, data[half:]
+        else:
+            start, piece = 0, data[:half]
+
+        in_commit = threading.local()
+        real_commit = ingest.Appender._commit
+        real_add_refs = chunk_index.add_refs
+        fired: list[threading.Thread] = []
+
+        def commit(self: Any, **kw: Any) -> Any:
+            in_commit.on = kw.get("complete", False) == (during == "completion")
+            try:
+                return real_commit(self, **kw)
+            finally:
+                in_commit.on = False
+
+        def add_refs(conn: Any, counts: Any) -> None:
+            if getattr(in_commit, "on", False) and not fired:
+                t, _ = _in_thread(lambda: other.uploads.terminate(up.upload_id))
+                fired.append(t)
+                _wait_done_or_blocked(engine, t)
+            real_add_refs(conn, counts)
+
+        monkeypatch.setattr(ingest.Appender, "_commit", commit)
+        monkeypatch.setattr(chunk_index, "add_refs", add_refs)
+        try:
+            done = engine.uploads.append(up.upload_id, start, blocks_of(piece))
+        except Exception as exc:  # refused: the terminate came first
+            done = None
+            assert type(exc).__name__ in ("UploadLocked", "UploadGone"), exc
+        monkeypatch.undo()
+        assert fired
+        fired[0].join(10)
+
+        if done is not None and done.version_id is not None:
+            version = engine.objects.by_version_id(done.version_id)
+            assert version.size == len(data)
+            assert read_all(engine, version) == data
+        with engine.core.db.read() as conn:
+            assert reference_mismatches(conn) == []
+            rec = upload_rows.get(conn, up.upload_id)
+            assert rec.state == upload_rows.TERMINATED
+            assert upload_rows.parts(conn, up.upload_id) == []
+
+
+def test_a_partial_terminated_while_its_final_completes_is_not_left_out(
+    tmp_path, pg_url, monkeypatch
+) -> None:
+    """The last partial lands and completes the final that waited for it, while another node
+    terminates the other (complete) partial: the final must not become a version that lacks
+    that partial's bytes (its parts read after the terminate released them)."""
+    from edgestore.engine.uploads import Uploads
+    from edgestore.metadata import uploads as upload_rows
+
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    pieces = [random_bytes(600 * 1024 + i, seed=20 + i) for i in range(2)]
+    with Engine.open(settings) as engine, Engine.open(settings) as other:
+        ids = [engine.uploads.create(length=len(p), is_partial=True).upload_id for p in pieces]
+        engine.uploads.append(ids[0], 0, blocks_of(pieces[0]))
+        final = engine.uploads.concatenate(ids, key="final")
+        assert final.state == upload_rows.OPEN
+
+        real_finish = Uploads._finish_final
+        fired: list[threading.Thread] = []
+
+        def finish_final(self: Uploads, conn: Any, rec: Any) -> Any:
+            if not fired:
+                t, _ = _in_thread(lambda: other.uploads.terminate(ids[0]))
+                fired.append(t)
+                _wait_done_or_blocked(engine, t)
+            return real_finish(self, conn, rec)
+
+        monkeypatch.setattr(Uploads, "_finish_final", finish_final)
+        engine.uploads.append(ids[1], 0, blocks_of(pieces[1]))
+        monkeypatch.undo()
+        assert fired
+        fired[0].join(10)
+
+        done = engine.uploads.get(final.upload_id)
+        if done.version_id is not None:
+            version = engine.objects.by_version_id(done.version_id)
+            assert version.size == sum(map(len, pieces))
+            assert read_all(engine, version) == b"".join(pieces)
+        with engine.core.db.read() as conn:
+            assert reference_mismatches(conn) == []
+
+
+def test_deleting_the_last_version_keeps_a_version_committed_meanwhile(tmp_path, pg_url) -> None:
+    """A node deletes an object's only version while another commits the object's next one:
+    the object row (and by cascade the new version, its manifest and its data) must stay."""
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    with Engine.open(settings) as engine:
+        old = engine.put(blocks_of(random_bytes(1 * MiB, seed=31)), key="k")
+        data = random_bytes(1 * MiB, seed=32)
+        source = engine.put(blocks_of(data), key="source")
+        entries = [(e.chunk_id, e.offset, e.length) for e in engine.objects.manifest(source)]
+        db = engine.core.db
+        with db.write() as conn:  # node A: an upload of k completing, not yet committed...
+            vid = object_rows.create_version(
+                db,
+                conn,
+                bucket=old.bucket,
+                key="k",
+                entries=entries,
+                sha256=None,
+                content_type=None,
+                filename=None,
+                user_metadata={},
+                take_refs=True,
+            )
+            # ...while node B deletes k's only version it knows of
+            t, errors = _in_thread(lambda: engine.objects.delete(old))
+            _wait_until_blocked(engine)
+        t.join(10)
+        assert not t.is_alive() and not errors, errors
+        new = engine.objects.by_version_id(vid)
+        assert read_all(engine, new) == data
+        with db.read() as conn:
+            assert reference_mismatches(conn) == []
