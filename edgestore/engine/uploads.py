@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from edgestore.codec.hashing import ResumableSha256
-from edgestore.engine import staging
+from edgestore.engine import concat, staging
 from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.ingest import Appender, Checksum, TrailingChecksum
@@ -26,7 +26,6 @@ from edgestore.engine.warm import WarmTails
 from edgestore.errors import (
     InvalidInput,
     OffsetConflict,
-    QuotaExceeded,
     StorageUnavailable,
     TooLarge,
     UploadLocked,
@@ -174,18 +173,29 @@ class Uploads:
             return _of_kind(upload_rows.get_open(conn, upload_id), kinds)
 
     def final_length(self, rec: UploadRecord) -> int | None:
-        """A final upload's length: the stored one, or, while it waits for its partials,
-        their sum once each partial's length is known (None until then)."""
-        if rec.length is not None or rec.concat_of is None:
-            return rec.length
-        lengths = []
-        with self._core.db.read() as conn:
-            for pid in rec.concat_of:
-                try:
-                    lengths.append(upload_rows.get(conn, pid).length)
-                except UploadNotFound:
-                    return None
-        return None if None in lengths else sum(n for n in lengths if n is not None)
+        """A final upload's length, known or, while it waits, computed (engine/concat.py)."""
+        return concat.final_length(self._core, rec)
+
+    def concatenate(
+        self,
+        partial_ids: list[str],
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        content_type: str | None = None,
+        filename: str | None = None,
+        user_metadata: dict[str, Any] | None = None,
+    ) -> UploadRecord:
+        """A final upload made of partial uploads, in order, no byte copied (engine/concat.py)."""
+        return concat.concatenate(
+            self._core,
+            partial_ids,
+            bucket=bucket,
+            key=key,
+            content_type=content_type,
+            filename=filename,
+            user_metadata=user_metadata,
+        )
 
     def terminate(self, upload_id: str) -> None:
         """Drop the upload and its references (a completed upload's object stays)."""
@@ -391,112 +401,12 @@ class Uploads:
         active.appender.stop(reason)
         return True
 
-    def concatenate(
-        self,
-        partial_ids: list[str],
-        *,
-        bucket: str | None = None,
-        key: str | None = None,
-        content_type: str | None = None,
-        filename: str | None = None,
-        user_metadata: dict[str, Any] | None = None,
-    ) -> UploadRecord:
-        """A final upload made of partial uploads, in order: no byte is copied.
-
-        The new version's manifest is the partials' manifests end to end; the partials keep
-        their own references until they expire, so a retried final is still possible. If some
-        partials are still receiving bytes (tus concatenation-unfinished), the final upload
-        waits, open, and becomes a version in the transaction that completes its last partial.
-        """
-        if not partial_ids:
-            raise InvalidInput("a final upload needs at least one partial upload")
-        if bucket is not None:
-            validate_bucket(bucket)
-        if key is not None:
-            validate_key(key)
-        settings = self._core.settings
-        with self._core.db.write() as conn:
-            # Locked: a partial completing now either committed before (seen complete here)
-            # or waits for this transaction, and then finds the final waiting for it.
-            parts = [upload_rows.get_open(conn, pid, for_update=True) for pid in partial_ids]
-            lengths = [p.length for p in parts]
-            known = None if None in lengths else sum(n for n in lengths if n is not None)
-            for part in parts:
-                if not part.is_partial:
-                    raise InvalidInput(f"upload {part.upload_id} is not a partial upload")
-            if known is not None:
-                if known > settings.max_upload_size:
-                    raise TooLarge(f"concatenated length {known} exceeds the maximum")
-                quotas.check_bucket(conn, settings, bucket, known)
-            finished = all(p.state == upload_rows.COMPLETE for p in parts)
-            uid = upload_rows.create(
-                conn,
-                kind="tus",
-                bucket=bucket,
-                key=key,
-                length=known,
-                expires_at=None if finished else now() + settings.upload_expiry_seconds,
-                hash_state=None,
-                content_type=content_type,
-                filename=filename,
-                user_metadata=user_metadata,
-                concat_of=list(partial_ids),
-            )
-            if finished and not self._finish_final(conn, upload_rows.get(conn, uid)):
-                raise AssertionError("partial uploads locked complete are no longer complete")
-            return upload_rows.get(conn, uid)
-
-    def _finish_final(self, conn: Connection, final: UploadRecord) -> bool:
-        """Make a final upload whose partials are all complete into its object version;
-        False (and nothing written) if one of them is no longer complete (terminated or
-        expired by another node meanwhile)."""
-        assert final.concat_of is not None
-        sources = upload_rows.complete_parts(conn, final.concat_of)
-        if sources is None:
-            return False
-        entries: list[tuple[str, int, int]] = []
-        total = 0
-        for pid in final.concat_of:
-            size, parts = sources[pid]
-            for cid, off, length in parts:
-                entries.append((cid, total + off, length))
-            total += size
-        if total > self._core.settings.max_upload_size:
-            raise TooLarge(f"concatenated length {total} exceeds the maximum")
-        if final.length is None:  # created before its size was known: nothing was reserved
-            quotas.check_bucket(conn, self._core.settings, final.bucket, total)
-        upload_rows.set_concatenated(conn, final.upload_id, total)
-        version_id = object_rows.create_version(
-            self._core.db,
-            conn,
-            bucket=final.bucket or DEFAULT_BUCKET,
-            key=final.key or final.upload_id,
-            entries=entries,
-            sha256=None,  # filled in by the maintenance task (SHA-256 state can't be joined)
-            content_type=final.content_type,
-            filename=final.filename,
-            user_metadata=final.user_metadata,
-            take_refs=True,
-        )
-        upload_rows.mark_complete(conn, final.upload_id, version_id)
-        return True
-
     def _complete(self, conn: Connection, rec: UploadRecord, sha256: str | None) -> None:
         """Turn a finished upload into an object version; a partial one stays complete, and
         completes the final uploads that were waiting only for it."""
         if rec.is_partial:
             upload_rows.mark_complete(conn, rec.upload_id, None)
-            for fid in upload_rows.pending_finals(conn, rec.upload_id):
-                final = upload_rows.get(conn, fid, for_update=True)
-                if final.state != upload_rows.OPEN or final.concat_of is None:
-                    continue
-                others = [upload_rows.get(conn, pid) for pid in final.concat_of]
-                if all(p.state == upload_rows.COMPLETE for p in others):
-                    try:
-                        self._finish_final(conn, final)
-                    except (TooLarge, QuotaExceeded) as exc:  # before any write: the partial lands
-                        log.warning("final upload %s cannot complete: %s", fid, exc)
-                        upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
+            concat.complete_waiting_finals(self._core, conn, rec.upload_id)
             return
         entries = upload_rows.parts(conn, rec.upload_id)
         states = upload_rows.part_states(conn, rec.upload_id) if sha256 is not None else None

@@ -143,17 +143,20 @@ def create_version(
     is deleted, the object goes, and a new one under the same key (a new object id) starts
     again from 1.
     """
-    oid = object_id_for(db, conn, bucket, key)
     vid = str(uuid.uuid4())
     size = sum(length for _, _, length in entries)
     digest = manifest_digest([(cid, length) for cid, _, length in entries])
     for _attempt in range(20):
+        oid = object_id_for(db, conn, bucket, key)
         # The object's row, locked (PostgreSQL; SQLite has one writer): writers of one object
-        # take numbers one after another. The highest existing number counts too, for a
-        # version written by a node that does not know the counter yet.
+        # take numbers one after another, and a delete of its last version waits for this
+        # one (delete_version locks the row too). The highest existing number counts too,
+        # for a version written by a node that does not know the counter yet.
         last = conn.execute(
             sa.select(objects.c.last_version).where(objects.c.object_id == oid).with_for_update()
-        ).scalar_one()
+        ).scalar_one_or_none()
+        if last is None:
+            continue  # its last version was deleted, and the object with it: make it anew
         highest = conn.execute(
             sa.select(sa.func.max(object_versions.c.version)).where(
                 object_versions.c.object_id == oid

@@ -230,19 +230,6 @@ def get_open(conn: Connection, upload_id: str, *, for_update: bool = False) -> U
     return rec
 
 
-def pending_finals(conn: Connection, partial_id: str) -> list[str]:
-    """Open final uploads (concatenation-unfinished) waiting for this partial upload."""
-    rows = conn.execute(
-        sa.select(uploads.c.upload_id, uploads.c.concat_of).where(
-            uploads.c.state == OPEN,
-            uploads.c.is_partial.is_(False),
-            uploads.c.committed_offset == 0,  # a pending final holds no bytes of its own
-            uploads.c.tail_length == 0,
-        )
-    )
-    return [r.upload_id for r in rows if partial_id in (r.concat_of or ())]
-
-
 def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
     """(chunk id, offset, length) of the upload's durable chunks, in order."""
     rows = conn.execute(
@@ -251,38 +238,6 @@ def parts(conn: Connection, upload_id: str) -> list[tuple[str, int, int]]:
         .order_by(upload_parts.c.seq)
     )
     return [(r[0], r[1], r[2]) for r in rows]
-
-
-def complete_parts(
-    conn: Connection, upload_ids: list[str]
-) -> dict[str, tuple[int, list[tuple[str, int, int]]]] | None:
-    """Each upload's size and (chunk id, offset, length) parts, in order; None unless every
-    one of them is complete. One statement, so one snapshot even under PostgreSQL's READ
-    COMMITTED: an upload released meanwhile is seen complete with its parts, or not at all."""
-    rows = conn.execute(
-        sa.select(
-            uploads.c.upload_id,
-            uploads.c.state,
-            uploads.c.committed_offset,
-            uploads.c.tail_length,
-            upload_parts.c.chunk_id,
-            upload_parts.c.offset,
-            upload_parts.c.length,
-        )
-        .select_from(
-            uploads.outerjoin(upload_parts, upload_parts.c.upload_id == uploads.c.upload_id)
-        )
-        .where(uploads.c.upload_id.in_(sorted(set(upload_ids))))
-        .order_by(uploads.c.upload_id, upload_parts.c.seq)
-    )
-    found: dict[str, tuple[int, list[tuple[str, int, int]]]] = {}
-    for r in rows:
-        if r.state != COMPLETE:
-            return None
-        _, entries = found.setdefault(r.upload_id, (r.committed_offset + r.tail_length, []))
-        if r.chunk_id is not None:
-            entries.append((r.chunk_id, r.offset, r.length))
-    return found if len(found) == len(set(upload_ids)) else None
 
 
 def part_states(conn: Connection, upload_id: str) -> list[bytes | None]:
@@ -412,15 +367,6 @@ def clear_length(conn: Connection, upload_id: str) -> None:
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id)
         .values(length=None, updated_at=now())
-    )
-
-
-def set_concatenated(conn: Connection, upload_id: str, total: int) -> None:
-    """A final upload's length and offset once all its partials are in."""
-    conn.execute(
-        sa.update(uploads)
-        .where(uploads.c.upload_id == upload_id)
-        .values(length=total, committed_offset=total, updated_at=now())
     )
 
 

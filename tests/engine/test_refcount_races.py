@@ -16,6 +16,7 @@ from edgestore.engine import Engine
 from edgestore.maintenance import gc
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata.chunks import reference_mismatches
+from edgestore.metadata.schema import objects as objects_table
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
 
 
@@ -160,7 +161,7 @@ def test_a_partial_terminated_while_its_final_completes_is_not_left_out(
     """The last partial lands and completes the final that waited for it, while another node
     terminates the other (complete) partial: the final must not become a version that lacks
     that partial's bytes (its parts read after the terminate released them)."""
-    from edgestore.engine.uploads import Uploads
+    from edgestore.engine import concat
     from edgestore.metadata import uploads as upload_rows
 
     settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
@@ -171,17 +172,17 @@ def test_a_partial_terminated_while_its_final_completes_is_not_left_out(
         final = engine.uploads.concatenate(ids, key="final")
         assert final.state == upload_rows.OPEN
 
-        real_finish = Uploads._finish_final
+        real_finish = concat.finish_final
         fired: list[threading.Thread] = []
 
-        def finish_final(self: Uploads, conn: Any, rec: Any) -> Any:
+        def finish_final(core: Any, conn: Any, rec: Any) -> Any:
             if not fired:
                 t, _ = _in_thread(lambda: other.uploads.terminate(ids[0]))
                 fired.append(t)
                 _wait_done_or_blocked(engine, t)
-            return real_finish(self, conn, rec)
+            return real_finish(core, conn, rec)
 
-        monkeypatch.setattr(Uploads, "_finish_final", finish_final)
+        monkeypatch.setattr(concat, "finish_final", finish_final)
         engine.uploads.append(ids[1], 0, blocks_of(pieces[1]))
         monkeypatch.undo()
         assert fired
@@ -227,4 +228,34 @@ def test_deleting_the_last_version_keeps_a_version_committed_meanwhile(tmp_path,
         new = engine.objects.by_version_id(vid)
         assert read_all(engine, new) == data
         with db.read() as conn:
+            assert reference_mismatches(conn) == []
+
+
+def test_a_version_committed_while_the_objects_last_one_is_deleted_makes_it_anew(
+    tmp_path, pg_url
+) -> None:
+    """The other order: a node deletes an object's only version (the object goes with it)
+    while another completes a new version of the same key. The new version waits, then lands
+    in a new object (a new id, version 1) rather than failing or vanishing."""
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    with Engine.open(settings) as engine:
+        old = engine.put(blocks_of(random_bytes(300 * 1024, seed=41)), key="k")
+        data = random_bytes(1 * MiB, seed=42)
+        done: list[Any] = []
+        with engine.core.db.write() as conn:  # node A: deleting k's only version...
+            conn.execute(  # (delete_version's lock on the object row, taken first here)
+                sa.select(objects_table.c.object_id)
+                .where(objects_table.c.object_id == old.object_id)
+                .with_for_update()
+            )
+            # ...while node B completes a put of k, and waits for A
+            t, errors = _in_thread(lambda: done.append(engine.put(blocks_of(data), key="k")))
+            _wait_until_blocked(engine)
+            assert object_rows.delete_version(conn, old.version_id)
+        t.join(30)
+        assert not t.is_alive() and not errors, errors
+        new = done[0]
+        assert new.object_id != old.object_id and new.version == 1
+        assert read_all(engine, engine.objects.by_version_id(new.version_id)) == data
+        with engine.core.db.read() as conn:
             assert reference_mismatches(conn) == []

@@ -1,0 +1,145 @@
+"""tus concatenation: a final upload made of partial uploads' parts, end to end, no byte
+copied; a final whose partials are still receiving waits, open, for the last of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from edgestore.engine.core import EngineCore
+from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.errors import InvalidInput, QuotaExceeded, TooLarge, UploadNotFound
+from edgestore.metadata import concat as concat_rows
+from edgestore.metadata import objects as object_rows
+from edgestore.metadata import quotas
+from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.db import now
+from edgestore.metadata.uploads import UploadRecord
+
+log = logging.getLogger(__name__)
+
+
+def final_length(core: EngineCore, rec: UploadRecord) -> int | None:
+    """A final upload's length: the stored one, or, while it waits for its partials, their
+    sum once each partial's length is known (None until then)."""
+    if rec.length is not None or rec.concat_of is None:
+        return rec.length
+    lengths = []
+    with core.db.read() as conn:
+        for pid in rec.concat_of:
+            try:
+                lengths.append(upload_rows.get(conn, pid).length)
+            except UploadNotFound:
+                return None
+    return None if None in lengths else sum(n for n in lengths if n is not None)
+
+
+def concatenate(
+    core: EngineCore,
+    partial_ids: list[str],
+    *,
+    bucket: str | None,
+    key: str | None,
+    content_type: str | None,
+    filename: str | None,
+    user_metadata: dict[str, Any] | None,
+) -> UploadRecord:
+    """A final upload made of partial uploads, in order: no byte is copied.
+
+    The new version's manifest is the partials' manifests end to end; the partials keep
+    their own references until they expire, so a retried final is still possible. If some
+    partials are still receiving bytes (tus concatenation-unfinished), the final upload
+    waits, open, and becomes a version in the transaction that completes its last partial.
+    """
+    if not partial_ids:
+        raise InvalidInput("a final upload needs at least one partial upload")
+    if bucket is not None:
+        validate_bucket(bucket)
+    if key is not None:
+        validate_key(key)
+    settings = core.settings
+    with core.db.write() as conn:
+        # Locked: a partial completing now either committed before (seen complete here)
+        # or waits for this transaction, and then finds the final waiting for it.
+        parts = [upload_rows.get_open(conn, pid, for_update=True) for pid in partial_ids]
+        lengths = [p.length for p in parts]
+        known = None if None in lengths else sum(n for n in lengths if n is not None)
+        for part in parts:
+            if not part.is_partial:
+                raise InvalidInput(f"upload {part.upload_id} is not a partial upload")
+        if known is not None:
+            if known > settings.max_upload_size:
+                raise TooLarge(f"concatenated length {known} exceeds the maximum")
+            quotas.check_bucket(conn, settings, bucket, known)
+        finished = all(p.state == upload_rows.COMPLETE for p in parts)
+        uid = upload_rows.create(
+            conn,
+            kind="tus",
+            bucket=bucket,
+            key=key,
+            length=known,
+            expires_at=None if finished else now() + settings.upload_expiry_seconds,
+            hash_state=None,
+            content_type=content_type,
+            filename=filename,
+            user_metadata=user_metadata,
+            concat_of=list(partial_ids),
+        )
+        if finished and not finish_final(core, conn, upload_rows.get(conn, uid)):
+            raise AssertionError("partial uploads locked complete are no longer complete")
+        return upload_rows.get(conn, uid)
+
+
+def complete_waiting_finals(core: EngineCore, conn: Connection, partial_id: str) -> None:
+    """A partial upload just completed: make the final uploads that waited only for it into
+    their versions, in the same transaction."""
+    for fid in concat_rows.pending_finals(conn, partial_id):
+        final = upload_rows.get(conn, fid, for_update=True)
+        if final.state != upload_rows.OPEN or final.concat_of is None:
+            continue
+        others = [upload_rows.get(conn, pid) for pid in final.concat_of]
+        if all(p.state == upload_rows.COMPLETE for p in others):
+            try:
+                finish_final(core, conn, final)
+            except (TooLarge, QuotaExceeded) as exc:  # before any write: the partial lands
+                log.warning("final upload %s cannot complete: %s", fid, exc)
+                upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
+
+
+def finish_final(core: EngineCore, conn: Connection, final: UploadRecord) -> bool:
+    """Make a final upload whose partials are all complete into its object version; False
+    (and nothing written) if one of them is no longer complete (terminated or expired by
+    another node meanwhile)."""
+    assert final.concat_of is not None
+    sources = concat_rows.complete_parts(conn, final.concat_of)
+    if sources is None:
+        return False
+    entries: list[tuple[str, int, int]] = []
+    total = 0
+    for pid in final.concat_of:
+        size, parts = sources[pid]
+        for cid, off, length in parts:
+            entries.append((cid, total + off, length))
+        total += size
+    if total > core.settings.max_upload_size:
+        raise TooLarge(f"concatenated length {total} exceeds the maximum")
+    if final.length is None:  # created before its size was known: nothing was reserved
+        quotas.check_bucket(conn, core.settings, final.bucket, total)
+    concat_rows.set_concatenated(conn, final.upload_id, total)
+    version_id = object_rows.create_version(
+        core.db,
+        conn,
+        bucket=final.bucket or DEFAULT_BUCKET,
+        key=final.key or final.upload_id,
+        entries=entries,
+        sha256=None,  # filled in by the maintenance task (SHA-256 state can't be joined)
+        content_type=final.content_type,
+        filename=final.filename,
+        user_metadata=final.user_metadata,
+        take_refs=True,
+    )
+    upload_rows.mark_complete(conn, final.upload_id, version_id)
+    return True

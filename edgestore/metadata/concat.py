@@ -1,0 +1,68 @@
+"""Queries on tus concatenation: final uploads made of partial uploads' parts, end to end.
+
+A final upload waits, open and holding no bytes of its own, until its last partial completes;
+the transaction that completes it makes the final into an object version (engine/concat.py).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from edgestore.metadata.db import now
+from edgestore.metadata.schema import upload_parts, uploads
+from edgestore.metadata.uploads import COMPLETE, OPEN
+
+
+def pending_finals(conn: Connection, partial_id: str) -> list[str]:
+    """Open final uploads (concatenation-unfinished) waiting for this partial upload."""
+    rows = conn.execute(
+        sa.select(uploads.c.upload_id, uploads.c.concat_of).where(
+            uploads.c.state == OPEN,
+            uploads.c.is_partial.is_(False),
+            uploads.c.committed_offset == 0,  # a pending final holds no bytes of its own
+            uploads.c.tail_length == 0,
+        )
+    )
+    return [r.upload_id for r in rows if partial_id in (r.concat_of or ())]
+
+
+def complete_parts(
+    conn: Connection, upload_ids: list[str]
+) -> dict[str, tuple[int, list[tuple[str, int, int]]]] | None:
+    """Each upload's size and (chunk id, offset, length) parts, in order; None unless every
+    one of them is complete. One statement, so one snapshot even under PostgreSQL's READ
+    COMMITTED: an upload released meanwhile is seen complete with its parts, or not at all."""
+    rows = conn.execute(
+        sa.select(
+            uploads.c.upload_id,
+            uploads.c.state,
+            uploads.c.committed_offset,
+            uploads.c.tail_length,
+            upload_parts.c.chunk_id,
+            upload_parts.c.offset,
+            upload_parts.c.length,
+        )
+        .select_from(
+            uploads.outerjoin(upload_parts, upload_parts.c.upload_id == uploads.c.upload_id)
+        )
+        .where(uploads.c.upload_id.in_(sorted(set(upload_ids))))
+        .order_by(uploads.c.upload_id, upload_parts.c.seq)
+    )
+    found: dict[str, tuple[int, list[tuple[str, int, int]]]] = {}
+    for r in rows:
+        if r.state != COMPLETE:
+            return None
+        _, entries = found.setdefault(r.upload_id, (r.committed_offset + r.tail_length, []))
+        if r.chunk_id is not None:
+            entries.append((r.chunk_id, r.offset, r.length))
+    return found if len(found) == len(set(upload_ids)) else None
+
+
+def set_concatenated(conn: Connection, upload_id: str, total: int) -> None:
+    """A final upload's length and offset once all its partials are in."""
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id)
+        .values(length=total, committed_offset=total, updated_at=now())
+    )
