@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
@@ -41,8 +41,9 @@ def object_url(ref: str) -> str:
     if _UUID.fullmatch(ref):
         return f"/ids/{ref.lower()}"
     if "/" in ref.strip("/"):
-        bucket, key = ref.strip("/").split("/", 1)
-        return f"/objects/{bucket}/{key}"
+        bucket, key = ref.lstrip("/").split("/", 1)  # a key may end with '/'
+        # Quoted: '?', '#', '%' and spaces are valid in keys, and mean something else in a URL.
+        return f"/objects/{quote(bucket, safe='')}/{quote(key, safe='/')}"
     raise InvalidInput(f"{ref!r} is not a URL, an object id, or bucket/key")
 
 

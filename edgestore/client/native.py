@@ -187,7 +187,14 @@ class NativeUpload:
     def _open_session(self) -> tuple[dict[str, Any], bool]:
         """Continue the hinted session if the server still has it open, else open one."""
         hint = self._hints.load(self._hint_key, self._source.identity)
-        if hint and isinstance(hint.get("upload_id"), str):
+        # The session holds the content type and metadata it was opened with: continue it
+        # only if this run asks for the same ones.
+        wanted = {"content_type": self._content_type, "metadata": self._metadata}
+        if (
+            hint
+            and isinstance(hint.get("upload_id"), str)
+            and {k: hint.get(k) for k in wanted} == wanted
+        ):
             try:
                 st = self._t.json("GET", f"/v1/uploads/{hint['upload_id']}", ok=(200,))
             except (NotFound, UploadGone):
@@ -203,7 +210,9 @@ class NativeUpload:
             "metadata": self._metadata,
         }
         st = self._t.json("POST", "/v1/uploads", json=body, ok=(201,), what="opening a session")
-        self._hints.save(self._hint_key, self._source.identity, {"upload_id": st["upload_id"]})
+        self._hints.save(
+            self._hint_key, self._source.identity, {"upload_id": st["upload_id"], **wanted}
+        )
         return st, False
 
     def _run_threads(self, params: ChunkerParams) -> None:

@@ -2,8 +2,9 @@
 
 Only a hint: the server is the source of truth (it says which chunks are missing, or a tus
 upload's offset). The hint merely lets a rerun continue the same session instead of opening
-another; it is ignored when the file's size or mtime changed, and removed on success. Files
-live in $XDG_CACHE_HOME/edgestore/uploads (default ~/.cache/edgestore/uploads).
+another; it is ignored when the file changed (its size, mtime, ctime or inode differ), and
+removed on success. Files live in $XDG_CACHE_HOME/edgestore/uploads (default
+~/.cache/edgestore/uploads).
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class ResumeHints:
             return None
         if not isinstance(data, dict):
             return None
-        if data.get("size") != identity.size or data.get("mtime_ns") != identity.mtime_ns:
-            return None  # the file changed since: the old session is no use
+        if data.get("file") != _identity(identity):
+            # The file changed since (a rewrite that kept size and mtime still changes ctime,
+            # a replacement the inode): the old session may hold bytes of other content.
+            return None
         state = data.get("state")
         return state if isinstance(state, dict) else None
 
@@ -70,6 +73,7 @@ class ResumeHints:
             "key": key.key,
             "size": identity.size,
             "mtime_ns": identity.mtime_ns,
+            "file": _identity(identity),
             "state": state,
         }
         try:
@@ -85,3 +89,10 @@ class ResumeHints:
             self._file(key).unlink()
         except OSError:
             pass
+
+
+def _identity(identity: Identity) -> list[int]:
+    """What tells this file as it is now from another one, or from itself rewritten: size,
+    mtime, ctime (which no one can set back) and inode. Not the device number, which may
+    differ after a reboot or a remount: a resume after one is the point of a hint."""
+    return [identity.size, identity.mtime_ns, identity.ctime_ns, identity.inode]

@@ -112,11 +112,18 @@ class TusUpload:
         started = time.monotonic()
         concat = "concatenation" in self._extensions()
         state = self._hints.load(self._hint_key, self._source.identity)
-        resumed = bool(state and state.get("endpoint") == self._endpoint and state.get("parts"))
+        # Uploads are created with their metadata (content type included): continue them only
+        # if this run asks for the same.
+        resumed = bool(
+            state
+            and state.get("endpoint") == self._endpoint
+            and state.get("metadata") == self._metadata
+            and state.get("parts")
+        )
         if not resumed:
             spans = plan_parts(self._source.size, self._workers, concat)
             parts_plan = [{"start": a, "end": b} for a, b in spans]
-            state = {"endpoint": self._endpoint, "parts": parts_plan}
+            state = {"endpoint": self._endpoint, "metadata": self._metadata, "parts": parts_plan}
         assert state is not None
         parts: list[dict[str, Any]] = state["parts"]
         self._single = len(parts) == 1

@@ -69,6 +69,20 @@ def test_names_an_object_by_url_id_or_bucket_key(server, tmp_path, monkeypatch) 
         client.download("default/dl/none", tmp_path / "none")
 
 
+def test_a_bucket_key_with_url_characters_names_that_object(server, tmp_path) -> None:
+    # '?', '#', '%', spaces and a final '/' are valid in keys: as bucket/key they must name
+    # that object, not whatever the same text means in a URL ("dl/q" with a query, say).
+    decoy = random_bytes(100 * KiB, seed=47)
+    stored(server, tmp_path, decoy, "dl/q")
+    client = Client(server.url)
+    for i, key in enumerate(("dl/q?v=2", "dl/q#frag", "dl/50%off", "dl/a b", "dl/q/")):
+        data = random_bytes(100 * KiB, seed=48 + i)
+        stored(server, tmp_path, data, key)
+        out = tmp_path / f"special{i}"
+        client.download(f"default/{key}", out)
+        assert out.read_bytes() == data, key
+
+
 def test_empty_object(server, tmp_path) -> None:
     obj = stored(server, tmp_path, b"", "dl/empty")
     out = tmp_path / "empty.out"

@@ -119,6 +119,29 @@ def test_interrupted_upload_resumes_the_same_session(server, probe, tmp_path, hi
     assert r.sha256 == sha256_hex(data) and not hint.exists()
 
 
+def test_a_rerun_with_other_content_type_or_metadata_stores_those(
+    server, http, tmp_path, hints_dir
+) -> None:
+    # The session was opened with the first run's content type and metadata; continuing it
+    # would commit those, not what the rerun asks for.
+    data = random_bytes(2 * MiB, seed=14)
+    src = write_file(tmp_path / "typed.bin", data)
+    client = Client(server.url, state_dir=hints_dir)
+    with pytest.raises(Interrupted):
+        client.upload(
+            src,
+            key="typed",
+            workers=1,
+            content_type="text/plain",
+            metadata={"note": "draft"},
+            progress=Recorder(after=1, hook=_raise),
+        )
+    r = client.upload(src, key="typed", content_type="application/x-final", metadata={"note": "ok"})
+    info = http.get(f"/ids/{r.object_id}/info").json()
+    assert (info["content_type"], info["metadata"]) == ("application/x-final", {"note": "ok"})
+    assert r.bytes_sent < len(data)  # the chunks the first run stored are not sent again
+
+
 def test_a_stale_hint_opens_a_new_session(server, probe, tmp_path, hints_dir) -> None:
     data = random_bytes(1 * MiB, seed=6)
     src = write_file(tmp_path / "stale.bin", data)

@@ -83,6 +83,60 @@ def test_interrupted_parts_resume(server, http, tmp_path, hints_dir) -> None:
     assert http.get(f"/ids/{r.object_id}").content == data
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_rerun_on_a_rewritten_file_with_its_old_mtime_does_not_resume(
+    server, http, tmp_path, hints_dir, workers
+) -> None:
+    # The file is rewritten between two runs (same size) and its mtime put back, as
+    # `cp -p`, `rsync -t` or `tar x` do: the interrupted uploads hold bytes of the old
+    # content, so continuing them would commit a mix of old and new bytes.
+    old_data = random_bytes(4 * MiB, seed=37 + workers)
+    src = write_file(tmp_path / f"rw{workers}.bin", old_data)
+    key = f"tus/rewritten{workers}"
+    client = Client(server.url, state_dir=hints_dir)
+    import edgestore.client.tus as tus_module
+
+    old, tus_module.PATCH_BYTES = tus_module.PATCH_BYTES, 512 * KiB
+    try:
+        with pytest.raises(Stop):
+            client.upload(src, key=key, workers=workers, protocol="tus", progress=Hook(2, _stop))
+        before = os.stat(src)
+        new_data = random_bytes(4 * MiB, seed=47 + workers)
+        with open(src, "r+b") as f:
+            f.write(new_data)
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+        r = client.upload(src, key=key, workers=workers, protocol="tus")
+    finally:
+        tus_module.PATCH_BYTES = old
+    assert http.get(f"/ids/{r.object_id}").content == new_data
+    assert not r.resumed and r.sha256 == sha256_hex(new_data)
+
+
+def test_a_rerun_with_another_content_type_stores_it(server, http, tmp_path, hints_dir) -> None:
+    src = write_file(tmp_path / "typed.bin", random_bytes(2 * MiB, seed=39))
+    client = Client(server.url, state_dir=hints_dir)
+    import edgestore.client.tus as tus_module
+
+    old, tus_module.PATCH_BYTES = tus_module.PATCH_BYTES, 256 * KiB
+    try:
+        with pytest.raises(Stop):
+            client.upload(
+                src,
+                key="tus/typed",
+                workers=1,
+                protocol="tus",
+                content_type="text/plain",
+                progress=Hook(1, _stop),
+            )
+        r = client.upload(
+            src, key="tus/typed", workers=1, protocol="tus", content_type="application/x-final"
+        )
+    finally:
+        tus_module.PATCH_BYTES = old
+    info = http.get(f"/ids/{r.object_id}/info").json()
+    assert info["content_type"] == "application/x-final"
+
+
 def test_changed_file_is_not_concatenated(server, probe, tmp_path, hints_dir) -> None:
     src = write_file(tmp_path / "c.bin", random_bytes(4 * MiB, seed=35))
 
