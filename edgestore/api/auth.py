@@ -27,9 +27,10 @@ from edgestore.api.identity import KEY, OPEN, PRESIGNED, SCOPES, UPLOAD_TOKEN, I
 from edgestore.api.presign import Grant, Signer
 from edgestore.api.state import Services
 from edgestore.api.tus.common import upload_id_from_url
-from edgestore.api.tus.concatenation import parse_concat
+from edgestore.api.tus.concatenation import Concat, parse_concat
 from edgestore.api.tus.creation import object_key
 from edgestore.api.tus.headers import UploadMetadata, encode_metadata, parse_metadata, parse_size
+from edgestore.api.tus.ietf import INTEROP_HEADER
 from edgestore.config import Settings
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.errors import (
@@ -240,11 +241,16 @@ class AccessControl:
                 f"of {grant.bucket}/{grant.key}, not {method} {path}"
             )
         headers = Headers(scope=scope)
-        concat = parse_concat(headers.get("upload-concat"))
+        concat = _concat(headers)
         length = parse_size("Upload-Length", headers.get("upload-length"))
         if concat is not None and not concat.partial:  # a final upload: check the partials
             length = await self._partials_length(scope, headers)
         if grant.max_size is not None:
+            if length is None and concat is not None and not concat.partial:
+                raise OutOfScope(
+                    f"this pre-signed URL limits the upload to {grant.max_size} bytes: a "
+                    "final upload's partials must declare their Upload-Length first"
+                )
             if length is None:
                 raise OutOfScope(
                     f"this pre-signed URL limits the upload to {grant.max_size} bytes: "
@@ -259,12 +265,13 @@ class AccessControl:
             return scope  # partials belong to no object; the final is bound below
         return _bind_grant_creation(scope, grant)
 
-    async def _partials_length(self, scope: Scope, headers: Headers) -> int:
-        """The final upload's length; each partial must carry its upload token, proving it
-        was created with a pre-signed URL too."""
+    async def _partials_length(self, scope: Scope, headers: Headers) -> int | None:
+        """The final upload's length (None while a partial's length is deferred); each
+        partial must carry its upload token, proving it was created with a pre-signed URL
+        too."""
         urls = headers.get("upload-concat", "").strip()[len("final;") :].split()
         svc: Services = scope["app"].state.services
-        total = 0
+        total: int | None = 0
         for url in urls:
             upload_id = upload_id_from_url(url)
             tokens = parse_qs(urlsplit(url).query).get(presign.P_UPLOAD_TOKEN)
@@ -275,7 +282,10 @@ class AccessControl:
                 )
             self.signer.verify_upload_token(upload_id, tokens[0])
             rec = await asyncio.to_thread(svc.engine.uploads.get, upload_id)
-            total += rec.length if rec.length is not None else rec.offset
+            if rec.length is None:  # concatenation-unfinished: it may still grow
+                total = None
+            elif total is not None:
+                total += rec.length
         return total
 
     def _issue_upload_tokens(self, send: Send) -> Send:
@@ -349,6 +359,15 @@ async def _check_json_target(receive: Receive, identity: Identity) -> Receive:
     return replay
 
 
+def _concat(headers: Headers) -> Concat | None:
+    """Upload-Concat as the creation route will read it: the IETF draft has no concatenation
+    and its creation ignores the header, so a draft `partial` is an ordinary upload, bound to
+    its bucket and key like any other."""
+    if INTEROP_HEADER in headers:
+        return None
+    return parse_concat(headers.get("upload-concat"))
+
+
 def _replace_metadata(scope: Scope, raw: dict[str, str | None]) -> Scope:
     headers = [(n, v) for n, v in scope["headers"] if n.lower() != b"upload-metadata"]
     headers.append((b"upload-metadata", encode_metadata(raw).encode("latin-1")))
@@ -358,7 +377,7 @@ def _replace_metadata(scope: Scope, raw: dict[str, str | None]) -> Scope:
 def _bind_key_creation(scope: Scope, identity: Identity) -> Scope:
     """A limited key creates uploads inside its bucket (filled in when left out) and prefix."""
     headers = Headers(scope=scope)
-    concat = parse_concat(headers.get("upload-concat"))
+    concat = _concat(headers)
     if concat is not None and concat.partial:
         return scope  # partials belong to no object; the final one is checked
     meta = parse_metadata(headers.get("upload-metadata"))

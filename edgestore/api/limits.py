@@ -80,7 +80,15 @@ def is_upload(scope: Scope) -> bool:
         return True
     if method != "POST":
         return False
-    content_type = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
+    headers = Headers(scope=scope)
+    if "upload-draft-interop-version" in headers:
+        # An IETF draft creation: its content carries the representation's own Content-Type
+        # (any, or none), so what makes it an upload is that it has content.
+        length = headers.get("content-length")
+        if length is not None:
+            return length.strip() not in ("", "0")
+        return "chunked" in headers.get("transfer-encoding", "").lower()
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     return content_type in UPLOAD_CONTENT_TYPES
 
 

@@ -197,6 +197,29 @@ def test_bucket_and_prefix_limited_key(auth_server: ServerProcess) -> None:
         assert c.get("/v1/params").status_code == 200
 
 
+def test_a_limited_key_cannot_leave_its_bucket_through_an_ietf_partial(
+    auth_server: ServerProcess,
+) -> None:
+    """The IETF draft's creation ignores Upload-Concat: a `partial` there is an ordinary
+    upload, and must be checked against the key's bucket and prefix like one."""
+    tag = uuid.uuid4().hex[:8]
+    scopes = ("--scope", "upload", "--scope", "read")
+    limited = create_key(auth_server, "--name", tag, *scopes, "--bucket", f"tenant-{tag}")
+    headers = {
+        "Upload-Draft-Interop-Version": "6",
+        "Upload-Concat": "partial",
+        "Upload-Complete": "?1",
+        "Upload-Metadata": tus_metadata({"bucket": f"other-{tag}", "key": "planted"}),
+        "Content-Type": "application/octet-stream",
+    }
+    with client_with(auth_server, limited) as c:
+        r = c.post("/files/", content=b"planted", headers=headers)
+        assert r.status_code == 403, r.text
+        assert r.json()["error"] == "out_of_scope"
+    with auth_server.client() as admin:
+        assert admin.get(f"/objects/other-{tag}/planted").status_code == 404
+
+
 def test_keys_cli_lists_without_secrets_and_revokes(auth_server: ServerProcess) -> None:
     name = f"ci-{uuid.uuid4().hex[:8]}"
     done = cli(auth_server, "keys", "create", "--name", name, "--scope", "upload")

@@ -210,6 +210,33 @@ def test_concurrent_uploads_per_client(start) -> None:
         assert tus_patch(c, second, 0, data).status_code == 204
 
 
+def test_an_ietf_creation_with_content_takes_an_upload_slot(start) -> None:
+    """The IETF draft's creation carries the representation's own Content-Type (image/png,
+    or none): it streams a body like any tus creation-with-upload and must count."""
+    draft = [(b"upload-draft-interop-version", b"6"), (b"content-type", b"image/png")]
+    assert is_upload(_scope("POST", headers=[*draft, (b"content-length", b"5")]))
+    assert is_upload(_scope("POST", headers=[*draft, (b"transfer-encoding", b"chunked")]))
+    assert not is_upload(_scope("POST", headers=[*draft, (b"content-length", b"0")]))
+    server = start(max_concurrent_uploads="1")
+    data = random_bytes(MiB, seed=4)
+    with server.client() as c:
+        first = tus_create(c, len(data))
+        slow = TricklingPatch(server.url, first, 0, data, interval=0.05).start()
+        try:
+            time.sleep(0.5)
+            headers = {
+                "Upload-Draft-Interop-Version": "6",
+                "Upload-Complete": "?1",
+                "Content-Type": "image/png",
+            }
+            r = c.post("/files/", content=data, headers=headers)
+            assert r.status_code == 429, r.text
+            status, _ = slow.finish()
+            assert status == 204
+        finally:
+            slow.close()
+
+
 @pytest.mark.redis
 def test_two_nodes_share_limits_through_redis(start, redis_url: str) -> None:
     env = {"rate_limit": "6/minute", "rate_limit_storage": redis_url, "max_concurrent_uploads": "1"}

@@ -264,3 +264,49 @@ def test_parallel_upload_through_concatenation(auth_server: ServerProcess) -> No
         assert r.status_code == 201, r.text
     with auth_server.client() as admin:
         assert admin.get(f"/objects/default/{key}").content == b"hello world"
+
+
+def test_an_ietf_draft_creation_cannot_escape_the_grant_with_upload_concat(
+    auth_server: ServerProcess,
+) -> None:
+    """The IETF draft has no concatenation: its creation ignores Upload-Concat, so a
+    `partial` one must still be bound to the signed bucket and key."""
+    tag = uuid.uuid4().hex[:8]
+    url = grant_url(auth_server, "upload", "b", f"k-{tag}", max_size=100)
+    meta = tus_metadata({"bucket": f"victim-{tag}", "key": "elsewhere"})
+    headers = {
+        "Upload-Draft-Interop-Version": "6",
+        "Upload-Concat": "partial",
+        "Upload-Complete": "?1",
+        "Upload-Length": "5",
+        "Upload-Metadata": meta,
+        "Content-Type": "application/octet-stream",
+    }
+    with client_with(auth_server) as c:
+        r = c.post(url, content=b"owned", headers=headers)
+        assert r.status_code == 403, r.text
+    with auth_server.client() as admin:
+        assert admin.get(f"/objects/victim-{tag}/elsewhere").status_code == 404
+
+
+def test_a_final_upload_cannot_outgrow_the_signed_size_through_a_deferred_partial(
+    auth_server: ServerProcess,
+) -> None:
+    """A partial whose length is still deferred (concatenation-unfinished) has no size to
+    check against es_max_size yet: a size-limited grant must not take it into a final."""
+    key = f"concat/{uuid.uuid4().hex}"
+    unlimited = grant_url(auth_server, "upload", "default", f"other/{uuid.uuid4().hex}")
+    limited = grant_url(auth_server, "upload", "default", key, max_size=10)
+    with client_with(auth_server) as c:
+        r = c.post(
+            unlimited, headers={**TUS, "Upload-Concat": "partial", "Upload-Defer-Length": "1"}
+        )
+        assert r.status_code == 201, r.text
+        part = r.headers["Location"]
+        r = c.post(limited, headers={**TUS, "Upload-Concat": "final;" + part})
+        assert r.status_code in (403, 413), r.text
+        big = b"x" * 100
+        headers = {**patch_headers(0), "Upload-Length": str(len(big))}
+        assert c.patch(part, content=big, headers=headers).status_code == 204
+    with auth_server.client() as admin:
+        assert admin.get(f"/objects/default/{key}").status_code == 404
