@@ -119,6 +119,7 @@ class Appender:
         on_chunk: Callable[[StoredChunk], None] | None = None,
         interrupt: Callable[[str], None] | None = None,
         chunker: StreamChunker | None = None,
+        grow_tail: bool = True,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -134,6 +135,9 @@ class Appender:
         # `chunker`: the one the previous append left, its buffer holding `upload.tail`.
         # Chunks are views of its buffer (lent, not copied out) until they are stored.
         self._chunker = chunker or StreamChunker(settings.chunker, tail, lend=True)
+        # `grow_tail`: whether the staged tail's files may be grown in place (not when one
+        # of its copies was found damaged as it was read back).
+        self._grow_tail = grow_tail
         self._digest = (
             RunningDigest(db, upload.upload_id, upload.next_seq, upload.hash_state)
             if upload.hash_state is not None
@@ -185,13 +189,15 @@ class Appender:
         `final`: the stream is the upload's end (length deferred or unknown). Without a
         checksum, progress is committed as chunks complete; with one, nothing of this append
         is kept unless the checksum matches. If the source raises TransferInterrupted, what
-        arrived is kept (without a checksum) and the interruption is re-raised.
+        arrived is kept (without a checksum) and the interruption is re-raised; unless every
+        byte of the upload had arrived: then it completes, and the append returns.
         """
         up = self._upload
         verify = _Verifier(checksum) if checksum is not None else None
         # A deferred length is bounded by the largest upload the server accepts.
         limit = up.length if up.length is not None else self._settings.max_upload_size
         received = 0
+        interrupted: TransferInterrupted | None = None
         try:
             try:
                 if isinstance(blocks, Readable):
@@ -204,14 +210,25 @@ class Appender:
                             verify.update(block)
                         self._feed(block)
                         self._progress(checked=verify is not None)
-            except TransferInterrupted:
+            except TransferInterrupted as exc:
                 self._drain()
-                if verify is None:
+                if verify is not None:
+                    raise
+                if not self._holds_all(up.length):
                     self._commit(tail=self._chunker.tail_view())
-                raise
+                    raise
+                # Every byte of the upload is in: it completes below, whatever cut the
+                # request short. Kept as a tail instead, its offset would equal its length,
+                # which tus clients take as done: they send nothing more, and no object
+                # would ever be made of it.
+                interrupted = exc
             if verify is not None:
                 verify.check(received)
-            complete = final or (up.length is not None and up.offset + received == up.length)
+            complete = (
+                final
+                or interrupted is not None
+                or (up.length is not None and up.offset + received == up.length)
+            )
             # The stream's end cuts everything; an append's end cuts what is settled, so less
             # is staged as the tail (and staged again by the next append).
             pop = self._chunker.pop_last if complete else self._chunker.pop_settled
@@ -242,6 +259,11 @@ class Appender:
             )
         if self._stop_reason:
             raise TransferInterrupted(self._stop_reason)
+
+    def _holds_all(self, length: int | None) -> bool:
+        """Every byte of an upload of `length` bytes is cut into chunks or in the chunker
+        (the bytes of a block being read when the append was stopped included)."""
+        return length is not None and self._next_offset + self._chunker.tail_length == length
 
     def _progress(self, *, checked: bool) -> None:
         """After each block: collect stored chunks, checkpoint (unless a checksum must
@@ -328,6 +350,12 @@ class Appender:
             self._lane.close()
 
     def _maybe_commit(self) -> None:
+        # A checkpoint within the append stages no tail: it waits until its parts reach the
+        # offset already acknowledged. The staged tail may hold chunk boundaries (an
+        # interrupted append stages what it had, uncut), so the first chunks can end before
+        # it; committing them alone would move the offset back and drop the tail's files.
+        if not self._ready or self._ready[-1].offset + self._ready[-1].length < self._upload.offset:
+            return
         if len(self._ready) >= COMMIT_EVERY_PARTS or (
             self._ready and time.monotonic() - self._last_commit >= COMMIT_EVERY_SECONDS
         ):
@@ -354,7 +382,7 @@ class Appender:
             self._upload.upload_id,
             self._next_offset,
             tail,
-            grows=self._upload.tail if self._nothing_cut() else None,
+            grows=self._upload.tail if self._grow_tail and self._nothing_cut() else None,
         )
 
     def _nothing_cut(self) -> bool:

@@ -149,8 +149,13 @@ def _written_here(key: str) -> bool:
     return key.rsplit(".", 1)[-1].startswith(_process_tag() + "-")
 
 
-def load(dirs: DataDirs, ref: TailRef) -> bytes:
-    """The staged bytes, from the first copy that is intact."""
+def load(dirs: DataDirs, ref: TailRef, *, damaged: list[str] | None = None) -> bytes:
+    """The staged bytes, from the first copy that is intact.
+
+    `damaged`: gets the names of the data dirs whose copy could not be used (a tail read
+    around one must not be grown in place: the damaged copy would stay damaged under a
+    record that says it holds the tail).
+    """
     problems = []
     for name in ref.backends:
         backend = dirs.backends.get(name)
@@ -161,14 +166,20 @@ def load(dirs: DataDirs, ref: TailRef) -> bytes:
             data = backend.get(ref.key)
         except StorageError as exc:
             problems.append(f"{name}: {exc}")
+            if damaged is not None:
+                damaged.append(name)
             continue
         # A grown tail's file may hold more than the record (a write whose commit never
         # came): the record's length is what counts.
         if len(data) > ref.length:
             data = data[: ref.length]
         if len(data) == ref.length and shard_checksum(data) == ref.checksum:
+            if problems:
+                log.warning("staged tail %s read around: %s", ref.key, "; ".join(problems))
             return data
         problems.append(f"{name}: checksum mismatch")
+        if damaged is not None:
+            damaged.append(name)
     raise StorageError(f"staged tail {ref.key} is unreadable: {'; '.join(problems)}")
 
 

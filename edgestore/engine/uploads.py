@@ -337,8 +337,9 @@ class Uploads:
                 rec = upload_rows.get(conn, upload_id)
             chunker = self._warm.take(upload_id, rec.tail)
             tail = b""
+            damaged: list[str] = []
             if chunker is None and rec.tail is not None:
-                tail = staging.load(core.dirs, rec.tail)
+                tail = staging.load(core.dirs, rec.tail, damaged=damaged)
             appender = Appender(
                 core.settings,
                 core.db,
@@ -352,6 +353,7 @@ class Uploads:
                 on_chunk=on_chunk,
                 interrupt=interrupt,
                 chunker=chunker,
+                grow_tail=not damaged,  # a copy found damaged: the next tail in new files
             )
             del tail  # the chunker holds its own copy; this one would sit out the whole append
             active = _Active(appender, threading.Event())

@@ -174,3 +174,21 @@ def test_a_request_whose_commit_fails_leaves_the_upload_as_it_was(
         done = b.uploads.append(up.upload_id, 9000, blocks_of(data[9000:]))
         assert done.state == upload_rows.COMPLETE
         assert read_all(b, b.objects.by_version_id(done.version_id)) == data
+
+
+def test_a_tail_read_around_a_damaged_copy_is_not_grown_into_it(make_settings) -> None:
+    """One copy of the staged tail is damaged (or gone); the next request reads the other
+    one, as it must. Growing both files in place then leaves the damaged copy damaged for
+    good, under a record that says both hold the tail: every byte acknowledged from then on
+    is on one intact copy only, and losing that disk loses them."""
+    settings = make_settings(**SMALL_CHUNKS, upload_warm_bytes=0)  # tails read back
+    data = random_bytes(40 * KiB, seed=33)
+    with Engine.open(settings) as e:
+        up = e.uploads.create(length=len(data))
+        rec = e.uploads.append(up.upload_id, 0, blocks_of(data[:5000]))
+        first, second = (e.core.dirs.backends[n] for n in rec.tail.backends)
+        first.put(rec.tail.key, [b"\0" * 5000])  # bit rot, or a file lost on that disk
+        rec = e.uploads.append(up.upload_id, 5000, blocks_of(data[5000:9000]))
+        assert rec.offset == 9000  # acknowledged, "on two data dirs"
+        second.delete(rec.tail.key)  # then the other disk goes
+        assert staging.load(e.core.dirs, rec.tail) == data[:9000]

@@ -390,3 +390,72 @@ def test_no_warm_chunkers_when_their_memory_is_zero(make_settings, tail_loads) -
         assert tail_loads[0] == 1
         rec = engine.uploads.append(up.upload_id, 20_000, blocks_of(data[20_000:]))
         assert read_all(engine, engine.objects.by_version_id(rec.version_id)) == data
+
+
+# --- interrupted appends and mid-append checkpoints ------------------------------------------
+
+
+def _all_then_cut(data: bytes) -> Iterator[bytes]:
+    """Every byte arrives, then the request is cut (a chunked body whose last chunk never
+    came, the server shutting down as the last block lands, a takeover)."""
+    yield from blocks_of(data, 50 * KiB)
+    raise TransferInterrupted("client went away")
+
+
+@pytest.mark.parametrize("start", [0, 100_000])
+def test_an_interrupted_append_that_brought_the_last_byte_completes(
+    small_engine: Engine, start: int
+) -> None:
+    """HEAD then reports Upload-Offset == Upload-Length, and tus clients (tus-js-client,
+    edgestore's own) take that as done and send nothing more: the upload must be complete."""
+    data = random_bytes(700 * KiB + 3, seed=31)
+    up = small_engine.uploads.create(length=len(data))
+    if start:
+        small_engine.uploads.append(up.upload_id, 0, blocks_of(data[:start]))
+    try:
+        small_engine.uploads.append(up.upload_id, start, _all_then_cut(data[start:]))
+    except TransferInterrupted:
+        pass
+    rec = small_engine.uploads.get(up.upload_id)
+    assert rec.offset == len(data)
+    assert rec.state == upload_rows.COMPLETE
+    v = small_engine.objects.by_version_id(rec.version_id)
+    assert read_all(small_engine, v) == data
+    assert v.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_checkpoint_during_an_append_never_moves_the_offset_back(make_settings) -> None:
+    """An interrupted request leaves a staged tail as long as it was (up to a max-size chunk,
+    chunk boundaries inside). The next request cuts its first chunk at the first of those
+    boundaries; a checkpoint it makes then (a slow client: one second has passed) must not
+    replace the acknowledged tail by that shorter chunk: the bytes after it, acknowledged,
+    would be in memory only (and the old tail's files removed). A crash there loses them."""
+    settings = make_settings(**SMALL_CHUNKS)  # chunks of 16 / 64 / 256 KiB
+    data = random_bytes(2 * MiB, seed=32)
+    acked = 250 * KiB
+    with Engine.open(settings) as a:
+        up = a.uploads.create(length=len(data))
+        with pytest.raises(TransferInterrupted):
+            a.uploads.append(up.upload_id, 0, _interrupted(data, acked))
+        rec = a.uploads.get(up.upload_id)
+        assert rec.offset == acked and rec.tail is not None and rec.tail.length == acked
+    seen: list[int] = []
+
+    def slow_client_then_crash() -> Iterator[bytes]:
+        yield data[acked : acked + 20 * KiB]  # the buffer passes 256 KiB: a chunk is cut
+        time.sleep(1.2)  # a slow link: the next block comes after COMMIT_EVERY_SECONDS
+        yield data[acked + 20 * KiB : acked + 21 * KiB]
+        time.sleep(0.2)
+        yield data[acked + 21 * KiB : acked + 22 * KiB]
+        with Engine.open(settings) as other:  # HEAD on another node, while this one runs
+            seen.append(other.uploads.get(up.upload_id).offset)
+        raise RuntimeError("the process dies")
+
+    with Engine.open(settings) as b, pytest.raises(RuntimeError, match="dies"):
+        b.uploads.append(up.upload_id, acked, slow_client_then_crash())
+    assert seen and seen[0] >= acked, f"HEAD said {seen[0]} after {acked} was acknowledged"
+    with Engine.open(settings) as c:
+        rec = c.uploads.get(up.upload_id)
+        assert rec.offset >= acked, f"acknowledged {acked}, durable {rec.offset}"
+        done = c.uploads.append(up.upload_id, rec.offset, blocks_of(data[rec.offset :]))
+        assert read_all(c, c.objects.by_version_id(done.version_id)) == data

@@ -7,6 +7,8 @@ Every refused request is checked twice: its status, and that the store is exactl
 from __future__ import annotations
 
 import itertools
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -226,3 +228,36 @@ def test_response_to_patch_carries_tus_resumable_and_offset_only_durable(http) -
     # the acknowledged offset is exactly what was sent, tail included (staged durably)
     assert r.headers["Upload-Offset"] == str(6 * MiB + 7)
     assert http.head(url, headers=TUS).headers["Upload-Offset"] == str(6 * MiB + 7)
+
+
+def test_a_chunked_patch_cut_after_its_last_byte_leaves_a_complete_upload(server) -> None:
+    """The client sends every byte of the upload in a chunked PATCH and the link drops before
+    the terminating chunk. HEAD then answers Upload-Offset == Upload-Length, which tus clients
+    take as done (they send nothing more): the object must exist."""
+    data = random_bytes(3 * 256 * KiB, seed=41)
+    with server.client() as c:
+        url = tus_create(c, len(data))
+    path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+    port = int(server.url.rsplit(":", 1)[1])
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: edgestore\r\nTus-Resumable: 1.0.0\r\n"
+        "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        for i in range(0, len(data), 256 * KiB):  # one server-side batch each (bodies.BLOCK)
+            piece = data[i : i + 256 * KiB]
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            time.sleep(0.3)
+        sock.shutdown(socket.SHUT_RDWR)  # no terminating 0-chunk
+    with server.client() as c:
+        for _ in range(100):  # the server may still be committing what arrived
+            h = c.head(url, headers=TUS)
+            if int(h.headers["Upload-Offset"]) == len(data):
+                break
+            time.sleep(0.05)
+        assert h.headers["Upload-Offset"] == h.headers["Upload-Length"] == str(len(data))
+        got = c.get(url)
+        assert got.status_code == 200, got.text
+        assert sha256_hex(got.content) == sha256_hex(data)
