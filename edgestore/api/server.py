@@ -7,7 +7,10 @@ node after a restart, or another. Then uvicorn drains the remaining requests.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -26,9 +29,21 @@ GRACEFUL_SECONDS = 20
 
 class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: ask the running appends to stop, keeping what they received.
+
+        Not from here: a signal handler runs between two bytecodes of whatever the main
+        thread was doing, possibly inside the event loop's `queue.put` to an upload's body
+        bridge, holding the very lock that interrupting that upload takes: the main thread
+        then waited on itself and the server never stopped (seen once in CI). The loop runs
+        the stop as a callback instead, outside any such section.
+        """
         services = getattr(self.config.app.state, "services", None)  # type: ignore[union-attr]
         if services is not None:
-            services.engine.uploads.stop_all("server is shutting down")
+            stop = functools.partial(services.engine.uploads.stop_all, "server is shutting down")
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(stop)  # takes no lock
+            except RuntimeError:  # no loop running in this thread (starting up, say)
+                threading.Thread(target=stop, name="edgestore-stop", daemon=True).start()
         super().handle_exit(sig, frame)
 
 
