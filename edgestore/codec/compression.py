@@ -70,10 +70,13 @@ def decompress(codec: Compression | str, stored: Buffer, raw_size: int) -> bytes
             raise ValueError(f"raw chunk is {len(stored)} bytes, expected {raw_size}")
         return bytes(stored)
     if codec == Compression.ZSTD:
-        declared = zstandard.frame_content_size(stored)
-        if declared not in (raw_size, zstandard.CONTENTSIZE_UNKNOWN):
-            raise ValueError(f"zstd frame declares {declared} bytes, expected {raw_size}")
-        raw = _decompressor().decompress(stored, max_output_size=raw_size)
+        try:
+            declared = zstandard.frame_content_size(stored)
+            if declared not in (raw_size, zstandard.CONTENTSIZE_UNKNOWN):
+                raise ValueError(f"zstd frame declares {declared} bytes, expected {raw_size}")
+            raw = _decompressor().decompress(stored, max_output_size=raw_size)
+        except zstandard.ZstdError as exc:  # a damaged frame: the same ValueError as the rest
+            raise ValueError(f"zstd frame cannot be decompressed: {exc}") from None
         if len(raw) != raw_size:
             raise ValueError(f"zstd frame gave {len(raw)} bytes, expected {raw_size}")
         return raw

@@ -75,7 +75,11 @@ class ChunkReader:
             faults: list[ShardFault] = []
         else:
             stored, faults = self._gather(rec)
-        raw = compression.decompress(rec.compression, stored, rec.raw_size)
+        try:
+            raw = compression.decompress(rec.compression, stored, rec.raw_size)
+        except ValueError as exc:  # a damaged zstd frame, or not the recorded raw size
+            self._on_faults(rec.chunk_id, [*faults, ShardFault(rec.chunk_id, -1, str(exc))])
+            raise ChunkCorrupt(f"chunk {rec.chunk_id} cannot be decompressed: {exc}") from None
         if len(raw) != rec.raw_size or compute_chunk_id(raw) != rec.chunk_id:
             self._on_faults(rec.chunk_id, [ShardFault(rec.chunk_id, -1, "rebuilt chunk mismatch")])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} does not match its SHA-256 after rebuild")
@@ -106,9 +110,9 @@ class ChunkReader:
             )
         stored = self._codec(rec).decode(got)
         if len(stored) != rec.stored_size:
-            raise ChunkCorrupt(
-                f"chunk {rec.chunk_id} decoded to {len(stored)} bytes, expected {rec.stored_size}"
-            )
+            reason = f"decoded to {len(stored)} bytes, expected {rec.stored_size}"
+            self._on_faults(rec.chunk_id, [*faults, ShardFault(rec.chunk_id, -1, reason)])
+            raise ChunkCorrupt(f"chunk {rec.chunk_id} {reason}")
         return stored, faults
 
     def _fetch_all(self, rec: ChunkRecord, refs: Sequence[ShardRef]) -> list[bytes | ShardFault]:

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
-from edgestore.metadata.schema import shards
+from edgestore.errors import ChunkCorrupt
+from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import MiB, blocks_of, random_bytes, read_all
 
 
@@ -68,3 +69,62 @@ def test_lost_data_shards_are_replaced_by_as_many_parity_shards(
     # The k data shards, then exactly one parity shard per lost one: no more, no fewer.
     by_key = {row.key: row.shard_index for row in rows}
     assert sorted(by_key[key] for key in read_keys) == list(range(k + m - 1))
+
+
+def _zstd_chunk(engine: Engine, layout: str) -> str:
+    with engine.core.db.read() as conn:
+        cid: str = conn.execute(
+            sa.select(chunks.c.chunk_id)
+            .where(chunks.c.compression == "zstd", chunks.c.layout == layout)
+            .limit(1)
+        ).scalar_one()
+    return cid
+
+
+def _assert_clear_corruption(engine: Engine, v: Any, cid: str) -> None:
+    """ChunkCorrupt naming the object and the chunk (never a codec error), queued for repair."""
+    with pytest.raises(ChunkCorrupt) as info:
+        read_all(engine, v)
+    msg = str(info.value)
+    assert f"{v.bucket}/{v.key}" in msg and v.object_id in msg and cid in msg
+    with engine.core.db.read() as conn:
+        queued = conn.execute(
+            sa.select(repair_queue.c.chunk_id).where(repair_queue.c.chunk_id == cid)
+        ).all()
+    assert queued
+
+
+@pytest.mark.parametrize("column", ["raw_size", "stored_size"])
+def test_a_chunk_rebuilt_to_another_size_than_recorded_is_a_clear_error(
+    engine: Engine, column: str
+) -> None:
+    """Intact shards that decode, or whose zstd frame decompresses, to another size than the
+    chunk row records: a ChunkCorrupt naming object and chunk, queued for repair like any
+    other chunk that fails its checks (not a bare ValueError from the codec)."""
+    data = random_bytes(1536 * 1024, seed=8).hex().encode()  # hex text: zstd pays, EC layout
+    v = engine.put(blocks_of(data, MiB), key="resized")
+    cid = _zstd_chunk(engine, "ec")
+    with engine.core.db.write() as conn:
+        conn.execute(
+            sa.update(chunks).where(chunks.c.chunk_id == cid).values({column: chunks.c[column] + 1})
+        )
+    _assert_clear_corruption(engine, v, cid)
+
+
+@pytest.mark.parametrize("at", [0, 5, -3])
+def test_a_corrupt_inline_chunk_is_a_clear_error(small_engine: Engine, at: int) -> None:
+    """Inline bytes (no shard checksum in front of them) that rotted in the database: the zstd
+    frame no longer parses or declares another size. Still a ChunkCorrupt naming the object
+    and the chunk, queued for repair, not a zstandard.ZstdError or ValueError."""
+    v = small_engine.put(iter([b"abcdefghij" * 90]), key="inline")
+    cid = _zstd_chunk(small_engine, "inline")
+    with small_engine.core.db.read() as conn:
+        blob = bytearray(
+            conn.execute(
+                sa.select(chunks.c.inline_data).where(chunks.c.chunk_id == cid)
+            ).scalar_one()
+        )
+    blob[at] ^= 0xFF
+    with small_engine.core.db.write() as conn:
+        conn.execute(sa.update(chunks).where(chunks.c.chunk_id == cid).values(inline_data=blob))
+    _assert_clear_corruption(small_engine, v, cid)
