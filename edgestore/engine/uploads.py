@@ -395,6 +395,18 @@ class Uploads:
         if not active.done.wait(self._core.settings.upload_lock_seconds):
             raise UploadLocked(f"upload {upload_id} is still being written; retry shortly")
 
+    def settle(self, upload_id: str) -> None:
+        """Before reporting the upload's offset: stop this process's writer of it if its
+        client went quiet (a dropped link), and wait until it has kept what it received, so
+        the offset reported is the one the next append is accepted at. A writer still
+        receiving bytes is left alone, as by an append (which would get UploadLocked)."""
+        with self._lock:
+            active = self._active.get(upload_id)
+        if active is None or active.appender.idle_seconds < TAKEOVER_IDLE_SECONDS:
+            return
+        active.appender.stop("an offset retrieval took over this upload")
+        active.done.wait(self._core.settings.upload_lock_seconds)
+
     def _stop_local_writer(self, upload_id: str, reason: str) -> bool:
         with self._lock:
             active = self._active.get(upload_id)

@@ -18,9 +18,11 @@ a later empty `Upload-Complete: ?1` PATCH at that offset is answered as a succes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.message
 import email.utils
 import time
+from collections.abc import Iterator
 
 from fastapi import Request, Response
 
@@ -28,7 +30,15 @@ from edgestore.api import protocol
 from edgestore.api.state import Services, services
 from edgestore.api.tus.common import TUS_KINDS, append_body, upload_url
 from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_metadata, parse_size
-from edgestore.errors import InvalidInput, OffsetConflict, TooLarge, UnsupportedMediaType
+from edgestore.errors import (
+    EdgestoreError,
+    InvalidInput,
+    NotFound,
+    OffsetConflict,
+    TooLarge,
+    UnsupportedMediaType,
+    UploadGone,
+)
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.uploads import UploadRecord
 
@@ -116,7 +126,11 @@ async def create(request: Request) -> Response:
         limits = _limits(request, svc, rec)
         interim = [("Location", location), (INTEROP_HEADER, version), ("Upload-Limit", limits)]
         protocol.informational(request.scope, 104, interim)
-    rec = await _transfer(request, svc, rec, 0, complete)
+    try:
+        rec = await _transfer(request, svc, rec, 0, complete)
+    except EdgestoreError:
+        await _offset_header(request, rec.upload_id)  # the upload exists: say where it stands
+        raise
     headers = _state_headers(request, svc, rec)
     headers["Location"] = location
     return Response(status_code=201, headers=headers)
@@ -124,24 +138,38 @@ async def create(request: Request) -> Response:
 
 async def head(upload_id: str, request: Request) -> Response:
     """Offset retrieval: where the upload stands (durable bytes only)."""
+    _refuse_fields(request, ("Upload-Offset", "Upload-Complete", "Upload-Length"))
     svc = services(request)
-    rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id, TUS_KINDS)
+    uploads = svc.engine.uploads
+    with _gone_as_not_found(request):
+        # An append whose client went quiet may hold bytes not yet durable: it stops and
+        # keeps them first, so the next append is accepted at the offset reported here.
+        await asyncio.to_thread(uploads.settle, upload_id)
+        rec = await asyncio.to_thread(uploads.get_open, upload_id, TUS_KINDS)
     return Response(status_code=204, headers=_state_headers(request, svc, rec))
 
 
 async def append(upload_id: str, request: Request) -> Response:
     """Upload append: a PATCH of `application/partial-upload` content at `Upload-Offset`."""
     try:
-        return await _append(upload_id, request)
+        with _gone_as_not_found(request):
+            return await _append(upload_id, request)
     except OffsetConflict as exc:  # the draft: a 409 carries the correct offset
         request.state.error_headers["Upload-Offset"] = str(exc.expected)
+        raise
+    except (NotFound, UploadGone):
+        raise
+    except EdgestoreError:  # draft -05: a failure about an active upload carries its offset
+        await _offset_header(request, upload_id)
         raise
 
 
 async def cancel(upload_id: str, request: Request) -> Response:
     """Upload cancellation: the upload is terminated and its staged bytes released."""
+    _refuse_fields(request, ("Upload-Offset", "Upload-Complete"))
     uploads = services(request).engine.uploads
-    await asyncio.to_thread(uploads.get_open, upload_id, TUS_KINDS)  # 404 / 410 first
+    with _gone_as_not_found(request):
+        await asyncio.to_thread(uploads.get_open, upload_id, TUS_KINDS)  # 404 / 410 first
     await asyncio.to_thread(uploads.terminate, upload_id)
     return Response(status_code=204, headers={INTEROP_HEADER: _version(request)})
 
@@ -178,6 +206,13 @@ async def _append(upload_id: str, request: Request) -> Response:
             f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
             expected=rec.offset,
         )
+    # Both lengths a request can indicate must agree, checked before either is recorded.
+    indicated = offset + body_length if complete and body_length is not None else None
+    if length is not None and indicated is not None and length != indicated:
+        raise InvalidInput(
+            f"inconsistent length: Upload-Length {length} but Upload-Complete: ?1 with "
+            f"{body_length} bytes of content at offset {offset}"
+        )
     if length is not None and rec.length != length:
         if rec.length is not None:
             raise InvalidInput(
@@ -186,7 +221,9 @@ async def _append(upload_id: str, request: Request) -> Response:
             )
         rec = await asyncio.to_thread(uploads.declare_length, upload_id, length)
     if not complete and rec.length is not None and offset + (body_length or 0) > rec.length:
-        raise TooLarge(
+        # Draft -05: "reject the request with a 400 (Bad Request)"; a 413 would speak of the
+        # server's limits (-09 on: retry with a smaller append), not of the declared length.
+        raise InvalidInput(
             f"{body_length} bytes at offset {offset} go beyond the upload's length {rec.length}"
         )
     rec = await _transfer(request, svc, rec, offset, complete)
@@ -213,7 +250,14 @@ async def _transfer(
                 f"{offset}, but the upload's length is {rec.length}"
             )
     if _has_body(request):
-        rec = await append_body(request, svc, rec, offset, None)
+        try:
+            rec = await append_body(request, svc, rec, offset, None)
+        except TooLarge:
+            if rec.length is None:  # beyond max-size: the server's limit, a 413
+                raise
+            raise InvalidInput(  # beyond the declared length: a 400, as above
+                f"the content goes beyond the upload's length {rec.length}"
+            ) from None
     if rec.state == upload_rows.OPEN and (complete or rec.offset == rec.length):
         if rec.length is None:  # chunked content: its length is known only now
             rec = await asyncio.to_thread(uploads.declare_length, rec.upload_id, rec.offset)
@@ -228,6 +272,34 @@ async def _transfer(
 
 
 # --- headers ----------------------------------------------------------------------------------
+
+
+async def _offset_header(request: Request, upload_id: str) -> None:
+    """Put the upload's offset on an error response, if the upload is still there."""
+    uploads = services(request).engine.uploads
+    try:
+        rec = await asyncio.to_thread(uploads.get_open, upload_id, TUS_KINDS)
+    except EdgestoreError:
+        return
+    request.state.error_headers["Upload-Offset"] = str(rec.offset)
+
+
+def _refuse_fields(request: Request, names: tuple[str, ...]) -> None:
+    """Draft -05 (interop 6): HEAD and DELETE requests carrying these fields are a 400."""
+    present = [name for name in names if name in request.headers]
+    if present and _version(request) == "6":
+        raise InvalidInput(f"a {request.method} request must not carry {', '.join(present)}")
+
+
+@contextlib.contextmanager
+def _gone_as_not_found(request: Request) -> Iterator[None]:
+    """Draft -05 (interop 6): an upload that is no longer active is a 404, not a 410."""
+    try:
+        yield
+    except UploadGone as exc:
+        if _version(request) != "6":
+            raise
+        raise NotFound(exc.message) from None
 
 
 def _version(request: Request) -> str:

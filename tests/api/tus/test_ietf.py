@@ -222,9 +222,9 @@ def test_append_rules(server) -> None:
         assert "Upload-Offset" in append(c, url, 0, b"", complete=False).headers
         r = c.patch(url, content=b"a", headers=draft(Upload_Complete="?0", Content_Type=PARTIAL))
         assert r.status_code == 400  # no Upload-Offset
-        # Beyond the declared length: 413 (with the limits); inconsistent lengths: 400.
+        # Beyond the declared length, and inconsistent lengths: 400 (with the limits).
         r = append(c, url, 0, b"y" * 101, complete=False)
-        assert r.status_code == 413
+        assert r.status_code == 400
         assert r.headers["Upload-Limit"].startswith("max-size=")
         assert append(c, url, 0, b"y" * 99, complete=True).status_code == 400
         r = c.patch(
@@ -275,9 +275,10 @@ def test_cancellation(server, version: str) -> None:
         r = c.delete(url, headers=draft(version))
         assert r.status_code == 204
         assert "Tus-Resumable" not in r.headers
-        assert c.head(url, headers=draft(version)).status_code == 410
-        assert append(c, url, 1000, b"q", complete=True, version=version).status_code == 410
-        assert c.delete(url, headers=draft(version)).status_code == 410
+        gone = 404 if version == "6" else 410  # draft -05: no longer active is a 404
+        assert c.head(url, headers=draft(version)).status_code == gone
+        assert append(c, url, 1000, b"q", complete=True, version=version).status_code == gone
+        assert c.delete(url, headers=draft(version)).status_code == gone
         assert c.delete("/files/nosuchupload", headers=draft(version)).status_code == 404
 
 
@@ -438,3 +439,121 @@ def test_a_creation_cut_short_resumes_at_the_location_of_its_104(server) -> None
             time.sleep(0.05)
         assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
         assert_object(c, location, data)
+
+
+# --- what the drafts require that was missed --------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_head_after_a_stalled_append_reports_the_offset_the_next_append_takes(
+    server, version: str
+) -> None:
+    """A link that dropped without the server noticing leaves an append waiting with bytes it
+    has not made durable. The offset HEAD reports must be the one the next append is accepted
+    at (-05 Offset Retrieval: "The offset MUST be accepted by a subsequent append"; -09 and
+    later, Concurrency: "the server MUST NOT send outdated information"), not a 409 later."""
+    data = random_bytes(12 * MiB, seed=73)
+    port = int(server.url.rsplit(":", 1)[1])
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(version, Upload_Complete="?0")).headers["Location"]
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as stalled:
+            head = (
+                f"PATCH {httpx.URL(url).path} HTTP/1.1\r\nHost: edgestore\r\n"
+                f"Upload-Draft-Interop-Version: {version}\r\nUpload-Offset: 0\r\n"
+                f"Upload-Complete: ?1\r\nContent-Type: {PARTIAL}\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n"
+            )
+            stalled.sendall(head.encode() + data[: 8 * MiB])
+            time.sleep(2)  # the link is gone; the server's append still waits for the rest
+            h = c.head(url, headers=draft(version))
+            assert (h.status_code, h.headers["Upload-Complete"]) == (204, "?0")
+            offset = int(h.headers["Upload-Offset"])
+            r = append(c, url, offset, data[offset:], complete=True, version=version)
+            assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
+        assert_object(c, url, data)
+
+
+def test_v6_failed_requests_on_an_active_upload_carry_its_offset(server) -> None:
+    """Draft -05 (interop 6), Upload Creation and Upload Append: "The server MUST send the
+    Upload-Offset header field in the response if it considers the upload active, either when
+    the response is a success ..., or when the response is a failure"."""
+    with server.client() as c:
+        r = c.post("/files/", headers=draft(Upload_Complete="?0", Upload_Length="100"))
+        url = r.headers["Location"]
+        assert append(c, url, 0, b"a" * 40, complete=False).status_code == 204
+        wrong_type = draft(Upload_Offset="40", Upload_Complete="?0", Content_Type="text/plain")
+        for r in (
+            append(c, url, 40, b"b" * 61, complete=False),  # beyond the length
+            append(c, url, 40, b"b" * 10, complete=True),  # ?1, but short of the length
+            c.patch(url, content=b"b", headers=wrong_type),
+        ):
+            assert r.status_code in (400, 415), r.text
+            assert r.headers.get("Upload-Offset") == "40", (r.status_code, r.headers)
+        # A creation whose content is refused once the upload exists.
+        r = c.post(
+            "/files/",
+            content=pieces(b"z" * 20, 5),
+            headers=draft(Upload_Complete="?0", Upload_Length="10"),
+        )
+        assert r.status_code == 400 and "Location" in r.headers, r.text
+        assert r.headers.get("Upload-Offset") == "0", r.headers
+
+
+def test_v6_append_beyond_the_length_is_400(server) -> None:
+    """Draft -05, Upload Append: an append that exceeds the recorded final size is rejected
+    "with a 400 (Bad Request) status code", with or without a Content-Length."""
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(Upload_Complete="?0", Upload_Length="10")).headers[
+            "Location"
+        ]
+        assert append(c, url, 0, b"y" * 11, complete=False).status_code == 400
+        assert append(c, url, 0, pieces(b"y" * 20, 5), complete=False).status_code == 400
+        assert c.head(url, headers=draft()).headers["Upload-Offset"] == "0"
+
+
+def test_v6_head_and_delete_refuse_upload_fields(server) -> None:
+    """Draft -05: a HEAD "MUST NOT include an Upload-Offset, Upload-Complete, or Upload-Length
+    header field. The server MUST reject requests with either of these fields by responding
+    with a 400"; a DELETE likewise with Upload-Offset or Upload-Complete."""
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(Upload_Complete="?0")).headers["Location"]
+        for name in ("Upload-Offset", "Upload-Complete", "Upload-Length"):
+            value = "?0" if name == "Upload-Complete" else "0"
+            assert c.head(url, headers={**draft(), name: value}).status_code == 400, name
+        for name, value in (("Upload-Offset", "0"), ("Upload-Complete", "?1")):
+            assert c.delete(url, headers={**draft(), name: value}).status_code == 400, name
+        assert c.head(url, headers=draft()).status_code == 204  # still there
+        assert c.head(url, headers=draft("8", Upload_Offset="0")).status_code == 204
+
+
+def test_v6_an_inactive_upload_is_404(server) -> None:
+    """Draft -05: for an upload resource the server does not consider active, HEAD, PATCH and
+    DELETE "MUST respond with a 404 (Not Found) status code"."""
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(Upload_Complete="?0")).headers["Location"]
+        assert c.delete(url, headers=draft()).status_code == 204
+        assert c.head(url, headers=draft()).status_code == 404
+        assert append(c, url, 0, b"q", complete=True).status_code == 404
+        assert c.delete(url, headers=draft()).status_code == 404
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_an_append_refused_for_inconsistent_lengths_records_neither(server, version: str) -> None:
+    """An append whose Upload-Length and `Upload-Complete: ?1` + Content-Length disagree is
+    rejected (-05: "If they do not match, the server MUST reject the request with a 400"; -09+
+    Length: "their indicated lengths MUST match"), and leaves the upload as it was: a corrected
+    retry completes it."""
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(version, Upload_Complete="?0")).headers["Location"]
+        bad = draft(
+            version,
+            Upload_Offset="0",
+            Upload_Complete="?1",
+            Upload_Length="100",
+            Content_Type=PARTIAL,
+        )
+        assert c.patch(url, content=b"a" * 50, headers=bad).status_code == 400
+        assert "Upload-Length" not in c.head(url, headers=draft(version)).headers
+        r = append(c, url, 0, b"a" * 50, complete=True, version=version)
+        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
+        assert_object(c, url, b"a" * 50)
