@@ -10,6 +10,7 @@ silent) turns into TransferInterrupted on the engine side, which keeps the durab
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -172,6 +173,7 @@ async def run_with_body(
     *,
     limit: int | None = None,
     idle_timeout: float = 60.0,
+    on_received: Callable[[int], None] | None = None,
 ) -> tuple[T, int]:
     """Run work(blocks, interrupt) on a worker thread while streaming the body into it.
 
@@ -181,10 +183,14 @@ async def run_with_body(
 
     Returns (result, bytes received). Whatever happens on the loop side (cancellation,
     oversize body), the worker is waited for, so it never outlives the request unseen.
+    `on_received(n)`: told the bytes received however the request ends (an interrupted one
+    keeps what arrived, and raises).
     """
     loop = asyncio.get_running_loop()
     bridge = BodyBridge(loop)
-    fut: Future[T] = executor.submit(work, bridge.blocks(), bridge.interrupt_now)
+    # In the request's context: what the engine logs carries the request id.
+    run = contextvars.copy_context().run
+    fut: Future[T] = executor.submit(run, work, bridge.blocks(), bridge.interrupt_now)
     consumer = asyncio.wrap_future(fut)
     pump = asyncio.ensure_future(
         bridge.pump(body, consumer, limit=limit, idle_timeout=idle_timeout)
@@ -198,13 +204,17 @@ async def run_with_body(
 
     consumer.add_done_callback(stop_pump)
     try:
-        await asyncio.shield(pump)
-    except asyncio.CancelledError:
-        if not pump.done():  # we were cancelled (shutdown), not the pump: cut it cleanly
-            pump.cancel()
-        await asyncio.shield(asyncio.wait({consumer}))
-        raise
-    except BaseException:
-        await asyncio.shield(asyncio.wait({consumer}))
-        raise
-    return await consumer, bridge.received
+        try:
+            await asyncio.shield(pump)
+        except asyncio.CancelledError:
+            if not pump.done():  # we were cancelled (shutdown), not the pump: cut it cleanly
+                pump.cancel()
+            await asyncio.shield(asyncio.wait({consumer}))
+            raise
+        except BaseException:
+            await asyncio.shield(asyncio.wait({consumer}))
+            raise
+        return await consumer, bridge.received
+    finally:
+        if on_received is not None:
+            on_received(bridge.received)

@@ -20,6 +20,7 @@ down as on the usual way. One that must see the bytes themselves takes the claim
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -322,7 +323,8 @@ async def run_with_direct_body(
     The worker is always waited for, whatever happens here (cancellation at shutdown keeps
     what arrived: the engine's read raises TransferInterrupted)."""
     try:
-        fut: Future[T] = executor.submit(work, body, body.interrupt)
+        run = contextvars.copy_context().run  # the engine's log records carry the request id
+        fut: Future[T] = executor.submit(run, work, body, body.interrupt)
     except BaseException:
         body.finish()  # never leave the connection paused on a body nobody reads
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import time
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -14,6 +15,19 @@ class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
         return True
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: control characters in what clients can put in a message (a
+    percent-decoded path: %0A) are escaped, so no one can start a log line of their own.
+    An exception's traceback, appended after, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return _CONTROL.sub(lambda m: repr(m.group())[1:-1], line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +53,7 @@ def configure(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        f = logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+        f = TextFormatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
         f.converter = time.gmtime
         handler.setFormatter(f)
     root = logging.getLogger()

@@ -57,5 +57,10 @@ class Metrics:
             self.chunks.labels("dedup").inc()
             self.dedup_saved.inc(chunk.raw_size)
 
+    def observe_pinned(self, raw_size: int) -> None:
+        """A native session took a chunk the store held without its client sending it."""
+        self.chunks.labels("dedup").inc()
+        self.dedup_saved.inc(raw_size)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

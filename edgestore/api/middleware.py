@@ -8,6 +8,7 @@ multi-gigabyte uploads.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -18,6 +19,8 @@ from edgestore.api.logs import request_id
 
 log = logging.getLogger("edgestore.http")
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]+")
+
 
 class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
@@ -27,8 +30,10 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = (incoming or uuid.uuid4().hex[:16])[:64]
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:64]
+        # A client's id is kept only if it is a plain token: it goes into every log line of
+        # the request (the text format's [request id] field) and back into a response header.
+        rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         token = request_id.set(rid)
         started = time.monotonic()
         status = 500

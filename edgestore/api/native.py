@@ -14,6 +14,7 @@ The protocol is described with examples in docs/client.md; errors map in api/err
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from functools import partial
 from typing import Annotated, Any
 
@@ -218,8 +219,11 @@ async def missing(upload_id: str, body: MissingIn, request: Request) -> MissingO
     """The chunks the store has are pinned to the session in the same transaction, so they
     cannot be collected before finalize: the client never needs to send them."""
     native = _native(services(request))
+    on_dedup = services(request).metrics.observe_pinned
     lacking = await asyncio.to_thread(
-        partial(native.missing, offset=body.offset, sizes=body.sizes), upload_id, body.chunk_ids
+        partial(native.missing, offset=body.offset, sizes=body.sizes, on_dedup=on_dedup),
+        upload_id,
+        body.chunk_ids,
     )
     return MissingOut(missing=lacking, pinned=len(set(body.chunk_ids)) - len(lacking))
 
@@ -249,7 +253,9 @@ async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResp
     if declared is not None and declared > limit:
         raise TooLarge(f"chunk of {declared} bytes exceeds the store's maximum of {limit}")
     check_sha256(chunk_id)
-    size = await asyncio.to_thread(native.pin_if_stored, upload_id, chunk_id)
+    size = await asyncio.to_thread(
+        native.pin_if_stored, upload_id, chunk_id, svc.metrics.observe_pinned
+    )
     if size is not None:
         # An unread body that the client holds back (100-continue) would be parsed as the
         # next request: close the connection instead.
@@ -259,7 +265,7 @@ async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResp
     async with _body_slots(request):
         raw = await _read_chunk(request, limit)
         stored = await asyncio.get_running_loop().run_in_executor(
-            svc.uploads, native.put_chunk, upload_id, chunk_id, raw
+            svc.uploads, contextvars.copy_context().run, native.put_chunk, upload_id, chunk_id, raw
         )
     svc.metrics.bytes_in.inc(len(raw))
     svc.metrics.observe_chunk(stored)
@@ -279,7 +285,13 @@ async def finalize(upload_id: str, body: FinalizeIn, request: Request) -> Finali
     svc = services(request)
     chunks = [ManifestChunk(c.id, c.size) for c in body.chunks]
     done = await asyncio.get_running_loop().run_in_executor(
-        svc.uploads, _native(svc).finalize, upload_id, chunks, body.sha256
+        svc.uploads,
+        contextvars.copy_context().run,  # in the request's context: its logs carry its id
+        _native(svc).finalize,
+        upload_id,
+        chunks,
+        body.sha256,
+        svc.metrics.observe_pinned,
     )
     base = ObjectVersion.of(done.version).model_dump()
     return FinalizedOut(**base, upload_id=done.upload.upload_id, verified_by=done.verified_by)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,9 +165,13 @@ class NativeUploads:
         *,
         offset: int | None = None,
         sizes: Sequence[int] | None = None,
+        on_dedup: Callable[[int], None] | None = None,
     ) -> list[str]:
         """The ids the store lacks, in request order; the ones it has are pinned to the session
         in the same transaction, so gc cannot take them before finalize.
+
+        `on_dedup(raw_size)`: called for each chunk pinned now (stored once for this session
+        too: its client need never send it).
 
         With `offset` and `sizes`, `chunk_ids` is a run of the file's chunks in order (repeats
         included) starting at byte `offset`: this process then hashes the whole file as the
@@ -187,25 +191,33 @@ class NativeUploads:
                 raise InvalidInput(f"{len(sizes)} sizes for {len(chunk_ids)} chunk ids")
             if any(not 0 < n <= limit for n in sizes):
                 raise InvalidInput(f"chunk sizes run from 1 to {limit}")
+        newly: list[str] = []
         with self._core.db.write() as conn:
             self._lock_open(conn, upload_id)
-            have = pins.pin(conn, upload_id, chunk_ids)
+            have = pins.pin(conn, upload_id, chunk_ids, newly=newly)
+        _report_dedup(on_dedup, newly, have)
         if self._wholefile is not None and offset is not None and sizes is not None:
             entries = list(zip(chunk_ids, sizes, strict=True))
             self._wholefile.announce(upload_id, offset, entries, set(have))
         return [cid for cid in dict.fromkeys(chunk_ids) if cid not in have]
 
-    def pin_if_stored(self, upload_id: str, chunk_id: str) -> int | None:
+    def pin_if_stored(
+        self, upload_id: str, chunk_id: str, on_dedup: Callable[[int], None] | None = None
+    ) -> int | None:
         """Pin an already stored chunk to the session and return its size; None (and nothing
-        written) if it is not stored. Lets a PUT of a known chunk be answered unread."""
+        written) if it is not stored. Lets a PUT of a known chunk be answered unread.
+        `on_dedup`: as for missing()."""
         check_sha256(chunk_id)
         with self._core.db.read() as conn:
             self._open_session(conn, upload_id)
             if chunk_index.refcount_of(conn, ChunkId(chunk_id)) is None:
                 return None
+        newly: list[str] = []
         with self._core.db.write() as conn:
             self._lock_open(conn, upload_id)
-            size = pins.pin(conn, upload_id, [chunk_id]).get(chunk_id)
+            have = pins.pin(conn, upload_id, [chunk_id], newly=newly)
+        _report_dedup(on_dedup, newly, have)
+        size = have.get(chunk_id)
         if size is not None and self._wholefile is not None:
             self._wholefile.arrived(upload_id, chunk_id, None)
         return size
@@ -241,7 +253,11 @@ class NativeUploads:
     # --- finalize -------------------------------------------------------------------------------
 
     def finalize(
-        self, upload_id: str, chunks: Sequence[ManifestChunk], sha256: str | None
+        self,
+        upload_id: str,
+        chunks: Sequence[ManifestChunk],
+        sha256: str | None,
+        on_dedup: Callable[[int], None] | None = None,
     ) -> Finalized:
         """Commit the ordered manifest as the next version of the session's bucket/key.
 
@@ -272,12 +288,14 @@ class NativeUploads:
             )
 
         unique = list(dict.fromkeys(cid for cid, _, _ in entries))
+        newly: list[str] = []
         try:
             with self._core.db.write() as conn:  # pin all: nothing is collected while we verify
                 self._lock_open(conn, upload_id)
-                sizes = pins.pin(conn, upload_id, unique)
+                sizes = pins.pin(conn, upload_id, unique, newly=newly)
         except UploadStateError:  # a concurrent finalize (a retry) completed it meanwhile
             return self._finalized_meanwhile(upload_id, digest, sha256)
+        _report_dedup(on_dedup, newly, sizes)  # chunks stored before, never sent to this session
         missing = [cid for cid in unique if cid not in sizes]
         if missing:
             raise MissingChunks(
@@ -350,7 +368,8 @@ class NativeUploads:
 
     def _lock_open(self, conn: Connection, upload_id: str) -> None:
         """Check the session takes chunks and lock its row for the rest of the transaction."""
-        if not pins.touch_open(conn, upload_id):
+        expiry = self._core.settings.upload_expiry_seconds  # progress: expiry pushed back
+        if not pins.touch_open(conn, upload_id, expiry=expiry):
             self._open_session(conn, upload_id)  # raises the precise error
             raise UploadGone(f"upload {upload_id} has expired")
 
@@ -425,3 +444,11 @@ class NativeUploads:
         for raw in core.pool.map_ordered(core.reader.read, records(), window):
             digest.update(raw)
         return digest.hexdigest()
+
+
+def _report_dedup(
+    on_dedup: Callable[[int], None] | None, newly: list[str], sizes: dict[str, int]
+) -> None:
+    if on_dedup is not None:
+        for cid in newly:
+            on_dedup(sizes[cid])

@@ -32,6 +32,7 @@ from edgestore.errors import (
     UploadNotFound,
     UploadStateError,
 )
+from edgestore.metadata import concat as concat_rows
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
@@ -221,7 +222,9 @@ class Uploads:
     def declare_length(self, upload_id: str, length: int) -> UploadRecord:
         """Set a deferred Upload-Length once; it must cover the bytes already received."""
         with self._core.db.write() as conn:
-            rec = upload_rows.get_open(conn, upload_id)
+            # Locked first, as an append locks it before it declares a length: the quota
+            # check's bucket lock always comes after the row's (no deadlock between the two).
+            rec = upload_rows.get_open(conn, upload_id, for_update=True)
             if rec.length is not None:
                 if rec.length != length:
                     raise UploadStateError(f"upload {upload_id} already has length {rec.length}")
@@ -435,6 +438,8 @@ class Uploads:
         """Expire open uploads past their expiry, and local puts whose process died; drop
         the warm chunkers of uploads that went quiet."""
         self._warm.prune()
+        with self._core.db.write() as conn:
+            concat_rows.keep_waiting_finals_alive(conn)
         t = now()
         count = 0
         while True:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from edgestore.errors import UploadNotFound
 from edgestore.metadata.db import now
 from edgestore.metadata.schema import upload_parts, uploads
-from edgestore.metadata.uploads import COMPLETE, OPEN
+from edgestore.metadata.uploads import COMPLETE, OPEN, get
 
 
 def pending_finals(conn: Connection, partial_id: str) -> list[str]:
@@ -25,6 +26,44 @@ def pending_finals(conn: Connection, partial_id: str) -> list[str]:
         )
     )
     return [r.upload_id for r in rows if partial_id in (r.concat_of or ())]
+
+
+def keep_waiting_finals_alive(conn: Connection) -> None:
+    """Before expiry: a final upload waiting for its partials lives as long as a partial still
+    receiving bytes (their appends push only their own expiry back), and the finished
+    partials it is made of live as long as it does (expiring one would release its parts: the
+    final could never complete, while its Upload-Expires said it could)."""
+    rows = conn.execute(
+        sa.select(uploads.c.upload_id, uploads.c.concat_of, uploads.c.expires_at).where(
+            uploads.c.state == OPEN,
+            uploads.c.is_partial.is_(False),
+            uploads.c.committed_offset == 0,
+            uploads.c.tail_length == 0,
+        )
+    )
+    for r in rows.all():
+        if not r.concat_of or r.expires_at is None:
+            continue
+        try:
+            partials = [get(conn, pid) for pid in r.concat_of]
+        except UploadNotFound:
+            continue
+        if any(p.state not in (OPEN, COMPLETE) for p in partials):
+            continue  # it can never complete: let it expire
+        until = max([r.expires_at] + [p.expires_at or 0.0 for p in partials if p.state == OPEN])
+        if until > r.expires_at:
+            _push_expiry(conn, r.upload_id, until)
+        for p in partials:
+            if p.state == COMPLETE and p.expires_at is not None and p.expires_at < until:
+                _push_expiry(conn, p.upload_id, until)
+
+
+def _push_expiry(conn: Connection, upload_id: str, until: float) -> None:
+    conn.execute(
+        sa.update(uploads)
+        .where(uploads.c.upload_id == upload_id, uploads.c.expires_at < until)
+        .values(expires_at=until)
+    )
 
 
 def complete_parts(

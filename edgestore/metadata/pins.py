@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -28,9 +29,18 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[i : i + _IN_BATCH]
 
 
-def touch_open(conn: Connection, upload_id: str) -> bool:
-    """Mark activity on an open, unexpired session and lock its row; False if it is not."""
+def touch_open(conn: Connection, upload_id: str, *, expiry: float | None = None) -> bool:
+    """Mark activity on an open, unexpired session and lock its row; False if it is not.
+
+    `expiry` (seconds): progress pushes the session's expiry back to at least this far from
+    now, as a tus upload's checkpoints do."""
     t = now()
+    values: dict[str, Any] = {"updated_at": t}
+    if expiry is not None:
+        until = t + expiry
+        values["expires_at"] = sa.case(
+            (uploads.c.expires_at < until, until), else_=uploads.c.expires_at
+        )
     res = conn.execute(
         sa.update(uploads)
         .where(
@@ -38,14 +48,18 @@ def touch_open(conn: Connection, upload_id: str) -> bool:
             uploads.c.state == OPEN,
             sa.or_(uploads.c.expires_at.is_(None), uploads.c.expires_at >= t),
         )
-        .values(updated_at=t)
+        .values(values)
     )
     return res.rowcount == 1
 
 
-def pin(conn: Connection, upload_id: str, chunk_ids: Sequence[str]) -> dict[str, int]:
+def pin(
+    conn: Connection, upload_id: str, chunk_ids: Sequence[str], *, newly: list[str] | None = None
+) -> dict[str, int]:
     """Pin to the session those of `chunk_ids` that are stored; return them (pinned before or
-    now) with their raw sizes. The caller has touched the session in this transaction."""
+    now) with their raw sizes. The caller has touched the session in this transaction.
+
+    `newly`: extended with the ids pinned by this call (not pinned to the session before)."""
     stored: dict[str, int] = {}
     for batch in _batches(list(dict.fromkeys(chunk_ids))):
         found = conn.execute(
@@ -64,6 +78,8 @@ def pin(conn: Connection, upload_id: str, chunk_ids: Sequence[str]) -> dict[str,
             ).scalars()
         )
     new = sorted(stored.keys() - held)
+    if newly is not None:
+        newly.extend(new)
     for batch in _batches(new):
         rows = [{"upload_id": upload_id, "chunk_id": c} for c in batch]
         conn.execute(sa.insert(upload_pins), rows)

@@ -16,6 +16,8 @@ from edgestore.errors import QuotaExceeded
 from edgestore.metadata.schema import object_versions, objects, uploads
 
 DEFAULT_BUCKET = "default"  # as engine.keys.DEFAULT_BUCKET: uploads naming none land there
+# Namespace of the per-bucket advisory locks (PostgreSQL) that serialise quota checks.
+_PG_QUOTA_LOCK = 0x7175_6F74  # "quot"
 
 
 def quota_of(settings: Settings, bucket: str) -> int:
@@ -49,6 +51,15 @@ def check_bucket(conn: Connection, settings: Settings, bucket: str | None, addin
     quota = quota_of(settings, bucket)
     if not quota:
         return
+    if conn.dialect.name == "postgresql":
+        # Check-then-reserve must not interleave with another transaction's: under READ
+        # COMMITTED both would read the usage before either reservation commits and both be
+        # accepted. The lock is held until this transaction (which reserves) ends. SQLite's
+        # write transactions are serial already.
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:bucket))"),
+            {"ns": _PG_QUOTA_LOCK, "bucket": bucket},
+        )
     used = bucket_usage(conn, bucket)
     if used + adding > quota:
         raise QuotaExceeded(

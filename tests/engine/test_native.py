@@ -102,3 +102,25 @@ def test_other_kinds_of_upload_are_not_native_sessions(small_engine: Engine) -> 
     rec = small_engine.uploads.create(kind="tus", length=10)
     with pytest.raises(UploadNotFound):
         _native(small_engine).status(rec.upload_id)
+
+
+def test_a_session_receiving_chunks_has_its_expiry_pushed_back(small_engine: Engine) -> None:
+    """A tus upload's progress pushes its expiry back (uploads expire when *untouched* for
+    upload_expiry_seconds); a native session receiving chunks kept the expiry it was created
+    with, so a long upload (or one resumed days later) expired while still sending."""
+    import time
+
+    native = _native(small_engine)
+    data = random_bytes(300 * KiB, seed=31)
+    parts = chunks_of(data)
+    rec = native.create(size=len(data), key="long")
+    native.put_chunk(rec.upload_id, *parts[0])
+    soon = time.time() + 2  # days have passed: the session is about to lapse
+    with small_engine.core.db.write() as conn:
+        conn.execute(
+            sa.update(uploads).where(uploads.c.upload_id == rec.upload_id).values(expires_at=soon)
+        )
+    native.put_chunk(rec.upload_id, *parts[1])  # ...and it is still receiving chunks
+    assert native.missing(rec.upload_id, [parts[2][0]]) == [parts[2][0]]
+    week = small_engine.settings.upload_expiry_seconds
+    assert small_engine.uploads.get(rec.upload_id).expires_at > time.time() + week - 60

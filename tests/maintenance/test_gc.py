@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -11,7 +12,7 @@ from edgestore.engine import Engine
 from edgestore.maintenance import gc
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import chunks, shards, uploads
-from tests.helpers import MiB, blocks_of, random_bytes, read_all
+from tests.helpers import KiB, MiB, blocks_of, random_bytes, read_all
 
 
 def _files(engine: Engine) -> int:
@@ -70,3 +71,65 @@ def test_expired_uploads_release_their_chunks(small_engine: Engine) -> None:
     report = gc.collect(small_engine, grace=0)
     assert report.uploads_expired == 1
     assert _rows(small_engine) == 0 and _files(small_engine) == 0
+
+
+def _set_expiry(engine: Engine, upload_id: str, at: float) -> None:
+    with engine.core.db.write() as conn:
+        conn.execute(
+            sa.update(uploads).where(uploads.c.upload_id == upload_id).values(expires_at=at)
+        )
+
+
+def _waiting_final(engine: Engine) -> tuple[Any, Any, Any, bytes, bytes]:
+    """Partial A, complete; partial B, half received; a final of A and B waiting for B."""
+    a_data, b_data = random_bytes(600 * KiB, seed=21), random_bytes(700 * KiB, seed=22)
+    ups = engine.uploads
+    a = ups.create(length=len(a_data), is_partial=True)
+    assert ups.append(a.upload_id, 0, blocks_of(a_data)).state == "complete"
+    b = ups.create(length=len(b_data), is_partial=True)
+    ups.append(b.upload_id, 0, blocks_of(b_data[: len(b_data) // 2]))
+    final = ups.concatenate([a.upload_id, b.upload_id], key="joined")
+    assert final.state == "open"
+    return a, b, final, a_data, b_data
+
+
+def _finish_b_and_check(engine: Engine, b: Any, final: Any, data: bytes, b_data: bytes) -> None:
+    half = len(b_data) // 2
+    engine.uploads.append(b.upload_id, half, blocks_of(b_data[half:]))
+    done = engine.uploads.get(final.upload_id)
+    assert done.state == "complete" and done.version_id is not None
+    assert read_all(engine, engine.objects.by_version_id(done.version_id)) == data
+    with engine.core.db.read() as conn:
+        assert reference_mismatches(conn) == []
+
+
+def test_a_finished_partial_is_not_expired_from_under_its_waiting_final(
+    small_engine: Engine,
+) -> None:
+    """Partial A finished days before the final that names it was created, so A's expiry
+    comes first. Expiry released A's parts while the final still waited for partial B: when
+    B completed, the final could never become the object (it stayed open until it expired),
+    although its HEAD's Upload-Expires was still days away."""
+    a, b, final, a_data, b_data = _waiting_final(small_engine)
+    _set_expiry(small_engine, a.upload_id, time.time() - 10)
+    assert small_engine.uploads.get_open(final.upload_id).expires_at > time.time()
+    gc.collect(small_engine, grace=0)
+    assert small_engine.uploads.get(a.upload_id).state == "complete"
+    _finish_b_and_check(small_engine, b, final, a_data + b_data, b_data)
+
+
+def test_a_waiting_final_lives_while_its_partials_receive_bytes(small_engine: Engine) -> None:
+    """Each append to partial B pushes B's expiry back; the final waiting for B has no bytes
+    of its own, so nothing pushed its expiry: a partial still receiving bytes a week on lost
+    its final (expired), and its last byte made no object. The final's expiry follows its
+    partials' (HEAD reports it), and its finished partials' follow the final's."""
+    a, b, final, a_data, b_data = _waiting_final(small_engine)
+    lapsed = time.time() - 10  # a week on: A and the final lapsed, B got bytes a moment ago
+    _set_expiry(small_engine, a.upload_id, lapsed)
+    _set_expiry(small_engine, final.upload_id, lapsed)
+    b_expires = small_engine.uploads.get(b.upload_id).expires_at
+    assert b_expires > time.time()
+    gc.collect(small_engine, grace=0)
+    assert small_engine.uploads.get(a.upload_id).state == "complete"
+    assert small_engine.uploads.get_open(final.upload_id).expires_at >= b_expires
+    _finish_b_and_check(small_engine, b, final, a_data + b_data, b_data)

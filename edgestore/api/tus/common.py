@@ -131,21 +131,33 @@ async def append_body(
             length=length,
         )
 
+    # Every byte of the body that arrived, counted once however the request ends: an
+    # interrupted one keeps what it received (the client resumes after it).
+    received = 0
+
+    def count(n: int) -> None:
+        nonlocal received
+        received = n
+
     metrics.uploads_active.inc()
     try:
         body = direct.claim(request.scope)  # read straight into the engine's buffer
         metrics.upload_bodies.labels("direct" if body is not None else "queued").inc()
         if body is not None:
-            rec, received = await direct.run_with_direct_body(
-                services.uploads, body, work, idle_timeout=BODY_IDLE_TIMEOUT
-            )
+            try:
+                rec, _ = await direct.run_with_direct_body(
+                    services.uploads, body, work, idle_timeout=BODY_IDLE_TIMEOUT
+                )
+            finally:
+                count(body.received)
         else:
-            rec, received = await run_with_body(
+            rec, _ = await run_with_body(
                 services.uploads,
                 request.stream(),
                 work,
                 limit=remaining,
                 idle_timeout=BODY_IDLE_TIMEOUT,
+                on_received=count,
             )
     except TransferInterrupted:
         closing = engine.uploads.closing
@@ -154,7 +166,7 @@ async def append_body(
         raise
     finally:
         metrics.uploads_active.dec()
-    metrics.bytes_in.inc(received)
+        metrics.bytes_in.inc(received)
     return rec
 
 

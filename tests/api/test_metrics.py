@@ -1,0 +1,157 @@
+"""Prometheus counters and request ids, against a real server of this module's own (so no
+other test's traffic moves its counters)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    TUS,
+    KiB,
+    MiB,
+    TricklingPatch,
+    random_bytes,
+    tus_create,
+    tus_offset,
+    tus_patch,
+)
+from tests.native import SMALL_ENV, chunks_of, finalize, manifest, open_session, upload_all
+from tests.server import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    base: Path = tmp_path_factory.mktemp("metrics")
+    proc = ServerProcess(
+        home=base / "home",
+        database_url=f"sqlite:///{base / 'meta.db'}",
+        env_extra={**SMALL_ENV, "EDGESTORE_LOG_FORMAT": "json"},
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _metric(c, name: str, labels: str = "") -> float:
+    want = f"{name}{{{labels}}}" if labels else name
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_bytes_an_interrupted_patch_kept_are_counted_in(server: ServerProcess) -> None:
+    """A PATCH cut by its client keeps the bytes that arrived (the client resumes after
+    them): those bytes were received, and bytes_in must count them. It counted only bytes
+    of requests that succeeded, so an upload resumed once showed fewer bytes in than the
+    file it stored."""
+    data = random_bytes(2 * MiB, seed=1)
+    with server.client() as c:
+        before = _metric(c, "edgestore_bytes_in_total")
+        url = tus_create(c, len(data))
+        cut = TricklingPatch(server.url, url, 0, data, first=MiB).start()
+        time.sleep(0.5)
+        cut.drop()
+        deadline = time.monotonic() + 10
+        while (kept := tus_offset(c, url)) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0 < kept <= cut.sent
+        assert tus_patch(c, url, kept, data[kept:]).status_code == 204
+        assert c.get(url).content == data
+        counted = _metric(c, "edgestore_bytes_in_total") - before
+    assert len(data) <= counted <= cut.sent + len(data) - kept
+
+
+def test_native_chunks_the_store_already_holds_are_dedup_hits(server: ServerProcess) -> None:
+    """A native client sends only the chunks /missing names; the others (and a PUT of a chunk
+    the store holds, answered unread) are stored once for both uploads: dedup hits, their
+    bytes saved. They were not counted at all, so a second upload of the same file through
+    the native API showed no dedup."""
+    data = random_bytes(1 * MiB, seed=2)
+    chunks = chunks_of(data)
+    digest = hashlib.sha256(data).hexdigest()
+    with server.client() as c:
+        first = open_session(c, len(data))
+        upload_all(c, first, chunks)
+        assert finalize(c, first, chunks, digest).status_code == 200
+        hits = _metric(c, "edgestore_chunks_total", 'result="dedup"')
+        saved = _metric(c, "edgestore_dedup_saved_bytes_total")
+        # The same file again: /missing pins all but the last chunk, which is PUT (unread).
+        second = open_session(c, len(data))
+        ids = [cid for cid, _ in chunks]
+        r = c.post(f"/v1/uploads/{second}/missing", json={"chunk_ids": ids[:-1]})
+        assert r.status_code == 200 and r.json()["missing"] == []
+        last_id, last = chunks[-1]
+        put = c.put(f"/v1/uploads/{second}/chunks/{last_id}", content=last)
+        assert put.status_code == 200 and put.json()["new"] is False
+        done = c.post(
+            f"/v1/uploads/{second}/finalize", json={"chunks": manifest(chunks), "sha256": digest}
+        )
+        assert done.status_code == 200, done.text
+        assert _metric(c, "edgestore_chunks_total", 'result="dedup"') - hits == len(chunks)
+        assert _metric(c, "edgestore_dedup_saved_bytes_total") - saved == len(data)
+
+
+def test_worker_thread_logs_carry_the_request_id(server: ServerProcess) -> None:
+    """Every log record of a request carries its id, including those its engine work logs on
+    a worker thread (here: native finalize's line about its whole-file SHA-256)."""
+    data = random_bytes(300 * KiB, seed=3)
+    chunks = chunks_of(data)
+    with server.client() as c:
+        uid = open_session(c, len(data))
+        upload_all(c, uid, chunks)
+        r = c.post(
+            f"/v1/uploads/{uid}/finalize",
+            json={"chunks": manifest(chunks), "sha256": hashlib.sha256(data).hexdigest()},
+            headers={**TUS, "X-Request-Id": "finalize-rid-1"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-request-id"] == "finalize-rid-1"
+    deadline = time.monotonic() + 5
+    lines: list[dict] = []
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in server.log().splitlines() if x.startswith("{")]
+        lines = [d for d in lines if uid in d["message"] and "whole-file" in d["message"]]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert lines, "no whole-file log line for the upload"
+    assert [d["request_id"] for d in lines] == ["finalize-rid-1"]
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory: pytest.TempPathFactory):
+    """A server logging in the default (text) format."""
+    base: Path = tmp_path_factory.mktemp("text-logs")
+    proc = ServerProcess(home=base / "home", database_url=f"sqlite:///{base / 'meta.db'}")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_a_client_cannot_forge_text_log_lines(text_server: ServerProcess) -> None:
+    """The path is logged percent-decoded, so %0A in it started a line of the client's
+    choosing in the text log (the default format); a client-supplied X-Request-Id went into
+    each line's [request id] field and was echoed as sent, whatever it held."""
+    forged = "2099-01-01 00:00:00,000 INFO [-] edgestore.http: DELETE /objects/b/k 204 0.001s"
+    with text_server.client() as c:
+        assert c.get("/no-such%0A" + forged.replace(" ", "%20")).status_code == 404
+        spoof = "x] edgestore.http: GET /objects/b/k 200 0.001s ["
+        r = c.get("/healthz", headers={"X-Request-Id": spoof})
+        assert r.status_code == 200
+        assert r.headers["x-request-id"] != spoof
+        ok = c.get("/healthz", headers={"X-Request-Id": "req-42.a_b:c"})
+        assert ok.headers["x-request-id"] == "req-42.a_b:c"
+    time.sleep(0.3)
+    log = text_server.log()
+    assert "/no-such" in log
+    assert not any(line.startswith("2099-01-01") for line in log.splitlines())
+    assert spoof not in log
