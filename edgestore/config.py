@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -268,13 +269,18 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = []
+        in_file = f" (in {path})" if path is not None else ""
         for err in exc.errors():
             if not err["loc"]:  # a cross-field check: its message names the keys
                 problems.append(err["msg"].removeprefix("Value error, "))
                 continue
             key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":  # a file's (unknown variables are ignored)
+                problems.append(f"{key}{in_file}: unknown setting")
+                continue
             env = ENV_PREFIX + str(err["loc"][0]).upper()
             problems.append(f"{key} ({env}): {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except ValueError as exc:  # e.g. a malformed TOML file
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        where = f"{path}: " if path is not None and isinstance(exc, tomllib.TOMLDecodeError) else ""
+        raise ConfigError(f"invalid configuration: {where}{exc}") from None

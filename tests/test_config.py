@@ -154,8 +154,11 @@ def test_empty_data_dirs_are_refused():
 
 def test_unknown_key_in_toml_is_named(tmp_path):
     path = write_toml(tmp_path, "ec_k = 4\nreplication_factor = 3\n")
-    with pytest.raises(ConfigError, match="replication_factor"):
+    with pytest.raises(ConfigError, match="replication_factor") as caught:
         load_settings(config_file=path)
+    # It says what is wrong and where, not an environment variable that does not exist.
+    assert f"replication_factor (in {path}): unknown setting" in str(caught.value)
+    assert "EDGESTORE_REPLICATION_FACTOR" not in str(caught.value)
 
 
 def test_invalid_value_in_toml_is_named(tmp_path):
@@ -164,9 +167,10 @@ def test_invalid_value_in_toml_is_named(tmp_path):
         load_settings(config_file=path)
 
 
-def test_malformed_toml_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError):
-        load_settings(config_file=write_toml(tmp_path, "ec_k = = 4\n"))
+def test_malformed_toml_is_a_config_error_naming_the_file(tmp_path):
+    path = write_toml(tmp_path, "ec_k = = 4\n", "broken.toml")
+    with pytest.raises(ConfigError, match=r"broken\.toml: .*line 1"):
+        load_settings(config_file=path)
 
 
 def test_missing_config_file(tmp_path):

@@ -10,17 +10,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
+import ssl
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.config import STARTUP_FAILURE
 
 from edgestore.api.app import create_app
 from edgestore.api.auth import check_bind
 from edgestore.api.logs import configure
 from edgestore.api.protocol import BoundedHttpToolsProtocol
 from edgestore.config import Settings
+from edgestore.engine import Engine
 from edgestore.errors import ConfigError
 
 log = logging.getLogger("edgestore.server")
@@ -46,6 +52,13 @@ class _Server(uvicorn.Server):
                 threading.Thread(target=stop, name="edgestore-stop", daemon=True).start()
         super().handle_exit(sig, frame)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.config.port == 0:  # the banner could only say PORT
+            port = self.servers[0].sockets[0].getsockname()[1]
+            sys.stderr.write(f"edgestore listening on port {port}\n")
+            sys.stderr.flush()
+
 
 def run(
     settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
@@ -53,8 +66,23 @@ def run(
     check_bind(settings)
     ssl_certfile = ssl_certfile or _tls_file(settings.tls_certfile, "tls_certfile")
     ssl_keyfile = ssl_keyfile or _tls_file(settings.tls_keyfile, "tls_keyfile")
+    if ssl_certfile is not None:
+        _check_tls_pair(ssl_certfile, ssl_keyfile)
     configure(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    # The store is opened here rather than in the app's start-up, so that one that cannot
+    # open (parameters that disagree with the store's, a database that does not answer) is
+    # the CLI's error: a message and the exit code of its kind, not uvicorn's traceback and
+    # its exit code 3 (which reads as "not found").
+    engine = Engine.open(settings)
+    try:
+        _serve(create_app(settings, engine), settings, ssl_certfile, ssl_keyfile)
+    finally:
+        engine.close()
+
+
+def _serve(
+    app: FastAPI, settings: Settings, ssl_certfile: str | None, ssl_keyfile: str | None
+) -> None:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -76,7 +104,23 @@ def run(
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
-    _Server(config).run()
+    try:
+        _Server(config).run()
+    except SystemExit as exc:
+        if exc.code == STARTUP_FAILURE:  # uvicorn logged why (say, the address is in use)
+            raise SystemExit(1) from None
+        raise
+
+
+def _check_tls_pair(certfile: str, keyfile: str | None) -> None:
+    """A certificate and key that do not load stop the start with a message, as the docs say."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"tls_certfile {certfile} and tls_keyfile {keyfile} (EDGESTORE_TLS_CERTFILE, "
+            f"EDGESTORE_TLS_KEYFILE) are not a PEM certificate chain and its private key: {exc}"
+        ) from None
 
 
 def _tls_file(path: Path | None, name: str) -> str | None:

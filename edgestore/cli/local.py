@@ -86,6 +86,9 @@ def put(
     stdin = str(file) == "-"
     if stdin and key is None:
         raise InvalidInput("reading standard input needs --key")
+    if not stdin and (file.is_dir() or not file.exists()):  # typer's check would refuse '-'
+        what = "is a directory" if file.is_dir() else "does not exist"
+        raise typer.BadParameter(f"file {str(file)!r} {what}.", param_hint="'file'")
     key = key or file.name
     if content_type is None and not stdin:  # as `upload` does: a video served as one plays
         content_type = mimetypes.guess_type(file.name)[0]
@@ -137,7 +140,12 @@ def get(
     ref: Annotated[str, typer.Argument(metavar="KEY|ID", help="Object key or object id.")],
     out_path: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Output file ('-' for stdout; default: key's name)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output file, or a directory to write it into ('-' for stdout; default: "
+            "the key's name).",
+        ),
     ] = None,
     bucket: BucketOpt = DEFAULT_BUCKET,
     version: VersionOpt = None,
@@ -147,12 +155,17 @@ def get(
     state: CliState = ctx.obj
     with state.engine() as engine:
         info = engine.objects.stat(_selector(ref, bucket, version))
-        target = out_path or Path(Path(info.key).name or info.object_id)
+        name = Path(info.key).name or info.object_id
+        target = out_path or Path(name)
         if str(target) == "-":
             for piece in engine.objects.read(info):
                 sys.stdout.buffer.write(piece)
             sys.stdout.buffer.flush()
             return
+        if target.is_dir():
+            target = target / name
+        if not target.parent.is_dir():
+            raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
         partial = target.with_name(target.name + ".part")
         with (
             open(partial, "wb") as f,
@@ -202,7 +215,7 @@ def list_objects(
 @app.command()
 def stat(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(metavar="KEY|ID")],
+    ref: Annotated[str, typer.Argument(metavar="KEY|ID", help="Object key or object id.")],
     bucket: BucketOpt = DEFAULT_BUCKET,
     version: VersionOpt = None,
     json_out: JsonOpt = False,
@@ -235,7 +248,7 @@ def stat(
 @app.command()
 def rm(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(metavar="KEY|ID")],
+    ref: Annotated[str, typer.Argument(metavar="KEY|ID", help="Object key or object id.")],
     bucket: BucketOpt = DEFAULT_BUCKET,
     version: VersionOpt = None,
     all_versions: Annotated[bool, typer.Option("--all", help="Delete every version.")] = False,

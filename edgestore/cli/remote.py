@@ -55,7 +55,12 @@ def upload(
     protocol: Annotated[
         str, typer.Option(help="native (sends only chunks the server lacks) or tus.")
     ] = "native",
-    content_type: Annotated[str | None, typer.Option("--content-type")] = None,
+    content_type: Annotated[
+        str | None,
+        typer.Option(
+            "--content-type", help="Media type served with it (default: guessed from the name)."
+        ),
+    ] = None,
     api_key: ApiKeyOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -104,9 +109,15 @@ def download(
     ],
     out_path: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Output file (default: the object's file name)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output file, or a directory to write it into (default: the object's file name).",
+        ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=64)] = 4,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, max=64, help="Range requests at once.")
+    ] = 4,
     server: Annotated[
         str | None,
         typer.Option(

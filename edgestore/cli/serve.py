@@ -46,7 +46,7 @@ def serve(
     )
     check_bind(settings)
     scheme = "https" if settings.tls_certfile else "http"
-    base = f"{scheme}://{settings.host}:{settings.port}"
+    base = f"{scheme}://{settings.host}:{settings.port or 'PORT'}"
     output.note(
         f"edgestore serving {settings.resolved_database_url.split('://')[0]} metadata, "
         f"{len(settings.resolved_data_dirs)} data dirs under {settings.home}\n"
@@ -54,5 +54,10 @@ def serve(
         f"  download:      {base}/objects/{{bucket}}/{{key}}   list: {base}/objects\n"
         f"  health:        {base}/healthz  {base}/readyz  metrics: {base}/metrics\n"
         f"  API docs:      {base}/docs"
+        + (
+            "\n  PORT:          picked at start (--port 0), printed once listening"
+            if not settings.port
+            else ""
+        )
     )
     run(settings)

@@ -36,6 +36,8 @@ class Client:
         state_dir: Path | None = None,
         verify: bool = True,
     ) -> None:
+        if not url.lower().startswith(("http://", "https://")):
+            raise InvalidInput(f"server URL {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
         self._key = key
         self._timeout = timeout

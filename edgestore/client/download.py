@@ -104,6 +104,10 @@ class Download:
         if url.startswith("/") and self._url.startswith("http"):
             url = str(httpx.URL(self._url).join(url))
         target = self._out or Path(self._name(head))
+        if target.is_dir():  # as cp does: the object's file name inside it
+            target = target / self._name(head)
+        if not target.parent.is_dir():
+            raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
         part = target.with_name(target.name + ".part")
         record = target.with_name(target.name + ".part.json")
         identity = {"etag": etag, "size": size, "object_id": object_id, "version": version}

@@ -20,6 +20,7 @@ retry reads it again). Any thread's failure stops all of them.
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import queue
 import threading
 import time
@@ -125,7 +126,8 @@ class NativeUpload:
         self._progress = progress or NoProgress()
         self._hints = hints or ResumeHints()
         self._hint_key = HintKey(transport.base_url, "native", str(source.path), bucket, key)
-        self._content_type = content_type
+        # As tus and `edgestore put` do: a video uploaded without --content-type plays.
+        self._content_type = content_type or mimetypes.guess_type(source.path.name)[0]
         self._metadata = metadata or {}
         self._auto = AutoWorkers() if workers == "auto" else None
         if self._auto is None and not 1 <= int(workers) <= 64:

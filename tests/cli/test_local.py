@@ -116,3 +116,26 @@ def test_invalid_configuration_names_the_key(cli, tmp_path: Path) -> None:
     res = cli("--config", str(bad), "du", ok=False)
     assert res.returncode == 78
     assert "ec_k" in res.stderr.decode() and "EDGESTORE_EC_K" in res.stderr.decode()
+
+
+def test_put_of_a_missing_file_or_a_directory_is_a_usage_error(cli, tmp_path: Path) -> None:
+    """It was a FileNotFoundError / IsADirectoryError traceback (exit 1); `upload` says it."""
+    for path, says in ((tmp_path / "nope.bin", "does not exist"), (tmp_path, "is a directory")):
+        res = cli("put", str(path), ok=False)
+        err = " ".join(res.stderr.decode().replace("│", " ").split())  # typer's box wraps it
+        assert res.returncode == 2 and says in err and "Traceback" not in err, err
+
+
+def test_get_into_a_directory_or_a_missing_one(cli, tmp_path: Path) -> None:
+    """`-o DIR` wrote DIR.part beside it and failed renaming it over DIR (a traceback)."""
+    src = tmp_path / "movie.bin"
+    src.write_bytes(b"frames" * 1000)
+    cli("put", str(src), "--key", "films/movie.bin")
+    into = tmp_path / "out"
+    into.mkdir()
+    cli("get", "films/movie.bin", "-o", str(into))
+    assert (into / "movie.bin").read_bytes() == src.read_bytes()
+    assert not (tmp_path / "out.part").exists()
+    res = cli("get", "films/movie.bin", "-o", str(tmp_path / "nowhere" / "x"), ok=False)
+    err = " ".join(res.stderr.decode().split())  # the console wraps long lines
+    assert res.returncode == 4 and "not a directory" in err and "Traceback" not in err, err

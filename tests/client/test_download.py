@@ -69,6 +69,28 @@ def test_names_an_object_by_url_id_or_bucket_key(server, tmp_path, monkeypatch) 
         client.download("default/dl/none", tmp_path / "none")
 
 
+def test_an_output_directory_gets_the_object_s_file_name(server, tmp_path) -> None:
+    """`-o DIR` wrote DIR.part beside it, then failed to rename it over the directory
+    (a traceback, the partial files left behind)."""
+    data = random_bytes(300 * KiB, seed=46)
+    stored(server, tmp_path, data, "dl/into-dir.bin")
+    into = tmp_path / "downloads"
+    into.mkdir()
+    r = Client(server.url).download("default/dl/into-dir.bin", into)
+    assert Path(r.path) == into / "src.bin" and (into / "src.bin").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("downloads")) == [
+        "downloads"
+    ]
+    with pytest.raises(InvalidInput, match="not a directory"):
+        Client(server.url).download("default/dl/into-dir.bin", tmp_path / "nowhere" / "x")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_server_url_without_a_scheme_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="http:// or https://"):
+        Client("localhost:8080")
+
+
 def test_a_bucket_key_with_url_characters_names_that_object(server, tmp_path) -> None:
     # '?', '#', '%', spaces and a final '/' are valid in keys: as bucket/key they must name
     # that object, not whatever the same text means in a URL ("dl/q" with a query, say).

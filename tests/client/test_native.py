@@ -70,6 +70,17 @@ def test_key_defaults_to_the_file_name(server, tmp_path, hints_dir) -> None:
     assert (r.bucket, r.key, r.version) == ("other", "named.bin", 1)
 
 
+def test_content_type_is_guessed_from_the_file_name(server, http, tmp_path, hints_dir) -> None:
+    """As tus and `edgestore put` do: a video uploaded without a content type is served as
+    one (it was application/octet-stream over the native protocol, the CLI's default)."""
+    client = Client(server.url, state_dir=hints_dir)
+    clip = client.upload(write_file(tmp_path / "clip.mp4", b"not really a video"))
+    blob = client.upload(write_file(tmp_path / "blob.unknownext", b"x"))
+    assert http.get(f"/ids/{clip.object_id}/info").json()["content_type"] == "video/mp4"
+    assert http.head(f"/ids/{clip.object_id}").headers["content-type"] == "video/mp4"
+    assert http.get(f"/ids/{blob.object_id}/info").json()["content_type"] is None
+
+
 def test_second_upload_sends_nothing(server, tmp_path, hints_dir) -> None:
     data = random_bytes(2 * MiB, seed=2)
     src = write_file(tmp_path / "same.bin", data)

@@ -34,3 +34,23 @@ def test_cli_help_lists_commands() -> None:
     ).stdout
     for command in ("serve", "put", "get", "ls", "stat", "rm", "du", "gc", "init"):
         assert command in out
+
+
+def test_every_cli_option_and_argument_has_help() -> None:
+    """`edgestore COMMAND --help` is where README sends users for every option."""
+    import typer
+
+    from edgestore.cli.main import app
+
+    def walk(cmd, path: str):  # typer's own click: no isinstance against `click`
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    missing = [
+        f"{path}: {param.name}"
+        for path, cmd in walk(typer.main.get_command(app), "edgestore")
+        for param in cmd.params
+        if param.name != "help" and not getattr(param, "help", None)
+    ]
+    assert not missing, f"no help text: {missing}"

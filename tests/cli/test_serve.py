@@ -1,0 +1,98 @@
+"""`edgestore serve` failing at start, as a user meets it: a message and the exit code of the
+docs' table (docs/operations.md), not a traceback; `--port 0` telling which port it took; and
+the remote commands refusing a server URL without a scheme."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+EDGESTORE = [sys.executable, "-m", "edgestore"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGESTORE_")}
+    return {**clean, "EDGESTORE_HOME": str(tmp_path / "home")}
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([*EDGESTORE, *args], env=env, capture_output=True, text=True, timeout=60)
+    res.stderr = " ".join(res.stderr.split())  # the console wraps long lines where it likes
+    return res
+
+
+def test_a_store_that_cannot_open_is_the_cli_s_error(env) -> None:
+    """Chunking that disagrees with the store's was uvicorn's traceback and exit 3 (which the
+    table reads as "not found"); `ls` on the same store says it with 78."""
+    assert run(env, "init").returncode == 0
+    env["EDGESTORE_CHUNK_MIN_SIZE"] = "65536"
+    res = run(env, "serve", "--no-auth", "--port", "0")
+    assert res.returncode == 78, res.stderr
+    assert "chunk_min_size (EDGESTORE_CHUNK_MIN_SIZE)" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_an_address_in_use_is_not_exit_code_3(env) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        res = run(env, "serve", "--no-auth", "--port", str(taken.getsockname()[1]))
+    assert res.returncode == 1, res.stderr
+    assert "address already in use" in res.stderr
+
+
+def test_a_certificate_that_does_not_load_is_a_config_error(env, tmp_path: Path) -> None:
+    """docs/deployment.md: exit 78. A file that is not PEM was an ssl.SSLError traceback."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    res = run(env, "serve", "--certfile", str(junk), "--keyfile", str(junk), "--port", "0")
+    assert res.returncode == 78, res.stderr
+    assert "tls_certfile" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_port_0_prints_the_port_it_took(env) -> None:
+    """The banner showed http://127.0.0.1:0/… URLs; the real port was only in an INFO log
+    line (none at log_level warning)."""
+    env["EDGESTORE_LOG_LEVEL"] = "warning"
+    proc = subprocess.Popen(
+        [*EDGESTORE, "serve", "--no-auth", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        port = None
+        for line in proc.stderr:
+            assert ":0/" not in line, line
+            if line.startswith("edgestore listening on port "):
+                port = int(line.split()[-1])
+                break
+        assert port, "no port printed"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("upload", "{file}", "localhost:8080"),
+        ("download", "default/x", "--server", "localhost:8080"),
+    ],
+)
+def test_a_server_url_without_a_scheme_says_so(env, tmp_path: Path, args) -> None:
+    """It was httpx's UnsupportedProtocol traceback (exit 1)."""
+    (tmp_path / "f.bin").write_bytes(b"x")
+    res = run(env, *(a.format(file=tmp_path / "f.bin") for a in args))
+    assert res.returncode == 4, res.stderr
+    assert "http:// or https://" in res.stderr and "Traceback" not in res.stderr
