@@ -136,7 +136,17 @@ def start(tmp_path: Path):
 
 
 def _burst(client: httpx.Client, n: int, path: str = "/objects", **kw: object) -> list[int]:
+    _clear_of_a_minute_boundary()
     return [client.get(path, **kw).status_code for _ in range(n)]  # type: ignore[arg-type]
+
+
+def _clear_of_a_minute_boundary(margin: float = 10.0) -> None:
+    """Per-minute limits use fixed windows weighted by a sliding estimate: just after a
+    minute starts, the previous minute's 5 hits weigh 4.99, and a 6th request passes (seen
+    once in CI). A burst starts where the minute has at least `margin` seconds left."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.5)
 
 
 def test_requests_per_client_get_429_with_retry_after(start) -> None:
