@@ -10,7 +10,6 @@ silent) turns into TransferInterrupted on the engine side, which keeps the durab
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +17,7 @@ from typing import TypeVar
 
 from starlette.requests import ClientDisconnect
 
+from edgestore.api.logs import submit_in_context
 from edgestore.errors import TooLarge, TransferInterrupted
 
 T = TypeVar("T")
@@ -173,24 +173,22 @@ async def run_with_body(
     *,
     limit: int | None = None,
     idle_timeout: float = 60.0,
-    on_received: Callable[[int], None] | None = None,
-) -> tuple[T, int]:
+    on_received: Callable[[int], None],
+) -> T:
     """Run work(blocks, interrupt) on a worker thread while streaming the body into it.
 
     `interrupt(reason)` lets the engine end the stream from any thread (the block iterator
     then raises TransferInterrupted), even while the client sends nothing; the body pump stops
     as soon as the work has finished.
 
-    Returns (result, bytes received). Whatever happens on the loop side (cancellation,
-    oversize body), the worker is waited for, so it never outlives the request unseen.
-    `on_received(n)`: told the bytes received however the request ends (an interrupted one
-    keeps what arrived, and raises).
+    Returns the work's result. Whatever happens on the loop side (cancellation, oversize
+    body), the worker is waited for, so it never outlives the request unseen.
+    `on_received(n)`: told the body bytes received, however the request ends (an interrupted
+    one keeps what arrived, and raises).
     """
     loop = asyncio.get_running_loop()
     bridge = BodyBridge(loop)
-    # In the request's context: what the engine logs carries the request id.
-    run = contextvars.copy_context().run
-    fut: Future[T] = executor.submit(run, work, bridge.blocks(), bridge.interrupt_now)
+    fut: Future[T] = submit_in_context(executor, work, bridge.blocks(), bridge.interrupt_now)
     consumer = asyncio.wrap_future(fut)
     pump = asyncio.ensure_future(
         bridge.pump(body, consumer, limit=limit, idle_timeout=idle_timeout)
@@ -214,7 +212,6 @@ async def run_with_body(
         except BaseException:
             await asyncio.shield(asyncio.wait({consumer}))
             raise
-        return await consumer, bridge.received
+        return await consumer
     finally:
-        if on_received is not None:
-            on_received(bridge.received)
+        on_received(bridge.received)

@@ -20,7 +20,6 @@ down as on the usual way. One that must see the bytes themselves takes the claim
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 from starlette.types import Scope
 
 from edgestore.api.bodies import idle_reason
+from edgestore.api.logs import submit_in_context
 from edgestore.buffers import copy_into
 from edgestore.errors import TransferInterrupted
 from edgestore.types import Readable
@@ -317,14 +317,15 @@ async def run_with_direct_body(
     work: Callable[[Readable, Callable[[str], None]], T],
     *,
     idle_timeout: float,
-) -> tuple[T, int]:
-    """Run work(body, interrupt) on a worker thread; (result, body bytes received).
+    on_received: Callable[[int], None],
+) -> T:
+    """Run work(body, interrupt) on a worker thread; its result.
 
     The worker is always waited for, whatever happens here (cancellation at shutdown keeps
-    what arrived: the engine's read raises TransferInterrupted)."""
+    what arrived: the engine's read raises TransferInterrupted). `on_received(n)`: told the
+    body bytes received, however the request ends, as bodies.run_with_body does."""
     try:
-        run = contextvars.copy_context().run  # the engine's log records carry the request id
-        fut: Future[T] = executor.submit(run, work, body, body.interrupt)
+        fut: Future[T] = submit_in_context(executor, work, body, body.interrupt)
     except BaseException:
         body.finish()  # never leave the connection paused on a body nobody reads
         raise
@@ -340,4 +341,5 @@ async def run_with_direct_body(
     finally:
         watchdog.cancel()
         body.finish()
-    return result, body.received
+        on_received(body.received)
+    return result

@@ -7,8 +7,19 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def submit_in_context(executor: Executor, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+    """Run fn on the executor in the caller's context (asyncio.to_thread does this, an
+    executor does not): what the engine logs for a request carries its request id."""
+    return executor.submit(contextvars.copy_context().run, fn, *args)
 
 
 class _RequestIdFilter(logging.Filter):

@@ -14,7 +14,6 @@ The protocol is described with examples in docs/client.md; errors map in api/err
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from functools import partial
 from typing import Annotated, Any
 
@@ -23,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.requests import ClientDisconnect
 
+from edgestore.api.logs import submit_in_context
 from edgestore.api.objects import ObjectVersion
 from edgestore.api.state import Services, services
 from edgestore.engine.keys import DEFAULT_BUCKET
@@ -264,8 +264,8 @@ async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResp
         return JSONResponse(body.model_dump(), 200, headers=headers)
     async with _body_slots(request):
         raw = await _read_chunk(request, limit)
-        stored = await asyncio.get_running_loop().run_in_executor(
-            svc.uploads, contextvars.copy_context().run, native.put_chunk, upload_id, chunk_id, raw
+        stored = await asyncio.wrap_future(
+            submit_in_context(svc.uploads, native.put_chunk, upload_id, chunk_id, raw)
         )
     svc.metrics.bytes_in.inc(len(raw))
     svc.metrics.observe_chunk(stored)
@@ -284,14 +284,15 @@ async def finalize(upload_id: str, body: FinalizeIn, request: Request) -> Finali
     are one transaction. Idempotent: a retry returns the same version."""
     svc = services(request)
     chunks = [ManifestChunk(c.id, c.size) for c in body.chunks]
-    done = await asyncio.get_running_loop().run_in_executor(
-        svc.uploads,
-        contextvars.copy_context().run,  # in the request's context: its logs carry its id
-        _native(svc).finalize,
-        upload_id,
-        chunks,
-        body.sha256,
-        svc.metrics.observe_pinned,
+    done = await asyncio.wrap_future(
+        submit_in_context(
+            svc.uploads,
+            _native(svc).finalize,
+            upload_id,
+            chunks,
+            body.sha256,
+            svc.metrics.observe_pinned,
+        )
     )
     base = ObjectVersion.of(done.version).model_dump()
     return FinalizedOut(**base, upload_id=done.upload.upload_id, verified_by=done.verified_by)

@@ -84,8 +84,12 @@ def _serve(
         seen.append(record)
         try:
             if body is not None:
-                data, record["received"] = await direct.run_with_direct_body(
-                    pool, body, work, idle_timeout=1.0
+                data = await direct.run_with_direct_body(
+                    pool,
+                    body,
+                    work,
+                    idle_timeout=1.0,
+                    on_received=lambda n: record.__setitem__("received", n),
                 )
             else:
                 data = b""

@@ -131,33 +131,28 @@ async def append_body(
             length=length,
         )
 
-    # Every byte of the body that arrived, counted once however the request ends: an
-    # interrupted one keeps what it received (the client resumes after it).
-    received = 0
-
-    def count(n: int) -> None:
-        nonlocal received
-        received = n
-
     metrics.uploads_active.inc()
     try:
         body = direct.claim(request.scope)  # read straight into the engine's buffer
         metrics.upload_bodies.labels("direct" if body is not None else "queued").inc()
+        # Every byte that arrived is counted however the request ends: an interrupted one
+        # keeps what it received (the client resumes after it).
         if body is not None:
-            try:
-                rec, _ = await direct.run_with_direct_body(
-                    services.uploads, body, work, idle_timeout=BODY_IDLE_TIMEOUT
-                )
-            finally:
-                count(body.received)
+            rec = await direct.run_with_direct_body(
+                services.uploads,
+                body,
+                work,
+                idle_timeout=BODY_IDLE_TIMEOUT,
+                on_received=metrics.bytes_in.inc,
+            )
         else:
-            rec, _ = await run_with_body(
+            rec = await run_with_body(
                 services.uploads,
                 request.stream(),
                 work,
                 limit=remaining,
                 idle_timeout=BODY_IDLE_TIMEOUT,
-                on_received=count,
+                on_received=metrics.bytes_in.inc,
             )
     except TransferInterrupted:
         closing = engine.uploads.closing
@@ -166,7 +161,6 @@ async def append_body(
         raise
     finally:
         metrics.uploads_active.dec()
-        metrics.bytes_in.inc(received)
     return rec
 
 
