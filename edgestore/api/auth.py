@@ -32,6 +32,7 @@ from edgestore.api.tus.creation import object_key
 from edgestore.api.tus.headers import UploadMetadata, encode_metadata, parse_metadata, parse_size
 from edgestore.api.tus.ietf import INTEROP_HEADER
 from edgestore.config import Settings
+from edgestore.engine.concat import known_total
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.errors import (
     ConfigError,
@@ -271,7 +272,7 @@ class AccessControl:
         too."""
         urls = headers.get("upload-concat", "").strip()[len("final;") :].split()
         svc: Services = scope["app"].state.services
-        total: int | None = 0
+        lengths: list[int | None] = []
         for url in urls:
             upload_id = upload_id_from_url(url)
             tokens = parse_qs(urlsplit(url).query).get(presign.P_UPLOAD_TOKEN)
@@ -282,11 +283,8 @@ class AccessControl:
                 )
             self.signer.verify_upload_token(upload_id, tokens[0])
             rec = await asyncio.to_thread(svc.engine.uploads.get, upload_id)
-            if rec.length is None:  # concatenation-unfinished: it may still grow
-                total = None
-            elif total is not None:
-                total += rec.length
-        return total
+            lengths.append(rec.length)  # None: concatenation-unfinished, it may still grow
+        return known_total(lengths)
 
     def _issue_upload_tokens(self, send: Send) -> Send:
         """Give the Location of an upload created with a grant its own upload token."""

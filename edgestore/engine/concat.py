@@ -27,13 +27,15 @@ def final_length(core: EngineCore, rec: UploadRecord) -> int | None:
     sum once each partial's length is known (None until then)."""
     if rec.length is not None or rec.concat_of is None:
         return rec.length
-    lengths = []
     with core.db.read() as conn:
-        for pid in rec.concat_of:
-            try:
-                lengths.append(upload_rows.get(conn, pid).length)
-            except UploadNotFound:
-                return None
+        try:
+            return known_total([upload_rows.get(conn, pid).length for pid in rec.concat_of])
+        except UploadNotFound:
+            return None
+
+
+def known_total(lengths: list[int | None]) -> int | None:
+    """The sum of the partials' lengths; None while one of them is deferred."""
     return None if None in lengths else sum(n for n in lengths if n is not None)
 
 
@@ -65,8 +67,7 @@ def concatenate(
         # Locked: a partial completing now either committed before (seen complete here)
         # or waits for this transaction, and then finds the final waiting for it.
         parts = [upload_rows.get_open(conn, pid, for_update=True) for pid in partial_ids]
-        lengths = [p.length for p in parts]
-        known = None if None in lengths else sum(n for n in lengths if n is not None)
+        known = known_total([p.length for p in parts])
         for part in parts:
             if not part.is_partial:
                 raise InvalidInput(f"upload {part.upload_id} is not a partial upload")

@@ -15,16 +15,19 @@ from edgestore.metadata.schema import upload_parts, uploads
 from edgestore.metadata.uploads import COMPLETE, OPEN, get
 
 
+def _waiting_finals(*columns: sa.ColumnElement[object]) -> sa.Select:
+    """Open final uploads (concatenation-unfinished) that still wait for partials."""
+    return sa.select(uploads.c.upload_id, uploads.c.concat_of, *columns).where(
+        uploads.c.state == OPEN,
+        uploads.c.is_partial.is_(False),
+        uploads.c.committed_offset == 0,  # a waiting final holds no bytes of its own
+        uploads.c.tail_length == 0,
+    )
+
+
 def pending_finals(conn: Connection, partial_id: str) -> list[str]:
     """Open final uploads (concatenation-unfinished) waiting for this partial upload."""
-    rows = conn.execute(
-        sa.select(uploads.c.upload_id, uploads.c.concat_of).where(
-            uploads.c.state == OPEN,
-            uploads.c.is_partial.is_(False),
-            uploads.c.committed_offset == 0,  # a pending final holds no bytes of its own
-            uploads.c.tail_length == 0,
-        )
-    )
+    rows = conn.execute(_waiting_finals())
     return [r.upload_id for r in rows if partial_id in (r.concat_of or ())]
 
 
@@ -33,14 +36,7 @@ def keep_waiting_finals_alive(conn: Connection) -> None:
     receiving bytes (their appends push only their own expiry back), and the finished
     partials it is made of live as long as it does (expiring one would release its parts: the
     final could never complete, while its Upload-Expires said it could)."""
-    rows = conn.execute(
-        sa.select(uploads.c.upload_id, uploads.c.concat_of, uploads.c.expires_at).where(
-            uploads.c.state == OPEN,
-            uploads.c.is_partial.is_(False),
-            uploads.c.committed_offset == 0,
-            uploads.c.tail_length == 0,
-        )
-    )
+    rows = conn.execute(_waiting_finals(uploads.c.expires_at))
     for r in rows.all():
         if not r.concat_of or r.expires_at is None:
             continue
