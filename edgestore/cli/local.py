@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 import os
 import sys
 import time
@@ -14,6 +13,8 @@ import typer
 from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.main import app
+from edgestore.client.download import output_path
+from edgestore.client.source import guess_content_type
 from edgestore.engine import ObjectSelector, VersionInfo
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.keys import DEFAULT_BUCKET
@@ -91,7 +92,7 @@ def put(
         raise typer.BadParameter(f"file {str(file)!r} {what}.", param_hint="'file'")
     key = key or file.name
     if content_type is None and not stdin:  # as `upload` does: a video served as one plays
-        content_type = mimetypes.guess_type(file.name)[0]
+        content_type = guess_content_type(file.name)
     total = None if stdin else file.stat().st_size
     stats = {"chunks": 0, "new_chunks": 0, "dedup_bytes": 0, "stored_bytes": 0}
 
@@ -156,16 +157,12 @@ def get(
     with state.engine() as engine:
         info = engine.objects.stat(_selector(ref, bucket, version))
         name = Path(info.key).name or info.object_id
-        target = out_path or Path(name)
-        if str(target) == "-":
+        if out_path is not None and str(out_path) == "-":
             for piece in engine.objects.read(info):
                 sys.stdout.buffer.write(piece)
             sys.stdout.buffer.flush()
             return
-        if target.is_dir():
-            target = target / name
-        if not target.parent.is_dir():
-            raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
+        target = output_path(out_path, name)
         partial = target.with_name(target.name + ".part")
         with (
             open(partial, "wb") as f,

@@ -67,6 +67,17 @@ def _merge(intervals: list[list[int]]) -> list[list[int]]:
     return merged
 
 
+def output_path(out: Path | None, name: str) -> Path:
+    """Where a download goes: `out`, or inside it when it is a directory (as cp does), or
+    `name` in the current directory; InvalidInput when its directory does not exist."""
+    target = out or Path(name)
+    if target.is_dir():
+        target = target / name
+    if not target.parent.is_dir():
+        raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
+    return target
+
+
 class Download:
     def __init__(
         self,
@@ -103,11 +114,7 @@ class Download:
         url = f"/ids/{object_id}?version={version}" if object_id and version else self._url
         if url.startswith("/") and self._url.startswith("http"):
             url = str(httpx.URL(self._url).join(url))
-        target = self._out or Path(self._name(head))
-        if target.is_dir():  # as cp does: the object's file name inside it
-            target = target / self._name(head)
-        if not target.parent.is_dir():
-            raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
+        target = output_path(self._out, self._name(head))
         part = target.with_name(target.name + ".part")
         record = target.with_name(target.name + ".part.json")
         identity = {"etag": etag, "size": size, "object_id": object_id, "version": version}

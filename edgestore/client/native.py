@@ -20,7 +20,6 @@ retry reads it again). Any thread's failure stops all of them.
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 import queue
 import threading
 import time
@@ -35,7 +34,7 @@ from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Budget, Gate
 from edgestore.client.http import Transport
 from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
 from edgestore.client.resume import HintKey, ResumeHints
-from edgestore.client.source import SourceFile
+from edgestore.client.source import SourceFile, guess_content_type
 from edgestore.codec.hashing import chunk_id
 from edgestore.errors import (
     ChunkHashMismatch,
@@ -127,7 +126,7 @@ class NativeUpload:
         self._hints = hints or ResumeHints()
         self._hint_key = HintKey(transport.base_url, "native", str(source.path), bucket, key)
         # As tus and `edgestore put` do: a video uploaded without --content-type plays.
-        self._content_type = content_type or mimetypes.guess_type(source.path.name)[0]
+        self._content_type = content_type or guess_content_type(source.path.name)
         self._metadata = metadata or {}
         self._auto = AutoWorkers() if workers == "auto" else None
         if self._auto is None and not 1 <= int(workers) <= 64:

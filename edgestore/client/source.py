@@ -7,6 +7,7 @@ and compared before anything is committed: any difference fails the upload (Sour
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import stat
 from collections.abc import Iterator
@@ -16,6 +17,12 @@ from pathlib import Path
 from edgestore.errors import SourceChanged
 
 READ_BLOCK = 4 * 1024 * 1024
+
+
+def guess_content_type(name: str) -> str | None:
+    """The media type a file's name suggests (None if it says nothing): uploaded without
+    one, a video would be served as application/octet-stream and not play."""
+    return mimetypes.guess_type(name)[0]
 
 
 @dataclass(frozen=True, slots=True)

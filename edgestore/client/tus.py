@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import mimetypes
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from edgestore.client.native import POLL, Workers
 from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
 from edgestore.client.resume import HintKey, ResumeHints
 from edgestore.client.retry import call_with_retry
-from edgestore.client.source import SourceFile
+from edgestore.client.source import SourceFile, guess_content_type
 from edgestore.errors import NotFound, OffsetConflict, UploadGone, WholeFileMismatch
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -94,7 +93,7 @@ class TusUpload:
             "key": key,
         }
         # Some servers (tuspyserver) refuse uploads without a filetype.
-        guessed = mimetypes.guess_type(source.path.name)[0] or "application/octet-stream"
+        guessed = guess_content_type(source.path.name) or "application/octet-stream"
         self._metadata["filetype"] = content_type or guessed
         self._bucket, self._key = bucket, key
         self._workers = workers
