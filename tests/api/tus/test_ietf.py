@@ -1,11 +1,11 @@
 """The IETF resumable-upload draft on /files/, raw HTTP against a real server.
 
 Interop version 6 is what tus-js-client's `protocol: 'ietf-draft-05'` speaks; 8 is the newest.
+The 104 interim responses are in test_ietf_interim.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import time
 from collections.abc import Iterator
@@ -13,47 +13,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.api.tus.ietf_requests import (
+    PARTIAL,
+    VERSIONS,
+    append,
+    assert_object,
+    draft,
+    pieces,
+)
 from tests.helpers import KiB, MiB, random_bytes
-
-PARTIAL = "application/partial-upload"
-VERSIONS = ["6", "8"]
-
-
-def draft(version: str = "6", **headers: str) -> dict[str, str]:
-    """Request headers of an IETF-draft request (underscores in names become dashes)."""
-    return {
-        "Upload-Draft-Interop-Version": version,
-        **{k.replace("_", "-"): v for k, v in headers.items()},
-    }
-
-
-def append(
-    c: httpx.Client, url: str, offset: int, body: object, complete: bool, version: str = "6"
-) -> httpx.Response:
-    headers = draft(
-        version,
-        Upload_Offset=str(offset),
-        Upload_Complete="?1" if complete else "?0",
-        Content_Type=PARTIAL,
-    )
-    return c.patch(url, content=body, headers=headers)  # type: ignore[arg-type]
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def assert_object(c: httpx.Client, url: str, data: bytes) -> httpx.Response:
-    got = c.get(url)
-    assert got.status_code == 200, got.text
-    assert sha256(got.content) == sha256(data)
-    return got
-
-
-def pieces(data: bytes, size: int = 256 * KiB) -> Iterator[bytes]:
-    """A streamed body: httpx sends it chunked, without Content-Length."""
-    for i in range(0, len(data), size):
-        yield data[i : i + size]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -342,106 +310,7 @@ def test_a_draft_upload_survives_an_interrupted_completion(server) -> None:
         assert_object(c, url, data)
 
 
-# --- 104 Upload Resumption Supported -------------------------------------------------------------
-
-
-def _raw(server, request: bytes) -> bytes:
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(request)
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
-    return response
-
-
-def _creation(version: str, body: bytes, *, http: str = "1.1", extra: str = "") -> bytes:
-    head = (
-        f"POST /files/ HTTP/{http}\r\nHost: edgestore\r\nConnection: close\r\n"
-        f"Upload-Draft-Interop-Version: {version}\r\nUpload-Complete: ?1\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}\r\n"
-    )
-    return head.encode() + body
-
-
-def _responses(raw: bytes) -> list[tuple[int, dict[str, str]]]:
-    """Status and fields of each response head in `raw` (interim ones first)."""
-    found = []
-    for block in raw.split(b"\r\n\r\n"):
-        lines = block.split(b"\r\n")
-        if not lines[0].startswith(b"HTTP/1."):
-            continue
-        fields = dict(line.decode().split(": ", 1) for line in lines[1:] if b": " in line)
-        found.append((int(lines[0].split()[1]), {k.lower(): v for k, v in fields.items()}))
-    return found
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_a_creation_with_content_is_announced_by_104(server, version: str) -> None:
-    """The interim response comes before the final one and says where the upload is."""
-    data = random_bytes(300 * KiB, seed=68)
-    heads = _responses(_raw(server, _creation(version, data)))
-    assert [status for status, _ in heads] == [104, 201], heads
-    interim, final = heads[0][1], heads[1][1]
-    assert interim["location"] == final["location"]
-    assert interim["upload-draft-interop-version"] == version
-    assert interim["upload-limit"].startswith("max-size=")
-    with server.client() as c:
-        assert_object(c, final["location"].split("edgestore", 1)[1], data)
-
-
-def test_104_follows_a_100_continue_and_skips_http_10_and_empty_creations(server) -> None:
-    data = random_bytes(KiB, seed=69)
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        head = _creation("6", b"", extra="Expect: 100-continue\r\n").replace(
-            b"Content-Length: 0", f"Content-Length: {len(data)}".encode()
-        )
-        sock.sendall(head)
-        got = b""
-        while b"104 Upload Resumption Supported" not in got:
-            got += sock.recv(65536)  # the client waits, as curl does, before its content
-        sock.sendall(data)
-        while chunk := sock.recv(65536):
-            got += chunk
-    assert [s for s, _ in _responses(got)] == [100, 104, 201]
-    assert [s for s, _ in _responses(_raw(server, _creation("6", data, http="1.0")))] == [201]
-    empty = "POST /files/ HTTP/1.1\r\nHost: e\r\nConnection: close\r\n"
-    empty += "Upload-Draft-Interop-Version: 6\r\nUpload-Complete: ?0\r\nContent-Length: 0\r\n\r\n"
-    assert [s for s, _ in _responses(_raw(server, empty.encode()))] == [201]
-
-
-def test_a_creation_cut_short_resumes_at_the_location_of_its_104(server) -> None:
-    """The point of 104: the client drops mid-creation, knowing only the interim response,
-    and completes the upload from there (no second upload, no byte lost)."""
-    data = random_bytes(6 * MiB + 5, seed=70)
-    port = int(server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        head = _creation("8", b"").replace(
-            b"Content-Length: 0", f"Content-Length: {len(data)}".encode()
-        )
-        sock.sendall(head + data[: 4 * MiB])
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += sock.recv(65536)
-        heads = _responses(got)
-        assert heads[0][0] == 104
-        location = heads[0][1]["location"].split("edgestore", 1)[1]
-        sock.shutdown(socket.SHUT_RDWR)  # the link drops, 2 MiB short
-    with server.client() as c:
-        for _ in range(100):
-            h = c.head(location, headers=draft("8"))
-            assert h.status_code == 204 and h.headers["Upload-Complete"] == "?0"
-            offset = int(h.headers["Upload-Offset"])
-            r = append(c, location, offset, data[offset:], complete=True, version="8")
-            if r.status_code not in (409, 423):
-                break
-            time.sleep(0.05)
-        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
-        assert_object(c, location, data)
-
-
-# --- what the drafts require that was missed --------------------------------------------------
+# --- offsets and errors, as each draft requires -------------------------------------------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
