@@ -6,6 +6,7 @@ whole state is in the metadata database, so any node can continue any upload (in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -312,7 +313,7 @@ class Uploads:
         if self._closing:
             raise StorageUnavailable(f"{self._closing}; resume this upload shortly")
         owner = uuid.uuid4().hex
-        self._take_over(upload_id, owner)
+        self._take_over(upload_id, "a newer request took over this upload")
         active: _Active | None = None
         declared = False
         try:
@@ -383,8 +384,9 @@ class Uploads:
             if active is not None:
                 active.done.set()  # only now: a request waiting to take over finds it free
 
-    def _take_over(self, upload_id: str, owner: str) -> None:
-        """If this process is writing the upload but its client went quiet, stop that writer.
+    def _take_over(self, upload_id: str, reason: str) -> None:
+        """If this process is writing the upload but its client went quiet, stop that writer
+        and wait until it has kept what it received.
 
         A writer still receiving bytes keeps the upload: the newcomer gets UploadLocked.
         """
@@ -394,7 +396,7 @@ class Uploads:
             return
         if active.appender.idle_seconds < TAKEOVER_IDLE_SECONDS:
             raise UploadLocked(f"upload {upload_id} is being written by another request")
-        active.appender.stop("a newer request took over this upload")
+        active.appender.stop(reason)
         if not active.done.wait(self._core.settings.upload_lock_seconds):
             raise UploadLocked(f"upload {upload_id} is still being written; retry shortly")
 
@@ -402,13 +404,9 @@ class Uploads:
         """Before reporting the upload's offset: stop this process's writer of it if its
         client went quiet (a dropped link), and wait until it has kept what it received, so
         the offset reported is the one the next append is accepted at. A writer still
-        receiving bytes is left alone, as by an append (which would get UploadLocked)."""
-        with self._lock:
-            active = self._active.get(upload_id)
-        if active is None or active.appender.idle_seconds < TAKEOVER_IDLE_SECONDS:
-            return
-        active.appender.stop("an offset retrieval took over this upload")
-        active.done.wait(self._core.settings.upload_lock_seconds)
+        receiving bytes is left alone (an append would get UploadLocked)."""
+        with contextlib.suppress(UploadLocked):
+            self._take_over(upload_id, "an offset retrieval took over this upload")
 
     def _stop_local_writer(self, upload_id: str, reason: str) -> bool:
         with self._lock:
