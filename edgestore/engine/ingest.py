@@ -26,7 +26,14 @@ from edgestore.engine import staging
 from edgestore.engine.dedup import ChunkWriter, StoredChunk
 from edgestore.engine.pipeline import CpuPool, SerialLane
 from edgestore.engine.prefix import RunningDigest
-from edgestore.errors import ChecksumMismatch, TooLarge, TransferInterrupted, UploadLocked
+from edgestore.errors import (
+    ChecksumMismatch,
+    QuotaExceeded,
+    TooLarge,
+    TransferInterrupted,
+    UploadLocked,
+)
+from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database
 from edgestore.metadata.uploads import Checkpoint, NewPart, TailRef, UploadRecord
@@ -120,6 +127,7 @@ class Appender:
         interrupt: Callable[[str], None] | None = None,
         chunker: StreamChunker | None = None,
         grow_tail: bool = True,
+        quota_room: int | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -138,6 +146,8 @@ class Appender:
         # `grow_tail`: whether the staged tail's files may be grown in place (not when one
         # of its copies was found damaged as it was read back).
         self._grow_tail = grow_tail
+        # `quota_room`: the bytes the bucket's quota leaves an upload of deferred length.
+        self._quota_limit = None if quota_room is None else upload.offset + quota_room
         self._digest = (
             RunningDigest(db, upload.upload_id, upload.next_seq, upload.hash_state)
             if upload.hash_state is not None
@@ -196,6 +206,8 @@ class Appender:
         verify = _Verifier(checksum) if checksum is not None else None
         # A deferred length is bounded by the largest upload the server accepts.
         limit = up.length if up.length is not None else self._settings.max_upload_size
+        if self._quota_limit is not None:
+            limit = min(limit, self._quota_limit)
         received = 0
         interrupted: TransferInterrupted | None = None
         try:
@@ -252,7 +264,15 @@ class Appender:
     def _arrived(self, received: int, limit: int) -> None:
         """Bytes arrived, `received` in all so far: stop if asked to, refuse past `limit`."""
         self.last_activity = time.monotonic()
-        if self._run_offset + received > limit:  # first: an interrupted append keeps what arrived
+        at = self._run_offset + received
+        if self._quota_limit is not None and at > self._quota_limit:
+            bucket = self._upload.bucket or quotas.DEFAULT_BUCKET
+            raise QuotaExceeded(
+                f"bucket {bucket!r} is over its quota: upload {self._upload.upload_id} (length "
+                f"deferred) may hold {self._quota_limit} bytes; this request goes beyond it",
+                bucket=bucket,
+            )
+        if at > limit:  # first: an interrupted append keeps what arrived
             raise TooLarge(
                 f"upload {self._upload.upload_id} may hold {limit} bytes; this request goes "
                 f"beyond it (offset {self._run_offset}, +{received} bytes)"

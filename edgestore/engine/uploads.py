@@ -244,8 +244,8 @@ class Uploads:
             )
         if length < rec.offset:
             raise InvalidInput(f"length {length} is less than the {rec.offset} bytes received")
-        if not rec.is_partial:
-            quotas.check_bucket(conn, settings, rec.bucket, length)
+        if not rec.is_partial:  # the bucket's usage counts the bytes it holds already
+            quotas.check_bucket(conn, settings, rec.bucket, length - rec.offset)
         upload_rows.set_length(conn, rec.upload_id, length)
 
     def _withdraw_length(self, upload_id: str, owner: str, offset: int, length: int) -> None:
@@ -339,6 +339,10 @@ class Uploads:
                     self._set_length(conn, rec, length)
                     declared = True
                 rec = upload_rows.get(conn, upload_id)
+                # A deferred length is bounded by the bucket's quota as its bytes arrive.
+                room = None
+                if rec.length is None and not rec.is_partial:
+                    room = quotas.room(conn, core.settings, rec.bucket)
             chunker = self._warm.take(upload_id, rec.tail)
             tail = b""
             damaged: list[str] = []
@@ -358,6 +362,7 @@ class Uploads:
                 interrupt=interrupt,
                 chunker=chunker,
                 grow_tail=not damaged,  # a copy found damaged: the next tail in new files
+                quota_room=room,
             )
             del tail  # the chunker holds its own copy; this one would sit out the whole append
             active = _Active(appender, threading.Event())

@@ -3,7 +3,8 @@
 A bucket's usage is the size of every version of its objects (what clients see, before dedup
 and compression) plus the declared length of every open upload headed for it: an upload
 reserves its room when it is created, so parallel uploads cannot jointly overshoot by more
-than the ones racing through the same instant.
+than the ones racing through the same instant. An upload whose length is deferred counts the
+bytes it holds, and each append to it may take only the room left when it starts (`room`).
 """
 
 from __future__ import annotations
@@ -34,15 +35,25 @@ def bucket_usage(conn: Connection, bucket: str) -> int:
     target = uploads.c.bucket == bucket
     if bucket == DEFAULT_BUCKET:
         target = sa.or_(target, uploads.c.bucket.is_(None))
+    # A deferred length: the bytes the upload holds.
+    held = sa.func.coalesce(uploads.c.length, uploads.c.committed_offset + uploads.c.tail_length)
     reserved = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(uploads.c.length), 0)).where(
+        sa.select(sa.func.coalesce(sa.func.sum(held), 0)).where(
             uploads.c.state == "open",
             sa.not_(uploads.c.is_partial),
-            uploads.c.length.is_not(None),
             target,
         )
     ).scalar_one()
     return int(stored) + int(reserved)
+
+
+def room(conn: Connection, settings: Settings, bucket: str | None) -> int | None:
+    """Bytes the bucket may still take (0 when full); None when it has no quota."""
+    bucket = bucket or DEFAULT_BUCKET
+    quota = quota_of(settings, bucket)
+    if not quota:
+        return None
+    return max(0, quota - bucket_usage(conn, bucket))
 
 
 def check_bucket(conn: Connection, settings: Settings, bucket: str | None, adding: int) -> None:

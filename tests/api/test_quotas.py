@@ -22,7 +22,7 @@ def quota_server(tmp_path_factory: pytest.TempPathFactory):
         home=base / "home",
         database_url=f"sqlite:///{base / 'meta.db'}",
         env_extra={
-            "EDGESTORE_BUCKET_QUOTAS": json.dumps({"small": QUOTA, "tiny": 10}),
+            "EDGESTORE_BUCKET_QUOTAS": json.dumps({"small": QUOTA, "tiny": 10, "deferred": 10}),
             "EDGESTORE_MAX_UPLOAD_SIZE": str(10 * QUOTA),
         },
     ).start()
@@ -73,6 +73,27 @@ def test_deferred_length_is_checked_when_declared(quota_server: ServerProcess) -
         assert r.status_code == 507
         r = c.patch(url, content=b"0123456789", headers=patch_headers(0, **{"Upload-Length": "10"}))
         assert r.status_code == 204
+
+
+def test_deferred_length_bytes_are_bounded_as_they_arrive(quota_server: ServerProcess) -> None:
+    """Bytes sent before the length is declared count against the bucket: an append may take
+    only the room left, and what an open deferred upload holds is reserved from the others."""
+    with quota_server.client() as c:
+        url = _create(c, None, "deferred").headers["Location"]
+        r = c.patch(url, content=b"x" * 11, headers=patch_headers(0))
+        assert r.status_code == 507 and r.json()["error"] == "quota_exceeded"
+        assert c.head(url, headers=TUS).headers["Upload-Offset"] == "0"  # nothing of it kept
+        assert c.patch(url, content=b"x" * 6, headers=patch_headers(0)).status_code == 204
+        assert c.head(url, headers=TUS).headers["Upload-Offset"] == "6"
+        assert _create(c, 5, "deferred").status_code == 507  # the 6 bytes held are reserved
+        other = _create(c, None, "deferred").headers["Location"]
+        assert c.patch(other, content=b"y" * 5, headers=patch_headers(0)).status_code == 507
+        assert c.patch(other, content=b"y" * 4, headers=patch_headers(0)).status_code == 204
+        r = c.patch(url, content=b"", headers=patch_headers(6, **{"Upload-Length": "7"}))
+        assert r.status_code == 507  # 7 + the other's 4 held > 10
+        assert c.delete(other, headers=TUS).status_code == 204
+        r = c.patch(url, content=b"x" * 4, headers=patch_headers(6, **{"Upload-Length": "10"}))
+        assert r.status_code == 204 and r.headers["Upload-Offset"] == "10"
 
 
 def test_concatenation_and_native_sessions_are_checked(quota_server: ServerProcess) -> None:
