@@ -311,10 +311,11 @@ class Throttle:
                 await limiter.release_upload(client, slot)
 
         async def send_releasing(message: Message) -> None:
-            # Free the slot before the response's last bytes go out: a client that sends its
-            # next request as soon as it has the answer (a tus client's next PATCH, on this
-            # node or another) must not find its own finished upload still counted (429).
-            if message["type"] == "http.response.body" and not message.get("more_body"):
+            # Free the slot before the response goes out: a client that sends its next
+            # request as soon as it has the answer (a tus client's next PATCH, on this node or
+            # another) must not find its own finished upload still counted (429). The server
+            # writes the status line and headers at the start, and a 204 is whole with them.
+            if message["type"] == "http.response.start":
                 await release()
             await send(message)
 

@@ -53,7 +53,8 @@ def test_an_upload_slot_is_free_before_the_response_goes_out(tmp_path: Path) -> 
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: Message) -> None:
-        if message["type"] == "http.response.body":
+        # The status line and headers go out at the start: a 204 is complete to the client.
+        if message["type"] == "http.response.start":
             slots_when_sent.append(sum(limiter._local_slots.values()))
 
     async def run() -> None:
