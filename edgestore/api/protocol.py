@@ -123,6 +123,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         body = self._direct
         if body is not None:
             assert self._read_into is not None
+            # As data_received does: bytes of a body answered early (its rest discarded)
+            # must stop the keep-alive timer that answer started, or the connection is
+            # closed under a client still sending.
+            self._unset_keepalive_if_required()
             landed, self._read_into = self._read_into[:nbytes], None
             if body.landed(landed):
                 self._end_direct()
@@ -164,6 +168,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
         except AttributeError:  # httptools < 0.6.3, as uvicorn
             pass
         self.on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self.pipeline:
+            # Answered before its body ended: the keep-alive timer the answer started was
+            # stopped by the body's bytes (buffer_updated); the connection idles from now.
+            self._unset_keepalive_if_required()
+            if not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
 
     def _interim(
         self, cycle: RequestResponseCycle, status: int, fields: list[tuple[str, str]]

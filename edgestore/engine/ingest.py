@@ -442,6 +442,7 @@ class Appender:
         )
         if self._ready and self._ready[-1].sha_state is not None:
             cp.hash_state = self._ready[-1].sha_state
+        committing = False
         try:
             with self._db.write() as conn:
                 rec = upload_rows.checkpoint(
@@ -457,8 +458,13 @@ class Appender:
                     sha = ResumableSha256(state).hexdigest() if state is not None else None
                     self._on_complete(conn, rec, sha)
                     rec = upload_rows.get(conn, up.upload_id)
+                committing = True
         except BaseException:
-            if new is not None and not _same_file(new, old):
+            # An error from the COMMIT itself (a dropped connection) leaves it unknown
+            # whether the row now names the new tail: its files stay then (gc removes them
+            # if no row does), as deleting them could leave the upload's offset over bytes
+            # that are gone.
+            if new is not None and not _same_file(new, old) and not committing:
                 staging.drop(self._dirs, new)  # a grown tail's file still holds the old one
             raise
         if old is not None and not _same_file(new, old):

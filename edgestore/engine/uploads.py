@@ -330,6 +330,13 @@ class Uploads:
                 if rec.concat_of is not None:
                     raise UploadStateError(f"upload {upload_id} is a final upload: not patchable")
                 upload_rows.acquire_lock(conn, upload_id, owner, core.settings.upload_lock_seconds)
+                # Read again under the lease: on PostgreSQL each statement sees what committed
+                # before it, so another node's append may have committed (and released its
+                # lease) since the read above; checked against that read, this request's
+                # bytes would be stored after the other's instead of refused.
+                rec = upload_rows.get_open(conn, upload_id)
+                if rec.state != upload_rows.OPEN:
+                    raise UploadStateError(f"upload {upload_id} is already complete")
                 if offset != rec.offset:
                     raise OffsetConflict(
                         f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
@@ -452,6 +459,8 @@ class Uploads:
                 return count
             for uid in batch:
                 with self._core.db.write() as conn:
+                    if not upload_rows.still_stale(conn, uid, t, t - local_grace):
+                        continue  # taken up since it was listed
                     tail = upload_rows.release_data(conn, uid, upload_rows.EXPIRED)
                 staging.drop(self._core.dirs, tail)
                 count += 1

@@ -394,9 +394,10 @@ def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None
 
     Returns the staged tail whose file the caller removes once this transaction commits.
     """
-    old_tail = get(conn, upload_id).tail
-    # The row first: on PostgreSQL this takes its lock, so a concurrent pin or checkpoint of
-    # this upload waits for us (and then finds it released) instead of slipping in between.
+    # The row locked first (PostgreSQL), so a concurrent pin or checkpoint of this upload
+    # waits for us (and then finds it released) instead of slipping in between, and the tail
+    # read is the one this drops (read before the lock, a checkpoint could replace it).
+    old_tail = get(conn, upload_id, for_update=True).tail
     conn.execute(
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id)
@@ -431,26 +432,43 @@ def delete(conn: Connection, upload_id: str) -> None:
     conn.execute(sa.delete(uploads).where(uploads.c.upload_id == upload_id))
 
 
-def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> list[str]:
-    """Uploads to reclaim: open ones past their expiry, local puts whose process died, and
-    complete partial uploads (kept for concatenation) past their expiry."""
-    q = sa.select(uploads.c.upload_id).where(
-        sa.or_(
-            sa.and_(
-                uploads.c.state == OPEN,
-                sa.or_(
-                    uploads.c.expires_at < t,
-                    sa.and_(uploads.c.kind == "local", uploads.c.updated_at < local_before),
-                ),
-            ),
-            sa.and_(
-                uploads.c.state == COMPLETE,
-                uploads.c.is_partial.is_(True),
+def _stale(t: float, local_before: float) -> sa.ColumnElement[bool]:
+    """Open uploads past their expiry, local puts whose process died, and complete partial
+    uploads (kept for concatenation) past their expiry; never one a request is writing now
+    (a live lease: a long append with a checksum commits nothing that would push the
+    expiry back, and expired under it would lose every byte it carried)."""
+    return sa.or_(
+        sa.and_(
+            uploads.c.state == OPEN,
+            sa.or_(uploads.c.lock_expires.is_(None), uploads.c.lock_expires < t),
+            sa.or_(
                 uploads.c.expires_at < t,
+                sa.and_(uploads.c.kind == "local", uploads.c.updated_at < local_before),
             ),
-        )
+        ),
+        sa.and_(
+            uploads.c.state == COMPLETE,
+            uploads.c.is_partial.is_(True),
+            uploads.c.expires_at < t,
+        ),
     )
+
+
+def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> list[str]:
+    """Uploads to reclaim (see _stale)."""
+    q = sa.select(uploads.c.upload_id).where(_stale(t, local_before))
     return list(conn.execute(q.limit(limit)).scalars())
+
+
+def still_stale(conn: Connection, upload_id: str, t: float, local_before: float) -> bool:
+    """Whether the upload is still one to reclaim, its row locked (PostgreSQL) until the
+    transaction ends: a request may have taken it up since `stale` listed it."""
+    q = sa.select(uploads.c.upload_id).where(
+        uploads.c.upload_id == upload_id, _stale(t, local_before)
+    )
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    return conn.execute(q).first() is not None
 
 
 def tail_keys(conn: Connection) -> set[str]:

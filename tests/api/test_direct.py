@@ -65,7 +65,10 @@ class Meter:
 
 
 def _serve(
-    work: Reads, client: Callable[[socket.socket], None], meter: Meter | None = None
+    work: Reads,
+    client: Callable[[socket.socket], None],
+    meter: Meter | None = None,
+    keep_alive: float = 5,
 ) -> list[dict]:
     """Serve one connection with an app that reads its body the direct way when it can;
     `client` talks to it over a real socket pair. Returns what each request saw."""
@@ -108,7 +111,9 @@ def _serve(
         await send({"type": "http.response.body", "body": answer})
 
     async def main() -> None:
-        config = uvicorn.Config(app, http=BoundedHttpToolsProtocol, log_level="warning")
+        config = uvicorn.Config(
+            app, http=BoundedHttpToolsProtocol, log_level="warning", timeout_keep_alive=keep_alive
+        )
         config.load()
         proto = BoundedHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
         ours, theirs = socket.socketpair()
@@ -244,6 +249,47 @@ def test_a_reader_that_stops_early_leaves_the_connection_usable() -> None:
         200,
         hashlib.sha256(b"abc").hexdigest().encode(),
     )
+
+
+def test_a_body_still_arriving_after_the_answer_is_not_an_idle_connection() -> None:
+    """The engine answered early (a refusal, say) and the client goes on sending the body,
+    slowly: the rest is discarded as it comes, and the connection stays usable. Body bytes
+    read the direct way never reached uvicorn's data_received, so its keep-alive timer,
+    started by the answer, was never stopped: the connection was closed under the client
+    mid-body (BrokenPipeError, the next request never served)."""
+    body = random.Random(13).randbytes(2 * MiB)
+    answers: list[tuple[int, bytes]] = []
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/refused", len(body)) + body[:MiB])
+        answers.append(_response(sock))
+        for pos in range(MiB, len(body), 256 * KiB):
+            time.sleep(0.4)  # 1.6 s in all, past the keep-alive timeout of 1 s
+            sock.sendall(body[pos : pos + 256 * KiB])
+        sock.sendall(_head("/next", 3) + b"abc")
+        answers.append(_response(sock))
+
+    seen = _serve(Reads([256 * KiB], stop_after=256 * KiB), client, keep_alive=1)
+    assert [s["path"] for s in seen] == ["/refused", "/next"]
+    assert seen[1]["data"] == b"abc" and answers[1][0] == 200
+
+
+def test_a_connection_idle_after_a_body_answered_early_is_closed() -> None:
+    """Once that body has ended, the connection idles: closed after the keep-alive timeout
+    (the body's bytes stopped the timer the answer started; it must start again)."""
+    body = random.Random(14).randbytes(MiB)
+    closed: list[bool] = []
+
+    def client(sock: socket.socket) -> None:
+        sock.sendall(_head("/refused", len(body)) + body[: MiB // 2])
+        _response(sock)
+        time.sleep(0.1)
+        sock.sendall(body[MiB // 2 :])
+        sock.settimeout(3)
+        closed.append(sock.recv(1) == b"")  # keep-alive timeout: 1 s
+
+    _serve(Reads([64 * KiB], stop_after=64 * KiB), client, keep_alive=1)
+    assert closed == [True]
 
 
 def test_a_client_that_leaves_interrupts_the_reader_keeping_what_arrived() -> None:
