@@ -49,7 +49,7 @@ from edgestore.types import ChunkerParams, ChunkId
 
 log = logging.getLogger(__name__)
 
-KIND = "native"
+KIND = pins.KIND
 MAX_MISSING_BATCH = 10_000  # chunk ids per "which are missing?" request
 READ_BACK_PAGE = 256  # chunk rows loaded at a time while verifying: bounded memory
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -148,6 +148,13 @@ class NativeUploads:
             version = object_rows.get_version(conn, rec.version_id) if rec.version_id else None
         return SessionStatus(rec, count, nbytes, version)
 
+    def max_manifest_entries(self, upload_id: str) -> int:
+        """The most entries the session's manifest can have: the store's chunker cuts no chunk
+        below its minimum size but a file's last (a bound on a finalize request's body)."""
+        with self._core.db.read() as conn:
+            rec = self._session(conn, upload_id)
+        return (rec.length or 0) // self.params().min_size + 1
+
     def abort(self, upload_id: str) -> None:
         """Drop an open session and its pins (a finalized session's object stays)."""
         with self._core.db.read() as conn:
@@ -194,11 +201,20 @@ class NativeUploads:
         newly: list[str] = []
         with self._core.db.write() as conn:
             self._lock_open(conn, upload_id)
+            length = upload_rows.get(conn, upload_id).length if sizes is not None else None
+            if offset is not None and sizes is not None and length is not None:
+                end = offset + sum(sizes)
+                if end > length:
+                    raise InvalidInput(
+                        f"the announced chunks end at byte {end}, past the session's {length}"
+                    )
             have = pins.pin(conn, upload_id, chunk_ids, newly=newly)
         _report_dedup(on_dedup, newly, have)
         if self._wholefile is not None and offset is not None and sizes is not None:
             entries = list(zip(chunk_ids, sizes, strict=True))
-            self._wholefile.announce(upload_id, offset, entries, set(have))
+            # The order is kept in memory: no longer than the store's chunker can cut.
+            most = (length or 0) // self.params().min_size + 1
+            self._wholefile.announce(upload_id, offset, entries, set(have), max_entries=most)
         return [cid for cid in dict.fromkeys(chunk_ids) if cid not in have]
 
     def pin_if_stored(
@@ -332,8 +348,11 @@ class NativeUploads:
                 total - hashed,
             )
         if actual != declared:
+            # The actual digest is not named: a caller may hold chunk ids but not the bytes,
+            # and the digest is what stands between it and a copy of the object.
+            log.info("upload %s: whole-file SHA-256 is %s, not %s", upload_id, actual, declared)
             raise WholeFileMismatch(
-                f"the manifest's {total} bytes have SHA-256 {actual}, not {declared}; "
+                f"the manifest's {total} bytes do not have SHA-256 {declared}; "
                 "no version was created"
             )
 

@@ -105,13 +105,20 @@ class WholeFileHashes:
     # --- what the API tells it ------------------------------------------------------------------
 
     def announce(
-        self, upload_id: str, offset: int, entries: Sequence[tuple[str, int]], present: set[str]
+        self,
+        upload_id: str,
+        offset: int,
+        entries: Sequence[tuple[str, int]],
+        present: set[str],
+        *,
+        max_entries: int | None = None,
     ) -> None:
         """The chunks at `offset` onward, in file order; `present` are stored already.
 
         A batch at offset 0 starts the session's digest (or re-confirms it when a resumed
         client announces the same order again); a batch that disagrees with what was
-        announced before drops the digest, and one that leaves a gap is not followed.
+        announced before drops the digest, and one that leaves a gap is not followed. An
+        order longer than `max_entries` drops the digest too: it is held in memory.
         """
         with self._lock:
             track = self._tracks.get(upload_id)
@@ -129,6 +136,10 @@ class WholeFileHashes:
                 return
             start = _index_of(track.order, offset)
             if start is None:  # a gap, or an offset inside a chunk: not followed
+                return
+            if max_entries is not None and start + len(entries) > max_entries:
+                self._unregister(upload_id, track)
+                self._close_locked(track)
                 return
             for i, entry in enumerate(entries):
                 j = start + i

@@ -21,6 +21,7 @@ from edgestore.metadata.db import now
 from edgestore.metadata.schema import chunks, upload_pins, uploads
 from edgestore.metadata.uploads import OPEN
 
+KIND = "native"  # uploads.kind of a native session: the only kind that holds pins
 _IN_BATCH = 500  # rows per IN (...) list or multi-row INSERT: under every parameter limit
 
 
@@ -30,7 +31,8 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 def touch_open(conn: Connection, upload_id: str, *, expiry: float | None = None) -> bool:
-    """Mark activity on an open, unexpired session and lock its row; False if it is not.
+    """Mark activity on an open, unexpired native session and lock its row; False if it is
+    not (an upload of another kind is not: nothing releases pins when a tus upload completes).
 
     `expiry` (seconds): progress pushes the session's expiry back to at least this far from
     now, as a tus upload's checkpoints do."""
@@ -45,6 +47,7 @@ def touch_open(conn: Connection, upload_id: str, *, expiry: float | None = None)
         sa.update(uploads)
         .where(
             uploads.c.upload_id == upload_id,
+            uploads.c.kind == KIND,
             uploads.c.state == OPEN,
             sa.or_(uploads.c.expires_at.is_(None), uploads.c.expires_at >= t),
         )
@@ -62,8 +65,13 @@ def pin(
     `newly`: extended with the ids pinned by this call (not pinned to the session before)."""
     stored: dict[str, int] = {}
     for batch in _batches(list(dict.fromkeys(chunk_ids))):
+        # FOR KEY SHARE (PostgreSQL): gc's delete of a chunk found here waits for this
+        # transaction, which then holds a reference; a delete already under way is waited for,
+        # and its chunk is not returned (missing), rather than failing the pin's foreign key.
         found = conn.execute(
-            sa.select(chunks.c.chunk_id, chunks.c.raw_size).where(chunks.c.chunk_id.in_(batch))
+            sa.select(chunks.c.chunk_id, chunks.c.raw_size)
+            .where(chunks.c.chunk_id.in_(batch))
+            .with_for_update(read=True, key_share=True)
         )
         stored.update((r[0], r[1]) for r in found)
     if not stored:

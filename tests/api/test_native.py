@@ -114,11 +114,19 @@ def test_unknown_session_is_404_everywhere(http, probe, server, uid) -> None:
 
 
 def test_a_tus_upload_is_not_a_native_session(http, probe, server) -> None:
+    stored = random_bytes(20 * KiB, seed=30)
+    cid = sha256_hex(stored)
+    assert put(http, open_session(http, len(stored)), cid, stored).status_code == 201
     r = http.post("/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "5"})
     uid = r.headers["location"].rsplit("/", 1)[-1]
     with unchanged(probe, server):
         assert http.get(f"/v1/uploads/{uid}").status_code == 404
         assert put(http, uid, sha256_hex(b"hello"), b"hello").status_code == 404
+        assert put(http, uid, cid, stored).status_code == 404
+        # /missing must not pin chunks to a tus upload: nothing would ever release them
+        assert http.post(f"/v1/uploads/{uid}/missing", json={"chunk_ids": [cid]}).status_code == 404
+        assert finalize(http, uid, [(cid, stored)], cid).status_code == 404
+    assert pins_of(probe, uid) == set()
 
 
 def test_expired_session_is_410_everywhere(http, probe, server) -> None:

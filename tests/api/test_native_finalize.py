@@ -233,3 +233,34 @@ def test_a_malformed_announcement_is_refused(http, probe, server, extra, message
     with unchanged(probe, server):
         r = http.post(f"/v1/uploads/{uid}/missing", json=body)
     assert r.status_code in (400, 422) and message in r.text, r.text
+
+
+def test_a_manifest_body_beyond_what_the_session_can_need_is_413(http, probe, server) -> None:
+    """FastAPI reads a JSON body whole before validating it: a finalize body is capped by
+    what the session's manifest can hold (its size over the chunker's minimum), and /missing
+    and session creation by their own bounds, so a request cannot make the server buffer
+    gigabytes."""
+    uid = open_session(http, 100 * KiB)
+    entry = {"id": sha256_hex(b"x"), "size": 1}
+    huge = {"chunks": [entry] * 200_000, "sha256": sha256_hex(b"x")}  # ~16 MB of JSON
+    with unchanged(probe, server):
+        r = http.post(f"/v1/uploads/{uid}/finalize", json=huge)
+        assert r.status_code == 413, r.text
+        padding = {"chunk_ids": [], "pad": " " * (8 << 20)}
+        assert http.post(f"/v1/uploads/{uid}/missing", json=padding).status_code == 413
+        assert http.post("/v1/uploads", json={"size": 1, "pad": " " * (8 << 20)}).status_code == 413
+
+
+def test_a_wrong_sha256_refusal_does_not_reveal_the_right_one(http) -> None:
+    """Chunk ids alone (which /missing confirms for any stored chunk) are no proof of holding
+    the bytes: the whole-file SHA-256 is the rest of it. A 422 that named the real digest
+    would let a caller with ids alone finalize again with it, and read the object."""
+    data = random_bytes(200 * KiB, seed=21)
+    chunks = chunks_of(data)
+    owner = open_session(http, len(data), key="secret/a")
+    upload_all(http, owner, chunks)
+    assert finalize(http, owner, chunks, sha256_hex(data)).status_code == 200
+    uid = open_session(http, len(data), key="thief/a")
+    r = finalize(http, uid, chunks, sha256_hex(b"a guess"))
+    assert r.status_code == 422
+    assert sha256_hex(data) not in r.text

@@ -124,3 +124,27 @@ def test_a_session_receiving_chunks_has_its_expiry_pushed_back(small_engine: Eng
     assert native.missing(rec.upload_id, [parts[2][0]]) == [parts[2][0]]
     week = small_engine.settings.upload_expiry_seconds
     assert small_engine.uploads.get(rec.upload_id).expires_at > time.time() + week - 60
+
+
+def test_announcements_are_bounded_by_the_session(small_engine: Engine) -> None:
+    """The running whole-file digest keeps the announced order in memory: an announcement
+    past the session's size is refused, and one of more chunks than the store's chunker can
+    cut from that size is not followed (else one session's list grows without end)."""
+    from edgestore.errors import InvalidInput
+
+    native = _native(small_engine)
+    wholefile = small_engine.native._wholefile
+    assert wholefile is not None
+    data = random_bytes(100 * KiB, seed=32)
+    parts = chunks_of(data)
+    ids, sizes = [cid for cid, _ in parts], [len(c) for _, c in parts]
+    rec = native.create(size=len(data))
+    with pytest.raises(InvalidInput, match="past"):
+        native.missing(rec.upload_id, ids, offset=1, sizes=sizes)
+    native.missing(rec.upload_id, ids, offset=0, sizes=sizes)  # the honest order: followed
+    assert wholefile.progress(rec.upload_id) is not None
+
+    tiny = native.create(size=len(data))
+    many = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
+    native.missing(tiny.upload_id, many, offset=0, sizes=[1] * len(many))
+    assert wholefile.progress(tiny.upload_id) is None  # 1000 chunks from 100 KiB: not followed

@@ -1,0 +1,121 @@
+"""Native sessions under concurrency on PostgreSQL (SQLite serialises write transactions):
+pins against gc, finalize against expiry, so no session is told a chunk is held that gc takes,
+and no request fails with a database error."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from edgestore.config import load_settings
+from edgestore.engine import Engine
+from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata.chunks import reference_mismatches
+from tests.helpers import SMALL_CHUNKS, KiB, random_bytes
+from tests.native import chunks_of
+
+
+def _wait_until_blocked(engine: Engine, timeout: float = 10.0) -> None:
+    """Until some session of this database waits on a lock (the other transaction's)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.core.db.read() as conn:
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the second transaction never waited for the first")
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def _garbage_chunk(engine: Engine, seed: int) -> tuple[str, bytes]:
+    """A stored chunk no one references any more (its session was aborted)."""
+    cid, raw = chunks_of(random_bytes(40 * KiB, seed=seed))[0]
+    rec = engine.native.create(size=len(raw))
+    engine.native.put_chunk(rec.upload_id, cid, raw)
+    engine.native.abort(rec.upload_id)
+    return cid, raw
+
+
+def test_missing_racing_gc_reports_the_collected_chunk_missing(tmp_path, pg_url) -> None:
+    """gc deletes an unreferenced chunk while /missing pins it: /missing must wait and then
+    call the chunk missing (the client sends it), not fail on the pin's foreign key."""
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    with Engine.open(settings) as engine:
+        cid, _ = _garbage_chunk(engine, seed=1)
+        session = engine.native.create(size=1)
+        with engine.core.db.write() as conn:  # gc deletes the row, not yet committed...
+            assert chunk_index.delete_if_unreferenced(conn, cid, time.time() + 60) is not None
+            t, out = _in_thread(lambda: engine.native.missing(session.upload_id, [cid]))
+            _wait_until_blocked(engine)
+        t.join(10)
+        assert not t.is_alive()
+        assert out == [[cid]], out
+        with engine.core.db.read() as conn:
+            assert reference_mismatches(conn) == []
+
+
+def test_a_session_touched_as_it_lapses_is_not_expired_by_gc(tmp_path, pg_url, monkeypatch) -> None:
+    """A chunk arrives just before the session's expiry and pushes it back, while gc lists
+    the session as expired (from before that commit): gc must not then expire it, dropping
+    the pins the client was just told hold its chunks."""
+    from edgestore.metadata import pins
+    from edgestore.metadata import uploads as upload_rows
+    from edgestore.metadata.schema import uploads
+
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    parts = chunks_of(random_bytes(100 * KiB, seed=2))
+    with Engine.open(settings) as engine, Engine.open(settings) as other:
+        rec = engine.native.create(size=1, key="race/expiry")
+        engine.native.put_chunk(rec.upload_id, *parts[0])
+        lapses = time.time() + 0.5  # a week has passed: the session is about to lapse
+        with engine.core.db.write() as conn:
+            conn.execute(
+                sa.update(uploads)
+                .where(uploads.c.upload_id == rec.upload_id)
+                .values(expires_at=lapses)
+            )
+
+        real = pins.pin
+        fired: list[threading.Thread] = []
+
+        def pin(conn: Any, upload_id: str, chunk_ids: Any, **kw: Any) -> dict[str, int]:
+            if not fired:  # the session's row is touched and locked; its expiry passes; gc
+                time.sleep(max(0.0, lapses - time.time()) + 0.1)
+                t, _ = _in_thread(lambda: other.uploads.expire_stale(local_grace=3600))
+                fired.append(t)
+                _wait_until_blocked(engine)
+            return real(conn, upload_id, chunk_ids, **kw)
+
+        monkeypatch.setattr(pins, "pin", pin)
+        engine.native.put_chunk(rec.upload_id, *parts[1])
+        monkeypatch.undo()
+        fired[0].join(10)
+        assert not fired[0].is_alive()
+        st = engine.native.status(rec.upload_id)
+        assert (st.upload.state, st.pinned_chunks) == (upload_rows.OPEN, 2)
+        assert st.upload.expires_at is not None and st.upload.expires_at > time.time() + 3600
+        with engine.core.db.read() as conn:
+            assert reference_mismatches(conn) == []
