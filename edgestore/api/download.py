@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from urllib.parse import quote
 
 from fastapi import Request, Response
@@ -41,6 +41,17 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+# Any position with more digits is past every object's end; Python's int() refuses more than
+# 4300 digits, and a client's Range header must never make that a 500.
+_MAX_DIGITS = 19
+_BEYOND_ANY_SIZE = 10**_MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_DIGITS else _BEYOND_ANY_SIZE
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """A single `bytes=` range as [start, end), None to serve everything, InvalidRange → 416."""
     if header is None:
@@ -53,12 +64,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None  # not a byte range we understand: ignore it, as RFC 9110 permits
     first, last = m.group(1), m.group(2)
     if first:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-        if last and int(last) < start:
+        start = _position(first)
+        end = min(_position(last) + 1, size) if last else size
+        if last and _position(last) < start:
             return None
     else:
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0:
             raise InvalidRange("a zero-length suffix range cannot be satisfied", size=size)
         if size == 0:
@@ -85,7 +96,9 @@ def _headers(info: VersionInfo) -> dict[str, str]:
     return h
 
 
-async def _pull(services: Services, pieces: Iterator[bytes | memoryview]) -> AsyncIterator[bytes]:
+async def _pull(
+    services: Services, pieces: Iterator[bytes | memoryview]
+) -> AsyncGenerator[bytes, None]:
     """Pull a blocking iterator one chunk at a time on a worker thread."""
     sentinel = object()
     try:
@@ -102,7 +115,16 @@ async def _pull(services: Services, pieces: Iterator[bytes | memoryview]) -> Asy
             await asyncio.to_thread(close)
 
 
-def object_response(
+async def _prefetched(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        await rest.aclose()
+
+
+async def object_response(
     request: Request, services: Services, info: VersionInfo, *, head: bool = False
 ) -> Response:
     headers = _headers(info)
@@ -134,5 +156,12 @@ def object_response(
     headers["Content-Type"] = media_type
     if head:
         return Response(status_code=status, headers=headers)
-    pieces = services.engine.objects.read(info, start, end)
-    return StreamingResponse(_pull(services, pieces), status_code=status, headers=headers)
+    body = _pull(services, services.engine.objects.read(info, start, end))
+    # The first piece is read before the status goes out: an object whose first chunk cannot
+    # be rebuilt (every one-chunk object) is an error response the client can read, not a
+    # 200 whose body breaks off. A later chunk can only end the connection early.
+    try:
+        first = await anext(body)
+    except StopAsyncIteration:
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(_prefetched(first, body), status_code=status, headers=headers)

@@ -110,7 +110,7 @@ async def get_object(
     request: Request, bucket: str, key: str, version: VersionQuery = None
 ) -> Response:
     info = await _stat(request, ObjectSelector(bucket=bucket, key=key, version=version))
-    return object_response(request, services(request), info)
+    return await object_response(request, services(request), info)
 
 
 @router.head("/objects/{bucket}/{key:path}", summary="Object headers", response_class=Response)
@@ -118,7 +118,7 @@ async def head_object(
     request: Request, bucket: str, key: str, version: VersionQuery = None
 ) -> Response:
     info = await _stat(request, ObjectSelector(bucket=bucket, key=key, version=version))
-    return object_response(request, services(request), info, head=True)
+    return await object_response(request, services(request), info, head=True)
 
 
 @router.delete("/objects/{bucket}/{key:path}", summary="Delete a version", status_code=204)
@@ -138,13 +138,13 @@ async def delete_object(
 )
 async def get_by_id(request: Request, object_id: str, version: VersionQuery = None) -> Response:
     info = await _stat(request, ObjectSelector(object_id=object_id, version=version))
-    return object_response(request, services(request), info)
+    return await object_response(request, services(request), info)
 
 
 @router.head("/ids/{object_id}", summary="Object headers by id", response_class=Response)
 async def head_by_id(request: Request, object_id: str, version: VersionQuery = None) -> Response:
     info = await _stat(request, ObjectSelector(object_id=object_id, version=version))
-    return object_response(request, services(request), info, head=True)
+    return await object_response(request, services(request), info, head=True)
 
 
 @router.delete("/ids/{object_id}", summary="Delete a version by object id", status_code=204)

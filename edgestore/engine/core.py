@@ -132,14 +132,18 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
 
         def on_faults(chunk: str, faults: list[ShardFault]) -> None:
             reason = "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults)
-            log.warning("chunk %s read around bad shards: %s", chunk, reason)
             try:
                 with db.write() as conn:
-                    chunk_index.queue_repair(
+                    queued = chunk_index.queue_repair(
                         db, conn, chunk, reason, [f.shard_index for f in faults]
                     )
             except Exception:
-                log.exception("could not queue chunk %s for repair", chunk)
+                log.exception("could not queue chunk %s for repair (%s)", chunk, reason)
+                return
+            if queued:
+                log.warning("chunk %s read around bad shards: %s", chunk, reason)
+            else:  # collected by gc while it was being read: nothing to repair
+                log.info("chunk %s was collected while it was being read", chunk)
 
         return EngineCore(
             settings=settings,

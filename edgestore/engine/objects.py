@@ -142,10 +142,14 @@ class Objects:
                 elif hi > lo:
                     yield memoryview(raw)[lo:hi]
         except (ChunkUnreadable, ChunkCorrupt) as exc:
-            raise type(exc)(
-                f"object {info.bucket}/{info.key} version {info.version} "
-                f"(id {info.object_id}) cannot be read: {exc.message}"
-            ) from exc
+            what = f"object {info.bucket}/{info.key} version {info.version} (id {info.object_id})"
+            # A version deleted mid-read loses its manifest rows at once, and after the grace
+            # period gc takes its chunks: that is not lost data, and must not read like it.
+            with core.db.read() as conn:
+                gone = object_rows.get_version(conn, info.version_id) is None
+            if gone:
+                raise ObjectNotFound(f"{what} was deleted while it was being read") from exc
+            raise type(exc)(f"{what} cannot be read: {exc.message}") from exc
 
     def _entries(
         self, info: VersionInfo, start: int, stop: int
@@ -155,11 +159,7 @@ class Objects:
         pos = start
         while pos < stop:
             with db.read() as conn:
-                page = []
-                for entry in object_rows.manifest(conn, info.version_id, pos, stop):
-                    page.append(entry)
-                    if len(page) >= MANIFEST_PAGE:
-                        break
+                page = list(object_rows.manifest(conn, info.version_id, pos, stop, MANIFEST_PAGE))
                 records = chunk_index.load(conn, [e.chunk_id for e in page])
             if not page:
                 raise ChunkUnreadable(f"manifest of {info.version_id} ends before byte {pos}")

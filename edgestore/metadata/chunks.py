@@ -211,7 +211,18 @@ def note_read(conn: Connection, chunk_ids: Sequence[str]) -> None:
         )
 
 
-def queue_repair(db: Database, conn: Connection, chunk: str, reason: str, bad: list[int]) -> None:
+def queue_repair(db: Database, conn: Connection, chunk: str, reason: str, bad: list[int]) -> bool:
+    """Queue the chunk for repair; False (nothing queued) if its row is gone.
+
+    A read can find a chunk's shards gone because gc collected it meanwhile (its version was
+    deleted mid-read). The row is locked first (PostgreSQL): a concurrent gc either commits
+    before (the row is not found) or waits, and its delete of the queue entry comes after.
+    """
+    exists = conn.execute(
+        sa.select(chunks.c.chunk_id).where(chunks.c.chunk_id == chunk).with_for_update(read=True)
+    ).first()
+    if exists is None:
+        return False
     t = now()
     stmt = db.insert(repair_queue).values(
         chunk_id=chunk, reason=reason, bad_shards=bad, first_seen=t, last_seen=t, count=1
@@ -226,6 +237,7 @@ def queue_repair(db: Database, conn: Connection, chunk: str, reason: str, bad: l
         },
     )
     conn.execute(stmt)
+    return True
 
 
 # --- garbage collection ---------------------------------------------------------------------

@@ -335,15 +335,23 @@ def list_versions(conn: Connection, object_id: str) -> list[VersionInfo]:
 
 
 def manifest(
-    conn: Connection, version_id: str, start: int = 0, end: int | None = None
+    conn: Connection,
+    version_id: str,
+    start: int = 0,
+    end: int | None = None,
+    limit: int | None = None,
 ) -> Iterator[ManifestEntry]:
-    """Manifest entries overlapping [start, end), in order."""
+    """Manifest entries overlapping [start, end), in order; the first `limit` of them.
+
+    A page must be limited here, not by stopping early: PostgreSQL's driver receives the
+    whole result of a query before the first row is read.
+    """
     q = sa.select(manifests).where(manifests.c.version_id == version_id)
     if start:
         q = q.where(manifests.c.offset + manifests.c.length > start)
     if end is not None:
         q = q.where(manifests.c.offset < end)
-    for r in conn.execute(q.order_by(manifests.c.seq)):
+    for r in conn.execute(q.order_by(manifests.c.seq).limit(limit)):
         yield ManifestEntry(r.seq, ChunkId(r.chunk_id), r.offset, r.length)
 
 

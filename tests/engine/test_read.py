@@ -9,7 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
-from edgestore.errors import ChunkCorrupt
+from edgestore.engine import objects as objects_module
+from edgestore.errors import ChunkCorrupt, ObjectNotFound
+from edgestore.maintenance import gc
 from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import MiB, blocks_of, random_bytes, read_all
 
@@ -128,3 +130,49 @@ def test_a_corrupt_inline_chunk_is_a_clear_error(small_engine: Engine, at: int) 
     with small_engine.core.db.write() as conn:
         conn.execute(sa.update(chunks).where(chunks.c.chunk_id == cid).values(inline_data=blob))
     _assert_clear_corruption(small_engine, v, cid)
+
+
+@pytest.mark.parametrize("collected", [False, True], ids=["deleted", "deleted-and-collected"])
+def test_a_version_deleted_while_it_is_read_ends_the_read_as_not_found(
+    small_engine: Engine, monkeypatch, collected: bool
+) -> None:
+    """A download whose version is deleted meanwhile (its manifest rows go at once; with gc,
+    its chunks' rows and files too) stops with ObjectNotFound saying so: not a ChunkUnreadable
+    that reads like lost data, and no repair queued for the chunks gc took."""
+    monkeypatch.setattr(objects_module, "MANIFEST_PAGE", 16)  # pages beyond the read-ahead
+    data = random_bytes(2 * MiB, seed=9)
+    v = small_engine.put(blocks_of(data), key="going")
+    pieces = small_engine.objects.read(v)
+    got = bytes(next(pieces))
+    small_engine.objects.delete(v)
+    if collected:
+        assert gc.collect(small_engine, grace=0).chunks_deleted > 0
+    with pytest.raises(ObjectNotFound, match="deleted while it was being read") as info:
+        for piece in pieces:
+            got += bytes(piece)
+    assert f"{v.bucket}/{v.key}" in str(info.value)
+    assert data.startswith(got) and len(got) < len(data)
+    with small_engine.core.db.read() as conn:
+        assert conn.execute(sa.select(repair_queue.c.chunk_id)).all() == []
+
+
+def test_manifest_pages_fetch_one_page_each(small_engine: Engine, monkeypatch) -> None:
+    """Each manifest page is a query bounded by a LIMIT. Without it, PostgreSQL hands the
+    client every remaining entry for every page: quadratic in the object's size (a 1 TB
+    object has ~250k entries, re-sent ~1000 times)."""
+    monkeypatch.setattr(objects_module, "MANIFEST_PAGE", 4)
+    data = random_bytes(MiB, seed=10)
+    v = small_engine.put(blocks_of(data), key="paged")
+    queries: list[tuple[str, int]] = []  # (statement, rows sent: PostgreSQL; -1: SQLite)
+
+    def count(conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM manifests" in statement:
+            queries.append((statement, cursor.rowcount))
+
+    sa.event.listen(small_engine.core.db.engine, "after_cursor_execute", count)
+    try:
+        assert read_all(small_engine, v) == data
+    finally:
+        sa.event.remove(small_engine.core.db.engine, "after_cursor_execute", count)
+    assert len(queries) > 2
+    assert all("LIMIT" in q.upper() and rows <= 4 for q, rows in queries), [r for _, r in queries]

@@ -26,4 +26,4 @@ async def download(upload_id: str, request: Request) -> Response:
     if rec.version_id is None:
         raise NotFound(f"upload {upload_id} is not finished ({rec.offset} bytes so far)")
     info = await asyncio.to_thread(svc.engine.objects.by_version_id, rec.version_id)
-    return object_response(request, svc, info)
+    return await object_response(request, svc, info)

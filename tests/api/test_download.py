@@ -1,0 +1,210 @@
+"""Downloads over a real server with small chunks: any Range against the source bytes, HEAD
+answering GET's headers, and what a client sees when a chunk cannot be rebuilt.
+
+Objects span many chunks (16/64/256 KiB), so ranges start, end and cross chunk boundaries.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import reset_pg
+from tests.helpers import SMALL_CHUNKS, KiB, MiB, random_bytes, tus_upload
+from tests.server import ServerProcess
+
+SIZES = (0, 1, 1000, 16 * KiB - 1, 300 * KiB + 7, 2 * MiB + 5)
+_VOLATILE = {"date", "x-request-id"}
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def small_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp("download-server")
+    if request.param == "sqlite":
+        url = f"sqlite:///{base / 'meta.db'}"
+    else:
+        url = request.getfixturevalue("pg_server_url")
+        reset_pg(url)
+    env = {f"EDGESTORE_{name.upper()}": str(value) for name, value in SMALL_CHUNKS.items()}
+    proc = ServerProcess(home=base / "home", database_url=url, env_extra=env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def objects(small_server: ServerProcess) -> dict[int, tuple[str, bytes]]:
+    """One object per size in SIZES: its path and bytes."""
+    bucket = f"b{uuid.uuid4().hex[:12]}"
+    found = {}
+    with small_server.client() as c:
+        for size in SIZES:
+            data = random_bytes(size, seed=size)
+            tus_upload(c, data, metadata={"bucket": bucket, "key": f"s{size}"})
+            found[size] = (f"/objects/{bucket}/s{size}", data)
+    return found
+
+
+def _expected(spec: list[tuple[int | None, int | None]], size: int) -> tuple[int, int, int]:
+    """(status, start, end) the documented rules give for these range-specs."""
+    if len(spec) > 1:
+        return 200, 0, size  # several ranges: the whole object
+    first, last = spec[0]
+    if first is None:
+        assert last is not None
+        if last == 0:
+            return 416, 0, 0
+        if size == 0:
+            return 200, 0, 0
+        return 206, max(size - last, 0), size
+    if last is not None and last < first:
+        return 200, 0, size  # an invalid range-spec is ignored
+    if first >= size:
+        return 416, 0, 0
+    return 206, first, size if last is None else min(last + 1, size)
+
+
+_position = st.integers(min_value=0, max_value=3 * MiB)
+_range_spec = st.one_of(
+    st.tuples(_position, _position),
+    st.tuples(_position, st.none()),
+    st.tuples(st.none(), _position),
+)
+
+
+def _header(spec: list[tuple[int | None, int | None]]) -> str:
+    return "bytes=" + ",".join(
+        f"{'' if a is None else a}-{'' if b is None else b}" for a, b in spec
+    )
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(size=st.sampled_from(SIZES), spec=st.lists(_range_spec, min_size=1, max_size=3))
+def test_any_range_serves_the_source_bytes(small_server, objects, size, spec) -> None:
+    path, data = objects[size]
+    header = _header(spec)
+    status, start, end = _expected(spec, size)
+    with small_server.client() as c:
+        r = c.get(path, headers={"Range": header})
+        h = c.head(path, headers={"Range": header})
+    assert r.status_code == status, (header, r.status_code, r.text[:200])
+    if status == 416:
+        assert r.headers["Content-Range"] == f"bytes */{size}"
+    else:
+        assert r.content == data[start:end]
+        assert r.headers["Content-Length"] == str(end - start)
+        if status == 206:
+            assert r.headers["Content-Range"] == f"bytes {start}-{end - 1}/{size}"
+        else:
+            assert "Content-Range" not in r.headers
+        # HEAD answers exactly GET's headers, without the body.
+        assert h.status_code == status and h.content == b""
+        assert {k: v for k, v in h.headers.items() if k not in _VOLATILE} == {
+            k: v for k, v in r.headers.items() if k not in _VOLATILE
+        }
+
+
+@pytest.mark.parametrize("spec", ["bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000])
+def test_a_range_with_thousands_of_digits_is_not_a_500(small_server, objects, spec) -> None:
+    """Python refuses int() of more than 4300 digits: such a position must still be read as
+    a (huge) number, not answered with an internal error."""
+    path, data = objects[1000]
+    with small_server.client() as c:
+        r = c.get(path, headers={"Range": spec})
+    if spec.endswith("-"):
+        assert r.status_code == 416 and r.headers["Content-Range"] == "bytes */1000"
+    else:
+        assert r.status_code == 206 and r.content == data
+
+
+def test_a_suffix_range_with_thousands_of_digits_is_the_whole_object(small_server, objects) -> None:
+    path, data = objects[1000]
+    with small_server.client() as c:
+        r = c.get(path, headers={"Range": "bytes=-" + "9" * 5000})
+    assert r.status_code == 206 and r.content == data
+
+
+# --- chunks that cannot be rebuilt -------------------------------------------------------------
+
+
+def _lose_shards(server: ServerProcess, path: str, seq: int, count: int) -> str:
+    """Delete `count` shard files of entry `seq` of the object at `path`; its chunk id."""
+    bucket, key = path.removeprefix("/objects/").split("/", 1)
+    eng = sa.create_engine(server.database_url)
+    try:
+        with eng.connect() as conn:
+            cid, layout = conn.execute(
+                sa.text(
+                    "SELECT m.chunk_id, c.layout FROM manifests m"
+                    " JOIN chunks c ON c.chunk_id = m.chunk_id"
+                    " JOIN object_versions v ON v.version_id = m.version_id"
+                    " JOIN objects o ON o.object_id = v.object_id"
+                    " WHERE o.bucket = :b AND o.key = :k AND m.seq = :s"
+                ),
+                {"b": bucket, "k": key, "s": seq},
+            ).one()
+            assert layout in ("ec", "replica"), layout
+            files = conn.execute(
+                sa.text("SELECT backend, key FROM shards WHERE chunk_id = :c ORDER BY shard_index"),
+                {"c": cid},
+            ).all()
+    finally:
+        eng.dispose()
+    for backend, key in files[:count]:
+        (Path(server.home) / "shards" / backend / key).unlink()
+    return str(cid)
+
+
+def _upload_unique(server: ServerProcess, size: int, seed: int) -> tuple[str, bytes]:
+    bucket = f"b{uuid.uuid4().hex[:12]}"
+    data = random_bytes(size, seed=seed)
+    with server.client() as c:
+        tus_upload(c, data, metadata={"bucket": bucket, "key": "lost"})
+    return f"/objects/{bucket}/lost", data
+
+
+def test_an_unreadable_first_chunk_is_a_500_naming_object_and_chunk(small_server) -> None:
+    """Nothing has been sent yet when the first chunk fails: the client gets an error it can
+    read (status 500, the object and the chunk named), not a 200 whose body breaks off."""
+    path, _data = _upload_unique(small_server, 200 * KiB, seed=301)  # one chunk
+    cid = _lose_shards(small_server, path, 0, 9)
+    with small_server.client() as c:
+        r = c.get(path)
+    assert r.status_code == 500, (r.status_code, r.headers)
+    body = r.json()
+    assert body["error"] == "chunk_unreadable"
+    assert cid in body["message"] and path.split("/")[2] in body["message"]
+
+
+def test_a_chunk_lost_mid_stream_aborts_the_connection(small_server) -> None:
+    """After the 200 and some bytes, a chunk that cannot be rebuilt ends the connection
+    short of Content-Length: the client cannot mistake what arrived for the object."""
+    path, data = _upload_unique(small_server, 2 * MiB, seed=302)
+    _lose_shards(small_server, path, 5, 9)
+    with socket.create_connection(("127.0.0.1", small_server.port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        while chunk := s.recv(1 << 16):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert f"content-length: {len(data)}".encode() in head.lower()
+    assert 0 < len(body) < len(data)
+    assert data.startswith(body)  # what was sent is right; only the rest is missing
+    with small_server.client() as c, pytest.raises(httpx.RemoteProtocolError):
+        c.get(path)
