@@ -18,7 +18,7 @@ from edgestore.buffers import trim_pools
 from edgestore.config import Settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
-from edgestore.maintenance.hashes import fill_missing_sha256
+from edgestore.maintenance.hashes import DigestCursor, fill_missing_sha256
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
 log = logging.getLogger("edgestore.http")
@@ -33,6 +33,7 @@ async def upkeep(svc: Services) -> None:
     """Background upkeep: expire abandoned uploads, collect garbage, fill missing digests."""
     interval = svc.settings.maintenance_interval_seconds
     rounds = 0
+    digests = DigestCursor()
     while True:
         await asyncio.sleep(interval)
         rounds += 1
@@ -42,7 +43,7 @@ async def upkeep(svc: Services) -> None:
             )
             if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
                 log.info("upkeep: %s", report)
-            await asyncio.to_thread(fill_missing_sha256, svc.engine)
+            await asyncio.to_thread(fill_missing_sha256, svc.engine, cursor=digests)
             trim_pools(POOL_IDLE_SECONDS)  # spare buffers of a store that went quiet
         except Exception:
             log.exception("upkeep round failed; will retry")

@@ -22,6 +22,10 @@ from edgestore.storage.placement import parse_shard_key
 log = logging.getLogger(__name__)
 
 BATCH = 200
+# Files younger than this are never orphans, whatever the grace: a chunk's shards and a staged
+# tail are written before the row that names them commits (the row is the commit point), so
+# a file seconds old and unknown to the index is most likely one being written right now.
+ORPHAN_MIN_AGE = 600.0
 
 
 @dataclass
@@ -52,7 +56,8 @@ def collect(
 ) -> GcReport:
     """Run one collection; `grace` (seconds) defaults to the configured gc_grace_seconds.
 
-    `orphans=False` skips listing the data dirs for orphan files (the costly part).
+    `orphans=False` skips listing the data dirs for orphan files (the costly part), which
+    spares files younger than ORPHAN_MIN_AGE even when `grace` is shorter.
     """
     grace = engine.settings.gc_grace_seconds if grace is None else grace
     report = GcReport()
@@ -61,7 +66,7 @@ def collect(
     progress("uploads", report.uploads_expired)
     _collect_chunks(engine, now() - grace, report, progress)
     if orphans:
-        _collect_orphans(engine, now() - grace, report, progress)
+        _collect_orphans(engine, now() - max(grace, ORPHAN_MIN_AGE), report, progress)
     report.seconds = time.monotonic() - started
     return report
 
@@ -107,6 +112,9 @@ def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: 
         if name in dirs.unavailable:
             continue
         try:
+            # Still the disk this name was opened on: under another one (remounted, swapped)
+            # every shard would look unknown, and be deleted.
+            backend.check()
             blobs = list(backend.list())
         except StorageError as exc:
             report.errors += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 
 from edgestore.engine import Engine
 from edgestore.errors import StorageError
@@ -17,11 +18,25 @@ from edgestore.metadata import objects as object_rows
 log = logging.getLogger(__name__)
 
 
-def fill_missing_sha256(engine: Engine, limit: int = 10) -> int:
-    """Compute up to `limit` missing digests; returns how many were filled."""
+@dataclass
+class DigestCursor:
+    """Where the next round goes on: past the versions the last one tried. A version that
+    cannot be read keeps no digest; taken first every round, it would hold up every version
+    after it (and be read again each time)."""
+
+    after: str | None = None
+
+
+def fill_missing_sha256(engine: Engine, limit: int = 10, cursor: DigestCursor | None = None) -> int:
+    """Compute up to `limit` missing digests; returns how many were filled.
+
+    `cursor`: carried from round to round, so they take turns (from the start again once
+    past the last)."""
     db = engine.core.db
     with db.read() as conn:
-        todo = object_rows.without_sha256(conn, limit)
+        todo = object_rows.without_sha256(conn, limit, cursor.after if cursor else None)
+    if cursor is not None:
+        cursor.after = str(todo[-1].version_id) if len(todo) == limit else None
     done = 0
     for info in todo:
         h = hashlib.sha256()

@@ -355,10 +355,15 @@ def manifest(
         yield ManifestEntry(r.seq, ChunkId(r.chunk_id), r.offset, r.length)
 
 
-def without_sha256(conn: Connection, limit: int = 10) -> list[VersionInfo]:
-    """Versions whose whole-file SHA-256 is not known yet (concatenations)."""
-    q = _versions_query().where(object_versions.c.sha256.is_(None)).limit(limit)
-    return [_info(r) for r in conn.execute(q)]
+def without_sha256(
+    conn: Connection, limit: int = 10, after: str | None = None
+) -> list[VersionInfo]:
+    """Versions whose whole-file SHA-256 is not known yet (concatenations), by version id,
+    from the first one past `after`."""
+    q = _versions_query().where(object_versions.c.sha256.is_(None))
+    if after is not None:
+        q = q.where(object_versions.c.version_id > after)
+    return [_info(r) for r in conn.execute(q.order_by(object_versions.c.version_id).limit(limit))]
 
 
 def sha256_of_manifest(conn: Connection, digest: str) -> str | None:

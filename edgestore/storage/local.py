@@ -282,6 +282,11 @@ class LocalBackend:
             raise StorageUnavailable(
                 f"data dir {self.root} belongs to another store ({info.get('store_id')})"
             )
+        if info.get("name") not in (None, self.name):  # another disk of this store mounted here
+            raise StorageUnavailable(
+                f"data dir {self.root} is data dir {info.get('name')}, not {self.name} "
+                "(disks swapped since the server started?)"
+            )
         if not os.access(self.root, os.W_OK):
             raise StorageUnavailable(f"data dir {self.root} is not writable")
 

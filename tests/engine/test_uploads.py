@@ -244,32 +244,6 @@ def test_terminate_and_expiry(small_engine: Engine) -> None:
         assert reference_mismatches(conn) == []
 
 
-def test_an_upload_being_written_is_not_expired(small_engine: Engine) -> None:
-    """A request still streaming (its write lease live) outlives the upload's expiry: a long
-    PATCH with a checksum commits nothing until its end, so nothing pushes the expiry back.
-    Expired under it, the request failed at its end (410) with every byte it carried lost."""
-    uploads = small_engine.uploads
-    up = uploads.create(length=10, expires_in=0.2)
-    stalled = threading.Event()
-
-    def blocks() -> Iterator[bytes]:
-        yield b"01234"
-        stalled.wait(10)
-        yield b"56789"
-
-    done: list[object] = []
-    writer = threading.Thread(target=lambda: done.append(uploads.append(up.upload_id, 0, blocks())))
-    writer.start()
-    try:
-        time.sleep(0.4)  # past its expiry, the request still running
-        assert uploads.expire_stale(local_grace=3600) == 0
-    finally:
-        stalled.set()
-        writer.join(10)
-    rec = done[0]
-    assert isinstance(rec, upload_rows.UploadRecord) and rec.state == upload_rows.COMPLETE
-
-
 def test_deferred_length(small_engine: Engine) -> None:
     up = small_engine.uploads.create()
     assert up.length is None

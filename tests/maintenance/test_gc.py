@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -133,3 +135,41 @@ def test_a_waiting_final_lives_while_its_partials_receive_bytes(small_engine: En
     assert small_engine.uploads.get(a.upload_id).state == "complete"
     assert small_engine.uploads.get_open(final.upload_id).expires_at >= b_expires
     _finish_b_and_check(small_engine, b, final, a_data + b_data, b_data)
+
+
+def test_an_upload_receiving_bytes_is_not_expired(small_engine: Engine) -> None:
+    """Its expiry passed during a long request that has not checkpointed yet (a request
+    with Upload-Checksum commits nothing before its end): the writer still holds its lease,
+    renewed as bytes flow. Expiry took it all the same, and the request's bytes were refused
+    at its end (410) although they kept arriving the whole time."""
+    data = random_bytes(1 * MiB, seed=31)
+    up = small_engine.uploads.create(length=len(data))
+    halfway, resume = threading.Event(), threading.Event()
+
+    def source() -> Iterator[bytes]:
+        yield data[: len(data) // 2]
+        halfway.set()
+        resume.wait(10)
+        yield data[len(data) // 2 :]
+
+    result: list[Any] = []
+    t = threading.Thread(
+        target=lambda: result.append(_append_or_error(small_engine, up.upload_id, source()))
+    )
+    t.start()
+    assert halfway.wait(10)
+    _set_expiry(small_engine, up.upload_id, time.time() - 10)
+    report = gc.collect(small_engine, grace=3600)
+    resume.set()
+    t.join(10)
+    assert report.uploads_expired == 0
+    assert result and getattr(result[0], "state", result[0]) == "complete"
+    done = small_engine.uploads.get(up.upload_id)
+    assert read_all(small_engine, small_engine.objects.by_version_id(done.version_id)) == data
+
+
+def _append_or_error(engine: Engine, upload_id: str, blocks: Iterator[bytes]) -> Any:
+    try:
+        return engine.uploads.append(upload_id, 0, blocks)
+    except Exception as exc:
+        return exc

@@ -314,6 +314,14 @@ def test_dir_of_another_store_is_refused(backend):
     assert str(backend.root) in str(info.value)
 
 
+def test_dir_claimed_under_another_name_is_refused(backend):
+    """The disk of d0 mounted where d3 was (swapped under a running server): writes and the
+    orphan sweep would go to the wrong disk."""
+    with pytest.raises(StorageUnavailable, match="is data dir d0, not d3") as info:
+        LocalBackend("d3", backend.root, store_id=STORE).check()
+    assert str(backend.root) in str(info.value)
+
+
 def test_unreadable_marker_is_refused(backend):
     (backend.root / MARKER).write_bytes(b"{not json")
     with pytest.raises(StorageUnavailable, match="cannot be read"):
