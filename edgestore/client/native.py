@@ -153,10 +153,16 @@ class NativeUpload:
     def run(self) -> UploadResult:
         started = time.monotonic()
         session, resumed = self._open_session()
-        params = chunker_params(session)
         self._upload_id = session["upload_id"]
-        self._max_batch = int(session["params"].get("max_missing_batch", 1000))
         self._progress.start(self._source.size)
+        if session["state"] == "complete":  # the attempt this reruns committed it
+            self._sha256 = session["version"]["sha256"] or ""
+            self._skipped.add(self._source.size)
+            self._progress.skipped(self._source.size)
+            self._hints.clear(self._hint_key)
+            return self._result(session["version"], started, resumed)
+        params = chunker_params(session)
+        self._max_batch = int(session["params"].get("max_missing_batch", 1000))
         try:
             self._run_threads(params)
             version = self._finalize()
@@ -164,6 +170,9 @@ class NativeUpload:
             self._abandon()
             raise
         self._hints.clear(self._hint_key)
+        return self._result(version, started, resumed)
+
+    def _result(self, version: dict[str, Any], started: float, resumed: bool) -> UploadResult:
         return UploadResult(
             object_id=version["object_id"],
             version=version["version"],
@@ -202,6 +211,8 @@ class NativeUpload:
                 st = None
             if st and st["state"] == "open" and st["size"] == self._source.size:
                 return st, True
+            if st and st["state"] == "complete" and self._committed(st):
+                return st, True
         body = {
             "bucket": self._bucket,
             "key": self._key,
@@ -215,6 +226,14 @@ class NativeUpload:
             self._hint_key, self._source.identity, {"upload_id": st["upload_id"], **wanted}
         )
         return st, False
+
+    def _committed(self, session: dict[str, Any]) -> bool:
+        """Whether the hinted session's version is this file: its finalize committed but the
+        answer never came (retries ran out, or a kill). The hint matched the file as it is
+        now, and finalize checked the file unchanged since the hint was written, so that
+        version holds these bytes; a new session would store them again as the next version."""
+        version = session.get("version")
+        return bool(version) and version.get("size") == self._source.size
 
     def _run_threads(self, params: ChunkerParams) -> None:
         threads = [

@@ -1,11 +1,12 @@
 """Which request failures are worth another try, and how long to wait before it.
 
-Retried: connection errors, timeouts, a connection dropped mid-response, 5xx, 429 (rate
-limited), 423 (a tus upload still locked by a dying request) and 460 (tus: the bytes were
-corrupted in transit). Waits grow exponentially with full jitter (a uniform draw in
+Retried: connection errors, timeouts, a connection dropped mid-response, 5xx but 501, 505 and
+507, 429 (rate limited), 423 (a tus upload still locked by a dying request) and 460 (tus: the
+bytes were corrupted in transit). Waits grow exponentially with full jitter (a uniform draw in
 [0, min(cap, base * 2^attempt)]), so many clients hitting a restarting server spread out; a
-`Retry-After` from the server is honoured as a minimum. The number of tries is bounded, and the
-final error says how to resume, because nothing already acknowledged is lost.
+`Retry-After` from the server is honoured as a minimum. The number of tries in a row that made
+no progress is bounded, and the final error says how to resume, because nothing already
+acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import httpx
 from edgestore.errors import TransferInterrupted
 
 RETRY_STATUSES = frozenset({423, 429, 460})
+# 5xx answers that waiting does not change: not implemented, HTTP version not supported, and
+# 507 (a bucket's quota, or a full store): retried, they ended as "transfer interrupted, run
+# the same command again" (exit code 7) a minute later instead of the quota error (exit 9).
+PERMANENT_5XX = frozenset({501, 505, 507})
 # httpx errors that mean "the request may not have arrived, or its answer got lost".
 RETRY_ERRORS: tuple[type[Exception], ...] = (
     httpx.TimeoutException,
@@ -51,7 +56,7 @@ class RetryPolicy:
 
 
 def retryable_status(status: int) -> bool:
-    return status >= 500 or status in RETRY_STATUSES
+    return (status >= 500 and status not in PERMANENT_5XX) or status in RETRY_STATUSES
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -89,14 +94,20 @@ def call_with_retry(
     resume_hint: str = DEFAULT_RESUME_HINT,
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[str], None] | None = None,
+    progressed: Callable[[], bool] | None = None,
 ) -> httpx.Response:
     """Call `send` until it returns a response that is not worth retrying, or tries run out.
 
     Returns that response (success or a definite error: the caller maps it). Raises
-    TransferInterrupted, naming `what` and the last failure, when every try failed.
+    TransferInterrupted, naming `what` and the last failure, when `policy.tries` tries in a row
+    failed. `progressed`, asked after each failed try, says whether that try moved the
+    transfer on (a tus PATCH cut after some bytes landed): such a try starts the count again,
+    so a link that drops every few megabytes still completes a long PATCH.
     """
     last = "no attempt made"
-    for attempt in range(max(1, policy.tries)):
+    tries = max(1, policy.tries)
+    failed = 0  # tries in a row that failed without progress
+    while True:
         retry_after = None
         try:
             resp = send()
@@ -108,12 +119,13 @@ def call_with_retry(
             last = _status_text(resp)
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
             resp.close()
-        if attempt + 1 >= policy.tries:
+        failed = 1 if progressed is not None and progressed() else failed + 1
+        if failed >= tries:
             break
         if on_retry is not None:
             on_retry(last)
-        sleep(policy.delay(attempt, retry_after))
+        sleep(policy.delay(failed - 1, retry_after))
     raise TransferInterrupted(
-        f"{what} failed {policy.tries} times (last: {last}); nothing acknowledged is lost: "
+        f"{what} failed {failed} times in a row (last: {last}); nothing acknowledged is lost: "
         f"{resume_hint}"
     )

@@ -272,14 +272,16 @@ class TusUpload:
         while offset < length:
             n = min(PATCH_BYTES, length - offset)
             at = offset
+            moved = False  # a HEAD found the upload further on since the last failed try
 
             def send() -> httpx.Response:
-                nonlocal at, stale
+                nonlocal at, stale, moved
                 if stale:
                     head = self._t.http.head(url, headers=TUS)
                     if head.status_code not in (200, 204):
                         return head
-                    at, stale = int(head.headers["upload-offset"]), False
+                    now = int(head.headers["upload-offset"])
+                    at, stale, moved = now, False, moved or now > at
                     if at >= length:  # the lost response's PATCH had completed the part
                         return head
                 stale = True  # until a 204 says where the upload stands
@@ -295,6 +297,13 @@ class TusUpload:
                     },
                 )
 
+            def progressed() -> bool:
+                """Whether the last HEAD found the upload further on: a cut PATCH whose bytes
+                partly landed is progress, not a failure to count against the retries."""
+                nonlocal moved
+                was, moved = moved, False
+                return was
+
             resp = call_with_retry(
                 send,
                 self._t.retry,
@@ -302,6 +311,7 @@ class TusUpload:
                 resume_hint=self._t.resume_hint,
                 sleep=self._t.pause,
                 on_retry=self._t.note_retry,
+                progressed=progressed,
             )
             if resp.status_code == 409 and conflicts < 3:  # our offset was stale: ask again
                 conflicts += 1

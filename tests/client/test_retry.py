@@ -64,6 +64,7 @@ def test_retry_after_forms() -> None:
 def test_what_is_retried() -> None:
     assert all(retryable_status(s) for s in (500, 502, 503, 504, 429, 460, 423))
     assert not any(retryable_status(s) for s in (400, 401, 403, 404, 409, 410, 413, 422))
+    assert not any(retryable_status(s) for s in (501, 505, 507))  # waiting does not change them
 
 
 def test_tries_are_bounded_and_the_error_says_how_to_resume() -> None:
@@ -76,6 +77,27 @@ def test_tries_are_bounded_and_the_error_says_how_to_resume() -> None:
     with pytest.raises(TransferInterrupted, match="run the same command again") as err:
         call_with_retry(send, RetryPolicy(tries=4, base=0), what="sending x", sleep=lambda s: None)
     assert len(calls) == 4 and "ConnectError" in str(err.value) and "sending x" in str(err.value)
+
+
+def test_a_try_that_made_progress_starts_the_count_again() -> None:
+    """A tus PATCH cut after some bytes landed is progress: only tries in a row without any
+    are bounded, so a link that drops every few megabytes still finishes a long PATCH."""
+    calls = []
+
+    def send() -> httpx.Response:
+        calls.append(1)
+        if len(calls) < 12:
+            raise httpx.ReadError("reset")
+        return httpx.Response(204)
+
+    policy, nap = RetryPolicy(tries=3, base=0), lambda s: None
+    moved = iter([True, False] * 6)  # every other try moved the upload on
+    resp = call_with_retry(send, policy, what="x", sleep=nap, progressed=lambda: next(moved))
+    assert resp.status_code == 204 and len(calls) == 12
+    calls.clear()
+    with pytest.raises(TransferInterrupted, match="failed 3 times in a row"):
+        call_with_retry(send, policy, what="x", sleep=nap, progressed=lambda: False)
+    assert len(calls) == 3
 
 
 # --- against a server ----------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""The client over a link that drops (tests/flaky_link.py: connections reset mid-request and
+mid-answer, in front of a real server): uploads and downloads still end byte-identical, with
+one version; permanent refusals are not retried into a misleading 'run it again'."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import time
+
+import pytest
+
+import edgestore.client.download as download_module
+from edgestore.client import Client, RetryPolicy
+from edgestore.errors import QuotaExceeded, TransferInterrupted
+from tests.faults import FaultProxy
+from tests.flaky_link import FlakyLink
+from tests.helpers import KiB, MiB, random_bytes, write_file
+from tests.native import DB_PARAMS, small_chunk_server, versions_of
+
+FAST = RetryPolicy(tries=8, base=0.01, cap=0.05)
+
+
+@pytest.fixture(scope="module", params=DB_PARAMS)
+def server(request, tmp_path_factory):
+    with small_chunk_server(
+        request, tmp_path_factory, EDGESTORE_BUCKET_QUOTAS='{"tiny": 100000}'
+    ) as proc:
+        yield proc
+
+
+@pytest.fixture
+def link(server):
+    p = FlakyLink(int(server.url.rsplit(":", 1)[1])).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def budgets(seed: int, lo: int, hi: int, whole: float = 0.0) -> itertools.cycle[int | None]:
+    """Per-connection byte budgets in [lo, hi); a fraction `whole` of connections unlimited."""
+    rng = random.Random(seed)
+    return itertools.cycle(
+        [None if rng.random() < whole else rng.randrange(lo, hi) for _ in range(64)]
+    )
+
+
+def client(link: FlakyLink, tmp_path, **kwargs) -> Client:
+    return Client(link.url, retry=kwargs.pop("retry", FAST), state_dir=tmp_path / "hints")
+
+
+@pytest.mark.parametrize("protocol", ["native", "tus"])
+def test_upload_survives_connections_cut_mid_request(server, http, probe, link, tmp_path, protocol):
+    data = random_bytes(3 * MiB + 17, seed=900)
+    src = write_file(tmp_path / "f.bin", data)
+    # Every connection dies after 300-900 KB sent: mid-body of PUTs and PATCHes, mid-finalize.
+    link.set_budgets(budgets(1, 300 * KiB, 900 * KiB), itertools.repeat(None))
+    r = client(link, tmp_path).upload(src, key=f"flaky/up-{protocol}", workers=3, protocol=protocol)
+    assert link.cuts > 0 and r.retries > 0
+    assert r.sha256 == hashlib.sha256(data).hexdigest()
+    got = http.get(f"/objects/default/flaky/up-{protocol}").content
+    assert hashlib.sha256(got).hexdigest() == r.sha256
+    assert versions_of(probe, f"flaky/up-{protocol}") == 1
+
+
+@pytest.mark.parametrize("protocol", ["native", "tus"])
+def test_upload_survives_lost_answers(server, http, probe, link, tmp_path, protocol) -> None:
+    data = random_bytes(2 * MiB + 3, seed=901)
+    src = write_file(tmp_path / "f.bin", data)
+    # The server acts on the request, and its answer is cut (a few hundred bytes get through).
+    link.set_budgets(itertools.repeat(None), budgets(2, 50, 1500, whole=0.5))
+    r = client(link, tmp_path, retry=RetryPolicy(tries=30, base=0.01, cap=0.02)).upload(
+        src, key=f"flaky/ans-{protocol}", workers=2, protocol=protocol
+    )
+    assert link.cuts > 0
+    got = http.get(f"/objects/default/flaky/ans-{protocol}").content
+    assert hashlib.sha256(got).hexdigest() == r.sha256 == hashlib.sha256(data).hexdigest()
+    assert versions_of(probe, f"flaky/ans-{protocol}") == 1
+
+
+def test_a_tus_upload_that_advances_at_every_drop_is_not_given_up(server, http, link, tmp_path):
+    """A link that drops every ~512 KiB: each PATCH try moves the offset on, so the retry
+    budget (tries without progress) must not run out however many drops a PATCH spans."""
+    data = random_bytes(6 * MiB, seed=902)
+    src = write_file(tmp_path / "f.bin", data)
+    link.set_budgets(itertools.repeat(512 * KiB), itertools.repeat(None))
+    # Waits long enough that the server has kept the cut PATCH's bytes before the HEAD.
+    c = client(link, tmp_path, retry=RetryPolicy(tries=6, base=0.3, cap=0.6))
+    r = c.upload(src, key="flaky/tus-progress", workers=1, protocol="tus")
+    assert link.cuts >= 8 and r.retries >= 8
+    assert http.get("/objects/default/flaky/tus-progress").content == data
+
+
+def test_download_survives_connections_cut_mid_answer(server, link, tmp_path, monkeypatch):
+    monkeypatch.setattr(download_module, "RANGE_BYTES", 512 * KiB)
+    data = random_bytes(5 * MiB + 1, seed=903)
+    src = write_file(tmp_path / "src.bin", data)
+    oid = Client(server.url, state_dir=tmp_path / "hints").upload(src, key="flaky/down").object_id
+    link.set_budgets(itertools.repeat(None), budgets(3, 100 * KiB, 2 * MiB))
+    c = Client(link.url, retry=RetryPolicy(tries=30, base=0.01, cap=0.02))
+    d = c.download(oid, tmp_path / "out.bin", workers=3)
+    assert link.cuts > 0 and d.verified
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("protocol", ["native", "tus"])
+def test_an_exceeded_quota_is_reported_at_once_not_retried(server, link, tmp_path, protocol):
+    """507 (quota exceeded, store full) is not transient: QuotaExceeded (exit code 9) at once,
+    not ten tries and then 'transfer interrupted, run the same command again' (exit code 7)."""
+    src = write_file(tmp_path / "f.bin", random_bytes(200 * KiB, seed=904))
+    c = client(link, tmp_path, retry=RetryPolicy(tries=5, base=0.2, cap=0.2))
+    started = time.monotonic()
+    with pytest.raises(QuotaExceeded):
+        c.upload(src, bucket="tiny", key="q", workers=1, protocol=protocol)
+    assert time.monotonic() - started < 0.5
+
+
+# --- an answer lost at the commit ---------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(server):
+    p = FaultProxy(server.url).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def test_a_rerun_after_a_lost_finalize_answer_makes_no_second_version(
+    server, probe, proxy, tmp_path
+):
+    """Finalize committed, but every answer was lost and the retries ran out: the rerun the
+    error asks for must find that version, not store the same file again as the next one."""
+    data = random_bytes(700 * KiB, seed=905)
+    src = write_file(tmp_path / "f.bin", data)
+    proxy.add("POST", r"/finalize$", times=100, forward_first=True)
+    c = Client(proxy.url, retry=RetryPolicy(tries=3, base=0.01), state_dir=tmp_path / "hints")
+    with pytest.raises(TransferInterrupted, match="finaliz"):
+        c.upload(src, key="flaky/final-lost", workers=2)
+    assert versions_of(probe, "flaky/final-lost") == 1  # it was committed
+    proxy.rules.clear()
+    r = c.upload(src, key="flaky/final-lost", workers=2)
+    assert r.version == 1 and r.resumed and r.sha256 == hashlib.sha256(data).hexdigest()
+    assert versions_of(probe, "flaky/final-lost") == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: tus has no idempotent final POST, and edgestore makes a new version from "
+    "the same partials each time (engine/concat.py), so the retry stores a second version",
+)
+def test_a_lost_tus_final_answer_makes_no_second_version(server, http, probe, proxy, tmp_path):
+    data = random_bytes(3 * MiB, seed=906)
+    src = write_file(tmp_path / "f.bin", data)
+    # The two partial uploads are created; the final is created, and its answer lost.
+    proxy.add("POST", r"^/files/?$", times=1, after=2, forward_first=True)
+    r = client(proxy, tmp_path).upload(src, key="flaky/tus-final", workers=2, protocol="tus")
+    assert r.retries == 1 and r.version == 1
+    assert versions_of(probe, "flaky/tus-final") == 1

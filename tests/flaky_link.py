@@ -1,0 +1,112 @@
+"""A TCP proxy on loopback that behaves like a link that drops: each connection is reset
+after a budget of bytes (client to server, server to client, or both), wherever in a request
+or an answer that falls. Unlike tests/faults.py (whole HTTP requests), it cuts mid-body,
+mid-header and mid-answer, as a real link does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FlakyLink:
+    """Forwards 127.0.0.1:<port> to `upstream_port`; connection n may carry `up[n]` bytes to
+    the server and `down[n]` back (None: unlimited) before both sides are reset."""
+
+    upstream_port: int
+    up: Iterable[int | None] = field(default_factory=lambda: itertools.repeat(None))
+    down: Iterable[int | None] = field(default_factory=lambda: itertools.repeat(None))
+    cuts: int = 0  # connections reset so far
+
+    def __post_init__(self) -> None:
+        self._up: Iterator[int | None] = iter(self.up)
+        self._down: Iterator[int | None] = iter(self.down)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._lock = threading.Lock()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_budgets(self, up: Iterable[int | None], down: Iterable[int | None]) -> None:
+        with self._lock:
+            self._up, self._down = iter(up), iter(down)
+
+    def start(self) -> FlakyLink:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", 0, reuse_address=True)
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            up, down = next(self._up, None), next(self._down, None)
+        try:
+            s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            _reset(c_writer)
+            return
+        done = asyncio.Event()
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, budget: int | None):
+            try:
+                while True:
+                    data = await r.read(64 * 1024)
+                    if not data:
+                        break
+                    if budget is not None and len(data) >= budget:
+                        w.write(data[:budget])
+                        await w.drain()
+                        self.cuts += 1
+                        break
+                    if budget is not None:
+                        budget -= len(data)
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass
+            done.set()
+
+        tasks = [
+            asyncio.ensure_future(pipe(c_reader, s_writer, up)),
+            asyncio.ensure_future(pipe(s_reader, c_writer, down)),
+        ]
+        await done.wait()
+        _reset(c_writer)
+        _reset(s_writer)
+        for t in tasks:
+            t.cancel()
+
+
+def _reset(w: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0), as a dropped link or a middlebox does."""
+    sock = w.get_extra_info("socket")
+    try:
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    w.transport.abort()
