@@ -88,6 +88,11 @@ def _headers(info: VersionInfo) -> dict[str, str]:
         "X-Edgestore-Object-Id": info.object_id,
         "X-Edgestore-Version": str(info.version),
         "Cache-Control": "private, no-cache",
+        # Stored bytes are the uploader's: a browser must neither guess a type the uploader
+        # did not declare nor run what it opens (an uploaded text/html page or SVG would run
+        # scripts on this server's origin).
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
     }
     if info.sha256:
         h["X-Edgestore-Sha256"] = info.sha256

@@ -14,67 +14,44 @@ The protocol is described with examples in docs/client.md; errors map in api/err
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.requests import ClientDisconnect
-from starlette.types import Message
 
+from edgestore.api.jsonbody import JSON_BODY_BYTES, CappedJsonRoute, content_length
 from edgestore.api.logs import submit_in_context
 from edgestore.api.objects import ObjectVersion
 from edgestore.api.state import Services, services
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.engine.native import MAX_MISSING_BATCH, ManifestChunk, NativeUploads, check_sha256
-from edgestore.errors import InvalidInput, TooLarge, TransferInterrupted
+from edgestore.errors import TooLarge, TransferInterrupted
 from edgestore.metadata.uploads import UploadRecord
 
 # Chunk bodies are held whole in memory (each at most the max chunk size) while they are
 # verified and stored; this bounds how many at once, hence memory (64 x 8 MiB by default).
 MAX_CHUNK_BODIES = 64
 CHUNK_BODY_SECONDS = 600.0  # a chunk body not complete by then counts as abandoned
-# FastAPI reads a JSON body whole before validating it, so each is capped first (413):
-JSON_BODY_BYTES = 4 << 20  # session creation, /missing (10,000 ids and sizes: ~0.8 MB)
 MANIFEST_ENTRY_BYTES = 128  # per finalize entry ({"id": "<64 hex>", "size": n}, ~95 bytes)
 
 
-class _CappedJsonRoute(APIRoute):
-    """Reads a POST's JSON body under its cap before FastAPI parses it: the session's
-    manifest bound for finalize, JSON_BODY_BYTES for the others."""
+class _NativeRoute(CappedJsonRoute):
+    """JSON bodies capped (api/jsonbody.py); a finalize's by the session's size."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-        if "POST" not in self.methods:
-            return handler
-
-        async def capped(request: Request) -> Response:
-            limit = JSON_BODY_BYTES
-            if self.name == finalize.__name__:
-                native = _native(services(request))
-                entries = await asyncio.to_thread(
-                    native.max_manifest_entries, request.path_params["upload_id"]
-                )
-                limit = JSON_BODY_BYTES + entries * MANIFEST_ENTRY_BYTES
-            body = await _read_json_body(request, limit)
-            sent = False
-
-            async def replay() -> Message:
-                nonlocal sent
-                if sent:
-                    return await request.receive()
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            return await handler(Request(request.scope, replay))
-
-        return capped
+    async def body_limit(self, request: Request) -> int:
+        if self.name != finalize.__name__:
+            return JSON_BODY_BYTES
+        native = _native(services(request))
+        entries = await asyncio.to_thread(
+            native.max_manifest_entries, request.path_params["upload_id"]
+        )
+        return JSON_BODY_BYTES + entries * MANIFEST_ENTRY_BYTES
 
 
-router = APIRouter(prefix="/v1", tags=["native uploads"], route_class=_CappedJsonRoute)
+router = APIRouter(prefix="/v1", tags=["native uploads"], route_class=_NativeRoute)
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # PostgreSQL cannot store NUL in text or JSON: such values are refused here (400), not at commit.
@@ -288,7 +265,7 @@ async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResp
     svc = services(request)
     native = _native(svc)
     limit = native.params().max_size
-    declared = _content_length(request)
+    declared = content_length(request)
     if declared is not None and declared > limit:
         raise TooLarge(f"chunk of {declared} bytes exceeds the store's maximum of {limit}")
     check_sha256(chunk_id)
@@ -340,15 +317,6 @@ async def finalize(upload_id: str, body: FinalizeIn, request: Request) -> Finali
 # --- request bodies -------------------------------------------------------------------------
 
 
-def _content_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    if value is None:
-        return None
-    if not value.strip().isdigit():
-        raise InvalidInput(f"Content-Length must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
 def _expects_continue(request: Request) -> bool:
     return request.headers.get("expect", "").strip().lower() == "100-continue"
 
@@ -359,22 +327,6 @@ def _body_slots(request: Request) -> asyncio.Semaphore:
     if slots is None:
         slots = state.native_chunk_bodies = asyncio.Semaphore(MAX_CHUNK_BODIES)
     return slots
-
-
-async def _read_json_body(request: Request, limit: int) -> bytes:
-    """A JSON request body, refused (413) by its Content-Length or once it passes `limit`."""
-    declared = _content_length(request)
-    if declared is not None and declared > limit:
-        raise TooLarge(f"a request body of {declared} bytes exceeds this route's {limit}")
-    buf = bytearray()
-    try:
-        async for piece in request.stream():
-            buf += piece
-            if len(buf) > limit:
-                raise TooLarge(f"the request body exceeds this route's {limit} bytes")
-    except ClientDisconnect:
-        raise TransferInterrupted("client disconnected mid-request; nothing was done") from None
-    return bytes(buf)
 
 
 async def _read_chunk(request: Request, limit: int) -> bytes:

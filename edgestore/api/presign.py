@@ -29,6 +29,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from edgestore.api.identity import READ, UPLOAD, Target, identity_of
+from edgestore.api.jsonbody import CappedJsonRoute
 from edgestore.api.state import services
 from edgestore.api.tus.common import base_url
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
@@ -201,7 +202,7 @@ class Signer:
 
 # --- the API route that mints them ----------------------------------------------------------
 
-router = APIRouter(tags=["access"])
+router = APIRouter(tags=["access"], route_class=CappedJsonRoute)  # JSON bodies capped
 
 
 class PresignRequest(BaseModel):

@@ -139,6 +139,18 @@ def test_a_suffix_range_with_thousands_of_digits_is_the_whole_object(small_serve
     assert r.status_code == 206 and r.content == data
 
 
+def test_an_uploaded_page_is_neither_sniffed_nor_run(small_server) -> None:
+    """An uploader's HTML or SVG opened from this origin must not run its scripts here."""
+    bucket = f"b{uuid.uuid4().hex[:12]}"
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    with small_server.client() as c:
+        tus_upload(c, page, metadata={"bucket": bucket, "key": "p", "filetype": "text/html"})
+        for r in (c.get(f"/objects/{bucket}/p"), c.head(f"/objects/{bucket}/p")):
+            assert r.status_code == 200 and r.headers["content-type"] == "text/html"
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert "sandbox" in r.headers["content-security-policy"]
+
+
 # --- chunks that cannot be rebuilt -------------------------------------------------------------
 
 
