@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,26 +29,73 @@ log = logging.getLogger("edgestore.http")
 ORPHAN_SWEEP_EVERY = 24
 # Pooled buffers idle this long are unmapped by the upkeep (buffers.trim_pools).
 POOL_IDLE_SECONDS = 60.0
+# At shutdown, an upkeep round under way is given this long to reach its next step and end.
+STOP_WAIT_SECONDS = 10.0
 
 
-async def upkeep(svc: Services) -> None:
-    """Background upkeep: expire abandoned uploads, collect garbage, fill missing digests."""
-    interval = svc.settings.maintenance_interval_seconds
-    rounds = 0
-    digests = DigestCursor()
-    while True:
-        await asyncio.sleep(interval)
-        rounds += 1
-        try:
-            report = await asyncio.to_thread(
-                gc.collect, svc.engine, orphans=rounds % ORPHAN_SWEEP_EVERY == 0
-            )
-            if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
-                log.info("upkeep: %s", report)
-            await asyncio.to_thread(fill_missing_sha256, svc.engine, cursor=digests)
-            trim_pools(POOL_IDLE_SECONDS)  # spare buffers of a store that went quiet
-        except Exception:
-            log.exception("upkeep round failed; will retry")
+class UpkeepStopped(Exception):
+    """Raised inside an upkeep step once the server is shutting down."""
+
+
+class Upkeep:
+    """Background upkeep: expire abandoned uploads, collect garbage, fill missing digests.
+
+    A round runs on a worker thread, where cancelling the task would not stop it (the engine
+    would be closed under it, and the process's exit wait for it, minutes for a big orphan
+    sweep or a digest read back): `stop()` asks it to end at its next step, and waits.
+    """
+
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        self._stopping = threading.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self, wait: float = STOP_WAIT_SECONDS) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=wait)
+        if not done:
+            log.warning("upkeep round did not stop within %.0f s; leaving it", wait)
+            self._task.cancel()
+
+    def _check(self, _stage: str = "", _count: int = 0) -> None:
+        if self._stopping.is_set():
+            raise UpkeepStopped
+
+    async def _run(self) -> None:
+        svc = self._svc
+        interval = svc.settings.maintenance_interval_seconds
+        rounds = 0
+        digests = DigestCursor()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            if self._stopping.is_set():
+                return
+            rounds += 1
+            try:
+                report = await asyncio.to_thread(
+                    gc.collect,
+                    svc.engine,
+                    orphans=rounds % ORPHAN_SWEEP_EVERY == 0,
+                    progress=self._check,
+                )
+                if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
+                    log.info("upkeep: %s", report)
+                await asyncio.to_thread(
+                    fill_missing_sha256, svc.engine, cursor=digests, check=self._check
+                )
+                trim_pools(POOL_IDLE_SECONDS)  # spare buffers of a store that went quiet
+            except UpkeepStopped:
+                return
+            except Exception:
+                log.exception("upkeep round failed; will retry")
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -60,13 +109,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         svc = Services(settings=settings, engine=eng)
         app.state.services = svc
         await app.state.security.start(eng)
-        task = asyncio.create_task(upkeep(svc)) if settings.maintenance_interval_seconds else None
+        upkeep = Upkeep(svc)
+        if settings.maintenance_interval_seconds:
+            upkeep.start()
         try:
             yield
         finally:
-            if task:
-                task.cancel()
             eng.uploads.stop_all("server is shutting down")
+            await upkeep.stop()
             await app.state.security.stop()
             await asyncio.to_thread(svc.close)
             if engine is None:

@@ -160,6 +160,9 @@ class Appender:
         # Where this append begins: checkpoints during run() move self._upload.offset on.
         self._run_offset = upload.offset
         self._stop_reason: str | None = None
+        # Set once its request's body was cut short: the append only keeps what arrived now,
+        # and a request taking the upload over waits for that instead of being refused.
+        self.source_ended = False
         self.last_activity = time.monotonic()
         self._last_commit = self._last_renew = time.monotonic()
 
@@ -223,6 +226,7 @@ class Appender:
                         self._feed(block)
                         self._progress(checked=verify is not None)
             except TransferInterrupted as exc:
+                self.source_ended = True
                 self._drain()
                 if verify is not None:
                     raise

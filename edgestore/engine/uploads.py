@@ -397,8 +397,8 @@ class Uploads:
                 active.done.set()  # only now: a request waiting to take over finds it free
 
     def _take_over(self, upload_id: str, reason: str) -> None:
-        """If this process is writing the upload but its client went quiet, stop that writer
-        and wait until it has kept what it received.
+        """If this process is writing the upload but its client went quiet (or its request
+        was cut short), stop that writer and wait until it has kept what it received.
 
         A writer still receiving bytes keeps the upload: the newcomer gets UploadLocked.
         """
@@ -406,9 +406,12 @@ class Uploads:
             active = self._active.get(upload_id)
         if active is None:
             return
-        if active.appender.idle_seconds < TAKEOVER_IDLE_SECONDS:
-            raise UploadLocked(f"upload {upload_id} is being written by another request")
-        active.appender.stop(reason)
+        # A writer whose request was cut short is only keeping what arrived: wait for it (the
+        # client reconnecting at once would otherwise get a stale offset, or 423).
+        if not active.appender.source_ended:
+            if active.appender.idle_seconds < TAKEOVER_IDLE_SECONDS:
+                raise UploadLocked(f"upload {upload_id} is being written by another request")
+            active.appender.stop(reason)
         if not active.done.wait(self._core.settings.upload_lock_seconds):
             raise UploadLocked(f"upload {upload_id} is still being written; retry shortly")
 

@@ -126,6 +126,7 @@ def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: 
                 continue
             by_prefix.setdefault(blob.key.split("/", 1)[0], []).append(blob)
         for prefix, group in by_prefix.items():
+            progress("orphans", report.orphan_files_deleted)  # (a caller may stop here)
             with db.read() as conn:
                 known = chunk_index.shard_keys(conn, name, prefix + "/")
             for blob in group:

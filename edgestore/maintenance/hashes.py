@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgestore.engine import Engine
@@ -27,11 +28,16 @@ class DigestCursor:
     after: str | None = None
 
 
-def fill_missing_sha256(engine: Engine, limit: int = 10, cursor: DigestCursor | None = None) -> int:
+def fill_missing_sha256(
+    engine: Engine,
+    limit: int = 10,
+    cursor: DigestCursor | None = None,
+    check: Callable[[], None] | None = None,
+) -> int:
     """Compute up to `limit` missing digests; returns how many were filled.
 
     `cursor`: carried from round to round, so they take turns (from the start again once
-    past the last)."""
+    past the last). `check`: called between chunks; raises to stop (server shutdown)."""
     db = engine.core.db
     with db.read() as conn:
         todo = object_rows.without_sha256(conn, limit, cursor.after if cursor else None)
@@ -43,6 +49,8 @@ def fill_missing_sha256(engine: Engine, limit: int = 10, cursor: DigestCursor | 
         try:
             for piece in engine.objects.read(info):
                 h.update(piece)
+                if check is not None:
+                    check()
         except StorageError as exc:
             log.warning("cannot hash %s/%s v%d: %s", info.bucket, info.key, info.version, exc)
             continue

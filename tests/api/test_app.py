@@ -7,6 +7,8 @@ import asyncio
 import logging
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,11 +33,12 @@ def test_upkeep_gives_idle_buffers_back(
     assert pool.idle == 3 << 20
 
     async def one_round(svc: Services) -> None:
-        task = asyncio.create_task(app_module.upkeep(svc))
+        upkeep = app_module.Upkeep(svc)
+        upkeep.start()
         deadline = asyncio.get_running_loop().time() + 10
         while pool.idle and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        task.cancel()
+        await upkeep.stop()
 
     with Engine.open(settings) as engine:
         svc = Services(settings=settings, engine=engine)
@@ -44,6 +47,44 @@ def test_upkeep_gives_idle_buffers_back(
         finally:
             svc.close()
     assert pool.idle == 0, "the upkeep left the idle block mapped"
+
+
+def test_stopping_ends_an_upkeep_round_at_its_next_step(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round runs on a worker thread, which cancelling the task did not stop: the engine
+    was closed under it, and the process's exit waited for it (a long orphan sweep)."""
+    settings = make_settings(maintenance_interval_seconds=1)
+    steps: list[int] = []
+    started = threading.Event()
+
+    def long_collect(engine: Engine, *, orphans: bool, progress) -> None:
+        for i in range(600):  # a minute of work, reporting each step
+            started.set()
+            steps.append(i)
+            progress("orphans", i)
+            time.sleep(0.1)
+
+    monkeypatch.setattr(app_module.gc, "collect", long_collect)
+
+    async def stop_mid_round(svc: Services) -> float:
+        upkeep = app_module.Upkeep(svc)
+        upkeep.start()
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        t = time.monotonic()
+        await upkeep.stop()
+        return time.monotonic() - t
+
+    with Engine.open(settings) as engine:
+        svc = Services(settings=settings, engine=engine)
+        try:
+            took = asyncio.run(stop_mid_round(svc))
+            ended_at = len(steps)
+            time.sleep(0.3)
+        finally:
+            svc.close()
+    assert took < 1.0 and len(steps) == ended_at < 600, "the round went on after stop()"
 
 
 @pytest.mark.parametrize("disks", ["one", "two"])

@@ -19,6 +19,9 @@ async def head(upload_id: str, request: Request) -> Response:
     if ietf.is_draft(request):
         return await ietf.head(upload_id, request)
     svc = services(request)
+    # A request whose client went quiet or was cut off may hold bytes not yet durable: it
+    # keeps them first, so the offset reported here is the one the next PATCH is accepted at.
+    await asyncio.to_thread(svc.engine.uploads.settle, upload_id)
     rec = await asyncio.to_thread(svc.engine.uploads.get_open, upload_id, TUS_KINDS)
     if rec.concat_of is not None and rec.length is None:
         # concatenation: a waiting final's Upload-Length is due as soon as it can be computed
