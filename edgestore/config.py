@@ -69,7 +69,16 @@ class Settings(BaseSettings):
     chunk_max_size: int = Field(8 * MiB, ge=1024, le=16 * MiB)
 
     cpu_workers: int = Field(0, ge=0, le=64, description="CPU pool size; 0 means one per core.")
-    read_ahead_chunks: int = Field(4, ge=0, le=64)
+    read_ahead_chunks: int = Field(
+        4, ge=0, le=64, description="Chunks a download decodes ahead of the one being sent."
+    )
+    read_ahead_budget_chunks: int = Field(
+        32,
+        ge=0,
+        le=4096,
+        description="Chunks decoded ahead across all downloads at once (memory: up to this "
+        "many max-size chunks); past it a download decodes one chunk at a time.",
+    )
     native_hash_buffer_bytes: int = Field(
         128 * MiB,
         ge=0,

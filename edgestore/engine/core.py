@@ -16,7 +16,7 @@ from edgestore.codec.erasure import ReedSolomon
 from edgestore.codec.hashing import ResumableSha256
 from edgestore.config import Settings
 from edgestore.engine.dedup import ChunkWriter, RedundancyPolicy
-from edgestore.engine.pipeline import CpuPool, tune_allocator
+from edgestore.engine.pipeline import Budget, CpuPool, tune_allocator
 from edgestore.engine.read import ChunkReader, ShardFault
 from edgestore.errors import SelfTestFailed, StoreParamsMismatch
 from edgestore.metadata import chunks as chunk_index
@@ -39,6 +39,7 @@ class EngineCore:
     writer: ChunkWriter
     reader: ChunkReader
     params: dict[str, str]
+    read_budget: Budget  # chunks decoded ahead across all reads (pipeline.Budget)
 
     @property
     def store_id(self) -> str:
@@ -156,6 +157,7 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
                 dirs, ec_backend or None, on_faults, io_threads=policy.shard_io_threads
             ),
             params=recorded,
+            read_budget=Budget(settings.read_ahead_budget_chunks),
         )
     except BaseException:
         db.close()

@@ -133,7 +133,7 @@ class Objects:
 
         try:
             for entry, raw in core.pool.map_ordered(
-                fetch, self._entries(info, start, stop), window
+                fetch, self._entries(info, start, stop), window, core.read_budget
             ):
                 lo = max(start - entry.offset, 0)
                 hi = min(stop - entry.offset, len(raw))

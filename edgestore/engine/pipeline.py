@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+_END: Any = object()  # an iterator's end, for next(it, _END)
 
 
 _M_TRIM_THRESHOLD = -1
@@ -95,6 +96,44 @@ def release_free_memory() -> None:
     _malloc_trim(0)
 
 
+class Budget:
+    """Tokens shared by every reader of a store: how many chunks may be decoded ahead of
+    their turn at once. Each download's read-ahead holds decoded chunks while its client
+    takes the current one; with slow clients that is up to `read_ahead_chunks` chunks per
+    download, so many downloads at once would hold gigabytes. Past the budget a download
+    decodes one chunk at a time."""
+
+    def __init__(self, tokens: int) -> None:
+        self._free = tokens
+        self._lock = threading.Lock()
+
+    def try_take(self) -> bool:
+        with self._lock:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._free += 1
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+
+class _Unlimited(Budget):
+    def try_take(self) -> bool:
+        return True
+
+    def give(self) -> None:
+        pass
+
+
+_UNLIMITED = _Unlimited(0)
+
+
 class CpuPool:
     """A fixed-size thread pool for CPU-heavy, GIL-releasing work."""
 
@@ -110,26 +149,51 @@ class CpuPool:
         return self._executor.submit(fn, *args)
 
     def map_ordered(
-        self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None
+        self,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        window: int | None = None,
+        budget: Budget | None = None,
     ) -> Iterator[R]:
         """fn over items with at most `window` in flight, results in input order.
 
         Used for read-ahead: the next chunks decode while the current one is being sent.
-        Stopping early (closing the generator) cancels what has not started.
+        With a `budget`, each item in flight beyond the first takes one of its tokens (none
+        free: no read-ahead for now), given back once its result is taken. Stopping early
+        (closing the generator) cancels what has not started.
         """
         window = max(1, window or self.workers)
-        pending: deque[Future[R]] = deque()
+        tokens = budget or _UNLIMITED
+        pending: deque[tuple[Future[R], bool]] = deque()
         it = iter(items)
+        exhausted = False
         try:
-            for item in it:
-                pending.append(self.submit(fn, item))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            while True:
+                while not exhausted and len(pending) < window:
+                    took = bool(pending)  # the first in flight needs no token
+                    if took and not tokens.try_take():
+                        break
+                    item = next(it, _END)
+                    if item is _END:
+                        exhausted = True
+                        if took:
+                            tokens.give()
+                        break
+                    pending.append((self.submit(fn, item), took))
+                if not pending:
+                    return
+                fut, took = pending.popleft()
+                try:
+                    result = fut.result()
+                finally:
+                    if took:
+                        tokens.give()
+                yield result
         finally:
-            for fut in pending:
+            for fut, took in pending:
                 fut.cancel()
+                if took:
+                    tokens.give()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
