@@ -287,6 +287,10 @@ def du(ctx: typer.Context, json_out: JsonOpt = False) -> None:
             ("dedup ratio", f"{u.dedup_ratio:.2f}x"),
             ("compression ratio", f"{u.compression_ratio:.2f}x"),
             ("redundancy overhead", f"{u.redundancy_overhead:.2f}x"),
+            (
+                "reclaimable by gc",
+                f"{output.human_bytes(u.reclaimable_bytes)} in {u.reclaimable_chunks} chunks",
+            ),
         ]
     )
     if single_disk:

@@ -15,11 +15,16 @@ class StoreUsage:
     objects: int
     versions: int
     logical_bytes: int  # sum of version sizes: what clients see
-    chunks: int
-    unique_bytes: int  # raw bytes of distinct chunks: after dedup
+    chunks: int  # chunks in use (by versions or open uploads)
+    unique_bytes: int  # raw bytes of distinct chunks in use: after dedup
     compressed_bytes: int  # after dedup and compression, before redundancy
-    stored_bytes: int  # shard payloads on disk plus inline bytes in the database
+    stored_bytes: int  # their shard payloads on disk plus inline bytes in the database
     open_uploads: int
+    # Chunks no longer referenced, on disk until gc takes them (gc_grace_seconds): counted
+    # with the figures above, they made the ratios lie (a dedup ratio of 0.00x once every
+    # version was deleted).
+    reclaimable_chunks: int = 0
+    reclaimable_bytes: int = 0  # their stored bytes
 
     @property
     def dedup_ratio(self) -> float:
@@ -39,31 +44,44 @@ def usage(conn: Connection) -> StoreUsage:
     n_versions, logical = conn.execute(
         sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(object_versions.c.size), 0))
     ).one()
-    n_chunks, unique, compressed = conn.execute(
+    in_use = chunks.c.refcount > 0
+    totals: dict[bool, tuple[int, int, int, int]] = {True: (0, 0, 0, 0), False: (0, 0, 0, 0)}
+    rows = conn.execute(
         sa.select(
+            in_use.label("in_use"),
             sa.func.count(),
             sa.func.coalesce(sa.func.sum(chunks.c.raw_size), 0),
             sa.func.coalesce(sa.func.sum(chunks.c.stored_size), 0),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((chunks.c.layout == "inline", chunks.c.stored_size), else_=0)),
+                0,
+            ),
+        ).group_by(in_use)
+    )
+    for r in rows:
+        totals[bool(r[0])] = (int(r[1]), int(r[2]), int(r[3]), int(r[4]))
+    shard_bytes = dict(
+        (bool(r[0]), int(r[1]))
+        for r in conn.execute(
+            sa.select(in_use, sa.func.coalesce(sa.func.sum(shards.c.size), 0))
+            .select_from(shards.join(chunks, shards.c.chunk_id == chunks.c.chunk_id))
+            .group_by(in_use)
         )
-    ).one()
-    shard_bytes = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(shards.c.size), 0))
-    ).scalar_one()
-    inline = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(chunks.c.stored_size), 0)).where(
-            chunks.c.layout == "inline"
-        )
-    ).scalar_one()
+    )
     open_uploads = conn.execute(
         sa.select(sa.func.count()).select_from(uploads).where(uploads.c.state == "open")
     ).scalar_one()
+    n_chunks, unique, compressed, inline = totals[True]
+    n_gone, _, _, inline_gone = totals[False]
     return StoreUsage(
         objects=n_objects,
         versions=n_versions,
         logical_bytes=int(logical),
         chunks=n_chunks,
-        unique_bytes=int(unique),
-        compressed_bytes=int(compressed),
-        stored_bytes=int(shard_bytes) + int(inline),
+        unique_bytes=unique,
+        compressed_bytes=compressed,
+        stored_bytes=shard_bytes.get(True, 0) + inline,
         open_uploads=open_uploads,
+        reclaimable_chunks=n_gone,
+        reclaimable_bytes=shard_bytes.get(False, 0) + inline_gone,
     )

@@ -64,10 +64,13 @@ def test_put_get_ls_stat_rm_du_gc(cli, tmp_path: Path) -> None:
     assert du["compression_ratio"] > 1.0 and 1.5 <= du["redundancy_overhead"] <= 4.0
 
     cli("rm", "films/movie.bin", "--all")
+    du = json.loads(cli("du", "--json").stdout)  # deleted, not yet collected
+    assert du["logical_bytes"] == 0 and du["unique_bytes"] == 0 and du["dedup_ratio"] == 1.0
+    assert du["reclaimable_chunks"] == put["chunks"] and du["reclaimable_bytes"] > len(data)
     gc = json.loads(cli("gc", "--grace", "0", "--json").stdout)
     assert gc["chunks_deleted"] == put["chunks"]
     du = json.loads(cli("du", "--json").stdout)
-    assert du["chunks"] == 0 and du["stored_bytes"] == 0
+    assert du["chunks"] == 0 and du["stored_bytes"] == 0 and du["reclaimable_bytes"] == 0
 
 
 def test_put_guesses_the_content_type_from_the_name(cli, tmp_path: Path) -> None:
