@@ -7,6 +7,7 @@ with a counter stamped into every 64 KiB block, so no chunk repeats (see `make_t
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import re
 import shutil
@@ -76,6 +77,24 @@ def read_blocks(path: Path, block_size: int) -> Iterator[bytes]:
     with open(path, "rb", buffering=0) as f:
         while block := f.read(block_size):
             yield block
+
+
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256 (hashlib, apart from the code under measurement), to verify what a
+    server or the engine stored; reading it also leaves the file in the page cache."""
+    h = hashlib.sha256()
+    for block in read_blocks(path, WRITE_BLOCK):
+        h.update(block)
+    return h.hexdigest()
+
+
+def warm(path: Path) -> None:
+    """Read the file through the page cache (untimed), so every contestant's client reads it
+    from memory alike: a data set left from an earlier run (`ensure` found it) is cold."""
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(WRITE_BLOCK)
+        while f.readinto(buf):
+            pass
 
 
 def make_random(path: Path, size: int) -> None:

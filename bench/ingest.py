@@ -26,6 +26,7 @@ Finished stores are deleted when the benchmark ends, not between runs (see
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -96,24 +97,45 @@ def _put_file(engine: Engine, path: Path, key: str) -> VersionInfo:
         return engine.put(f, key=key)
 
 
-def engine_run(ds: Dataset, home: Path) -> EngineRun:
+def _read_digest(engine: Engine, info: VersionInfo) -> tuple[int, str]:
+    """A stored version read back in full: its length and SHA-256 (untimed, to verify it)."""
+    h = hashlib.sha256()
+    n = 0
+    for piece in engine.objects.read(info):
+        h.update(piece)
+        n += len(piece)
+    return n, h.hexdigest()
+
+
+def engine_run(ds: Dataset, home: Path, expected_sha256: str | None = None) -> EngineRun:
+    """Put, read back, put again; each timed region is that operation alone. Afterwards,
+    untimed, both stored versions are read back and compared with the file
+    (`expected_sha256`): a run that stored other bytes is an error, not a figure."""
     try:
         with Engine.open(load_settings(home=home)) as engine:
             datasets.settle()
             w0, c0 = time.perf_counter(), _cpu()
             info = _put_file(engine, ds.path, f"bench/{ds.kind}")
             w1, c1 = time.perf_counter(), _cpu()
-            usage = engine.objects.usage()
+            usage = engine.objects.usage()  # an SQL aggregate: timed with neither
+            r0, rc0 = time.perf_counter(), _cpu()
             got = sum(len(piece) for piece in engine.objects.read(info))
             w2, c2 = time.perf_counter(), _cpu()
-            _put_file(engine, ds.path, f"bench/{ds.kind}-again")
+            again = _put_file(engine, ds.path, f"bench/{ds.kind}-again")
             w3, c3 = time.perf_counter(), _cpu()
+            stored = [_read_digest(engine, v) for v in (info, again)] if expected_sha256 else []
     finally:
         datasets.discard(home)
     if info.size != ds.size or got != ds.size:
         raise RuntimeError(f"stored {info.size} and read back {got} bytes of {ds.size}")
+    for what, (n, digest) in zip(("first put", "second put"), stored, strict=True):
+        if (n, digest) != (ds.size, expected_sha256):
+            raise RuntimeError(
+                f"{what} read back as {n} bytes, SHA-256 {digest}; the file is {ds.size} "
+                f"bytes, SHA-256 {expected_sha256}"
+            )
     return EngineRun(
-        ds.size, w1 - w0, c1 - c0, w2 - w1, c2 - c1, w3 - w2, c3 - c2, usage, info.sha256
+        ds.size, w1 - w0, c1 - c0, w2 - r0, c2 - rc0, w3 - w2, c3 - c2, usage, info.sha256
     )
 
 
@@ -136,18 +158,19 @@ class DatasetResult:
     chunks: int
     layouts: dict[str, int]
     stored_ratio: float  # stored / raw bytes after compression, from the stage run
-    sha256_matches: bool
+    sha256_matches: bool  # the engine's and the stage run's digests are the file's
 
 
 def bench_dataset(ds: Dataset, repeat: int, workdir: Path, log: Console) -> DatasetResult:
     settings = load_settings(home=workdir / "settings-only")
+    expected = datasets.sha256_of(ds.path)  # hashlib over the file, apart from the engine
     stage_runs: list[stages.StageRun] = []
     engine_runs: list[EngineRun] = []
     for i in range(repeat):
         log.print(f"  [{ds.kind}] repeat {i + 1}/{repeat}: stages…")
         stage_runs.append(stages.run_stages(ds.path, settings, workdir / "stage-shards"))
         log.print(f"  [{ds.kind}] repeat {i + 1}/{repeat}: engine put, read, put again…")
-        engine_runs.append(engine_run(ds, workdir / f"store-{ds.kind}-{i}"))
+        engine_runs.append(engine_run(ds, workdir / f"store-{ds.kind}-{i}", expected))
 
     stage_wall = {s: Spread.of(r.rate(s) for r in stage_runs) for s in stages.STAGES}
     stage_cpu = {s: Spread.of(r.cpu_rate(s) for r in stage_runs) for s in stages.STAGES}
@@ -181,7 +204,7 @@ def bench_dataset(ds: Dataset, repeat: int, workdir: Path, log: Console) -> Data
         chunks=first.chunks,
         layouts=first.layouts,
         stored_ratio=first.stored_bytes / max(first.raw_bytes, 1),
-        sha256_matches=all(r.sha256 == first.sha256 for r in engine_runs),
+        sha256_matches=first.sha256 == expected and all(r.sha256 == expected for r in engine_runs),
     )
 
 
@@ -224,7 +247,7 @@ def print_dataset(out: Console, r: DatasetResult) -> None:
         f"store after the first put: dedup {u.dedup_ratio:.2f}x, compression "
         f"{u.compression_ratio:.2f}x, redundancy overhead {u.redundancy_overhead:.2f}x "
         f"({u.chunks} chunks); whole-file SHA-256 "
-        + ("identical in every repeat" if r.sha256_matches else "[red]DIFFERS between repeats[/]")
+        + ("the file's in every repeat" if r.sha256_matches else "[red]DIFFERS from the file's[/]")
     )
     out.print()
 
@@ -256,12 +279,17 @@ def rss_child(path: Path, workdir: Path) -> dict[str, Any]:
             t0 = time.perf_counter()
             info = _put_file(engine, path, "bench/rss")
             seconds = time.perf_counter() - t0
+            peak = peak_rss()  # before the verification's reads
+            stored = _read_digest(engine, info)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+    expected = (path.stat().st_size, datasets.sha256_of(path))
+    if stored != expected:
+        raise RuntimeError(f"stored {stored} of the file's {expected} (bytes, SHA-256)")
     return {
         "size": info.size,
         "seconds": seconds,
-        "peak_rss": peak_rss(),
+        "peak_rss": peak,
         "baseline_rss": baseline,
         "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }

@@ -10,12 +10,15 @@
   origin of its own; the servers then allow it by CORS, as a site serving browsers would.
 
 Every server runs as a child process on a free loopback port; its CPU time and peak RSS are
-read from /proc, so the figures cover the server alone, never the client.
+read from /proc, so the figures cover the server alone, never the client. After each upload
+(outside the timing) the bytes the server stored are read back and compared with the file:
+edgestore's by a GET of the upload's URL, a peer's from the file it wrote.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -90,6 +94,9 @@ class ServerRun:
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
     data: Path | None = None  # where the server stores uploads: removed by stop()
+    # How a finished upload is read back: a GET of its URL (edgestore), else the peer's file
+    # named by the URL's last segment in `data` (@tus/file-store, tuspyserver).
+    download_by_get: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -131,6 +138,37 @@ class ServerRun:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def stored(self, url: str) -> tuple[int, str]:
+        """The length and SHA-256 of what the server stored for the upload at `url`."""
+        h, n = hashlib.sha256(), 0
+        if self.download_by_get:
+            with httpx.stream("GET", url, timeout=600) as r:
+                r.raise_for_status()
+                for piece in r.iter_bytes(4 * 1024 * 1024):
+                    h.update(piece)
+                    n += len(piece)
+            return n, h.hexdigest()
+        if self.data is None:
+            raise RuntimeError(f"{self.name}: where its uploads are stored is not known")
+        name = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+        with open(self.data / name, "rb") as f:
+            while piece := f.read(4 * 1024 * 1024):
+                h.update(piece)
+                n += len(piece)
+        return n, h.hexdigest()
+
+    def verify(self, url: str, size: int, sha256: str) -> str:
+        """'' when the upload at `url` holds exactly the file's bytes, else what is wrong."""
+        if not url:
+            return "the client did not say where it uploaded"
+        try:
+            n, digest = self.stored(url)
+        except (OSError, httpx.HTTPError) as exc:
+            return f"stored upload unreadable: {exc}"[:300]
+        if (n, digest) != (size, sha256):
+            return f"stored {n} bytes, SHA-256 {digest[:16]}…; sent {size}, {sha256[:16]}…"
+        return ""
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -151,6 +189,7 @@ def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> 
         "/files/",
         ROOT,
         data=home,
+        download_by_get=True,
         env={
             "EDGESTORE_HOME": str(home),
             "EDGESTORE_LOG_LEVEL": "warning",
@@ -204,6 +243,7 @@ class ClientResult:
     seconds: float
     ok: bool
     detail: str = ""
+    url: str = ""  # the upload's URL, to verify what the server stored
 
 
 def run_tus_js(
@@ -236,8 +276,8 @@ def run_tus_js(
     wall = time.monotonic() - started
     if proc.returncode != 0:
         return ClientResult(wall, False, (proc.stderr or proc.stdout).strip()[-300:])
-    line = proc.stdout.strip().splitlines()[-1]
-    return ClientResult(float(json.loads(line)["seconds"]), True)
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    return ClientResult(float(line["seconds"]), True, url=str(line.get("url") or ""))
 
 
 TUSPY_SCRIPT = """
@@ -250,7 +290,8 @@ up = client.TusClient(endpoint, headers=headers).uploader(
     path, chunk_size=chunk, metadata={"filename": path.rsplit("/", 1)[-1]}
 )
 up.upload()
-print(time.monotonic() - t0)
+seconds = time.monotonic() - t0
+print(json.dumps({"seconds": seconds, "url": up.url}))
 """
 
 
@@ -282,7 +323,8 @@ def run_tuspy(
     wall = time.monotonic() - started
     if proc.returncode != 0:
         return ClientResult(wall, False, proc.stderr.strip()[-300:])
-    return ClientResult(float(proc.stdout.strip().splitlines()[-1]), True)
+    line = json.loads(proc.stdout.strip().splitlines()[-1])
+    return ClientResult(float(line["seconds"]), True, url=str(line.get("url") or ""))
 
 
 BROWSER_DIR = ROOT / "tests" / "interop"  # the browser tests' page and driver
@@ -349,4 +391,5 @@ def run_browser(
     if not lines or "result" not in lines[0]:
         detail = lines[0].get("error", "") if lines else proc.stderr.strip()[-300:]
         return ClientResult(wall, False, str(detail)[-300:] or "failed")
-    return ClientResult(float(lines[0]["result"]["seconds"]), True)
+    result = lines[0]["result"]
+    return ClientResult(float(result["seconds"]), True, url=str(result.get("url") or ""))

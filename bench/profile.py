@@ -127,8 +127,10 @@ def upload(
     parallel: int,
     disk: tuple[int, int] | None,
     perf: Path | None = None,
+    sha256: str = "",
 ) -> Run:
-    """One tus-js-client upload of file, measured from outside both processes."""
+    """One tus-js-client upload of file, measured from outside both processes; then (untimed,
+    with `sha256`, the file's) what the server stored is compared with the file."""
     recorder = None
     if perf is not None:
         assert server.proc is not None
@@ -144,9 +146,10 @@ def upload(
     if recorder is not None:
         recorder.send_signal(2)  # SIGINT: perf writes its file and exits
         recorder.wait(60)
-    return Run(
-        label, result.ok, file.stat().st_size, result.seconds, wall, before, after, result.detail
-    )
+    size = file.stat().st_size
+    wrong = server.verify(result.url, size, sha256) if result.ok and sha256 else ""
+    detail = wrong or result.detail
+    return Run(label, result.ok and not wrong, size, result.seconds, wall, before, after, detail)
 
 
 def _print(console: Console, runs: list[Run], title: str) -> None:
@@ -187,6 +190,7 @@ def _runs(args: argparse.Namespace, workdir: Path) -> tuple[list[Run], str]:
     """Every upload the options ask for, each repeat on a fresh store; and the title."""
     file = args.file or datasets.ensure("random", workdir, datasets.parse_size(args.size)).path
     node = peers.node_peers()
+    sha256 = datasets.sha256_of(file)  # every upload is verified against it (untimed)
     disk = disk_of(workdir)
     runs: list[Run] = []
     for i in range(args.repeat):
@@ -200,7 +204,7 @@ def _runs(args: argparse.Namespace, workdir: Path) -> tuple[list[Run], str]:
                 upload(
                     server, node, file, "first" if args.again else "upload",
                     chunk_mib=args.chunk_mib, parallel=args.parallel, disk=disk,
-                    perf=args.perf if last and not args.again else None,
+                    perf=args.perf if last and not args.again else None, sha256=sha256,
                 )
             )  # fmt: skip
             if args.again:
@@ -208,7 +212,7 @@ def _runs(args: argparse.Namespace, workdir: Path) -> tuple[list[Run], str]:
                     upload(
                         server, node, file, "same file again",
                         chunk_mib=args.chunk_mib, parallel=args.parallel, disk=disk,
-                        perf=args.perf if last else None,
+                        perf=args.perf if last else None, sha256=sha256,
                     )
                 )  # fmt: skip
         finally:

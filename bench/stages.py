@@ -1,11 +1,12 @@
 """Each ingest stage alone, on one thread, with the project's own code: bytes per second.
 
-The data set is read in batches of `BATCH` bytes (untimed) and copied into the chunker
-(untimed too: the engine reads a file straight into the chunker's buffer, so "chunk" is the
-cutting alone, chunks lent as in the engine); each chunk then goes through the
-stages one after the other on one thread, each timed on its own, and its buffers are freed
-before the next chunk, as in the engine, so memory stays at a batch whatever the data set's
-size and each stage's figure includes what its memory costs in the engine. "EC encode" and
+The data set is read straight into the chunker's buffer, as the engine reads a file (timed:
+"read", the copy out of the page cache and the buffer's compaction, work of the thread that
+cuts the stream), then cut ("chunk", chunks lent as in the engine); each chunk then goes
+through the stages one after the other on one thread, each timed on its own, and its buffers
+are freed before the next chunk, as in the engine, so memory stays at a chunker buffer
+whatever the data set's size and each stage's figure includes what its memory costs in the
+engine. "EC encode" and
 "shard write" follow the engine's RedundancyPolicy: a chunk that compresses to at most
 small_chunk_max_bytes is stored as m+1 whole copies (nothing to encode, more to write), a tiny
 one inline (no files). "EC encode" lays out the shard files with their headers (and payload
@@ -20,9 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from bench import datasets
-from bench.datasets import MiB, read_blocks
 from edgestore.chunking import StreamChunker
 from edgestore.codec import compression, shardfile
 from edgestore.codec.hashing import ResumableSha256, chunk_id
@@ -32,16 +33,14 @@ from edgestore.storage.local import LocalBackend
 from edgestore.storage.placement import place, shard_key
 from edgestore.types import ChunkId, Compression, Layout
 
-BLOCK = 4 * MiB
-BATCH = 128 * MiB
-
+READ = "read into the chunker"
 CHUNK = "chunk (FastCDC)"
 CHUNK_HASH = "chunk id SHA-256"
 FILE_HASH = "whole-file SHA-256"
 COMPRESS = "compress (probe + zstd)"
 ENCODE = "EC encode (by policy)"
 SHARD_WRITE = "shard write (+syncfs)"
-STAGES = (CHUNK, CHUNK_HASH, FILE_HASH, COMPRESS, ENCODE, SHARD_WRITE)
+STAGES = (READ, CHUNK, CHUNK_HASH, FILE_HASH, COMPRESS, ENCODE, SHARD_WRITE)
 
 
 @dataclass(slots=True)
@@ -108,21 +107,24 @@ class _StagePipeline:
             self.backends[backend.name] = backend
         self.names = list(self.backends)
 
-    def feed(self, blocks: list[bytes]) -> None:
-        for block in blocks:
-            view = memoryview(block)
-            while view:
-                # Untimed, like the file read: the engine reads a file straight into the
-                # chunker's buffer, so cutting is all this stage does there.
-                view = view[self.chunker.push(view) :]
-                while True:
-                    with timed(self.run.timings[CHUNK]):
-                        chunk = self.chunker.pop()
-                    if chunk is None:
-                        break
-                    self._process(chunk)
-                    del chunk  # a lent view: its block goes back to the pool once all are gone
-            self.run.raw_bytes += len(block)
+    def feed(self, f: BinaryIO) -> None:
+        """The whole file, as the engine's `_pull` reads it: straight into the chunker's
+        buffer (one `readinto` per fill), then every chunk that became final."""
+        while True:
+            with timed(self.run.timings[READ]):
+                piece = self.chunker.fill(f.readinto, 1 << 62)
+            n = len(piece)
+            piece.release()
+            if not n:
+                return
+            self.run.raw_bytes += n
+            while True:
+                with timed(self.run.timings[CHUNK]):
+                    chunk = self.chunker.pop()
+                if chunk is None:
+                    break
+                self._process(chunk)
+                del chunk  # a lent view: its block goes back to the pool once all are gone
 
     def finish(self) -> StageRun:
         with timed(self.run.timings[CHUNK]):
@@ -178,14 +180,8 @@ def run_stages(path: Path, settings: Settings, shard_root: Path) -> StageRun:
     """Every stage over the file at `path`; shard files go under `shard_root`, removed after."""
     try:
         pipeline = _StagePipeline(settings, shard_root)
-        batch: list[bytes] = []
-        for block in read_blocks(path, BLOCK):
-            batch.append(block)
-            if len(batch) * BLOCK >= BATCH:
-                pipeline.feed(batch)
-                batch = []
-        if batch:
-            pipeline.feed(batch)
+        with open(path, "rb", buffering=0) as f:  # as `edgestore put` opens it
+            pipeline.feed(f)
         return pipeline.finish()
     finally:
         datasets.discard(shard_root)
@@ -216,6 +212,10 @@ def serial_stages(encode_holds_gil: bool) -> tuple[str, ...]:
 
 
 DISK = "disk (shard write, wall)"
+# The thread that cuts the stream also reads it into the chunker's buffer (Appender._pull):
+# one thread, so its cap is the two stages' costs summed, not the chunker's rate alone.
+CUTTING_THREAD = (READ, CHUNK)
+CUTTING = "cutting thread (read + chunk)"
 
 
 def ceiling(
@@ -225,7 +225,7 @@ def ceiling(
     encode_holds_gil: bool = False,
     disk: float | None = None,
 ) -> Ceiling:
-    """min(cores / Σ 1/rate, each serial stage's rate, the disk); rates are raw bytes per CPU
+    """min(cores / Σ 1/rate, each serial thread's rate, the disk); rates are raw bytes per CPU
     second, `disk` raw bytes per wall second of the shard-write stage.
 
     The disk is a resource of its own: no number of cores writes shards faster than it takes
@@ -237,9 +237,15 @@ def ceiling(
     """
     seconds_per_byte = sum(1.0 / rates[s] for s in STAGES)
     one = 1.0 / seconds_per_byte
-    serial = serial_stages(encode_holds_gil)
-    caps = {s: rates[s] for s in serial}
-    names = [f"rate[{s.split(' (')[0]}]" for s in serial]
+    caps: dict[str, float] = {}
+    names: list[str] = []
+    for s in serial_stages(encode_holds_gil):
+        if s == CHUNK:
+            caps[CUTTING] = 1.0 / sum(1.0 / rates[t] for t in CUTTING_THREAD)
+            names.append("1 / (1/rate[read] + 1/rate[chunk])")
+        else:
+            caps[s] = rates[s]
+            names.append(f"rate[{s.split(' (')[0]}]")
     if disk is not None:
         caps[DISK] = disk
         names.append("wall rate[shard write]")

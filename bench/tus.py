@@ -6,7 +6,10 @@
 For each data set, each server runs fresh (empty store) per measured upload, and receives the
 same files from the same clients: tus-js-client (chunkSize 50 MiB, parallelUploads 1 and 4)
 and tuspy (50 MiB chunks). Printed per run: MB/s (median of the repeats), the server's CPU
-seconds per GB and its peak RSS; then the issue's targets as ratios with PASS/FAIL.
+seconds per GB and its peak RSS; then the issue's targets as ratios with PASS/FAIL. Every
+upload is verified afterwards (untimed): what the server stored must be the file, byte for
+byte (peers.ServerRun.verify); a run that is not counts as failed. The data file is read
+through once before each upload, so every client reads it from the page cache alike.
 Everything runs on loopback; the client shares the two cores with the server, as in the
 figures quoted in the issue. `--browser` adds tus-js-client's browser build in headless
 Chromium (the browser tests' page, from an origin of its own; every server allows it by CORS),
@@ -44,6 +47,8 @@ from bench.datasets import (
     format_size,
     parse_size,
     settle,
+    sha256_of,
+    warm,
 )
 from bench.peers import ClientResult, ServerRun
 from edgestore.config import load_settings
@@ -63,6 +68,11 @@ class Measure:
     failure: str = ""
 
     @property
+    def measured(self) -> bool:
+        """Every repeat ran and was verified (a failure stops the repeats after it)."""
+        return bool(self.rates) and not self.failure
+
+    @property
     def rate(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
 
@@ -78,22 +88,29 @@ class Measure:
 def measure(
     make_server: Callable[[], ServerRun],
     upload: Callable[[str], ClientResult],
-    size: int,
+    data: Path,
+    sha256: str,
     m: Measure,
     logs: Path,
     *,
     before: Callable[[str], ClientResult] | None = None,
 ) -> None:
-    """One repeat: a fresh server, optionally a first upload, then the measured one."""
+    """One repeat: a fresh server, optionally a first upload, then the measured one; then,
+    untimed, what the server stored of each is compared with `data` (SHA-256 `sha256`). A
+    repeat that stored other bytes is a failure, not a figure."""
+    size = data.stat().st_size
     safe = m.server.replace("/", "_").replace("@", "")
     ensure_free(logs, 2 * size)  # shards are 1.5x the data with 6+3, the peers' files 1x
     server = make_server().start(logs / f"{safe}-{time.monotonic_ns()}.log")
     try:
+        uploads: list[ClientResult] = []
         if before is not None:
             first = before(server.endpoint)
             if not first.ok:
                 m.failure = first.detail
                 return
+            uploads.append(first)
+        warm(data)  # every client reads the file from the page cache alike
         settle()
         cpu0 = server.cpu_seconds()
         result = upload(server.endpoint)
@@ -101,9 +118,15 @@ def measure(
         if not result.ok:
             m.failure = result.detail or "failed"
             return
+        rss = server.peak_rss()  # before the reads of the verification below
+        for done in (*uploads, result):
+            wrong = server.verify(done.url, size, sha256)
+            if wrong:
+                m.failure = wrong
+                return
         m.rates.append(size / result.seconds)
         m.cpu_per_gb.append((cpu1 - cpu0) / (size / 1e9))
-        m.peak_rss.append(server.peak_rss())
+        m.peak_rss.append(rss)
     finally:
         server.stop()
 
@@ -126,7 +149,12 @@ def concurrent_rss(
             raise RuntimeError(
                 f"concurrent uploads failed: {[r.detail for r in results if not r.ok]}"
             )
-        return server.peak_rss(), sum(f.stat().st_size for f in files) / wall
+        rss = server.peak_rss()  # before the verification's reads
+        for f, r in zip(files, results, strict=True):
+            wrong = server.verify(r.url, f.stat().st_size, sha256_of(f))
+            if wrong:
+                raise RuntimeError(f"concurrent upload of {f.name}: {wrong}")
+        return rss, sum(f.stat().st_size for f in files) / wall
     finally:
         server.stop()
 
@@ -206,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mib = args.chunk_mib
     for kind in kinds:
         ds = ensure(kind, workdir, size)
+        sha256 = sha256_of(ds.path)  # to verify every upload (untimed)
         if not args.no_disk:
             log.print(f"[{kind} {format_size(size)}] shards written the engine's way…")
             disk[kind] = disk_rate(ds.path, workdir)
@@ -227,14 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     step = f"{rep + 1}/{args.repeat}"
                     log.print(f"[{kind} {format_size(size)}] {step} {server_name} ← {client_name}")
                     make_server = cors_servers[server_name] if client_name == BROWSER else make
-                    measure(make_server, upload, size, m, logs)
+                    measure(make_server, upload, ds.path, sha256, m, logs)
             # the same file a second time into the same store: dedup
             m = _get(results, "edgestore", "tus-js-client, same file again", kind)
             log.print(f"[{kind}] {rep + 1}/{args.repeat} edgestore ← same file twice")
             measure(
                 servers["edgestore"],
                 clients["tus-js-client"],
-                size,
+                ds.path,
+                sha256,
                 m,
                 logs,
                 before=clients["tus-js-client"],
@@ -325,52 +355,71 @@ def _get(results: list[Measure], server: str, client: str, data: str) -> Measure
     return m
 
 
+def _not_measured(name: str, target: float, *, at_most: bool = False) -> dict[str, object]:
+    """A check one of whose figures is missing (a failed run): shown, never a pass."""
+    return {"check": name, "value": "n/a", "target": target, "at_most": at_most, "pass": False}
+
+
 def _checks(
     results: list[Measure], kinds: list[str], concurrent: dict[str, object]
 ) -> list[dict[str, object]]:
-    def rate(server: str, client: str, kind: str) -> float:
-        return _get(results, server, client, kind).rate
+    def ratio(
+        name: str,
+        ours: tuple[str, str],
+        theirs: tuple[str, str],
+        kind: str,
+        target: float,
+        *,
+        cpu: bool = False,
+    ) -> dict[str, object]:
+        """ours / theirs, MB/s or (cpu) CPU-s/GB; not measured unless both are: a stand-in
+        for a missing baseline (1 B/s) made any ratio against a failed peer a PASS."""
+        a, b = _get(results, *ours, kind), _get(results, *theirs, kind)
+        if not (a.measured and b.measured):
+            return _not_measured(f"{kind}: {name}", target, at_most=cpu)
+        if cpu:
+            return verdict(f"{kind}: {name}", a.cpu / max(b.cpu, 1e-9), target, at_most=True)
+        return verdict(f"{kind}: {name}", a.rate / b.rate, target)
 
+    single, par = ("edgestore", "tus-js-client"), ("edgestore", "tus-js-client x4")
     checks = []
     for kind in kinds:
-        ours = rate("edgestore", "tus-js-client", kind)
-        checks.append(
-            verdict(
-                f"{kind}: edgestore / @tus/server (tus-js-client)",
-                ours / max(rate("@tus/server", "tus-js-client", kind), 1),
+        checks += [
+            ratio(
+                "edgestore / @tus/server (tus-js-client)",
+                single,
+                ("@tus/server", "tus-js-client"),
+                kind,
                 1.0,
-            )
-        )
-        cpu_ours = _get(results, "edgestore", "tus-js-client", kind).cpu
-        cpu_py = _get(results, "tuspyserver", "tus-js-client", kind).cpu
-        checks.append(
-            verdict(
-                f"{kind}: CPU-s/GB edgestore / tuspyserver",
-                cpu_ours / max(cpu_py, 1e-9),
+            ),
+            ratio(
+                "CPU-s/GB edgestore / tuspyserver",
+                single,
+                ("tuspyserver", "tus-js-client"),
+                kind,
                 2.5,
-                at_most=True,
-            )
-        )
-        par = rate("edgestore", "tus-js-client x4", kind)
-        checks.append(
-            verdict(
-                f"{kind}: parallelUploads 4, edgestore / tuspyserver",
-                par / max(rate("tuspyserver", "tus-js-client x4", kind), 1),
+                cpu=True,
+            ),
+            ratio(
+                "parallelUploads 4, edgestore / tuspyserver",
+                par,
+                ("tuspyserver", "tus-js-client x4"),
+                kind,
                 2.0,
-            )
-        )
-        checks.append(
-            verdict(f"{kind}: parallelUploads 4 / edgestore single stream", par / max(ours, 1), 1.0)
-        )
-        again = rate("edgestore", "tus-js-client, same file again", kind)
-        checks.append(
-            verdict(f"{kind}: second upload of the same file / first", again / max(ours, 1), 1.5)
-        )
+            ),
+            ratio("parallelUploads 4 / edgestore single stream", par, single, kind, 1.0),
+            ratio(
+                "second upload of the same file / first",
+                ("edgestore", "tus-js-client, same file again"),
+                single,
+                kind,
+                1.5,
+            ),
+        ]
     if concurrent:
         name = f"peak RSS MiB, {concurrent['uploads']} concurrent uploads"
         if "failure" in concurrent:  # not measured: not a pass
-            checks.append({"check": name, "value": "n/a", "target": 300, "at_most": True,
-                           "pass": False})  # fmt: skip
+            checks.append(_not_measured(name, 300, at_most=True))
         else:
             rss = int(concurrent["peak_rss"])  # type: ignore[call-overload]
             checks.append(verdict(name, rss / 2**20, 300, at_most=True))

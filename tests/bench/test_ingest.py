@@ -7,11 +7,20 @@ what is checked is that the benchmark ran every part and that what it stored is 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from bench import datasets
+from bench.datasets import Dataset, MiB
+from bench.ingest import engine_run
 from bench.stages import STAGES
+from edgestore.engine.objects import Objects
+from edgestore.metadata.stats import StoreUsage
 
 
 def test_quick_run_measures_every_stage_and_the_engine(tmp_path: Path) -> None:
@@ -44,3 +53,32 @@ def test_quick_run_measures_every_stage_and_the_engine(tmp_path: Path) -> None:
         assert ds["chunks"] > 0 and ds["dedup_ratio"] >= 1.0
     assert report["datasets"]["random"]["compression_ratio"] < 1.05  # random stays raw
     assert report["datasets"]["text"]["compression_ratio"] > 2  # text compresses
+
+
+def _dataset(tmp_path: Path, size: int = 4 * MiB) -> Dataset:
+    path = tmp_path / "random.bin"
+    path.write_bytes(os.urandom(size))
+    return Dataset("random", path, size)
+
+
+def test_read_back_is_timed_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's usage (an SQL aggregate, for the report) is no part of the read-back."""
+    real = Objects.usage
+
+    def slow_usage(self: Objects) -> StoreUsage:
+        time.sleep(1.0)
+        return real(self)
+
+    monkeypatch.setattr(Objects, "usage", slow_usage)
+    ds = _dataset(tmp_path)
+    run = engine_run(ds, tmp_path / "store", datasets.sha256_of(ds.path))
+    assert run.read_s < 1.0
+    assert run.ingest_s < 1.0 and run.reingest_s < 1.0
+
+
+def test_a_run_that_stored_other_bytes_is_an_error(tmp_path: Path) -> None:
+    """Both puts are read back in full (untimed) and compared with the file."""
+    ds = _dataset(tmp_path)
+    with pytest.raises(RuntimeError, match="first put read back as 4194304 bytes, SHA-256"):
+        engine_run(ds, tmp_path / "store", "0" * 64)  # not the file's digest
+    engine_run(ds, tmp_path / "store2", datasets.sha256_of(ds.path))  # the file's: fine

@@ -115,3 +115,94 @@ def test_a_failed_concurrent_run_is_reported_and_fails_its_check(
     out = capsys.readouterr().out
     assert "8 concurrent uploads: concurrent uploads failed: [507]" in out
     assert "FAIL" in out
+
+
+def _measured(server: str, client: str, rate: float, cpu: float = 1.0) -> Measure:
+    return Measure(server, client, "random", rates=[rate], cpu_per_gb=[cpu], peak_rss=[1])
+
+
+def _by_name(checks: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    return {str(c["check"]).removeprefix("random: "): c for c in checks}
+
+
+def test_a_check_whose_baseline_was_not_measured_does_not_pass() -> None:
+    """A peer that failed (or a first upload that did) is no baseline: dividing by a
+    stand-in of 1 B/s made every ratio against it a PASS."""
+    from bench.tus import _checks
+
+    results = [
+        _measured("edgestore", "tus-js-client", 400e6),
+        _measured("edgestore", "tus-js-client x4", 450e6),
+        _measured("edgestore", "tus-js-client, same file again", 600e6),
+        Measure("@tus/server", "tus-js-client", "random", failure="exited at start"),
+        _measured("tuspyserver", "tus-js-client", 600e6),
+        Measure("tuspyserver", "tus-js-client x4", "random", failure="500: boom"),
+    ]
+    checks = _by_name(_checks(results, ["random"], {}))
+    for name in (
+        "edgestore / @tus/server (tus-js-client)",
+        "parallelUploads 4, edgestore / tuspyserver",
+    ):
+        assert checks[name]["pass"] is False, checks[name]
+        assert checks[name]["value"] == "n/a"
+    assert checks["parallelUploads 4 / edgestore single stream"]["pass"] is True
+    # edgestore's own single upload failed: neither ratio against it passes
+    results[0] = Measure("edgestore", "tus-js-client", "random", failure="timeout")
+    checks = _by_name(_checks(results, ["random"], {}))
+    for name in (
+        "parallelUploads 4 / edgestore single stream",
+        "second upload of the same file / first",
+        "CPU-s/GB edgestore / tuspyserver",
+    ):
+        assert checks[name]["pass"] is False, checks[name]
+
+
+def test_a_measure_with_a_failed_repeat_is_not_a_figure() -> None:
+    """A repeat that failed after others succeeded shows as n/a; its checks are n/a too, not
+    a median of the repeats that happened to work."""
+    from bench.tus import _checks
+
+    ours = _measured("edgestore", "tus-js-client", 400e6)
+    ours.failure = "stored bytes differ"
+    results = [ours, _measured("@tus/server", "tus-js-client", 300e6)]
+    checks = _by_name(_checks(results, ["random"], {}))
+    assert checks["edgestore / @tus/server (tus-js-client)"]["pass"] is False
+
+
+def test_every_upload_is_verified_against_the_file(tmp_path: Path) -> None:
+    """edgestore and tuspy, for real (no Node): the figures count only when the stored
+    upload is the file, read back by a GET of the upload's URL outside the timing."""
+    from bench.tus import measure
+
+    data = tmp_path / "up.bin"
+    data.write_bytes(random_bytes(3 * MiB + 7, seed=5))
+    right = sha256_hex(data.read_bytes())
+
+    def tuspy(endpoint: str) -> peers.ClientResult:
+        return peers.run_tuspy(endpoint, data, 1)
+
+    def server() -> peers.ServerRun:
+        return peers.edgestore_server(tmp_path)
+
+    ok = Measure("edgestore", "tuspy", "random")
+    measure(server, tuspy, data, right, ok, tmp_path, before=tuspy)
+    assert not ok.failure and len(ok.rates) == 1 and ok.peak_rss[0] > 0
+
+    wrong = Measure("edgestore", "tuspy", "random")
+    measure(server, tuspy, data, "0" * 64, wrong, tmp_path)
+    assert wrong.failure.startswith(f"stored {3 * MiB + 7} bytes, SHA-256 ")
+    assert not wrong.rates and not wrong.measured
+    datasets.empty_discarded()
+
+
+def test_a_peers_upload_is_read_from_the_file_it_wrote(tmp_path: Path) -> None:
+    store = tmp_path / "files"
+    store.mkdir()
+    (store / "abc123").write_bytes(b"hello")
+    (store / "abc123.json").write_text("{}")
+    run = peers.ServerRun("peer", [], "/files", tmp_path, data=store)
+    url = "http://127.0.0.1:1/files/abc123"
+    assert run.verify(url, 5, sha256_hex(b"hello")) == ""
+    assert run.verify(url, 5, sha256_hex(b"world")).startswith("stored 5 bytes")
+    assert run.verify("http://127.0.0.1:1/files/gone", 5, "x").startswith("stored upload unread")
+    assert run.verify("", 5, "x") == "the client did not say where it uploaded"
