@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,7 @@ from edgestore.errors import ConfigError
 from edgestore.types import ChunkerParams, EcParams
 
 MiB = 1024 * 1024
+_DEFAULT_DIR = re.compile(r"d[0-9]{1,3}")  # HOME/shards/d0…, the default data dirs
 ENV_PREFIX = "EDGESTORE_"
 
 
@@ -242,10 +244,23 @@ class Settings(BaseSettings):
 
     @property
     def resolved_data_dirs(self) -> list[Path]:
+        """The data dirs; by default HOME/shards/d0…: one per shard of a chunk, and every one
+        an earlier configuration created, which holds shards of old chunks (lowering k+m or
+        switching to replication must not leave those chunks short of shards)."""
         if self.data_dirs:
             return [Path(d) for d in self.data_dirs]
+        root = self.home / "shards"
         count = self.ec_k + self.ec_m if self.redundancy == "ec" else self.replicas
-        return [self.home / "shards" / f"d{i}" for i in range(count)]
+        try:
+            existing = [
+                int(p.name[1:]) + 1
+                for p in root.iterdir()
+                if _DEFAULT_DIR.fullmatch(p.name) and p.is_dir()
+            ]
+        except OSError:  # no HOME/shards yet (a new store), or unreadable: opening says so
+            existing = []
+        count = max([count, *existing])
+        return [root / f"d{i}" for i in range(count)]
 
     @property
     def chunker(self) -> ChunkerParams:

@@ -106,6 +106,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         eng = engine or await asyncio.to_thread(Engine.open, settings)
         if eng.core.dirs.single_disk:  # the CLI prints it; a server's operator reads the log
             logging.getLogger("edgestore.storage").warning(SINGLE_DISK_WARNING)
+        if warning := eng.core.policy.dirs_warning(len(eng.core.dirs.names)):
+            logging.getLogger("edgestore.storage").warning(warning)
         svc = Services(settings=settings, engine=eng)
         app.state.services = svc
         await app.state.security.start(eng)

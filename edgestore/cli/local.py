@@ -62,6 +62,8 @@ def init(ctx: typer.Context) -> None:
             output.out.print(f"{name}: {dirs.backends[name].root} ({status})", highlight=False)
         if dirs.single_disk:
             output.note(f"warning: {SINGLE_DISK_WARNING}")
+        if warning := engine.core.policy.dirs_warning(len(dirs.names)):
+            output.note(f"warning: {warning}")
         output.out.print(f"store {engine.core.store_id} ready", highlight=False)
 
 

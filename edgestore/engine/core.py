@@ -109,6 +109,10 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
         with db.write() as conn:
             is_new = not store_params.load(conn)
             recorded = store_params.record_missing(db, conn, wanted)
+            if not recorded.get("ec_backend") and policy.ec_backend:
+                # Begun in replication mode: the first start in EC mode fixes the backend, or
+                # a node picking another one would decode these chunks with the wrong matrix.
+                recorded = store_params.record_if_empty(conn, "ec_backend", policy.ec_backend)
         wrong = [n for n in _FIXED if recorded.get(n) != wanted[n]]
         if wrong:
             raise StoreParamsMismatch(

@@ -88,6 +88,38 @@ class RedundancyPolicy:
             return None
         return self.small if stored_size <= self.small_max else self.large
 
+    def dirs_warning(self, dir_count: int) -> str | None:
+        """What the operator must hear when there are fewer data dirs than shards per chunk:
+        shards then share dirs, and losing even one dir may lose chunks (6+3 over two dirs
+        puts 4-5 shards on each), whatever m promises."""
+        short = [r for r in (self.large, self.small) if r.codec.total > dir_count]
+        if not short:
+            return None
+        worst = max(short, key=lambda r: r.m - _dirs_survived(r.codec.total, r.m, dir_count))
+        survived = _dirs_survived(worst.codec.total, worst.m, dir_count)
+        kind = f"{worst.k}+{worst.m} erasure coding" if worst.layout == Layout.EC else "copies"
+        return (
+            f"{dir_count} data dir(s) for {worst.codec.total} shards per chunk ({kind}): "
+            f"shards of a chunk share dirs, so chunks survive losing {survived} data dir(s), "
+            f"not {worst.m}; give each shard a data dir of its own (data_dirs, then "
+            "`edgestore init`) or lower ec_k/ec_m (replicas)"
+        )
+
+
+def _dirs_survived(shards: int, spare: int, dir_count: int) -> int:
+    """Dirs that can be lost before a chunk of `shards` shards, any `spare` of them
+    expendable, placed round-robin over `dir_count` dirs may be lost."""
+    per_dir = sorted(
+        (shards // dir_count + (i < shards % dir_count) for i in range(dir_count)), reverse=True
+    )
+    lost = survived = 0
+    for count in per_dir:
+        lost += count
+        if lost > spare:
+            break
+        survived += 1
+    return survived
+
 
 @dataclass(slots=True)
 class _Prepared:

@@ -22,3 +22,14 @@ def record_missing(db: Database, conn: Connection, wanted: dict[str, str]) -> di
             .on_conflict_do_nothing(index_elements=[store_params.c.name])
         )
     return load(conn)
+
+
+def record_if_empty(conn: Connection, name: str, value: str) -> dict[str, str]:
+    """Record `value` for a parameter recorded empty (the EC backend of a store begun in
+    replication mode); a value already recorded, by this node or another, stays."""
+    conn.execute(
+        sa.update(store_params)
+        .where(store_params.c.name == name, store_params.c.value == "")
+        .values(value=value)
+    )
+    return load(conn)

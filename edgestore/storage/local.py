@@ -309,11 +309,21 @@ class LocalBackend:
         entries durable to a later flush().
 
         A new store creates a fan-out dir for most of its first few thousand chunks (9 per
-        chunk): one mkdir each, not the four syscalls of checking the data dir and walking up.
+        chunk): a stat of the marker and one mkdir each, not the syscalls of checking the data
+        dir and walking up. The marker is checked before any new dir is made: once the data
+        dir has lost it (an unmounted disk), nothing new is created there.
         """
         if directory in self._known_dirs:
             return
-        if directory != self.root:  # the usual case, a fan-out dir: one syscall
+        if not os.path.exists(self.root / MARKER):
+            # The disk unmounted under a running server: new dirs would land on the empty
+            # mount point, and their files vanish when the disk is mounted again.
+            if not self.root.is_dir():
+                raise StorageUnavailable(f"data dir {self.root} is missing")
+            raise StorageUnavailable(
+                f"data dir {self.root} has lost its {MARKER} marker (its disk unmounted?)"
+            )
+        if directory != self.root:  # the usual case, a fan-out dir: two syscalls
             try:
                 os.mkdir(directory)
             except FileExistsError:
@@ -326,8 +336,6 @@ class LocalBackend:
                     fsync_dir(directory.parent)
                 self._known_dirs.add(directory)
                 return
-        if not self.root.is_dir():  # never recreated: it may be an unmounted disk
-            raise StorageUnavailable(f"data dir {self.root} is missing")
         missing = []
         d = directory
         while not d.exists() and d != self.root:

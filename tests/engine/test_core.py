@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from edgestore.codec import erasure
 from edgestore.engine import Engine, ObjectSelector
 from edgestore.errors import StoreParamsMismatch
-from edgestore.metadata.schema import chunks
+from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import SMALL_CHUNKS, KiB, MiB, blocks_of, random_bytes, read_all
 
 
@@ -58,3 +59,54 @@ def test_replication_mode(make_settings) -> None:
         assert read_all(e, v) == data
         usage = e.objects.usage()
         assert abs(usage.redundancy_overhead - 3.0) < 0.01
+
+
+def _queued_repairs(e: Engine) -> int:
+    with e.core.db.read() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(repair_queue)).scalar_one()
+
+
+@pytest.mark.parametrize(
+    "later", [{"redundancy": "replication"}, {"ec_k": 4, "ec_m": 2}], ids=["replication", "4+2"]
+)
+def test_default_dirs_an_earlier_k_plus_m_created_stay_in_use(make_settings, later) -> None:
+    """With the default data dirs, fewer shards per chunk (or replication) later must not
+    drop the dirs that hold the old chunks' shards: 6+3 -> 3 copies left 3 of 9 shards."""
+    data = random_bytes(2 * MiB, seed=6)
+    with Engine.open(make_settings(**SMALL_CHUNKS)) as e:
+        v = e.put(blocks_of(data), key="old")
+    with Engine.open(make_settings(**later, **SMALL_CHUNKS)) as e:
+        assert len(e.core.dirs.names) == 9 and not e.core.dirs.unavailable
+        assert read_all(e, v) == data
+        assert _queued_repairs(e) == 0  # read from intact shards, not around missing ones
+        new = random_bytes(1 * MiB, seed=7)
+        assert read_all(e, e.put(blocks_of(new), key="new")) == new
+
+
+def test_ec_backend_is_recorded_when_a_replicated_store_turns_to_ec(
+    make_settings, tmp_path, monkeypatch
+) -> None:
+    """A store begun in replication mode recorded no EC backend, so each start picked its
+    own: a node where another backend came first decoded the EC chunks with the wrong
+    matrix, and a chunk with a lost data shard could not be read."""
+    dirs = [tmp_path / f"disk{i}" for i in range(9)]
+    with Engine.open(make_settings(redundancy="replication", data_dirs=dirs, **SMALL_CHUNKS)):
+        pass
+    data = random_bytes(1 * MiB, seed=8)
+    with Engine.open(make_settings(data_dirs=dirs, **SMALL_CHUNKS)) as e:
+        first = e.core.policy.ec_backend
+        assert e.core.params["ec_backend"] == first
+        v = e.put(blocks_of(data), key="ec")
+        with e.core.db.read() as conn:
+            lost = conn.execute(
+                sa.select(shards.c.backend, shards.c.key)
+                .join(chunks, chunks.c.chunk_id == shards.c.chunk_id)
+                .where(chunks.c.layout == "ec", shards.c.shard_index == 0)
+            ).all()
+        for row in lost:
+            (e.core.dirs.backends[row.backend].root / row.key).unlink()
+    other = next(b for b in erasure._RS_BACKENDS if b != first)
+    monkeypatch.setattr(erasure, "_pick_backend", lambda k, m: other)
+    with Engine.open(make_settings(data_dirs=dirs, **SMALL_CHUNKS)) as e:
+        assert e.core.params["ec_backend"] == first
+        assert read_all(e, v) == data

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import sqlalchemy as sa
 
 from edgestore.config import load_settings
 from edgestore.engine import Engine
+from edgestore.engine.dedup import RedundancyPolicy
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import chunks, shards
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
@@ -98,3 +100,26 @@ def test_concurrent_ingests_of_the_same_data_store_each_chunk_once(tmp_path, pg_
     finally:
         for e in engines:
             e.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "dirs", "survived"),
+    [
+        ({}, 9, None),
+        ({}, 8, 2),  # one dir holds two of a chunk's nine shards
+        ({}, 4, 1),
+        ({}, 2, 0),  # 6+3 over two dirs: either dir lost loses every chunk
+        ({"redundancy": "replication"}, 3, None),
+        ({"redundancy": "replication"}, 2, 1),
+        ({"ec_k": 2, "ec_m": 1, "small_chunk_max_bytes": 0}, 3, None),
+    ],
+)
+def test_fewer_data_dirs_than_shards_is_warned(overrides, dirs, survived, tmp_path) -> None:
+    """Shards of a chunk then share dirs and m no longer says what can be lost: the start
+    says what can."""
+    policy = RedundancyPolicy(load_settings(home=tmp_path, **overrides))
+    warning = policy.dirs_warning(dirs)
+    if survived is None:
+        assert warning is None
+    else:
+        assert warning is not None and f"survive losing {survived} data dir(s)" in warning

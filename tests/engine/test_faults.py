@@ -169,3 +169,22 @@ def test_full_data_dir_refuses_writes_cleanly(tmp_path, make_settings) -> None:
             assert not [b for b in engine.core.dirs.backends["d8"].list() if b.key.endswith(".tmp")]
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_data_dir_unmounted_under_a_running_store_refuses_writes(small_engine, tmp_path) -> None:
+    """An empty mount point left where a disk was: a chunk acknowledged then must not have
+    shards that vanish when the disk is mounted again (invariant 2)."""
+    engine = small_engine
+    data = random_bytes(1 * MiB, seed=11)
+    v = engine.put(blocks_of(data), key="before")
+    root = _dir_paths(engine)[3]
+    root.rename(tmp_path / "unmounted")
+    root.mkdir()
+    try:
+        with pytest.raises(StorageUnavailable, match="marker"):
+            engine.put(blocks_of(random_bytes(1 * MiB, seed=12)), key="during")
+    finally:
+        shutil.rmtree(root)
+        (tmp_path / "unmounted").rename(root)  # the disk mounted again
+    assert_no_partial_chunks(engine)
+    assert read_all(engine, v) == data

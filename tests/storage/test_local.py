@@ -308,6 +308,24 @@ def test_dir_without_marker_is_refused(tmp_path):
     assert MARKER in str(info.value) and str(root) in str(info.value)
 
 
+def test_write_to_a_dir_that_lost_its_marker_is_refused(backend, tmp_path):
+    """The disk unmounted under a running server, leaving the empty mount point: new shards
+    went to the disk beneath it and vanished when the disk came back."""
+    backend.put("abc/before", [b"x"])
+    backend.root.rename(tmp_path / "unmounted")
+    backend.root.mkdir()
+    for op in (
+        lambda: backend.put("abc/x", [b"x"]),
+        lambda: backend.write("abc/y", [b"y"]),
+        lambda: backend.write_at("def/z", 0, [b"z"]),
+    ):
+        with pytest.raises(StorageUnavailable) as info:
+            op()
+        assert str(backend.root) in str(info.value)
+    assert MARKER in str(info.value)
+    assert list(backend.root.iterdir()) == []
+
+
 def test_dir_of_another_store_is_refused(backend):
     with pytest.raises(StorageUnavailable, match="another store") as info:
         LocalBackend("d0", backend.root, store_id="some-other-store").check()
