@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.faults import FaultProxy
 from tests.native import DB_PARAMS, small_chunk_server
 
 
@@ -16,3 +17,13 @@ def server(request, tmp_path_factory):
 @pytest.fixture
 def hints_dir(tmp_path):
     return tmp_path / "hints"
+
+
+@pytest.fixture
+def proxy(server):
+    """A proxy in front of the module's server that can drop or cut chosen requests."""
+    p = FaultProxy(server.url).start()
+    try:
+        yield p
+    finally:
+        p.stop()

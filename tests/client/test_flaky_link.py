@@ -14,7 +14,6 @@ import pytest
 import edgestore.client.download as download_module
 from edgestore.client import Client, RetryPolicy
 from edgestore.errors import QuotaExceeded, TransferInterrupted
-from tests.faults import FaultProxy
 from tests.flaky_link import FlakyLink
 from tests.helpers import KiB, MiB, random_bytes, write_file
 from tests.native import DB_PARAMS, small_chunk_server, versions_of
@@ -118,15 +117,6 @@ def test_an_exceeded_quota_is_reported_at_once_not_retried(server, link, tmp_pat
 
 
 # --- an answer lost at the commit ---------------------------------------------------------------
-
-
-@pytest.fixture
-def proxy(server):
-    p = FaultProxy(server.url).start()
-    try:
-        yield p
-    finally:
-        p.stop()
 
 
 def test_a_rerun_after_a_lost_finalize_answer_makes_no_second_version(

@@ -23,15 +23,6 @@ FAST = RetryPolicy(tries=6, base=0.01, cap=0.05)
 CHUNK_PUT = r"^/v1/uploads/[^/]+/chunks/"
 
 
-@pytest.fixture
-def proxy(server):
-    p = FaultProxy(server.url).start()
-    try:
-        yield p
-    finally:
-        p.stop()
-
-
 def upload(proxy: FaultProxy, tmp_path: Path, data: bytes, key: str, **kwargs):
     src = tmp_path / "f.bin"
     if not src.exists() or src.read_bytes() != data:  # rewriting would void the resume hint

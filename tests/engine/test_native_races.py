@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,37 +16,7 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.chunks import reference_mismatches
 from tests.helpers import SMALL_CHUNKS, KiB, random_bytes
 from tests.native import chunks_of
-
-
-def _wait_until_blocked(engine: Engine, timeout: float = 10.0) -> None:
-    """Until some session of this database waits on a lock (the other transaction's)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.core.db.read() as conn:
-            waiting = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        if waiting:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the second transaction never waited for the first")
-
-
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t, out
+from tests.races import in_thread, wait_until_blocked
 
 
 def _garbage_chunk(engine: Engine, seed: int) -> tuple[str, bytes]:
@@ -68,11 +37,14 @@ def test_missing_racing_gc_reports_the_collected_chunk_missing(tmp_path, pg_url)
         session = engine.native.create(size=1)
         with engine.core.db.write() as conn:  # gc deletes the row, not yet committed...
             assert chunk_index.delete_if_unreferenced(conn, cid, time.time() + 60) is not None
-            t, out = _in_thread(lambda: engine.native.missing(session.upload_id, [cid]))
-            _wait_until_blocked(engine)
+            out: list[list[str]] = []
+            t, errors = in_thread(
+                lambda: out.append(engine.native.missing(session.upload_id, [cid]))
+            )
+            wait_until_blocked(engine)
         t.join(10)
         assert not t.is_alive()
-        assert out == [[cid]], out
+        assert not errors and out == [[cid]], (errors, out)
         with engine.core.db.read() as conn:
             assert reference_mismatches(conn) == []
 
@@ -104,9 +76,9 @@ def test_a_session_touched_as_it_lapses_is_not_expired_by_gc(tmp_path, pg_url, m
         def pin(conn: Any, upload_id: str, chunk_ids: Any, **kw: Any) -> dict[str, int]:
             if not fired:  # the session's row is touched and locked; its expiry passes; gc
                 time.sleep(max(0.0, lapses - time.time()) + 0.1)
-                t, _ = _in_thread(lambda: other.uploads.expire_stale(local_grace=3600))
+                t, _ = in_thread(lambda: other.uploads.expire_stale(local_grace=3600))
                 fired.append(t)
-                _wait_until_blocked(engine)
+                wait_until_blocked(engine)
             return real(conn, upload_id, chunk_ids, **kw)
 
         monkeypatch.setattr(pins, "pin", pin)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,37 +17,7 @@ from edgestore.metadata import objects as object_rows
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import objects as objects_table
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
-
-
-def _wait_until_blocked(engine: Engine, timeout: float = 10.0) -> None:
-    """Until some session of this database waits on a lock (the other transaction's)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.core.db.read() as conn:
-            waiting = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        if waiting:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the second transaction never waited for the first")
-
-
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t, errors
+from tests.races import in_thread, wait_until_blocked
 
 
 def test_a_version_deleted_twice_at_once_drops_its_references_once(tmp_path, pg_url) -> None:
@@ -63,8 +32,8 @@ def test_a_version_deleted_twice_at_once_drops_its_references_once(tmp_path, pg_
         with engine.core.db.write() as conn:  # node A deletes it, not yet committed...
             assert object_rows.delete_version(conn, doomed.version_id)
             # ...while node B deletes it too, and waits for A's row locks
-            t, errors = _in_thread(lambda: engine.objects.delete(doomed))
-            _wait_until_blocked(engine)
+            t, errors = in_thread(lambda: engine.objects.delete(doomed))
+            wait_until_blocked(engine)
         t.join(10)
         assert not t.is_alive()
         assert all(type(e).__name__ == "ObjectNotFound" for e in errors), errors
@@ -128,7 +97,7 @@ def test_an_upload_terminated_during_a_checkpoint_keeps_no_references(
 
         def add_refs(conn: Any, counts: Any) -> None:
             if getattr(in_commit, "on", False) and not fired:
-                t, _ = _in_thread(lambda: other.uploads.terminate(up.upload_id))
+                t, _ = in_thread(lambda: other.uploads.terminate(up.upload_id))
                 fired.append(t)
                 _wait_done_or_blocked(engine, t)
             real_add_refs(conn, counts)
@@ -177,7 +146,7 @@ def test_a_partial_terminated_while_its_final_completes_is_not_left_out(
 
         def finish_final(core: Any, conn: Any, rec: Any) -> Any:
             if not fired:
-                t, _ = _in_thread(lambda: other.uploads.terminate(ids[0]))
+                t, _ = in_thread(lambda: other.uploads.terminate(ids[0]))
                 fired.append(t)
                 _wait_done_or_blocked(engine, t)
             return real_finish(core, conn, rec)
@@ -221,8 +190,8 @@ def test_deleting_the_last_version_keeps_a_version_committed_meanwhile(tmp_path,
                 take_refs=True,
             )
             # ...while node B deletes k's only version it knows of
-            t, errors = _in_thread(lambda: engine.objects.delete(old))
-            _wait_until_blocked(engine)
+            t, errors = in_thread(lambda: engine.objects.delete(old))
+            wait_until_blocked(engine)
         t.join(10)
         assert not t.is_alive() and not errors, errors
         new = engine.objects.by_version_id(vid)
@@ -249,8 +218,8 @@ def test_a_version_committed_while_the_objects_last_one_is_deleted_makes_it_anew
                 .with_for_update()
             )
             # ...while node B completes a put of k, and waits for A
-            t, errors = _in_thread(lambda: done.append(engine.put(blocks_of(data), key="k")))
-            _wait_until_blocked(engine)
+            t, errors = in_thread(lambda: done.append(engine.put(blocks_of(data), key="k")))
+            wait_until_blocked(engine)
             assert object_rows.delete_version(conn, old.version_id)
         t.join(30)
         assert not t.is_alive() and not errors, errors

@@ -21,6 +21,7 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import now
 from edgestore.metadata.schema import chunks, shards
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
+from tests.races import wait_until_blocked
 
 
 def _shard_files(engine: Engine) -> set[tuple[str, str]]:
@@ -83,22 +84,6 @@ def test_the_sweep_leaves_a_data_dir_that_is_no_longer_its_disk(small_engine: En
     assert read_all(small_engine, info) == data
 
 
-def _wait_until_blocked(engine: Engine, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.core.db.read() as conn:
-            waiting = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        if waiting:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the session never waited for gc's transaction")
-
-
 @pytest.mark.parametrize("call", ["missing", "finalize"])
 def test_pinning_a_chunk_gc_is_deleting_reports_it_missing(
     tmp_path: Path, pg_url: str, call: str
@@ -132,7 +117,7 @@ def test_pinning_a_chunk_gc_is_deleting_reports_it_missing(
             assert chunk_index.delete_if_unreferenced(conn, cid, now()) is not None
             t = threading.Thread(target=ask)
             t.start()
-            _wait_until_blocked(engine)
+            wait_until_blocked(engine)
         t.join(10)
         assert not t.is_alive()
         if call == "missing":

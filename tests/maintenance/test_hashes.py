@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
 from edgestore.maintenance.hashes import DigestCursor, fill_missing_sha256
+from edgestore.metadata.objects import VersionInfo
 from edgestore.metadata.schema import chunks, manifests, object_versions
 from tests.helpers import KiB, random_bytes
 
@@ -52,20 +54,7 @@ def test_a_single_upload_is_hashed_as_it_arrives(small_engine: Engine) -> None:
 def test_a_corrupt_chunk_skips_its_version_not_the_whole_round(small_engine: Engine) -> None:
     """A version whose (inline, zstd) chunk rotted is logged and skipped; the others still get
     their digest. A raw codec error used to escape and end the upkeep step every round."""
-    broken = small_engine.put(iter([b"abcdefghij" * 90]), key="broken")
-    fine = small_engine.put(iter([b"other bytes " * 90]), key="fine")
-    with small_engine.core.db.write() as conn:
-        conn.execute(sa.update(object_versions).values(sha256=None))
-        cid = conn.execute(
-            sa.select(manifests.c.chunk_id).where(manifests.c.version_id == broken.version_id)
-        ).scalar_one()
-        blob = bytearray(
-            conn.execute(
-                sa.select(chunks.c.inline_data).where(chunks.c.chunk_id == cid)
-            ).scalar_one()
-        )
-        blob[0] ^= 0xFF  # the zstd frame's magic
-        conn.execute(sa.update(chunks).where(chunks.c.chunk_id == cid).values(inline_data=blob))
+    broken, fine = _two_versions_one_damaged(small_engine, _flip_magic)
     assert fill_missing_sha256(small_engine) == 1
     assert small_engine.objects.by_version_id(fine.version_id).sha256 == (
         hashlib.sha256(b"other bytes " * 90).hexdigest()
@@ -76,14 +65,7 @@ def test_a_corrupt_chunk_skips_its_version_not_the_whole_round(small_engine: Eng
 def test_an_unreadable_version_does_not_hold_up_the_others(small_engine: Engine) -> None:
     """Each round takes a few versions; one that cannot be read stays without a digest, and
     was taken first again every round (and read again): versions behind it never got theirs."""
-    broken = small_engine.put(iter([b"abcdefghij" * 90]), key="broken")
-    fine = small_engine.put(iter([b"other bytes " * 90]), key="fine")
-    with small_engine.core.db.write() as conn:
-        conn.execute(sa.update(object_versions).values(sha256=None))
-        cid = conn.execute(
-            sa.select(manifests.c.chunk_id).where(manifests.c.version_id == broken.version_id)
-        ).scalar_one()
-        conn.execute(sa.update(chunks).where(chunks.c.chunk_id == cid).values(inline_data=b"x"))
+    broken, fine = _two_versions_one_damaged(small_engine, lambda blob: b"x")
     cursor = DigestCursor()
     filled = [fill_missing_sha256(small_engine, limit=1, cursor=cursor) for _ in range(3)]
     assert sum(filled) == 1
@@ -91,3 +73,29 @@ def test_an_unreadable_version_does_not_hold_up_the_others(small_engine: Engine)
         hashlib.sha256(b"other bytes " * 90).hexdigest()
     )
     assert small_engine.objects.by_version_id(broken.version_id).sha256 is None
+
+
+def _flip_magic(blob: bytes) -> bytes:
+    damaged = bytearray(blob)
+    damaged[0] ^= 0xFF  # the zstd frame's magic
+    return bytes(damaged)
+
+
+def _two_versions_one_damaged(
+    engine: Engine, damage: Callable[[bytes], bytes]
+) -> tuple[VersionInfo, VersionInfo]:
+    """Two small (inline) versions without a digest; `damage` rewrites the first's chunk."""
+    broken = engine.put(iter([b"abcdefghij" * 90]), key="broken")
+    fine = engine.put(iter([b"other bytes " * 90]), key="fine")
+    with engine.core.db.write() as conn:
+        conn.execute(sa.update(object_versions).values(sha256=None))
+        cid = conn.execute(
+            sa.select(manifests.c.chunk_id).where(manifests.c.version_id == broken.version_id)
+        ).scalar_one()
+        blob = conn.execute(
+            sa.select(chunks.c.inline_data).where(chunks.c.chunk_id == cid)
+        ).scalar_one()
+        conn.execute(
+            sa.update(chunks).where(chunks.c.chunk_id == cid).values(inline_data=damage(blob))
+        )
+    return broken, fine
