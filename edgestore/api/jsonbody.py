@@ -7,6 +7,7 @@ the body first, refusing it (413) by its Content-Length or as soon as it passes 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request, Response
@@ -28,19 +29,27 @@ def content_length(request: Request) -> int | None:
     return int(value)
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
-    """A request body, refused (413) by its Content-Length or once it passes `limit`."""
+async def read_capped(
+    request: Request, limit: int, *, what: str = "request body", timeout: float | None = None
+) -> bytes:
+    """A request body, refused (413) by its Content-Length or once it passes `limit`; one
+    cut short or not complete within `timeout` seconds is TransferInterrupted."""
     declared = content_length(request)
     if declared is not None and declared > limit:
-        raise TooLarge(f"a request body of {declared} bytes exceeds this route's {limit}")
+        raise TooLarge(f"a {what} of {declared} bytes exceeds this route's {limit}")
     buf = bytearray()
     try:
-        async for piece in request.stream():
-            buf += piece
-            if len(buf) > limit:
-                raise TooLarge(f"the request body exceeds this route's {limit} bytes")
+        async with asyncio.timeout(timeout):
+            async for piece in request.stream():
+                buf += piece
+                if len(buf) > limit:
+                    raise TooLarge(f"the {what} exceeds this route's {limit} bytes")
     except ClientDisconnect:
-        raise TransferInterrupted("client disconnected mid-request; nothing was done") from None
+        raise TransferInterrupted(f"client disconnected mid-{what}; nothing was done") from None
+    except TimeoutError:
+        raise TransferInterrupted(
+            f"{what} incomplete after {timeout:.0f}s; nothing was done"
+        ) from None
     return bytes(buf)
 
 

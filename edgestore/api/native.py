@@ -20,15 +20,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from starlette.requests import ClientDisconnect
 
-from edgestore.api.jsonbody import JSON_BODY_BYTES, CappedJsonRoute, content_length
+from edgestore.api.jsonbody import JSON_BODY_BYTES, CappedJsonRoute, content_length, read_capped
 from edgestore.api.logs import submit_in_context
 from edgestore.api.objects import ObjectVersion
 from edgestore.api.state import Services, services
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.engine.native import MAX_MISSING_BATCH, ManifestChunk, NativeUploads, check_sha256
-from edgestore.errors import TooLarge, TransferInterrupted
+from edgestore.errors import TooLarge
 from edgestore.metadata.uploads import UploadRecord
 
 # Chunk bodies are held whole in memory (each at most the max chunk size) while they are
@@ -279,7 +278,7 @@ async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResp
         body = ChunkOut(chunk_id=chunk_id, size=size, new=False)
         return JSONResponse(body.model_dump(), 200, headers=headers)
     async with _body_slots(request):
-        raw = await _read_chunk(request, limit)
+        raw = await read_capped(request, limit, what="chunk body", timeout=CHUNK_BODY_SECONDS)
         stored = await asyncio.wrap_future(
             submit_in_context(svc.uploads, native.put_chunk, upload_id, chunk_id, raw)
         )
@@ -327,21 +326,3 @@ def _body_slots(request: Request) -> asyncio.Semaphore:
     if slots is None:
         slots = state.native_chunk_bodies = asyncio.Semaphore(MAX_CHUNK_BODIES)
     return slots
-
-
-async def _read_chunk(request: Request, limit: int) -> bytes:
-    """The whole body, refused (413) as soon as it passes `limit` (chunked bodies too)."""
-    buf = bytearray()
-    try:
-        async with asyncio.timeout(CHUNK_BODY_SECONDS):
-            async for piece in request.stream():
-                buf += piece
-                if len(buf) > limit:
-                    raise TooLarge(f"chunk body exceeds the store's maximum of {limit} bytes")
-    except ClientDisconnect:
-        raise TransferInterrupted("client disconnected mid-chunk; nothing was stored") from None
-    except TimeoutError:
-        raise TransferInterrupted(
-            f"chunk body incomplete after {CHUNK_BODY_SECONDS:.0f}s; nothing was stored"
-        ) from None
-    return bytes(buf)

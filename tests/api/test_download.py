@@ -17,32 +17,20 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import reset_pg
-from tests.helpers import SMALL_CHUNKS, KiB, MiB, random_bytes, tus_upload
+from tests.helpers import KiB, MiB, random_bytes, tus_upload
+from tests.native import DB_PARAMS, small_chunk_server
 from tests.server import ServerProcess
 
 SIZES = (0, 1, 1000, 16 * KiB - 1, 300 * KiB + 7, 2 * MiB + 5)
 _VOLATILE = {"date", "x-request-id"}
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=DB_PARAMS)
 def small_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("download-server")
-    if request.param == "sqlite":
-        url = f"sqlite:///{base / 'meta.db'}"
-    else:
-        url = request.getfixturevalue("pg_server_url")
-        reset_pg(url)
-    env = {f"EDGESTORE_{name.upper()}": str(value) for name, value in SMALL_CHUNKS.items()}
-    proc = ServerProcess(home=base / "home", database_url=url, env_extra=env).start()
-    try:
+    with small_chunk_server(request, tmp_path_factory) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
