@@ -106,6 +106,7 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
         db.migrate()
         policy = RedundancyPolicy(settings)
         wanted = _wanted_params(settings, policy.ec_backend)
+        dirs: DataDirs | None = None
         with db.write() as conn:
             is_new = not store_params.load(conn)
             recorded = store_params.record_missing(db, conn, wanted)
@@ -113,6 +114,14 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
                 # Begun in replication mode: the first start in EC mode fixes the backend, or
                 # a node picking another one would decode these chunks with the wrong matrix.
                 recorded = store_params.record_if_empty(conn, "ec_backend", policy.ec_backend)
+            if is_new:
+                # Claimed before the commit that creates the store: another process opening
+                # the fresh home at the same moment (`serve` and a CLI command) waits for it,
+                # then finds its dirs claimed. Claimed after it, that one could see a store
+                # with unclaimed dirs and run with every data dir unavailable.
+                dirs = open_data_dirs(
+                    settings.resolved_data_dirs, recorded["store_id"], initialise=True
+                )
         wrong = [n for n in _FIXED if recorded.get(n) != wanted[n]]
         if wrong:
             raise StoreParamsMismatch(
@@ -127,11 +136,10 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
         if ec_backend and ec_backend != policy.ec_backend:
             policy = RedundancyPolicy(settings, ec_backend)
         self_test(ec_backend)
-        dirs = open_data_dirs(
-            settings.resolved_data_dirs,
-            recorded["store_id"],
-            initialise=is_new or initialise_dirs,
-        )
+        if dirs is None:
+            dirs = open_data_dirs(
+                settings.resolved_data_dirs, recorded["store_id"], initialise=initialise_dirs
+            )
         tune_allocator()
         pool = CpuPool(settings.workers)
 

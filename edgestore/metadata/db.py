@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from edgestore.errors import ConfigError, StorageUnavailable
 
@@ -40,11 +40,21 @@ class Database:
                 f"database_url (EDGESTORE_DATABASE_URL) is not a URL: {exc}"
             ) from None
         self.dialect = parsed.get_backend_name()
+        # What error messages call the database: a SQLite file's path (a PostgreSQL URL may
+        # hold a password).
+        self._name = "metadata database"
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self._name = f"metadata database {parsed.database}"
+            # No limit on connections beyond the pool: writers queue on SQLite's lock while
+            # holding one, and at the default 5 + 10 a dozen of them waiting out a long write
+            # left no connection for reads, which WAL would let through at once.
             self.engine: Engine = sa.create_engine(
-                url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+                url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                pool_size=pool_size,
+                max_overflow=-1,
             )
             _configure_sqlite(self.engine)
         elif self.dialect == "postgresql":
@@ -67,7 +77,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction (a consistent snapshot on PostgreSQL and in WAL mode)."""
-        with _translate_errors(), self.engine.connect() as conn, conn.begin():
+        with _translate_errors(self._name), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -79,7 +89,7 @@ class Database:
         durable commit flushes it too: use it only for rows whose loss before then is harmless.
         """
         with (
-            _translate_errors(),
+            _translate_errors(self._name),
             self.engine.connect().execution_options(
                 sqlite_immediate=True, sqlite_durable=durable
             ) as conn,
@@ -106,10 +116,16 @@ class Database:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with _translate_errors(), self.engine.connect() as conn:
+        with _translate_errors(self._name), self.engine.connect() as conn:
             if self.is_postgres:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
                 conn.commit()
+            else:
+                # The whole upgrade in one transaction holding the write lock from its BEGIN:
+                # in a deferred one, two processes opening a fresh home at once (`serve` and a
+                # CLI command) both read "no schema", and the second to write failed with
+                # "database is locked" (its snapshot stale). Now it waits, then finds it done.
+                conn.execution_options(sqlite_immediate=True).begin()
             try:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
@@ -151,12 +167,25 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 @contextmanager
-def _translate_errors() -> Iterator[None]:
+def _translate_errors(name: str) -> Iterator[None]:
+    """Errors an operator must see as such, not as a traceback or an HTTP 500: the database
+    unreachable, busy past the timeout (503: retry), or a file that is not SQLite's."""
     try:
         yield
     except OperationalError as exc:
         if _is_connection_failure(exc):
-            raise StorageUnavailable(f"metadata database unavailable: {exc.orig}") from exc
+            raise StorageUnavailable(f"{name} unavailable: {exc.orig}") from exc
+        if "database is locked" in str(exc.orig).lower():
+            raise StorageUnavailable(
+                f"{name} is busy: another writer held it for over "
+                f"{SQLITE_BUSY_TIMEOUT_MS / 1000:g} s; retry"
+            ) from exc
+        raise
+    except DatabaseError as exc:
+        if "file is not a database" in str(exc.orig).lower():
+            raise StorageUnavailable(
+                f"{name} is not a SQLite database, or is damaged: {exc.orig}"
+            ) from exc
         raise
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 
 from edgestore.codec import erasure
 from edgestore.engine import Engine, ObjectSelector
+from edgestore.engine import core as engine_core
 from edgestore.errors import StoreParamsMismatch
 from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import SMALL_CHUNKS, KiB, MiB, blocks_of, random_bytes, read_all
@@ -110,3 +113,41 @@ def test_ec_backend_is_recorded_when_a_replicated_store_turns_to_ec(
     with Engine.open(make_settings(data_dirs=dirs, **SMALL_CHUNKS)) as e:
         assert e.core.params["ec_backend"] == first
         assert read_all(e, v) == data
+
+
+def test_a_store_opened_twice_at_its_creation_has_its_dirs_claimed(
+    make_settings, monkeypatch
+) -> None:
+    """`serve` and a CLI command started together on a fresh home: the one that finds the
+    store already recorded must also find its data dirs claimed. The creator is held in its
+    self-test (after the store's parameters are recorded) while the other opens."""
+    settings = make_settings()
+    creator_held, other_opened = threading.Event(), threading.Event()
+    real_self_test = engine_core.self_test
+
+    def held_self_test(ec_backend: str | None) -> None:
+        if threading.current_thread().name == "creator":
+            creator_held.set()
+            other_opened.wait(30)
+        real_self_test(ec_backend)
+
+    monkeypatch.setattr(engine_core, "self_test", held_self_test)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            Engine.open(settings).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    creator = threading.Thread(target=create, name="creator")
+    creator.start()
+    try:
+        assert creator_held.wait(30)
+        with Engine.open(settings) as other:
+            unavailable = dict(other.core.dirs.unavailable)
+    finally:
+        other_opened.set()
+        creator.join(60)
+    assert unavailable == {}
+    assert errors == []

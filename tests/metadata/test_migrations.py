@@ -101,3 +101,47 @@ def test_the_version_counter_starts_from_each_objects_highest_version(db_url: st
         assert counters == {"a": 3, "b": 0}
     finally:
         db.close()
+
+
+# Migrates the database at argv[1]; with "hold", pauses just before its first CREATE TABLE,
+# saying so on stdout, so another process can start meanwhile.
+_MIGRATE = """
+import sys, time
+from sqlalchemy import event
+from edgestore.metadata.db import Database
+db = Database(sys.argv[1])
+if sys.argv[2:] == ["hold"]:
+    held = []
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def hold(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("CREATE TABLE") and not held:
+            held.append(1)
+            print("held", flush=True)
+            time.sleep(1.0)
+db.migrate()
+db.close()
+print("migrated", flush=True)
+"""
+
+
+def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(db_url: str) -> None:
+    """`serve` and a CLI command started together on a fresh home both migrate. The first is
+    held just before its first CREATE TABLE while the second starts: on SQLite the second
+    used to read "no schema" in a deferred transaction of its own, and one of the two then
+    failed with "database is locked"."""
+    cmd = [sys.executable, "-c", _MIGRATE, db_url]
+    with subprocess.Popen(
+        [*cmd, "hold"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as first:
+        assert first.stdout is not None
+        assert first.stdout.readline().strip() == "held"
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        rest, err = first.communicate(timeout=60)
+    assert (second.returncode, second.stderr[-300:]) == (0, "")
+    assert (first.returncode, rest.strip(), err[-300:]) == (0, "migrated", "")
+    db = Database(db_url)
+    try:
+        with db.read() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        db.close()
