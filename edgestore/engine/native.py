@@ -153,7 +153,11 @@ class NativeUploads:
         below its minimum size but a file's last (a bound on a finalize request's body)."""
         with self._core.db.read() as conn:
             rec = self._session(conn, upload_id)
-        return (rec.length or 0) // self.params().min_size + 1
+        return self._entries_bound(rec.length)
+
+    def _entries_bound(self, length: int | None) -> int:
+        """Chunks the store's chunker can cut from `length` bytes, at most."""
+        return (length or 0) // self.params().min_size + 1
 
     def abort(self, upload_id: str) -> None:
         """Drop an open session and its pins (a finalized session's object stays)."""
@@ -213,7 +217,7 @@ class NativeUploads:
         if self._wholefile is not None and offset is not None and sizes is not None:
             entries = list(zip(chunk_ids, sizes, strict=True))
             # The order is kept in memory: no longer than the store's chunker can cut.
-            most = (length or 0) // self.params().min_size + 1
+            most = self._entries_bound(length)
             self._wholefile.announce(upload_id, offset, entries, set(have), max_entries=most)
         return [cid for cid in dict.fromkeys(chunk_ids) if cid not in have]
 

@@ -324,19 +324,17 @@ class Uploads:
             # upload_lock_seconds. Two fewer flushes per request: with 5 MiB requests, taking
             # the lease went from 6-7 to 4-5 ms and releasing it from 2-3 to 2 (medians).
             with core.db.write(durable=False) as conn:
+                # The lease first, then the upload read under it: on PostgreSQL each statement
+                # sees what committed before it, so a read made before the lease could miss
+                # another node's append committed (its lease released) in between, and this
+                # request's bytes would be stored after that append's instead of refused.
+                # Refused here, the transaction rolls back and no lease is left behind.
+                upload_rows.acquire_lock(conn, upload_id, owner, core.settings.upload_lock_seconds)
                 rec = upload_rows.get_open(conn, upload_id)
                 if rec.state != upload_rows.OPEN:
                     raise UploadStateError(f"upload {upload_id} is already complete")
                 if rec.concat_of is not None:
                     raise UploadStateError(f"upload {upload_id} is a final upload: not patchable")
-                upload_rows.acquire_lock(conn, upload_id, owner, core.settings.upload_lock_seconds)
-                # Read again under the lease: on PostgreSQL each statement sees what committed
-                # before it, so another node's append may have committed (and released its
-                # lease) since the read above; checked against that read, this request's
-                # bytes would be stored after the other's instead of refused.
-                rec = upload_rows.get_open(conn, upload_id)
-                if rec.state != upload_rows.OPEN:
-                    raise UploadStateError(f"upload {upload_id} is already complete")
                 if offset != rec.offset:
                     raise OffsetConflict(
                         f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
@@ -345,7 +343,7 @@ class Uploads:
                 if length is not None and rec.length is None:
                     self._set_length(conn, rec, length)
                     declared = True
-                rec = upload_rows.get(conn, upload_id)
+                    rec = upload_rows.get(conn, upload_id)
                 # A deferred length is bounded by the bucket's quota as its bytes arrive.
                 room = None
                 if rec.length is None and not rec.is_partial:
