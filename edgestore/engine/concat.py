@@ -55,6 +55,10 @@ def concatenate(
     their own references until they expire, so a retried final is still possible. If some
     partials are still receiving bytes (tus concatenation-unfinished), the final upload
     waits, open, and becomes a version in the transaction that completes its last partial.
+
+    The same request again (a client retrying a POST whose answer it lost) returns the final
+    it made, while that one still waits or its version is still its key's latest: a second
+    version would hold the same bytes and metadata.
     """
     if not partial_ids:
         raise InvalidInput("a final upload needs at least one partial upload")
@@ -71,6 +75,17 @@ def concatenate(
         for part in parts:
             if not part.is_partial:
                 raise InvalidInput(f"upload {part.upload_id} is not a partial upload")
+        request = concat_rows.request_key(
+            partial_ids,
+            bucket=bucket,
+            key=key,
+            content_type=content_type,
+            filename=filename,
+            user_metadata=user_metadata,
+        )
+        earlier = _same_final(conn, request)
+        if earlier is not None:  # before the quota: the first one counts already
+            return earlier
         if known is not None:
             if known > settings.max_upload_size:
                 raise TooLarge(f"concatenated length {known} exceeds the maximum")
@@ -88,10 +103,29 @@ def concatenate(
             filename=filename,
             user_metadata=user_metadata,
             concat_of=list(partial_ids),
+            concat_key=request,
         )
         if finished and not finish_final(core, conn, upload_rows.get(conn, uid)):
             raise AssertionError("partial uploads locked complete are no longer complete")
         return upload_rows.get(conn, uid)
+
+
+def _same_final(conn: Connection, request: str) -> UploadRecord | None:
+    """The final upload an identical request made, if it stands for what a new one would
+    be: still waiting for its partials, or complete with its version still the latest of
+    its key (not deleted, nothing uploaded over it)."""
+    for fid in concat_rows.finals_by_request(conn, request):
+        final = upload_rows.get(conn, fid)
+        if final.state == upload_rows.OPEN:
+            if final.expires_at is None or final.expires_at >= now():
+                return final
+        elif final.state == upload_rows.COMPLETE and final.version_id is not None:
+            made = object_rows.get_version(conn, final.version_id)
+            if made is not None:
+                latest = object_rows.find_version(conn, object_id=made.object_id)
+                if latest is not None and latest.version_id == made.version_id:
+                    return final
+    return None
 
 
 def complete_waiting_finals(core: EngineCore, conn: Connection, partial_id: str) -> None:

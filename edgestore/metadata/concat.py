@@ -6,6 +6,10 @@ the transaction that completes it makes the final into an object version (engine
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -13,6 +17,33 @@ from edgestore.errors import UploadNotFound
 from edgestore.metadata.db import now
 from edgestore.metadata.schema import upload_parts, uploads
 from edgestore.metadata.uploads import COMPLETE, OPEN, get
+
+
+def request_key(
+    partial_ids: list[str],
+    *,
+    bucket: str | None,
+    key: str | None,
+    content_type: str | None,
+    filename: str | None,
+    user_metadata: dict[str, Any] | None,
+) -> str:
+    """A digest of everything a final upload's POST asks for: two requests with the same
+    digest would make the same version (tus creation is not idempotent; this makes a retried
+    final find the first one instead of making a second version)."""
+    request = [partial_ids, bucket, key, content_type, filename, user_metadata or {}]
+    encoded = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def finals_by_request(conn: Connection, digest: str) -> list[str]:
+    """Final uploads created with this request digest, newest first."""
+    rows = conn.execute(
+        sa.select(uploads.c.upload_id)
+        .where(uploads.c.concat_key == digest)
+        .order_by(uploads.c.created_at.desc())
+    )
+    return [r.upload_id for r in rows]
 
 
 def _waiting_finals(*columns: sa.ColumnElement[object]) -> sa.Select:

@@ -153,6 +153,8 @@ uploads = sa.Table(
     sa.Column("user_metadata", sa.JSON, nullable=False),
     sa.Column("is_partial", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("concat_of", sa.JSON, nullable=True),
+    # A final upload's request, hashed (metadata/concat.py): a retried POST finds it.
+    sa.Column("concat_key", sa.String(64), nullable=True),
     sa.Column("version_id", UuidType, nullable=True),
     sa.Column("lock_owner", sa.String(64), nullable=True),
     sa.Column("lock_expires", Time, nullable=True),
@@ -160,6 +162,7 @@ uploads = sa.Table(
     sa.Column("updated_at", Time, nullable=False),
     sa.Column("expires_at", Time, nullable=True),
     sa.Index(None, "state", "expires_at"),
+    sa.Index(None, "concat_key"),
 )
 
 upload_parts = sa.Table(

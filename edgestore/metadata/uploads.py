@@ -139,6 +139,7 @@ def create(
     user_metadata: dict[str, Any] | None = None,
     is_partial: bool = False,
     concat_of: list[str] | None = None,
+    concat_key: str | None = None,
     expected_sha256: str | None = None,
     committed_offset: int = 0,
 ) -> UploadId:
@@ -162,6 +163,7 @@ def create(
             user_metadata=user_metadata or {},
             is_partial=is_partial,
             concat_of=concat_of,
+            concat_key=concat_key,
             created_at=t,
             updated_at=t,
             expires_at=expires_at,

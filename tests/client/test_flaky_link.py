@@ -137,11 +137,6 @@ def test_a_rerun_after_a_lost_finalize_answer_makes_no_second_version(
     assert versions_of(probe, "flaky/final-lost") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: tus has no idempotent final POST, and edgestore makes a new version from "
-    "the same partials each time (engine/concat.py), so the retry stores a second version",
-)
 def test_a_lost_tus_final_answer_makes_no_second_version(server, http, probe, proxy, tmp_path):
     data = random_bytes(3 * MiB, seed=906)
     src = write_file(tmp_path / "f.bin", data)

@@ -309,3 +309,19 @@ def test_a_concatenated_objects_etag_is_stable(fresh_server) -> None:
         assert c.get(final, headers={"If-None-Match": etag}).status_code == 304
         r = c.get(final, headers={"If-Range": etag, "Range": "bytes=10-"})
         assert r.status_code == 206
+
+
+def test_a_final_sent_again_gets_the_same_upload(http, probe) -> None:
+    """A client whose final POST's answer was lost sends it again: the same upload, no
+    second version of the same bytes (tus creation is not idempotent by itself)."""
+    parts = [random_bytes(3000, seed=130), random_bytes(2000, seed=131)]
+    urls = [_partial(http, p) for p in parts]
+    meta = {"Upload-Metadata": "key YWdhaW4="}  # key "again"
+    first = _final(http, urls, **meta)
+    versions = probe.counts()["object_versions"]
+    again = _final(http, urls, **meta)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.headers["Upload-Offset"] == str(sum(map(len, parts)))
+    assert probe.counts()["object_versions"] == versions
+    assert http.get("/objects/default/again").content == b"".join(parts)
