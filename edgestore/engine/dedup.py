@@ -127,6 +127,7 @@ class _Prepared:
 
     record: chunk_index.ChunkRecord
     shards: list[tuple[ShardRef, list[Buffer]]]  # (where, the file's buffers)
+    replaces: str | None = None  # a damaged chunk's generation, stored again from these bytes
 
 
 class ChunkWriter:
@@ -241,10 +242,22 @@ class ChunkWriter:
             with self._db.write(durable=False) as conn:
                 # Not fsynced on its own: the upload checkpoint that references this chunk is
                 # a durable commit, and it makes every earlier commit durable with it.
-                inserted = chunk_index.insert(self._db, conn, rec, refs)
+                replaced = (
+                    prep.replaces is not None
+                    and chunk_index.replace(conn, rec, refs, prep.replaces) is not None
+                )  # else the damaged row is gone (gc): a new one, or replaced by another node
+                inserted = replaced or chunk_index.insert(self._db, conn, rec, refs)
             if not inserted:  # another node won the race; ours are unreferenced duplicates
                 self._delete_shards(refs)
                 stored = StoredChunk(rec.chunk_id, rec.raw_size, 0, False)
+            elif replaced:
+                log.warning(
+                    "chunk %s had missing or corrupt shards; stored again from bytes uploaded "
+                    "now (its old shard files go with gc's orphan sweep)",
+                    rec.chunk_id,
+                )
+                written = sum(r.size for r in refs) or rec.stored_size
+                stored = StoredChunk(rec.chunk_id, rec.raw_size, written, False)
             else:
                 written = sum(r.size for r in refs) or rec.stored_size
                 stored = StoredChunk(
@@ -285,13 +298,16 @@ class ChunkWriter:
 
     def _prepare(self, cid: ChunkId, raw: Buffer) -> StoredChunk | _Prepared:
         with self._db.read() as conn:
-            refcount = chunk_index.refcount_of(conn, cid)
-        if refcount is not None:
-            if refcount > 0:
+            found = chunk_index.lookup(conn, cid)
+        if found is not None and not found.damaged:
+            if found.refcount > 0:
                 return StoredChunk(cid, len(raw), 0, False)
             with self._db.write() as conn:  # unreferenced: restart its grace period first
                 if chunk_index.keep_alive(conn, cid):
                     return StoredChunk(cid, len(raw), 0, False)
+        # New, or damaged (a read found shards missing or corrupt): these bytes are the
+        # chunk, verified by its id, so they make it whole again with shards of their own.
+        replaces = found.generation if found is not None and found.damaged else None
 
         codec, stored = compression.compress(
             raw, self._settings.zstd_level, self._settings.compress_min_saving
@@ -312,7 +328,7 @@ class ChunkWriter:
                 refcount=0,
                 inline_data=bytes(stored),  # a row keeps it: never a view of a buffer
             )
-            return _Prepared(record, [])
+            return _Prepared(record, [], replaces)
         names = self._dirs.writable_names()
         shard_files = shardfile.build(
             redundancy.codec, cid, redundancy.layout, redundancy.k, redundancy.m, codec, stored
@@ -341,7 +357,7 @@ class ChunkWriter:
             generation=generation,
             refcount=0,
         )
-        return _Prepared(record, files)
+        return _Prepared(record, files, replaces)
 
     def _write_shards(self, prep: _Prepared) -> list[ShardRef]:
         """Write all shards of a chunk at once, then make them durable with one flush per

@@ -213,24 +213,29 @@ class NativeUploads:
                         f"the announced chunks end at byte {end}, past the session's {length}"
                     )
             have = pins.pin(conn, upload_id, chunk_ids, newly=newly)
-        _report_dedup(on_dedup, newly, have)
+            # Stored but damaged (queued for repair): pinned, and asked for all the same, as
+            # the client's bytes make it whole again (ChunkWriter).
+            damaged = chunk_index.damaged(conn, list(have))
+        _report_dedup(on_dedup, [c for c in newly if c not in damaged], have)
+        whole = have.keys() - damaged
         if self._wholefile is not None and offset is not None and sizes is not None:
             entries = list(zip(chunk_ids, sizes, strict=True))
             # The order is kept in memory: no longer than the store's chunker can cut.
             most = self._entries_bound(length)
-            self._wholefile.announce(upload_id, offset, entries, set(have), max_entries=most)
-        return [cid for cid in dict.fromkeys(chunk_ids) if cid not in have]
+            self._wholefile.announce(upload_id, offset, entries, set(whole), max_entries=most)
+        return [cid for cid in dict.fromkeys(chunk_ids) if cid not in whole]
 
     def pin_if_stored(
         self, upload_id: str, chunk_id: str, on_dedup: Callable[[int], None] | None = None
     ) -> int | None:
         """Pin an already stored chunk to the session and return its size; None (and nothing
-        written) if it is not stored. Lets a PUT of a known chunk be answered unread.
-        `on_dedup`: as for missing()."""
+        written) if it is not stored, or stored but damaged (its bytes repair it). Lets a PUT
+        of a known chunk be answered unread. `on_dedup`: as for missing()."""
         check_sha256(chunk_id)
         with self._core.db.read() as conn:
             self._open_session(conn, upload_id)
-            if chunk_index.refcount_of(conn, ChunkId(chunk_id)) is None:
+            found = chunk_index.lookup(conn, ChunkId(chunk_id))
+            if found is None or found.damaged:
                 return None
         newly: list[str] = []
         with self._core.db.write() as conn:

@@ -78,7 +78,6 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
 # The statements run once per chunk are built once: building one (and its cache key, from
 # its literal values) cost about as much CPU as running it. Measured on SQLite, a chunk and
 # its 9 shard rows inserted in a transaction of their own: 1,300-1,450 -> 950 us of CPU.
-_REFCOUNT = sa.select(chunks.c.refcount).where(chunks.c.chunk_id == sa.bindparam("cid"))
 _INSERT_SHARDS = sa.insert(shards)
 _ADD_REFS = (
     sa.update(chunks)
@@ -100,9 +99,80 @@ def _insert_chunk(db: Database) -> Any:
     return stmt
 
 
-def refcount_of(conn: Connection, chunk: ChunkId) -> int | None:
-    """The chunk's reference count, or None if it is not stored."""
-    return conn.execute(_REFCOUNT, {"cid": chunk}).scalar_one_or_none()
+_LOOKUP = (
+    sa.select(
+        chunks.c.refcount,
+        chunks.c.generation,
+        repair_queue.c.chunk_id.is_not(None).label("damaged"),
+    )
+    .select_from(chunks.outerjoin(repair_queue, repair_queue.c.chunk_id == chunks.c.chunk_id))
+    .where(chunks.c.chunk_id == sa.bindparam("cid"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A stored chunk, as a dedup lookup sees it."""
+
+    refcount: int
+    generation: str
+    damaged: bool  # queued for repair: a read found shards of it missing or corrupt
+
+
+def lookup(conn: Connection, chunk: ChunkId) -> Found | None:
+    """The stored chunk, for a dedup hit; None if it is not stored."""
+    row = conn.execute(_LOOKUP, {"cid": chunk}).one_or_none()
+    return None if row is None else Found(row.refcount, row.generation, bool(row.damaged))
+
+
+def damaged(conn: Connection, chunk_ids: Sequence[str]) -> set[str]:
+    """Those of the chunks queued for repair."""
+    found: set[str] = set()
+    for batch in _batches(list(chunk_ids)):
+        found.update(
+            conn.execute(
+                sa.select(repair_queue.c.chunk_id).where(repair_queue.c.chunk_id.in_(batch))
+            ).scalars()
+        )
+    return found
+
+
+def replace(
+    conn: Connection, record: ChunkRecord, shard_refs: Sequence[ShardRef], generation: str
+) -> list[ShardRef] | None:
+    """Point a damaged chunk at freshly written shards (stored again from its raw bytes, as
+    a new `record` of the same chunk), if its row still has `generation`; return the shards
+    it had (files now unreferenced: gc's orphan sweep takes them), or None and change
+    nothing (the row is gone, or another writer replaced it first).
+
+    The repair entry goes, and an unreferenced chunk's grace period restarts, as for any
+    dedup hit. References are untouched: the chunk id, and so its bytes, are the same.
+    """
+    locked = conn.execute(
+        sa.select(chunks.c.generation).where(chunks.c.chunk_id == record.chunk_id).with_for_update()
+    ).scalar_one_or_none()
+    if locked != generation:
+        return None
+    old = load(conn, [record.chunk_id])[record.chunk_id].shards
+    conn.execute(
+        sa.update(chunks)
+        .where(chunks.c.chunk_id == record.chunk_id)
+        .values(
+            stored_size=record.stored_size,
+            compression=str(record.compression),
+            layout=str(record.layout),
+            ec_k=record.ec_k,
+            ec_m=record.ec_m,
+            shard_size=record.shard_size,
+            generation=record.generation,
+            inline_data=record.inline_data,
+            zero_since=sa.case((chunks.c.refcount <= 0, now()), else_=chunks.c.zero_since),
+        )
+    )
+    conn.execute(sa.delete(shards).where(shards.c.chunk_id == record.chunk_id))
+    _insert_shards(conn, shard_refs)
+    conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id == record.chunk_id))
+    return list(old)
 
 
 def keep_alive(conn: Connection, chunk: ChunkId) -> bool:
@@ -140,6 +210,11 @@ def insert(
     }
     if conn.execute(_insert_chunk(db), row).scalar_one_or_none() is None:
         return False
+    _insert_shards(conn, shard_refs)
+    return True
+
+
+def _insert_shards(conn: Connection, shard_refs: Sequence[ShardRef]) -> None:
     if shard_refs:
         conn.execute(
             _INSERT_SHARDS,
@@ -155,7 +230,6 @@ def insert(
                 for s in shard_refs
             ],
         )
-    return True
 
 
 def add_refs(conn: Connection, counts: Counter[str]) -> None:

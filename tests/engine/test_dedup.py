@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.engine.dedup import RedundancyPolicy
+from edgestore.errors import ChunkUnreadable
 from edgestore.metadata.chunks import reference_mismatches
-from edgestore.metadata.schema import chunks, shards
+from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
 
 
@@ -123,3 +124,93 @@ def test_fewer_data_dirs_than_shards_is_warned(overrides, dirs, survived, tmp_pa
         assert warning is None
     else:
         assert warning is not None and f"survive losing {survived} data dir(s)" in warning
+
+
+def _shard_paths(engine: Engine, cid: str) -> list:
+    with engine.core.db.read() as conn:
+        rows = conn.execute(
+            sa.select(shards.c.backend, shards.c.key)
+            .where(shards.c.chunk_id == cid)
+            .order_by(shards.c.shard_index)
+        ).all()
+    return [engine.core.dirs.backends[r.backend].root / r.key for r in rows]
+
+
+def _queued(engine: Engine) -> list[str]:
+    with engine.core.db.read() as conn:
+        return list(conn.execute(sa.select(repair_queue.c.chunk_id)).scalars())
+
+
+@pytest.mark.parametrize("lost", ["m", "m+1"])
+def test_uploading_a_damaged_chunk_again_makes_it_whole(engine: Engine, lost: str) -> None:
+    """A chunk found with shards missing (queued for repair) is not a plain dedup hit: the
+    bytes uploaded now are that chunk (same SHA-256), so they are stored again and the
+    chunk made whole; with more than m shards lost, this is what brings it back at all."""
+    data = random_bytes(6 * MiB, seed=61)
+    v1 = engine.put(blocks_of(data, MiB), key="first")
+    cid = engine.objects.manifest(v1)[0].chunk_id
+    paths = _shard_paths(engine, cid)
+    for path in paths[: engine.settings.ec_m + (lost == "m+1")]:
+        path.unlink()
+    if lost == "m":
+        assert read_all(engine, v1) == data  # read around, and queued
+    else:
+        with pytest.raises(ChunkUnreadable):
+            read_all(engine, v1)
+    assert _queued(engine) == [cid]
+    seen: list[tuple[str, bool, int]] = []
+    engine.put(
+        blocks_of(data, MiB),
+        key="again",
+        on_chunk=lambda c: seen.append((c.chunk_id, c.is_new, c.stored_size)),
+    )
+    restored = [s for s in seen if s[0] == cid]
+    assert restored and not restored[0][1] and restored[0][2] > 0
+    assert all(stored == 0 for c, _new, stored in seen if c != cid)  # plain dedup hits
+    assert _queued(engine) == []
+    fresh = _shard_paths(engine, cid)
+    assert len(fresh) == len(paths) and all(p.exists() for p in fresh)
+    assert not set(fresh) & set(paths)  # new files; the old ones are gc's orphans
+    assert read_all(engine, v1) == data and _queued(engine) == []
+    with engine.core.db.read() as conn:
+        assert reference_mismatches(conn) == []
+
+
+def test_a_damaged_chunk_is_stored_again_once(small_engine: Engine) -> None:
+    """Two uploads bringing the same damaged chunk at once: one replaces its shards, the
+    other finds it whole (no shard files left behind by the loser)."""
+    data = random_bytes(200 * 1024, seed=62)
+    v1 = small_engine.put([data], key="one")
+    cid = small_engine.objects.manifest(v1)[0].chunk_id
+    old = _shard_paths(small_engine, cid)
+    old[0].unlink()
+    read_all(small_engine, v1)
+    assert _queued(small_engine) == [cid]
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def put(i: int) -> None:
+        try:
+            start.wait()
+            small_engine.put([data], key=f"again-{i}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and _queued(small_engine) == []
+    known = {p for c in _all_chunks(small_engine) for p in _shard_paths(small_engine, c)}
+    on_disk = {
+        b.root / blob.key for b in small_engine.core.dirs.backends.values() for blob in b.list()
+    }
+    assert known <= on_disk  # every shard the index names exists
+    # Unknown files: the damaged chunk's surviving old shards only, none of a losing writer.
+    assert len(on_disk - known) == len(old) - 1
+
+
+def _all_chunks(engine: Engine) -> list[str]:
+    with engine.core.db.read() as conn:
+        return list(conn.execute(sa.select(chunks.c.chunk_id)).scalars())

@@ -19,7 +19,7 @@ from edgestore.errors import (
 )
 from edgestore.maintenance import gc
 from edgestore.metadata.chunks import reference_mismatches
-from edgestore.metadata.schema import chunks, upload_pins, uploads
+from edgestore.metadata.schema import chunks, repair_queue, shards, upload_pins, uploads
 from tests.helpers import KiB, random_bytes, read_all
 from tests.native import SMALL_PARAMS, chunks_of
 
@@ -148,3 +148,31 @@ def test_announcements_are_bounded_by_the_session(small_engine: Engine) -> None:
     many = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1000)]
     native.missing(tiny.upload_id, many, offset=0, sizes=[1] * len(many))
     assert wholefile.progress(tiny.upload_id) is None  # 1000 chunks from 100 KiB: not followed
+
+
+def test_a_damaged_chunk_is_asked_for_and_its_bytes_repair_it(small_engine: Engine) -> None:
+    """A stored chunk queued for repair is pinned but reported missing, and a PUT of it is
+    not answered unread: the client's bytes store it again."""
+    native = _native(small_engine)
+    data = random_bytes(300 * KiB, seed=4)
+    v1 = small_engine.put([data], key="first")
+    damaged = small_engine.objects.manifest(v1)[0].chunk_id
+    with small_engine.core.db.read() as conn:
+        row = conn.execute(
+            sa.select(shards.c.backend, shards.c.key).where(shards.c.chunk_id == damaged)
+        ).first()
+    assert row is not None
+    (small_engine.core.dirs.backends[row.backend].root / row.key).unlink()
+    read_all(small_engine, v1)  # read around the lost shard, and queued for repair
+    assert _count(small_engine, repair_queue) == 1
+    parts = chunks_of(data)
+    rec = native.create(size=len(data), key="again")
+    assert native.missing(rec.upload_id, [cid for cid, _ in parts]) == [damaged]
+    assert native.pin_if_stored(rec.upload_id, damaged) is None
+    stored = native.put_chunk(rec.upload_id, damaged, dict(parts)[damaged])
+    assert stored.stored_size > 0 and _count(small_engine, repair_queue) == 0
+    manifest = [ManifestChunk(cid, len(c)) for cid, c in parts]
+    done = native.finalize(rec.upload_id, manifest, hashlib.sha256(data).hexdigest())
+    assert read_all(small_engine, done.version) == data == read_all(small_engine, v1)
+    assert _count(small_engine, repair_queue) == 0
+    _consistent(small_engine)
