@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     )
 
     maintenance_interval_seconds: int = Field(
-        600, ge=0, description="Server upkeep (expiry, gc) every this often; 0 disables it."
+        600, ge=0, description="Server upkeep (expiry, gc, repair) every this often; 0 disables it."
     )
 
     host: str = "127.0.0.1"

@@ -20,6 +20,7 @@ from edgestore.buffers import trim_pools
 from edgestore.config import Settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
+from edgestore.maintenance import repair as repairs
 from edgestore.maintenance.hashes import DigestCursor, fill_missing_sha256
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
@@ -27,6 +28,9 @@ log = logging.getLogger("edgestore.http")
 
 # The orphan-file sweep lists every data dir; run it every this many upkeep rounds.
 ORPHAN_SWEEP_EVERY = 24
+# Chunks queued for repair that one upkeep round repairs (each: read every shard, rebuild,
+# store again); the rest wait for the next rounds.
+REPAIRS_PER_ROUND = 20
 # Pooled buffers idle this long are unmapped by the upkeep (buffers.trim_pools).
 POOL_IDLE_SECONDS = 60.0
 # At shutdown, an upkeep round under way is given this long to reach its next step and end.
@@ -38,7 +42,8 @@ class UpkeepStopped(Exception):
 
 
 class Upkeep:
-    """Background upkeep: expire abandoned uploads, collect garbage, fill missing digests.
+    """Background upkeep: expire abandoned uploads, collect garbage, fill missing digests,
+    repair chunks found damaged.
 
     A round runs on a worker thread, where cancelling the task would not stop it (the engine
     would be closed under it, and the process's exit wait for it, minutes for a big orphan
@@ -73,6 +78,7 @@ class Upkeep:
         interval = svc.settings.maintenance_interval_seconds
         rounds = 0
         digests = DigestCursor()
+        repair_cursor = repairs.RepairCursor()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
@@ -91,6 +97,15 @@ class Upkeep:
                 await asyncio.to_thread(
                     fill_missing_sha256, svc.engine, cursor=digests, check=self._check
                 )
+                fixed = await asyncio.to_thread(
+                    repairs.repair,
+                    svc.engine,
+                    limit=REPAIRS_PER_ROUND,
+                    cursor=repair_cursor,
+                    progress=self._check,
+                )
+                if fixed.queued:
+                    log.info("upkeep: %s", fixed)
                 trim_pools(POOL_IDLE_SECONDS)  # spare buffers of a store that went quiet
             except UpkeepStopped:
                 return

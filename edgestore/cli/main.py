@@ -78,7 +78,8 @@ def main_options(
 ) -> None:
     """Self-hosted upload and storage server for huge files.
 
-    Local commands (put, get, ls, stat, rm, du, gc) work on the store in --home directly.
+    Local commands (put, get, ls, stat, rm, du, gc, scrub, repair) work on the store in
+    --home directly.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
@@ -88,7 +89,7 @@ def main_options(
 
 
 def _register() -> None:
-    from edgestore.cli import keys, local, presign, remote, serve  # noqa: F401  (they register their commands)
+    from edgestore.cli import keys, local, maintain, presign, remote, serve  # noqa: F401  (they register their commands)
 
 
 _register()

@@ -87,6 +87,21 @@ class ChunkReader:
             self._on_faults(rec.chunk_id, faults)
         return raw
 
+    def check(self, rec: ChunkRecord) -> list[ShardFault]:
+        """Read every shard of the chunk and check each against its own checksum, without
+        decoding: what is wrong with it (scrub and repair; a read takes only the shards it
+        needs, so a lost parity shard goes unseen until then)."""
+        if rec.layout == Layout.INLINE:
+            return []
+        found = self._fetch_all(rec, list(rec.shards))
+        faults = [f for f in found if isinstance(f, ShardFault)]
+        seen = {ref.shard_index for ref in rec.shards}
+        total = rec.ec_k + rec.ec_m
+        faults += [
+            ShardFault(rec.chunk_id, i, "no shard recorded") for i in range(total) if i not in seen
+        ]
+        return faults
+
     def _gather(self, rec: ChunkRecord) -> tuple[bytes, list[ShardFault]]:
         needed = rec.ec_k if rec.layout == Layout.EC else 1
         got: dict[int, bytes] = {}

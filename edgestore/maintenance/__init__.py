@@ -1,1 +1,2 @@
-"""Maintenance jobs over the engine: garbage collection (scrub, repair, tiering to come)."""
+"""Maintenance jobs over the engine: garbage collection, digest filling, scrub and repair
+(tiering to come)."""

@@ -314,6 +314,27 @@ def queue_repair(db: Database, conn: Connection, chunk: str, reason: str, bad: l
     return True
 
 
+def queued(conn: Connection, after: str | None, limit: int) -> list[str]:
+    """Chunks queued for repair, in id order from past `after`."""
+    q = sa.select(repair_queue.c.chunk_id).order_by(repair_queue.c.chunk_id).limit(limit)
+    if after is not None:
+        q = q.where(repair_queue.c.chunk_id > after)
+    return list(conn.execute(q).scalars())
+
+
+def unqueue(conn: Connection, chunk: str) -> None:
+    """The chunk needs no repair (its shards were all found intact)."""
+    conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id == chunk))
+
+
+def ids_after(conn: Connection, after: str | None, limit: int) -> list[str]:
+    """Stored chunk ids in order from past `after` (to walk the whole index in pages)."""
+    q = sa.select(chunks.c.chunk_id).order_by(chunks.c.chunk_id).limit(limit)
+    if after is not None:
+        q = q.where(chunks.c.chunk_id > after)
+    return list(conn.execute(q).scalars())
+
+
 # --- garbage collection ---------------------------------------------------------------------
 
 

@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from edgestore.api import app as app_module
 from edgestore.api.state import Services
 from edgestore.buffers import AlignedPool
 from edgestore.engine import Engine
+from edgestore.metadata.schema import repair_queue, shards
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 from tests.conftest import SettingsFactory
+from tests.helpers import MiB, blocks_of, random_bytes, read_all
 
 
 def test_upkeep_gives_idle_buffers_back(
@@ -114,3 +117,43 @@ def test_start_warns_when_every_data_dir_is_on_one_disk(
             shutil.rmtree(other, ignore_errors=True)
     warned = [r for r in caplog.records if r.getMessage() == SINGLE_DISK_WARNING]
     assert len(warned) == (1 if disks == "one" else 0)
+
+
+def test_upkeep_repairs_a_chunk_read_around_a_lost_shard(make_settings: SettingsFactory) -> None:
+    """A download read around a lost shard (queued for repair); the server's next upkeep
+    round stores the chunk again, with no operator action."""
+    settings = make_settings(maintenance_interval_seconds=1)
+
+    def queued(engine: Engine) -> int:
+        with engine.core.db.read() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(repair_queue)).scalar_one()
+
+    async def until_repaired(svc: Services) -> None:
+        upkeep = app_module.Upkeep(svc)
+        upkeep.start()
+        deadline = asyncio.get_running_loop().time() + 20
+        while queued(svc.engine) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)
+        await upkeep.stop()
+
+    with Engine.open(settings) as engine:
+        data = random_bytes(2 * MiB, seed=31)
+        v = engine.put(blocks_of(data, MiB), key="k")
+        with engine.core.db.read() as conn:
+            row = conn.execute(
+                sa.select(shards.c.backend, shards.c.key).where(shards.c.shard_index == 0)
+            ).first()
+        assert row is not None
+        lost = engine.core.dirs.backends[row.backend].root / row.key
+        lost.unlink()
+        assert read_all(engine, v) == data and queued(engine) == 1
+        svc = Services(settings=settings, engine=engine)
+        try:
+            asyncio.run(until_repaired(svc))
+        finally:
+            svc.close()
+        assert queued(engine) == 0
+        with engine.core.db.read() as conn:
+            files = conn.execute(sa.select(shards.c.backend, shards.c.key)).all()
+        assert all((engine.core.dirs.backends[b].root / k).exists() for b, k in files)
+        assert read_all(engine, v) == data

@@ -1,0 +1,145 @@
+"""Scrub finds every damaged shard (reads see only the ones they need); repair makes damaged
+chunks whole from their intact shards, leaves intact ones alone and names the lost ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from edgestore.engine import Engine
+from edgestore.maintenance import repair
+from edgestore.metadata.chunks import reference_mismatches
+from edgestore.metadata.schema import repair_queue, shards
+from tests.helpers import MiB, blocks_of, random_bytes, read_all
+
+
+def _shards(engine: Engine, cid: str | None = None) -> list[tuple[str, int, Path]]:
+    """(chunk id, shard index, file) of every shard the index names (of one chunk)."""
+    q = sa.select(shards.c.chunk_id, shards.c.shard_index, shards.c.backend, shards.c.key)
+    if cid is not None:
+        q = q.where(shards.c.chunk_id == cid)
+    with engine.core.db.read() as conn:
+        rows = conn.execute(q.order_by(shards.c.chunk_id, shards.c.shard_index)).all()
+    return [(r[0], r[1], engine.core.dirs.backends[r[2]].root / r[3]) for r in rows]
+
+
+def _queued(engine: Engine) -> dict[str, list[int]]:
+    with engine.core.db.read() as conn:
+        rows = conn.execute(sa.select(repair_queue.c.chunk_id, repair_queue.c.bad_shards))
+        return {r[0]: sorted(r[1]) for r in rows}
+
+
+def _stored(engine: Engine, seed: int, size: int = 6 * MiB) -> tuple[bytes, list[str]]:
+    data = random_bytes(size, seed=seed)
+    v = engine.put(blocks_of(data, MiB), key=f"obj-{seed}")
+    return data, [e.chunk_id for e in engine.objects.manifest(v)]
+
+
+def test_scrub_finds_a_lost_parity_shard_that_reads_never_see(engine: Engine) -> None:
+    data, ids = _stored(engine, seed=1)
+    cid = ids[0]
+    parity = _shards(engine, cid)[-1]
+    parity[2].unlink()
+    assert read_all(engine, engine.objects.list()[0]) == data
+    assert _queued(engine) == {}  # the read needed only the data shards
+    report = repair.scrub(engine)
+    assert report.chunks_checked == len(set(ids)) and report.chunks_damaged == 1
+    assert report.bad_shards == 1 and _queued(engine) == {cid: [parity[1]]}
+
+
+def test_repair_makes_damaged_chunks_whole(engine: Engine) -> None:
+    data, ids = _stored(engine, seed=2)
+    lost = [s for s in _shards(engine) if s[1] in (0, 8)]  # shards 0 and 8 of every chunk
+    for _cid, _i, path in lost:
+        path.unlink()
+    flipped = _shards(engine, ids[1])[3][2]
+    blob = bytearray(flipped.read_bytes())
+    blob[-1] ^= 1
+    flipped.write_bytes(bytes(blob))
+    assert repair.scrub(engine).chunks_damaged == len(set(ids))
+    report = repair.repair(engine)
+    assert report.queued == report.repaired == len(set(ids))
+    assert report.unrecoverable == [] and report.bytes_rewritten > 0
+    assert _queued(engine) == {}
+    assert all(path.exists() for _c, _i, path in _shards(engine))
+    again = repair.scrub(engine)
+    assert again.chunks_checked == len(set(ids)) and again.chunks_damaged == 0
+    assert read_all(engine, engine.objects.list()[0]) == data
+    with engine.core.db.read() as conn:
+        assert reference_mismatches(conn) == []
+
+
+def test_a_chunk_whose_shards_are_back_leaves_the_queue_untouched(engine: Engine) -> None:
+    """A data dir offline during a scrub, back before the repair: nothing is rewritten."""
+    _data, ids = _stored(engine, seed=3, size=2 * MiB)
+    _cid, _i, path = _shards(engine, ids[0])[4]
+    aside = path.with_name(path.name + ".away")
+    path.rename(aside)
+    assert repair.scrub(engine).chunks_damaged == 1
+    aside.rename(path)
+    before = [(p, p.stat().st_mtime_ns) for _c, _i, p in _shards(engine)]
+    report = repair.repair(engine)
+    assert (report.intact, report.repaired, report.bytes_rewritten) == (1, 0, 0)
+    assert _queued(engine) == {}
+    assert [(p, p.stat().st_mtime_ns) for _c, _i, p in _shards(engine)] == before
+
+
+def test_a_chunk_with_fewer_than_k_shards_is_named_and_stays_queued(engine: Engine) -> None:
+    data, ids = _stored(engine, seed=4, size=2 * MiB)
+    for _cid, _i, path in _shards(engine, ids[0])[:4]:  # m + 1 of 6+3
+        path.unlink()
+    repair.scrub(engine)
+    report = repair.repair(engine)
+    assert report.unrecoverable == [ids[0]] and report.repaired == 0
+    assert list(_queued(engine)) == [ids[0]]
+    engine.put(blocks_of(data, MiB), key="the same bytes again")  # what brings it back
+    assert _queued(engine) == {}
+    assert read_all(engine, engine.objects.list()[0]) == data
+
+
+def test_a_round_with_a_cursor_takes_turns(small_engine: Engine) -> None:
+    """The server's upkeep repairs a few chunks per round, going on where the last stopped,
+    so one that cannot be repaired does not hold up the rest."""
+    engine = small_engine
+    _data, ids = _stored(engine, seed=5, size=MiB)
+    chunk_ids = sorted(set(ids))
+    assert len(chunk_ids) >= 3
+    for cid in chunk_ids:
+        files = _shards(engine, cid)
+        for _c, _i, path in files[: len(files) if cid == chunk_ids[0] else 1]:
+            path.unlink()
+    repair.scrub(engine)
+    cursor = repair.RepairCursor()
+    first = repair.repair(engine, limit=1, cursor=cursor)
+    assert first.unrecoverable == [chunk_ids[0]] and cursor.after == chunk_ids[0]
+    rest = repair.repair(engine, limit=len(chunk_ids), cursor=cursor)
+    assert rest.repaired == len(chunk_ids) - 1 and cursor.after is None
+    assert list(_queued(engine)) == [chunk_ids[0]]
+
+
+def test_a_lost_disk_is_replaced_then_scrubbed_and_repaired(make_settings) -> None:
+    """A disk gone for good: every chunk had a shard on it. Until it is replaced, new shards
+    cannot be placed (repair says so and keeps the queue); once an empty disk is claimed
+    (`edgestore init`), scrub queues every chunk and repair stores each again."""
+    settings = make_settings()
+    with Engine.open(settings) as engine:
+        data, ids = _stored(engine, seed=6, size=12 * MiB)
+        gone = next(iter(engine.core.dirs.backends))
+        root = engine.core.dirs.backends[gone].root
+    shutil.rmtree(root)
+    with Engine.open(settings) as engine:
+        assert repair.scrub(engine).chunks_damaged == len(set(ids))
+        report = repair.repair(engine)
+        assert report.errors == len(set(ids)) and report.repaired == 0
+        assert len(_queued(engine)) == len(set(ids))
+    root.mkdir()  # the replacement disk, mounted where the old one was
+    with Engine.open(settings, initialise_dirs=True) as engine:
+        assert engine.core.dirs.unavailable == {}
+        report = repair.repair(engine)
+        assert report.repaired == len(set(ids)) and report.unrecoverable == []
+        assert _queued(engine) == {}
+        assert all(path.exists() for _c, _i, path in _shards(engine))
+        assert repair.scrub(engine).chunks_damaged == 0
+        assert read_all(engine, engine.objects.list()[0]) == data
