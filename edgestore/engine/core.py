@@ -21,6 +21,7 @@ from edgestore.engine.read import ChunkReader, ShardFault
 from edgestore.errors import SelfTestFailed, StoreParamsMismatch
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import params as store_params
+from edgestore.metadata.chunks import ChunkRecord
 from edgestore.metadata.db import Database
 from edgestore.storage.datadirs import DataDirs, open_data_dirs
 
@@ -143,20 +144,25 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
         tune_allocator()
         pool = CpuPool(settings.workers)
 
-        def on_faults(chunk: str, faults: list[ShardFault]) -> None:
+        def on_faults(rec: ChunkRecord, faults: list[ShardFault]) -> None:
+            chunk = rec.chunk_id
             reason = "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults)
             try:
                 with db.write() as conn:
                     queued = chunk_index.queue_repair(
-                        db, conn, chunk, reason, [f.shard_index for f in faults]
+                        db, conn, chunk, reason, [f.shard_index for f in faults], rec.generation
                     )
             except Exception:
                 log.exception("could not queue chunk %s for repair (%s)", chunk, reason)
                 return
             if queued:
                 log.warning("chunk %s read around bad shards: %s", chunk, reason)
-            else:  # collected by gc while it was being read: nothing to repair
-                log.info("chunk %s was collected while it was being read", chunk)
+            else:  # collected by gc, or stored again, while it was being read
+                log.info("chunk %s was collected or stored again while it was read", chunk)
+
+        def reload(chunk: str) -> ChunkRecord | None:
+            with db.read() as conn:
+                return chunk_index.load(conn, [chunk]).get(chunk)
 
         return EngineCore(
             settings=settings,
@@ -166,7 +172,11 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
             policy=policy,
             writer=ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers + 1),
             reader=ChunkReader(
-                dirs, ec_backend or None, on_faults, io_threads=policy.shard_io_threads
+                dirs,
+                ec_backend or None,
+                on_faults,
+                io_threads=policy.shard_io_threads,
+                reload=reload,
             ),
             params=recorded,
             read_budget=Budget(settings.read_ahead_budget_chunks),

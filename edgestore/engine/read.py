@@ -30,18 +30,27 @@ class ShardFault:
     reason: str
 
 
-FaultSink = Callable[[str, list[ShardFault]], None]
+FaultSink = Callable[[ChunkRecord, list[ShardFault]], None]
+Reload = Callable[[str], ChunkRecord | None]
 
 
 class ChunkReader:
     """Rebuilds and verifies single chunks; thread-safe."""
 
     def __init__(
-        self, dirs: DataDirs, ec_backend: str | None, on_faults: FaultSink, io_threads: int = 0
+        self,
+        dirs: DataDirs,
+        ec_backend: str | None,
+        on_faults: FaultSink,
+        io_threads: int = 0,
+        reload: Reload | None = None,
     ) -> None:
         self._dirs = dirs
         self._ec_backend = ec_backend
         self._on_faults = on_faults
+        # The chunk's current row: a reader holding a record loaded before the chunk was
+        # stored again (repair, or an upload of a damaged chunk) finds its old files gone.
+        self._reload = reload
         # Reads a chunk's shards at once (0: one after another). Its own threads, not the
         # writer's: downloads must not queue an upload's shard writes behind their reads.
         self._io = (
@@ -67,7 +76,19 @@ class ChunkReader:
         return codec
 
     def read(self, rec: ChunkRecord) -> bytes:
-        """The chunk's raw bytes, verified against its id."""
+        """The chunk's raw bytes, verified against its id.
+
+        A record that no longer names the chunk's shards (stored again since it was loaded,
+        its old files collected) is reloaded once, so a long download survives a repair."""
+        try:
+            return self._read(rec)
+        except (ChunkUnreadable, ChunkCorrupt):
+            fresh = self._reload(rec.chunk_id) if self._reload is not None else None
+            if fresh is None or fresh.generation == rec.generation:
+                raise
+            return self._read(fresh)
+
+    def _read(self, rec: ChunkRecord) -> bytes:
         if rec.layout == Layout.INLINE:
             if rec.inline_data is None:
                 raise ChunkUnreadable(f"chunk {rec.chunk_id} has no inline data")
@@ -78,13 +99,13 @@ class ChunkReader:
         try:
             raw = compression.decompress(rec.compression, stored, rec.raw_size)
         except ValueError as exc:  # a damaged zstd frame, or not the recorded raw size
-            self._on_faults(rec.chunk_id, [*faults, ShardFault(rec.chunk_id, -1, str(exc))])
+            self._on_faults(rec, [*faults, ShardFault(rec.chunk_id, -1, str(exc))])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} cannot be decompressed: {exc}") from None
         if len(raw) != rec.raw_size or compute_chunk_id(raw) != rec.chunk_id:
-            self._on_faults(rec.chunk_id, [ShardFault(rec.chunk_id, -1, "rebuilt chunk mismatch")])
+            self._on_faults(rec, [ShardFault(rec.chunk_id, -1, "rebuilt chunk mismatch")])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} does not match its SHA-256 after rebuild")
         if faults:
-            self._on_faults(rec.chunk_id, faults)
+            self._on_faults(rec, faults)
         return raw
 
     def check(self, rec: ChunkRecord) -> list[ShardFault]:
@@ -118,7 +139,7 @@ class ChunkReader:
                     got[ref.shard_index] = result
         if len(got) < needed:
             lost = ", ".join(f"#{f.shard_index}: {f.reason}" for f in faults)
-            self._on_faults(rec.chunk_id, faults)
+            self._on_faults(rec, faults)
             raise ChunkUnreadable(
                 f"chunk {rec.chunk_id} has {len(got)} intact shards of {len(rec.shards)}, "
                 f"needs {needed} ({lost})"
@@ -126,7 +147,7 @@ class ChunkReader:
         stored = self._codec(rec).decode(got)
         if len(stored) != rec.stored_size:
             reason = f"decoded to {len(stored)} bytes, expected {rec.stored_size}"
-            self._on_faults(rec.chunk_id, [*faults, ShardFault(rec.chunk_id, -1, reason)])
+            self._on_faults(rec, [*faults, ShardFault(rec.chunk_id, -1, reason)])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} {reason}")
         return stored, faults
 

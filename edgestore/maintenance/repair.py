@@ -95,7 +95,9 @@ def scrub(engine: Engine, *, progress: Progress = _noop) -> ScrubReport:
 def _queue(engine: Engine, rec: ChunkRecord, bad: list[int], reason: str) -> None:
     db = engine.core.db
     with db.write() as conn:
-        if chunk_index.queue_repair(db, conn, rec.chunk_id, f"scrub: {reason}", bad):
+        if chunk_index.queue_repair(
+            db, conn, rec.chunk_id, f"scrub: {reason}", bad, rec.generation
+        ):
             log.warning("scrub: chunk %s is damaged: %s", rec.chunk_id, reason)
 
 

@@ -285,17 +285,25 @@ def note_read(conn: Connection, chunk_ids: Sequence[str]) -> None:
         )
 
 
-def queue_repair(db: Database, conn: Connection, chunk: str, reason: str, bad: list[int]) -> bool:
-    """Queue the chunk for repair; False (nothing queued) if its row is gone.
+def queue_repair(
+    db: Database,
+    conn: Connection,
+    chunk: str,
+    reason: str,
+    bad: list[int],
+    generation: str | None = None,
+) -> bool:
+    """Queue the chunk for repair; False (nothing queued) if its row is gone, or no longer
+    has the `generation` of shards found bad (stored again since they were read).
 
     A read can find a chunk's shards gone because gc collected it meanwhile (its version was
     deleted mid-read). The row is locked first (PostgreSQL): a concurrent gc either commits
     before (the row is not found) or waits, and its delete of the queue entry comes after.
     """
-    exists = conn.execute(
-        sa.select(chunks.c.chunk_id).where(chunks.c.chunk_id == chunk).with_for_update(read=True)
-    ).first()
-    if exists is None:
+    current = conn.execute(
+        sa.select(chunks.c.generation).where(chunks.c.chunk_id == chunk).with_for_update(read=True)
+    ).scalar_one_or_none()
+    if current is None or (generation is not None and current != generation):
         return False
     t = now()
     stmt = db.insert(repair_queue).values(

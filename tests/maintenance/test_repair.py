@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from edgestore.engine import Engine
 from edgestore.maintenance import repair
+from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import repair_queue, shards
 from tests.helpers import MiB, blocks_of, random_bytes, read_all
@@ -143,3 +144,21 @@ def test_a_lost_disk_is_replaced_then_scrubbed_and_repaired(make_settings) -> No
         assert all(path.exists() for _c, _i, path in _shards(engine))
         assert repair.scrub(engine).chunks_damaged == 0
         assert read_all(engine, engine.objects.list()[0]) == data
+
+
+def test_a_reader_holding_the_old_record_reads_the_new_shards(engine: Engine) -> None:
+    """A long download loaded its chunk records a page ahead; repair stored a chunk again
+    meanwhile and the orphan sweep took the old files. The read reloads the row, reads the
+    new shards, and queues nothing."""
+    data, ids = _stored(engine, seed=7, size=2 * MiB)
+    cid = ids[0]
+    with engine.core.db.read() as conn:
+        held = chunk_index.load(conn, [cid])[cid]
+    old = _shards(engine, cid)
+    old[0][2].unlink()
+    repair.scrub(engine)
+    assert repair.repair(engine).repaired == 1
+    for _c, _i, path in old[1:]:  # what the orphan sweep does to the old generation
+        path.unlink()
+    assert engine.core.reader.read(held) == data[: held.raw_size]
+    assert _queued(engine) == {}
