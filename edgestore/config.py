@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     maintenance_interval_seconds: int = Field(
         600, ge=0, description="Server upkeep (expiry, gc, repair) every this often; 0 disables it."
     )
+    scrub_bytes_per_round: int = Field(
+        1 << 30,
+        ge=0,
+        description="Shard bytes each upkeep round reads and checks (a background scrub going "
+        "round the store, pass after pass); 0 disables it.",
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)

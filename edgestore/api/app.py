@@ -43,7 +43,7 @@ class UpkeepStopped(Exception):
 
 class Upkeep:
     """Background upkeep: expire abandoned uploads, collect garbage, fill missing digests,
-    repair chunks found damaged.
+    scrub a slice of the store, repair chunks found damaged.
 
     A round runs on a worker thread, where cancelling the task would not stop it (the engine
     would be closed under it, and the process's exit wait for it, minutes for a big orphan
@@ -79,6 +79,7 @@ class Upkeep:
         rounds = 0
         digests = DigestCursor()
         repair_cursor = repairs.RepairCursor()
+        scrub_cursor = repairs.ScrubCursor()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
@@ -97,6 +98,16 @@ class Upkeep:
                 await asyncio.to_thread(
                     fill_missing_sha256, svc.engine, cursor=digests, check=self._check
                 )
+                if svc.settings.scrub_bytes_per_round:
+                    found = await asyncio.to_thread(
+                        repairs.scrub,
+                        svc.engine,
+                        cursor=scrub_cursor,
+                        budget=svc.settings.scrub_bytes_per_round,
+                        progress=self._check,
+                    )
+                    if found.chunks_damaged:
+                        log.warning("upkeep: scrub found damage: %s", found)
                 fixed = await asyncio.to_thread(
                     repairs.repair,
                     svc.engine,

@@ -58,19 +58,43 @@ class RepairReport:
     seconds: float = 0.0
 
 
-def scrub(engine: Engine, *, progress: Progress = _noop) -> ScrubReport:
-    """Check every shard of every chunk; queue the damaged chunks for repair."""
+@dataclass
+class ScrubCursor:
+    """Where a background scrub goes on next round; `passes` counts finished passes."""
+
+    after: str | None = None
+    passes: int = 0
+
+
+def scrub(
+    engine: Engine,
+    *,
+    cursor: ScrubCursor | None = None,
+    budget: int | None = None,
+    progress: Progress = _noop,
+) -> ScrubReport:
+    """Check every shard of every chunk; queue the damaged chunks for repair.
+
+    With `cursor` and `budget`: go on from the cursor and stop once about `budget` shard
+    bytes are checked (the server's upkeep, a slice per round); past the last chunk the
+    cursor goes back to the start."""
     report = ScrubReport()
     started = time.monotonic()
-    after: str | None = None
-    while True:
+    after = cursor.after if cursor is not None else None
+    while budget is None or report.bytes_checked < budget:
         with engine.core.db.read() as conn:
             ids = chunk_index.ids_after(conn, after, BATCH)
             records = chunk_index.load(conn, ids)
         if not ids:
+            after = None
+            if cursor is not None:
+                cursor.passes += 1
+                log.info("scrub: pass %d over the store done", cursor.passes)
             break
-        after = ids[-1]
         for cid in ids:
+            if budget is not None and report.bytes_checked >= budget:
+                break
+            after = cid
             rec = records.get(cid)
             if rec is None or rec.layout == Layout.INLINE:
                 continue  # collected meanwhile, or kept in the database
@@ -88,6 +112,8 @@ def scrub(engine: Engine, *, progress: Progress = _noop) -> ScrubReport:
                     "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults),
                 )
             progress("chunks", report.chunks_checked)
+    if cursor is not None:
+        cursor.after = after
     report.seconds = time.monotonic() - started
     return report
 

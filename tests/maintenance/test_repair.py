@@ -162,3 +162,27 @@ def test_a_reader_holding_the_old_record_reads_the_new_shards(engine: Engine) ->
         path.unlink()
     assert engine.core.reader.read(held) == data[: held.raw_size]
     assert _queued(engine) == {}
+
+
+def test_a_background_scrub_goes_round_the_store_a_slice_at_a_time(
+    small_engine: Engine,
+) -> None:
+    engine = small_engine
+    _data, ids = _stored(engine, seed=8, size=MiB)
+    chunk_ids = sorted(set(ids))
+    last = _shards(engine, chunk_ids[-1])
+    last[0][2].unlink()
+    with engine.core.db.read() as conn:
+        records = chunk_index.load(conn, chunk_ids).values()
+    biggest = max(r.shard_size * len(r.shards) for r in records)
+    total = sum(r.shard_size * len(r.shards) for r in records)
+    slice_bytes = total // 4
+    cursor = repair.ScrubCursor()
+    seen, rounds = 0, 0
+    while cursor.passes == 0:
+        report = repair.scrub(engine, cursor=cursor, budget=slice_bytes)
+        seen += report.chunks_checked
+        rounds += 1
+        assert report.bytes_checked < slice_bytes + biggest  # one chunk past, at most
+    assert seen == len(chunk_ids) and rounds >= 4 and cursor.after is None
+    assert list(_queued(engine)) == [chunk_ids[-1]]
