@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -29,6 +30,16 @@ from edgestore.types import ChunkerParams, EcParams
 MiB = 1024 * 1024
 _DEFAULT_DIR = re.compile(r"d[0-9]{1,3}")  # HOME/shards/d0…, the default data dirs
 ENV_PREFIX = "EDGESTORE_"
+_EMPTY_IS_A_VALUE = {"rate_limit"}  # '' turns it off; any other empty variable is unset
+
+
+class _EnvSource(EnvSettingsSource):
+    """`EDGESTORE_*` variables, where one set but empty counts as unset: `EDGESTORE_HOME=`
+    (a blank unit-file line, `$UNSET` expanded) meant "not set", not home="" (the working dir)."""
+
+    def _load_env_vars(self) -> dict[str, str | None]:  # type: ignore[override]
+        keep = {(ENV_PREFIX + name).lower() for name in _EMPTY_IS_A_VALUE}
+        return {k: v for k, v in super()._load_env_vars().items() if v != "" or k in keep}
 
 
 class Settings(BaseSettings):
@@ -165,6 +176,23 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("home", "data_dirs", "tls_certfile", "tls_keyfile")
+    @classmethod
+    def _expand_user(cls, value: Any) -> Any:
+        """`~` as a shell would: nothing expands it in a TOML file or a unit's Environment=."""
+        if isinstance(value, Path):
+            return value.expanduser()
+        if isinstance(value, list):
+            return [p.expanduser() for p in value]
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"https?://[^/\s]+", value.strip()):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL (with a host)")
+        return value.strip() if value else value
+
     @field_validator("admin_key")
     @classmethod
     def _long_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -235,7 +263,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
@@ -283,7 +311,7 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Load settings, failing with a ConfigError that names the offending key."""
-    path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+    path = config_file or os.environ.get(ENV_PREFIX + "CONFIG") or None  # set but empty: unset
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -179,6 +179,13 @@ def test_missing_config_file(tmp_path):
         load_settings(config_file=missing)
 
 
+def test_an_empty_config_variable_names_no_file(monkeypatch):
+    """`EDGESTORE_CONFIG=` was 'config file . does not exist': empty is unset, as for every
+    other variable."""
+    monkeypatch.setenv("EDGESTORE_CONFIG", "")
+    assert load_settings().home == Path("./data")
+
+
 def test_missing_config_file_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGESTORE_CONFIG", str(tmp_path / "gone.toml"))
     with pytest.raises(ConfigError, match=r"gone\.toml"):
@@ -222,3 +229,49 @@ def test_every_accepted_ec_shape_builds_a_codec():
         assert "ec_m" in str(exc)
         return
     ReedSolomon(s.ec_k, s.ec_m)
+
+
+def test_a_variable_set_but_empty_counts_as_unset(monkeypatch, tmp_path):
+    """`EDGESTORE_HOME=` (a unit file's blank line, `export EDGESTORE_HOME=$UNSET`) must not
+    turn the TOML's home into "" - the working directory, where a new empty store appeared."""
+    path = write_toml(tmp_path, 'home = "/srv/edgestore"\nec_k = 4\n')
+    for name in ("HOME", "EC_K", "DATA_DIRS", "TLS_CERTFILE", "CORS_ORIGINS", "BUCKET_QUOTAS"):
+        monkeypatch.setenv(f"EDGESTORE_{name}", "")
+    s = load_settings(config_file=path)
+    assert s.home == Path("/srv/edgestore") and s.ec_k == 4
+    assert s.data_dirs is None and s.tls_certfile is None and s.bucket_quotas == {}
+    assert load_settings().home == Path("./data")
+
+
+def test_an_empty_rate_limit_variable_still_turns_it_off(monkeypatch, tmp_path):
+    """'' is a value there (documented: empty turns it off), not an absent variable."""
+    monkeypatch.setenv("EDGESTORE_RATE_LIMIT", "")
+    assert (
+        load_settings(config_file=write_toml(tmp_path, 'rate_limit = "5/second"\n')).rate_limit
+        == ""
+    )
+
+
+def test_paths_expand_a_leading_tilde(monkeypatch, tmp_path):
+    """No shell expands `~` in a TOML file or a systemd Environment=: it meant the user's
+    home, not a directory literally named '~' under the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    path = write_toml(
+        tmp_path,
+        'home = "~/es"\ndata_dirs = ["~/d1", "/mnt/d2"]\n'
+        'tls_certfile = "~/cert.pem"\ntls_keyfile = "~/key.pem"\n',
+    )
+    s = load_settings(config_file=path)
+    assert s.home == tmp_path / "user" / "es"
+    assert s.data_dirs == [tmp_path / "user" / "d1", Path("/mnt/d2")]
+    assert s.tls_certfile == tmp_path / "user" / "cert.pem"
+    assert s.tls_keyfile == tmp_path / "user" / "key.pem"
+    assert load_settings(home="~/x").resolved_database_url.startswith(f"sqlite:///{tmp_path}")
+
+
+@pytest.mark.parametrize("url", ["files.example.com", "example.com/edge", "ftp://example.com"])
+def test_a_public_url_without_http_scheme_is_refused(url):
+    """It becomes every Location header: without a scheme, clients took it for a path."""
+    with pytest.raises(ConfigError, match=r"public_url \(EDGESTORE_PUBLIC_URL\)"):
+        load_settings(public_url=url)
+    assert load_settings(public_url="https://files.example.com/edge/").public_url

@@ -19,7 +19,7 @@ from edgestore.engine import ObjectSelector, VersionInfo
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.engine.objects import is_object_id
-from edgestore.errors import InvalidInput
+from edgestore.errors import InvalidInput, StorageUnavailable
 from edgestore.maintenance import gc
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
@@ -52,10 +52,23 @@ def _version_fields(v: VersionInfo) -> list[tuple[str, str]]:
 
 
 @app.command()
-def init(ctx: typer.Context) -> None:
-    """Create the store (if new) and claim data dirs added to the configuration."""
+def init(
+    ctx: typer.Context,
+    shared_disk: Annotated[
+        bool,
+        typer.Option(
+            "--shared-disk",
+            help="Claim a new dir even on the root filesystem or another data dir's disk "
+            "(refused by default while every data dir has a disk of its own: an empty mount "
+            "point of a disk that did not mount looks just like that).",
+        ),
+    ] = False,
+) -> None:
+    """Create the store (if new) and claim data dirs added to the configuration.
+
+    Exits with 6 when a data dir is left unusable (each is listed with its reason)."""
     state: CliState = ctx.obj
-    with state.engine(initialise_dirs=True) as engine:
+    with state.engine(initialise_dirs=True, claim_shared_disk=shared_disk) as engine:
         dirs = engine.core.dirs
         for name in dirs.names:
             status = dirs.unavailable.get(name, "ok")
@@ -64,6 +77,11 @@ def init(ctx: typer.Context) -> None:
             output.note(f"warning: {SINGLE_DISK_WARNING}")
         if warning := engine.core.policy.dirs_warning(len(dirs.names)):
             output.note(f"warning: {warning}")
+        if dirs.unavailable:  # a script running init must not go on as if it were ready
+            raise StorageUnavailable(
+                f"store {engine.core.store_id}: {len(dirs.unavailable)} data dir(s) unusable, "
+                "listed above"
+            )
         output.out.print(f"store {engine.core.store_id} ready", highlight=False)
 
 
@@ -160,22 +178,45 @@ def get(
         info = engine.objects.stat(_selector(ref, bucket, version))
         name = Path(info.key).name or info.object_id
         if out_path is not None and str(out_path) == "-":
-            for piece in engine.objects.read(info):
-                sys.stdout.buffer.write(piece)
-            sys.stdout.buffer.flush()
+            try:
+                for piece in engine.objects.read(info):
+                    sys.stdout.buffer.write(piece)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                raise  # `| head`: the reader is done, click exits quietly
+            except OSError as exc:  # a full disk under `> file`: say so, not a traceback
+                raise InvalidInput(f"cannot write standard output: {exc.strerror}") from None
             return
         target = output_path(out_path, name)
-        partial = target.with_name(target.name + ".part")
-        with (
-            open(partial, "wb") as f,
-            output.Transfer(f"get {info.key}", info.size, quiet=quiet) as bar,
-        ):
-            for piece in engine.objects.read(info):
-                f.write(piece)
-                bar.advance(len(piece))
-        os.replace(partial, target)
+        # A device or a pipe (-o /dev/null) is written as it is: renaming OUT.part over it
+        # would replace the device node with a file (as root) or fail.
+        special = target.exists() and not target.is_file()
+        partial = target if special else target.with_name(target.name + ".part")
+        try:
+            with (
+                open(partial, "wb") as f,
+                output.Transfer(f"get {info.key}", info.size, quiet=quiet) as bar,
+            ):
+                for piece in engine.objects.read(info):
+                    f.write(piece)
+                    bar.advance(len(piece))
+            if not special:
+                os.replace(partial, target)
+        except BaseException as exc:
+            if not special:  # nothing resumes a local get: a partial file only takes space
+                _remove(partial)
+            if isinstance(exc, OSError):
+                raise InvalidInput(f"cannot write {target}: {exc.strerror or exc}") from None
+            raise
     if not quiet:
         output.note(f"wrote {target} ({output.human_bytes(info.size)})")
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a directory in its way, say: the error that brought us here is the news
+        pass
 
 
 @app.command("ls")
@@ -185,7 +226,7 @@ def list_objects(
     bucket: Annotated[
         str | None, typer.Option("--bucket", "-b", help="Bucket (default: all).")
     ] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 1000,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
     json_out: JsonOpt = False,
 ) -> None:
     """List objects (latest versions) by key prefix."""
@@ -304,7 +345,7 @@ def collect_garbage(
     ctx: typer.Context,
     grace: Annotated[
         float | None,
-        typer.Option(help="Spare garbage younger than this many seconds (default: config)."),
+        typer.Option(min=0, help="Spare garbage younger than this many seconds (default: config)."),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -69,7 +69,10 @@ def main_options(
     ] = None,
     home: Annotated[
         Path | None,
-        typer.Option("--home", help="Store home (else $EDGESTORE_HOME, default ./data)."),
+        typer.Option(
+            "--home",
+            help="Store home (else $EDGESTORE_HOME, else the config file's home, else ./data).",
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
     _show_version: Annotated[

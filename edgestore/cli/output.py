@@ -22,8 +22,18 @@ from rich.table import Table
 
 from edgestore.types import Readable
 
-out = Console()
-err = Console(stderr=True)
+
+def _console(*, stderr: bool) -> Console:
+    """A terminal's console; piped or redirected, one that never cuts or breaks a line to
+    fit 80 columns (scripts read whole object ids and one-line messages)."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, width=1 << 16, soft_wrap=True)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 def human_bytes(n: float) -> str:

@@ -36,8 +36,14 @@ class Engine:
         self.native = NativeUploads(core, self.uploads, self.wholefile)
 
     @classmethod
-    def open(cls, settings: Settings, *, initialise_dirs: bool = False) -> Engine:
-        return cls(open_core(settings, initialise_dirs=initialise_dirs))
+    def open(
+        cls, settings: Settings, *, initialise_dirs: bool = False, claim_shared_disk: bool = False
+    ) -> Engine:
+        return cls(
+            open_core(
+                settings, initialise_dirs=initialise_dirs, claim_shared_disk=claim_shared_disk
+            )
+        )
 
     def close(self) -> None:
         self.wholefile.close()

@@ -100,8 +100,11 @@ _SETTING_OF = {
 }
 
 
-def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCore:
-    """Open (creating on first use) the store the settings describe."""
+def open_core(
+    settings: Settings, *, initialise_dirs: bool = False, claim_shared_disk: bool = False
+) -> EngineCore:
+    """Open (creating on first use) the store the settings describe; `claim_shared_disk`:
+    see open_data_dirs."""
     db = Database(settings.resolved_database_url)
     try:
         db.migrate()
@@ -139,7 +142,10 @@ def open_core(settings: Settings, *, initialise_dirs: bool = False) -> EngineCor
         self_test(ec_backend)
         if dirs is None:
             dirs = open_data_dirs(
-                settings.resolved_data_dirs, recorded["store_id"], initialise=initialise_dirs
+                settings.resolved_data_dirs,
+                recorded["store_id"],
+                initialise=initialise_dirs,
+                claim_shared_disk=claim_shared_disk,
             )
         tune_allocator()
         pool = CpuPool(settings.workers)

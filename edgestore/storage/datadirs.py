@@ -26,6 +26,7 @@ class DataDirs:
     backends: dict[str, LocalBackend] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     single_disk: bool = False  # several dirs, one filesystem: bitrot protection only
+    unclaimed: list[Path] = field(default_factory=list)  # configured, but missing or no marker
     # Flushes per filesystem: how many have started, and the highest-numbered one finished.
     _started: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
     _finished: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
@@ -64,6 +65,12 @@ class DataDirs:
         """All data dirs, or StorageUnavailable naming the ones that cannot take writes."""
         if self.unavailable:
             detail = "; ".join(self.unavailable.values())
+            if self.unclaimed:  # the operator must act, and the fix is not obvious from here
+                detail += (
+                    "; a data dir new to the configuration (added to data_dirs, or a higher "
+                    "ec_k + ec_m or replicas with the default dirs) is claimed by running "
+                    "`edgestore init`; a disk that failed to mount must be mounted first"
+                )
             raise StorageUnavailable(f"cannot store new chunks: {detail}")
         return self.names
 
@@ -80,15 +87,55 @@ def _marker_name(path: Path) -> str | None:
         return None
 
 
-def open_data_dirs(paths: list[Path], store_id: str, *, initialise: bool) -> DataDirs:
-    """Open each configured dir; with `initialise`, claim dirs that have no marker yet."""
+def _filesystem(path: Path) -> int | None:
+    """The device of the filesystem `path` is (or, not created yet, would be) on."""
+    for candidate in (path, *path.parents):
+        try:
+            return candidate.stat().st_dev
+        except OSError:
+            continue
+    return None
+
+
+def _on_a_disk_taken(claimed: list[Path], new: list[Path]) -> dict[Path, str]:
+    """New dirs that look like an empty mount point (a disk that did not mount): on the root
+    filesystem, or on a claimed dir's, while each claimed dir has a disk of its own."""
+    root = _filesystem(Path("/"))
+    own: dict[int, Path] = {}
+    for path in claimed:
+        fs = _filesystem(path)
+        if fs is None or fs == root or fs in own:  # not one disk per dir: nothing to go by
+            return {}
+        own[fs] = path
+    found: dict[Path, str] = {}
+    for path in new if own else []:
+        fs = _filesystem(path)
+        if fs == root:
+            found[path] = "the root filesystem"
+        elif fs in own:
+            found[path] = f"the disk of data dir {own[fs]}"
+    return found
+
+
+def open_data_dirs(
+    paths: list[Path], store_id: str, *, initialise: bool, claim_shared_disk: bool = False
+) -> DataDirs:
+    """Open each configured dir; with `initialise`, claim dirs that have no marker yet, except
+    one that looks like an empty mount point (see _on_a_disk_taken) unless `claim_shared_disk`.
+    """
     dirs = DataDirs()
-    taken = {n for n in (_marker_name(p) for p in paths) if n}
+    markers = {p: _marker_name(p) for p in paths}
+    taken = {n for n in markers.values() if n}
+    suspect: dict[Path, str] = {}
+    if initialise and not claim_shared_disk:
+        suspect = _on_a_disk_taken(
+            [p for p in paths if markers[p]], [p for p in paths if not markers[p]]
+        )
     next_free = 0
     for path in paths:
-        name = _marker_name(path)
+        name = markers[path]
         if name is None:
-            if initialise:
+            if initialise and path not in suspect:
                 while f"d{next_free}" in taken:
                     next_free += 1
                 name = f"d{next_free}"
@@ -96,11 +143,20 @@ def open_data_dirs(paths: list[Path], store_id: str, *, initialise: bool) -> Dat
                 LocalBackend(name, path, store_id).initialise()
             else:
                 name = f"unclaimed:{path}"
+                dirs.unclaimed.append(path)
         backend = LocalBackend(name, path, store_id)
         if name in dirs.backends:
             dirs.unavailable[name] = f"data dir {path} duplicates {dirs.backends[name].root}"
             continue
         dirs.backends[name] = backend
+        if path in suspect:
+            dirs.unavailable[name] = (
+                f"data dir {path} was not claimed: it is on {suspect[path]}, while every other "
+                "data dir has a disk of its own (a disk that did not mount, leaving an empty "
+                "mount point?); mount it and run `edgestore init` again, or claim it as it is "
+                "with `edgestore init --shared-disk`"
+            )
+            continue
         try:
             backend.check()
         except StorageUnavailable as exc:

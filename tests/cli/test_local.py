@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,13 @@ def cli(tmp_path: Path, db_url: str):
         "EDGESTORE_DATABASE_URL": db_url,
     }
 
-    def run(*args: str, input: bytes | None = None, ok: bool = True):
+    def run(*args: str, input: bytes | None = None, ok: bool = True, **more_env: str):
         proc = subprocess.run(
-            [*EDGESTORE, *args], env=env, input=input, capture_output=True, timeout=120
+            [*EDGESTORE, *args],
+            env={**env, **more_env},
+            input=input,
+            capture_output=True,
+            timeout=120,
         )
         if ok:
             assert proc.returncode == 0, proc.stderr.decode()
@@ -104,6 +110,8 @@ def test_stdin_and_human_output(cli) -> None:
         (("put", "-"), 4, "--key"),
         (("stat", "00000000-0000-0000-0000-000000000000"), 3, "not found"),
         (("frobnicate",), 2, "No such command"),
+        (("ls", "--limit", "-1"), 2, "--limit"),  # PostgreSQL: a LIMIT -1 traceback
+        (("gc", "--grace", "-1"), 2, "--grace"),
     ],
 )
 def test_errors_have_exit_codes_and_messages(cli, args, code: int, message: str) -> None:
@@ -142,3 +150,101 @@ def test_get_into_a_directory_or_a_missing_one(cli, tmp_path: Path) -> None:
     res = cli("get", "films/movie.bin", "-o", str(tmp_path / "nowhere" / "x"), ok=False)
     err = " ".join(res.stderr.decode().split())  # the console wraps long lines
     assert res.returncode == 4 and "not a directory" in err and "Traceback" not in err, err
+
+
+def test_raising_k_plus_m_says_to_run_init(cli, tmp_path: Path) -> None:
+    """The default dirs d9, d10 a higher k+m needs were refused as 'missing', with no word
+    of the `edgestore init` that claims them."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(random_bytes(300_000, seed=2))
+    cli("put", str(src))
+    src.write_bytes(random_bytes(300_000, seed=3))  # new chunks: they need the new dirs
+    res = cli("put", str(src), "--key", "b.bin", ok=False, EDGESTORE_EC_K="8")
+    err = " ".join(res.stderr.decode().split())
+    assert res.returncode == 6 and "d9" in err and "edgestore init" in err, err
+    cli("init", EDGESTORE_EC_K="8")
+    cli("put", str(src), "--key", "b.bin", EDGESTORE_EC_K="8")
+
+
+def test_output_in_a_pipe_is_neither_cut_nor_wrapped(cli, tmp_path: Path) -> None:
+    """Piped, the console was 80 columns wide: `ls` cut object ids to 'c0ffee12-34…' and
+    messages broke mid-sentence, so scripts got ids that resolve to nothing."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 1000)
+    key = "some/rather/long/directory/names/that/take/room/in/a/table/" + "k" * 40
+    put = json.loads(cli("put", str(src), "--key", key, "--json").stdout)
+    listing = cli("ls").stdout.decode()
+    assert put["version"]["object_id"] in listing and key in listing, listing
+    missing = "a-key-long-enough-to-push-the-message-past-eighty-columns-" * 2
+    res = cli("get", missing, ok=False)
+    assert f"error: object default/{missing} not found\n" == res.stderr.decode()
+
+
+def test_get_to_a_fifo_writes_into_it(cli, tmp_path: Path) -> None:
+    """`-o /dev/null` (or a named pipe) was written as /dev/null.part, then renamed over
+    the device: as root that replaced /dev/null with a file; as a user, a traceback."""
+    src = tmp_path / "a.bin"
+    data = random_bytes(200_000, seed=3)
+    src.write_bytes(data)
+    cli("put", str(src))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = tmp_path / "received"
+    with open(received, "wb") as sink:
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=sink)
+        try:
+            cli("get", "a.bin", "-o", str(fifo))
+            reader.wait(timeout=30)
+        finally:
+            reader.kill()
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and not (tmp_path / "pipe.part").exists()
+    assert received.read_bytes() == data
+
+
+def test_get_that_cannot_write_leaves_no_part_file(cli, tmp_path: Path) -> None:
+    """An output that fails midway was a traceback, leaving OUT.part behind (no `get`
+    resumes it: it only took space)."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(random_bytes(200_000, seed=4))
+    cli("put", str(src))
+    out = tmp_path / "out.bin"
+    (tmp_path / "out.bin.part").mkdir()  # where get writes first: it cannot be opened
+    res = cli("get", "a.bin", "-o", str(out), ok=False)
+    err = res.stderr.decode()
+    assert res.returncode == 4 and "Traceback" not in err and str(out) in err, err
+    assert not out.exists()
+
+
+def test_get_to_a_full_standard_output_says_so(cli, tmp_path: Path, db_url: str) -> None:
+    """`get KEY -o - > file` on a full disk was an OSError traceback."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(random_bytes(200_000, seed=5))
+    cli("put", str(src))
+    env = {**os.environ, "EDGESTORE_HOME": str(tmp_path / "home"), "EDGESTORE_DATABASE_URL": db_url}
+    with open("/dev/full", "wb") as full:
+        res = subprocess.run(
+            [*EDGESTORE, "get", "a.bin", "-o", "-"], env=env, stdout=full, stderr=subprocess.PIPE
+        )
+    err = res.stderr.decode()
+    assert res.returncode == 4 and "cannot write standard output" in err, err
+
+
+def test_init_refuses_an_empty_mount_point_and_says_so(cli, tmp_path: Path) -> None:
+    """init claimed a dir on the root filesystem beside dirs that each have their own disk
+    (a disk that did not mount), and exited 0 whatever dirs it left unusable."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is not a separate file system here")
+    if tmp_path.stat().st_dev != Path("/").stat().st_dev:
+        pytest.skip("the temporary dir is not on the root filesystem here")
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        disk = str(Path(other) / "es")
+        cli("init", EDGESTORE_DATA_DIRS=disk, EDGESTORE_REDUNDANCY="replication")
+        (tmp_path / "mnt" / "disk2").mkdir(parents=True)
+        both = f"{disk},{tmp_path / 'mnt' / 'disk2' / 'es'}"
+        env = {"EDGESTORE_DATA_DIRS": both, "EDGESTORE_REDUNDANCY": "replication"}
+        res = cli("init", ok=False, **env)
+        out = " ".join((res.stdout + res.stderr).decode().split())
+        assert res.returncode == 6 and "root filesystem" in out and "--shared-disk" in out, out
+        assert not (tmp_path / "mnt" / "disk2" / "es").exists()
+        assert "ready" in cli("init", "--shared-disk", **env).stdout.decode()

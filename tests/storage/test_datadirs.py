@@ -206,3 +206,44 @@ def test_flushes_are_counted_per_filesystem(tmp_path, monkeypatch):
     dirs.flush(["d1"])  # covers d1's filesystem only
     dirs.flush(["d0", "d1"], since=mark)
     assert calls == ["d1", "d0"]
+
+
+def test_refusing_an_unclaimed_dir_says_how_to_claim_it(tmp_path):
+    """Raising k+m with the default dirs refused every write as 'd9 is missing', without
+    saying that `edgestore init` claims it (nor that a missing disk is mounted first)."""
+    paths = make_paths(tmp_path, 2)
+    open_data_dirs(paths, STORE, initialise=True)
+    dirs = open_data_dirs([*paths, tmp_path / "disk2"], STORE, initialise=False)
+    with pytest.raises(StorageUnavailable, match=r"disk2 is missing; .*`edgestore init`.*mount"):
+        dirs.writable_names()
+    (paths[1] / MARKER).write_text(json.dumps({"store_id": "other", "name": "d1"}))
+    dirs = open_data_dirs(paths, STORE, initialise=False)
+    with pytest.raises(StorageUnavailable) as info:  # claimed elsewhere: init would not help
+        dirs.writable_names()
+    assert "edgestore init" not in str(info.value)
+
+
+def test_init_does_not_claim_what_looks_like_an_empty_mount_point(tmp_path):
+    """Every claimed dir on a disk of its own, and a new one on the root filesystem: the
+    disk meant for it did not mount. Claimed, its shards would vanish under the mount."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is not a separate file system here")
+    if tmp_path.stat().st_dev != Path("/").stat().st_dev:
+        pytest.skip("the temporary dir is not on the root filesystem here")
+    with tempfile.TemporaryDirectory(dir=shm) as other:
+        disk = Path(other) / "es"
+        open_data_dirs([disk], STORE, initialise=True)
+        mount_point = tmp_path / "mnt" / "disk2"
+        mount_point.mkdir(parents=True)
+        new = mount_point / "es"
+
+        dirs = open_data_dirs([disk, new], STORE, initialise=True)
+        assert not new.exists()
+        reason = dirs.unavailable[f"unclaimed:{new}"]
+        assert "root filesystem" in reason and "mount" in reason and "--shared-disk" in reason
+        with pytest.raises(StorageUnavailable):
+            dirs.writable_names()
+
+        dirs = open_data_dirs([disk, new], STORE, initialise=True, claim_shared_disk=True)
+        assert dirs.unavailable == {} and marker_of(new)["name"] == "d1"
