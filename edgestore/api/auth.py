@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgestore.api import direct, policy, presign
+from edgestore.api import direct, policy, presign, protocol
 from edgestore.api.errors import error_response
 from edgestore.api.identity import KEY, OPEN, PRESIGNED, SCOPES, UPLOAD_TOKEN, Identity, Target
 from edgestore.api.presign import Grant, Signer
@@ -180,7 +180,7 @@ class AccessControl:
             identity = await self._bearer(authorization)
         elif presign.carries_grant(query):
             grant = self.signer.verify(query)
-            scope = await self._bind_grant(scope, grant, method, path)
+            scope = self._interim_upload_tokens(await self._bind_grant(scope, grant, method, path))
             return Identity(PRESIGNED), scope, receive, self._issue_upload_tokens(send)
         elif presign.P_UPLOAD_TOKEN in query:
             self._check_upload_token(query, method, path)
@@ -286,9 +286,14 @@ class AccessControl:
             lengths.append(rec.length)  # None: concatenation-unfinished, it may still grow
         return known_total(lengths)
 
+    def _with_upload_token(self, url: str) -> str:
+        """An upload's URL carrying the upload token that grants its HEAD/PATCH/DELETE."""
+        expires = int(time.time()) + self.settings.upload_expiry_seconds + UPLOAD_TOKEN_SLACK
+        token = self.signer.upload_token(upload_id_from_url(url), expires)
+        return presign.with_query(url, presign.P_UPLOAD_TOKEN, token)
+
     def _issue_upload_tokens(self, send: Send) -> Send:
         """Give the Location of an upload created with a grant its own upload token."""
-        lifetime = self.settings.upload_expiry_seconds + UPLOAD_TOKEN_SLACK
 
         async def send_with_token(message: Message) -> None:
             # 201 normally; also errors that carry Location so the client can resume (IETF).
@@ -296,16 +301,29 @@ class AccessControl:
                 headers = []
                 for name, value in message.get("headers", []):
                     if name.lower() == b"location":
-                        url = value.decode("latin-1")
-                        token = self.signer.upload_token(
-                            upload_id_from_url(url), int(time.time()) + lifetime
-                        )
-                        value = presign.with_query(url, presign.P_UPLOAD_TOKEN, token).encode()
+                        value = self._with_upload_token(value.decode("latin-1")).encode()
                     headers.append((name, value))
                 message = {**message, "headers": headers}
             await send(message)
 
         return send_with_token
+
+    def _interim_upload_tokens(self, scope: Scope) -> Scope:
+        """The same for the Location of an interim response (the IETF draft's 104, which a
+        client whose creation drops resumes at: without the token it would be refused)."""
+        extensions = scope.get("extensions") or {}
+        interim = extensions.get(protocol.INFORMATIONAL)
+        if interim is None:
+            return scope
+
+        def informational(status: int, fields: list[tuple[str, str]]) -> bool:
+            fields = [
+                (name, self._with_upload_token(value) if name.lower() == "location" else value)
+                for name, value in fields
+            ]
+            return bool(interim(status, fields))
+
+        return {**scope, "extensions": {**extensions, protocol.INFORMATIONAL: informational}}
 
     def _check_upload_token(self, query: dict[str, list[str]], method: str, path: str) -> None:
         tokens = query[presign.P_UPLOAD_TOKEN]

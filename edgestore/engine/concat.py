@@ -69,8 +69,14 @@ def concatenate(
     settings = core.settings
     with core.db.write() as conn:
         # Locked: a partial completing now either committed before (seen complete here)
-        # or waits for this transaction, and then finds the final waiting for it.
-        parts = [upload_rows.get_open(conn, pid, for_update=True) for pid in partial_ids]
+        # or waits for this transaction, and then finds the final waiting for it. Locked in
+        # one order (not the one named): two finals naming the same partials in different
+        # orders would each hold one and wait for the other's (a deadlock on PostgreSQL).
+        locked = {
+            pid: upload_rows.get_open(conn, pid, for_update=True)
+            for pid in sorted(set(partial_ids))
+        }
+        parts = [locked[pid] for pid in partial_ids]
         known = known_total([p.length for p in parts])
         for part in parts:
             if not part.is_partial:
@@ -142,6 +148,14 @@ def complete_waiting_finals(core: EngineCore, conn: Connection, partial_id: str)
             except (TooLarge, QuotaExceeded) as exc:  # before any write: the partial lands
                 log.warning("final upload %s cannot complete: %s", fid, exc)
                 upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
+
+
+def abandon_waiting_finals(conn: Connection, partial_id: str) -> None:
+    """A partial upload is being terminated: the final uploads waiting for it can never
+    complete (its bytes are released), so they end now (410), not when they expire."""
+    for fid in concat_rows.pending_finals(conn, partial_id):
+        if upload_rows.get(conn, fid, for_update=True).state == upload_rows.OPEN:
+            upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
 
 
 def finish_final(core: EngineCore, conn: Connection, final: UploadRecord) -> bool:

@@ -205,8 +205,11 @@ class Uploads:
         self._warm.forget(upload_id)
         tail = None
         with self._core.db.write() as conn:
-            rec = upload_rows.get(conn, upload_id)
+            # Locked before the finals waiting for it, as its completing append locks them.
+            rec = upload_rows.get(conn, upload_id, for_update=True)
             if rec.state in (upload_rows.OPEN, upload_rows.COMPLETE):
+                if rec.is_partial:
+                    concat.abandon_waiting_finals(conn, upload_id)
                 tail = upload_rows.release_data(conn, upload_id, upload_rows.TERMINATED)
         staging.drop(self._core.dirs, tail)
 

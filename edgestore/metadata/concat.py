@@ -57,9 +57,10 @@ def _waiting_finals(*columns: sa.ColumnElement[object]) -> sa.Select:
 
 
 def pending_finals(conn: Connection, partial_id: str) -> list[str]:
-    """Open final uploads (concatenation-unfinished) waiting for this partial upload."""
+    """Open final uploads (concatenation-unfinished) waiting for this partial upload, in one
+    order: the transactions that lock them (partials completing, terminated) never cross."""
     rows = conn.execute(_waiting_finals())
-    return [r.upload_id for r in rows if partial_id in (r.concat_of or ())]
+    return sorted(r.upload_id for r in rows if partial_id in (r.concat_of or ()))
 
 
 def keep_waiting_finals_alive(conn: Connection) -> None:

@@ -1,14 +1,18 @@
-"""tus concatenation in the engine: a final POST sent again (its answer lost) finds the final
-it made, instead of making a second version of the same partials."""
+"""tus concatenation in the engine (engine/concat.py): a final POST sent again (its answer
+lost) finds the final it made, instead of making a second version of the same partials; finals
+created at once (PostgreSQL: SQLite serialises write transactions) neither deadlock nor
+duplicate."""
 
 from __future__ import annotations
 
 import threading
 
+from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.chunks import reference_mismatches
-from tests.helpers import KiB, random_bytes, read_all
+from tests.helpers import SMALL_CHUNKS, KiB, blocks_of, random_bytes, read_all
+from tests.races import in_thread, wait_until_blocked
 
 
 def _partials(engine: Engine, *sizes: int, seed: int) -> tuple[list[str], bytes]:
@@ -128,3 +132,39 @@ def test_a_retry_is_not_refused_by_the_quota_the_first_final_filled(make_setting
         ids, _ = _partials(engine, size // 2, size // 2, seed=760)
         first = engine.uploads.concatenate(ids, bucket="tight", key="full")
         assert engine.uploads.concatenate(ids, bucket="tight", key="full") == first
+
+
+def _partial(engine: Engine, data: bytes) -> str:
+    rec = engine.uploads.create(length=len(data), is_partial=True)
+    engine.uploads.append(rec.upload_id, 0, blocks_of(data))
+    return rec.upload_id
+
+
+def test_two_finals_naming_the_same_partials_in_opposite_orders_both_complete(
+    tmp_path, pg_url
+) -> None:
+    """tus-js-client's parallel uploads of two files may share nothing, but two finals may
+    name the same partials in different orders (`final;a b` and `final;b a`), at once: each
+    locks the partials; taken in the order named, each would hold one and wait for the
+    other's (a deadlock, one final refused with a 500). Locked in one order, both wait in
+    turn and complete."""
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    with Engine.open(settings) as engine:
+        data = {seed: random_bytes(3000, seed=seed) for seed in (21, 22)}
+        ids = {_partial(engine, d): d for d in data.values()}
+        lo, hi = sorted(ids)
+        made: list[str | None] = []
+        with engine.core.db.write() as conn:
+            # A final `lo hi` being created: it holds lo...
+            upload_rows.get_open(conn, lo, for_update=True)
+            # ...while a final `hi lo` is created too, and waits for lo
+            t, errors = in_thread(
+                lambda: made.append(engine.uploads.concatenate([hi, lo]).version_id)
+            )
+            wait_until_blocked(engine)
+            upload_rows.get_open(conn, hi, for_update=True)  # the first final goes on
+        t.join(10)
+        assert not t.is_alive()
+        assert errors == [] and made[0] is not None, errors
+        info = engine.objects.by_version_id(made[0])
+        assert read_all(engine, info) == ids[hi] + ids[lo]

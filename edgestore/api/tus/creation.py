@@ -23,7 +23,13 @@ from edgestore.api.tus.headers import (
 )
 from edgestore.engine.ingest import Checksum, TrailingChecksum
 from edgestore.engine.keys import validate_key
-from edgestore.errors import InvalidInput, InvalidKey, TooLarge, UnsupportedMediaType
+from edgestore.errors import (
+    InvalidInput,
+    InvalidKey,
+    TooLarge,
+    UnsupportedMediaType,
+    UploadStateError,
+)
 from edgestore.metadata.uploads import UploadRecord
 
 router = APIRouter()
@@ -59,6 +65,10 @@ async def create(request: Request) -> Response:
     if concat is not None and not concat.partial:
         if length is not None:
             raise InvalidInput("a final upload must not carry Upload-Length")
+        if _has_body(request):  # as tusd: its bytes would be dropped behind a 201
+            raise UploadStateError(
+                "a final (concatenated) upload takes no bytes: send them to its partial uploads"
+            )
         rec = await asyncio.to_thread(
             svc.engine.uploads.concatenate,
             concat.parts,

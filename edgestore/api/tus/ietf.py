@@ -213,51 +213,61 @@ async def _append(upload_id: str, request: Request) -> Response:
             f"inconsistent length: Upload-Length {length} but Upload-Complete: ?1 with "
             f"{body_length} bytes of content at offset {offset}"
         )
-    if length is not None and rec.length != length:
-        if rec.length is not None:
-            raise InvalidInput(
-                f"inconsistent length: Upload-Length {length}, but the upload was declared "
-                f"with {rec.length}"
-            )
-        rec = await asyncio.to_thread(uploads.declare_length, upload_id, length)
-    if not complete and rec.length is not None and offset + (body_length or 0) > rec.length:
+    if length is not None and rec.length is not None and rec.length != length:
+        raise InvalidInput(
+            f"inconsistent length: Upload-Length {length}, but the upload was declared "
+            f"with {rec.length}"
+        )
+    target = rec.length if rec.length is not None else length
+    if not complete and target is not None and offset + (body_length or 0) > target:
         # Draft -05: "reject the request with a 400 (Bad Request)"; a 413 would speak of the
         # server's limits (-09 on: retry with a smaller append), not of the declared length.
         raise InvalidInput(
-            f"{body_length} bytes at offset {offset} go beyond the upload's length {rec.length}"
+            f"{body_length} bytes at offset {offset} go beyond the upload's length {target}"
         )
-    rec = await _transfer(request, svc, rec, offset, complete)
+    rec = await _transfer(request, svc, rec, offset, complete, length)
     return Response(status_code=204, headers=_state_headers(request, svc, rec))
 
 
 async def _transfer(
-    request: Request, svc: Services, rec: UploadRecord, offset: int, complete: bool
+    request: Request,
+    svc: Services,
+    rec: UploadRecord,
+    offset: int,
+    complete: bool,
+    length: int | None = None,
 ) -> UploadRecord:
     """Stream the request content in at `offset`; complete the upload if asked to.
 
-    With `Upload-Complete: ?1` and a Content-Length, the length (offset + content) is declared
-    first, so the engine refuses any byte beyond it and completes the upload at its end.
+    A deferred length the request indicates (`length`, or offset + content with
+    `Upload-Complete: ?1` and a Content-Length) is declared by the append itself, under the
+    upload's lease: the engine refuses any byte beyond it and completes the upload at its
+    end, and a refused append (nothing kept) leaves the length deferred, as tus PATCH does.
     """
     uploads = svc.engine.uploads
     body_length = parse_size("Content-Length", request.headers.get("content-length"))
+    declare = length if rec.length is None else None
     if complete and body_length is not None:
         total = offset + body_length
         if rec.length is None:
-            rec = await asyncio.to_thread(uploads.declare_length, rec.upload_id, total)
+            declare = total  # an Upload-Length given too was checked equal in _append
         elif rec.length != total:
             raise InvalidInput(
                 f"inconsistent length: Upload-Complete: ?1 with {body_length} bytes at offset "
                 f"{offset}, but the upload's length is {rec.length}"
             )
     if _has_body(request):
+        limit = rec.length if rec.length is not None else declare
         try:
-            rec = await append_body(request, svc, rec, offset, None)
+            rec = await append_body(request, svc, rec, offset, None, length=declare)
         except TooLarge:
-            if rec.length is None:  # beyond max-size: the server's limit, a 413
-                raise
+            if limit is None or limit > svc.settings.max_upload_size:
+                raise  # beyond max-size: the server's limit, a 413
             raise InvalidInput(  # beyond the declared length: a 400, as above
-                f"the content goes beyond the upload's length {rec.length}"
+                f"the content goes beyond the upload's length {limit}"
             ) from None
+    elif declare is not None:  # no content: nothing that could be refused after it
+        rec = await asyncio.to_thread(uploads.declare_length, rec.upload_id, declare)
     if rec.state == upload_rows.OPEN and (complete or rec.offset == rec.length):
         if rec.length is None:  # chunked content: its length is known only now
             rec = await asyncio.to_thread(uploads.declare_length, rec.upload_id, rec.offset)

@@ -34,9 +34,11 @@ def _partial(http, data: bytes, *, fill: int | None = None) -> str:
     return url
 
 
-def _final(http, urls: list[str], **headers: str):
+def _final(http, urls: list[str], content: bytes | None = None, **headers: str):
     return http.post(
-        "/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(urls), **headers}
+        "/files/",
+        content=content,
+        headers={**TUS, "Upload-Concat": "final;" + " ".join(urls), **headers},
     )
 
 
@@ -197,6 +199,24 @@ def test_a_final_waits_for_unfinished_partials(http, probe) -> None:
     assert probe.counts()["object_versions"] == versions + 1
 
 
+@pytest.mark.parametrize("which", ["finished", "unfinished"])
+def test_terminating_a_partial_a_final_waits_for_ends_the_final(http, which: str) -> None:
+    """A final that waits for its partials can never complete once one of them is
+    terminated (its bytes are released): it is gone (410) at once, rather than reported
+    waiting, without an offset, until it expires a day later."""
+    parts = [random_bytes(1000, seed=145), random_bytes(2000, seed=146)]
+    done = _partial(http, parts[0])
+    half = _partial(http, parts[1], fill=500)
+    final = _final(http, [done, half]).headers["Location"]
+    assert "Upload-Offset" not in tus_head(http, final).headers  # waiting
+    assert http.delete(done if which == "finished" else half, headers=TUS).status_code == 204
+    assert http.head(final, headers=TUS).status_code == 410
+    assert http.get(final).status_code == 410
+    if which == "finished":  # the other partial still completes; the final stays gone
+        assert tus_patch(http, half, 500, parts[1][500:]).status_code == 204
+        assert http.head(final, headers=TUS).status_code == 410
+
+
 def test_a_final_of_deferred_partials_learns_its_length(http) -> None:
     data = random_bytes(40_000, seed=140)
     r = http.post(
@@ -272,6 +292,15 @@ def test_final_with_upload_length_is_400(http, probe) -> None:
     with store_unchanged(http, probe):
         r = _final(http, [url], **{"Upload-Length": "100"})
     assert r.status_code == 400
+
+
+def test_final_with_a_body_is_403_and_creates_nothing(http, probe) -> None:
+    """A final upload takes no bytes, also not in its creation (tusd: 403, "modifying a
+    final upload is not allowed"): a body is refused, not dropped behind a 201."""
+    url = _partial(http, random_bytes(100, seed=147))
+    with store_unchanged(http, probe):
+        r = _final(http, [url], **{"Content-Type": "application/offset+octet-stream"}, content=b"x")
+    assert r.status_code == 403, r.text
 
 
 def test_patch_to_a_final_upload_is_403(http, probe) -> None:

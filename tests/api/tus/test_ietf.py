@@ -426,3 +426,26 @@ def test_an_append_refused_for_inconsistent_lengths_records_neither(server, vers
         r = append(c, url, 0, b"a" * 50, complete=True, version=version)
         assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
         assert_object(c, url, b"a" * 50)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_refused_append_does_not_declare_its_upload_length(server, version: str) -> None:
+    """An append that declares a deferred length and is refused (its content goes beyond that
+    length) leaves the length deferred: the corrected retry is accepted, not refused as an
+    "inconsistent length" against the length of a request the server turned down."""
+    with server.client() as c:
+        url = c.post("/files/", headers=draft(version, Upload_Complete="?0")).headers["Location"]
+        bad = draft(
+            version,
+            Upload_Offset="0",
+            Upload_Complete="?0",
+            Upload_Length="10",
+            Content_Type=PARTIAL,
+        )
+        assert c.patch(url, content=b"b" * 20, headers=bad).status_code == 400
+        h = c.head(url, headers=draft(version))
+        assert (h.headers["Upload-Offset"], h.headers.get("Upload-Length")) == ("0", None)
+        good = {**bad, "Upload-Length": "20"}
+        r = c.patch(url, content=b"b" * 20, headers=good)
+        assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
+        assert_object(c, url, b"b" * 20)

@@ -107,3 +107,24 @@ def test_a_creation_cut_short_resumes_at_the_location_of_its_104(server) -> None
             time.sleep(0.05)
         assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
         assert_object(c, location, data)
+
+
+def test_a_presigned_creation_resumes_at_the_location_of_its_104(auth_server) -> None:
+    """With a pre-signed URL, the upload's Location carries its upload token (the client has
+    no other credential): the 104's Location too, or the client that dropped mid-creation,
+    knowing only the interim response, is refused (401) where it resumes."""
+    from urllib.parse import urlsplit
+
+    from tests.api.access import client_with, grant_url
+
+    data = random_bytes(300 * KiB, seed=71)
+    url = urlsplit(grant_url(auth_server, "upload", "default", "interim-k", max_size=MiB))
+    request = _creation("8", data, extra=f"Upload-Length: {len(data)}\r\n")
+    request = request.replace(b"POST /files/ ", f"POST {url.path}?{url.query} ".encode(), 1)
+    heads = _responses(_raw(auth_server, request))
+    assert [status for status, _ in heads] == [104, 201], heads
+    assert "es_upload_token=" in heads[1][1]["location"]
+    interim = heads[0][1]["location"].split("edgestore", 1)[1]
+    with client_with(auth_server) as c:
+        h = c.head(interim, headers=draft("8"))
+        assert (h.status_code, h.headers.get("Upload-Complete")) == (204, "?1"), h.text
