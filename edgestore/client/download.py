@@ -115,6 +115,11 @@ class Download:
         if url.startswith("/") and self._url.startswith("http"):
             url = str(httpx.URL(self._url).join(url))
         target = output_path(self._out, self._name(head))
+        if target.exists() and not target.is_file():
+            raise InvalidInput(
+                f"cannot download into {target}: not a regular file (a device or a pipe); "
+                "ranges are written in parallel to a .part file renamed over the output"
+            )
         part = target.with_name(target.name + ".part")
         record = target.with_name(target.name + ".part.json")
         identity = {"etag": etag, "size": size, "object_id": object_id, "version": version}

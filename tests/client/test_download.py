@@ -170,3 +170,18 @@ def test_a_new_version_during_the_download_does_not_mix_in(server, tmp_path) -> 
     r = Client(server.url).download("default/dl/moving", out)
     assert r.version == 2 and r.bytes_resumed == 0  # the partial of version 1 was dropped
     assert r.sha256 == sha256_hex(out.read_bytes())
+
+
+def test_a_device_or_pipe_as_output_is_refused_not_replaced(server, tmp_path) -> None:
+    """Ranges are written in parallel to OUT.part and renamed over OUT: over a FIFO (or, as
+    root, /dev/null) that rename replaced the special file with a regular one."""
+    import os
+    import stat
+
+    obj = stored(server, tmp_path, random_bytes(300 * KiB, seed=49), "dl/fifo")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidInput, match="not a regular file"):
+        Client(server.url).download(obj["object_id"], fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert not fifo.with_name("pipe.part").exists()
