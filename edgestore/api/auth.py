@@ -10,10 +10,8 @@ the one error table. Plain ASGI, like api/middleware.py, so upload bodies stream
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
-import logging
 import re
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgestore.api import direct, policy, presign, protocol
 from edgestore.api.errors import error_response
 from edgestore.api.identity import KEY, OPEN, PRESIGNED, SCOPES, UPLOAD_TOKEN, Identity, Target
+from edgestore.api.keyring import CHALLENGE, KeyRing
 from edgestore.api.presign import Grant, Signer
 from edgestore.api.state import Services
 from edgestore.api.tus.common import upload_id_from_url
@@ -39,21 +38,13 @@ from edgestore.errors import (
     EdgestoreError,
     InvalidInput,
     OutOfScope,
+    SignatureExpired,
     TooLarge,
     Unauthorized,
 )
-from edgestore.metadata import keys as key_rows
-from edgestore.metadata.db import Database
-from edgestore.metadata.keys import ApiKey
 
-log = logging.getLogger("edgestore.auth")
-
-CACHE_SECONDS = 5.0  # a revoked key stops working on every node within this
-CACHE_ENTRIES = 10_000
-TOUCH_SECONDS = 60.0  # last_used_at is written at most this often per key
 UPLOAD_TOKEN_SLACK = 3600  # an upload token outlives its upload's expiry by this much
 MAX_JSON_BODY = 64 * 1024  # JSON bodies read to find their object (limited keys only)
-CHALLENGE = {"WWW-Authenticate": 'Bearer realm="edgestore"'}
 OPEN_IDENTITY = Identity(OPEN, frozenset(SCOPES))
 
 
@@ -90,57 +81,6 @@ def effective_method(scope: Scope) -> str:
         if override in ("PATCH", "DELETE"):  # any other value: authorized as the POST it is
             return override
     return method
-
-
-class KeyRing:
-    """Verifies bearer keys against the database, with a short cache so that PATCH-heavy
-    uploads cost no query per request; keeps last_used_at roughly current."""
-
-    def __init__(self) -> None:
-        self.db: Database | None = None
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
-        self._touched: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def verify(self, secret: str) -> ApiKey:
-        digest = key_rows.hash_secret(secret)
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
-            key = hit[1]
-        else:
-            key = await asyncio.to_thread(self._fetch, digest)
-            if len(self._cache) >= CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[digest] = (time.monotonic() + CACHE_SECONDS, key)
-        if key is None or not hmac.compare_digest(key.secret_hash, digest):
-            raise Unauthorized("unknown API key", headers=CHALLENGE)
-        if key.revoked_at is not None:
-            raise Unauthorized(f"API key {key.key_id} was revoked", headers=CHALLENGE)
-        self._touch(key.key_id)
-        return key
-
-    def _fetch(self, digest: str) -> ApiKey | None:
-        assert self.db is not None, "KeyRing used before the app started"
-        with self.db.read() as conn:
-            return key_rows.by_hash(conn, digest)
-
-    def _touch(self, key_id: str) -> None:
-        t = time.time()
-        if t - self._touched.get(key_id, 0.0) < TOUCH_SECONDS:
-            return
-        self._touched[key_id] = t
-
-        def write() -> None:
-            assert self.db is not None
-            try:
-                with self.db.write(durable=False) as conn:
-                    key_rows.touch(conn, key_id, t)
-            except Exception:  # bookkeeping only: never fail a request over it
-                log.warning("could not record the use of API key %s", key_id, exc_info=True)
-
-        task = asyncio.ensure_future(asyncio.to_thread(write))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 class AccessControl:
@@ -180,10 +120,13 @@ class AccessControl:
             identity = await self._bearer(authorization)
         elif presign.carries_grant(query):
             grant = self.signer.verify(query)
-            scope = self._interim_upload_tokens(await self._bind_grant(scope, grant, method, path))
-            return Identity(PRESIGNED), scope, receive, self._issue_upload_tokens(send)
+            if grant.key_id is not None:
+                await self.keys.require_active(grant.key_id, "this pre-signed URL")
+            scope = await self._bind_grant(scope, grant, method, path)
+            scope, send = self._issue_upload_tokens(scope, send, grant.key_id)
+            return Identity(PRESIGNED), scope, receive, send
         elif presign.P_UPLOAD_TOKEN in query:
-            self._check_upload_token(query, method, path)
+            await self._check_upload_token(scope, query, method, path)
             return Identity(UPLOAD_TOKEN), scope, receive, send
         elif not self.settings.auth_enabled:
             return OPEN_IDENTITY, scope, receive, send
@@ -216,12 +159,12 @@ class AccessControl:
         m: re.Match[str] | None,
         query: dict[str, list[str]],
     ) -> Scope:
-        if rule.target == policy.CREATION:
-            return _bind_key_creation(scope, identity)
         svc: Services = scope["app"].state.services
+        if rule.target == policy.CREATION:
+            return await _bind_key_creation(scope, identity, svc)
         resolved = await policy.target_of(rule, m, query, identity, svc)
         if not resolved.skip:
-            identity.require_target(resolved.target)
+            identity.require_target(resolved.target, resolved.shown)
         if resolved.query_string is not None:
             scope = {**scope, "query_string": resolved.query_string}
         return scope
@@ -281,60 +224,84 @@ class AccessControl:
                     f"partial upload {upload_id} was not created with a pre-signed URL "
                     f"(its URL carries no {presign.P_UPLOAD_TOKEN})"
                 )
-            self.signer.verify_upload_token(upload_id, tokens[0])
+            await self._check_signer(self.signer.verify_upload_token(upload_id, tokens[0]))
             rec = await asyncio.to_thread(svc.engine.uploads.get, upload_id)
             lengths.append(rec.length)  # None: concatenation-unfinished, it may still grow
         return known_total(lengths)
 
-    def _with_upload_token(self, url: str) -> str:
-        """An upload's URL carrying the upload token that grants its HEAD/PATCH/DELETE."""
-        expires = int(time.time()) + self.settings.upload_expiry_seconds + UPLOAD_TOKEN_SLACK
-        token = self.signer.upload_token(upload_id_from_url(url), expires)
-        return presign.with_query(url, presign.P_UPLOAD_TOKEN, token)
-
-    def _issue_upload_tokens(self, send: Send) -> Send:
-        """Give the Location of an upload created with a grant its own upload token."""
+    def _issue_upload_tokens(
+        self, scope: Scope, send: Send, key_id: str | None
+    ) -> tuple[Scope, Send]:
+        """Give the Location of an upload created with a grant its own upload token: in the
+        final response, and in an IETF creation's 104 interim response (written outside ASGI,
+        api/protocol.py), where a client whose creation drops learns where to resume."""
 
         async def send_with_token(message: Message) -> None:
             # 201 normally; also errors that carry Location so the client can resume (IETF).
             if message["type"] == "http.response.start":
-                headers = []
-                for name, value in message.get("headers", []):
-                    if name.lower() == b"location":
-                        value = self._with_upload_token(value.decode("latin-1")).encode()
-                    headers.append((name, value))
+                headers = [
+                    (name, self._with_token(value.decode("latin-1"), key_id).encode())
+                    if name.lower() == b"location"
+                    else (name, value)
+                    for name, value in message.get("headers", [])
+                ]
                 message = {**message, "headers": headers}
             await send(message)
 
-        return send_with_token
-
-    def _interim_upload_tokens(self, scope: Scope) -> Scope:
-        """The same for the Location of an interim response (the IETF draft's 104, which a
-        client whose creation drops resumes at: without the token it would be refused)."""
         extensions = scope.get("extensions") or {}
         interim = extensions.get(protocol.INFORMATIONAL)
-        if interim is None:
-            return scope
+        if interim is not None:
 
-        def informational(status: int, fields: list[tuple[str, str]]) -> bool:
-            fields = [
-                (name, self._with_upload_token(value) if name.lower() == "location" else value)
-                for name, value in fields
-            ]
-            return bool(interim(status, fields))
+            def interim_with_token(status: int, fields: list[tuple[str, str]]) -> bool:
+                fields = [
+                    (name, self._with_token(value, key_id) if name.lower() == "location" else value)
+                    for name, value in fields
+                ]
+                sent: bool = interim(status, fields)
+                return sent
 
-        return {**scope, "extensions": {**extensions, protocol.INFORMATIONAL: informational}}
+            scope = {
+                **scope,
+                "extensions": {**extensions, protocol.INFORMATIONAL: interim_with_token},
+            }
+        return scope, send_with_token
 
-    def _check_upload_token(self, query: dict[str, list[str]], method: str, path: str) -> None:
+    def _with_token(self, url: str, key_id: str | None) -> str:
+        """An upload URL carrying its upload token, valid as long as the upload can live
+        (and its grant's key, if a key minted it, is not revoked)."""
+        expires = int(time.time()) + self.settings.upload_expiry_seconds + UPLOAD_TOKEN_SLACK
+        token = self.signer.upload_token(upload_id_from_url(url), expires, key_id)
+        return presign.with_query(url, presign.P_UPLOAD_TOKEN, token)
+
+    async def _check_signer(self, key_id: str | None) -> None:
+        if key_id is not None:
+            await self.keys.require_active(key_id, "the pre-signed URL this upload began with")
+
+    async def _check_upload_token(
+        self, scope: Scope, query: dict[str, list[str]], method: str, path: str
+    ) -> None:
         tokens = query[presign.P_UPLOAD_TOKEN]
         parts = path.rstrip("/").split("/")
         if len(tokens) != 1 or len(parts) != 3 or parts[1] != "files":
             raise OutOfScope(f"an upload URL's token only grants its own upload, not {path}")
-        self.signer.verify_upload_token(parts[2], tokens[0])
+        try:
+            key_id = self.signer.verify_upload_token(parts[2], tokens[0])
+        except SignatureExpired:
+            # Progress pushes an upload's expiry back, past the token's: while the upload is
+            # open, it is the upload's expiry that counts ("valid as long as it can live").
+            svc: Services = scope["app"].state.services
+            try:
+                await asyncio.to_thread(svc.engine.uploads.get_open, parts[2])
+            except EdgestoreError:
+                raise SignatureExpired(
+                    f"{presign.P_UPLOAD_TOKEN} has expired, and so has upload {parts[2]}"
+                ) from None
+            key_id = self.signer.verify_upload_token(parts[2], tokens[0], expired_ok=True)
         if method not in ("HEAD", "PATCH", "DELETE", "OPTIONS"):
             raise OutOfScope(
                 f"an upload URL's token grants HEAD/PATCH/DELETE of upload {parts[2]}, not {method}"
             )
+        await self._check_signer(key_id)
 
 
 async def _check_json_target(receive: Receive, identity: Identity) -> Receive:
@@ -390,16 +357,33 @@ def _replace_metadata(scope: Scope, raw: dict[str, str | None]) -> Scope:
     return {**scope, "headers": headers}
 
 
-def _bind_key_creation(scope: Scope, identity: Identity) -> Scope:
-    """A limited key creates uploads inside its bucket (filled in when left out) and prefix."""
+async def _bind_key_creation(scope: Scope, identity: Identity, svc: Services) -> Scope:
+    """A limited key creates uploads inside its bucket (filled in when left out) and prefix.
+
+    Partials belong to no object, but are recorded with the bucket they are for, and a final
+    may only join partials of the key's bucket: else a key could read (or write, or delete)
+    another tenant's partial upload by naming it."""
     headers = Headers(scope=scope)
     concat = _concat(headers)
-    if concat is not None and concat.partial:
-        return scope  # partials belong to no object; the final one is checked
     meta = parse_metadata(headers.get("upload-metadata"))
     raw = dict(meta.raw)
     if raw.get("bucket") is None and identity.bucket is not None:
         raw["bucket"] = identity.bucket
+    if concat is not None and concat.partial:
+        identity.require_target(policy.partial_target(raw.get("bucket"), identity))
+        return scope if raw == meta.raw else _replace_metadata(scope, raw)
+    for upload_id in concat.parts if concat is not None else ():
+        try:
+            part = await asyncio.to_thread(svc.engine.uploads.get, upload_id)
+        except EdgestoreError:
+            continue  # the route answers 404
+        if part.is_partial:
+            target = policy.partial_target(part.bucket, identity)
+            if not identity.allows(target):
+                raise OutOfScope(
+                    f"{identity.describe()} is limited to {identity.limits()}; partial upload "
+                    f"{upload_id} is not an upload of that bucket"
+                )
     key = object_key(UploadMetadata(raw))
     if key is None and identity.prefix:
         raise OutOfScope(

@@ -75,8 +75,11 @@ class Identity:
             return named.startswith(self.prefix)
         return True
 
-    def require_target(self, target: Target | None) -> None:
-        """Pass if a restricted key may touch `target` (None: a route it cannot be checked on)."""
+    def require_target(self, target: Target | None, shown: str | None = None) -> None:
+        """Pass if a restricted key may touch `target` (None: a route it cannot be checked on).
+
+        `shown`: what to call a target the request did not name (looked up by id), so that
+        a refusal never tells the key where another tenant's object is."""
         if not self.restricted:
             return
         if target is None:
@@ -86,7 +89,8 @@ class Identity:
             )
         if not self.allows(target):
             raise OutOfScope(
-                f"{self.describe()} is limited to {self.limits()}, not {target.describe()}"
+                f"{self.describe()} is limited to {self.limits()}, not "
+                f"{shown if shown is not None else target.describe()}"
             )
 
     def limits(self) -> str:

@@ -111,6 +111,7 @@ class Resolved:
     target: Target | None
     query_string: bytes | None = None
     skip: bool = False  # nothing to check: the route answers 404, or checks for itself
+    shown: str | None = None  # a looked-up target's name in a refusal (never its bucket/key)
 
 
 async def target_of(
@@ -132,18 +133,26 @@ async def target_of(
             )
         except EdgestoreError:
             return Resolved(None, skip=True)  # the route itself answers 400/404
-        return Resolved(Target(info.bucket, info.key))
+        return Resolved(Target(info.bucket, info.key), shown=f"object {m['object_id']}")
     if rule.target == UPLOAD_ID and m is not None:
         try:
             rec = await asyncio.to_thread(svc.engine.uploads.get, m["upload_id"])
         except EdgestoreError:
             return Resolved(None, skip=True)
-        if rec.is_partial:
-            return Resolved(None, skip=True)  # belongs to no object until a final names one
-        return Resolved(Target(rec.bucket or DEFAULT_BUCKET, rec.key or rec.upload_id))
+        shown = f"upload {m['upload_id']}"
+        if rec.is_partial:  # belongs to no object until a final names one, but to a bucket
+            return Resolved(partial_target(rec.bucket, identity), shown=shown)
+        return Resolved(Target(rec.bucket or DEFAULT_BUCKET, rec.key or rec.upload_id), shown=shown)
     if rule.target in (HANDLER, NONE):
         return Resolved(None, skip=True)
     return Resolved(None)
+
+
+def partial_target(bucket: str | None, identity: Identity) -> Target:
+    """What a partial upload is checked as: the bucket it was created for (a limited key's
+    partials record its bucket; one that names none is in no bucket, so no bucket-limited
+    key may touch it). It has no key yet, so a key's prefix cannot be checked on it."""
+    return Target(bucket or "", None, identity.prefix or "")
 
 
 def _listing(query: Mapping[str, list[str]], identity: Identity) -> Resolved:

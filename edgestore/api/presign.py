@@ -2,11 +2,12 @@
 and the per-upload token that lets a browser finish a tus upload begun with such a URL.
 
 A grant is self-describing: its query parameters say what it grants (`es_action`,
-`es_bucket`, `es_key`, `es_expires`, optional `es_max_size` and `es_content_type`) and
-`es_signature` is the HMAC of their canonical JSON under the store's secret (generated once
-and kept in the database, so every node verifies what any node or the CLI signed). Because
-the parameters travel in clear, a refusal can say exactly why: malformed or tampered,
-expired, or used for something it does not grant.
+`es_bucket`, `es_key`, `es_expires`, optional `es_max_size`, `es_content_type`, and
+`es_key_id`: the API key that minted it, whose revocation voids it) and `es_signature` is the
+HMAC of their canonical JSON under the store's secret (generated once and kept in the
+database, so every node verifies what any node or the CLI signed). Because the parameters
+travel in clear, a refusal can say exactly why: malformed or tampered, expired, or used for
+something it does not grant.
 
 Upload grants are tus endpoints: POST them to create an upload. The created upload's
 Location carries `es_upload_token`, an HMAC of the upload id, which tus clients (they PATCH
@@ -39,11 +40,21 @@ VERSION = "edgestore-presign-v1"
 ACTION_UPLOAD, ACTION_DOWNLOAD = "upload", "download"
 P_ACTION, P_BUCKET, P_KEY = "es_action", "es_bucket", "es_key"
 P_EXPIRES, P_MAX_SIZE, P_CONTENT_TYPE = "es_expires", "es_max_size", "es_content_type"
-P_SIGNATURE, P_UPLOAD_TOKEN = "es_signature", "es_upload_token"
-GRANT_PARAMS = (P_ACTION, P_BUCKET, P_KEY, P_EXPIRES, P_MAX_SIZE, P_CONTENT_TYPE, P_SIGNATURE)
+P_SIGNATURE, P_UPLOAD_TOKEN, P_KEY_ID = "es_signature", "es_upload_token", "es_key_id"
+GRANT_PARAMS = (
+    P_ACTION,
+    P_BUCKET,
+    P_KEY,
+    P_EXPIRES,
+    P_MAX_SIZE,
+    P_CONTENT_TYPE,
+    P_KEY_ID,
+    P_SIGNATURE,
+)
 SECRET_PARAMS = (P_SIGNATURE, P_UPLOAD_TOKEN)  # never logged
 SECRET_NAME = "presign_hmac_sha256"
 UPLOAD_PATH = "/files/"
+LARGEST_SIZE = 2**63 - 1  # es_max_size is read back as at most 19 digits (a 64-bit size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +65,15 @@ class Grant:
     expires: int  # Unix seconds
     max_size: int | None = None
     content_type: str | None = None
+    key_id: str | None = None  # minted through the API by this key: void once it is revoked
 
     def canonical(self) -> bytes:
-        """Unambiguous bytes to sign: a JSON array, so no field can bleed into the next."""
+        """Unambiguous bytes to sign: a JSON array, so no field can bleed into the next
+        (the key id only when there is one, so URLs signed by the store keep their form)."""
         fields = [VERSION, self.action, self.bucket, self.key, self.expires]
         fields += [self.max_size, self.content_type]
+        if self.key_id is not None:
+            fields.append(self.key_id)
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
     @property
@@ -85,6 +100,8 @@ def grant_query(secret: bytes, grant: Grant) -> dict[str, str]:
         q[P_MAX_SIZE] = str(grant.max_size)
     if grant.content_type is not None:
         q[P_CONTENT_TYPE] = grant.content_type
+    if grant.key_id is not None:
+        q[P_KEY_ID] = grant.key_id
     q[P_SIGNATURE] = sign(secret, grant)
     return q
 
@@ -135,6 +152,7 @@ def verify_grant(secret: bytes, query: Mapping[str, list[str]], now: float) -> G
         expires=_int(P_EXPIRES, _one(query, P_EXPIRES)) or 0,
         max_size=_int(P_MAX_SIZE, _one(query, P_MAX_SIZE, required=False)),
         content_type=_one(query, P_CONTENT_TYPE, required=False),
+        key_id=_one(query, P_KEY_ID, required=False),
     )
     given = _one(query, P_SIGNATURE) or ""
     if not hmac.compare_digest(given.encode(), sign(secret, grant).encode()):
@@ -149,16 +167,23 @@ def verify_grant(secret: bytes, query: Mapping[str, list[str]], now: float) -> G
     return grant
 
 
-def upload_token(secret: bytes, upload_id: str, expires: int) -> str:
-    return f"{expires}.{_mac(secret, json.dumps([VERSION, 'upload', upload_id, expires]).encode())}"
+def upload_token(secret: bytes, upload_id: str, expires: int, key_id: str | None = None) -> str:
+    """`expires.mac`, or `expires.key_id.mac` for an upload begun with a URL a key minted
+    (revoking the key stops the upload too)."""
+    fields: list[object] = [VERSION, "upload", upload_id, expires]
+    if key_id is None:
+        return f"{expires}.{_mac(secret, json.dumps(fields).encode())}"
+    return f"{expires}.{key_id}.{_mac(secret, json.dumps([*fields, key_id]).encode())}"
 
 
-def verify_upload_token(secret: bytes, upload_id: str, token: str, now: float) -> None:
-    """Pass if `token` was issued for this upload and has not expired; else 403."""
-    expires_text = token.partition(".")[0]
+def verify_upload_token(secret: bytes, upload_id: str, token: str, now: float) -> str | None:
+    """The id of the key behind `token` (None: signed by the store) if it was issued for
+    this upload and has not expired; else 403."""
+    expires_text, *rest = token.split(".")
+    key_id = rest[0] if len(rest) == 2 else None
     expires = _int(P_UPLOAD_TOKEN, expires_text) if expires_text else None
     if expires is None or not hmac.compare_digest(
-        token.encode(), upload_token(secret, upload_id, expires).encode()
+        token.encode(), upload_token(secret, upload_id, expires, key_id).encode()
     ):
         raise SignatureInvalid(
             f"{P_UPLOAD_TOKEN} does not match upload {upload_id}: it was altered, or issued "
@@ -166,6 +191,7 @@ def verify_upload_token(secret: bytes, upload_id: str, token: str, now: float) -
         )
     if expires <= now:
         raise SignatureExpired(f"{P_UPLOAD_TOKEN} expired at {_utc(expires)}")
+    return key_id
 
 
 def with_query(url: str, name: str, value: str) -> str:
@@ -188,11 +214,14 @@ class Signer:
     def verify(self, query: Mapping[str, list[str]]) -> Grant:
         return verify_grant(self._key(), query, time.time())
 
-    def upload_token(self, upload_id: str, expires: int) -> str:
-        return upload_token(self._key(), upload_id, expires)
+    def upload_token(self, upload_id: str, expires: int, key_id: str | None = None) -> str:
+        return upload_token(self._key(), upload_id, expires, key_id)
 
-    def verify_upload_token(self, upload_id: str, token: str) -> None:
-        verify_upload_token(self._key(), upload_id, token, time.time())
+    def verify_upload_token(
+        self, upload_id: str, token: str, *, expired_ok: bool = False
+    ) -> str | None:
+        """`expired_ok`: the upload is still open, and its own expiry is what counts."""
+        return verify_upload_token(self._key(), upload_id, token, 0 if expired_ok else time.time())
 
     def _key(self) -> bytes:
         if not self.secret:
@@ -210,7 +239,9 @@ class PresignRequest(BaseModel):
     bucket: str = Field(DEFAULT_BUCKET, max_length=63)
     key: str = Field(max_length=1024)
     expires_in: int = Field(3600, ge=1, description="Seconds the URL stays valid.")
-    max_size: int | None = Field(None, ge=0, description="Upload: largest Upload-Length.")
+    max_size: int | None = Field(
+        None, ge=0, le=LARGEST_SIZE, description="Upload: largest Upload-Length."
+    )
     content_type: str | None = Field(
         None, max_length=255, pattern=r"^[\x21-\x7e][\x20-\x7e]*$", description="Upload: filetype."
     )
@@ -247,6 +278,7 @@ async def presign(body: PresignRequest, request: Request) -> PresignResponse:
         int(time.time()) + body.expires_in,
         body.max_size,
         body.content_type,
+        identity.key_id,
     )
     signer: Signer = request.app.state.security.signer
     methods = ["POST"] if grant.action == ACTION_UPLOAD else ["GET", "HEAD"]

@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from edgestore.api import presign
-from edgestore.api.auth import AccessControl, KeyRing
+from edgestore.api.auth import AccessControl
 from edgestore.api.identity import ADMIN
+from edgestore.api.keyring import KeyRing
 from edgestore.api.limits import Limiter, Throttle
 from edgestore.api.presign import Signer
 from edgestore.config import Settings

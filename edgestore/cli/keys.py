@@ -121,5 +121,12 @@ def revoke(
 ) -> None:
     """Revoke a key: every node refuses it within seconds (their caches are short)."""
     with database(ctx) as db, db.write() as conn:
+        was = key_rows.get(conn, key_id).revoked_at
         key = key_rows.revoke(conn, key_id)
+    if was is not None:  # nothing changed: say so, rather than claim a revocation
+        output.out.print(
+            f"API key {key.key_id} ({key.name}) was already revoked at {output.when(was)}",
+            highlight=False,
+        )
+        return
     output.out.print(f"revoked API key {key.key_id} ({key.name})", highlight=False)

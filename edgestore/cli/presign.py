@@ -3,17 +3,19 @@ secret from the metadata database (the one every server node verifies with)."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from typing import Annotated, Literal
 
 import typer
 
-from edgestore.api.presign import SECRET_NAME, Grant, presigned_url
+from edgestore.api.presign import LARGEST_SIZE, SECRET_NAME, Grant, presigned_url
 from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.keys import database
 from edgestore.cli.main import app
+from edgestore.config import Settings
 from edgestore.engine.keys import validate_bucket, validate_key
 from edgestore.errors import InvalidInput
 from edgestore.metadata import keys as key_rows
@@ -38,7 +40,29 @@ def parse_size(text: str) -> int:
     m = _SIZE.fullmatch(text.strip())
     if m is None:
         raise InvalidInput(f"--max-size {text!r}: use bytes, or K, M, G, T (binary units)")
-    return int(m[1]) * _UNITS[m[2].lower()]
+    size = int(m[1]) * _UNITS[m[2].lower()]
+    if size > LARGEST_SIZE:
+        raise InvalidInput(f"--max-size {text!r} is above {LARGEST_SIZE} bytes")
+    return size
+
+
+def _listen_url(settings: Settings) -> str:
+    """The server's own address as a base URL: an IPv6 host in brackets (RFC 3986), and a
+    warning for a wildcard one, where the server listens but no client elsewhere connects."""
+    scheme = "https" if settings.tls_certfile else "http"
+    host = settings.host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_unspecified:
+        output.note(
+            f"warning: host {settings.host} is where the server listens, not an address "
+            "clients can reach: pass --url or set public_url to the URL clients use"
+        )
+    if address is not None and address.version == 6:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{settings.port}"
 
 
 @app.command()
@@ -88,8 +112,7 @@ def presign(
     )
     with database(ctx) as db, db.write() as conn:
         secret = key_rows.server_secret(db, conn, SECRET_NAME)
-    scheme = "https" if settings.tls_certfile else "http"
-    base = url or settings.public_url or f"{scheme}://{settings.host}:{settings.port}"
+    base = url or settings.public_url or _listen_url(settings)
     how = (
         "a tus endpoint: POST to create the upload, then PATCH the Location it returns"
         if action == "upload"

@@ -17,7 +17,15 @@ from edgestore.api.identity import Identity, Target
 from edgestore.config import load_settings
 from edgestore.errors import ConfigError, OutOfScope
 from tests.api.access import cli, client_with, create_key, key_id_of
-from tests.helpers import TUS, MiB, random_bytes, tus_create, tus_metadata, tus_upload
+from tests.helpers import (
+    TUS,
+    MiB,
+    patch_headers,
+    random_bytes,
+    tus_create,
+    tus_metadata,
+    tus_upload,
+)
 from tests.server import ServerProcess
 
 EDGESTORE = (sys.executable, "-m", "edgestore")
@@ -218,6 +226,76 @@ def test_a_limited_key_cannot_leave_its_bucket_through_an_ietf_partial(
         assert r.json()["error"] == "out_of_scope"
     with auth_server.client() as admin:
         assert admin.get(f"/objects/other-{tag}/planted").status_code == 404
+
+
+def test_a_refusal_by_id_does_not_name_what_is_outside_the_key(auth_server: ServerProcess) -> None:
+    """Routes by id look their object up: refusing a limited key must not tell it the bucket
+    and key of another tenant's object, upload or session."""
+    tag = uuid.uuid4().hex[:8]
+    limited = create_key(auth_server, "--name", tag, "--scope", "upload", "--scope", "read",
+                         "--bucket", f"tenant-{tag}")  # fmt: skip
+    secret_name = f"private-{tag}/board-minutes.pdf"
+    where = {"bucket": f"other-{tag}", "key": secret_name}
+    with auth_server.client() as admin:
+        done = tus_upload(admin, b"minutes", metadata=where)
+        object_id = admin.get(f"/objects/other-{tag}/{secret_name}").headers[
+            "X-Edgestore-Object-Id"
+        ]
+        pending = tus_create(admin, 10, metadata=where)
+        session = admin.post("/v1/uploads", json={**where, "size": 1}).json()["upload_id"]
+    with client_with(auth_server, limited) as c:
+        for r in (
+            c.get(f"/ids/{object_id}/info"),
+            c.get(f"/ids/{object_id}/versions"),
+            c.get(done),
+            c.patch(pending, content=b"x", headers=patch_headers(0)),
+            c.get(f"/v1/uploads/{session}"),
+        ):
+            assert r.status_code == 403 and r.json()["error"] == "out_of_scope", r.text
+            message = r.json()["message"]
+            assert secret_name not in message and f"other-{tag}" not in message, message
+            assert f"tenant-{tag}" in message  # what the key may touch is its own business
+
+
+def test_a_limited_key_cannot_take_another_bucket_s_partial_upload(
+    auth_server: ServerProcess,
+) -> None:
+    """A partial upload belongs to no object until a final names one: a key limited to a
+    bucket must still not read it (through a final of its own), write or delete it, unless
+    it was created for that bucket. Its own parallel uploads keep working."""
+    tag = uuid.uuid4().hex[:8]
+    bucket = f"tenant-{tag}"
+    scopes = ("--scope", "upload", "--scope", "read")
+    limited = create_key(auth_server, "--name", tag, *scopes, "--bucket", bucket)
+    partial = {**TUS, "Upload-Concat": "partial"}
+    with auth_server.client() as admin:
+        theirs = admin.post("/files/", headers={**partial, "Upload-Length": "6"}).headers[
+            "Location"
+        ]
+        r = admin.patch(theirs, content=b"secret", headers=patch_headers(0))
+        assert r.status_code == 204
+    with client_with(auth_server, limited) as c:
+        steal = {"Upload-Concat": f"final;{theirs}", "Upload-Metadata": tus_metadata({"key": "s"})}
+        r = c.post("/files/", headers={**TUS, **steal})
+        assert r.status_code == 403 and r.json()["error"] == "out_of_scope", r.text
+        assert c.head(theirs, headers=TUS).status_code == 403
+        assert c.delete(theirs, headers=TUS).status_code == 403
+        r = c.post("/files/", headers={**partial, "Upload-Length": "1", "Upload-Metadata":
+                                       tus_metadata({"bucket": "default"})})  # fmt: skip
+        assert r.status_code == 403, r.text
+        mine = []
+        for body in (b"hello ", b"world"):
+            r = c.post("/files/", headers={**partial, "Upload-Length": str(len(body))})
+            assert r.status_code == 201, r.text
+            mine.append(r.headers["Location"])
+            assert c.patch(mine[-1], content=body, headers=patch_headers(0)).status_code == 204
+        final = {"Upload-Concat": "final;" + " ".join(mine)}
+        final["Upload-Metadata"] = tus_metadata({"key": "joined"})
+        assert c.post("/files/", headers={**TUS, **final}).status_code == 201
+        assert c.get(f"/objects/{bucket}/joined").content == b"hello world"
+    with auth_server.client() as admin:
+        assert admin.get(f"/objects/{bucket}/s").status_code == 404
+        assert admin.head(theirs, headers=TUS).headers["Upload-Offset"] == "6"
 
 
 def test_keys_cli_lists_without_secrets_and_revokes(auth_server: ServerProcess) -> None:

@@ -4,6 +4,7 @@ expired, or used out of scope."""
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -13,7 +14,7 @@ import pytest
 from edgestore.api import presign
 from edgestore.api.presign import Grant
 from edgestore.errors import SignatureExpired, SignatureInvalid
-from tests.api.access import cli, client_with, create_key, grant_url
+from tests.api.access import cli, client_with, create_key, grant_url, key_id_of, store_secret
 from tests.helpers import (
     TUS,
     MiB,
@@ -102,6 +103,24 @@ def test_upload_tokens() -> None:
         presign.verify_upload_token(SECRET, "u1", "garbage", time.time())
     with pytest.raises(SignatureExpired):
         presign.verify_upload_token(SECRET, "u1", token, time.time() + 120)
+    assert presign.verify_upload_token(SECRET, "u1", token, time.time()) is None
+
+
+def test_a_key_id_is_signed_and_cannot_be_dropped_or_swapped() -> None:
+    """A URL minted by a key names it (its revocation voids the URL): removing or changing
+    the name must break the signature, or revocation could be dodged."""
+    grant = Grant("download", "b", "k", int(time.time()) + 60, key_id="abc123")
+    query = _query(presign.presigned_url("https://h", SECRET, grant))
+    assert presign.verify_grant(SECRET, query, time.time()) == grant
+    for change in ({presign.P_KEY_ID: ["def456"]}, {presign.P_KEY_ID: []}):
+        with pytest.raises(SignatureInvalid, match="does not match"):
+            presign.verify_grant(SECRET, {**query, **change}, time.time())
+    token = presign.upload_token(SECRET, "u1", int(time.time()) + 60, "abc123")
+    assert presign.verify_upload_token(SECRET, "u1", token, time.time()) == "abc123"
+    expires, _, mac = token.split(".")
+    for forged in (f"{expires}.{mac}", f"{expires}.def456.{mac}"):
+        with pytest.raises(SignatureInvalid):
+            presign.verify_upload_token(SECRET, "u1", forged, time.time())
 
 
 # --- minting ----------------------------------------------------------------------------------
@@ -136,6 +155,21 @@ def test_mint_through_the_api(auth_server: ServerProcess) -> None:
         assert r.status_code == 200
     with client_with(auth_server) as c:
         assert c.post("/v1/presign", json={"action": "download", "key": "k"}).status_code == 401
+
+
+def test_a_size_too_large_to_carry_is_refused_when_minting(auth_server: ServerProcess) -> None:
+    """es_max_size is read back as at most 19 digits: a URL minted with more would be
+    refused as malformed on its first use, so minting refuses it instead."""
+    body = {"action": "upload", "key": f"big/{uuid.uuid4().hex}", "max_size": 10**20}
+    with auth_server.client() as c:
+        r = c.post("/v1/presign", json=body)
+        assert r.status_code in (400, 422), r.text
+        r = c.post("/v1/presign", json={**body, "max_size": 2**63 - 1})
+        assert r.status_code == 200, r.text
+    with client_with(auth_server) as c:
+        assert c.post(r.json()["url"], headers={**TUS, "Upload-Length": "1"}).status_code == 201
+    done = cli(auth_server, "presign", "upload", "b", "k", "--max-size", "99999999T", check=False)
+    assert done.returncode != 0 and "--max-size" in done.stderr, done.stderr
 
 
 def test_cli_presign_works_against_the_server(auth_server: ServerProcess) -> None:
@@ -317,3 +351,95 @@ def test_a_final_upload_cannot_outgrow_the_signed_size_through_a_deferred_partia
         assert c.patch(part, content=big, headers=headers).status_code == 204
     with auth_server.client() as admin:
         assert admin.get(f"/objects/default/{key}").status_code == 404
+
+
+def test_an_ietf_creation_cut_short_resumes_at_its_104_location_with_only_the_url(
+    auth_server: ServerProcess,
+) -> None:
+    """The 104 interim response is where an IETF client resumes a creation whose connection
+    drops: its Location must carry the upload token, as the final response's does."""
+    key = f"ietf104/{uuid.uuid4().hex}"
+    target = urlsplit(grant_url(auth_server, "upload", "default", key))
+    data = random_bytes(3 * MiB, seed=71)
+    head = (
+        f"POST {target.path}?{target.query} HTTP/1.1\r\nHost: edgestore\r\n"
+        "Upload-Draft-Interop-Version: 8\r\nUpload-Complete: ?1\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
+    port = int(auth_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head.encode() + data[:MiB])
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(65536)
+        sock.shutdown(socket.SHUT_RDWR)  # the link drops before the rest of the content
+    status, *fields = got.split(b"\r\n\r\n")[0].decode().split("\r\n")
+    assert status.startswith("HTTP/1.1 104"), got
+    location = next(f.split(": ", 1)[1] for f in fields if f.lower().startswith("location:"))
+    assert presign.P_UPLOAD_TOKEN in location, location
+    resume = location.split("edgestore", 1)[1]
+    with client_with(auth_server) as c:
+        draft = {"Upload-Draft-Interop-Version": "8"}
+        for _ in range(100):
+            r = c.head(resume, headers=draft)
+            assert r.status_code == 204, r.text
+            offset = int(r.headers["Upload-Offset"])
+            headers = {**draft, "Upload-Offset": str(offset), "Upload-Complete": "?1"}
+            headers["Content-Type"] = "application/partial-upload"
+            r = c.patch(resume, content=data[offset:], headers=headers)
+            if r.status_code not in (409, 423):
+                break
+            time.sleep(0.05)
+        assert r.status_code == 204, r.text
+    with auth_server.client() as admin:
+        assert admin.get(f"/objects/default/{key}").content == data
+
+
+def test_revoking_a_key_voids_the_urls_it_signed_and_their_uploads(
+    auth_server: ServerProcess,
+) -> None:
+    """Revoking a leaked key must shut out what it minted through the API too: its
+    pre-signed URLs, and the uploads begun with them (their upload tokens)."""
+    tag = uuid.uuid4().hex[:8]
+    secret = create_key(
+        auth_server, "--name", f"minter-{tag}", "--scope", "upload", "--scope", "read"
+    )
+    with auth_server.client() as admin:
+        tus_upload(admin, b"payload", metadata={"key": f"rv/{tag}"})
+    with client_with(auth_server, secret) as c:
+        mint = {"bucket": "default", "key": f"rv/{tag}"}
+        down = c.post("/v1/presign", json={"action": "download", **mint}).json()["url"]
+        up = c.post("/v1/presign", json={"action": "upload", **mint}).json()["url"]
+    cli_signed = grant_url(auth_server, "download", "default", f"rv/{tag}")
+    with client_with(auth_server) as c:
+        assert c.get(down).content == b"payload"
+        started = c.post(up, headers={**TUS, "Upload-Length": "4"}).headers["Location"]
+        assert c.head(started, headers=TUS).status_code == 200
+        cli(auth_server, "keys", "revoke", key_id_of(auth_server, f"minter-{tag}"))
+        deadline = time.monotonic() + 15
+        while c.get(down).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)  # every node notices within its short key cache
+        for r in (
+            c.get(down),
+            c.post(up, headers={**TUS, "Upload-Length": "4"}),
+            c.patch(started, content=b"abcd", headers=patch_headers(0)),
+        ):
+            assert r.status_code == 401, r.text
+            assert "revoked" in r.json()["message"]
+        assert c.get(cli_signed).content == b"payload"  # signed by the store, not by a key
+
+
+def test_an_upload_token_lives_as_long_as_its_upload(auth_server: ServerProcess) -> None:
+    """Progress pushes an upload's expiry back, so a slow upload can outlive the token it
+    got at creation: an authentic token keeps working while its upload is open."""
+    url = grant_url(auth_server, "upload", "default", f"slow/{uuid.uuid4().hex}")
+    with client_with(auth_server) as c:
+        location = c.post(url, headers={**TUS, "Upload-Length": "4"}).headers["Location"]
+        upload_id = urlsplit(location).path.rsplit("/", 1)[1]
+        old = presign.upload_token(store_secret(auth_server), upload_id, int(time.time()) - 60)
+        stale = f"{location.split('?')[0]}?{presign.P_UPLOAD_TOKEN}={old}"
+        assert c.head(stale, headers=TUS).status_code == 200
+        assert c.patch(stale, content=b"abcd", headers=patch_headers(0)).status_code == 204
+        assert c.delete(stale, headers=TUS).status_code == 204
+        r = c.patch(stale, content=b"", headers=patch_headers(4))  # gone: so is its token
+        assert r.status_code == 403 and r.json()["error"] == "signature_expired"

@@ -99,7 +99,7 @@ async def create(request: Request) -> Response:
     rec = await asyncio.to_thread(
         svc.engine.uploads.create,
         kind="tus",
-        bucket=None if partial else meta.bucket,
+        bucket=meta.bucket,  # a partial's: the bucket it is for (only its keys may touch it)
         key=None if partial else object_key(meta),
         length=length,
         content_type=meta.content_type,
