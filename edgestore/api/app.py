@@ -143,7 +143,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         try:
             yield
         finally:
-            eng.uploads.stop_all("server is shutting down")
+            svc.begin_shutdown("server is shutting down")
             await upkeep.stop()
             await app.state.security.stop()
             await asyncio.to_thread(svc.close)

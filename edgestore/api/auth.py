@@ -104,7 +104,9 @@ class AccessControl:
             headers = exc.details.get("headers") if isinstance(exc, Unauthorized) else None
             await error_response(exc, headers)(scope, receive, send)
             return
-        scope = {**scope, "state": {**scope.get("state", {}), "identity": identity}}
+        # Into the request's one state dict, not a copy: what a route puts there (its error
+        # headers) must still be seen by the middleware that answers its unexpected errors.
+        scope.setdefault("state", {})["identity"] = identity
         await self.app(scope, receive, send)
 
     async def _admit(

@@ -7,6 +7,7 @@ Bodies are JSON: {"error": <stable code>, "message": <what happened and what to 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,7 +60,23 @@ def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": code, "message": message, **extra}
 
 
-def error_response(exc: e.EdgestoreError, headers: dict[str, str] | None = None) -> JSONResponse:
+def without_paths(message: str, dirs: Mapping[str, str]) -> str:
+    """`message` with each data dir's path (`dirs`: path → name) replaced by its name.
+
+    Storage errors name the path for the operator (the CLI, the log); a client is told which
+    data dir, never where the server keeps it. Longest paths first: /x/d1 is a prefix of
+    /x/d10."""
+    for path in sorted(dirs, key=len, reverse=True):
+        message = message.replace(path, dirs[path])
+    return message
+
+
+def error_response(
+    exc: e.EdgestoreError,
+    headers: dict[str, str] | None = None,
+    dirs: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The answer to `exc`; `dirs` (data dir path → name) are named, not shown, to the client."""
     status = status_for(exc)
     extra: dict[str, object] = {}
     if isinstance(exc, e.MissingChunks):
@@ -74,15 +91,37 @@ def error_response(exc: e.EdgestoreError, headers: dict[str, str] | None = None)
         hdrs["Retry-After"] = str(max(1, int(retry_after + 0.999)))
     if status >= 500:
         log.error("%s: %s", exc.code, exc.message)
-    return JSONResponse(error_body(exc.code, exc.message, **extra), status, headers=hdrs)
+    message = without_paths(exc.message, dirs) if dirs else exc.message
+    return JSONResponse(error_body(exc.code, message, **extra), status, headers=hdrs)
+
+
+def unexpected_response(headers: dict[str, str] | None = None) -> JSONResponse:
+    """The 500 for an error nothing mapped: no detail of it (paths, internals) reaches the
+    client; the server log has the traceback, under the request's id."""
+    body = error_body("internal_error", "internal server error; see the server log")
+    return JSONResponse(body, 500, headers=headers)
+
+
+def data_dir_names(request: Request) -> dict[str, str]:
+    """Data dir path → name for the app's store (none before it has started)."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return {}
+    backends = services.engine.core.dirs.backends
+    return {str(b.root): name for name, b in backends.items() if getattr(b, "root", None)}
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers; tus routes add their protocol headers in their own wrapper."""
+    """Register the handlers; tus routes add their protocol headers in their own wrapper.
+
+    Errors nothing maps are answered by the request-context middleware (api/middleware.py),
+    which still knows the request's id: Starlette's handler for them runs outside every
+    middleware, so its 500 lacked X-Request-ID and its log line the id."""
 
     @app.exception_handler(e.EdgestoreError)
     async def _domain(request: Request, exc: e.EdgestoreError) -> JSONResponse:
-        return error_response(exc, getattr(request.state, "error_headers", None))
+        headers = getattr(request.state, "error_headers", None)
+        return error_response(exc, headers, data_dir_names(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -97,12 +136,3 @@ def install(app: FastAPI) -> None:
         headers.update(getattr(request.state, "error_headers", None) or {})
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "internal server error; see the server log"),
-            500,
-            headers=getattr(request.state, "error_headers", None),
-        )

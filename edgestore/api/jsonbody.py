@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
-from edgestore.errors import InvalidInput, TooLarge, TransferInterrupted
+from edgestore.errors import InvalidInput, StorageUnavailable, TooLarge, TransferInterrupted
 
 JSON_BODY_BYTES = 4 << 20  # ample for every JSON body the API takes (10,000 chunk ids: ~0.8 MB)
 
@@ -30,13 +30,57 @@ def content_length(request: Request) -> int | None:
 
 
 async def read_capped(
-    request: Request, limit: int, *, what: str = "request body", timeout: float | None = None
+    request: Request,
+    limit: int,
+    *,
+    what: str = "request body",
+    timeout: float | None = None,
+    on_received: Callable[[int], None] | None = None,
 ) -> bytes:
     """A request body, refused (413) by its Content-Length or once it passes `limit`; one
-    cut short or not complete within `timeout` seconds is TransferInterrupted."""
+    cut short or not complete within `timeout` seconds is TransferInterrupted; one still
+    arriving when the server begins to shut down is StorageUnavailable (503: send it again).
+
+    `on_received(n)`: told the body bytes received, however the read ends (the metrics)."""
     declared = content_length(request)
     if declared is not None and declared > limit:
         raise TooLarge(f"a {what} of {declared} bytes exceeds this route's {limit}")
+    stopping = _stopping(request)
+    reader = asyncio.ensure_future(_read(request, limit, what, timeout, on_received))
+    if stopping is None:
+        return await reader
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        done, _ = await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        reader.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if reader in done:
+        return reader.result()
+    reader.cancel()
+    await asyncio.wait({reader})
+    if not reader.cancelled():
+        reader.exception()  # retrieved: it ended as it was cut, and this answer says why
+    raise StorageUnavailable(
+        f"server is shutting down; nothing of this {what} was kept: send it again"
+    )
+
+
+def _stopping(request: Request) -> asyncio.Event | None:
+    """The app's shutdown signal (api/state.py), where the app has started."""
+    services = getattr(request.app.state, "services", None)
+    return getattr(services, "stopping", None)
+
+
+async def _read(
+    request: Request,
+    limit: int,
+    what: str,
+    timeout: float | None,
+    on_received: Callable[[int], None] | None,
+) -> bytes:
     buf = bytearray()
     try:
         async with asyncio.timeout(timeout):
@@ -50,6 +94,9 @@ async def read_capped(
         raise TransferInterrupted(
             f"{what} incomplete after {timeout:.0f}s; nothing was done"
         ) from None
+    finally:
+        if on_received is not None:
+            on_received(len(buf))
     return bytes(buf)
 
 

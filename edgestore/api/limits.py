@@ -18,6 +18,7 @@ If Redis goes away while serving, limits fail open (logged), uploads keep workin
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import uuid
@@ -65,13 +66,24 @@ def _redacted(url: str) -> str:
 
 
 def client_of(scope: Scope) -> str:
-    """The client a request counts against: its API key, else its address."""
+    """The client a request counts against: its API key, else its address (an IPv6 one by
+    its /64, the least a provider hands one site: per address, one client could take 2^64
+    budgets by changing its address each request)."""
     identity = scope.get("state", {}).get("identity")
     key_id = getattr(identity, "key_id", None)
     if key_id:
         return f"key:{key_id}"
     client = scope.get("client")
-    return f"ip:{client[0] if client else 'unknown'}"
+    host = client[0] if client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"ip:{host}"  # a unix socket's peer, a test client's name
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"ip:{address}"
 
 
 def is_upload(scope: Scope) -> bool:

@@ -15,11 +15,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgestore.api.errors import unexpected_response
 from edgestore.api.logs import request_id
 
 log = logging.getLogger("edgestore.http")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]+")
+MAX_REQUEST_ID = 64
 
 
 class RequestContext:
@@ -30,25 +32,44 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:64]
-        # A client's id is kept only if it is a plain token: it goes into every log line of
-        # the request (the text format's [request id] field) and back into a response header.
-        rid = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        # A client's id is kept only if it is a plain token of at most 64 characters (as
+        # docs/operations.md says; a longer one was cut, and the client got back an id it never
+        # sent): it goes into every log line of the request (the text format's [request id]
+        # field) and back into a response header.
+        ok = len(incoming) <= MAX_REQUEST_ID and _REQUEST_ID.fullmatch(incoming)
+        rid = incoming if ok else uuid.uuid4().hex[:16]
         token = request_id.set(rid)
+        # One state dict for the whole request, however the layers below copy the scope: a
+        # route's error headers (request.state) must reach the 500 answered here.
+        state: dict[str, Any] = scope.setdefault("state", {})
         started = time.monotonic()
         status = 500
+        responded = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
 
+        broken_off = False
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            if responded or not isinstance(exc, Exception):
+                # A body broken off, or the request cancelled (shutdown's grace ran out): the
+                # server drops the connection and logs why.
+                broken_off = True
+                raise
+            # Answered here, where the request id is still known (Starlette's own 500 handler
+            # runs outside this middleware: no X-Request-ID, a traceback logged as "-").
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            headers = state.get("error_headers")
+            await unexpected_response(headers)(scope, receive, send_with_id)
         finally:
             seconds = time.monotonic() - started
             app: Any = scope.get("app")
@@ -70,4 +91,5 @@ class RequestContext:
                     "client": client[0] if client else None,
                 },
             )
-            request_id.reset(token)
+            if not broken_off:  # else the server's traceback, logged after this, keeps the id
+                request_id.reset(token)

@@ -277,13 +277,25 @@ async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResp
         headers = {"Connection": "close"} if _expects_continue(request) else None
         body = ChunkOut(chunk_id=chunk_id, size=size, new=False)
         return JSONResponse(body.model_dump(), 200, headers=headers)
+    metrics = svc.metrics
     async with _body_slots(request):
-        raw = await read_capped(request, limit, what="chunk body", timeout=CHUNK_BODY_SECONDS)
-        stored = await asyncio.wrap_future(
-            submit_in_context(svc.uploads, native.put_chunk, upload_id, chunk_id, raw)
-        )
-    svc.metrics.bytes_in.inc(len(raw))
-    svc.metrics.observe_chunk(stored)
+        # Counted as tus bodies are: streaming while it arrives and is stored; its bytes
+        # received however the request ends (refused, cut off).
+        metrics.uploads_active.inc()
+        try:
+            raw = await read_capped(
+                request,
+                limit,
+                what="chunk body",
+                timeout=CHUNK_BODY_SECONDS,
+                on_received=metrics.bytes_in.inc,
+            )
+            stored = await asyncio.wrap_future(
+                submit_in_context(svc.uploads, native.put_chunk, upload_id, chunk_id, raw)
+            )
+        finally:
+            metrics.uploads_active.dec()
+    metrics.observe_chunk(stored)
     body = ChunkOut(chunk_id=chunk_id, size=len(raw), new=stored.is_new)
     return JSONResponse(body.model_dump(), 201 if stored.is_new else 200)
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from edgestore.api.errors import data_dir_names, without_paths
 from edgestore.api.metrics import CONTENT_TYPE
-from edgestore.api.state import services
+from edgestore.api.state import Services, services
 from edgestore.errors import StorageError
 
+log = logging.getLogger("edgestore.http")
 router = APIRouter(tags=["operations"])
 
 
@@ -28,26 +31,43 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: database reachable, data dirs writable",
 )
 async def readyz(request: Request) -> JSONResponse:
+    """Anyone may ask (load balancers do, without credentials): the answer names each
+    problem, never a path or a database's address; the server's log has the full text."""
     svc = services(request)
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []  # (what the caller sees, what the log says)
+    dirs = data_dir_names(request)
 
     def check() -> None:
         try:
             with svc.engine.core.db.read() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except Exception as exc:
-            problems.append(f"metadata database: {exc}")
+            public = "metadata database not usable; the server log says why"
+            problems.append((public, f"metadata database: {exc}"))
         for backend in svc.engine.core.dirs.backends.values():
             try:
                 backend.check()
             except StorageError as exc:
-                problems.append(str(exc))
+                problems.append((without_paths(str(exc), dirs), str(exc)))
 
     await asyncio.to_thread(check)
     if svc.engine.uploads.closing:
-        problems.append(svc.engine.uploads.closing)
+        problems.append((svc.engine.uploads.closing, svc.engine.uploads.closing))
+    _log_change(svc, tuple(detail for _, detail in problems))
     status = 503 if problems else 200
-    return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
+    public = [text for text, _ in problems]
+    return JSONResponse({"ready": not problems, "problems": public}, status_code=status)
+
+
+def _log_change(svc: Services, details: tuple[str, ...]) -> None:
+    """Log readiness when it changes, not at every probe of every load balancer."""
+    if details == svc.readiness_problems:
+        return
+    svc.readiness_problems = details
+    if details:
+        log.warning("not ready: %s", "; ".join(details))
+    else:
+        log.info("ready again")
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -45,10 +45,12 @@ class _Server(uvicorn.Server):
         """
         services = getattr(self.config.app.state, "services", None)  # type: ignore[union-attr]
         if services is not None:
-            stop = functools.partial(services.engine.uploads.stop_all, "server is shutting down")
+            reason = "server is shutting down"
             try:
-                asyncio.get_running_loop().call_soon_threadsafe(stop)  # takes no lock
+                loop = asyncio.get_running_loop()
+                loop.call_soon_threadsafe(services.begin_shutdown, reason)  # takes no lock
             except RuntimeError:  # no loop running in this thread (starting up, say)
+                stop = functools.partial(services.engine.uploads.stop_all, reason)
                 threading.Thread(target=stop, name="edgestore-stop", daemon=True).start()
         super().handle_exit(sig, frame)
 

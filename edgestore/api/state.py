@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,11 +22,22 @@ class Services:
     settings: Settings
     engine: Engine
     metrics: Metrics = field(default_factory=Metrics)
+    # What /readyz last found wrong (full text), so its log says each change once.
+    readiness_problems: tuple[str, ...] = ()
     uploads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(
             MAX_STREAMING_UPLOADS, thread_name_prefix="edgestore-upload"
         )
     )
+
+    # Set once the server begins to shut down: a request still waiting on its client's body
+    # stops waiting (503), as a streaming append does, instead of holding the shutdown.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def begin_shutdown(self, reason: str) -> None:
+        """Refuse new appends, stop running ones and bodies being read (on the event loop)."""
+        self.engine.uploads.stop_all(reason)
+        self.stopping.set()
 
     def close(self) -> None:
         self.uploads.shutdown(wait=True)

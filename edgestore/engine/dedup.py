@@ -17,7 +17,7 @@ from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
 from edgestore.codec.hashing import chunk_id as compute_chunk_id
 from edgestore.config import Settings
-from edgestore.engine.pipeline import CpuPool, release_free_memory
+from edgestore.engine.pipeline import ContextThreadPool, CpuPool, release_free_memory
 from edgestore.errors import ChunkHashMismatch
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import Database
@@ -154,9 +154,9 @@ class ChunkWriter:
         self._policy = policy
         self._cpu = cpu
         self._slots = threading.BoundedSemaphore(slots)
-        self._commit = ThreadPoolExecutor(slots, thread_name_prefix="edgestore-commit")
+        self._commit = ContextThreadPool(slots, thread_name_prefix="edgestore-commit")
         # Shard and staged-tail writes.
-        self._io = ThreadPoolExecutor(policy.shard_io_threads, thread_name_prefix="edgestore-io")
+        self._io = ContextThreadPool(policy.shard_io_threads, thread_name_prefix="edgestore-io")
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[StoredChunk]] = {}
 

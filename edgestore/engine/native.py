@@ -447,6 +447,14 @@ class NativeUploads:
             rec = self._session(conn, upload_id)  # UploadGone if it expired instead
         return self._already(rec, digest, sha256)
 
+    def _stop_if_closing(self) -> None:
+        """A read-back can take minutes: one under way when the server shuts down stops at
+        its next chunk (nothing is committed; the client finalizes again), rather than hold
+        the server's exit."""
+        closing = self._uploads.closing
+        if closing:
+            raise StorageUnavailable(f"{closing}; finalize again: no version was created")
+
     def _read_back_sha256(
         self, entries: Sequence[tuple[str, int, int]], prefix: Prefix | None = None
     ) -> str:
@@ -463,6 +471,7 @@ class NativeUploads:
                 with core.db.read() as conn:
                     found = chunk_index.load(conn, page)
                 for cid in page:
+                    self._stop_if_closing()
                     rec = found.get(cid)
                     if rec is None:  # pinned, so only an index fault gets here
                         raise ChunkUnreadable(f"chunk {cid} is missing from the index")

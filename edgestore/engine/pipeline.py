@@ -6,6 +6,7 @@ with back-pressure (a bounded window), never "read it all, then process".
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import ctypes.util
 import threading
@@ -18,6 +19,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 _END: Any = object()  # an iterator's end, for next(it, _END)
+
+
+class ContextThreadPool(ThreadPoolExecutor):
+    """A thread pool whose work runs in a copy of its submitter's context, as
+    asyncio.to_thread's does: what the work logs on a request's behalf (a shard read around
+    during a download's read-ahead) carries that request's id."""
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 _M_TRIM_THRESHOLD = -1
@@ -141,7 +151,7 @@ class CpuPool:
         self, workers: int, name: str = "edgestore-cpu", queue_per_worker: int = 2
     ) -> None:
         self.workers = max(1, workers)
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=name)
+        self._executor = ContextThreadPool(self.workers, thread_name_prefix=name)
         # Bounds chunks in flight across all uploads, hence memory: ~(workers * 3) * 8 MiB.
         self._slots = threading.BoundedSemaphore(self.workers * (1 + queue_per_worker))
 
@@ -207,7 +217,7 @@ class SerialLane:
     """
 
     def __init__(self, name: str = "edgestore-lane") -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._executor = ContextThreadPool(1, thread_name_prefix=name)
 
     def submit(self, fn: Callable[..., R], *args: object) -> Future[R]:
         return self._executor.submit(fn, *args)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
 from edgestore.codec.hashing import chunk_id as compute_chunk_id
+from edgestore.engine.pipeline import ContextThreadPool
 from edgestore.errors import ChunkCorrupt, ChunkUnreadable, StorageError
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.storage.datadirs import DataDirs
@@ -54,7 +54,7 @@ class ChunkReader:
         # Reads a chunk's shards at once (0: one after another). Its own threads, not the
         # writer's: downloads must not queue an upload's shard writes behind their reads.
         self._io = (
-            ThreadPoolExecutor(io_threads, thread_name_prefix="edgestore-read")
+            ContextThreadPool(io_threads, thread_name_prefix="edgestore-read")
             if io_threads > 0
             else None
         )

@@ -23,11 +23,11 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgestore.engine.core import EngineCore
+from edgestore.engine.pipeline import ContextThreadPool
 from edgestore.metadata import chunks as chunk_index
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class WholeFileHashes:
         self._lock = threading.Lock()
         self._tracks: dict[str, _Track] = {}
         self._parked_bytes = 0
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="edgestore-wholefile")
+        self._worker = ContextThreadPool(1, thread_name_prefix="edgestore-wholefile")
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ Objects span many chunks (16/64/256 KiB), so ranges start, end and cross chunk b
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,7 +198,7 @@ def test_a_chunk_lost_mid_stream_aborts_the_connection(small_server) -> None:
     path, data = _upload_unique(small_server, 2 * MiB, seed=302)
     _lose_shards(small_server, path, 5, 9)
     with socket.create_connection(("127.0.0.1", small_server.port), timeout=30) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: cut-302\r\n\r\n".encode())
         received = b""
         while chunk := s.recv(1 << 16):
             received += chunk
@@ -208,3 +209,22 @@ def test_a_chunk_lost_mid_stream_aborts_the_connection(small_server) -> None:
     assert data.startswith(body)  # what was sent is right; only the rest is missing
     with small_server.client() as c, pytest.raises(httpx.RemoteProtocolError):
         c.get(path)
+    # The server's record of why it cut the body is found by the id the client saw.
+    errors = [x for x in small_server.log().splitlines() if " ERROR " in x and "cut-302" in x]
+    assert errors, "the broken-off download's error is not logged under its request id"
+
+
+def test_reading_around_a_lost_shard_is_logged_under_the_request_id(small_server) -> None:
+    """Chunks decode on the engine's pool threads (read-ahead), which did not carry the
+    request's context: the warning an operator gets for a download that read around a bad
+    shard was logged under "-", not the id the client saw in X-Request-ID."""
+    path, data = _upload_unique(small_server, 200 * KiB, seed=303)  # one chunk
+    cid = _lose_shards(small_server, path, 0, 1)
+    with small_server.client() as c:
+        r = c.get(path, headers={"X-Request-Id": "read-around-303"})
+    assert r.status_code == 200 and r.content == data
+    deadline = time.monotonic() + 5
+    while not (lines := [x for x in small_server.log().splitlines() if f"chunk {cid}" in x]):
+        assert time.monotonic() < deadline, "no read-around warning in the log"
+        time.sleep(0.05)
+    assert all("[read-around-303]" in line for line in lines), lines

@@ -38,6 +38,19 @@ def test_client_is_the_key_else_the_address() -> None:
     assert is_upload(tus_post)
 
 
+def test_ipv6_clients_count_by_their_64_prefix() -> None:
+    """An IPv6 client gets a whole /64 (2^64 addresses) from its provider: counted per
+    address, it escaped every per-IP limit (rate, concurrent uploads, bandwidth) by sending
+    each request from a new one."""
+    one = client_of(_scope(client=("2001:db8:1:2::1", 5)))
+    same_site = client_of(_scope(client=("2001:db8:1:2:ffff:ffff:ffff:9", 5)))
+    other_site = client_of(_scope(client=("2001:db8:1:3::1", 5)))
+    assert one == same_site == "ip:2001:db8:1:2::/64"
+    assert other_site != one
+    assert client_of(_scope(client=("::ffff:10.0.0.9", 5))) == "ip:10.0.0.9"  # IPv4, mapped
+    assert client_of(_scope(client=("testclient", 5))) == "ip:testclient"  # not an address
+
+
 def test_an_upload_slot_is_free_before_the_response_goes_out(tmp_path: Path) -> None:
     """A client that sends its next PATCH the moment it has the answer must not find its
     finished upload still holding the slot (a spurious 429; tus clients do not retry it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -123,6 +124,36 @@ def test_worker_thread_logs_carry_the_request_id(server: ServerProcess) -> None:
         time.sleep(0.05)
     assert lines, "no whole-file log line for the upload"
     assert [d["request_id"] for d in lines] == ["finalize-rid-1"]
+
+
+def test_native_chunk_bodies_are_counted_as_uploads(server: ServerProcess) -> None:
+    """A native chunk PUT streams an upload body like a tus PATCH: it showed in neither
+    uploads_active while its body arrived nor bytes_in once it was refused (a body that did
+    not hash to its chunk id, one cut off by its client), which tus bodies always count."""
+    body = random_bytes(200 * KiB, seed=4)
+    wrong_id = hashlib.sha256(b"something else").hexdigest()
+    with server.client() as c:
+        uid = open_session(c, len(body))
+        before = _metric(c, "edgestore_bytes_in_total")
+        r = c.put(f"/v1/uploads/{uid}/chunks/{wrong_id}", content=body)
+        assert r.status_code == 422, r.text
+        assert _metric(c, "edgestore_bytes_in_total") - before == len(body)
+        cid = hashlib.sha256(body).hexdigest()
+        head = (
+            f"PUT /v1/uploads/{uid}/chunks/{cid} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(head.encode() + body[: 100 * KiB])
+            deadline = time.monotonic() + 5
+            while _metric(c, "edgestore_uploads_active") != 1:
+                assert time.monotonic() < deadline, "a streaming chunk body is not counted"
+                time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while _metric(c, "edgestore_uploads_active") != 0:
+            assert time.monotonic() < deadline, "the cut-off chunk body is still counted"
+            time.sleep(0.05)
+        assert _metric(c, "edgestore_bytes_in_total") - before == len(body) + 100 * KiB
 
 
 @pytest.fixture(scope="module")

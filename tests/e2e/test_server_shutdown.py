@@ -4,6 +4,7 @@ stop leaves no lease behind)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -25,6 +26,7 @@ from tests.helpers import (
     tus_patch,
     upload_id_of,
 )
+from tests.native import SMALL_ENV, open_session, put
 
 GRACEFUL = 20  # api/server.py GRACEFUL_SECONDS
 
@@ -162,3 +164,31 @@ def test_sigterm_when_idle_is_quick_and_clean(fresh_server) -> None:
         assert tus_offset(c, url) == 5
         assert tus_patch(c, url, 5, b"56789").status_code == 204
         assert c.get(url).content == b"0123456789"
+
+
+def test_sigterm_with_a_silent_native_chunk_body(fresh_server) -> None:
+    """A native chunk PUT whose client went quiet mid-body: its read was not told of the
+    shutdown, so the server waited the whole graceful period and then answered uvicorn's
+    plain-text 500. It must be cut at once with a 503 the client retries (nothing of the
+    chunk was stored; the session takes it again after the restart)."""
+    fresh_server.env_extra.update(SMALL_ENV)
+    fresh_server.start()
+    body = random_bytes(200 * KiB, seed=503)
+    cid = sha256_hex(body)
+    with fresh_server.client() as c:
+        uid = open_session(c, len(body))
+    head = (
+        f"PUT /v1/uploads/{uid}/chunks/{cid} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", fresh_server.port), timeout=30) as s:
+        s.sendall(head.encode() + body[: 100 * KiB])
+        time.sleep(0.5)
+        took = _stop(fresh_server)
+        answer = s.recv(4096)
+    assert took < 5, f"shutdown waited {took:.1f}s on a silent chunk body"
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b'"error":"storage_unavailable"' in answer and b"shutting down" in answer
+    fresh_server.start()
+    with fresh_server.client() as c:
+        assert put(c, uid, cid, body).status_code == 201

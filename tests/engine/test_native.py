@@ -13,6 +13,7 @@ from edgestore.engine.native import ManifestChunk, NativeUploads
 from edgestore.errors import (
     ChunkHashMismatch,
     MissingChunks,
+    StorageUnavailable,
     UploadGone,
     UploadNotFound,
     WholeFileMismatch,
@@ -176,3 +177,33 @@ def test_a_damaged_chunk_is_asked_for_and_its_bytes_repair_it(small_engine: Engi
     assert read_all(small_engine, done.version) == data == read_all(small_engine, v1)
     assert _count(small_engine, repair_queue) == 0
     _consistent(small_engine)
+
+
+def test_a_shutdown_stops_a_finalize_reading_its_chunks_back(small_engine: Engine) -> None:
+    """A SIGTERM cuts streaming appends at once, but a finalize reading its chunks back (all
+    of a big file whose chunks the store already held: minutes) ran on, and the server's
+    exit waited for it long past its grace period. It stops at its next chunk, commits
+    nothing, and a finalize again (on a node that runs) completes."""
+    native = _native(small_engine)
+    data = random_bytes(2 * 1024 * KiB, seed=6)
+    parts = chunks_of(data)
+    manifest = [ManifestChunk(cid, len(c)) for cid, c in parts]
+    digest = hashlib.sha256(data).hexdigest()
+    earlier = native.create(size=len(data), key="sent-before")
+    for cid, c in parts:
+        native.put_chunk(earlier.upload_id, cid, c)
+    rec = native.create(size=len(data), key="all-deduplicated")
+    pinned: list[int] = []
+
+    def on_dedup(size: int) -> None:  # called as finalize pins them, before the read-back
+        pinned.append(size)
+        if len(pinned) == 1:
+            small_engine.uploads.stop_all("server is shutting down")
+
+    with pytest.raises(StorageUnavailable, match="server is shutting down"):
+        native.finalize(rec.upload_id, manifest, digest, on_dedup=on_dedup)
+    assert len(pinned) == len(parts) > 8
+    assert native.status(rec.upload_id).version is None
+    with Engine.open(small_engine.core.settings) as restarted:
+        done = restarted.native.finalize(rec.upload_id, manifest, digest)
+        assert done.verified_by == "read-back" and read_all(restarted, done.version) == data

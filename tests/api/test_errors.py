@@ -1,0 +1,42 @@
+"""Error answers over a real server: what went wrong, in words a client can act on, and
+nothing of the server's filesystem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgestore.storage.local import MARKER
+from tests.helpers import KiB, MiB, random_bytes, tus_create, tus_patch, tus_upload
+from tests.native import SMALL_ENV
+from tests.server import ServerProcess
+
+
+def test_storage_errors_name_data_dirs_not_their_paths(tmp_path: Path) -> None:
+    """A data dir that lost its marker (an unmounted disk) made every upload's 503 say the
+    dir's absolute path, and a chunk that could not be read listed the path of each data
+    dir in its 500: any uploader or reader learnt the server's filesystem layout. The
+    answers name the data dirs; the server's log keeps the paths for the operator."""
+    server = ServerProcess(
+        home=tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        env_extra=SMALL_ENV,
+    ).start()
+    shards = server.home / "shards"
+    try:
+        with server.client() as c:
+            tus_upload(c, random_bytes(200 * KiB, seed=1), metadata={"bucket": "b", "key": "k"})
+            for f in shards.rglob("*"):
+                if f.is_file() and f.name != MARKER:
+                    f.unlink()
+            lost = c.get("/objects/b/k")
+            d3 = shards / "d3"
+            (d3 / MARKER).rename(d3 / "marker.moved")
+            url = tus_create(c, MiB)
+            refused = tus_patch(c, url, 0, random_bytes(MiB, seed=2))
+    finally:
+        server.stop()
+    assert lost.status_code == 500 and lost.json()["error"] == "chunk_unreadable"
+    assert "data dir d" in lost.text and str(tmp_path) not in lost.text, lost.text
+    assert refused.status_code == 503, refused.text
+    assert "data dir d3" in refused.text and str(tmp_path) not in refused.text, refused.text
+    assert str(d3) in server.log()  # the operator's copy
