@@ -87,16 +87,19 @@ async def list_objects(
     after: Annotated[str | None, Query(description="Return keys after this one.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> ObjectList:
+    # One more than asked: a page that ends exactly at the last object says so (null
+    # next_after) instead of sending the client for an empty page.
     found = await asyncio.to_thread(
         services(request).engine.objects.list,
         bucket=bucket,
         prefix=prefix,
         after=after,
-        limit=limit,
+        limit=limit + 1,
     )
+    page = found[:limit]
     return ObjectList(
-        objects=[ObjectVersion.of(v) for v in found],
-        next_after=object_rows.cursor(found[-1], bucket) if len(found) == limit else None,
+        objects=[ObjectVersion.of(v) for v in page],
+        next_after=object_rows.cursor(page[-1], bucket) if len(found) > limit else None,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,12 +16,13 @@ from edgestore.cli.context import CliState
 from edgestore.cli.main import app
 from edgestore.client.download import output_path
 from edgestore.client.source import guess_content_type
-from edgestore.engine import ObjectSelector, VersionInfo
+from edgestore.engine import Engine, ObjectSelector, VersionInfo
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.engine.objects import is_object_id
-from edgestore.errors import InvalidInput, StorageUnavailable
+from edgestore.errors import InvalidInput, ObjectNotFound, StorageUnavailable
 from edgestore.maintenance import gc
+from edgestore.metadata.objects import cursor
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
 BucketOpt = Annotated[str, typer.Option("--bucket", "-b", help="Bucket.")]
@@ -31,10 +33,16 @@ VersionOpt = Annotated[
 ]
 
 
-def _selector(ref: str, bucket: str, version: int | None) -> ObjectSelector:
-    if is_object_id(ref):
-        return ObjectSelector(object_id=ref.lower(), version=version)
-    return ObjectSelector(bucket=bucket, key=ref, version=version)
+def _stat(engine: Engine, ref: str, bucket: str, version: int | None) -> VersionInfo:
+    """The version KEY|ID names: an object id first, else a key in `bucket` (an upload sent
+    without a key or file name is stored under its upload id, which is a UUID too)."""
+    by_key = ObjectSelector(bucket=bucket, key=ref, version=version)
+    if not is_object_id(ref):
+        return engine.objects.stat(by_key)
+    try:
+        return engine.objects.stat(ObjectSelector(object_id=ref.lower(), version=version))
+    except ObjectNotFound:
+        return engine.objects.stat(by_key)
 
 
 def _version_fields(v: VersionInfo) -> list[tuple[str, str]]:
@@ -175,7 +183,7 @@ def get(
     """Write an object version to a file, verified chunk by chunk."""
     state: CliState = ctx.obj
     with state.engine() as engine:
-        info = engine.objects.stat(_selector(ref, bucket, version))
+        info = _stat(engine, ref, bucket, version)
         name = Path(info.key).name or info.object_id
         if out_path is not None and str(out_path) == "-":
             try:
@@ -227,12 +235,24 @@ def list_objects(
         str | None, typer.Option("--bucket", "-b", help="Bucket (default: all).")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            help="Start after this key (bucket/key without --bucket): the next page, as the "
+            "note at the end of a full page says."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List objects (latest versions) by key prefix."""
+    """List objects (latest versions) by key prefix, in pages of --limit."""
     state: CliState = ctx.obj
     with state.engine() as engine:
-        found = engine.objects.list(bucket=bucket, prefix=prefix, limit=limit)
+        # One more than shown: whether a next page exists, so the note is never a false one.
+        found = engine.objects.list(bucket=bucket, prefix=prefix, after=after, limit=limit + 1)
+    more, found = len(found) > limit, found[:limit]
+    if more:
+        nxt = shlex.quote(cursor(found[-1], bucket))
+        output.note(f"more objects: for the next page, add --after {nxt}")
     if json_out:
         output.emit_json(found)
         return
@@ -263,9 +283,9 @@ def stat(
     """Show an object version and the object's version history."""
     state: CliState = ctx.obj
     with state.engine() as engine:
-        info = engine.objects.stat(_selector(ref, bucket, version))
+        info = _stat(engine, ref, bucket, version)
         history = engine.objects.versions(info.object_id)
-        chunks = len(engine.objects.manifest(info))
+        chunks = engine.objects.chunk_count(info)
     if json_out:
         output.emit_json({"version": info, "chunks": chunks, "versions": history})
         return
@@ -296,7 +316,7 @@ def rm(
     """Delete an object version (the latest by default); space returns after `gc`."""
     state: CliState = ctx.obj
     with state.engine() as engine:
-        info = engine.objects.stat(_selector(ref, bucket, version))
+        info = _stat(engine, ref, bucket, version)
         doomed = engine.objects.versions(info.object_id) if all_versions else [info]
         for v in doomed:
             engine.objects.delete(v)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -19,6 +20,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from edgestore.types import Readable
 
@@ -65,22 +67,23 @@ def emit_json(value: Any) -> None:
 def table(columns: list[str], rows: Iterable[list[str]], *, title: str | None = None) -> None:
     t = Table(*columns, title=title, show_edge=False, header_style="bold")
     for row in rows:
-        t.add_row(*row)
+        t.add_row(*(Text(cell) for cell in row))  # plain text: a key is not markup
     out.print(t)
 
 
 def fields(pairs: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in pairs)
     for k, v in pairs:
-        out.print(f"[bold]{k.ljust(width)}[/bold]  {v}", highlight=False)
+        # Values (keys, file names, messages) are data: '[/]' in a key is not markup.
+        out.print(f"[bold]{escape(k.ljust(width))}[/bold]  {escape(v)}", highlight=False)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
 
 
 def note(message: str) -> None:
-    err.print(message, highlight=False)
+    err.print(message, highlight=False, markup=False)
 
 
 class Transfer:
@@ -89,7 +92,7 @@ class Transfer:
     def __init__(self, description: str, total: int | None, *, quiet: bool = False) -> None:
         self._enabled = not quiet and err.is_terminal
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # a key is not markup
             BarColumn(),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 from edgestore.engine.core import EngineCore
 from edgestore.engine.keys import validate_bucket, validate_key
-from edgestore.errors import ChunkCorrupt, ChunkUnreadable, InvalidRange, ObjectNotFound
+from edgestore.errors import (
+    ChunkCorrupt,
+    ChunkUnreadable,
+    InvalidInput,
+    InvalidRange,
+    ObjectNotFound,
+)
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import stats
@@ -17,6 +23,7 @@ from edgestore.metadata.objects import ManifestEntry, VersionInfo
 from edgestore.metadata.stats import StoreUsage
 
 MANIFEST_PAGE = 256  # manifest rows loaded at a time: bounded memory for any object size
+MAX_VERSION = 2**31 - 1  # the column is 32-bit: PostgreSQL refuses a larger number outright
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +58,14 @@ class Objects:
             validate_key(sel.key or "")
         elif not is_object_id(sel.object_id):
             raise ObjectNotFound(f"no object with id {sel.object_id!r}")
+        if sel.version is not None and not 1 <= sel.version <= MAX_VERSION:
+            raise ObjectNotFound(f"object {sel.describe()} not found: versions count from 1")
         with self._core.db.read() as conn:
             info = object_rows.find_version(
                 conn,
                 bucket=sel.bucket,
                 key=sel.key,
-                object_id=sel.object_id,
+                object_id=None if sel.object_id is None else sel.object_id.lower(),
                 version=sel.version,
             )
             if info is None:
@@ -78,16 +87,21 @@ class Objects:
         after: str | None = None,
         limit: int = 1000,
     ) -> list[VersionInfo]:
+        """Latest versions by bucket and key, from the first one past the cursor `after`."""
         if bucket is not None:
             validate_bucket(bucket)
+        if limit < 1:
+            raise InvalidInput(f"invalid limit {limit}: list at least 1 object")
         with self._core.db.read() as conn:
             return object_rows.list_latest(
                 conn, bucket=bucket, prefix=prefix, after=after, limit=limit
             )
 
     def versions(self, object_id: str) -> list[VersionInfo]:
+        """Every version of an object, newest first. Ids are stored in lower case (a UUID's
+        capitals name the same one)."""
         with self._core.db.read() as conn:
-            found = object_rows.list_versions(conn, object_id)
+            found = object_rows.list_versions(conn, object_id.lower())
         if not found:
             raise ObjectNotFound(f"no object with id {object_id}")
         return found
@@ -101,6 +115,11 @@ class Objects:
     def usage(self) -> StoreUsage:
         with self._core.db.read() as conn:
             return stats.usage(conn)
+
+    def chunk_count(self, info: VersionInfo) -> int:
+        """The entries of a version's manifest, not loaded: millions for a huge object."""
+        with self._core.db.read() as conn:
+            return object_rows.manifest_length(conn, info.version_id)
 
     def manifest(self, info: VersionInfo) -> list[ManifestEntry]:
         with self._core.db.read() as conn:

@@ -287,32 +287,33 @@ def find_version(
 def list_latest(
     conn: Connection, *, bucket: str | None, prefix: str, after: str | None, limit: int
 ) -> list[VersionInfo]:
-    """Latest version of each object whose key starts with prefix, ordered by bucket, key."""
-    latest = (
-        sa.select(
-            object_versions.c.object_id, sa.func.max(object_versions.c.version).label("v")
-        ).group_by(object_versions.c.object_id)
-    ).subquery()
-    q = _versions_query().join(
-        latest,
-        sa.and_(
-            latest.c.object_id == object_versions.c.object_id,
-            latest.c.v == object_versions.c.version,
-        ),
+    """Latest version of each object whose key starts with prefix, ordered by bucket, key.
+
+    A page walks the objects' (bucket, key) index from the cursor and looks up each one's
+    latest version by (object_id, version): its cost is the page's, not the store's (a
+    GROUP BY over every version made each page of a large store take seconds).
+    """
+    other = object_versions.alias("other")
+    newest = (
+        sa.select(sa.func.max(other.c.version))
+        .where(other.c.object_id == objects.c.object_id)
+        .scalar_subquery()
     )
+    q = _versions_query().where(object_versions.c.version == newest)
     if bucket is not None:
         q = q.where(objects.c.bucket == bucket)
     if prefix:
         # substr, not LIKE: SQLite's LIKE ignores ASCII case, and no escaping is needed.
         q = q.where(sa.func.substr(objects.c.key, 1, len(prefix)) == prefix)
+        if bucket is not None:
+            # Every key with this prefix sorts at or after it: where the index walk starts.
+            q = q.where(objects.c.key >= prefix)
     if after is not None:
         after_bucket, after_key = split_cursor(after, bucket)
-        q = q.where(
-            sa.or_(
-                objects.c.bucket > after_bucket,
-                sa.and_(objects.c.bucket == after_bucket, objects.c.key > after_key),
-            )
-        )
+        if bucket is not None:
+            q = q.where(objects.c.key > after_key)
+        else:  # a row comparison, which both databases answer from the (bucket, key) index
+            q = q.where(sa.tuple_(objects.c.bucket, objects.c.key) > (after_bucket, after_key))
     q = q.order_by(objects.c.bucket, objects.c.key).limit(limit)
     return [_info(r) for r in conn.execute(q)]
 
@@ -353,6 +354,13 @@ def manifest(
         q = q.where(manifests.c.offset < end)
     for r in conn.execute(q.order_by(manifests.c.seq).limit(limit)):
         yield ManifestEntry(r.seq, ChunkId(r.chunk_id), r.offset, r.length)
+
+
+def manifest_length(conn: Connection, version_id: str) -> int:
+    """How many entries a version's manifest has, counted by the database."""
+    return conn.execute(
+        sa.select(sa.func.count()).where(manifests.c.version_id == version_id)
+    ).scalar_one()
 
 
 def without_sha256(

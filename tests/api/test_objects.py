@@ -196,8 +196,10 @@ def test_list_by_prefix_after_and_limit(http) -> None:
     page, nxt = _keys(http, bucket=bucket, limit=2, after=nxt)
     assert page == ["a/3", "ab"]
     page, nxt = _keys(http, bucket=bucket, limit=2, after=nxt)
-    assert page == ["b/1", "c"]
-    assert _keys(http, bucket=bucket, limit=2, after=nxt) == ([], None)
+    assert page == ["b/1", "c"] and nxt is None  # the last page, though full: no empty one
+    assert _keys(http, bucket=bucket, limit=2, after="c") == ([], None)
+    assert _keys(http, bucket=bucket, limit=6) == (keys, None)
+    assert _keys(http, bucket=bucket, limit=5) == (keys[:5], "b/1")
     listed = http.get("/objects", params={"bucket": bucket, "prefix": "a/2"}).json()["objects"]
     assert listed[0]["size"] == len(b"second version") and listed[0]["version"] == 2
     assert listed[0]["bucket"] == bucket

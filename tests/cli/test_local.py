@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edgestore.engine import ObjectSelector
 from tests.helpers import MiB, random_bytes
 
 EDGESTORE = [sys.executable, "-m", "edgestore"]
@@ -26,13 +27,16 @@ def cli(tmp_path: Path, db_url: str):
         "EDGESTORE_DATABASE_URL": db_url,
     }
 
-    def run(*args: str, input: bytes | None = None, ok: bool = True, **more_env: str):
+    def run(
+        *args: str,
+        input: bytes | None = None,
+        ok: bool = True,
+        python: bool = False,
+        **more_env: str,
+    ):
+        command = [sys.executable, *args] if python else [*EDGESTORE, *args]
         proc = subprocess.run(
-            [*EDGESTORE, *args],
-            env={**env, **more_env},
-            input=input,
-            capture_output=True,
-            timeout=120,
+            command, env={**env, **more_env}, input=input, capture_output=True, timeout=120
         )
         if ok:
             assert proc.returncode == 0, proc.stderr.decode()
@@ -248,3 +252,110 @@ def test_init_refuses_an_empty_mount_point_and_says_so(cli, tmp_path: Path) -> N
         assert res.returncode == 6 and "root filesystem" in out and "--shared-disk" in out, out
         assert not (tmp_path / "mnt" / "disk2" / "es").exists()
         assert "ready" in cli("init", "--shared-disk", **env).stdout.decode()
+
+
+def test_ls_pages_with_after_and_says_when_more_remain(cli) -> None:
+    """`ls` stopped at --limit (1000 by default) without a word, and could not go on: a
+    store of 1,500 objects looked like one of 1,000."""
+    for key in ("a", "b", "c"):
+        cli("put", "-", "--key", key, input=key.encode())
+    first = cli("ls", "--limit", "2", "--json")
+    assert [o["key"] for o in json.loads(first.stdout)] == ["a", "b"]
+    assert "--after default/b" in first.stderr.decode()
+    rest = cli("ls", "--limit", "2", "--after", "default/b", "--json")
+    assert [o["key"] for o in json.loads(rest.stdout)] == ["c"]
+    assert "--after" not in rest.stderr.decode()  # the last page
+    exact = cli("ls", "--limit", "3", "--bucket", "default", "--json")
+    assert len(json.loads(exact.stdout)) == 3 and "--after" not in exact.stderr.decode()
+    mid = cli("ls", "--limit", "1", "--bucket", "default", "--after", "a", "--json")
+    assert [o["key"] for o in json.loads(mid.stdout)] == ["b"]
+    assert "--after b" in mid.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("stat", "k", "--version", "99999999999"), 3),
+        (("rm", "k", "--version", "4294967296"), 3),
+        (("get", "k", "-o", "-", "--version", "0"), 3),
+        (("ls", "--limit", "-1"), 2),
+    ],
+)
+def test_out_of_range_numbers_are_errors_not_tracebacks(cli, args, code: int) -> None:
+    """On PostgreSQL these reached the database, which refused them: a DataError traceback."""
+    cli("put", "-", "--key", "k", input=b"x")
+    res = cli(*args, ok=False)
+    assert res.returncode == code, res.stderr.decode()
+    assert "Traceback" not in res.stderr.decode()
+
+
+def test_keys_with_brackets_are_printed_as_they_are(cli) -> None:
+    """Rich read '[/]' and '[red]' in a key as markup: `put` stored the object and then
+    crashed printing it, `ls` crashed for the whole store, `rm` after deleting; '[red]' was
+    printed as nothing."""
+    keys = ["x[/]y", "p[red]q"]
+    for key in keys:
+        assert key in cli("put", "-", "--key", key, input=b"x").stdout.decode()
+    listing = cli("ls", "--bucket", "default").stdout.decode()
+    assert all(key in listing for key in keys), listing
+    assert "x[/]y" in cli("stat", "x[/]y").stdout.decode()
+    assert "x[/]y" in cli("rm", "x[/]y").stderr.decode()
+    missing = cli("get", "x[/]y", ok=False)
+    assert missing.returncode == 3 and "x[/]y" in missing.stderr.decode()
+
+
+def test_stat_of_a_huge_manifest_counts_its_chunks_without_loading_them(
+    cli, tmp_path: Path, db_url: str
+) -> None:
+    """`stat` loaded the whole manifest to count its entries: for a 10 TB object (2.5 million
+    chunks) that was gigabytes of memory for one number."""
+    from edgestore.config import load_settings
+    from edgestore.engine import Engine
+    from edgestore.metadata import objects as object_rows
+
+    entries = 300_000
+    cli("put", "-", "--key", "small", input=b"x")
+    with Engine.open(load_settings(home=tmp_path / "home", database_url=db_url)) as engine:
+        small = engine.objects.stat(ObjectSelector(bucket="default", key="small"))
+        (chunk,) = engine.objects.manifest(small)
+        db = engine.core.db
+        with db.write() as conn:
+            object_rows.create_version(
+                db,
+                conn,
+                bucket="default",
+                key="huge",
+                entries=[(chunk.chunk_id, i, 1) for i in range(entries)],
+                sha256=None,
+                content_type=None,
+                filename=None,
+                user_metadata={},
+                take_refs=True,
+            )
+
+    def peak_kib(key: str) -> tuple[int, dict]:
+        """The CLI's peak resident memory, measured in a process of its own."""
+        probe = (
+            "import resource, subprocess, sys; "
+            "p = subprocess.run(sys.argv[1:], capture_output=True); "
+            "sys.stderr.buffer.write(p.stderr); sys.stdout.buffer.write(p.stdout); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)"
+        )
+        res = cli("-c", probe, *EDGESTORE, "stat", key, "--json", python=True)
+        return int(res.stderr.decode().split()[-1]), json.loads(res.stdout)
+
+    base, _ = peak_kib("small")
+    peak, shown = peak_kib("huge")
+    assert shown["chunks"] == entries
+    assert peak - base < 15_000, (base, peak)  # KiB; loading it took 35 to 100 MB more
+
+
+def test_a_key_that_looks_like_an_object_id_is_found_by_key(cli) -> None:
+    """A tus upload without a key or filename is stored under its upload id, a UUID: `get`,
+    `stat` and `rm` took every UUID for an object id and said "not found"."""
+    key = "0b6f4c5e-3f1a-4d2b-9c8e-7a6b5c4d3e2f"
+    cli("put", "-", "--key", key, input=b"by key")
+    assert cli("get", key, "-o", "-").stdout == b"by key"
+    assert json.loads(cli("stat", key, "--json").stdout)["version"]["key"] == key
+    cli("rm", key)
+    assert cli("get", key, "-o", "-", ok=False).returncode == 3
