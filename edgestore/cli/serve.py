@@ -46,10 +46,13 @@ def serve(
     )
     check_bind(settings)
     scheme = "https" if settings.tls_certfile else "http"
-    base = f"{scheme}://{settings.host}:{settings.port or 'PORT'}"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6
+    base = f"{scheme}://{host}:{settings.port or 'PORT'}"
+    dirs = len(settings.resolved_data_dirs)
+    where = "configured" if settings.data_dirs else f"under {settings.home}"
     output.note(
         f"edgestore serving {settings.resolved_database_url.split('://')[0]} metadata, "
-        f"{len(settings.resolved_data_dirs)} data dirs under {settings.home}\n"
+        f"{dirs} data dirs {where}\n"
         f"  upload (tus):  {base}/files/\n"
         f"  download:      {base}/objects/{{bucket}}/{{key}}   list: {base}/objects\n"
         f"  health:        {base}/healthz  {base}/readyz  metrics: {base}/metrics\n"

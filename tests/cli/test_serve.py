@@ -96,3 +96,25 @@ def test_a_server_url_without_a_scheme_says_so(env, tmp_path: Path, args) -> Non
     res = run(env, *(a.format(file=tmp_path / "f.bin") for a in args))
     assert res.returncode == 4, res.stderr
     assert "http:// or https://" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_banner_brackets_an_ipv6_address(env) -> None:
+    """`--host ::1` printed http://::1:PORT/files/, which no client parses."""
+    proc = subprocess.Popen(
+        [*EDGESTORE, "serve", "--no-auth", "--host", "::1", "--port", "0"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = ""
+        for line in proc.stderr:
+            banner += line
+            if "upload (tus)" in line:
+                break
+        assert "http://[::1]:PORT/files/" in banner, banner
+        assert "data dirs under" in banner
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
