@@ -239,9 +239,12 @@ class ChunkWriter:
         rec = prep.record
         try:
             refs = self._write_shards(prep)
-            with self._db.write(durable=False) as conn:
-                # Not fsynced on its own: the upload checkpoint that references this chunk is
-                # a durable commit, and it makes every earlier commit durable with it.
+            # A new chunk is not fsynced on its own: the upload checkpoint that references it
+            # is a durable commit, and it makes every earlier commit durable with it. A chunk
+            # stored again is: its old files are orphans the next sweep deletes at once, and
+            # nothing durable may follow (a repair), so an undone commit would leave its row
+            # pointing at deleted files.
+            with self._db.write(durable=prep.replaces is not None) as conn:
                 replaced = (
                     prep.replaces is not None
                     and chunk_index.replace(conn, rec, refs, prep.replaces) is not None

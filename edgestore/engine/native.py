@@ -318,14 +318,18 @@ class NativeUploads:
             with self._core.db.write() as conn:  # pin all: nothing is collected while we verify
                 self._lock_open(conn, upload_id)
                 sizes = pins.pin(conn, upload_id, unique, newly=newly)
+                # Queued for repair since /missing said it was stored (maybe with too few
+                # shards left to read): asked for, as /missing would, so the client's bytes
+                # make it whole rather than a version being committed over it.
+                damaged = chunk_index.damaged(conn, list(sizes))
         except UploadStateError:  # a concurrent finalize (a retry) completed it meanwhile
             return self._finalized_meanwhile(upload_id, digest, sha256)
         _report_dedup(on_dedup, newly, sizes)  # chunks stored before, never sent to this session
-        missing = [cid for cid in unique if cid not in sizes]
+        missing = [cid for cid in unique if cid not in sizes or cid in damaged]
         if missing:
             raise MissingChunks(
                 f"{len(missing)} of the manifest's {len(unique)} distinct chunks are not "
-                "stored; PUT them, then finalize again",
+                "stored (or have lost shards); PUT them, then finalize again",
                 chunk_ids=missing,
             )
         for cid, offset, n in entries:

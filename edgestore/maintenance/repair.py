@@ -6,11 +6,12 @@ of every chunk, checks each against its own checksum (no decoding), and queues t
 chunks for repair, as a read around a bad shard does.
 
 `repair` works through that queue. A chunk whose shards are all intact again (a data dir
-that was offline is back) leaves it. One with at least k intact shards is rebuilt from them,
-verified against its SHA-256, and stored again as a new generation of shards, placed over the
-data dirs that are writable now: the same path an upload of its bytes takes (ChunkWriter,
-chunks.replace); the old generation's files go with gc's orphan sweep. One with fewer stays
-queued: only an upload of the same bytes can bring it back, and the report names it.
+that was offline is back), and which still decodes to its SHA-256, leaves it. One with at
+least k intact shards is rebuilt from them, verified against its SHA-256, and stored again as
+a new generation of shards, placed over the data dirs that are writable now: the same path an
+upload of its bytes takes (ChunkWriter, chunks.replace); the old generation's files go with
+gc's orphan sweep. One with fewer stays queued: only an upload of the same bytes can bring
+it back, and the report names it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edgestore.engine import Engine
 from edgestore.errors import StorageError
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.chunks import ChunkRecord
+from edgestore.metadata.db import now
 from edgestore.types import Layout
 
 log = logging.getLogger(__name__)
@@ -102,15 +104,16 @@ def scrub(
             report.chunks_checked += 1
             report.shard_files_checked += len(rec.shards)
             report.bytes_checked += rec.shard_size * len(rec.shards)
-            if faults:
+            # Counted only if queued: faults of a chunk collected, or stored again (its old
+            # files swept), since its record was loaded are no damage.
+            if faults and _queue(
+                engine,
+                rec,
+                [f.shard_index for f in faults],
+                "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults),
+            ):
                 report.chunks_damaged += 1
                 report.bad_shards += len(faults)
-                _queue(
-                    engine,
-                    rec,
-                    [f.shard_index for f in faults],
-                    "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults),
-                )
             progress("chunks", report.chunks_checked)
     if cursor is not None:
         cursor.after = after
@@ -118,13 +121,16 @@ def scrub(
     return report
 
 
-def _queue(engine: Engine, rec: ChunkRecord, bad: list[int], reason: str) -> None:
+def _queue(engine: Engine, rec: ChunkRecord, bad: list[int], reason: str) -> bool:
+    """Queue the chunk for repair; False if its record is out of date (see queue_repair)."""
     db = engine.core.db
     with db.write() as conn:
-        if chunk_index.queue_repair(
+        queued = chunk_index.queue_repair(
             db, conn, rec.chunk_id, f"scrub: {reason}", bad, rec.generation
-        ):
-            log.warning("scrub: chunk %s is damaged: %s", rec.chunk_id, reason)
+        )
+    if queued:
+        log.warning("scrub: chunk %s is damaged: %s", rec.chunk_id, reason)
+    return queued
 
 
 @dataclass
@@ -172,18 +178,28 @@ def _repair_one(engine: Engine, cid: str, report: RepairReport) -> None:
         rec = chunk_index.load(conn, [cid]).get(cid)
     if rec is None:
         return  # collected by gc meanwhile (which drops its queue entry)
+    checked_at = now()
     faults = core.reader.check(rec)
-    if not faults:
-        with core.db.write() as conn:
-            chunk_index.unqueue(conn, cid)
-        report.intact += 1
-        log.info("repair: chunk %s has every shard intact; taken off the queue", cid)
-        return
     try:
-        raw = core.reader.read(rec)  # from any k intact shards, verified against its id
+        # From any k intact shards, verified against its id. Also when every shard passes
+        # its own checksum: a chunk queued because it decoded to other bytes (or inline
+        # bytes that rotted) is not whole, and leaving the queue would make the next upload
+        # of its bytes a plain dedup hit instead of what restores it.
+        raw = core.reader.read(rec)
     except StorageError as exc:
+        with core.db.read() as conn:
+            if chunk_index.lookup(conn, rec.chunk_id) is None:
+                return  # collected by gc while it was read: nothing was lost
         report.unrecoverable.append(cid)
         log.error("repair: chunk %s cannot be rebuilt: %s", cid, exc)
+        return
+    if not faults:
+        with core.db.write() as conn:
+            removed = chunk_index.unqueue(conn, cid, checked_at)
+        if not removed:  # a read found a fault since the check began (the next round's), or
+            return  # another node took it off the queue
+        report.intact += 1
+        log.info("repair: chunk %s has every shard intact; taken off the queue", cid)
         return
     try:
         stored = core.writer.store(raw, expect=cid)  # queued: stored again, not a dedup hit

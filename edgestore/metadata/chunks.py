@@ -330,9 +330,15 @@ def queued(conn: Connection, after: str | None, limit: int) -> list[str]:
     return list(conn.execute(q).scalars())
 
 
-def unqueue(conn: Connection, chunk: str) -> None:
-    """The chunk needs no repair (its shards were all found intact)."""
-    conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id == chunk))
+def unqueue(conn: Connection, chunk: str, checked_at: float) -> bool:
+    """The chunk needs no repair (its shards were all found intact, checking from
+    `checked_at` on); False, and still queued, if a fault was seen since."""
+    res = conn.execute(
+        sa.delete(repair_queue).where(
+            repair_queue.c.chunk_id == chunk, repair_queue.c.last_seen < checked_at
+        )
+    )
+    return res.rowcount == 1
 
 
 def ids_after(conn: Connection, after: str | None, limit: int) -> list[str]:

@@ -12,6 +12,7 @@ from edgestore.engine import Engine
 from edgestore.engine.native import ManifestChunk, NativeUploads
 from edgestore.errors import (
     ChunkHashMismatch,
+    ChunkUnreadable,
     MissingChunks,
     StorageUnavailable,
     UploadGone,
@@ -207,3 +208,35 @@ def test_a_shutdown_stops_a_finalize_reading_its_chunks_back(small_engine: Engin
     with Engine.open(small_engine.core.settings) as restarted:
         done = restarted.native.finalize(rec.upload_id, manifest, digest)
         assert done.verified_by == "read-back" and read_all(restarted, done.version) == data
+
+
+def test_a_chunk_damaged_before_finalize_is_asked_for(small_engine: Engine) -> None:
+    """A chunk pinned by /missing while whole, found with too few shards before finalize (a
+    disk lost during a long upload): finalize asks for it (409) like /missing would, rather
+    than commit a version that cannot be read (its SHA-256 known from the first version, so
+    nothing is read back) while the client holds the bytes that restore it."""
+    native = _native(small_engine)
+    data = random_bytes(300 * KiB, seed=7)
+    v1 = small_engine.put([data], key="first")
+    parts = chunks_of(data)
+    rec = native.create(size=len(data), key="again")
+    assert native.missing(rec.upload_id, [cid for cid, _ in parts]) == []
+    lost = parts[0][0]
+    with small_engine.core.db.read() as conn:
+        rows = conn.execute(
+            sa.select(shards.c.backend, shards.c.key).where(shards.c.chunk_id == lost)
+        ).all()
+    for row in rows:
+        (small_engine.core.dirs.backends[row.backend].root / row.key).unlink()
+    with pytest.raises(ChunkUnreadable):
+        read_all(small_engine, v1)  # queued for repair, with no shard left to rebuild from
+    manifest = [ManifestChunk(cid, len(c)) for cid, c in parts]
+    digest = hashlib.sha256(data).hexdigest()
+    with pytest.raises(MissingChunks) as missing:
+        native.finalize(rec.upload_id, manifest, digest)
+    assert missing.value.chunk_ids == [lost]
+    native.put_chunk(rec.upload_id, lost, dict(parts)[lost])
+    done = native.finalize(rec.upload_id, manifest, digest)
+    assert read_all(small_engine, done.version) == data == read_all(small_engine, v1)
+    assert _count(small_engine, repair_queue) == 0
+    _consistent(small_engine)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
-from edgestore.maintenance import repair
+from edgestore.errors import ChunkCorrupt
+from edgestore.maintenance import gc, repair
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.chunks import reference_mismatches
-from edgestore.metadata.schema import repair_queue, shards
+from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import MiB, blocks_of, random_bytes, read_all
 
 
@@ -186,3 +188,134 @@ def test_a_background_scrub_goes_round_the_store_a_slice_at_a_time(
         assert report.bytes_checked < slice_bytes + biggest  # one chunk past, at most
     assert seen == len(chunk_ids) and rounds >= 4 and cursor.after is None
     assert list(_queued(engine)) == [chunk_ids[-1]]
+
+
+def test_a_chunk_that_fails_its_sha256_is_not_taken_off_the_queue(small_engine: Engine) -> None:
+    """Every shard passing its own checksum does not make a chunk whole: one queued because
+    it decoded to other bytes (here inline bytes that rotted in the database, which have no
+    shard checksum) stays queued and is named, so an upload of its bytes still restores it
+    rather than being taken as a plain dedup hit."""
+    engine = small_engine
+    data = b"abcdefghij" * 90
+    v = engine.put(iter([data]), key="inline")
+    (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
+    with engine.core.db.write() as conn:
+        blob = bytearray(
+            conn.execute(
+                sa.select(chunks.c.inline_data).where(chunks.c.chunk_id == cid)
+            ).scalar_one()
+        )
+        blob[-3] ^= 0xFF
+        conn.execute(sa.update(chunks).where(chunks.c.chunk_id == cid).values(inline_data=blob))
+    with pytest.raises(ChunkCorrupt):
+        read_all(engine, v)
+    assert list(_queued(engine)) == [cid]
+    report = repair.repair(engine)
+    assert report.unrecoverable == [cid] and report.intact == 0
+    assert list(_queued(engine)) == [cid]
+    engine.put(iter([data]), key="the same bytes again")
+    assert _queued(engine) == {} and read_all(engine, v) == data
+
+
+def _commit_is_durable(engine: Engine, conn: sa.Connection) -> bool:
+    """Whether the transaction on `conn` is flushed to disk when it commits."""
+    if engine.core.db.is_postgres:
+        return conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() != "off"
+    return conn.exec_driver_sql("PRAGMA synchronous").scalar_one() >= 2  # FULL
+
+
+def test_a_repair_is_committed_durably(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a chunk points at its new shards, its old files are orphans that the next sweep
+    deletes at once (they are old): a commit that a power cut could still undo would leave
+    the row pointing at deleted files. Nothing durable follows a repair, as an upload's
+    checkpoint follows a chunk stored for it."""
+    _data, ids = _stored(engine, seed=6, size=2 * MiB)
+    _shards(engine, ids[0])[0][2].unlink()
+    repair.scrub(engine)
+    seen: list[bool] = []
+    replace = chunk_index.replace
+
+    def watched(conn: sa.Connection, *args: object) -> object:
+        seen.append(_commit_is_durable(engine, conn))
+        return replace(conn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chunk_index, "replace", watched)
+    assert repair.repair(engine).repaired == 1
+    assert seen == [True]
+
+
+def test_a_chunk_collected_mid_repair_is_not_named_lost(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc taking a queued chunk (its version deleted) while repair rebuilds it: nothing was
+    lost, so repair must not name it as a chunk only an upload can bring back (exit 10)."""
+    data = random_bytes(200 * 1024, seed=7)
+    v = engine.put([data], key="going")
+    (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
+    _shards(engine, cid)[0][2].unlink()
+    repair.scrub(engine)
+    read = engine.core.reader.read
+
+    def collected_meanwhile(rec: chunk_index.ChunkRecord) -> bytes:
+        engine.objects.delete(v)
+        assert gc.collect(engine, grace=0, orphans=False).chunks_deleted == 1
+        return read(rec)
+
+    monkeypatch.setattr(engine.core.reader, "read", collected_meanwhile)
+    report = repair.repair(engine)
+    assert report.unrecoverable == [] and report.errors == 0
+    assert _queued(engine) == {}
+
+
+def test_a_chunk_stored_again_mid_scrub_is_not_reported_damaged(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrub checks a record loaded before the chunk was stored again (an upload of its
+    bytes, or the server's repair) and its old files swept: those faults are not damage,
+    and are neither queued nor counted (`scrub` would exit 10 over a whole store)."""
+    data = random_bytes(200 * 1024, seed=8)
+    v = engine.put([data], key="kept")
+    (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
+    old = _shards(engine, cid)
+    old[0][2].unlink()
+    read_all(engine, v)  # read around the lost shard: queued
+    check = engine.core.reader.check
+
+    def stored_again_meanwhile(rec: chunk_index.ChunkRecord) -> list:
+        engine.put([data], key="again")  # stores it again: the old files are orphans
+        for _c, _i, path in old[1:]:
+            path.unlink()  # as the orphan sweep does
+        return check(rec)
+
+    monkeypatch.setattr(engine.core.reader, "check", stored_again_meanwhile)
+    report = repair.scrub(engine)
+    assert (report.chunks_checked, report.chunks_damaged, report.bad_shards) == (1, 0, 0)
+    assert _queued(engine) == {} and read_all(engine, v) == data
+
+
+def test_damage_found_while_repair_checks_a_chunk_stays_queued(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Repair finds a queued chunk's shards intact, but a read finds one gone before the
+    chunk leaves the queue: that newer fault stays queued, for the next round to repair."""
+    data = random_bytes(200 * 1024, seed=9)
+    v = engine.put([data], key="bitrot")
+    (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
+    path = _shards(engine, cid)[1][2]
+    aside = path.with_name(path.name + ".away")
+    path.rename(aside)
+    repair.scrub(engine)
+    aside.rename(path)  # back: the repair will find every shard intact
+    read = engine.core.reader.read
+    victim = _shards(engine, cid)[0][2]
+
+    def lost_meanwhile(rec: chunk_index.ChunkRecord) -> bytes:
+        victim.unlink()
+        return read(rec)  # reads around it, and queues the chunk again
+
+    monkeypatch.setattr(engine.core.reader, "read", lost_meanwhile)
+    report = repair.repair(engine)
+    assert report.intact == 0 and _queued(engine) == {cid: [0]}
+    monkeypatch.undo()
+    assert repair.repair(engine).repaired == 1
+    assert _queued(engine) == {} and read_all(engine, v) == data
