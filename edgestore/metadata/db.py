@@ -20,10 +20,29 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
-from edgestore.errors import ConfigError, StorageUnavailable
+from edgestore.errors import ConfigError, StorageFull, StorageUnavailable, StoreParamsMismatch
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# libpq settings a PostgreSQL URL gets unless it sets them itself. Without them a host that
+# drops packets (or accepts and never answers) held a start, a request or /readyz for as long
+# as TCP retries (minutes) or forever; now a connection attempt gives up after
+# PG_CONNECT_TIMEOUT_S, and an established connection whose server vanished fails within
+# about a minute (keepalives when idle, tcp_user_timeout when a query was sent unanswered).
+PG_CONNECT_TIMEOUT_S = 10
+PG_TCP_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds
+}
+# How long a statement waits for a row or table lock before failing as "busy" (503: retry),
+# as a SQLite writer waits for the write lock; without it a request queued behind a stuck
+# lock holder hung with its client. Migrations wait as long as they must (see migrate).
+PG_LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
+# How long a transaction waits for one of the pool's connections when all are in use.
+PG_POOL_TIMEOUT_S = 30
 # Any constant works: it only has to be the same for every edgestore node sharing a database.
 _PG_MIGRATION_LOCK = 0x6564_6765  # "edge"
 
@@ -35,22 +54,35 @@ class Database:
         self.url = url
         try:
             parsed = sa.make_url(url)
-        except sa.exc.ArgumentError as exc:
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            # ValueError: a port that is not a number (SQLAlchemy lets int() fail). Neither
+            # message holds the URL, whose password must not reach a log.
             raise ConfigError(
-                f"database_url (EDGESTORE_DATABASE_URL) is not a URL: {exc}"
+                f"database_url (EDGESTORE_DATABASE_URL) is not a valid URL: {exc}"
             ) from None
         self.dialect = parsed.get_backend_name()
         # What error messages call the database: a SQLite file's path (a PostgreSQL URL may
         # hold a password).
         self._name = "metadata database"
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
+            if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+                # Each pooled connection would be a database of its own, gone at exit (and
+                # SQLAlchemy's pool for it refused our pool settings with a TypeError).
+                raise ConfigError(
+                    "database_url (EDGESTORE_DATABASE_URL): an in-memory SQLite database "
+                    "would lose every object at exit; use sqlite:///PATH"
+                )
+            self._name = f"metadata database {parsed.database}"
+            try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-                self._name = f"metadata database {parsed.database}"
+            except OSError as exc:  # a file in the way, no permission: not a traceback
+                raise StorageUnavailable(
+                    f"{self._name}: cannot create its directory: {exc.strerror}"
+                ) from exc
             # No limit on connections beyond the pool: writers queue on SQLite's lock while
             # holding one, and at the default 5 + 10 a dozen of them waiting out a long write
             # left no connection for reads, which WAL would let through at once.
-            self.engine: Engine = sa.create_engine(
+            self.engine: Engine = _create_engine(
                 url,
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
                 pool_size=pool_size,
@@ -58,8 +90,18 @@ class Database:
             )
             _configure_sqlite(self.engine)
         elif self.dialect == "postgresql":
-            self.engine = sa.create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True
+            wanted: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **PG_TCP_SETTINGS}
+            connect_args = {k: v for k, v in wanted.items() if k not in parsed.query}
+            options = str(parsed.query.get("options", ""))
+            if "lock_timeout" not in options:
+                connect_args["options"] = f"{options} -c lock_timeout={PG_LOCK_TIMEOUT_MS}".strip()
+            self.engine = _create_engine(
+                url,
+                connect_args=connect_args,
+                pool_size=pool_size,
+                max_overflow=pool_size * 2,
+                pool_timeout=PG_POOL_TIMEOUT_S,
+                pool_pre_ping=True,
             )
         else:
             raise ConfigError(
@@ -76,7 +118,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read transaction (a consistent snapshot on PostgreSQL and in WAL mode)."""
+        """A read transaction: one snapshot in SQLite's WAL mode; on PostgreSQL (READ
+        COMMITTED) each statement sees what was committed when it began."""
         with _translate_errors(self._name), self.engine.connect() as conn, conn.begin():
             yield conn
 
@@ -113,11 +156,14 @@ class Database:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per start is plenty
         from alembic import command
         from alembic.config import Config
+        from alembic.script import ScriptDirectory
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with _translate_errors(self._name), self.engine.connect() as conn:
             if self.is_postgres:
+                # Another node migrating a big store may hold the lock for minutes: wait.
+                conn.execute(sa.text("SET lock_timeout = 0"))
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
                 conn.commit()
             else:
@@ -127,6 +173,7 @@ class Database:
                 # "database is locked" (its snapshot stale). Now it waits, then finds it done.
                 conn.execution_options(sqlite_immediate=True).begin()
             try:
+                _check_not_newer(conn, ScriptDirectory.from_config(cfg), self._name)
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
                 conn.commit()
@@ -135,7 +182,34 @@ class Database:
                     conn.execute(
                         sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK}
                     )
+                    conn.execute(sa.text("RESET lock_timeout"))  # the pooled connection's
                     conn.commit()
+
+
+def _check_not_newer(conn: Connection, scripts: Any, name: str) -> None:
+    """A store migrated by a newer release (an upgrade rolled back) stopped this one's start
+    with alembic's "Can't locate revision" traceback; say what happened instead."""
+    from alembic.migration import MigrationContext
+
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is not None and current not in {s.revision for s in scripts.walk_revisions()}:
+        raise StoreParamsMismatch(
+            f"{name} has schema revision {current}, newer than this edgestore's "
+            f"({scripts.get_current_head()}): it was opened by a newer release; run that "
+            "release or a later one (a schema is never migrated back)"
+        )
+
+
+def _create_engine(url: str, **options: Any) -> Engine:
+    """The engine, or a ConfigError naming a driver that is not installed or not known
+    (`postgresql+asyncpg://`, `+pg8000`: a bare ModuleNotFoundError traceback before)."""
+    try:
+        return sa.create_engine(url, **options)
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise ConfigError(
+            f"database_url (EDGESTORE_DATABASE_URL): driver {sa.make_url(url).drivername!r} "
+            f"is not available ({exc}); use sqlite:///PATH or postgresql+psycopg://…"
+        ) from None
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -169,17 +243,29 @@ def _configure_sqlite(engine: Engine) -> None:
 @contextmanager
 def _translate_errors(name: str) -> Iterator[None]:
     """Errors an operator must see as such, not as a traceback or an HTTP 500: the database
-    unreachable, busy past the timeout (503: retry), or a file that is not SQLite's."""
+    unreachable, busy past the timeout (503: retry), full (507), or a file that is not
+    SQLite's."""
     try:
         yield
+    except sa.exc.TimeoutError as exc:  # SQLAlchemy's, not a database error: no .orig
+        raise StorageUnavailable(
+            f"{name} is busy: every pooled connection stayed in use for over "
+            f"{PG_POOL_TIMEOUT_S:g} s; retry"
+        ) from exc
     except OperationalError as exc:
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == "53100" or "database or disk is full" in str(exc.orig).lower():
+            # Disk full under the database: as a full data dir is (507), not a 500.
+            raise StorageFull(f"{name} is full: {exc.orig}") from exc
+        pg_lock_timeout = sqlstate == "55P03"
+        if pg_lock_timeout or "database is locked" in str(exc.orig).lower():
+            waited = PG_LOCK_TIMEOUT_MS if pg_lock_timeout else SQLITE_BUSY_TIMEOUT_MS
+            raise StorageUnavailable(
+                f"{name} is busy: another writer held a lock it needs for over "
+                f"{waited / 1000:g} s; retry"
+            ) from exc
         if _is_connection_failure(exc):
             raise StorageUnavailable(f"{name} unavailable: {exc.orig}") from exc
-        if "database is locked" in str(exc.orig).lower():
-            raise StorageUnavailable(
-                f"{name} is busy: another writer held it for over "
-                f"{SQLITE_BUSY_TIMEOUT_MS / 1000:g} s; retry"
-            ) from exc
         raise
     except DatabaseError as exc:
         if "file is not a database" in str(exc.orig).lower():
@@ -190,10 +276,21 @@ def _translate_errors(name: str) -> Iterator[None]:
 
 
 def _is_connection_failure(exc: DBAPIError) -> bool:
+    # No statement: the error came while connecting (host unknown or unreachable, timed out,
+    # authentication refused, no such database), whatever the driver's wording.
     text = str(exc.orig).lower()
-    return exc.connection_invalidated or any(
-        s in text
-        for s in ("connection refused", "could not connect", "unable to open database", "disk i/o")
+    return (
+        exc.statement is None
+        or exc.connection_invalidated
+        or any(
+            s in text
+            for s in (
+                "connection refused",
+                "could not connect",
+                "unable to open database",
+                "disk i/o",
+            )
+        )
     )
 
 
