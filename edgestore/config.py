@@ -21,6 +21,7 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -323,22 +324,46 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
 
         settings_cls = FileSettings
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
+        return settings_cls(**given)
     except ValidationError as exc:
         problems = []
         in_file = f" (in {path})" if path is not None else ""
         for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
             if not err["loc"]:  # a cross-field check: its message names the keys
-                problems.append(err["msg"].removeprefix("Value error, "))
+                problems.append(message)
                 continue
             key = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":  # a file's (unknown variables are ignored)
                 problems.append(f"{key}{in_file}: unknown setting")
                 continue
-            env = ENV_PREFIX + str(err["loc"][0]).upper()
-            problems.append(f"{key} ({env}): {err['msg']}")
+            problems.append(f"{key} ({_source(str(err['loc'][0]), given, path)}): {message}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except SettingsError as exc:  # a variable's JSON that does not even decode
+        name = re.search(r'field "(\w+)" from source "\w*EnvSource"', str(exc))
+        if name is None:
+            raise ConfigError(f"invalid configuration: {exc}") from None
+        key = name.group(1)
+        raise ConfigError(
+            f"invalid configuration: {key} ({ENV_PREFIX}{key.upper()}): not valid JSON "
+            f"({_JSON_SHAPES.get(key, 'see docs/configuration.md')})"
+        ) from None
     except ValueError as exc:  # e.g. a malformed TOML file
         where = f"{path}: " if path is not None and isinstance(exc, tomllib.TOMLDecodeError) else ""
         raise ConfigError(f"invalid configuration: {where}{exc}") from None
+
+
+# What a variable decoded as JSON must look like, for the message when it does not decode.
+_JSON_SHAPES = {"bucket_quotas": 'a JSON object, e.g. {"photos": 1099511627776}'}
+
+
+def _source(key: str, given: dict[str, Any], path: Path | None) -> str:
+    """Where to fix an invalid value: the file when it came from there (naming a variable
+    nobody set sent users looking for one), else its variable (flags share their names)."""
+    env = ENV_PREFIX + key.upper()
+    from_env = bool(os.environ.get(env)) or (key in _EMPTY_IS_A_VALUE and env in os.environ)
+    if path is not None and key not in given and not from_env:
+        return f"in {path}"
+    return env

@@ -124,6 +124,9 @@ def test_overrides_beat_environment_and_toml(monkeypatch, tmp_path):
         ("EDGESTORE_CHUNK_MIN_SIZE", "2097152", "chunk_min_size"),  # above pyfastcdc's 1 MiB
         ("EDGESTORE_REDUNDANCY", "raid5", "redundancy"),
         ("EDGESTORE_PORT", "70000", "port"),
+        ("EDGESTORE_BUCKET_QUOTAS", "photos=1", "bucket_quotas"),  # not JSON: decoded early
+        ("EDGESTORE_BUCKET_QUOTAS", '{"photos": "lots"}', "bucket_quotas"),
+        ("EDGESTORE_DATA_DIRS", '["/a"', "data_dirs"),  # a JSON list cut short
     ],
 )
 def test_invalid_environment_value_names_key_and_variable(monkeypatch, var, value, key):
@@ -132,6 +135,8 @@ def test_invalid_environment_value_names_key_and_variable(monkeypatch, var, valu
         load_settings()
     assert key in str(info.value)
     assert var in str(info.value)
+    assert "Source" not in str(info.value)  # no internal class name, e.g. "_EnvSource"
+    assert "Value error, " not in str(info.value)  # pydantic's wrapping, not ours
     assert info.value.code == "invalid_config"
 
 
@@ -163,8 +168,11 @@ def test_unknown_key_in_toml_is_named(tmp_path):
 
 def test_invalid_value_in_toml_is_named(tmp_path):
     path = write_toml(tmp_path, 'ec_k = "many"\n')
-    with pytest.raises(ConfigError, match="ec_k"):
+    with pytest.raises(ConfigError, match="ec_k") as caught:
         load_settings(config_file=path)
+    # Where the value is: the file, not a variable the user never set.
+    assert f"ec_k (in {path}):" in str(caught.value)
+    assert "EDGESTORE_EC_K" not in str(caught.value)
 
 
 def test_malformed_toml_is_a_config_error_naming_the_file(tmp_path):

@@ -22,8 +22,8 @@ class Metrics:
         self.upload_bodies = Counter(
             "edgestore_upload_bodies",
             "Upload request bodies by how they reached the engine: 'direct' (read straight into "
-            "its buffer) or 'queued' (chunked bodies, or a bandwidth limit or shared upload "
-            "slots in the way)",
+            "its buffer) or 'queued' (chunked bodies, and small ones that arrived whole with "
+            "the request head)",
             ["path"],
             registry=r,
         )

@@ -87,6 +87,7 @@ async def list_objects(
     after: Annotated[str | None, Query(description="Return keys after this one.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> ObjectList:
+    bucket = bucket or None  # `?bucket=` (an empty form field): every bucket, as `prefix=`
     # One more than asked: a page that ends exactly at the last object says so (null
     # next_after) instead of sending the client for an empty page.
     found = await asyncio.to_thread(

@@ -158,7 +158,7 @@ def partial_target(bucket: str | None, identity: Identity) -> Target:
 def _listing(query: Mapping[str, list[str]], identity: Identity) -> Resolved:
     """A limited key lists inside its bucket and prefix; missing filters are filled in."""
     values = {k: list(v) for k, v in query.items()}
-    bucket = (values.get("bucket") or [None])[-1]
+    bucket = (values.get("bucket") or [None])[-1] or None  # `bucket=`: not given, as prefix=
     prefix = (values.get("prefix") or [""])[-1]
     if bucket is None and identity.bucket is not None:
         bucket = identity.bucket

@@ -192,6 +192,8 @@ def test_bucket_and_prefix_limited_key(auth_server: ServerProcess) -> None:
         # listing is narrowed to the key's bucket and prefix
         keys = {o["key"] for o in c.get("/objects").json()["objects"]}
         assert keys == {"in/a.txt"}
+        blank = c.get("/objects", params={"bucket": "", "prefix": ""})  # blank: not given
+        assert {o["key"] for o in blank.json()["objects"]} == keys, blank.text
         assert c.get("/objects", params={"bucket": "default"}).status_code == 403
         assert c.get("/objects", params={"prefix": "out/"}).status_code == 403
         # the native API: sessions are checked at creation, and by their row afterwards

@@ -186,3 +186,20 @@ def test_a_client_cannot_forge_text_log_lines(text_server: ServerProcess) -> Non
     assert "/no-such" in log
     assert not any(line.startswith("2099-01-01") for line in log.splitlines())
     assert spoof not in log
+
+
+def test_a_small_body_that_came_with_its_head_counts_as_queued(server: ServerProcess) -> None:
+    """docs/operations.md: `queued` is chunked bodies and small ones that arrived whole with
+    the request head (nothing left to read straight into the engine); the metric's help and
+    the docs said only chunked ones (or a bandwidth limit) went that way."""
+    with server.client() as c:
+        before = _metric(c, "edgestore_upload_bodies_total", 'path="queued"')
+        url = tus_create(c, 10)
+        assert tus_patch(c, url, 0, b"0123456789").status_code == 204
+        assert _metric(c, "edgestore_upload_bodies_total", 'path="queued"') == before + 1
+        help_line = next(
+            line
+            for line in c.get("/metrics").text.splitlines()
+            if "HELP edgestore_upload_bodies" in line
+        )
+    assert "bandwidth" not in help_line  # a metered body with a length still goes direct

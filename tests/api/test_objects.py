@@ -227,6 +227,17 @@ def test_list_rejects_bad_parameters(http) -> None:
     assert http.get("/objects", params={"bucket": "Not Valid"}).status_code == 400
 
 
+def test_list_empty_filters_mean_none(http) -> None:
+    """docs/api.md writes the listing as `GET /objects?bucket=&prefix=&after=&limit=`: a blank
+    filter (a form's empty field) is no filter, as `prefix=` and `after=` always were;
+    `bucket=` was a 400 "invalid bucket name ''"."""
+    bucket = _bucket()
+    _put(http, bucket, "k", b"x")
+    blank = http.get("/objects", params={"bucket": "", "prefix": "", "after": ""})
+    assert blank.status_code == 200, blank.text
+    assert blank.json() == http.get("/objects").json()
+
+
 def test_listing_all_buckets_pages_without_skipping(http) -> None:
     tag = uuid.uuid4().hex[:8]
     first, second = f"a{tag}", f"b{tag}"

@@ -54,3 +54,147 @@ def test_every_cli_option_and_argument_has_help() -> None:
         if param.name != "help" and not getattr(param, "help", None)
     ]
     assert not missing, f"no help text: {missing}"
+
+
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+# `GET /objects`, `GET`, `HEAD`, `DELETE /ids/{object_id}?version=N`, `GET/HEAD /healthz`
+ROUTE = re.compile(r"`((?:[A-Z]{3,7}`(?:, |/)`)*)((?:[A-Z]{3,7}/)*[A-Z]{3,7}) (/[^`\s]*)`")
+
+
+def _app_routes():
+    """The app's routes as a server builds them (nothing is opened until start-up)."""
+    import tempfile
+
+    from edgestore.api.app import create_app
+    from edgestore.config import load_settings
+
+    return create_app(load_settings(home=Path(tempfile.mkdtemp()))).router.routes
+
+
+def test_every_documented_route_exists() -> None:
+    """A route the docs name (method and path) is one the app serves, not a 404 or 405."""
+    from starlette.routing import Match
+
+    routes = _app_routes()
+    missing = []
+    for doc in DOCS:
+        for m in ROUTE.finditer(doc.read_text()):
+            path = m.group(3).split("?")[0]
+            if "…" in path:  # a family of routes (security.md), not one
+                continue
+            sample = re.sub(r"\{[^}]+\}", "x", path)
+            for method in re.findall(r"[A-Z]{3,7}", m.group(1) + m.group(2)):
+                scope = {"type": "http", "method": method, "path": sample, "root_path": ""}
+                if not any(r.matches(scope)[0] == Match.FULL for r in routes):
+                    missing.append(f"{doc.name}: {method} {path}")
+    assert not missing, f"documented routes the app does not serve: {missing}"
+
+
+def test_every_route_is_documented() -> None:
+    """Each path the app serves is in docs/api.md or docs/client.md (the native API)."""
+    documented = set()
+    for doc in ("api.md", "client.md"):
+        for m in ROUTE.finditer((ROOT / "docs" / doc).read_text()):
+            documented.add(re.sub(r"\{[^}]+\}", "{}", m.group(3).split("?")[0]).rstrip("/"))
+
+    def walk(routes, prefix: str = ""):
+        for r in routes:
+            if hasattr(r, "path"):
+                yield prefix + r.path
+            elif hasattr(r, "original_router"):  # an included router, with its prefix
+                yield from walk(r.original_router.routes, prefix + r.include_context.prefix)
+
+    served = {re.sub(r"\{[^}]+\}", "{}", p).rstrip("/") for p in walk(_app_routes())}
+    served -= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}  # FastAPI's own
+    undocumented = sorted(served - documented)
+    assert not undocumented, f"routes docs/api.md and docs/client.md do not name: {undocumented}"
+
+
+def test_documented_defaults_are_the_real_ones() -> None:
+    """The default column of docs/configuration.md is what a node really starts with."""
+    from edgestore.config import Settings
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    wrong = []
+    for name, shown in re.findall(r"^\| `([a-z_0-9]+)` \| ([^|]*) \|", doc, flags=re.M):
+        field = Settings.model_fields[name]
+        real = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        shown = shown.strip()
+        if shown == "none":
+            ok = real in (None, [], {})
+        elif re.fullmatch(r"`[^`]*`", shown):
+            text = shown.strip("`")
+            if isinstance(real, bool):
+                ok = text == str(real).lower()
+            elif isinstance(real, Path):
+                ok = Path(text) == real
+            elif isinstance(real, int | float):
+                ok = float(text) == real
+            else:
+                ok = text == real
+        else:  # prose: "SQLite at HOME/edgestore.db", derived at run time
+            ok = real is None
+        if not ok:
+            wrong.append(f"{name}: documented {shown}, really {real!r}")
+    assert not wrong, wrong
+
+
+def test_documented_metrics_exist() -> None:
+    from prometheus_client import generate_latest
+
+    from edgestore.api.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.chunks.labels("new")  # labelled series appear once touched
+    metrics.upload_bodies.labels("direct")
+    metrics.requests.labels("GET", "200")
+    exposed = set(re.findall(r"^(edgestore_\w+)", generate_latest(metrics.registry).decode(), re.M))
+    exposed |= {family.name for family in metrics.registry.collect()}  # a histogram's name
+    documented = set()
+    for doc in DOCS:
+        documented |= set(re.findall(r"`(edgestore_[a-z_]+)", doc.read_text()))
+    assert documented, "no metric found in the docs: has the notation changed?"
+    assert not documented - exposed, f"documented, not exposed: {sorted(documented - exposed)}"
+
+
+def test_documented_command_lines_parse() -> None:
+    """Every `edgestore …` line of a shell example names a real command and real options."""
+    import shlex
+
+    import typer
+
+    from edgestore.cli.main import app
+
+    root = typer.main.get_command(app)
+    problems = []
+    for doc in DOCS:
+        for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in re.split(r"&&|;", line.split(" #")[0]):
+                    words = shlex.split(part.strip().replace("[", " ").replace("]", " "))
+                    if not words or words[0] != "edgestore":
+                        continue
+                    cmd, known = root, {o for p in root.params for o in p.opts}
+                    for word in words[1:]:
+                        sub = getattr(cmd, "commands", {}).get(word)
+                        if sub is not None:
+                            cmd = sub
+                            known |= {o for p in cmd.params for o in p.opts}
+                        elif word.startswith("-"):
+                            for flag in word.split("|"):
+                                if flag.split("=")[0] not in known:
+                                    problems.append(f"{doc.name}: {part.strip()!r}: {flag}")
+                    if cmd is root:
+                        problems.append(f"{doc.name}: {part.strip()!r}: no such command")
+    assert not problems, problems
+
+
+def test_exit_code_table_is_the_cli_s() -> None:
+    """docs/operations.md's table lists every code cli/main.py maps an error to, and no other."""
+    from edgestore.cli.main import EXIT_CODES
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    table = doc.split("## Exit codes of the command line", 1)[1]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
+    # 0 success, 1 anything unmapped, 2 usage (click), 10 scrub/repair found damage
+    assert documented == {code for _, code in EXIT_CODES} | {0, 1, 2, 10}
