@@ -131,7 +131,10 @@ def download(
     """Download an object with parallel range requests, resumably, verified against its
     SHA-256 before it takes its name (until then it is OUT.part)."""
     if ref.startswith(("http://", "https://")):
-        base = str(httpx.URL(ref).copy_with(path="/", query=None, fragment=None))
+        try:
+            base = str(httpx.URL(ref).copy_with(path="/", query=None, fragment=None))
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"{ref!r} is not a valid URL: {exc}") from None
     elif server:
         base = server
     else:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import httpx
+
 from edgestore.client.concurrency import MAX_WORKERS
 from edgestore.client.download import Download
 from edgestore.client.http import Transport
@@ -38,6 +40,12 @@ class Client:
     ) -> None:
         if not url.lower().startswith(("http://", "https://")):
             raise InvalidInput(f"server URL {url!r} must start with http:// or https://")
+        try:
+            host = httpx.URL(url).host
+        except httpx.InvalidURL as exc:
+            raise InvalidInput(f"server URL {url!r} is not valid: {exc}") from None
+        if not host:
+            raise InvalidInput(f"server URL {url!r} is not valid: it names no host")
         self.url = url.rstrip("/")
         self._key = key
         self._timeout = timeout

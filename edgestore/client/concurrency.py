@@ -88,6 +88,30 @@ class Gate:
         self.release()
 
 
+class Stopped(Exception):
+    """Another thread failed: wind down without reporting anything."""
+
+
+class Turn:
+    """One sender's place at the gate, taken at most once at a time, given back at most once."""
+
+    def __init__(self, gate: Gate, stop: threading.Event) -> None:
+        self._gate = gate
+        self._stop = stop
+        self._held = False
+
+    def take(self) -> None:
+        if not self._held:
+            if not self._gate.acquire(self._stop):
+                raise Stopped
+            self._held = True
+
+    def give(self) -> None:
+        if self._held:
+            self._held = False
+            self._gate.release()
+
+
 class Budget:
     """Bytes a producer may be ahead of its consumers; one item may always pass."""
 

@@ -25,7 +25,8 @@ import httpx
 
 from edgestore.client.http import Transport
 from edgestore.client.results import DownloadResult, NoProgress, Progress
-from edgestore.errors import InvalidInput, WholeFileMismatch
+from edgestore.client.retry import describe
+from edgestore.errors import InvalidInput, TransferInterrupted, WholeFileMismatch
 
 RANGE_BYTES = 8 * 1024 * 1024
 HASH_BLOCK = 4 * 1024 * 1024
@@ -204,21 +205,47 @@ class Download:
         headers = {"Range": f"bytes={start}-{end - 1}"} if end > start else {}
         if identity["etag"]:
             headers["If-Range"] = identity["etag"]
-        resp = self._t.request("GET", url, headers=headers, ok=(200, 206), what="downloading")
-        body = resp.content
-        if resp.status_code == 200 and (start, end) != (0, identity["size"]):
-            raise InvalidInput("the object changed during the download; run the command again")
-        if len(body) != end - start:
-            raise InvalidInput(f"range {start}-{end} came back with {len(body)} bytes")
-        os.pwrite(fd, body, start)
+        if end - start > RANGE_BYTES:  # one body for the whole file: no ranges (see run)
+            self._stream(fd, url, headers, start, end)
+        else:
+            resp = self._t.request("GET", url, headers=headers, ok=(200, 206), what="downloading")
+            body = resp.content
+            if resp.status_code == 200 and (start, end) != (0, identity["size"]):
+                raise InvalidInput("the object changed during the download; run the command again")
+            if len(body) != end - start:
+                raise InvalidInput(f"range {start}-{end} came back with {len(body)} bytes")
+            os.pwrite(fd, body, start)
         with self._cond:
-            self._received += len(body)
+            self._received += end - start
             self._done = _merge([*self._done, [start, end]])
             tmp = record.with_suffix(".tmp")
             tmp.write_text(json.dumps({"object": identity, "done": self._done}))
             os.replace(tmp, record)
             self._cond.notify_all()
-        self._progress.transferred(len(body))
+        self._progress.transferred(end - start)
+
+    def _stream(self, fd: int, url: str, headers: dict[str, str], start: int, end: int) -> None:
+        """Write a body in blocks as it arrives: from a server without ranges it is the whole
+        file, which was held in memory whole before it was written."""
+        resp = self._t.request(
+            "GET", url, headers=headers, ok=(200, 206), what="downloading", stream=True
+        )
+        pos = start
+        try:
+            for block in resp.iter_bytes(HASH_BLOCK):
+                if pos + len(block) > end:
+                    raise InvalidInput(f"the body of {start}-{end} runs past {end} bytes")
+                os.pwrite(fd, block, pos)
+                pos += len(block)
+        except httpx.HTTPError as exc:
+            raise TransferInterrupted(
+                f"the download was cut at byte {pos} of {end} ({describe(exc)}): "
+                "run the same command again (this server sends no ranges: it starts over)"
+            ) from None
+        finally:
+            resp.close()
+        if pos != end:
+            raise InvalidInput(f"range {start}-{end} came back with {pos - start} bytes")
 
     def _hash(self, fd: int, size: int) -> None:
         """SHA-256 of the file in order, as the ranges arrive (reads hit the page cache)."""

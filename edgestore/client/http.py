@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
+from httpx._utils import get_environment_proxies
 
 from edgestore import __version__
 from edgestore import errors as e
@@ -85,6 +86,65 @@ def error_from(resp: httpx.Response) -> e.EdgestoreError:
     return cls(message, status=resp.status_code)
 
 
+def proxy_mounts(
+    transport: Callable[[str], httpx.HTTPTransport],
+) -> dict[str, httpx.BaseTransport | None]:
+    """HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, read as httpx reads them: given a transport of
+    our own (for its socket options) httpx ignores them, and a client behind a proxy failed
+    to connect, or went around it. None: that host is reached directly."""
+    return {
+        pattern: None if proxy is None else transport(proxy)
+        for pattern, proxy in get_environment_proxies().items()
+    }
+
+
+def bearer_key(key: str | None) -> str | None:
+    """The API key as a header can carry it: without the line break a key read from a file
+    or a secret keeps. A key that still cannot be sent (a control or non-ASCII character)
+    is refused without being echoed (httpx's error, a traceback, printed the key)."""
+    key = (key or "").strip()
+    if key and not (key.isascii() and key.isprintable()):
+        raise e.InvalidInput(
+            "the API key holds characters an HTTP header cannot carry (a control or "
+            "non-ASCII character): check --api-key or $EDGESTORE_API_KEY"
+        )
+    return key or None
+
+
+ANY_STATUS = tuple(range(100, 600))
+# What a web server answers to a route or a method it does not have.
+_NO_SUCH_ROUTE = frozenset({404, 405, 501})
+
+
+def refusal(
+    resp: httpx.Response, *, server: str, ours: bool, expected: str, hint: str
+) -> e.EdgestoreError:
+    """The error of a refused request; ProtocolMismatch when the URL has no such route and the
+    answer is not from a server of the protocol (`ours`): without it, `upload` to a plain web
+    server or the wrong path ended as "HTTP 501", exit code 6 (a server storage error)."""
+    if resp.status_code in _NO_SUCH_ROUTE and not ours:
+        return e.ProtocolMismatch(
+            f"{server} is not {expected} (HTTP {resp.status_code} from "
+            f"{resp.request.method} {resp.request.url.path}): {hint}"
+        )
+    return error_from(resp)
+
+
+def not_edgestore(resp: httpx.Response, server: str) -> e.EdgestoreError:
+    """The error of a refused native request; edgestore's own errors are JSON with a code."""
+    try:
+        body = resp.json()
+    except Exception:  # not JSON: another server's page
+        body = None
+    return refusal(
+        resp,
+        server=server,
+        ours=isinstance(body, dict) and "error" in body,
+        expected="an edgestore server",
+        hint="for any other tus server, upload with protocol tus (--protocol tus)",
+    )
+
+
 class Transport:
     """A thread-safe, pooled HTTP client for one server, with retries and error mapping."""
 
@@ -103,18 +163,23 @@ class Transport:
         self.retry = retry or RetryPolicy()
         self.resume_hint = resume_hint
         headers = {"User-Agent": f"edgestore-client/{__version__}"}
-        if key:
+        if key := bearer_key(key):
             headers["Authorization"] = f"Bearer {key}"
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+        def transport(proxy: str | None = None) -> httpx.HTTPTransport:
+            return httpx.HTTPTransport(
+                verify=verify, limits=limits, socket_options=SOCKET_OPTIONS, proxy=proxy
+            )
+
         self.http = httpx.Client(
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=limits,
             verify=verify,
-            transport=httpx.HTTPTransport(
-                verify=verify, limits=limits, socket_options=SOCKET_OPTIONS
-            ),
+            transport=transport(),
+            mounts=proxy_mounts(transport),
         )
         self._lock = threading.Lock()
         self.retries = 0
@@ -149,16 +214,18 @@ class Transport:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
         what: str | None = None,
+        stream: bool = False,
     ) -> httpx.Response:
         """Send with retries; return a response whose status is in `ok`, else raise its error.
 
-        `content` is a factory so every try sends the body from its start.
+        `content` is a factory so every try sends the body from its start. With `stream`, the
+        body is left unread (the caller reads it, and closes the response).
         """
 
         def send() -> httpx.Response:
             if self.stop.is_set():
                 raise e.TransferInterrupted("stopped")
-            return self.http.request(
+            built = self.http.build_request(
                 method,
                 url,
                 json=json,
@@ -166,6 +233,7 @@ class Transport:
                 headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
+            return self.http.send(built, stream=stream)
 
         resp = call_with_retry(
             send,
@@ -176,6 +244,9 @@ class Transport:
             on_retry=self.note_retry,
         )
         if resp.status_code not in ok:
+            if stream:
+                resp.read()
+                resp.close()
             raise error_from(resp)
         return resp
 

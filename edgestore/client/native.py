@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from edgestore.chunking import StreamChunker
-from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Budget, Gate
-from edgestore.client.http import Transport
+from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Budget, Gate, Stopped, Turn
+from edgestore.client.http import ANY_STATUS, Transport, not_edgestore
 from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
 from edgestore.client.resume import HintKey, ResumeHints
 from edgestore.client.source import SourceFile, guess_content_type
@@ -43,6 +43,7 @@ from edgestore.errors import (
     NotFound,
     SourceChanged,
     UploadGone,
+    UploadStateError,
 )
 from edgestore.types import ChunkerParams
 
@@ -58,30 +59,6 @@ SENDERS_PER_TURN = 2  # one sending a body, one waiting for its answer
 HASH_THREADS = 2  # chunk ids computed at once while the reader cuts the next chunks
 HASH_AHEAD = 4  # chunks cut but not yet hashed, at most (memory: 4 x max chunk size)
 SUPPORTED = ("fastcdc2020", "sha256")
-
-
-class _Stopped(Exception):
-    """Another thread failed: wind down without reporting anything."""
-
-
-class _Turn:
-    """One sender's place at the gate, taken at most once at a time, given back at most once."""
-
-    def __init__(self, gate: Gate, stop: threading.Event) -> None:
-        self._gate = gate
-        self._stop = stop
-        self._held = False
-
-    def take(self) -> None:
-        if not self._held:
-            if not self._gate.acquire(self._stop):
-                raise _Stopped
-            self._held = True
-
-    def give(self) -> None:
-        if self._held:
-            self._held = False
-            self._gate.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +146,20 @@ class NativeUpload:
         except SourceChanged:
             self._abandon()
             raise
+        except UploadStateError as exc:
+            version = self._finalized_meanwhile(exc)
         self._hints.clear(self._hint_key)
         return self._result(version, started, resumed)
+
+    def _finalized_meanwhile(self, refusal: UploadStateError) -> dict[str, Any]:
+        """The version another run of this upload at once (sharing the hinted session)
+        committed; it failed "already finalized" though the file was stored."""
+        st = self._t.json("GET", f"/v1/uploads/{self._upload_id}", ok=(200,))
+        if not (st["state"] == "complete" and self._committed(st)):
+            raise refusal
+        self._source.check_unchanged()  # the version holds the file as it was at our start
+        self._sha256 = st["version"]["sha256"] or self._sha256
+        return dict(st["version"])
 
     def _result(self, version: dict[str, Any], started: float, resumed: bool) -> UploadResult:
         return UploadResult(
@@ -221,7 +210,12 @@ class NativeUpload:
             "content_type": self._content_type,
             "metadata": self._metadata,
         }
-        st = self._t.json("POST", "/v1/uploads", json=body, ok=(201,), what="opening a session")
+        resp = self._t.request(
+            "POST", "/v1/uploads", json=body, ok=ANY_STATUS, what="opening a session"
+        )
+        if resp.status_code != 201:
+            raise not_edgestore(resp, self._t.base_url)
+        st = resp.json()
         self._hints.save(
             self._hint_key, self._source.identity, {"upload_id": st["upload_id"], **wanted}
         )
@@ -268,7 +262,7 @@ class NativeUpload:
         def run() -> None:
             try:
                 fn(*args)
-            except _Stopped:
+            except Stopped:
                 pass
             except BaseException as exc:
                 self._fail(exc)
@@ -305,7 +299,7 @@ class NativeUpload:
         def emit(piece: bytes) -> None:
             nonlocal offset
             if not self._budget.take(len(piece), self._stop):
-                raise _Stopped
+                raise Stopped
             hashing.append((offset, len(piece), ids.submit(chunk_id, piece)))
             offset += len(piece)
             publish(wait=False)
@@ -373,7 +367,7 @@ class NativeUpload:
 
     def _send_loop(self) -> None:
         while True:
-            turn = _Turn(self._gate, self._stop)
+            turn = Turn(self._gate, self._stop)
             turn.take()
             try:
                 item = self._get(self._work)
@@ -384,9 +378,9 @@ class NativeUpload:
             finally:
                 turn.give()
 
-    def _send(self, c: _Chunk, turn: _Turn | None = None) -> None:
+    def _send(self, c: _Chunk, turn: Turn | None = None) -> None:
         if turn is None:
-            turn = _Turn(self._gate, self._stop)
+            turn = Turn(self._gate, self._stop)
             try:
                 return self._send(c, turn)
             finally:
@@ -414,7 +408,7 @@ class NativeUpload:
                 # the same bytes hash right here: they were damaged in transit; send again
         raise ChunkHashMismatch(f"the chunk at offset {c.offset} arrived damaged three times")
 
-    def _body(self, c: _Chunk, turn: _Turn) -> Iterator[bytes]:
+    def _body(self, c: _Chunk, turn: Turn) -> Iterator[bytes]:
         """The chunk's bytes, read for this try; the turn is held while they are sent (a retry
         takes it again) and given up after the last piece, before the answer comes."""
         turn.take()
@@ -444,7 +438,7 @@ class NativeUpload:
                 return q.get(timeout=POLL)
             except queue.Empty:
                 if self._stop.is_set():
-                    raise _Stopped from None
+                    raise Stopped from None
 
     def _put(self, q: queue.Queue[T], item: T) -> None:
         while True:
@@ -453,7 +447,7 @@ class NativeUpload:
                 return
             except queue.Full:
                 if self._stop.is_set():
-                    raise _Stopped from None
+                    raise Stopped from None
 
     # --- commit -------------------------------------------------------------------------------
 

@@ -77,9 +77,13 @@ class ResumeHints:
             "state": state,
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner only: a hint names local paths and, for tus, upload URLs, which on many
+            # servers let whoever holds them append to (or delete) the upload.
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(record, indent=1))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(record, indent=1))
             os.replace(tmp, path)
         except OSError:
             pass  # no hint: a rerun opens a new session, and still sends only missing chunks

@@ -12,6 +12,7 @@ acknowledged is lost.
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from edgestore.errors import TransferInterrupted
+from edgestore.errors import InvalidInput, TransferInterrupted
 
 RETRY_STATUSES = frozenset({423, 429, 460})
 # 5xx answers that waiting does not change: not implemented, HTTP version not supported, and
@@ -78,6 +79,23 @@ def describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}" if text != exc.__class__.__name__ else text
 
 
+def untrusted_certificate(exc: BaseException) -> InvalidInput | None:
+    """The error for a server certificate that failed verification (else None): waiting does
+    not make it trusted, so it is reported at once rather than retried for a minute and
+    then called an interruption to resume."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            reason = seen.verify_message or seen.reason or str(seen)
+            return InvalidInput(
+                f"the server's TLS certificate is not trusted ({reason}); for a private or "
+                "self-signed one, name its CA file in SSL_CERT_FILE (or a directory of CA "
+                "certificates in SSL_CERT_DIR)"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _status_text(resp: httpx.Response) -> str:
     try:
         message = resp.json().get("message")
@@ -112,6 +130,17 @@ def call_with_retry(
         try:
             resp = send()
         except RETRY_ERRORS as exc:
+            if (untrusted := untrusted_certificate(exc)) is not None:
+                raise untrusted from None
+            last = describe(exc)
+        except httpx.ProxyError as exc:
+            # The proxy refused to open a tunnel: its status says whether waiting may help.
+            status = str(exc)[:3]
+            if not (status.isdigit() and retryable_status(int(status))):
+                raise InvalidInput(
+                    f"{what}: the HTTP proxy refused ({exc}); check HTTPS_PROXY, HTTP_PROXY, "
+                    "ALL_PROXY and NO_PROXY"
+                ) from None
             last = describe(exc)
         else:
             if not retryable_status(resp.status_code):

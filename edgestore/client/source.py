@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgestore.errors import SourceChanged
+from edgestore.errors import InvalidInput, SourceChanged
 
 READ_BLOCK = 4 * 1024 * 1024
 
@@ -42,12 +42,24 @@ class SourceFile:
     """An open regular file; `pread` is safe from many threads (no shared file position)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).resolve()
-        self._fd = os.open(self.path, os.O_RDONLY)
+        # Absolute, but symlinks kept: the name the user gave is the object's default key
+        # and file name (a link `latest.iso` is not uploaded as its target's name), and a
+        # pipe's /dev/stdin must not become an unopenable /proc/self/fd/pipe:[…].
+        self.path = Path(os.path.abspath(path))
+        try:
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer (it is refused
+            # below); it changes nothing for a regular file.
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {self.path}: {exc.strerror}") from None
         try:
             st = os.fstat(self._fd)
             if not stat.S_ISREG(st.st_mode):
-                raise SourceChanged(f"{self.path} is not a regular file")
+                raise InvalidInput(
+                    f"{self.path} is not a regular file: an upload re-reads its bytes to "
+                    "resume and to check them, which a directory, pipe or standard input "
+                    "cannot give (save it to a file first)"
+                )
         except BaseException:
             os.close(self._fd)
             raise

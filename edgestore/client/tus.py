@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from edgestore.client.concurrency import AutoWorkers, Gate
-from edgestore.client.http import Transport, error_from
+from edgestore.client.http import ANY_STATUS, Transport, error_from, refusal
 from edgestore.client.native import POLL, Workers
 from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
 from edgestore.client.resume import HintKey, ResumeHints
@@ -193,8 +193,17 @@ class TusUpload:
         if partial:
             headers["Upload-Concat"] = "partial"
         resp = self._t.request(
-            "POST", self._endpoint, headers=headers, ok=(201,), what="creating a tus upload"
+            "POST", self._endpoint, headers=headers, ok=ANY_STATUS, what="creating a tus upload"
         )
+        if resp.status_code != 201:
+            # Every tus answer but OPTIONS carries Tus-Resumable: without it, no tus server.
+            raise refusal(
+                resp,
+                server=self._endpoint,
+                ours="tus-resumable" in resp.headers,
+                expected="a tus endpoint",
+                hint="give the tus creation URL (edgestore's is /files/)",
+            )
         return str(httpx.URL(self._endpoint).join(resp.headers["location"]))
 
     def _final(self, urls: list[str]) -> str:
@@ -214,8 +223,10 @@ class TusUpload:
 
     def _object_info(self, url: str) -> httpx.Headers | dict[str, str]:
         """edgestore's object headers for the finished upload; empty from other servers."""
+        # One byte is enough; an empty object has none, and a range of it is refused (416).
+        ranged = {"Range": "bytes=0-0"} if self._source.size else {}
         try:
-            resp = self._t.http.get(url, headers={**TUS, "Range": "bytes=0-0"})
+            resp = self._t.http.get(url, headers={**TUS, **ranged})
         except httpx.HTTPError:
             return {}
         resp.close()

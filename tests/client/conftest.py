@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 
 from tests.faults import FaultProxy
@@ -27,3 +33,19 @@ def proxy(server):
         yield p
     finally:
         p.stop()
+
+
+@pytest.fixture
+def web_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A plain static web server (Python's http.server: no tus, no ranges, no ETag) and the
+    directory it serves."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -4,6 +4,7 @@ resume of a partial download, and refusal of bytes that do not match the object'
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,20 @@ def test_a_device_or_pipe_as_output_is_refused_not_replaced(server, tmp_path) ->
         Client(server.url).download(obj["object_id"], fifo)
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert not fifo.with_name("pipe.part").exists()
+
+
+def test_a_server_without_ranges_is_streamed_to_disk(web_root, tmp_path: Path) -> None:
+    """A plain web server (no Accept-Ranges) sends the whole file as one body: it was read
+    into memory whole before being written, so a file bigger than RAM could not be fetched."""
+    url, root = web_root
+    data = random_bytes(48 * MiB, seed=77)
+    (root / "big.bin").write_bytes(data)
+    tracemalloc.start()
+    try:
+        d = Client(url).download(f"{url}/big.bin", tmp_path / "out.bin")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (d.size, d.sha256, d.verified) == (len(data), sha256_hex(data), False)
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert peak < 24 * MiB, f"{peak / MiB:.0f} MiB held for a {len(data) // MiB} MiB file"

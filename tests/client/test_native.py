@@ -4,13 +4,14 @@ after an interruption, a file changing mid-upload, and the pieces (auto workers,
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
 from edgestore.client import Client
-from edgestore.client.concurrency import LEVELS, AutoWorkers, Gate
+from edgestore.client.concurrency import LEVELS, AutoWorkers, Gate, Stopped, Turn
 from edgestore.client.http import error_from
-from edgestore.client.native import _Stopped, _Turn, chunker_params
+from edgestore.client.native import chunker_params
 from edgestore.client.resume import HintKey, ResumeHints
 from edgestore.client.source import SourceFile
 from edgestore.errors import InvalidInput, MissingChunks, SourceChanged, UploadGone
@@ -128,6 +129,52 @@ def test_interrupted_upload_resumes_the_same_session(server, probe, tmp_path, hi
     assert r.resumed and r.upload == session
     assert r.bytes_sent <= len(data) - held and r.bytes_skipped >= held
     assert r.sha256 == sha256_hex(data) and not hint.exists()
+
+
+class HeldAtStart(Recorder):
+    """Holds its upload just after the session is open (and the hint written)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened, self.go = threading.Event(), threading.Event()
+
+    def start(self, total: int) -> None:
+        super().start(total)
+        self.opened.set()
+        assert self.go.wait(60)
+
+
+def test_two_uploads_of_one_file_at_once_both_end_with_its_version(
+    server, probe, tmp_path, hints_dir
+) -> None:
+    """The second run continues the session the first one's hint names; whichever finalizes
+    second used to fail with "already finalized" (exit code 5) though the file was stored."""
+    data = random_bytes(2 * MiB, seed=6)
+    src = write_file(tmp_path / "twice.bin", data)
+    held = HeldAtStart()
+    first: list[object] = []
+
+    def run_first() -> None:
+        try:
+            first.append(
+                Client(server.url, state_dir=hints_dir).upload(src, key="at-once", progress=held)
+            )
+        except BaseException as exc:
+            first.append(exc)
+
+    t = threading.Thread(target=run_first)
+    t.start()
+    try:
+        assert held.opened.wait(60)
+        second = Client(server.url, state_dir=hints_dir).upload(src, key="at-once")
+    finally:
+        held.go.set()
+        t.join(60)
+    (r,) = first
+    assert not isinstance(r, BaseException), r
+    assert second.resumed and second.upload == r.upload  # one session, hence one version
+    assert (r.object_id, r.version, r.sha256) == (second.object_id, 1, sha256_hex(data))
+    assert versions_of(probe, "at-once") == 1
 
 
 def test_a_rerun_with_other_content_type_or_metadata_stores_those(
@@ -286,11 +333,11 @@ def test_a_turn_is_held_once_and_given_back_once() -> None:
     import threading
 
     gate, stop = Gate(1), threading.Event()
-    turn, other = _Turn(gate, stop), _Turn(gate, stop)
+    turn, other = Turn(gate, stop), Turn(gate, stop)
     turn.take()
     turn.take()  # the first try's body already holds it
     stop.set()
-    with pytest.raises(_Stopped):  # the gate is full: a stopping upload does not wait
+    with pytest.raises(Stopped):  # the gate is full: a stopping upload does not wait
         other.take()
     stop.clear()
     turn.give()

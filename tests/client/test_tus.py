@@ -53,6 +53,16 @@ def test_parallel_upload_is_a_concatenation(server, http, probe, tmp_path, hints
     assert len(finals) == 1 and finals[0][0] is not None  # one final made of partials
 
 
+def test_an_empty_file_reports_its_object(server, http, tmp_path, hints_dir) -> None:
+    """The object lookup asked for byte 0 of a 0-byte object (416), so the result had no
+    object id and no version, unlike any other upload to edgestore."""
+    r = Client(server.url, state_dir=hints_dir).upload(
+        write_file(tmp_path / "empty.bin", b""), key="tus/empty", protocol="tus"
+    )
+    assert r.object_id and r.version == 1 and r.size == 0
+    assert http.get(f"/ids/{r.object_id}/info").json()["key"] == "tus/empty"
+
+
 @pytest.mark.parametrize("workers", [1, "auto"])
 def test_single_and_auto(server, http, tmp_path, hints_dir, workers) -> None:
     data = random_bytes(3 * MiB, seed={1: 32, "auto": 33}[workers])

@@ -193,3 +193,18 @@ def test_command_line_refusals(srv, env, tmp_path) -> None:
     assert missing.returncode == 3
     no_server = run(env, "download", "default/none", ok=False)
     assert no_server.returncode == 4 and b"--server" in no_server.stderr
+
+
+def test_standard_input_is_refused_with_a_message(env, tmp_path: Path) -> None:
+    """`cmd | edgestore upload /dev/stdin URL` ended in a FileNotFoundError traceback (the
+    path was resolved to /proc/…/fd/pipe:[…]); it is input the upload cannot re-read."""
+    proc = subprocess.run(
+        [*EDGESTORE, "upload", "/dev/stdin", "http://127.0.0.1:9", "--key", "k"],
+        env=env,
+        input=b"piped bytes",
+        capture_output=True,
+        timeout=60,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == 4, err
+    assert "not a regular file" in err and "Traceback" not in err
