@@ -130,7 +130,11 @@ def test_invalid_configuration_names_the_key(cli, tmp_path: Path) -> None:
     bad.write_text("ec_k = 0\n")
     res = cli("--config", str(bad), "du", ok=False)
     assert res.returncode == 78
-    assert "ec_k" in res.stderr.decode() and "EDGESTORE_EC_K" in res.stderr.decode()
+    # Named where the bad value is: the file (not a variable nobody set).
+    assert f"ec_k (in {bad})" in res.stderr.decode(), res.stderr.decode()
+    assert "EDGESTORE_EC_K" not in res.stderr.decode()
+    from_env = cli("du", ok=False, EDGESTORE_EC_K="0")
+    assert from_env.returncode == 78 and "ec_k (EDGESTORE_EC_K)" in from_env.stderr.decode()
 
 
 def test_put_of_a_missing_file_or_a_directory_is_a_usage_error(cli, tmp_path: Path) -> None:
