@@ -371,19 +371,8 @@ def collect_garbage(
 ) -> None:
     """Remove expired uploads, unreferenced chunks and orphan shard files."""
     state: CliState = ctx.obj
-    with state.engine() as engine:
-        status = output.err.status("collecting garbage…") if not json_out else None
-        if status:
-            status.start()
-        try:
-            report = gc.collect(
-                engine,
-                grace=grace,
-                progress=lambda stage, n: status.update(f"gc: {stage} {n}") if status else None,
-            )
-        finally:
-            if status:
-                status.stop()
+    with state.engine() as engine, output.status("collecting garbage…", quiet=json_out) as show:
+        report = gc.collect(engine, grace=grace, progress=lambda stage, n: show(f"gc: {stage} {n}"))
     if json_out:
         output.emit_json(report)
         return

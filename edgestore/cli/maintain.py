@@ -20,20 +20,8 @@ def scrub(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     reading every shard file once. Exits 10 if damage was found.
     """
     state: CliState = ctx.obj
-    with state.engine() as engine:
-        status = output.err.status("scrubbing…") if not json_out else None
-        if status:
-            status.start()
-        try:
-            report = repairs.scrub(
-                engine,
-                progress=lambda _s, n: (
-                    status.update(f"scrub: {n} chunks checked") if status else None
-                ),
-            )
-        finally:
-            if status:
-                status.stop()
+    with state.engine() as engine, output.status("scrubbing…", quiet=json_out) as show:
+        report = repairs.scrub(engine, progress=lambda _s, n: show(f"scrub: {n} chunks checked"))
     if json_out:
         output.emit_json(report)
     else:
@@ -62,18 +50,8 @@ def repair(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     upload of the same bytes brings it back.
     """
     state: CliState = ctx.obj
-    with state.engine() as engine:
-        status = output.err.status("repairing…") if not json_out else None
-        if status:
-            status.start()
-        try:
-            report = repairs.repair(
-                engine,
-                progress=lambda _s, n: status.update(f"repair: {n} chunks") if status else None,
-            )
-        finally:
-            if status:
-                status.stop()
+    with state.engine() as engine, output.status("repairing…", quiet=json_out) as show:
+        report = repairs.repair(engine, progress=lambda _s, n: show(f"repair: {n} chunks"))
     if json_out:
         output.emit_json(report)
     else:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -84,6 +85,21 @@ def error(message: str) -> None:
 
 def note(message: str) -> None:
     err.print(message, highlight=False, markup=False)
+
+
+@contextmanager
+def status(message: str, *, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A spinner line on stderr for work of unknown length, and a function that updates its
+    text; nothing when quiet (--json)."""
+    if quiet:
+        yield lambda _text: None
+        return
+    spinner = err.status(message)
+    spinner.start()
+    try:
+        yield spinner.update
+    finally:
+        spinner.stop()
 
 
 class Transfer:

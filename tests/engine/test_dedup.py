@@ -13,7 +13,7 @@ from edgestore.engine.dedup import RedundancyPolicy
 from edgestore.errors import ChunkUnreadable
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import chunks, repair_queue, shards
-from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
+from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all, shard_paths
 
 
 def _chunk_rows(engine: Engine) -> int:
@@ -126,16 +126,6 @@ def test_fewer_data_dirs_than_shards_is_warned(overrides, dirs, survived, tmp_pa
         assert warning is not None and f"survive losing {survived} data dir(s)" in warning
 
 
-def _shard_paths(engine: Engine, cid: str) -> list:
-    with engine.core.db.read() as conn:
-        rows = conn.execute(
-            sa.select(shards.c.backend, shards.c.key)
-            .where(shards.c.chunk_id == cid)
-            .order_by(shards.c.shard_index)
-        ).all()
-    return [engine.core.dirs.backends[r.backend].root / r.key for r in rows]
-
-
 def _queued(engine: Engine) -> list[str]:
     with engine.core.db.read() as conn:
         return list(conn.execute(sa.select(repair_queue.c.chunk_id)).scalars())
@@ -149,7 +139,7 @@ def test_uploading_a_damaged_chunk_again_makes_it_whole(engine: Engine, lost: st
     data = random_bytes(6 * MiB, seed=61)
     v1 = engine.put(blocks_of(data, MiB), key="first")
     cid = engine.objects.manifest(v1)[0].chunk_id
-    paths = _shard_paths(engine, cid)
+    paths = shard_paths(engine, cid)
     for path in paths[: engine.settings.ec_m + (lost == "m+1")]:
         path.unlink()
     if lost == "m":
@@ -168,7 +158,7 @@ def test_uploading_a_damaged_chunk_again_makes_it_whole(engine: Engine, lost: st
     assert restored and not restored[0][1] and restored[0][2] > 0
     assert all(stored == 0 for c, _new, stored in seen if c != cid)  # plain dedup hits
     assert _queued(engine) == []
-    fresh = _shard_paths(engine, cid)
+    fresh = shard_paths(engine, cid)
     assert len(fresh) == len(paths) and all(p.exists() for p in fresh)
     assert not set(fresh) & set(paths)  # new files; the old ones are gc's orphans
     assert read_all(engine, v1) == data and _queued(engine) == []
@@ -182,7 +172,7 @@ def test_a_damaged_chunk_is_stored_again_once(small_engine: Engine) -> None:
     data = random_bytes(200 * 1024, seed=62)
     v1 = small_engine.put([data], key="one")
     cid = small_engine.objects.manifest(v1)[0].chunk_id
-    old = _shard_paths(small_engine, cid)
+    old = shard_paths(small_engine, cid)
     old[0].unlink()
     read_all(small_engine, v1)
     assert _queued(small_engine) == [cid]
@@ -202,7 +192,7 @@ def test_a_damaged_chunk_is_stored_again_once(small_engine: Engine) -> None:
     for t in threads:
         t.join()
     assert errors == [] and _queued(small_engine) == []
-    known = {p for c in _all_chunks(small_engine) for p in _shard_paths(small_engine, c)}
+    known = {p for c in _all_chunks(small_engine) for p in shard_paths(small_engine, c)}
     on_disk = {
         b.root / blob.key for b in small_engine.core.dirs.backends.values() for blob in b.list()
     }

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from edgestore.codec.shardfile import HEADER_SIZE
 from edgestore.engine import Engine
 from edgestore.errors import ChunkUnreadable
-from edgestore.metadata.schema import repair_queue, shards
-from tests.helpers import MiB, blocks_of, random_bytes, read_all
+from edgestore.metadata.schema import repair_queue
+from tests.helpers import MiB, blocks_of, random_bytes, read_all, shard_paths
 
 Damage = Callable[[Path, Path, Path], None]  # (shard, same index of another chunk, sibling)
 
@@ -50,16 +50,6 @@ DAMAGES: dict[str, Damage] = {
 }
 
 
-def _shard_paths(engine: Engine, cid: str) -> list[Path]:
-    with engine.core.db.read() as conn:
-        rows = conn.execute(
-            sa.select(shards.c.backend, shards.c.key)
-            .where(shards.c.chunk_id == cid)
-            .order_by(shards.c.shard_index)
-        ).all()
-    return [engine.core.dirs.backends[r.backend].root / r.key for r in rows]
-
-
 def _first_chunk(engine: Engine, version_id: str) -> str:
     return engine.objects.manifest(engine.objects.by_version_id(version_id))[0].chunk_id
 
@@ -71,8 +61,8 @@ def test_damaged_shards(engine: Engine, how: str, extra: int) -> None:
     v = engine.put(blocks_of(data, MiB), key="victim")
     other = engine.put(blocks_of(random_bytes(2 * MiB, seed=42), MiB), key="donor")
     cid = _first_chunk(engine, v.version_id)
-    paths = _shard_paths(engine, cid)
-    donor = _shard_paths(engine, _first_chunk(engine, other.version_id))
+    paths = shard_paths(engine, cid)
+    donor = shard_paths(engine, _first_chunk(engine, other.version_id))
     assert len(paths) == engine.settings.ec_k + engine.settings.ec_m
     damaged = list(range(engine.settings.ec_m + extra))
     for i in damaged:  # data shards first: the ones a read needs
