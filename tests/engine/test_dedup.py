@@ -13,7 +13,8 @@ from edgestore.engine.dedup import RedundancyPolicy
 from edgestore.errors import ChunkUnreadable
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import chunks, repair_queue, shards
-from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all, shard_paths
+from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
+from tests.shards import shard_paths
 
 
 def _chunk_rows(engine: Engine) -> int:

@@ -14,7 +14,8 @@ from edgestore.codec.shardfile import HEADER_SIZE
 from edgestore.engine import Engine
 from edgestore.errors import ChunkUnreadable
 from edgestore.metadata.schema import repair_queue
-from tests.helpers import MiB, blocks_of, random_bytes, read_all, shard_paths
+from tests.helpers import MiB, blocks_of, random_bytes, read_all
+from tests.shards import shard_paths
 
 Damage = Callable[[Path, Path, Path], None]  # (shard, same index of another chunk, sibling)
 
