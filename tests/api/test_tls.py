@@ -3,7 +3,6 @@ a tus upload over it, verified against that certificate, and clear errors for ba
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 import sys
@@ -12,23 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.certs import self_signed
 from tests.helpers import MiB, random_bytes, sha256_hex, tus_upload
 from tests.server import ServerProcess
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    base = tmp_path_factory.mktemp("tls")
-    cert, key = base / "cert.pem", base / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"), names="IP:127.0.0.1,DNS:localhost")
 
 
 def test_upload_and_download_over_https(tmp_path: Path, certificate: tuple[Path, Path]) -> None:

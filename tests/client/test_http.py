@@ -5,8 +5,6 @@ a URL that is no edgestore or tus server at all, which is said as such."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 
 from edgestore.client import Client, RetryPolicy
 from edgestore.errors import InvalidInput, ProtocolMismatch
+from tests.certs import self_signed
 from tests.faults import FaultProxy
 from tests.helpers import KiB, random_bytes, sha256_hex, write_file
 from tests.server import ServerProcess
@@ -60,16 +59,8 @@ def test_no_proxy_reaches_the_server_directly(
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory):
     """A real edgestore server over HTTPS with a self-signed certificate (the openssl CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
     base = tmp_path_factory.mktemp("client-tls")
-    cert, key = base / "cert.pem", base / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(base)
     server = ServerProcess(
         home=base / "home",
         database_url=f"sqlite:///{base / 'meta.db'}",

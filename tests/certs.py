@@ -1,0 +1,24 @@
+"""A self-signed certificate for 127.0.0.1, made by the openssl command, for TLS tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def self_signed(base: Path, *, names: str = "IP:127.0.0.1") -> tuple[Path, Path]:
+    """(certificate, key) in `base`, valid two days for `names` (subjectAltName); skips the
+    test where openssl is not installed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", f"subjectAltName={names}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
