@@ -245,9 +245,8 @@ class ChunkWriter:
             # nothing durable may follow (a repair), so an undone commit would leave its row
             # pointing at deleted files.
             with self._db.write(durable=prep.replaces is not None) as conn:
-                replaced = (
-                    prep.replaces is not None
-                    and chunk_index.replace(conn, rec, refs, prep.replaces) is not None
+                replaced = prep.replaces is not None and chunk_index.replace(
+                    conn, rec, refs, prep.replaces
                 )  # else the damaged row is gone (gc): a new one, or replaced by another node
                 inserted = replaced or chunk_index.insert(self._db, conn, rec, refs)
             if not inserted:  # another node won the race; ours are unreferenced duplicates

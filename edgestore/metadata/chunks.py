@@ -139,11 +139,11 @@ def damaged(conn: Connection, chunk_ids: Sequence[str]) -> set[str]:
 
 def replace(
     conn: Connection, record: ChunkRecord, shard_refs: Sequence[ShardRef], generation: str
-) -> list[ShardRef] | None:
+) -> bool:
     """Point a damaged chunk at freshly written shards (stored again from its raw bytes, as
-    a new `record` of the same chunk), if its row still has `generation`; return the shards
-    it had (files now unreferenced: gc's orphan sweep takes them), or None and change
-    nothing (the row is gone, or another writer replaced it first).
+    a new `record` of the same chunk), if its row still has `generation` (the shards it had
+    are files no row names: gc's orphan sweep takes them); False, and nothing changed, if
+    the row is gone or another writer replaced it first.
 
     The repair entry goes, and an unreferenced chunk's grace period restarts, as for any
     dedup hit. References are untouched: the chunk id, and so its bytes, are the same.
@@ -152,27 +152,33 @@ def replace(
         sa.select(chunks.c.generation).where(chunks.c.chunk_id == record.chunk_id).with_for_update()
     ).scalar_one_or_none()
     if locked != generation:
-        return None
-    old = load(conn, [record.chunk_id])[record.chunk_id].shards
+        return False
     conn.execute(
         sa.update(chunks)
         .where(chunks.c.chunk_id == record.chunk_id)
         .values(
-            stored_size=record.stored_size,
-            compression=str(record.compression),
-            layout=str(record.layout),
-            ec_k=record.ec_k,
-            ec_m=record.ec_m,
-            shard_size=record.shard_size,
-            generation=record.generation,
-            inline_data=record.inline_data,
+            **_stored_as(record),
             zero_since=sa.case((chunks.c.refcount <= 0, now()), else_=chunks.c.zero_since),
         )
     )
     conn.execute(sa.delete(shards).where(shards.c.chunk_id == record.chunk_id))
     _insert_shards(conn, shard_refs)
     conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id == record.chunk_id))
-    return list(old)
+    return True
+
+
+def _stored_as(record: ChunkRecord) -> dict[str, Any]:
+    """The columns that say how a chunk is stored (what `replace` changes, with its shards)."""
+    return {
+        "stored_size": record.stored_size,
+        "compression": str(record.compression),
+        "layout": str(record.layout),
+        "ec_k": record.ec_k,
+        "ec_m": record.ec_m,
+        "shard_size": record.shard_size,
+        "generation": record.generation,
+        "inline_data": record.inline_data,
+    }
 
 
 def keep_alive(conn: Connection, chunk: ChunkId) -> bool:
@@ -196,14 +202,7 @@ def insert(
     row = {
         "chunk_id": record.chunk_id,
         "raw_size": record.raw_size,
-        "stored_size": record.stored_size,
-        "compression": str(record.compression),
-        "layout": str(record.layout),
-        "ec_k": record.ec_k,
-        "ec_m": record.ec_m,
-        "shard_size": record.shard_size,
-        "generation": record.generation,
-        "inline_data": record.inline_data,
+        **_stored_as(record),
         "refcount": 0,
         "created_at": t,
         "zero_since": t,
