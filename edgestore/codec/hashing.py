@@ -92,6 +92,22 @@ _LIBCRYPTO = _load_libcrypto()
 STATE_SIZE = ctypes.sizeof(_Sha256Ctx)
 
 
+_BLOCK = 64
+_DIGEST = 32
+
+
+def _check(ctx: _Sha256Ctx) -> None:
+    """Refuse a state OpenSSL would trust to its harm: states come back from the database,
+    and one whose buffer fill (`num`) is damaged made the next update copy past the 64-byte
+    block (a segmentation fault: the whole server gone). The fill must also agree with the
+    bit count, and the digest length be SHA-256's."""
+    if ctx.num >= _BLOCK or ctx.md_len != _DIGEST or (ctx.Nl >> 3) % _BLOCK != ctx.num:
+        raise ValueError(
+            f"SHA-256 state is damaged (buffered {ctx.num} bytes, digest length {ctx.md_len}, "
+            f"bit count {ctx.Nl})"
+        )
+
+
 class ResumableSha256:
     """SHA-256 whose state can be saved as bytes and resumed elsewhere (OpenSSL, GIL released).
 
@@ -109,6 +125,7 @@ class ResumableSha256:
             if len(state) != STATE_SIZE:
                 raise ValueError(f"SHA-256 state must be {STATE_SIZE} bytes, got {len(state)}")
             self._ctx = _Sha256Ctx.from_buffer_copy(state)
+            _check(self._ctx)
 
     @staticmethod
     def available() -> bool:

@@ -183,13 +183,21 @@ class CpuPool:
                     took = bool(pending)  # the first in flight needs no token
                     if took and not tokens.try_take():
                         break
-                    item = next(it, _END)
-                    if item is _END:
-                        exhausted = True
+                    try:
+                        item = next(it, _END)
+                        if item is _END:
+                            exhausted = True
+                        else:
+                            pending.append((self.submit(fn, item), took))
+                            took = False  # the token goes back with the item's result
+                    finally:
+                        # No item after all: the stream ended, or its items failed (a
+                        # manifest page gone with its version, the database): the token
+                        # goes back now, or it is lost to every reader for good.
                         if took:
                             tokens.give()
+                    if exhausted:
                         break
-                    pending.append((self.submit(fn, item), took))
                 if not pending:
                     return
                 fut, took = pending.popleft()

@@ -15,7 +15,7 @@ from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
 from edgestore.codec.hashing import chunk_id as compute_chunk_id
 from edgestore.engine.pipeline import ContextThreadPool
-from edgestore.errors import ChunkCorrupt, ChunkUnreadable, StorageError
+from edgestore.errors import ChunkCorrupt, ChunkUnreadable, CorruptShard, StorageError
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.storage.datadirs import DataDirs
 from edgestore.types import Layout, ShardRef
@@ -165,7 +165,13 @@ class ChunkReader:
         try:
             if backend is None:
                 raise StorageError(f"data dir {ref.backend} is not configured or unavailable")
-            header, payload = shardfile.unpack(backend.get(ref.key), rec.chunk_id)
+            # No more than the file's recorded size and a byte: one grown by damage (an
+            # inode claiming gigabytes) is not taken into memory to find it is wrong.
+            expected = shardfile.HEADER_SIZE + ref.size
+            blob = backend.get(ref.key, expected + 1)
+            if len(blob) > expected:
+                raise CorruptShard(f"shard file is larger than the {expected} bytes recorded")
+            header, payload = shardfile.unpack(blob, rec.chunk_id)
             if header.shard_index != ref.shard_index or header.payload_checksum != ref.checksum:
                 raise StorageError("shard header disagrees with the index")
         except StorageError as exc:

@@ -163,16 +163,14 @@ def load(dirs: DataDirs, ref: TailRef, *, damaged: list[str] | None = None) -> b
             problems.append(f"{name}: data dir unavailable")
             continue
         try:
-            data = backend.get(ref.key)
+            data = backend.get(ref.key, ref.length)
         except StorageError as exc:
             problems.append(f"{name}: {exc}")
             if damaged is not None:
                 damaged.append(name)
             continue
         # A grown tail's file may hold more than the record (a write whose commit never
-        # came): the record's length is what counts.
-        if len(data) > ref.length:
-            data = data[: ref.length]
+        # came): the record's length is what counts, and all that is read.
         if len(data) == ref.length and shard_checksum(data) == ref.checksum:
             if problems:
                 log.warning("staged tail %s read around: %s", ref.key, "; ".join(problems))

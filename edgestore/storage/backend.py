@@ -50,8 +50,10 @@ class Backend(Protocol):
         """Make every write() so far durable."""
         ...
 
-    def get(self, key: str) -> bytes:
-        """The whole blob; raises ShardMissing if absent, StorageUnavailable if unreachable."""
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        """The whole blob, or its first `limit` bytes (a reader that knows how long it must
+        be reads no more of a blob grown by damage); raises ShardMissing if absent,
+        StorageUnavailable if unreachable."""
         ...
 
     def delete(self, key: str) -> None:

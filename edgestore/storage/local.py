@@ -88,8 +88,9 @@ _READ_BLOCKS = AlignedPool(idle_blocks=8)
 _LARGE_READ_BLOCKS = AlignedPool(idle_blocks=0)
 
 
-def _read_direct(fd: int) -> bytes | None:
-    """The whole file through O_DIRECT, or None if it must be read through the page cache.
+def _read_direct(fd: int, limit: int | None = None) -> bytes | None:
+    """The file (its first `limit` bytes) through O_DIRECT, or None if it must be read
+    through the page cache.
 
     Shards are written past the page cache (see _write_direct), so reading one through it
     would first fill fresh cache pages, and on this kind of VM that was the whole cost of a
@@ -99,6 +100,8 @@ def _read_direct(fd: int) -> bytes | None:
     back first if it is dirty, so the bytes are the same either way.
     """
     size = os.fstat(fd).st_size
+    if limit is not None:
+        size = min(size, limit)
     if size == 0:
         return b""
     length = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
@@ -426,13 +429,15 @@ class LocalBackend:
             self._device = os.stat(self.root).st_dev
         return self._device
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, limit: int | None = None) -> bytes:
+        if limit is not None and limit < 0:
+            raise ValueError(f"negative limit {limit}")
         path = self._path(key)
         try:
-            if self._direct_read and (data := self._get_direct(path)) is not None:
+            if self._direct_read and (data := self._get_direct(path, limit)) is not None:
                 return data
             with open(path, "rb") as f:
-                return f.read()
+                return f.read(-1 if limit is None else limit)
         except FileNotFoundError:
             if not self.root.is_dir():
                 raise StorageUnavailable(f"data dir {self.root} is missing") from None
@@ -440,13 +445,13 @@ class LocalBackend:
         except OSError as exc:
             raise storage_error(exc, self.root) from None
 
-    def _get_direct(self, path: Path) -> bytes | None:
+    def _get_direct(self, path: Path, limit: int | None) -> bytes | None:
         """The file through O_DIRECT (see _read_direct); None: read it through the page
         cache, from now on too if the filesystem refused O_DIRECT."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
             try:
-                return _read_direct(fd)
+                return _read_direct(fd, limit)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -14,6 +14,7 @@ from edgestore.codec.hashing import (
     CHECKSUM_ALGORITHMS,
     STATE_SIZE,
     ResumableSha256,
+    _Sha256Ctx,
     chunk_id,
     new_checksum,
 )
@@ -116,6 +117,39 @@ def test_large_update_crossing_block_boundaries():
 def test_state_of_the_wrong_size_is_refused(size):
     with pytest.raises(ValueError, match=str(STATE_SIZE)):
         ResumableSha256(b"\0" * size)
+
+
+def _damaged_state(**fields: int) -> bytes:
+    """A saved state after 100 bytes, with some of OpenSSL's fields overwritten."""
+    hasher = ResumableSha256()
+    hasher.update(b"x" * 100)
+    ctx = _Sha256Ctx.from_buffer_copy(hasher.state())
+    for name, value in fields.items():
+        setattr(ctx, name, value)
+    return bytes(ctx)
+
+
+@needs_libcrypto
+@pytest.mark.parametrize(
+    "fields",
+    [{"num": 64}, {"num": 100_000_000}, {"num": 35}, {"md_len": 4096}, {"Nl": 7}],
+    ids=["num-64", "num-huge", "num-disagrees", "md_len", "bit-count"],
+)
+def test_a_damaged_state_is_refused_not_trusted(fields):
+    """A state is read back from the database (an upload's, or a stored version's manifest
+    that an upload follows) and handed to OpenSSL as it is: with a damaged buffer fill
+    (`num`), its next update copied past the 64-byte block and the whole server died of a
+    segmentation fault. A state whose fields disagree is refused with a ValueError."""
+    with pytest.raises(ValueError, match="SHA-256 state"):
+        ResumableSha256(_damaged_state(**fields))
+
+
+@needs_libcrypto
+def test_saved_states_are_accepted_at_every_fill():
+    for n in range(130):
+        hasher = ResumableSha256()
+        hasher.update(b"y" * n)
+        assert ResumableSha256(hasher.state()).hexdigest() == hashlib.sha256(b"y" * n).hexdigest()
 
 
 @needs_libcrypto

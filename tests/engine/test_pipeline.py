@@ -74,3 +74,27 @@ def test_a_stream_that_ends_gives_back_the_token_it_took_for_nothing() -> None:
         assert budget.free == 2
     finally:
         pool.shutdown()
+
+
+def test_items_that_fail_to_come_give_back_the_token_taken_for_them() -> None:
+    """The items' iterator raising (a download's manifest page gone with its deleted version,
+    a database error) ended the map with the token taken for the next item still out: each
+    such download lost the store one token for good, until nothing read ahead any more."""
+    pool = CpuPool(2)
+    budget = Budget(4)
+
+    def items():
+        yield from range(3)
+        raise LookupError("manifest ends early")
+
+    try:
+        for _ in range(3):
+            got = []
+            try:
+                for x in pool.map_ordered(lambda x: x, items(), 8, budget):
+                    got.append(x)
+            except LookupError:
+                pass
+            assert budget.free == 4
+    finally:
+        pool.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -14,15 +15,16 @@ from edgestore.errors import ChunkCorrupt, ObjectNotFound
 from edgestore.maintenance import gc
 from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import MiB, blocks_of, random_bytes, read_all
+from tests.shards import shard_paths
 
 
 def _spy_gets(engine: Engine, monkeypatch: pytest.MonkeyPatch, wrap: Any) -> None:
-    """Route every shard read through wrap(real_get, key)."""
+    """Route every shard read through wrap(real_get, key); real_get reads as the reader
+    asked (up to its limit)."""
     for backend in engine.core.dirs.backends.values():
-        real = backend.get
 
-        def get(key: str, real: Any = real) -> bytes:
-            return wrap(real, key)  # type: ignore[no-any-return]
+        def get(key: str, limit: int | None = None, real: Any = backend.get) -> bytes:
+            return wrap(lambda k: real(k, limit), key)  # type: ignore[no-any-return]
 
         monkeypatch.setattr(backend, "get", get)
 
@@ -71,6 +73,36 @@ def test_lost_data_shards_are_replaced_by_as_many_parity_shards(
     # The k data shards, then exactly one parity shard per lost one: no more, no fewer.
     by_key = {row.key: row.shard_index for row in rows}
     assert sorted(by_key[key] for key in read_keys) == list(range(k + m - 1))
+
+
+def test_a_shard_file_grown_past_its_size_is_not_read_whole(engine: Engine, monkeypatch) -> None:
+    """A shard file larger than the index records (a damaged inode claiming gigabytes, say)
+    is read only as far as it takes to see that: reads took the whole file into memory,
+    twice (the O_DIRECT block and the copy out), for each such shard of each chunk being
+    read at once. The shard is read around, and queued for repair."""
+    data = random_bytes(3 * MiB, seed=11)
+    v = engine.put(blocks_of(data, MiB), key="grown")
+    cid = engine.objects.manifest(v)[0].chunk_id
+    path = shard_paths(engine, cid)[0]
+    size = path.stat().st_size
+    os.truncate(path, 256 * MiB)  # sparse: no disk space used
+    lengths: list[int] = []
+
+    def record(real: Any, key: str) -> bytes:
+        blob: bytes = real(key)
+        lengths.append(len(blob))
+        return blob
+
+    _spy_gets(engine, monkeypatch, record)
+    assert read_all(engine, v) == data
+    assert max(lengths) <= size + 1, "a shard file was read past its recorded size"
+    with engine.core.db.read() as conn:
+        bad, reason = conn.execute(
+            sa.select(repair_queue.c.bad_shards, repair_queue.c.reason).where(
+                repair_queue.c.chunk_id == cid
+            )
+        ).one()
+    assert bad == [0] and "larger than" in reason, reason
 
 
 def _zstd_chunk(engine: Engine, layout: str) -> str:
@@ -154,6 +186,8 @@ def test_a_version_deleted_while_it_is_read_ends_the_read_as_not_found(
     assert data.startswith(got) and len(got) < len(data)
     with small_engine.core.db.read() as conn:
         assert conn.execute(sa.select(repair_queue.c.chunk_id)).all() == []
+    # Every read-ahead token is back: each such read used to keep one for good.
+    assert small_engine.core.read_budget.free == small_engine.settings.read_ahead_budget_chunks
 
 
 def test_manifest_pages_fetch_one_page_each(small_engine: Engine, monkeypatch) -> None:

@@ -90,6 +90,17 @@ def test_overwrite_replaces(backend):
     assert keys_of(backend) == {"ow/key"}
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 1_048_576 + 3])
+@pytest.mark.parametrize("limit", [0, 1, 4096, 4097, 1_048_576, 2_000_000])
+def test_get_with_a_limit_reads_only_the_start(backend, size, limit):
+    """A reader that knows how long a blob must be reads no more: a file grown by damage
+    (a corrupt inode's size, garbage appended) is not taken into memory whole."""
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    backend.put("lim/blob", [data])
+    assert backend.get("lim/blob", limit) == data[:limit]
+    assert backend.get("lim/blob") == data
+
+
 @pytest.mark.parametrize("key", ["nope", "abc/nope", "deep/er/nope"])
 def test_get_missing_raises_shard_missing(backend, key):
     with pytest.raises(ShardMissing):
