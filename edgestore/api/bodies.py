@@ -55,6 +55,7 @@ class BodyBridge:
         self.consumer_finished = False
         self._idle = False
         self._last_byte = 0.0
+        self._waiting_for_room = False  # the engine is behind: the loop reads nothing
         self._pump_task: asyncio.Task[object] | None = None
 
     # --- worker-thread side --------------------------------------------------------------------
@@ -81,13 +82,27 @@ class BodyBridge:
         """Queue an item once there is room; False if the consumer has already finished."""
         if consumer.done():
             return False
-        acquire = asyncio.ensure_future(self._space.acquire())
-        done, _ = await asyncio.wait({acquire, consumer}, return_when=asyncio.FIRST_COMPLETED)
+        # While the engine is behind, the loop reads nothing and TCP stops the client: its
+        # silence then is the server's doing, and the idle clock waits with it.
+        self._waiting_for_room = True
+        try:
+            acquire = asyncio.ensure_future(self._space.acquire())
+            done, _ = await asyncio.wait({acquire, consumer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting_for_room = False
+            self._last_byte = self._loop.time()
         if acquire not in done:
             acquire.cancel()
             return False
         self._queue.put_nowait(item)
         return True
+
+    def _keep(self, pending: list[bytes]) -> None:
+        """Hand over the pieces of a batch not yet queued before the body is cut short: an
+        interrupted upload keeps every byte that arrived (without waiting for room: at most
+        one batch more)."""
+        if pending:
+            self._queue.put_nowait(pending)
 
     def interrupt_now(self, reason: str) -> None:
         """Wake the consumer with an interruption without waiting for queue space.
@@ -134,14 +149,18 @@ class BodyBridge:
                     if not await self._put(pending, consumer):
                         return
                     pending, pending_size = [], 0
-            if pending and not await self._put(pending, consumer):
-                return
+            if pending:
+                if not await self._put(pending, consumer):
+                    return
+                pending = []
             await self._put(_END, consumer)
         except ClientDisconnect:
+            self._keep(pending)
             self.interrupt_now("client disconnected")
         except asyncio.CancelledError:
             if self.consumer_finished:  # the engine stopped first (taken over, shut down)
                 return
+            self._keep(pending)
             if self._idle:
                 self.interrupt_now(idle_reason(idle_timeout))
                 return
@@ -151,7 +170,8 @@ class BodyBridge:
             watchdog.cancel()
 
     async def _watch_idle(self, idle_timeout: float) -> None:
-        """Cancel the pump once the client has sent nothing for `idle_timeout` seconds.
+        """Cancel the pump once the client has sent nothing for `idle_timeout` seconds while
+        the loop was reading (not while the engine was behind).
 
         One timer per request instead of one per body piece (wait_for per 64 KiB piece cost
         more CPU than the rest of the receive path).
@@ -160,6 +180,8 @@ class BodyBridge:
         step = min(idle_timeout, 5.0)
         while True:
             await asyncio.sleep(step)
+            if self._waiting_for_room:
+                continue
             if loop.time() - self._last_byte >= idle_timeout and self._pump_task is not None:
                 self._idle = True
                 self._pump_task.cancel()
