@@ -117,8 +117,9 @@ class Settings(BaseSettings):
     scrub_bytes_per_round: int = Field(
         1 << 30,
         ge=0,
-        description="Shard bytes each upkeep round reads and checks (a background scrub going "
-        "round the store, pass after pass); 0 disables it.",
+        description="Shard bytes an upkeep round reads and checks (a background scrub going "
+        "round the store, pass after pass; nodes sharing a database take turns at one scrub); "
+        "0 disables it.",
     )
 
     host: str = "127.0.0.1"

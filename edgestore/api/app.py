@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +34,9 @@ ORPHAN_SWEEP_EVERY = 24
 # Chunks queued for repair that one upkeep round repairs (each: read every shard, rebuild,
 # store again); the rest wait for the next rounds.
 REPAIRS_PER_ROUND = 20
+# A node that scrubbed a slice keeps the scrub this many upkeep intervals (the other nodes of
+# the store leave it to that node; they take it over once it has missed a round).
+SCRUB_HOLD_ROUNDS = 2
 # Pooled buffers idle this long are unmapped by the upkeep (buffers.trim_pools).
 POOL_IDLE_SECONDS = 60.0
 # At shutdown, an upkeep round under way is given this long to reach its next step and end.
@@ -55,6 +61,8 @@ class Upkeep:
         self._stopping = threading.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # This process, as the holder of leases on shared jobs (the scrub); unique per start.
+        self.owner = f"{socket.gethostname()[:40]}/{os.getpid()}/{secrets.token_hex(4)}"
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -68,6 +76,12 @@ class Upkeep:
         if not done:
             log.warning("upkeep round did not stop within %.0f s; leaving it", wait)
             self._task.cancel()
+            return
+        if self._svc.settings.scrub_bytes_per_round:
+            try:  # another node goes on with the scrub at once, not after this one's hold
+                await asyncio.to_thread(repairs.leave_scrub, self._svc.engine, self.owner)
+            except Exception as exc:  # the database gone at shutdown: the lease runs out
+                log.warning("could not give the background scrub up (%s); it frees itself", exc)
 
     def _check(self, _stage: str = "", _count: int = 0) -> None:
         if self._stopping.is_set():
@@ -79,7 +93,6 @@ class Upkeep:
         rounds = 0
         digests = DigestCursor()
         repair_cursor = repairs.RepairCursor()
-        scrub_cursor = repairs.ScrubCursor()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
@@ -100,19 +113,22 @@ class Upkeep:
                 )
                 if svc.settings.scrub_bytes_per_round:
                     found = await asyncio.to_thread(
-                        repairs.scrub,
+                        repairs.scrub_round,
                         svc.engine,
-                        cursor=scrub_cursor,
+                        owner=self.owner,
                         budget=svc.settings.scrub_bytes_per_round,
+                        # Held past the next round: this node scrubs on while it lives.
+                        hold=SCRUB_HOLD_ROUNDS * interval,
                         progress=self._check,
                     )
-                    if found.chunks_damaged:
+                    if found is not None and found.chunks_damaged:
                         log.warning("upkeep: scrub found damage: %s", found)
                 fixed = await asyncio.to_thread(
                     repairs.repair,
                     svc.engine,
                     limit=REPAIRS_PER_ROUND,
                     cursor=repair_cursor,
+                    due_only=True,
                     progress=self._check,
                 )
                 if fixed.queued:

@@ -92,39 +92,46 @@ class ChunkReader:
         if rec.layout == Layout.INLINE:
             if rec.inline_data is None:
                 raise ChunkUnreadable(f"chunk {rec.chunk_id} has no inline data")
-            stored = rec.inline_data
-            faults: list[ShardFault] = []
-        else:
-            stored, faults = self._gather(rec)
-        try:
-            raw = compression.decompress(rec.compression, stored, rec.raw_size)
-        except ValueError as exc:  # a damaged zstd frame, or not the recorded raw size
-            self._on_faults(rec, [*faults, ShardFault(rec.chunk_id, -1, str(exc))])
-            raise ChunkCorrupt(f"chunk {rec.chunk_id} cannot be decompressed: {exc}") from None
-        if len(raw) != rec.raw_size or compute_chunk_id(raw) != rec.chunk_id:
-            self._on_faults(rec, [ShardFault(rec.chunk_id, -1, "rebuilt chunk mismatch")])
-            raise ChunkCorrupt(f"chunk {rec.chunk_id} does not match its SHA-256 after rebuild")
-        if faults:
-            self._on_faults(rec, faults)
-        return raw
+            return self._finish(rec, rec.inline_data, [])
+        got, faults = self._gather(rec)
+        return self._rebuild(rec, got, faults)
 
     def check(self, rec: ChunkRecord) -> list[ShardFault]:
         """Read every shard of the chunk and check each against its own checksum, without
-        decoding: what is wrong with it (scrub and repair; a read takes only the shards it
-        needs, so a lost parity shard goes unseen until then)."""
+        decoding: what is wrong with it (scrub; a read takes only the shards it needs, so a
+        lost parity shard goes unseen until then)."""
         if rec.layout == Layout.INLINE:
             return []
-        found = self._fetch_all(rec, list(rec.shards))
-        faults = [f for f in found if isinstance(f, ShardFault)]
-        seen = {ref.shard_index for ref in rec.shards}
-        total = rec.ec_k + rec.ec_m
-        faults += [
-            ShardFault(rec.chunk_id, i, "no shard recorded") for i in range(total) if i not in seen
-        ]
-        return faults
+        return self._gather_every(rec)[1]
 
-    def _gather(self, rec: ChunkRecord) -> tuple[bytes, list[ShardFault]]:
-        needed = rec.ec_k if rec.layout == Layout.EC else 1
+    def examine(self, rec: ChunkRecord) -> tuple[bytes, list[ShardFault]]:
+        """What `check` finds, and the chunk's raw bytes, verified, rebuilt from the intact
+        shards that check read (repair: each shard is read once, not k of them again to
+        decode). Raises as `read` does: fewer than k intact shards, or other bytes rebuilt."""
+        if rec.layout == Layout.INLINE:
+            return self._read(rec), []
+        got, faults = self._gather_every(rec)
+        return self._rebuild(rec, got, faults), faults
+
+    def _gather_every(self, rec: ChunkRecord) -> tuple[dict[int, bytes], list[ShardFault]]:
+        refs = list(rec.shards)
+        got: dict[int, bytes] = {}
+        faults: list[ShardFault] = []
+        for ref, result in zip(refs, self._fetch_all(rec, refs), strict=True):
+            if isinstance(result, ShardFault):
+                faults.append(result)
+            else:
+                got[ref.shard_index] = result
+        seen = {ref.shard_index for ref in refs}
+        faults += [
+            ShardFault(rec.chunk_id, i, "no shard recorded")
+            for i in range(rec.ec_k + rec.ec_m)
+            if i not in seen
+        ]
+        return got, faults
+
+    def _gather(self, rec: ChunkRecord) -> tuple[dict[int, bytes], list[ShardFault]]:
+        needed = self._needed(rec)
         got: dict[int, bytes] = {}
         faults: list[ShardFault] = []
         # Shard refs come ordered by index: data shards first, parity only when needed, as
@@ -137,6 +144,15 @@ class ChunkReader:
                     faults.append(result)
                 else:
                     got[ref.shard_index] = result
+        return got, faults
+
+    @staticmethod
+    def _needed(rec: ChunkRecord) -> int:
+        return rec.ec_k if rec.layout == Layout.EC else 1
+
+    def _rebuild(self, rec: ChunkRecord, got: dict[int, bytes], faults: list[ShardFault]) -> bytes:
+        """Decode the intact shards' payloads (the codec takes the first k), then finish."""
+        needed = self._needed(rec)
         if len(got) < needed:
             lost = ", ".join(f"#{f.shard_index}: {f.reason}" for f in faults)
             self._on_faults(rec, faults)
@@ -149,7 +165,21 @@ class ChunkReader:
             reason = f"decoded to {len(stored)} bytes, expected {rec.stored_size}"
             self._on_faults(rec, [*faults, ShardFault(rec.chunk_id, -1, reason)])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} {reason}")
-        return stored, faults
+        return self._finish(rec, stored, faults)
+
+    def _finish(self, rec: ChunkRecord, stored: bytes, faults: list[ShardFault]) -> bytes:
+        """Decompress and verify against the chunk's id; queue it if anything was wrong."""
+        try:
+            raw = compression.decompress(rec.compression, stored, rec.raw_size)
+        except ValueError as exc:  # a damaged zstd frame, or not the recorded raw size
+            self._on_faults(rec, [*faults, ShardFault(rec.chunk_id, -1, str(exc))])
+            raise ChunkCorrupt(f"chunk {rec.chunk_id} cannot be decompressed: {exc}") from None
+        if len(raw) != rec.raw_size or compute_chunk_id(raw) != rec.chunk_id:
+            self._on_faults(rec, [ShardFault(rec.chunk_id, -1, "rebuilt chunk mismatch")])
+            raise ChunkCorrupt(f"chunk {rec.chunk_id} does not match its SHA-256 after rebuild")
+        if faults:
+            self._on_faults(rec, faults)
+        return raw
 
     def _fetch_all(self, rec: ChunkRecord, refs: Sequence[ShardRef]) -> list[bytes | ShardFault]:
         """The verified payloads of these shards (or why each is unusable), read in parallel:

@@ -5,13 +5,18 @@ shard of a chunk nobody reads, goes unseen until too many are gone. `scrub` read
 of every chunk, checks each against its own checksum (no decoding), and queues the damaged
 chunks for repair, as a read around a bad shard does.
 
+The server's upkeep scrubs a slice per round (`scrub_round`) from a cursor kept in the
+database under a lease: nodes sharing the store take turns, one at a time, and a restart goes
+on where the last slice stopped.
+
 `repair` works through that queue. A chunk whose shards are all intact again (a data dir
 that was offline is back), and which still decodes to its SHA-256, leaves it. One with at
-least k intact shards is rebuilt from them, verified against its SHA-256, and stored again as
-a new generation of shards, placed over the data dirs that are writable now: the same path an
-upload of its bytes takes (ChunkWriter, chunks.replace); the old generation's files go with
-gc's orphan sweep. One with fewer stays queued: only an upload of the same bytes can bring
-it back, and the report names it.
+least k intact shards is rebuilt from the shards its check read, verified against its
+SHA-256, and stored again as a new generation of shards, placed over the data dirs that are
+writable now: the same path an upload of its bytes takes (ChunkWriter, chunks.replace); the
+old generation's files go with gc's orphan sweep. One with fewer stays queued: only an upload
+of the same bytes can bring it back (or a data dir that comes back), and the report names it;
+the upkeep tries it again after a backoff, not every round.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from edgestore.engine import Engine
 from edgestore.errors import StorageError
 from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import cursors
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.metadata.db import now
 from edgestore.types import Layout
@@ -31,6 +37,19 @@ from edgestore.types import Layout
 log = logging.getLogger(__name__)
 
 BATCH = 200
+SCRUB_JOB = "scrub"
+# A node scrubbing a slice holds the scrub this long past its last renewal, and renews (and
+# saves its position) at most this often: a node that dies mid-slice blocks the others for
+# at most the lease, and a restart checks at most RENEW seconds of chunks again.
+SCRUB_LEASE_SECONDS = 120.0
+SCRUB_RENEW_SECONDS = 10.0
+# A queued chunk with fewer than k intact shards: the upkeep tries it again after an hour,
+# then twice as long each time, at most a day apart (a data dir that was offline may come
+# back; an upload of its bytes heals it at once, whatever the backoff).
+RETRY_FIRST_SECONDS = 3600.0
+RETRY_MAX_SECONDS = 86400.0
+# How long the upkeep of one node keeps a chunk it is repairing from the others'.
+REPAIR_CLAIM_SECONDS = 600.0
 
 Progress = Callable[[str, int], None]
 
@@ -74,12 +93,14 @@ def scrub(
     cursor: ScrubCursor | None = None,
     budget: int | None = None,
     progress: Progress = _noop,
+    keep_on: Callable[[], bool] = lambda: True,
 ) -> ScrubReport:
     """Check every shard of every chunk; queue the damaged chunks for repair.
 
     With `cursor` and `budget`: go on from the cursor and stop once about `budget` shard
     bytes are checked (the server's upkeep, a slice per round); past the last chunk the
-    cursor goes back to the start."""
+    cursor goes back to the start. The cursor moves with every chunk checked; `keep_on` is
+    asked after each, and the scrub stops when it says no."""
     report = ScrubReport()
     started = time.monotonic()
     after = cursor.after if cursor is not None else None
@@ -88,8 +109,8 @@ def scrub(
             ids = chunk_index.ids_after(conn, after, BATCH)
             records = chunk_index.load(conn, ids)
         if not ids:
-            after = None
             if cursor is not None:
+                cursor.after = None
                 cursor.passes += 1
                 log.info("scrub: pass %d over the store done", cursor.passes)
             break
@@ -114,11 +135,70 @@ def scrub(
             ):
                 report.chunks_damaged += 1
                 report.bad_shards += len(faults)
+            if cursor is not None:
+                cursor.after = cid
             progress("chunks", report.chunks_checked)
-    if cursor is not None:
-        cursor.after = after
+            if not keep_on():
+                report.seconds = time.monotonic() - started
+                return report
     report.seconds = time.monotonic() - started
     return report
+
+
+def scrub_round(
+    engine: Engine, *, owner: str, budget: int, hold: float, progress: Progress = _noop
+) -> ScrubReport | None:
+    """One slice of the store's background scrub, shared by the nodes of the store; None
+    (nothing read) while another node holds it.
+
+    Goes on from where the last slice stopped, on any node and before any restart, and
+    records where it stops, also when it is interrupted (then it gives the scrub up, so
+    another node goes on at once). After a finished slice `owner` holds it `hold` seconds
+    more: the same node takes the next slice, the others stay out while it lives."""
+    db = engine.core.db
+    with db.write(durable=False) as conn:  # losing it costs a few chunks checked again
+        held = cursors.take(db, conn, SCRUB_JOB, owner, now() + SCRUB_LEASE_SECONDS)
+    if held is None:
+        return None
+    cursor = ScrubCursor(held.position, held.passes)
+    renewed = time.monotonic()
+    lost = False
+
+    def keep_on() -> bool:
+        nonlocal renewed, lost
+        if time.monotonic() - renewed < SCRUB_RENEW_SECONDS:
+            return True
+        renewed = time.monotonic()
+        if _save(engine, owner, cursor, now() + SCRUB_LEASE_SECONDS):
+            return True
+        log.info("scrub: another node took the scrub over (this one was too slow); stopping")
+        lost = True
+        return False
+
+    try:
+        report = scrub(engine, cursor=cursor, budget=budget, progress=progress, keep_on=keep_on)
+    except BaseException:
+        try:
+            _save(engine, owner, cursor, None)
+        except Exception:
+            log.exception("scrub: could not record where the slice stopped")
+        raise
+    if not lost:
+        _save(engine, owner, cursor, now() + hold)
+    return report
+
+
+def _save(engine: Engine, owner: str, cursor: ScrubCursor, until: float | None) -> bool:
+    with engine.core.db.write(durable=False) as conn:
+        return cursors.advance(
+            conn, SCRUB_JOB, owner, cursors.JobCursor(cursor.after, cursor.passes), until
+        )
+
+
+def leave_scrub(engine: Engine, owner: str) -> None:
+    """Give the background scrub up if `owner` holds it (a server shutting down)."""
+    with engine.core.db.write(durable=False) as conn:
+        cursors.leave(conn, SCRUB_JOB, owner)
 
 
 def _queue(engine: Engine, rec: ChunkRecord, bad: list[int], reason: str) -> bool:
@@ -146,25 +226,38 @@ def repair(
     *,
     limit: int | None = None,
     cursor: RepairCursor | None = None,
+    due_only: bool = False,
     progress: Progress = _noop,
 ) -> RepairReport:
     """Repair queued chunks: all of them, or up to `limit` from `cursor` on (which it moves;
-    back to the start once past the last)."""
+    back to the start once past the last).
+
+    `due_only` (the server's upkeep): skip chunks backing off after a failed rebuild and
+    those another node is repairing, and claim each before repairing it. Without it (by
+    hand) every queued chunk is tried. A chunk that cannot be rebuilt backs off either way."""
     report = RepairReport()
     started = time.monotonic()
     after = cursor.after if cursor is not None else None
+    db = engine.core.db
     while limit is None or report.queued < limit:
         want = BATCH if limit is None else min(BATCH, limit - report.queued)
-        with engine.core.db.read() as conn:
-            ids = chunk_index.queued(conn, after, want)
+        with db.read() as conn:
+            ids = chunk_index.queued(conn, after, want, due_at=now() if due_only else None)
         if cursor is not None:
             cursor.after = ids[-1] if len(ids) == want else None
         if not ids:
             break
         after = ids[-1]
         for cid in ids:
+            if due_only:
+                with db.write(durable=False) as conn:  # lost in a crash: it is due again
+                    if not chunk_index.claim_repair(conn, cid, now() + REPAIR_CLAIM_SECONDS):
+                        continue  # another node took it since the query
             report.queued += 1
-            _repair_one(engine, cid, report)
+            retry = _repair_one(engine, cid, report)
+            if retry and due_only:
+                with db.write(durable=False) as conn:
+                    chunk_index.release_repair(conn, cid)
             progress("chunks", report.queued)
         if len(ids) < want:
             break
@@ -172,41 +265,62 @@ def repair(
     return report
 
 
-def _repair_one(engine: Engine, cid: str, report: RepairReport) -> None:
+def retry_delay(attempts: int) -> float:
+    """How long the upkeep waits before trying a chunk again after `attempts` failed ones."""
+    return min(RETRY_FIRST_SECONDS * 2.0 ** min(attempts - 1, 32), RETRY_MAX_SECONDS)
+
+
+def _repair_one(engine: Engine, cid: str, report: RepairReport) -> bool:
+    """Repair one queued chunk; True if it is still queued for a reason of the moment (it
+    could not be stored again, or a fault was seen while it was checked): due again now."""
     core = engine.core
     with core.db.read() as conn:
         rec = chunk_index.load(conn, [cid]).get(cid)
     if rec is None:
-        return  # collected by gc meanwhile (which drops its queue entry)
+        return False  # collected by gc meanwhile (which drops its queue entry)
     checked_at = now()
-    faults = core.reader.check(rec)
     try:
-        # From any k intact shards, verified against its id. Also when every shard passes
-        # its own checksum: a chunk queued because it decoded to other bytes (or inline
-        # bytes that rotted) is not whole, and leaving the queue would make the next upload
-        # of its bytes a plain dedup hit instead of what restores it.
-        raw = core.reader.read(rec)
+        # Every shard read and checked once, and the chunk rebuilt from the intact ones,
+        # verified against its id. Also when every shard passes its own checksum: a chunk
+        # queued because it decoded to other bytes (or inline bytes that rotted) is not
+        # whole, and leaving the queue would make the next upload of its bytes a plain
+        # dedup hit instead of what restores it.
+        raw, faults = core.reader.examine(rec)
     except StorageError as exc:
         with core.db.read() as conn:
-            if chunk_index.lookup(conn, rec.chunk_id) is None:
-                return  # collected by gc while it was read: nothing was lost
+            found = chunk_index.lookup(conn, rec.chunk_id)
+        if found is None or found.generation != rec.generation:
+            return False  # collected by gc, or stored again, while it was read: not lost
+        with core.db.write() as conn:
+            backoff = chunk_index.back_off_repair(conn, cid, retry_delay)
         report.unrecoverable.append(cid)
-        log.error("repair: chunk %s cannot be rebuilt: %s", cid, exc)
-        return
+        if backoff is None:
+            log.error("repair: chunk %s cannot be rebuilt: %s", cid, exc)
+        else:
+            attempts, at = backoff
+            log.error(
+                "repair: chunk %s cannot be rebuilt (attempt %d; the server tries again in "
+                "%.0f h; an upload of its bytes restores it): %s",
+                cid,
+                attempts,
+                (at - now()) / 3600,
+                exc,
+            )
+        return False
     if not faults:
         with core.db.write() as conn:
             removed = chunk_index.unqueue(conn, cid, checked_at)
         if not removed:  # a read found a fault since the check began (the next round's), or
-            return  # another node took it off the queue
+            return True  # another node took it off the queue
         report.intact += 1
         log.info("repair: chunk %s has every shard intact; taken off the queue", cid)
-        return
+        return False
     try:
         stored = core.writer.store(raw, expect=cid)  # queued: stored again, not a dedup hit
     except StorageError as exc:
         report.errors += 1
         log.error("repair: chunk %s could not be stored again: %s", cid, exc)
-        return
+        return True
     if stored.stored_size:
         report.repaired += 1
         report.bytes_rewritten += stored.stored_size
@@ -216,3 +330,4 @@ def _repair_one(engine: Engine, cid: str, report: RepairReport) -> None:
             len(faults),
             "; ".join(f"#{f.shard_index}: {f.reason}" for f in faults),
         )
+    return False

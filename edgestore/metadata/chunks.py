@@ -8,7 +8,7 @@ writes them. A chunk whose count stays 0 past the grace period is garbage.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,12 +321,59 @@ def queue_repair(
     return True
 
 
-def queued(conn: Connection, after: str | None, limit: int) -> list[str]:
-    """Chunks queued for repair, in id order from past `after`."""
+def queued(
+    conn: Connection, after: str | None, limit: int, due_at: float | None = None
+) -> list[str]:
+    """Chunks queued for repair, in id order from past `after`; with `due_at`, only those
+    whose next attempt is due by then (not backing off, not claimed by a node)."""
     q = sa.select(repair_queue.c.chunk_id).order_by(repair_queue.c.chunk_id).limit(limit)
     if after is not None:
         q = q.where(repair_queue.c.chunk_id > after)
+    if due_at is not None:
+        q = q.where(_due(due_at))
     return list(conn.execute(q).scalars())
+
+
+def _due(at: float) -> sa.ColumnElement[bool]:
+    return sa.or_(repair_queue.c.next_attempt.is_(None), repair_queue.c.next_attempt <= at)
+
+
+def claim_repair(conn: Connection, chunk: str, until: float) -> bool:
+    """Take a due queued chunk to repair it, keeping other nodes' upkeep off it until
+    `until`; False if it is not due (another node has it, or it is backing off) or gone."""
+    res = conn.execute(
+        sa.update(repair_queue)
+        .where(repair_queue.c.chunk_id == chunk, _due(now()))
+        .values(next_attempt=until)
+    )
+    return res.rowcount == 1
+
+
+def release_repair(conn: Connection, chunk: str) -> None:
+    """Make a claimed chunk due again (its repair did not happen for a reason of the moment)."""
+    conn.execute(
+        sa.update(repair_queue).where(repair_queue.c.chunk_id == chunk).values(next_attempt=None)
+    )
+
+
+def back_off_repair(
+    conn: Connection, chunk: str, delay: Callable[[int], float]
+) -> tuple[int, float] | None:
+    """Count a failed attempt to rebuild the chunk and put the next `delay(attempts)` seconds
+    off: (attempts, next attempt), or None if it is no longer queued."""
+    attempts = conn.execute(
+        sa.select(repair_queue.c.attempts).where(repair_queue.c.chunk_id == chunk).with_for_update()
+    ).scalar_one_or_none()
+    if attempts is None:
+        return None
+    attempts += 1
+    at = now() + delay(attempts)
+    conn.execute(
+        sa.update(repair_queue)
+        .where(repair_queue.c.chunk_id == chunk)
+        .values(attempts=attempts, next_attempt=at)
+    )
+    return attempts, at
 
 
 def unqueue(conn: Connection, chunk: str, checked_at: float) -> bool:

@@ -205,6 +205,26 @@ repair_queue = sa.Table(
     sa.Column("first_seen", Time, nullable=False),
     sa.Column("last_seen", Time, nullable=False),
     sa.Column("count", sa.Integer, nullable=False, server_default="1"),
+    # Repairs that found fewer than k intact shards, and when the server's upkeep may try
+    # again (it backs off; `edgestore repair` tries every chunk), or till when a node that is
+    # repairing the chunk has it; null: now.
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt", Time, nullable=True),
+)
+
+# Where a background job that goes round the whole store (the scrub) is, shared by every
+# node: one node at a time holds it (`owner` until `lease_expires`) and moves `position` (the
+# last chunk id done; null: the start), so nodes take turns rather than each doing all of it,
+# and a restart goes on where the last slice stopped.
+job_cursors = sa.Table(
+    "job_cursors",
+    metadata,
+    sa.Column("job", sa.String(32), primary_key=True),
+    sa.Column("position", ChunkIdType, nullable=True),
+    sa.Column("passes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires", Time, nullable=True),
+    sa.Column("updated_at", Time, nullable=False),
 )
 
 # API keys (docs/security.md). Only the SHA-256 of a key is kept: keys are 256-bit random, so

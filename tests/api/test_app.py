@@ -18,10 +18,11 @@ from edgestore.api import app as app_module
 from edgestore.api.state import Services
 from edgestore.buffers import AlignedPool
 from edgestore.engine import Engine
-from edgestore.metadata.schema import repair_queue, shards
+from edgestore.metadata.chunks import ChunkRecord
+from edgestore.metadata.schema import job_cursors, repair_queue, shards
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 from tests.conftest import SettingsFactory
-from tests.helpers import MiB, blocks_of, random_bytes, read_all
+from tests.helpers import SMALL_CHUNKS, KiB, MiB, blocks_of, random_bytes, read_all
 
 
 def test_upkeep_gives_idle_buffers_back(
@@ -157,3 +158,56 @@ def test_upkeep_repairs_a_chunk_read_around_a_lost_shard(make_settings: Settings
             files = conn.execute(sa.select(shards.c.backend, shards.c.key)).all()
         assert all((engine.core.dirs.backends[b].root / k).exists() for b, k in files)
         assert read_all(engine, v) == data
+
+
+def test_two_nodes_scrub_the_store_once_between_them(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers sharing a database and data dirs: their upkeeps take turns at one
+    background scrub, each slice going on where the last stopped, instead of each reading
+    the whole store; a node stopping gives the scrub up."""
+    settings = make_settings(
+        maintenance_interval_seconds=1, scrub_bytes_per_round=300 * KiB, **SMALL_CHUNKS
+    )
+    checked: list[str] = []
+    lock = threading.Lock()
+
+    def watch(engine: Engine) -> None:
+        check = engine.core.reader.check
+
+        def watched(rec: ChunkRecord) -> list:
+            with lock:
+                checked.append(rec.chunk_id)
+            return check(rec)
+
+        monkeypatch.setattr(engine.core.reader, "check", watched)
+
+    def scrub_state(engine: Engine) -> tuple[int, str | None]:
+        with engine.core.db.read() as conn:
+            row = conn.execute(sa.select(job_cursors.c.passes, job_cursors.c.owner)).first()
+        return (0, None) if row is None else (row.passes, row.owner)
+
+    async def one_pass(nodes: list[Services]) -> None:
+        upkeeps = [app_module.Upkeep(svc) for svc in nodes]
+        for upkeep in upkeeps:
+            upkeep.start()
+        deadline = asyncio.get_running_loop().time() + 60
+        while scrub_state(nodes[0].engine)[0] == 0:
+            assert asyncio.get_running_loop().time() < deadline, "no pass within a minute"
+            await asyncio.sleep(0.05)
+        for upkeep in upkeeps:
+            await upkeep.stop()
+
+    with Engine.open(settings) as a, Engine.open(settings) as b:
+        v = a.put(blocks_of(random_bytes(MiB, seed=41), MiB), key="k")
+        ids = sorted({e.chunk_id for e in a.objects.manifest(v)})
+        watch(a)
+        watch(b)
+        nodes = [Services(settings=settings, engine=a), Services(settings=settings, engine=b)]
+        try:
+            asyncio.run(one_pass(nodes))
+        finally:
+            for svc in nodes:
+                svc.close()
+        assert checked[: len(ids)] == ids  # each chunk once, in order, across both nodes
+        assert scrub_state(a) == (1, None)

@@ -254,14 +254,14 @@ def test_a_chunk_collected_mid_repair_is_not_named_lost(
     (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
     _shards(engine, cid)[0][2].unlink()
     repair.scrub(engine)
-    read = engine.core.reader.read
+    examine = engine.core.reader.examine
 
-    def collected_meanwhile(rec: chunk_index.ChunkRecord) -> bytes:
+    def collected_meanwhile(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
         engine.objects.delete(v)
         assert gc.collect(engine, grace=0, orphans=False).chunks_deleted == 1
-        return read(rec)
+        return examine(rec)
 
-    monkeypatch.setattr(engine.core.reader, "read", collected_meanwhile)
+    monkeypatch.setattr(engine.core.reader, "examine", collected_meanwhile)
     report = repair.repair(engine)
     assert report.unrecoverable == [] and report.errors == 0
     assert _queued(engine) == {}
@@ -306,14 +306,16 @@ def test_damage_found_while_repair_checks_a_chunk_stays_queued(
     path.rename(aside)
     repair.scrub(engine)
     aside.rename(path)  # back: the repair will find every shard intact
-    read = engine.core.reader.read
+    examine = engine.core.reader.examine
     victim = _shards(engine, cid)[0][2]
 
-    def lost_meanwhile(rec: chunk_index.ChunkRecord) -> bytes:
+    def lost_meanwhile(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+        found = examine(rec)  # every shard intact
         victim.unlink()
-        return read(rec)  # reads around it, and queues the chunk again
+        engine.core.reader.read(rec)  # a download reads around it, and queues the chunk again
+        return found
 
-    monkeypatch.setattr(engine.core.reader, "read", lost_meanwhile)
+    monkeypatch.setattr(engine.core.reader, "examine", lost_meanwhile)
     report = repair.repair(engine)
     assert report.intact == 0 and _queued(engine) == {cid: [0]}
     monkeypatch.undo()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -18,6 +19,7 @@ from edgestore.engine import Engine
 from edgestore.engine.native import ManifestChunk
 from edgestore.errors import StoreParamsMismatch
 from edgestore.maintenance import gc
+from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import keys
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.db import MIGRATIONS_DIR, Database
@@ -159,7 +161,7 @@ def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(db_url: s
         db.close()
 
 
-@pytest.mark.parametrize("release", ["0001", "0002", "0003", "0004", "0005"])
+@pytest.mark.parametrize("release", ["0001", "0002", "0003", "0004", "0005", "0006"])
 def test_a_store_of_an_older_release_upgrades_and_every_row_still_works(
     release: str, make_settings: SettingsFactory
 ) -> None:
@@ -182,6 +184,9 @@ def test_a_store_of_an_older_release_upgrades_and_every_row_still_works(
         if release >= "0002":
             with eng.core.db.write() as conn:
                 key, secret = keys.create(conn, name="old key", scopes={"read"})
+        damaged = eng.objects.manifest(first)[0].chunk_id
+        with eng.core.db.write() as conn:
+            assert chunk_index.queue_repair(eng.core.db, conn, damaged, "test", [0])
     # Back to the old release's schema on a plain connection (no foreign keys on SQLite:
     # taking a column back out rebuilds the table, which must not cascade).
     plain = sa.create_engine(settings.resolved_database_url)
@@ -197,6 +202,8 @@ def test_a_store_of_an_older_release_upgrades_and_every_row_still_works(
         plain.dispose()
 
     with Engine.open(settings) as eng:  # the upgrade, as a new release's first start
+        with eng.core.db.read() as conn:  # queued before: due for the upkeep's repair now
+            assert chunk_index.queued(conn, None, 10, due_at=time.time()) == [damaged]
         versions = eng.objects.versions(first.object_id)
         assert [read_all(eng, v) for v in versions] == [new, old]
         rec = eng.uploads.append(up.upload_id, 400 * KiB, blocks_of(tail[400 * KiB :]))
