@@ -209,6 +209,14 @@ class StorageFull(StorageError):
     code = "storage_full"
 
 
+class TransactionConflict(StorageUnavailable):
+    """The database failed this transaction to break a deadlock or a serialization conflict
+    with another one (PostgreSQL 40P01, 40001): nothing of it was kept, and running it
+    again normally succeeds (503 with Retry-After)."""
+
+    code = "transaction_conflict"
+
+
 class CorruptShard(StorageError):
     """A shard failed its header or payload check: bitrot, truncation or a foreign file."""
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from edgestore.api.errors import data_dir_names, without_paths
 from edgestore.api.metrics import CONTENT_TYPE
 from edgestore.api.state import Services, services
-from edgestore.errors import StorageError
 
 log = logging.getLogger("edgestore.http")
 router = APIRouter(tags=["operations"])
@@ -28,29 +24,13 @@ async def healthz() -> dict[str, str]:
 @router.api_route(
     "/readyz",
     methods=["GET", "HEAD"],
-    summary="Readiness: database reachable, data dirs writable",
+    summary="Readiness: database reachable and writable, data dirs writable with room",
 )
 async def readyz(request: Request) -> JSONResponse:
     """Anyone may ask (load balancers do, without credentials): the answer names each
     problem, never a path or a database's address; the server's log has the full text."""
     svc = services(request)
-    problems: list[tuple[str, str]] = []  # (what the caller sees, what the log says)
-    dirs = data_dir_names(request)
-
-    def check() -> None:
-        try:
-            with svc.engine.core.db.read() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except Exception as exc:
-            public = "metadata database not usable; the server log says why"
-            problems.append((public, f"metadata database: {exc}"))
-        for backend in svc.engine.core.dirs.backends.values():
-            try:
-                backend.check()
-            except StorageError as exc:
-                problems.append((without_paths(str(exc), dirs), str(exc)))
-
-    await asyncio.to_thread(check)
+    problems = await svc.readiness.problems()  # (what the caller sees, what the log says)
     if svc.engine.uploads.closing:
         problems.append((svc.engine.uploads.closing, svc.engine.uploads.closing))
     _log_change(svc, tuple(detail for _, detail in problems))

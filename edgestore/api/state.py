@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from edgestore.api.metrics import Metrics
+from edgestore.api.readiness import Readiness
 from edgestore.config import Settings
 from edgestore.engine import Engine
 
@@ -24,6 +25,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     # What /readyz last found wrong (full text), so its log says each change once.
     readiness_problems: tuple[str, ...] = ()
+    readiness: Readiness = field(init=False)
     uploads: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(
             MAX_STREAMING_UPLOADS, thread_name_prefix="edgestore-upload"
@@ -34,12 +36,16 @@ class Services:
     # stops waiting (503), as a streaming append does, instead of holding the shutdown.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def __post_init__(self) -> None:
+        self.readiness = Readiness(self.engine)
+
     def begin_shutdown(self, reason: str) -> None:
         """Refuse new appends, stop running ones and bodies being read (on the event loop)."""
         self.engine.uploads.stop_all(reason)
         self.stopping.set()
 
     def close(self) -> None:
+        self.readiness.close()
         self.uploads.shutdown(wait=True)
 
 

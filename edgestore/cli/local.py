@@ -369,7 +369,8 @@ def collect_garbage(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Remove expired uploads, unreferenced chunks and orphan shard files."""
+    """Remove expired uploads, unreferenced chunks and orphan shard files (never what an
+    upload in progress holds, whatever the grace)."""
     state: CliState = ctx.obj
     with state.engine() as engine, output.status("collecting garbage…", quiet=json_out) as show:
         report = gc.collect(engine, grace=grace, progress=lambda stage, n: show(f"gc: {stage} {n}"))

@@ -52,7 +52,8 @@ MAX_HELD_CHUNKS = 3
 
 
 class CompletionHook(Protocol):
-    """Runs inside the transaction that commits an upload's last bytes."""
+    """Runs inside the transaction that commits an upload's last bytes; it only writes rows
+    (the transaction may run again, see Database.transact)."""
 
     def __call__(self, conn: Connection, upload: UploadRecord, sha256: str | None) -> None: ...
 
@@ -447,22 +448,30 @@ class Appender:
         if self._ready and self._ready[-1].sha_state is not None:
             cp.hash_state = self._ready[-1].sha_state
         committing = False
+
+        def work(conn: Connection) -> UploadRecord:
+            nonlocal committing
+            committing = False  # (an earlier run may have failed in its COMMIT)
+            rec = upload_rows.checkpoint(
+                conn,
+                up.upload_id,
+                self._owner,
+                expected_committed=up.committed_offset,
+                cp=cp,
+                lease=self._lease,
+            )
+            if complete:
+                state = cp.hash_state or rec.hash_state
+                sha = ResumableSha256(state).hexdigest() if state is not None else None
+                self._on_complete(conn, rec, sha)
+                rec = upload_rows.get(conn, up.upload_id)
+            committing = True
+            return rec
+
         try:
-            with self._db.write() as conn:
-                rec = upload_rows.checkpoint(
-                    conn,
-                    up.upload_id,
-                    self._owner,
-                    expected_committed=up.committed_offset,
-                    cp=cp,
-                    lease=self._lease,
-                )
-                if complete:
-                    state = cp.hash_state or rec.hash_state
-                    sha = ResumableSha256(state).hexdigest() if state is not None else None
-                    self._on_complete(conn, rec, sha)
-                    rec = upload_rows.get(conn, up.upload_id)
-                committing = True
+            # Run again if failed to break a deadlock: it only writes rows, and the
+            # tail's files are written already.
+            rec = self._db.transact(work)
         except BaseException:
             # An error from the COMMIT itself (a dropped connection) leaves it unknown
             # whether the row now names the new tail: its files stay then (gc removes them

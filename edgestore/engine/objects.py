@@ -108,9 +108,10 @@ class Objects:
 
     def delete(self, info: VersionInfo) -> None:
         """Delete one version; its chunks lose a reference in the same transaction."""
-        with self._core.db.write() as conn:
-            if not object_rows.delete_version(conn, info.version_id):
-                raise ObjectNotFound(f"object version {info.version_id} not found")
+        if not self._core.db.transact(
+            lambda conn: object_rows.delete_version(conn, info.version_id)
+        ):
+            raise ObjectNotFound(f"object version {info.version_id} not found")
 
     def usage(self) -> StoreUsage:
         with self._core.db.read() as conn:

@@ -35,7 +35,7 @@ from edgestore.errors import (
 )
 from edgestore.metadata import concat as concat_rows
 from edgestore.metadata import objects as object_rows
-from edgestore.metadata import quotas
+from edgestore.metadata import quotas, reclaim
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database, now
 from edgestore.metadata.uploads import UploadRecord
@@ -458,12 +458,12 @@ class Uploads:
         count = 0
         while True:
             with self._core.db.read() as conn:
-                batch = upload_rows.stale(conn, t, t - local_grace)
+                batch = reclaim.stale(conn, t, t - local_grace)
             if not batch:
                 return count
             for uid in batch:
                 with self._core.db.write() as conn:
-                    if not upload_rows.still_stale(conn, uid, t, t - local_grace):
+                    if not reclaim.still_stale(conn, uid, t, t - local_grace):
                         continue  # taken up since it was listed
                     tail = upload_rows.release_data(conn, uid, upload_rows.EXPIRED)
                 staging.drop(self._core.dirs, tail)

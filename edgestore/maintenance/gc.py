@@ -1,7 +1,8 @@
 """Garbage collection: reclaim expired uploads, unreferenced chunks and orphan shard files.
 
 Plans in small batches, deletes rows before files (a row never points at a missing shard),
-and spares anything younger than the grace period, so it is safe beside running uploads.
+and spares anything younger than the grace period, and any chunk an upload being written
+may hold, so it is safe beside running uploads whatever the grace.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from edgestore.engine import Engine, staging
 from edgestore.errors import StorageError
 from edgestore.metadata import chunks as chunk_index
-from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata import reclaim
 from edgestore.metadata.db import now
 from edgestore.storage.local import TMP_SUFFIX
 from edgestore.storage.placement import parse_shard_key
@@ -26,6 +27,14 @@ BATCH = 200
 # tail are written before the row that names them commits (the row is the commit point), so
 # a file seconds old and unknown to the index is most likely one being written right now.
 ORPHAN_MIN_AGE = 600.0
+# An append holds the chunks it stored or found stored, unreferenced, until its checkpoint
+# (the whole request, with Upload-Checksum): chunks unreferenced since the oldest write lease
+# was taken are spared. A lease lapsed less than LEASE_LAPSE ago counts, as its writer may
+# only be waiting for a stalled client (it renews as bytes arrive); a crashed writer's
+# chunks wait that much longer. CLOCK_SKEW: the lease and the chunk rows may have been
+# written by nodes whose clocks differ.
+LEASE_LAPSE = 3600.0
+CLOCK_SKEW = 60.0
 
 
 @dataclass
@@ -64,11 +73,23 @@ def collect(
     started = time.monotonic()
     report.uploads_expired = engine.uploads.expire_stale(local_grace=grace)
     progress("uploads", report.uploads_expired)
-    _collect_chunks(engine, now() - grace, report, progress)
+    _collect_chunks(engine, _chunks_before(engine, grace), report, progress)
     if orphans:
         _collect_orphans(engine, now() - max(grace, ORPHAN_MIN_AGE), report, progress)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _chunks_before(engine: Engine, grace: float) -> float:
+    """Chunks unreferenced since before this are garbage: past the grace, and older than
+    any write lease (an append taken up later holds only chunks it stores or finds later).
+    """
+    t = now()
+    with engine.core.db.read() as conn:
+        held_since = reclaim.oldest_lease(conn, t - LEASE_LAPSE)
+    if held_since is None:
+        return t - grace
+    return min(t - grace, held_since - CLOCK_SKEW)
 
 
 def _collect_chunks(engine: Engine, before: float, report: GcReport, progress: Progress) -> None:
@@ -107,7 +128,7 @@ def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: 
     upload points at any more, and stale temporary files."""
     db, dirs = engine.core.db, engine.core.dirs
     with db.read() as conn:
-        live_tails = upload_rows.tail_keys(conn)
+        live_tails = reclaim.tail_keys(conn)
     for name, backend in dirs.backends.items():
         if name in dirs.unavailable:
             continue

@@ -231,14 +231,24 @@ def _insert_shards(conn: Connection, shard_refs: Sequence[ShardRef]) -> None:
         )
 
 
-def add_refs(conn: Connection, counts: Counter[str]) -> None:
-    """Add references; the caller inserts the referencing rows in the same transaction."""
-    if counts:
-        conn.execute(_ADD_REFS, [{"cid": c, "n": n} for c, n in counts.items()])
+def add_refs(conn: Connection, counts: Counter[str]) -> bool:
+    """Add references; the caller inserts the referencing rows in the same transaction.
+    False if some of the chunks are not stored (any more: gc took them), which the
+    caller must not reference.
+
+    Rows are updated (locked) in chunk id order, in add_refs and drop_refs alike: two
+    transactions changing the counts of the same chunks in their own orders (two uploads of
+    a file's chunks reordered, a version deleted while another is made) deadlocked on
+    PostgreSQL, which failed one of them."""
+    if not counts:
+        return True
+    res = conn.execute(_ADD_REFS, [{"cid": c, "n": counts[c]} for c in sorted(counts)])
+    return res.rowcount == len(counts)
 
 
 def drop_refs(conn: Connection, counts: Counter[str]) -> None:
-    """Remove references; a chunk reaching zero starts its grace period."""
+    """Remove references (in chunk id order, see add_refs); a chunk reaching zero starts its
+    grace period."""
     if counts:
         t = now()
         conn.execute(
@@ -250,7 +260,7 @@ def drop_refs(conn: Connection, counts: Counter[str]) -> None:
                     (chunks.c.refcount - sa.bindparam("n") <= 0, t), else_=chunks.c.zero_since
                 ),
             ),
-            [{"cid": c, "n": n} for c, n in counts.items()],
+            [{"cid": c, "n": counts[c]} for c in sorted(counts)],
         )
 
 

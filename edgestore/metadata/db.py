@@ -8,11 +8,13 @@ so concurrent writers queue instead of failing.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -20,7 +22,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
-from edgestore.errors import ConfigError, StorageFull, StorageUnavailable, StoreParamsMismatch
+from edgestore.errors import (
+    ConfigError,
+    StorageFull,
+    StorageUnavailable,
+    StoreParamsMismatch,
+    TransactionConflict,
+)
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -43,6 +54,14 @@ PG_TCP_SETTINGS = {
 PG_LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
 # How long a transaction waits for one of the pool's connections when all are in use.
 PG_POOL_TIMEOUT_S = 30
+# PostgreSQL fails one of two transactions to break a deadlock (40P01) or, above READ
+# COMMITTED, a serialization conflict (40001); `Database.transact` runs such a transaction
+# this many times in all, a few milliseconds apart, before the error reaches the client.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+CONFLICT_ATTEMPTS = 3
+# A SQLite database whose filesystem has less room than this is reported full by check_ready
+# (its write-ahead log grows with every transaction until the next checkpoint).
+SQLITE_MIN_FREE_BYTES = 8 * 1024 * 1024
 # Any constant works: it only has to be the same for every edgestore node sharing a database.
 _PG_MIGRATION_LOCK = 0x6564_6765  # "edge"
 
@@ -64,6 +83,7 @@ class Database:
         # What error messages call the database: a SQLite file's path (a PostgreSQL URL may
         # hold a password).
         self._name = "metadata database"
+        self._path: Path | None = None  # a SQLite database's file
         if self.dialect == "sqlite":
             if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
                 # Each pooled connection would be a database of its own, gone at exit (and
@@ -73,6 +93,7 @@ class Database:
                     "would lose every object at exit; use sqlite:///PATH"
                 )
             self._name = f"metadata database {parsed.database}"
+            self._path = Path(parsed.database)
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a file in the way, no permission: not a traceback
@@ -141,6 +162,59 @@ class Database:
             if not durable and self.is_postgres:
                 conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
             yield conn
+
+    def transact(self, work: Callable[[Connection], T], *, attempts: int = CONFLICT_ATTEMPTS) -> T:
+        """`work(conn)` in a durable write transaction, run again (`attempts` times in all)
+        if the database failed it to break a deadlock with another transaction: nothing of
+        a failed run was kept, so `work` must only change the database (no files, no state
+        outside). The last failure is TransactionConflict (503, Retry-After)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except TransactionConflict:
+                if attempt == attempts:
+                    raise
+                log.info(
+                    "transaction conflict (attempt %d of %d); running it again", attempt, attempts
+                )
+                time.sleep(random.uniform(0.005, 0.05) * attempt)  # not in lock-step again
+        raise AssertionError("unreachable")
+
+    def check_ready(self) -> None:
+        """Raise StorageUnavailable (or StorageFull) unless the database can take writes now.
+
+        SQLite: a `SELECT 1` on a pooled connection touches no file, so it also passed with
+        the database file deleted (the connections still write to it, unlinked: all of it
+        lost at the next start), unreadable, or on a full filesystem; the file is checked
+        itself. PostgreSQL: a server that answers but is read-only (a standby) is not ready.
+        """
+        if self._path is not None:
+            self._check_sqlite_file(self._path)
+        with self.read() as conn:
+            if self.is_postgres:
+                if conn.execute(sa.text("SELECT pg_is_in_recovery()")).scalar():
+                    raise StorageUnavailable(
+                        f"{self._name} is read-only (a standby in recovery): writes fail"
+                    )
+            else:  # reads a page of the file, not only the connection's state
+                conn.execute(sa.text("SELECT count(*) FROM store_params")).scalar()
+
+    def _check_sqlite_file(self, path: Path) -> None:
+        try:
+            if not path.is_file():
+                raise StorageUnavailable(
+                    f"{self._name} is gone (deleted or moved while the server runs): what is "
+                    "written now is lost at the next start; restore it and restart"
+                )
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise StorageUnavailable(f"{self._name} is not readable and writable")
+            st = os.statvfs(path.parent)
+        except OSError as exc:
+            raise StorageUnavailable(f"{self._name} cannot be checked: {exc}") from exc
+        free = st.f_bavail * st.f_frsize
+        if free < SQLITE_MIN_FREE_BYTES:
+            raise StorageFull(f"{self._name} is full: {free} bytes free on its filesystem")
 
     def insert(self, table: sa.Table) -> Any:
         """A dialect-specific INSERT, so callers can use on_conflict_do_nothing/update."""
@@ -254,6 +328,13 @@ def _translate_errors(name: str) -> Iterator[None]:
         ) from exc
     except OperationalError as exc:
         sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate in CONFLICT_SQLSTATES:
+            kind = "a deadlock" if sqlstate == "40P01" else "a serialization conflict"
+            raise TransactionConflict(
+                f"{name} ended this transaction to resolve {kind} with a concurrent one; "
+                "nothing of it was kept: retry",
+                retry_after=1,
+            ) from exc
         if sqlstate == "53100" or "database or disk is full" in str(exc.orig).lower():
             # Disk full under the database: as a full data dir is (507), not a 500.
             raise StorageFull(f"{name} is full: {exc.orig}") from exc

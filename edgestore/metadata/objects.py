@@ -146,6 +146,8 @@ def create_version(
     vid = str(uuid.uuid4())
     size = sum(length for _, _, length in entries)
     digest = manifest_digest([(cid, length) for cid, _, length in entries])
+    if take_refs:  # before the object's row: chunk rows, then object rows, as delete_version
+        chunk_index.add_refs(conn, Counter(cid for cid, _, _ in entries))
     for _attempt in range(20):
         oid = object_id_for(db, conn, bucket, key)
         # The object's row, locked (PostgreSQL; SQLite has one writer): writers of one object
@@ -204,8 +206,6 @@ def create_version(
                 for i, ((cid, off, length), state) in enumerate(zip(entries, states, strict=True))
             ],
         )
-    if take_refs:
-        chunk_index.add_refs(conn, Counter(cid for cid, _, _ in entries))
     return VersionId(vid)
 
 

@@ -158,6 +158,9 @@ uploads = sa.Table(
     sa.Column("version_id", UuidType, nullable=True),
     sa.Column("lock_owner", sa.String(64), nullable=True),
     sa.Column("lock_expires", Time, nullable=True),
+    # When the current lease was taken: chunks its writer stored or found since then may be
+    # unreferenced until its checkpoint, and gc spares them (maintenance/gc.py).
+    sa.Column("lock_since", Time, nullable=True),
     sa.Column("created_at", Time, nullable=False),
     sa.Column("updated_at", Time, nullable=False),
     sa.Column("expires_at", Time, nullable=True),

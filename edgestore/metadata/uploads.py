@@ -17,7 +17,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgestore.errors import OffsetConflict, UploadGone, UploadLocked, UploadNotFound
+from edgestore.errors import (
+    OffsetConflict,
+    StorageUnavailable,
+    UploadGone,
+    UploadLocked,
+    UploadNotFound,
+)
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import now
 from edgestore.metadata.schema import upload_parts, upload_pins, uploads
@@ -187,17 +193,25 @@ _ACQUIRE = (
             uploads.c.lock_expires < sa.bindparam("t"),
         ),
     )
-    .values(lock_owner=sa.bindparam("owner"), lock_expires=sa.bindparam("until"))
+    .values(
+        lock_owner=sa.bindparam("owner"),
+        lock_expires=sa.bindparam("until"),
+        lock_since=sa.case(
+            (uploads.c.lock_owner == sa.bindparam("owner"), uploads.c.lock_since),
+            else_=sa.bindparam("t"),
+        ),
+    )
 )
 _RENEW = (
     sa.update(uploads)
     .where(_BY_ID, uploads.c.lock_owner == sa.bindparam("owner"))
     .values(lock_expires=sa.bindparam("until"))
 )
+_UNLOCKED: dict[str, Any] = {"lock_owner": None, "lock_expires": None, "lock_since": None}
 _RELEASE = (
     sa.update(uploads)
     .where(_BY_ID, uploads.c.lock_owner == sa.bindparam("owner"))
-    .values(lock_owner=None, lock_expires=None)
+    .values(**_UNLOCKED)
 )
 
 
@@ -317,7 +331,14 @@ def checkpoint(
         offset += p.length
         seq += 1
     if rows:
-        chunk_index.add_refs(conn, Counter(p.chunk_id for p in cp.parts))
+        if not chunk_index.add_refs(conn, Counter(p.chunk_id for p in cp.parts)):
+            # gc took chunks this writer held unreferenced (its lease lapsed long ago: a
+            # client stalled for an hour): the bytes past the offset are to be sent again.
+            raise StorageUnavailable(
+                f"chunks of this request to upload {upload_id} were collected before they "
+                f"could be recorded (its write lease had lapsed); resume from offset "
+                f"{rec.offset}"
+            )
         conn.execute(_INSERT_PARTS, rows)
     values: dict[str, Any] = {
         "committed_offset": offset,
@@ -384,8 +405,7 @@ def mark_complete(conn: Connection, upload_id: str, version_id: str | None) -> N
             version_id=version_id,
             **_tail_values(None),
             hash_state=None,
-            lock_owner=None,
-            lock_expires=None,
+            **_UNLOCKED,
             updated_at=now(),
         )
     )
@@ -408,8 +428,7 @@ def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None
             committed_offset=0,
             **_tail_values(None),
             hash_state=None,
-            lock_owner=None,
-            lock_expires=None,
+            **_UNLOCKED,
             updated_at=now(),
         )
     )
@@ -432,48 +451,3 @@ def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None
 def delete(conn: Connection, upload_id: str) -> None:
     """Remove an upload's row (after release_data): for uploads no client ever heard of."""
     conn.execute(sa.delete(uploads).where(uploads.c.upload_id == upload_id))
-
-
-def _stale(t: float, local_before: float) -> sa.ColumnElement[bool]:
-    """Open uploads past their expiry, local puts whose process died, and complete partial
-    uploads (kept for concatenation) past their expiry; never one a request is writing now
-    (a live lease: a long append with a checksum commits nothing that would push the
-    expiry back, and expired under it would lose every byte it carried)."""
-    return sa.or_(
-        sa.and_(
-            uploads.c.state == OPEN,
-            sa.or_(uploads.c.lock_expires.is_(None), uploads.c.lock_expires < t),
-            sa.or_(
-                uploads.c.expires_at < t,
-                sa.and_(uploads.c.kind == "local", uploads.c.updated_at < local_before),
-            ),
-        ),
-        sa.and_(
-            uploads.c.state == COMPLETE,
-            uploads.c.is_partial.is_(True),
-            uploads.c.expires_at < t,
-        ),
-    )
-
-
-def stale(conn: Connection, t: float, local_before: float, limit: int = 500) -> list[str]:
-    """Uploads to reclaim (see _stale)."""
-    q = sa.select(uploads.c.upload_id).where(_stale(t, local_before))
-    return list(conn.execute(q.limit(limit)).scalars())
-
-
-def still_stale(conn: Connection, upload_id: str, t: float, local_before: float) -> bool:
-    """Whether the upload is still one to reclaim, its row locked (PostgreSQL) until the
-    transaction ends: a request may have taken it up since `stale` listed it."""
-    q = sa.select(uploads.c.upload_id).where(
-        uploads.c.upload_id == upload_id, _stale(t, local_before)
-    )
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update()
-    return conn.execute(q).first() is not None
-
-
-def tail_keys(conn: Connection) -> set[str]:
-    """Keys of every staged tail still referenced (gc spares their files)."""
-    rows = conn.execute(sa.select(uploads.c.tail_key).where(uploads.c.tail_key.is_not(None)))
-    return set(rows.scalars())

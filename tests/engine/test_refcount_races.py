@@ -95,12 +95,12 @@ def test_an_upload_terminated_during_a_checkpoint_keeps_no_references(
             finally:
                 in_commit.on = False
 
-        def add_refs(conn: Any, counts: Any) -> None:
+        def add_refs(conn: Any, counts: Any) -> bool:
             if getattr(in_commit, "on", False) and not fired:
                 t, _ = in_thread(lambda: other.uploads.terminate(up.upload_id))
                 fired.append(t)
                 _wait_done_or_blocked(engine, t)
-            real_add_refs(conn, counts)
+            return real_add_refs(conn, counts)
 
         monkeypatch.setattr(ingest.Appender, "_commit", commit)
         monkeypatch.setattr(chunk_index, "add_refs", add_refs)

@@ -52,15 +52,12 @@ def test_the_sweep_spares_the_shards_of_a_chunk_being_written(
         return refs
 
     monkeypatch.setattr(ChunkWriter, "_write_shards", write_shards)
-    # The sweep alone: with grace 0 the chunk collection takes the rows of chunks this upload
-    # has stored but not yet checkpointed (documented: `--grace 0` when nothing is uploading).
-    monkeypatch.setattr(gc, "_collect_chunks", lambda *args: None)
     up = small_engine.uploads.create(length=len(data), bucket="b", key="k")
     done = small_engine.uploads.append(up.upload_id, 0, blocks_of(data))
     assert done.version_id is not None and swept
     info = small_engine.objects.by_version_id(done.version_id)
     assert read_all(small_engine, info) == data
-    assert swept[0].orphan_files_deleted == 0
+    assert swept[0].orphan_files_deleted == 0 and swept[0].chunks_deleted == 0
 
 
 def test_the_sweep_leaves_a_data_dir_that_is_no_longer_its_disk(small_engine: Engine) -> None:

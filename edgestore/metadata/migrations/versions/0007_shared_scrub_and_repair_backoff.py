@@ -2,7 +2,7 @@
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-28
+Create Date: 2026-11-27
 
 Each node scrubbed the whole store on its own, from the start again after every restart (the
 position was in memory): `job_cursors` holds the position, and the lease of the one node

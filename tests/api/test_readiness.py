@@ -1,0 +1,142 @@
+"""/readyz in process: honest about the database file and full disks, and cheap however many
+load balancers probe it while the database does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from edgestore.api.app import create_app
+from edgestore.api.state import Services
+from edgestore.errors import StorageUnavailable
+from edgestore.storage.backend import Usage
+from edgestore.storage.local import LocalBackend
+from tests.conftest import SettingsFactory
+
+Probe = Callable[[httpx.AsyncClient, Services], Any]
+
+
+def _probe(make_settings: SettingsFactory, probe: Probe) -> Any:
+    """Run `probe(client, services)` against the real app, its store open."""
+    app: FastAPI = create_app(make_settings(auth_enabled=False, maintenance_interval_seconds=0))
+
+    async def run() -> Any:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://es") as client:
+                return await probe(client, app.state.services)
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def sqlite_settings(make_settings: SettingsFactory, db_url: str) -> SettingsFactory:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("a SQLite database file")
+    return make_settings
+
+
+def test_a_deleted_sqlite_database_file_is_not_ready(
+    sqlite_settings: SettingsFactory, db_url: str
+) -> None:
+    """The database file deleted under a running server: its pooled connections keep
+    writing to the unlinked file (all of it lost at the next start), and `SELECT 1` touches
+    no file, so /readyz said ready."""
+    path = db_url.removeprefix("sqlite:///")
+
+    async def probe(client: httpx.AsyncClient, _svc: Services) -> list[httpx.Response]:
+        before = await client.get("/readyz")
+        moved = path + ".moved"
+        os.rename(path, moved)
+        try:
+            after = await client.get("/readyz")
+        finally:
+            os.rename(moved, path)
+        return [before, after, await client.get("/readyz")]
+
+    before, gone, back = _probe(sqlite_settings, probe)
+    assert before.status_code == 200, before.text
+    assert gone.status_code == 503
+    assert gone.json()["problems"] == ["metadata database not usable; the server log says why"]
+    assert back.status_code == 200
+
+
+def test_a_full_data_dir_is_not_ready(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data dir with no room left takes no shard and no staged tail: every upload fails
+    (507), yet /readyz said ready and the load balancer kept sending them here."""
+    real = LocalBackend.usage
+
+    def usage(self: LocalBackend) -> Usage:
+        found = real(self)
+        return Usage(found.total_bytes, 4096) if self.name == "d2" else found
+
+    async def probe(client: httpx.AsyncClient, _svc: Services) -> httpx.Response:
+        assert (await client.get("/readyz")).status_code == 200
+        monkeypatch.setattr(LocalBackend, "usage", usage)
+        return await client.get("/readyz")
+
+    r = _probe(make_settings, probe)
+    assert r.status_code == 503
+    (problem,) = r.json()["problems"]
+    assert "d2" in problem and "full" in problem and "4096 bytes free" in problem
+    assert "/" not in problem  # the dir's name, never its path
+
+
+@contextmanager
+def _hanging_database(svc: Services, seconds: float) -> Iterator[list[float]]:
+    """The database stops answering: every transaction waits `seconds`, then fails as an
+    unreachable PostgreSQL does at its connect timeout. Yields when each wait began."""
+    db = svc.engine.core.db
+    began: list[float] = []
+
+    @contextmanager
+    def read() -> Iterator[Any]:
+        began.append(time.monotonic())
+        time.sleep(seconds)
+        raise StorageUnavailable("metadata database unavailable: timeout expired")
+        yield  # (a generator)
+
+    db.read = read  # type: ignore[method-assign]
+    try:
+        yield began
+    finally:
+        del db.read
+
+
+def test_probes_of_a_database_that_does_not_answer_stay_cheap(
+    make_settings: SettingsFactory,
+) -> None:
+    """Each probe checked the database on a thread of the event loop's default pool, held
+    for up to the connect timeout: thirty load-balancer probes took every thread (the
+    requests that use the pool queued behind them) and answered one batch after another.
+    Now they share one check, and answer "not ready" within READY_TIMEOUT_S."""
+    from edgestore.api import readiness
+
+    async def probe(client: httpx.AsyncClient, svc: Services) -> tuple[Any, ...]:
+        with _hanging_database(svc, 2 * readiness.READY_TIMEOUT_S) as began:
+            started = time.monotonic()
+            probes = asyncio.gather(*(client.get("/readyz") for _ in range(30)))
+            await asyncio.sleep(0.3)
+            t = time.monotonic()
+            await asyncio.to_thread(lambda: None)  # the default pool still has threads
+            pool_wait = time.monotonic() - t
+            answers = await probes
+            took = time.monotonic() - started
+        return answers, took, pool_wait, len(began)
+
+    answers, took, pool_wait, checks = _probe(make_settings, probe)
+    assert {r.status_code for r in answers} == {503}
+    assert took < readiness.READY_TIMEOUT_S + 1.5, took
+    assert pool_wait < 0.5, pool_wait
+    assert checks == 1
+    assert "not responding" in answers[0].json()["problems"][0]
