@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         32, ge=0, description="Upload requests streaming at once per client; 0 = unlimited."
     )
+    max_concurrent_downloads: int = Field(
+        64,
+        ge=0,
+        description="Object bodies being sent at once per node (each holds up to a chunk); "
+        "more wait a second, then get 503; 0 = unlimited.",
+    )
     bucket_quota_bytes: int = Field(
         0, ge=0, description="Logical bytes a bucket may hold (versions + open uploads); 0 = off."
     )

@@ -135,6 +135,12 @@ class UploadStateError(EdgestoreError):
     code = "upload_state"
 
 
+class PreconditionFailed(EdgestoreError):
+    """A request's condition (HTTP If-Match) does not hold for the version it names."""
+
+    code = "precondition_failed"
+
+
 class MissingChunks(EdgestoreError):
     code = "missing_chunks"
 
@@ -186,6 +192,13 @@ class RateLimited(EdgestoreError):
     """Too many requests or bytes; details['retry_after'] says when to come back (seconds)."""
 
     code = "rate_limited"
+
+
+class ServerBusy(EdgestoreError):
+    """The node is at a capacity limit of its own (not the client's fault); details
+    ['retry_after'] says when to come back (seconds)."""
+
+    code = "server_busy"
 
 
 class QuotaExceeded(EdgestoreError):

@@ -2,7 +2,9 @@
 
 Rules match a method and a path pattern and fire a given number of times: answer with a
 status (503, 429 with Retry-After, 460, …) or drop the connection without an answer, before
-or after the request reaches the server. Everything else is forwarded unchanged.
+or after the request reaches the server. Everything else is forwarded unchanged; with a
+`prefix`, the proxy is mounted on that path, as a reverse proxy serving the server under
+`/edge/` is: it strips the prefix, and answers 404 to any path outside it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class FaultProxy:
     upstream: str
     rules: list[Rule] = field(default_factory=list)
     log: list[tuple[str, str, int]] = field(default_factory=list)  # method, path, status (0: drop)
+    prefix: str = ""  # e.g. "/edge": served at {url}/edge/…, forwarded without it
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -66,7 +69,8 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        """Where clients reach the server through this proxy (its prefix included)."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}{self.prefix}"
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -97,6 +101,14 @@ class FaultProxy:
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("content-length") or 0)
         body = h.rfile.read(length) if length else b""
+        if self.prefix:
+            if not h.path.startswith(self.prefix + "/"):
+                self.log.append((h.command, h.path, 404))
+                h.send_response(404)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+            h.path = h.path[len(self.prefix) :]
         rule = self._rule_for(h.command, h.path)
         if rule is not None and rule.forward_first:
             self._forward(h, body, answer=False)

@@ -2,7 +2,8 @@
 
 Bytes come from the engine chunk by chunk (each verified against its SHA-256, the next ones
 decoding ahead in parallel), pulled off the event loop one chunk at a time: memory stays at a
-few chunks whatever the object's size.
+few chunks whatever the object's size. Each body being sent holds one of the node's
+`max_concurrent_downloads` slots (its chunk in hand, however slowly its client reads).
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ from urllib.parse import quote
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from edgestore.api.http import http_date
+from edgestore.api.slots import Release
 from edgestore.api.state import Services
-from edgestore.errors import InvalidRange
+from edgestore.errors import InvalidRange, ServerBusy
 from edgestore.metadata.objects import VersionInfo
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f"\\]')
 _PRINTABLE = re.compile(r"[\x21-\x7e][\x20-\x7e]*")
+# How long a download waits for a free slot before it is answered 503 (Retry-After: 1): a
+# burst (a client's parallel ranges) is absorbed; a node full of slow readers says so soon.
+SLOT_WAIT_SECONDS = 1.0
 
 
 def etag_of(info: VersionInfo) -> str:
@@ -129,6 +135,48 @@ async def _prefetched(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncI
         await rest.aclose()
 
 
+class _SlotResponse(StreamingResponse):
+    """A body that gives its download slot back however it ends: sent, failed, or its
+    client gone (Starlette then cancels the stream, and the body's own cleanup may not run
+    until it is collected)."""
+
+    def __init__(self, *args: object, release: Release, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+async def _download_slot(services: Services) -> Release:
+    """One of the node's download slots (ServerBusy, a 503, if none frees up soon); its
+    release is idempotent."""
+    take = await services.downloads.take(SLOT_WAIT_SECONDS)
+    if take is None:
+        services.metrics.downloads_refused.inc()
+        limit = services.settings.max_concurrent_downloads
+        raise ServerBusy(
+            f"too many downloads at once: this server sends {limit} at a time "
+            "(max_concurrent_downloads); retry in a moment",
+            retry_after=1,
+        )
+    active = services.metrics.downloads_active
+    active.inc()
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            take()
+            active.dec()
+
+    return release
+
+
 async def object_response(
     request: Request, services: Services, info: VersionInfo, *, head: bool = False
 ) -> Response:
@@ -159,14 +207,21 @@ async def object_response(
     headers["Content-Length"] = str(end - start)
     # Set directly: media_type= would append "; charset=utf-8" to text/* types.
     headers["Content-Type"] = media_type
-    if head:
+    if head or start == end:
         return Response(status_code=status, headers=headers)
-    body = _pull(services, services.engine.objects.read(info, start, end))
-    # The first piece is read before the status goes out: an object whose first chunk cannot
-    # be rebuilt (every one-chunk object) is an error response the client can read, not a
-    # 200 whose body breaks off. A later chunk can only end the connection early.
+    release = await _download_slot(services)
     try:
+        body = _pull(services, services.engine.objects.read(info, start, end))
+        # The first piece is read before the status goes out: an object whose first chunk
+        # cannot be rebuilt (every one-chunk object) is an error response the client can
+        # read, not a 200 whose body breaks off. A later chunk can only end the connection.
         first = await anext(body)
     except StopAsyncIteration:
+        release()
         return Response(status_code=status, headers=headers)
-    return StreamingResponse(_prefetched(first, body), status_code=status, headers=headers)
+    except BaseException:
+        release()
+        raise
+    return _SlotResponse(
+        _prefetched(first, body), status_code=status, headers=headers, release=release
+    )

@@ -30,6 +30,14 @@ class Metrics:
         self.uploads_active = Gauge(
             "edgestore_uploads_active", "Upload requests streaming right now", registry=r
         )
+        self.downloads_active = Gauge(
+            "edgestore_downloads_active", "Object bodies being sent right now", registry=r
+        )
+        self.downloads_refused = Counter(
+            "edgestore_downloads_refused",
+            "Downloads answered 503: max_concurrent_downloads were being sent",
+            registry=r,
+        )
         self.chunks = Counter("edgestore_chunks", "Chunks ingested", ["result"], registry=r)
         self.dedup_saved = Counter(
             "edgestore_dedup_saved_bytes", "Raw bytes not stored again thanks to dedup", registry=r

@@ -2,9 +2,10 @@
 
 GET    /objects?bucket=&prefix=&after=&limit=     list latest versions
 GET    /objects/{bucket}/{key}?version=N          the bytes (HEAD: headers only)
-DELETE /objects/{bucket}/{key}?version=N          delete that version (default: latest)
+DELETE /objects/{bucket}/{key}?version=N          delete that version (default: latest;
+                                                  If-Match: its ETag, or 412)
 GET    /ids/{object_id}?version=N                 the bytes, by object id (HEAD, DELETE too)
-GET    /ids/{object_id}/versions                  the version history
+GET    /ids/{object_id}/versions?after=&limit=    the version history, newest first, paged
 GET    /ids/{object_id}/info?version=N            one version's metadata as JSON
 (HEAD too on every GET route: RFC 9110 9.1.)
 """
@@ -12,14 +13,16 @@ GET    /ids/{object_id}/info?version=N            one version's metadata as JSON
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from edgestore.api.download import object_response
+from edgestore.api.download import etag_of, object_response
 from edgestore.api.state import services
 from edgestore.engine import ObjectSelector
+from edgestore.errors import PreconditionFailed
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata.objects import VersionInfo
 
@@ -70,8 +73,48 @@ class ObjectList(BaseModel):
     next_after: str | None
 
 
+class VersionList(BaseModel):
+    versions: list[ObjectVersion]
+    # Pass as `after` for the next page (the last version number listed); null on the last.
+    next_after: int | None
+
+
+PageLimit = Annotated[int, Query(ge=1, le=10_000, description="Items on a page.")]
+
+
 async def _stat(request: Request, sel: ObjectSelector) -> VersionInfo:
     return await asyncio.to_thread(services(request).engine.objects.stat, sel)
+
+
+_ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')
+
+
+def _require_match(request: Request, info: VersionInfo) -> None:
+    """If-Match (RFC 9110 13.1.1, strong comparison): a DELETE of "the latest" sent again
+    (a client's retry, a proxy passing it on to another node) finds another version the
+    latest, whose ETag differs, and is refused instead of deleting that one too."""
+    fields = request.headers.getlist("if-match")
+    if not fields:
+        return
+    header = ", ".join(fields)
+    if header.strip() == "*":
+        return  # any current version: there is one, `info`
+    tags = [tag for weak, tag in _ENTITY_TAG.findall(header) if not weak]
+    if etag_of(info) in tags:
+        return
+    raise PreconditionFailed(
+        f"If-Match {header.strip()!r} does not match {info.bucket}/{info.key} version "
+        f"{info.version} (ETag {etag_of(info)}), the version this DELETE names: the one meant "
+        "was deleted already or another is the latest now; nothing was deleted"
+    )
+
+
+async def _delete(request: Request, sel: ObjectSelector) -> Response:
+    info = await _stat(request, sel)
+    _require_match(request, info)
+    # That very version (by its id): never one that became the latest meanwhile.
+    await asyncio.to_thread(services(request).engine.objects.delete, info)
+    return Response(status_code=204)
 
 
 @router.api_route(
@@ -85,7 +128,7 @@ async def list_objects(
     bucket: str | None = None,
     prefix: str = "",
     after: Annotated[str | None, Query(description="Return keys after this one.")] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    limit: PageLimit = 1000,
 ) -> ObjectList:
     bucket = bucket or None  # `?bucket=` (an empty form field): every bucket, as `prefix=`
     # One more than asked: a page that ends exactly at the last object says so (null
@@ -125,13 +168,16 @@ async def head_object(
     return await object_response(request, services(request), info, head=True)
 
 
-@router.delete("/objects/{bucket}/{key:path}", summary="Delete a version", status_code=204)
+@router.delete(
+    "/objects/{bucket}/{key:path}",
+    summary="Delete a version",
+    status_code=204,
+    responses={412: {"description": "If-Match does not match the version named"}},
+)
 async def delete_object(
     request: Request, bucket: str, key: str, version: VersionQuery = None
 ) -> Response:
-    info = await _stat(request, ObjectSelector(bucket=bucket, key=key, version=version))
-    await asyncio.to_thread(services(request).engine.objects.delete, info)
-    return Response(status_code=204)
+    return await _delete(request, ObjectSelector(bucket=bucket, key=key, version=version))
 
 
 @router.get(
@@ -151,11 +197,14 @@ async def head_by_id(request: Request, object_id: str, version: VersionQuery = N
     return await object_response(request, services(request), info, head=True)
 
 
-@router.delete("/ids/{object_id}", summary="Delete a version by object id", status_code=204)
+@router.delete(
+    "/ids/{object_id}",
+    summary="Delete a version by object id",
+    status_code=204,
+    responses={412: {"description": "If-Match does not match the version named"}},
+)
 async def delete_by_id(request: Request, object_id: str, version: VersionQuery = None) -> Response:
-    info = await _stat(request, ObjectSelector(object_id=object_id, version=version))
-    await asyncio.to_thread(services(request).engine.objects.delete, info)
-    return Response(status_code=204)
+    return await _delete(request, ObjectSelector(object_id=object_id, version=version))
 
 
 @router.api_route(
@@ -175,10 +224,24 @@ async def info_by_id(
 @router.api_route(
     "/ids/{object_id}/versions",
     methods=["GET", "HEAD"],
-    response_model=list[ObjectVersion],
-    summary="Versions",
+    response_model=VersionList,
+    summary="Versions, newest first",
 )
-async def versions(request: Request, object_id: str) -> list[ObjectVersion]:
+async def versions(
+    request: Request,
+    object_id: str,
+    after: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="Return versions below this one.")
+    ] = None,
+    limit: PageLimit = 1000,
+) -> VersionList:
     await _stat(request, ObjectSelector(object_id=object_id))
-    found = await asyncio.to_thread(services(request).engine.objects.versions, object_id)
-    return [ObjectVersion.of(v) for v in found]
+    # One more than asked, as the object listing does: a full last page says it is the last.
+    found = await asyncio.to_thread(
+        services(request).engine.objects.versions, object_id, after=after, limit=limit + 1
+    )
+    page = found[:limit]
+    return VersionList(
+        versions=[ObjectVersion.of(v) for v in page],
+        next_after=page[-1].version if len(found) > limit else None,
+    )

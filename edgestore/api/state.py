@@ -10,6 +10,7 @@ from fastapi import Request
 
 from edgestore.api.metrics import Metrics
 from edgestore.api.readiness import Readiness
+from edgestore.api.slots import Slots
 from edgestore.config import Settings
 from edgestore.engine import Engine
 
@@ -35,8 +36,12 @@ class Services:
     # Set once the server begins to shut down: a request still waiting on its client's body
     # stops waiting (503), as a streaming append does, instead of holding the shutdown.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Object bodies being sent (api/download.py): each holds its current chunk while its
+    # client reads, outside the engine's read-ahead budget.
+    downloads: Slots = field(init=False)
 
     def __post_init__(self) -> None:
+        self.downloads = Slots(self.settings.max_concurrent_downloads)
         self.readiness = Readiness(self.engine)
 
     def begin_shutdown(self, reason: str) -> None:

@@ -34,6 +34,7 @@ EXIT_CODES: list[tuple[type[e.EdgestoreError], int]] = [
     (e.OffsetConflict, 5),
     (e.UploadLocked, 5),
     (e.UploadStateError, 5),
+    (e.PreconditionFailed, 5),
     (e.MissingChunks, 5),
     (e.StorageFull, 6),
     (e.StorageError, 6),
@@ -42,6 +43,7 @@ EXIT_CODES: list[tuple[type[e.EdgestoreError], int]] = [
     (e.Forbidden, 8),
     (e.QuotaExceeded, 9),
     (e.RateLimited, 9),
+    (e.ServerBusy, 9),
 ]
 
 

@@ -132,6 +132,8 @@ def download(
     SHA-256 before it takes its name (until then it is OUT.part)."""
     if ref.startswith(("http://", "https://")):
         try:
+            # Only where connections go: a URL is fetched as given (a proxy's path prefix, a
+            # pre-signed URL's query and all: client/download.py).
             base = str(httpx.URL(ref).copy_with(path="/", query=None, fragment=None))
         except httpx.InvalidURL as exc:
             raise InvalidInput(f"{ref!r} is not a valid URL: {exc}") from None

@@ -4,8 +4,8 @@ N workers fetch RANGE_BYTES ranges and write them in place (pwrite). Finished ra
 recorded in OUT.part.json (with the object's ETag), so a rerun fetches only the rest of the
 same version. A hasher follows the ranges in order, so the whole-file SHA-256 is ready when
 the last byte lands; it must equal the server's (X-Edgestore-Sha256; from other servers, a
-SHA-256 ETag) before the file takes its name. Ranges come from /ids/{object_id}?version=N
-when the server names them, so a new version uploaded meanwhile cannot mix into the file.
+SHA-256 ETag) before the file takes its name. Ranges name the version the HEAD found
+(`?version=N`), so a new version uploaded meanwhile cannot mix into the file.
 """
 
 from __future__ import annotations
@@ -112,9 +112,7 @@ class Download:
         else:  # another server: an ETag that looks like a SHA-256 is taken as one
             expected = etag.strip('"') if _HEX64.fullmatch(etag.strip('"')) else None
         object_id, version = h.get("x-edgestore-object-id"), h.get("x-edgestore-version")
-        url = f"/ids/{object_id}?version={version}" if object_id and version else self._url
-        if url.startswith("/") and self._url.startswith("http"):
-            url = str(httpx.URL(self._url).join(url))
+        url = self._pinned(object_id, version)
         target = output_path(self._out, self._name(head))
         if target.exists() and not target.is_file():
             raise InvalidInput(
@@ -175,6 +173,25 @@ class Download:
             version=int(version) if version and version.isdigit() else None,
             retries=self._t.retries,
         )
+
+    def _pinned(self, object_id: str | None, version: str | None) -> str:
+        """Where the ranges come from: the version the HEAD found, so that a new one uploaded
+        meanwhile cannot mix in.
+
+        A URL given whole keeps its path and query, with `version=N` added: a reverse proxy's
+        path prefix (https://host/edge/objects/…) and a pre-signed URL's signature are in
+        them, and /ids/… at the host's root reached neither. (Should that URL's object be
+        deleted and made anew, version N of the new one has another ETag: If-Range turns
+        that into "the object changed".)"""
+        if not (object_id and version and version.isdigit()):
+            return self._url  # another server: its URL as given
+        if not self._url.startswith(("http://", "https://")):
+            return f"/ids/{object_id}?version={version}"  # under the client's server URL
+        given = httpx.URL(self._url)
+        if "version" in given.params:
+            return self._url  # the HEAD answered that version
+        query = given.query + b"&" if given.query else b""
+        return str(given.copy_with(query=query + f"version={version}".encode(), fragment=None))
 
     def _name(self, head: httpx.Response) -> str:
         m = _FILENAME_STAR.search(head.headers.get("content-disposition", ""))

@@ -97,14 +97,21 @@ class Objects:
                 conn, bucket=bucket, prefix=prefix, after=after, limit=limit
             )
 
-    def versions(self, object_id: str) -> list[VersionInfo]:
-        """Every version of an object, newest first. Ids are stored in lower case (a UUID's
-        capitals name the same one)."""
+    def versions(
+        self, object_id: str, *, after: int | None = None, limit: int | None = None
+    ) -> list[VersionInfo]:
+        """An object's versions, newest first: every one, or the first `limit` past the
+        cursor `after` (a version number: the ones below it). ObjectNotFound when there is
+        no such object. Ids are stored in lower case (a UUID's capitals name the same one)."""
+        if limit is not None and limit < 1:
+            raise InvalidInput(f"invalid limit {limit}: list at least 1 version")
+        oid = object_id.lower()
         with self._core.db.read() as conn:
-            found = object_rows.list_versions(conn, object_id.lower())
-        if not found:
-            raise ObjectNotFound(f"no object with id {object_id}")
-        return found
+            found = object_rows.list_versions(conn, oid, after=after, limit=limit)
+            # An empty page past the last version is no error; an unknown object is.
+            if found or (after is not None and object_rows.find_version(conn, object_id=oid)):
+                return found
+        raise ObjectNotFound(f"no object with id {object_id}")
 
     def delete(self, info: VersionInfo) -> None:
         """Delete one version; its chunks lose a reference in the same transaction."""

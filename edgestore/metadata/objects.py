@@ -330,9 +330,16 @@ def split_cursor(after: str, bucket: str | None) -> tuple[str, str]:
     return b, k
 
 
-def list_versions(conn: Connection, object_id: str) -> list[VersionInfo]:
+def list_versions(
+    conn: Connection, object_id: str, *, after: int | None = None, limit: int | None = None
+) -> list[VersionInfo]:
+    """An object's versions, newest first: the first `limit` of those after (older than)
+    version `after`, found through the (object_id, version) key."""
     q = _versions_query().where(objects.c.object_id == object_id)
-    return [_info(r) for r in conn.execute(q.order_by(object_versions.c.version.desc()))]
+    if after is not None:
+        q = q.where(object_versions.c.version < after)
+    q = q.order_by(object_versions.c.version.desc()).limit(limit)
+    return [_info(r) for r in conn.execute(q)]
 
 
 def manifest(

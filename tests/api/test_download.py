@@ -7,6 +7,7 @@ Objects span many chunks (16/64/256 KiB), so ranges start, end and cross chunk b
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -228,3 +229,47 @@ def test_reading_around_a_lost_shard_is_logged_under_the_request_id(small_server
         assert time.monotonic() < deadline, "no read-around warning in the log"
         time.sleep(0.05)
     assert all("[read-around-303]" in line for line in lines), lines
+
+
+# --- how many at once ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    base = tmp_path_factory.mktemp("two-slots")
+    proc = ServerProcess(
+        home=base / "home",
+        database_url=f"sqlite:///{base / 'meta.db'}",
+        env_extra={"EDGESTORE_MAX_CONCURRENT_DOWNLOADS": "2"},
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_downloads_past_the_cap_wait_briefly_then_get_503(two_slot_server) -> None:
+    """Each download holds its current chunk (up to 8 MiB) while its client reads, beyond the
+    read-ahead budget: 1000 slow readers held 8 GB. Past max_concurrent_downloads, one waits
+    a moment for a slot, then gets 503 with Retry-After; a slot freed meanwhile is its."""
+    server = two_slot_server
+    path, data = _upload_unique(server, 24 * MiB, seed=304)  # more than sockets buffer
+    with server.client() as a, server.client() as b, server.client() as c:
+        with a.stream("GET", path) as one, b.stream("GET", path) as two:
+            assert one.status_code == two.status_code == 200  # both sending, neither read
+            started = time.monotonic()
+            r = c.get(path)
+            assert r.status_code == 503, r.status_code
+            assert r.json()["error"] == "server_busy" and r.headers["Retry-After"] == "1"
+            assert time.monotonic() - started >= 0.9  # it waited for a slot first
+            assert c.head(path).status_code == 200  # no body, no slot
+            assert c.get(path, headers={"If-None-Match": one.headers["ETag"]}).status_code == 304
+            threading.Timer(0.2, one.close).start()  # that client goes away while c waits
+            r = c.get(path, headers={"Range": "bytes=0-99"})
+            assert r.status_code == 206 and r.content == data[:100]
+            assert two.read() == data  # a download read to its end frees its slot too
+        metrics = c.get("/metrics").text
+        assert "edgestore_downloads_refused_total 1.0" in metrics
+        for _ in range(3):  # and none leaked: two at once still go
+            with a.stream("GET", path) as one, b.stream("GET", path) as two:
+                assert one.status_code == two.status_code == 200

@@ -192,6 +192,22 @@ def test_cli_presign_works_against_the_server(auth_server: ServerProcess) -> Non
     assert bad.returncode == 4
 
 
+def test_the_client_downloads_with_only_a_presigned_url(
+    auth_server: ServerProcess, tmp_path
+) -> None:
+    """`edgestore download <pre-signed URL>` (no API key): its range requests went to
+    /ids/{id}?version=N without the URL's signature, and were refused (401)."""
+    from edgestore.client import Client
+
+    data = random_bytes(300 * 1024, seed=8)
+    key = f"dl/{uuid.uuid4().hex}.bin"
+    with auth_server.client() as admin:
+        tus_upload(admin, data, metadata={"bucket": "default", "key": key})
+    url = grant_url(auth_server, "download", "default", key)
+    r = Client(auth_server.url).download(url, tmp_path / "got.bin")
+    assert (tmp_path / "got.bin").read_bytes() == data and r.verified
+
+
 # --- a browser holding only a URL -------------------------------------------------------------
 
 

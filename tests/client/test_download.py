@@ -87,6 +87,28 @@ def test_an_output_directory_gets_the_object_s_file_name(server, tmp_path) -> No
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_a_reverse_proxy_s_path_prefix_is_kept_for_the_ranges(server, tmp_path) -> None:
+    """Behind a proxy that serves the server under /edge/, `download https://host/edge/
+    objects/…` sent its range requests to https://host/ids/… (the prefix dropped): 404."""
+    data = random_bytes(700 * KiB, seed=44)
+    obj = stored(server, tmp_path, data, "dl/proxied.bin")
+    proxy = FaultProxy(server.url, prefix="/edge").start()
+    try:
+        for i, ref in enumerate(
+            (
+                f"{proxy.url}/objects/default/dl/proxied.bin",
+                f"{proxy.url}/ids/{obj['object_id']}",
+                "default/dl/proxied.bin",
+            )
+        ):
+            out = tmp_path / f"proxied{i}"
+            r = Client(proxy.url, retry=RetryPolicy(tries=1)).download(ref, out, workers=2)
+            assert out.read_bytes() == data and r.verified, ref
+        assert all(status != 404 for _, _, status in proxy.log), proxy.log
+    finally:
+        proxy.stop()
+
+
 def test_a_server_url_without_a_scheme_is_refused() -> None:
     with pytest.raises(InvalidInput, match="http:// or https://"):
         Client("localhost:8080")

@@ -40,3 +40,18 @@ def test_an_object_id_in_capitals_names_the_same_object(small_engine: Engine) ->
     upper = info.object_id.upper()
     assert small_engine.objects.stat(ObjectSelector(object_id=upper)) == info
     assert [v.version_id for v in small_engine.objects.versions(upper)] == [info.version_id]
+
+
+def test_versions_page_past_a_cursor(small_engine: Engine) -> None:
+    """A page past the oldest version is empty, not "no such object"; an unknown object is."""
+    infos = [small_engine.put(iter([f"v{n}".encode()]), key="paged") for n in range(4)]
+    oid = infos[0].object_id
+    versions = small_engine.objects.versions
+    assert [v.version for v in versions(oid)] == [4, 3, 2, 1]
+    assert [v.version for v in versions(oid, limit=2)] == [4, 3]
+    assert [v.version for v in versions(oid, after=3, limit=5)] == [2, 1]
+    assert versions(oid, after=1) == []
+    with pytest.raises(ObjectNotFound):
+        versions("00000000-0000-4000-8000-000000000000", after=3)
+    with pytest.raises(InvalidInput, match="limit"):
+        versions(oid, limit=0)
