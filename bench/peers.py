@@ -12,7 +12,9 @@
 Every server runs as a child process on a free loopback port; its CPU time and peak RSS are
 read from /proc, so the figures cover the server alone, never the client. After each upload
 (outside the timing) the bytes the server stored are read back and compared with the file:
-edgestore's by a GET of the upload's URL, a peer's from the file it wrote.
+edgestore's by a GET of the upload's URL, a peer's from the file it wrote. What a server
+leaves for later (edgestore's upkeep: the whole-file SHA-256 of a concatenated upload) is done
+once it stopped, and measured (`ServerRun.finish`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.datasets import discard
+from edgestore.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_PEERS = ROOT.parent / "shared" / "peers"
@@ -84,6 +88,39 @@ def tuspyserver_venv() -> Path:
     return bin_dir
 
 
+@dataclass(frozen=True)
+class DeferredWork:
+    """Work a server left for later after its uploads, done and measured by the benchmark."""
+
+    versions: int  # whole-file digests computed
+    seconds: float
+    cpu: float  # CPU seconds of every thread that did it
+
+
+NOTHING_DEFERRED = DeferredWork(0, 0.0, 0.0)
+
+
+def edgestore_deferred_work(home: Path) -> DeferredWork:
+    """What edgestore's upkeep does after an upload, done now the way it does it: the
+    whole-file SHA-256 of each concatenated (tus parallel) upload, read back from the store
+    (maintenance.hashes). The benchmark's servers run without their upkeep, so without this
+    that work, a read-back and a hash of every byte, was in no figure. Runs in this process
+    on the stopped server's store: nothing else runs here meanwhile, so its CPU is the work's.
+    """
+    from edgestore.engine import Engine
+    from edgestore.maintenance.hashes import DigestCursor, fill_missing_sha256
+
+    with Engine.open(load_settings(home=home)) as engine:
+        w0, c0 = time.perf_counter(), time.process_time()  # all threads, not in clock ticks
+        versions, cursor = 0, DigestCursor()
+        while True:  # each round takes the next versions; a round that reaches the end stops
+            versions += fill_missing_sha256(engine, limit=100, cursor=cursor)
+            if cursor.after is None:
+                break
+        seconds, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return DeferredWork(versions, seconds, cpu) if versions else NOTHING_DEFERRED
+
+
 @dataclass
 class ServerRun:
     """A server process under measurement."""
@@ -97,8 +134,11 @@ class ServerRun:
     # How a finished upload is read back: a GET of its URL (edgestore), else the peer's file
     # named by the URL's last segment in `data` (@tus/file-store, tuspyserver).
     download_by_get: bool = False
+    # The work it leaves for later on its data (edgestore_deferred_work), done by finish().
+    deferred: Callable[[Path], DeferredWork] | None = None
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    _discarded: bool = field(default=False, init=False, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -169,7 +209,8 @@ class ServerRun:
             return f"stored {n} bytes, SHA-256 {digest[:16]}…; sent {size}, {sha256[:16]}…"
         return ""
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the process; its data stays."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -177,8 +218,20 @@ class ServerRun:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        if self.data is not None:  # deleted when the benchmark ends (see datasets.discard)
-            discard(self.data)
+
+    def finish(self) -> DeferredWork:
+        """Stop the process, then do (and measure) the work it left for later on its data;
+        call stop() afterwards to remove the data."""
+        self.halt()
+        if self.deferred is None or self.data is None or self._discarded:
+            return NOTHING_DEFERRED
+        return self.deferred(self.data)
+
+    def stop(self) -> None:
+        self.halt()
+        if self.data is not None and not self._discarded:
+            self._discarded = True
+            discard(self.data)  # deleted now or when the benchmark ends (datasets.discard)
 
 
 def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> ServerRun:
@@ -190,6 +243,7 @@ def edgestore_server(workdir: Path, extra_env: dict[str, str] | None = None) -> 
         ROOT,
         data=home,
         download_by_get=True,
+        deferred=edgestore_deferred_work,
         env={
             "EDGESTORE_HOME": str(home),
             "EDGESTORE_LOG_LEVEL": "warning",

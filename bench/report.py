@@ -156,11 +156,31 @@ def engine(
     console.print(table)
 
 
-def rss(console: Console, size: int, peak: int, baseline: int, rate: float, v: Verdict) -> None:
+_OUTCOME = {"PASS": "[green]PASS[/]", "FAIL": "[red]FAIL[/]", "n/a": "[yellow]n/a[/]"}
+
+
+def rss(
+    console: Console,
+    size: int,
+    figures: tuple[int, int, float] | str,
+    target: int,
+    target_size: int,
+    outcome: str,
+) -> None:
+    """figures: (peak, baseline after Engine.open, MB/s), or why it was not measured;
+    outcome: PASS, FAIL or n/a (not measured, or a pass on less data than the target's)."""
+    if isinstance(figures, str):
+        measured = f"not measured ({escape(figures)})"
+    else:
+        peak, baseline, rate = figures
+        measured = (
+            f"[bold]{format_size(peak)}[/] ({format_size(baseline)} after Engine.open), "
+            f"{mbps(rate)} MB/s"
+        )
     console.print(
         f"Peak RSS ingesting {format_size(size)} of random data (separate process): "
-        f"[bold]{format_size(peak)}[/] ({format_size(baseline)} after Engine.open), "
-        f"{mbps(rate)} MB/s; target ≤ {format_size(int(v.target))} {_verdict(v)}"
+        f"{measured}; target ≤ {format_size(target)} for {format_size(target_size)}: "
+        f"{_OUTCOME[outcome]}"
     )
 
 

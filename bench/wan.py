@@ -365,37 +365,42 @@ def _print(
         )  # fmt: skip
     out.print(t)
 
-    def rate(cc: str, client: str) -> float:
-        return next(
-            (r.rate for r in runs if r.cc == cc and r.client == client and not r.failure), 0.0
-        )
+    def rate(cc: str, client: str) -> float | None:
+        """The run's MB/s; None if it ran and failed; 0.0 if it was not asked for."""
+        found = [r for r in runs if r.cc == cc and r.client == client]
+        if not found:
+            return 0.0
+        return None if found[0].failure else found[0].rate
 
     checks = Table(title="targets (issue 4)", title_justify="left")
     for col in ("check", "measured", "target", ""):
         checks.add_column(col)
 
     def row(
-        name: str, value: float, target: float, fmt: str = "{:.2f}", at_most: bool = False
+        name: str, value: float | None, target: float, fmt: str = "{:.2f}", at_most: bool = False
     ) -> None:
-        ok = value <= target if at_most else value >= target
+        """value None: a run the check needs failed, so it is not measured: never a PASS."""
+        ok = value is not None and (value <= target if at_most else value >= target)
         checks.add_row(
             name,
-            fmt.format(value),
+            "n/a" if value is None else fmt.format(value),
             ("≤ " if at_most else "≥ ") + fmt.format(target),
             "[green]PASS[/]" if ok else "[red]FAIL[/]",
         )
 
-    if rate("bbr", "edgestore, auto"):
-        row("bbr: edgestore auto, share of the link", rate("bbr", "edgestore, auto") / link, 0.85)
+    def ratio(ours: float | None, theirs: float | None) -> float | None:
+        return None if ours is None or theirs is None else ours / theirs
+
+    # A check is shown when its runs were asked for (not left out by --only or --cc).
+    bbr_auto = rate("bbr", "edgestore, auto")
+    if bbr_auto != 0.0:
+        row("bbr: edgestore auto, share of the link", ratio(bbr_auto, link), 0.85)
     auto = rate("cubic", "edgestore, auto")
-    if auto and rate("cubic", "tuspy"):
-        row("cubic: edgestore auto / tuspy single stream", auto / rate("cubic", "tuspy"), 5.0)
-    if auto and rate("cubic", "tus-js-client, parallelUploads 6"):
-        row(
-            "cubic: edgestore auto / tus-js-client parallelUploads 6",
-            auto / rate("cubic", "tus-js-client, parallelUploads 6"),
-            1.3,
-        )
+    tuspy, js6 = rate("cubic", "tuspy"), rate("cubic", "tus-js-client, parallelUploads 6")
+    if auto != 0.0 and tuspy != 0.0:
+        row("cubic: edgestore auto / tuspy single stream", ratio(auto, tuspy), 5.0)
+    if auto != 0.0 and js6 != 0.0:
+        row("cubic: edgestore auto / tus-js-client parallelUploads 6", ratio(auto, js6), 1.3)
     if dedup:
         row(
             "same file again: bytes on the wire / file size",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import peers
-from bench.profile import _disk_counters, disk_of, main
+from bench.profile import _disk_counters, deferred_line, disk_of, main
 
 
 def test_the_work_dirs_disk_is_found_and_counts(tmp_path: Path) -> None:
@@ -31,6 +31,7 @@ def test_the_work_dirs_disk_is_found_and_counts(tmp_path: Path) -> None:
         (["--repeat", "0"], "must be at least 1"),
         (["--src", "/nonexistent"], "is not an edgestore checkout"),
         (["--file", "/nonexistent"], "is not a file"),
+        (["--size", "2 gigs"], "not a size: '2 gigs'"),
     ],
 )
 def test_bad_options_are_refused(
@@ -73,3 +74,11 @@ def test_an_upload_and_its_repeat_are_measured(
     # A second upload of the same bytes writes almost nothing (every chunk is known).
     first, again = (float(row.split("│")[-2].strip().rstrip("x")) for row in rows)
     assert again < first
+
+
+def test_work_left_for_later_is_reported_per_gb_sent() -> None:
+    """A parallel upload's whole-file SHA-256 is the upkeep's (a read-back, after the
+    client is done): not in the server's CPU during the upload, so it gets its own line."""
+    line = deferred_line(2, peers.DeferredWork(versions=1, seconds=3.3, cpu=1.4), 2 * 10**9)
+    assert line.startswith("repeat 2: the server left the whole-file SHA-256 of 1 concat")
+    assert "3.3 s and 0.70 CPU-s/GB more" in line

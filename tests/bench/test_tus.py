@@ -7,13 +7,17 @@ peer scripts it drives are exercised by tests/client/test_tus.py and tests/inter
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench import datasets, peers
-from bench.tus import Measure, disk_line, disk_rate, failure_summary, main
-from tests.helpers import MiB, random_bytes, sha256_hex
+from bench.tus import disk_rate, main
+from bench.tus_report import Measure, disk_line, failure_summary
+from tests.helpers import TUS, MiB, random_bytes, sha256_hex, tus_create, tus_patch
 from tests.server import ServerProcess
 
 
@@ -57,6 +61,17 @@ def test_a_refused_upload_is_shown_by_its_status_and_reason() -> None:
     assert failure_summary(node) == "501: Concatenation extension is not (yet) supported"
     assert failure_summary("Traceback: boom") == "Traceback: boom"
     assert failure_summary("") == "failed"
+
+
+@pytest.mark.parametrize("option", ["--size", "--rss-size"])
+def test_a_bad_size_is_refused_before_anything_runs(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--rss-size was read after every measurement: a typo lost hours of results."""
+    with pytest.raises(SystemExit) as exc:
+        main([option, "2 gigs"])
+    assert exc.value.code == 2
+    assert "not a size: '2 gigs'" in capsys.readouterr().err
 
 
 def test_the_browser_client_needs_chromium(
@@ -103,15 +118,15 @@ def test_a_failed_concurrent_run_is_reported_and_fails_its_check(
 ) -> None:
     from rich.console import Console
 
-    from bench.tus import _checks, _print
+    from bench.tus_report import print_results, targets
 
     concurrent = {"uploads": 8, "each": 2**30, "failure": "concurrent uploads failed: [507]"}
-    checks = _checks([], [], concurrent)
+    checks = targets([], [], concurrent)
     assert checks == [
         {"check": "peak RSS MiB, 8 concurrent uploads", "value": "n/a", "target": 300,
          "at_most": True, "pass": False}
     ]  # fmt: skip
-    _print(Console(width=200), [], [], 2**30, concurrent, checks)
+    print_results(Console(width=200), [], [], 2**30, concurrent, checks)
     out = capsys.readouterr().out
     assert "8 concurrent uploads: concurrent uploads failed: [507]" in out
     assert "FAIL" in out
@@ -128,7 +143,7 @@ def _by_name(checks: list[dict[str, object]]) -> dict[str, dict[str, object]]:
 def test_a_check_whose_baseline_was_not_measured_does_not_pass() -> None:
     """A peer that failed (or a first upload that did) is no baseline: dividing by a
     stand-in of 1 B/s made every ratio against it a PASS."""
-    from bench.tus import _checks
+    from bench.tus_report import targets
 
     results = [
         _measured("edgestore", "tus-js-client", 400e6),
@@ -138,7 +153,7 @@ def test_a_check_whose_baseline_was_not_measured_does_not_pass() -> None:
         _measured("tuspyserver", "tus-js-client", 600e6),
         Measure("tuspyserver", "tus-js-client x4", "random", failure="500: boom"),
     ]
-    checks = _by_name(_checks(results, ["random"], {}))
+    checks = _by_name(targets(results, ["random"], {}))
     for name in (
         "edgestore / @tus/server (tus-js-client)",
         "parallelUploads 4, edgestore / tuspyserver",
@@ -148,7 +163,7 @@ def test_a_check_whose_baseline_was_not_measured_does_not_pass() -> None:
     assert checks["parallelUploads 4 / edgestore single stream"]["pass"] is True
     # edgestore's own single upload failed: neither ratio against it passes
     results[0] = Measure("edgestore", "tus-js-client", "random", failure="timeout")
-    checks = _by_name(_checks(results, ["random"], {}))
+    checks = _by_name(targets(results, ["random"], {}))
     for name in (
         "parallelUploads 4 / edgestore single stream",
         "second upload of the same file / first",
@@ -160,12 +175,12 @@ def test_a_check_whose_baseline_was_not_measured_does_not_pass() -> None:
 def test_a_measure_with_a_failed_repeat_is_not_a_figure() -> None:
     """A repeat that failed after others succeeded shows as n/a; its checks are n/a too, not
     a median of the repeats that happened to work."""
-    from bench.tus import _checks
+    from bench.tus_report import targets
 
     ours = _measured("edgestore", "tus-js-client", 400e6)
     ours.failure = "stored bytes differ"
     results = [ours, _measured("@tus/server", "tus-js-client", 300e6)]
-    checks = _by_name(_checks(results, ["random"], {}))
+    checks = _by_name(targets(results, ["random"], {}))
     assert checks["edgestore / @tus/server (tus-js-client)"]["pass"] is False
 
 
@@ -206,3 +221,110 @@ def test_a_peers_upload_is_read_from_the_file_it_wrote(tmp_path: Path) -> None:
     assert run.verify(url, 5, sha256_hex(b"world")).startswith("stored 5 bytes")
     assert run.verify("http://127.0.0.1:1/files/gone", 5, "x").startswith("stored upload unread")
     assert run.verify("", 5, "x") == "the client did not say where it uploaded"
+
+
+def _parallel_upload(data: Path) -> Callable[[str], peers.ClientResult]:
+    """What tus-js-client's parallelUploads does, without Node: two partial uploads, then a
+    final one made of them (tus concatenation)."""
+
+    def upload(endpoint: str) -> peers.ClientResult:
+        body = data.read_bytes()
+        half = len(body) // 2
+        t0 = time.monotonic()
+        base = endpoint.removesuffix("/files/")
+        with httpx.Client(base_url=base, timeout=60) as http:
+            parts = []
+            for piece in (body[:half], body[half:]):
+                url = tus_create(http, len(piece), headers={"Upload-Concat": "partial"})
+                assert tus_patch(http, url, 0, piece).status_code == 204
+                parts.append(url)
+            final = http.post(
+                endpoint,
+                headers={**TUS, "Upload-Concat": "final;" + " ".join(parts)},
+            )
+            assert final.status_code == 201, final.text
+        location = final.headers["Location"]
+        return peers.ClientResult(time.monotonic() - t0, True, url=location)
+
+    return upload
+
+
+def test_the_work_a_parallel_upload_leaves_for_later_is_counted(tmp_path: Path) -> None:
+    """A concatenation's whole-file SHA-256 is computed afterwards, by the server's upkeep
+    (reading the object back): the benchmark runs it and counts its CPU as the upload's, or
+    edgestore's parallel uploads would look cheaper than they are by that much."""
+    from bench.tus import measure
+
+    data = tmp_path / "up.bin"
+    data.write_bytes(random_bytes(6 * MiB + 3, seed=9))
+    right = sha256_hex(data.read_bytes())
+
+    def server() -> peers.ServerRun:
+        return peers.edgestore_server(tmp_path)
+
+    par = Measure("edgestore", "tus-js-client x4", "random")
+    measure(server, _parallel_upload(data), data, right, par, tmp_path)
+    assert not par.failure, par.failure
+    assert par.deferred_cpu_per_gb[0] > 0 and par.deferred_seconds[0] > 0
+    assert par.cpu_per_gb[0] > par.deferred_cpu_per_gb[0]  # the upload's own, and the rest
+
+    single = Measure("edgestore", "tuspy", "random")
+    measure(server, lambda e: peers.run_tuspy(e, data, 2), data, right, single, tmp_path)
+    assert not single.failure and single.deferred_cpu_per_gb == [0.0]
+    datasets.empty_discarded()
+
+
+def test_deferred_digests_are_computed_once(tmp_path: Path) -> None:
+    """Run where the upkeep would: after the server stopped, on its store; a second pass
+    finds nothing left to do."""
+    data = tmp_path / "up.bin"
+    data.write_bytes(random_bytes(3 * MiB, seed=11))
+    server = peers.edgestore_server(tmp_path).start(tmp_path / "server.log")
+    try:
+        result = _parallel_upload(data)(server.endpoint)
+        assert server.verify(result.url, 3 * MiB, sha256_hex(data.read_bytes())) == ""
+        done = server.finish()
+        assert done.versions == 1 and done.cpu > 0
+        assert peers.edgestore_deferred_work(server.data).versions == 0  # type: ignore[arg-type]
+    finally:
+        server.stop()
+    datasets.empty_discarded()
+
+
+def test_deferred_work_is_shown_beside_the_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from bench.tus_report import print_results
+
+    par = _measured("edgestore", "tus-js-client x4", 450e6, cpu=2.9)
+    par.deferred_cpu_per_gb, par.deferred_seconds = [0.7], [3.2]
+    single = _measured("edgestore", "tus-js-client", 400e6, cpu=2.4)
+    single.deferred_cpu_per_gb, single.deferred_seconds = [0.0], [0.0]
+    print_results(Console(width=400), [par, single], ["random"], 2**30, {}, [])
+    out = capsys.readouterr().out
+    assert "2.90 (0.70 later)" in out and "2.40 │" in out
+    assert "tus-js-client x4: 0.70 of its CPU-s/GB are work it left for later" in out
+    assert "3.2 s per upload after the client was done, not in its MB/s" in out
+    assert "edgestore ← tus-js-client:" not in out  # nothing deferred: no line
+
+
+def test_servers_take_turns_and_each_clients_runs_are_back_to_back() -> None:
+    """The ratios compare servers under one client: those runs follow each other (the disk
+    drifts by the hour), and which server goes first changes from repeat to repeat, so no
+    server always inherits the state the one before it left (dirty pages, a deleted store)."""
+    from bench.tus import run_order
+
+    servers, clients = ["edgestore", "@tus/server", "tuspyserver"], ["tus-js-client", "tuspy"]
+    first = run_order(servers, clients, 0)
+    assert first == [
+        ("edgestore", "tus-js-client"),
+        ("@tus/server", "tus-js-client"),
+        ("tuspyserver", "tus-js-client"),
+        ("edgestore", "tuspy"),
+        ("@tus/server", "tuspy"),
+        ("tuspyserver", "tuspy"),
+    ]
+    leaders = {run_order(servers, clients, rep)[0][0] for rep in range(3)}
+    assert leaders == set(servers)
+    for rep in range(3):
+        assert sorted(run_order(servers, clients, rep)) == sorted(first)
