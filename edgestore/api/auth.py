@@ -208,7 +208,9 @@ class AccessControl:
                     "pre-signed URL allows"
                 )
         if concat is not None and concat.partial:
-            return scope  # partials belong to no object; the final is bound below
+            # A partial belongs to no object (the final is bound below), but counts in the
+            # bucket it is for (quotas): the signed one.
+            return _bind_grant_creation(scope, grant, fields=("bucket",))
         return _bind_grant_creation(scope, grant)
 
     async def _partials_length(self, scope: Scope, headers: Headers) -> int | None:
@@ -396,19 +398,23 @@ async def _bind_key_creation(scope: Scope, identity: Identity, svc: Services) ->
     return scope if raw == meta.raw else _replace_metadata(scope, raw)
 
 
-def _bind_grant_creation(scope: Scope, grant: Grant) -> Scope:
-    """An upload created with a grant gets the signed bucket, key and content type: values
-    the client sent must match them, missing ones are filled in."""
+def _bind_grant_creation(
+    scope: Scope, grant: Grant, fields: tuple[str, ...] = ("bucket", "key", "content type")
+) -> Scope:
+    """An upload created with a grant gets the signed bucket, key and content type (those of
+    `fields`): values the client sent must match them, missing ones are filled in."""
     meta = parse_metadata(Headers(scope=scope).get("upload-metadata"))
     raw = dict(meta.raw)
     for name, signed in (("bucket", grant.bucket), ("key", grant.key)):
+        if name not in fields:
+            continue
         if raw.get(name) not in (None, signed):
             raise OutOfScope(
                 f"this pre-signed URL grants {grant.describe()}; Upload-Metadata {name} "
                 f"{raw[name]!r} is outside it"
             )
         raw[name] = signed
-    if grant.content_type is not None:
+    if grant.content_type is not None and "content type" in fields:
         for alias in ("filetype", "contentType", "type"):
             if raw.get(alias) not in (None, grant.content_type):
                 raise OutOfScope(

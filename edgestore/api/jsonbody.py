@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
+from edgestore.api.bodies import idle_reason
 from edgestore.errors import InvalidInput, StorageUnavailable, TooLarge, TransferInterrupted
 
 JSON_BODY_BYTES = 4 << 20  # ample for every JSON body the API takes (10,000 chunk ids: ~0.8 MB)
@@ -34,19 +35,20 @@ async def read_capped(
     limit: int,
     *,
     what: str = "request body",
-    timeout: float | None = None,
+    idle_timeout: float | None = None,
     on_received: Callable[[int], None] | None = None,
 ) -> bytes:
     """A request body, refused (413) by its Content-Length or once it passes `limit`; one
-    cut short or not complete within `timeout` seconds is TransferInterrupted; one still
-    arriving when the server begins to shut down is StorageUnavailable (503: send it again).
+    cut short, or from a client silent for `idle_timeout` seconds, is TransferInterrupted;
+    one still arriving when the server begins to shut down is StorageUnavailable (503: send
+    it again). A slow body is read however long it takes, as long as bytes keep coming.
 
     `on_received(n)`: told the body bytes received, however the read ends (the metrics)."""
     declared = content_length(request)
     if declared is not None and declared > limit:
         raise TooLarge(f"a {what} of {declared} bytes exceeds this route's {limit}")
     stopping = _stopping(request)
-    reader = asyncio.ensure_future(_read(request, limit, what, timeout, on_received))
+    reader = asyncio.ensure_future(_read(request, limit, what, idle_timeout, on_received))
     if stopping is None:
         return await reader
     stopped = asyncio.ensure_future(stopping.wait())
@@ -78,21 +80,27 @@ async def _read(
     request: Request,
     limit: int,
     what: str,
-    timeout: float | None,
+    idle_timeout: float | None,
     on_received: Callable[[int], None] | None,
 ) -> bytes:
     buf = bytearray()
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(None) as quiet:
+            if idle_timeout is not None:
+                quiet.reschedule(loop.time() + idle_timeout)
             async for piece in request.stream():
                 buf += piece
                 if len(buf) > limit:
                     raise TooLarge(f"the {what} exceeds this route's {limit} bytes")
+                if idle_timeout is not None:
+                    quiet.reschedule(loop.time() + idle_timeout)
     except ClientDisconnect:
         raise TransferInterrupted(f"client disconnected mid-{what}; nothing was done") from None
     except TimeoutError:
+        assert idle_timeout is not None
         raise TransferInterrupted(
-            f"{what} incomplete after {timeout:.0f}s; nothing was done"
+            f"{idle_reason(idle_timeout)} mid-{what}; nothing was done"
         ) from None
     finally:
         if on_received is not None:

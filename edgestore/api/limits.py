@@ -12,7 +12,9 @@ default, or on Redis so that every node counts the same client together.
 - Concurrent uploads: a lease per streaming upload request (a Redis sorted set when shared,
   so a node that dies mid-upload frees its slots when their leases lapse) → 429.
 
-If Redis goes away while serving, limits fail open (logged), uploads keep working.
+If Redis goes away while serving, limits fail open (logged), uploads keep working: a call
+gives up after REDIS_TIMEOUT, and for RETRY_AFTER_FAILURE after a failure no request waits on
+Redis at all (a partition would otherwise cost every request that timeout, once per call).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})  # load balancers probe these 
 UPLOAD_CONTENT_TYPES = ("application/offset+octet-stream", "application/octet-stream")
 LEASE_SECONDS = 120.0  # an upload slot not renewed for this long is free again
 WARN_EVERY = 30.0
+REDIS_TIMEOUT = 2.0  # seconds a Redis call (or connection) may take before failing open
+RETRY_AFTER_FAILURE = 5.0  # after a failure, Redis is left alone (limits open) this long
 
 # Take a slot if the client holds fewer than ARGV[3] unexpired ones (atomic on the server).
 _ACQUIRE = """
@@ -52,6 +56,15 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+# Renew slot ARGV[2] to expire at ARGV[1], if still held (a late renewal never brings a
+# released slot back), and the set with it: a renewal alone must keep a long upload's set.
+_RENEW = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -126,6 +139,8 @@ class Limiter:
         self.strategy: SlidingWindowCounterRateLimiter | None = None
         self.redis: Any = None
         self._acquire: Any = None
+        self._renew: Any = None
+        self._down_until = 0.0  # monotonic: until then, the storage is not asked (failed)
         self._local_slots: Counter[str] = Counter()
         self._warned = 0.0
 
@@ -140,16 +155,18 @@ class Limiter:
         if not (self.request_items or self.bandwidth_item or self.max_uploads):
             return
         options: dict[str, Any] = {}
+        timeouts = {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_TIMEOUT}
         if self.shared:
-            options = {"implementation": "redispy", "key_prefix": self.namespace}
+            options = {"implementation": "redispy", "key_prefix": self.namespace, **timeouts}
         self.storage = storage_from_string("async+" + url, **options)
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
         if not self.shared:
             return
         import redis.asyncio as aioredis
 
-        self.redis = aioredis.from_url(url)
+        self.redis = aioredis.from_url(url, **timeouts)
         self._acquire = self.redis.register_script(_ACQUIRE)
+        self._renew = self.redis.register_script(_RENEW)
         try:
             await self.redis.ping()
         except Exception as exc:
@@ -169,7 +186,12 @@ class Limiter:
             if client is not None and hasattr(client, "aclose"):
                 await client.aclose()
 
+    def _down(self) -> bool:
+        """Whether the storage failed a moment ago: then limits are open without asking it."""
+        return time.monotonic() < self._down_until
+
     def _fail_open(self, what: str) -> None:
+        self._down_until = time.monotonic() + RETRY_AFTER_FAILURE
         if time.monotonic() - self._warned > WARN_EVERY:
             self._warned = time.monotonic()
             log.warning("rate-limit storage failed (%s); not limiting for now", what, exc_info=True)
@@ -178,7 +200,7 @@ class Limiter:
 
     async def check_request(self, client: str) -> None:
         """Count one request; RateLimited (429) with Retry-After if the client is over."""
-        if not self.request_items or self.strategy is None:
+        if not self.request_items or self.strategy is None or self._down():
             return
         for item in self.request_items:
             try:
@@ -218,7 +240,7 @@ class Limiter:
     async def spend(self, client: str, nbytes: int) -> None:
         """Charge `nbytes` of body to the client; returns once they may pass."""
         assert self.strategy is not None and self.bandwidth_item is not None
-        while True:
+        while not self._down():
             try:
                 item = self.bandwidth_item
                 if await self.strategy.hit(item, self.namespace, client, cost=nbytes):
@@ -240,6 +262,8 @@ class Limiter:
                 self._refuse_upload()
             self._local_slots[client] += 1
             return token
+        if self._down():
+            return None
         now = time.time()
         try:
             taken = await self._acquire(
@@ -261,12 +285,11 @@ class Limiter:
         )
 
     async def renew_upload(self, client: str, token: str) -> None:
-        if self.redis is not None:
+        if self.redis is not None and not self._down():
             try:
-                await self.redis.zadd(  # xx: renews a slot still held, never re-adds one
-                    f"{self.namespace}:uploads:{client}",
-                    {token: time.time() + LEASE_SECONDS},
-                    xx=True,
+                await self._renew(
+                    keys=[f"{self.namespace}:uploads:{client}"],
+                    args=[time.time() + LEASE_SECONDS, token, int(LEASE_SECONDS * 2)],
                 )
             except Exception:
                 self._fail_open("upload slots")
@@ -277,6 +300,8 @@ class Limiter:
             if self._local_slots[client] <= 0:
                 del self._local_slots[client]
             return
+        if self._down():
+            return  # its lease lapses by itself
         try:
             await self.redis.zrem(f"{self.namespace}:uploads:{client}", token)
         except Exception:

@@ -33,7 +33,10 @@ from edgestore.metadata.uploads import UploadRecord
 # Chunk bodies are held whole in memory (each at most the max chunk size) while they are
 # verified and stored; this bounds how many at once, hence memory (64 x 8 MiB by default).
 MAX_CHUNK_BODIES = 64
-CHUNK_BODY_SECONDS = 600.0  # a chunk body not complete by then counts as abandoned
+# A chunk body from a client silent this long counts as abandoned (its slot is freed). Not a
+# deadline for the whole body: over a slow uplink shared by the client's connections, one
+# chunk can take many minutes, and cutting it there failed every PUT, and so the upload.
+CHUNK_BODY_IDLE_SECONDS = 60.0
 MANIFEST_ENTRY_BYTES = 128  # per finalize entry ({"id": "<64 hex>", "size": n}, ~95 bytes)
 
 
@@ -287,7 +290,7 @@ async def put_chunk(upload_id: str, chunk_id: str, request: Request) -> JSONResp
                 request,
                 limit,
                 what="chunk body",
-                timeout=CHUNK_BODY_SECONDS,
+                idle_timeout=CHUNK_BODY_IDLE_SECONDS,
                 on_received=metrics.bytes_in.inc,
             )
             stored = await asyncio.wrap_future(

@@ -84,8 +84,15 @@ class Client:
         """
         if protocol not in ("native", "tus"):
             raise InvalidInput(f"protocol must be 'native' or 'tus', not {protocol!r}")
+        for what, text in [
+            ("bucket", bucket),
+            ("key", key),
+            ("content type", content_type),
+            *((f"metadata {k!r}", f"{k}{v}") for k, v in (metadata or {}).items()),
+        ]:
+            _require_utf8(what, text)
         source = SourceFile(path)
-        key = key if key is not None else source.path.name
+        key = key if key is not None else source.name
         with source:
             if protocol == "tus":
                 with self._transport(self.url, workers) as t:
@@ -131,3 +138,13 @@ class Client:
             raise InvalidInput(f"workers must be 1 to 64, not {workers}")
         with self._transport(self.url, workers) as t:
             return Download(t, ref, out_path, workers=workers, progress=progress).run()
+
+
+def _require_utf8(what: str, text: str | None) -> None:
+    """Refuse text no request can carry: an argument typed in a terminal of another encoding
+    reaches Python with surrogates, on which httpx failed with a traceback."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError:
+        shown = (text or "").encode("utf-8", "replace").decode()
+        raise InvalidInput(f"the {what} {shown!r} is not valid UTF-8") from None

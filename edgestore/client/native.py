@@ -103,7 +103,7 @@ class NativeUpload:
         self._hints = hints or ResumeHints()
         self._hint_key = HintKey(transport.base_url, "native", str(source.path), bucket, key)
         # As tus and `edgestore put` do: a video uploaded without --content-type plays.
-        self._content_type = content_type or guess_content_type(source.path.name)
+        self._content_type = content_type or guess_content_type(source.name)
         self._metadata = metadata or {}
         self._auto = AutoWorkers() if workers == "auto" else None
         if self._auto is None and not 1 <= int(workers) <= 64:
@@ -123,6 +123,7 @@ class NativeUpload:
         self._chunks_sent = Counter()
         self._sha256 = ""
         self._upload_id = ""
+        self._replaced: str | None = None  # the hinted session this run did not continue
         self._max_batch = FIRST_BATCH
 
     # --- the upload -----------------------------------------------------------------------------
@@ -149,6 +150,7 @@ class NativeUpload:
         except UploadStateError as exc:
             version = self._finalized_meanwhile(exc)
         self._hints.clear(self._hint_key)
+        self._release_replaced()
         return self._result(version, started, resumed)
 
     def _finalized_meanwhile(self, refusal: UploadStateError) -> dict[str, Any]:
@@ -202,11 +204,14 @@ class NativeUpload:
                 return st, True
             if st and st["state"] == "complete" and self._committed(st):
                 return st, True
+        old = self._hints.replaced(self._hint_key)
+        if old is not None and isinstance(old.get("upload_id"), str):
+            self._replaced = old["upload_id"]  # the file changed, or other type or metadata
         body = {
             "bucket": self._bucket,
             "key": self._key,
             "size": self._source.size,
-            "filename": self._source.path.name,
+            "filename": self._source.name,
             "content_type": self._content_type,
             "metadata": self._metadata,
         }
@@ -477,7 +482,18 @@ class NativeUpload:
     def _abandon(self) -> None:
         """The file changed: drop the session (its chunks stay until gc) and the hint."""
         self._hints.clear(self._hint_key)
+        self._abort(self._upload_id)
+
+    def _release_replaced(self) -> None:
+        """Abort the session an earlier run opened for this upload, which this run did not
+        continue: left open it would pin chunks of content no longer wanted, and reserve its
+        size against the bucket's quota, until it expired a week later. Only now, committed:
+        until then its pins kept what this run found stored instead of sending it."""
+        if self._replaced is not None and self._replaced != self._upload_id:
+            self._abort(self._replaced)
+
+    def _abort(self, upload_id: str) -> None:
         try:
-            self._t.request("DELETE", f"/v1/uploads/{self._upload_id}", ok=(204, 404, 410))
+            self._t.request("DELETE", f"/v1/uploads/{upload_id}", ok=(204, 404, 410))
         except Exception:
             pass  # it expires on its own

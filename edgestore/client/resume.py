@@ -37,7 +37,8 @@ class HintKey:
     @property
     def name(self) -> str:
         text = "\n".join([self.server, self.protocol, self.path, self.bucket, self.key or ""])
-        return hashlib.sha256(text.encode()).hexdigest()[:32] + ".json"
+        # surrogateescape: a path that is not UTF-8 names its hint too (its exact bytes)
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32] + ".json"
 
 
 class ResumeHints:
@@ -60,6 +61,16 @@ class ResumeHints:
             # a replacement the inode): the old session may hold bytes of other content.
             return None
         state = data.get("state")
+        return state if isinstance(state, dict) else None
+
+    def replaced(self, key: HintKey) -> dict[str, Any] | None:
+        """The hint for this upload whatever the file is now: what a run that starts over
+        replaces (its session, which it may release once its own upload is committed)."""
+        try:
+            data = json.loads(self._file(key).read_text())
+        except (OSError, ValueError):
+            return None
+        state = data.get("state") if isinstance(data, dict) else None
         return state if isinstance(state, dict) else None
 
     def save(self, key: HintKey, identity: Identity, state: dict[str, Any]) -> None:

@@ -66,6 +66,13 @@ class SourceFile:
         self.identity = Identity.of(st)
         self.size = st.st_size
 
+    @property
+    def name(self) -> str:
+        """The file's name as text a request can carry: bytes that are not UTF-8 (a name
+        from a Latin-1 disk, kept by Python as surrogates that no JSON or header encodes)
+        become U+FFFD. The object's default key and recorded file name."""
+        return os.fsencode(self.path.name).decode("utf-8", "replace")
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -88,12 +88,12 @@ class TusUpload:
         self._hint_key = HintKey(self._endpoint, "tus", str(source.path), bucket, key)
         self._metadata: dict[str, str | None] = {
             **(metadata or {}),
-            "filename": source.path.name,
+            "filename": source.name,
             "bucket": bucket,
             "key": key,
         }
         # Some servers (tuspyserver) refuse uploads without a filetype.
-        guessed = guess_content_type(source.path.name) or "application/octet-stream"
+        guessed = guess_content_type(source.name) or "application/octet-stream"
         self._metadata["filetype"] = content_type or guessed
         self._bucket, self._key = bucket, key
         self._workers = workers

@@ -95,7 +95,7 @@ def concatenate(
         if known is not None:
             if known > settings.max_upload_size:
                 raise TooLarge(f"concatenated length {known} exceeds the maximum")
-            quotas.check_bucket(conn, settings, bucket, known)
+            quotas.check_bucket(conn, settings, bucket, known, replacing=partial_ids)
         finished = all(p.state == upload_rows.COMPLETE for p in parts)
         uid = upload_rows.create(
             conn,
@@ -176,7 +176,8 @@ def finish_final(core: EngineCore, conn: Connection, final: UploadRecord) -> boo
     if total > core.settings.max_upload_size:
         raise TooLarge(f"concatenated length {total} exceeds the maximum")
     if final.length is None:  # created before its size was known: nothing was reserved
-        quotas.check_bucket(conn, core.settings, final.bucket, total)
+        # (its partials counted their bytes instead, which it now takes over)
+        quotas.check_bucket(conn, core.settings, final.bucket, total, replacing=final.concat_of)
     concat_rows.set_concatenated(conn, final.upload_id, total)
     version_id = object_rows.create_version(
         core.db,

@@ -204,15 +204,14 @@ class NativeUploads:
                 raise InvalidInput(f"chunk sizes run from 1 to {limit}")
         newly: list[str] = []
         with self._core.db.write() as conn:
-            self._lock_open(conn, upload_id)
-            length = upload_rows.get(conn, upload_id).length if sizes is not None else None
+            length = self._lock_open(conn, upload_id)
             if offset is not None and sizes is not None and length is not None:
                 end = offset + sum(sizes)
                 if end > length:
                     raise InvalidInput(
                         f"the announced chunks end at byte {end}, past the session's {length}"
                     )
-            have = pins.pin(conn, upload_id, chunk_ids, newly=newly)
+            have = pins.pin(conn, upload_id, chunk_ids, newly=newly, within=length)
             # Stored but damaged (queued for repair): pinned, and asked for all the same, as
             # the client's bytes make it whole again (ChunkWriter).
             damaged = chunk_index.damaged(conn, list(have))
@@ -239,8 +238,8 @@ class NativeUploads:
                 return None
         newly: list[str] = []
         with self._core.db.write() as conn:
-            self._lock_open(conn, upload_id)
-            have = pins.pin(conn, upload_id, [chunk_id], newly=newly)
+            length = self._lock_open(conn, upload_id)
+            have = pins.pin(conn, upload_id, [chunk_id], newly=newly, within=length)
         _report_dedup(on_dedup, newly, have)
         size = have.get(chunk_id)
         if size is not None and self._wholefile is not None:
@@ -260,13 +259,16 @@ class NativeUploads:
         if len(raw) > limit:
             raise TooLarge(f"chunk of {len(raw)} bytes exceeds the store's maximum of {limit}")
         with self._core.db.read() as conn:
-            self._open_session(conn, upload_id)  # 404 / 410 / 403 before any hashing
+            rec = self._open_session(conn, upload_id)  # 404 / 410 / 403 before any hashing
+            # Nothing is stored past the session's size (checked again as it is pinned).
+            if rec.length is not None and not pins.holds(conn, upload_id, chunk_id):
+                pins.ensure_room(conn, upload_id, len(raw), rec.length)
         for _attempt in range(3):
             stored = self._core.writer.store(raw, expect=chunk_id)
             try:
                 with self._core.db.write() as conn:
-                    self._lock_open(conn, upload_id)
-                    pinned = chunk_id in pins.pin(conn, upload_id, [chunk_id])
+                    length = self._lock_open(conn, upload_id)
+                    pinned = chunk_id in pins.pin(conn, upload_id, [chunk_id], within=length)
             except IntegrityError:
                 continue  # gc took the unreferenced chunk between store and pin: store it again
             if pinned:
@@ -398,12 +400,14 @@ class NativeUploads:
             raise UploadStateError(f"upload {upload_id} is already finalized")
         return rec
 
-    def _lock_open(self, conn: Connection, upload_id: str) -> None:
-        """Check the session takes chunks and lock its row for the rest of the transaction."""
+    def _lock_open(self, conn: Connection, upload_id: str) -> int | None:
+        """Check the session takes chunks and lock its row for the rest of the transaction;
+        returns its size (what its pins may add up to)."""
         expiry = self._core.settings.upload_expiry_seconds  # progress: expiry pushed back
         if not pins.touch_open(conn, upload_id, expiry=expiry):
             self._open_session(conn, upload_id)  # raises the precise error
             raise UploadGone(f"upload {upload_id} has expired")
+        return upload_rows.get(conn, upload_id).length
 
     def _entries(self, chunks: Sequence[ManifestChunk]) -> list[tuple[str, int, int]]:
         """(chunk id, offset, length) for create_version; checks ids and sizes."""

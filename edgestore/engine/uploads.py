@@ -145,8 +145,9 @@ class Uploads:
         hashed = ResumableSha256.available() and not is_partial
         state = ResumableSha256().state() if hashed else None
         with self._core.db.write() as conn:
-            if length is not None and not is_partial:
-                quotas.check_bucket(conn, settings, bucket, length)  # before a byte arrives
+            counted = quotas.counted_in(bucket, is_partial)
+            if length is not None and counted is not None:
+                quotas.check_bucket(conn, settings, counted, length)  # before a byte arrives
             uid = upload_rows.create(
                 conn,
                 kind=kind,
@@ -247,8 +248,9 @@ class Uploads:
             )
         if length < rec.offset:
             raise InvalidInput(f"length {length} is less than the {rec.offset} bytes received")
-        if not rec.is_partial:  # the bucket's usage counts the bytes it holds already
-            quotas.check_bucket(conn, settings, rec.bucket, length - rec.offset)
+        counted = quotas.counted_in(rec.bucket, rec.is_partial)
+        if counted is not None:  # the bucket's usage counts the bytes it holds already
+            quotas.check_bucket(conn, settings, counted, length - rec.offset)
         upload_rows.set_length(conn, rec.upload_id, length)
 
     def _withdraw_length(self, upload_id: str, owner: str, offset: int, length: int) -> None:
@@ -349,8 +351,9 @@ class Uploads:
                     rec = upload_rows.get(conn, upload_id)
                 # A deferred length is bounded by the bucket's quota as its bytes arrive.
                 room = None
-                if rec.length is None and not rec.is_partial:
-                    room = quotas.room(conn, core.settings, rec.bucket)
+                counted = quotas.counted_in(rec.bucket, rec.is_partial)
+                if rec.length is None and counted is not None:
+                    room = quotas.room(conn, core.settings, counted)
             chunker = self._warm.take(upload_id, rec.tail)
             tail = b""
             damaged: list[str] = []

@@ -37,6 +37,10 @@ IDLE_SECONDS = 3600.0  # a session silent this long loses its running digest (an
 # (finalized on another node, or abandoned): they are read back if it ever goes on.
 PARKED_IDLE_SECONDS = 60.0
 MAX_SESSIONS = 256  # running digests kept per process; the least recently used goes first
+# Announced entries followed per process, all sessions together (~200 bytes each in memory:
+# ~200 MB). Each session's order is bounded by its size, but not their sum: made-up ids
+# cost a client nothing to announce. A session that would pass this is not followed.
+MAX_FOLLOWED_ENTRIES = 1 << 20
 
 
 @dataclass(eq=False)
@@ -52,6 +56,7 @@ class _Track:
     sent_any: bool = False  # a chunk was PUT: from now on, read back what is not in memory
     closed: bool = False
     scheduled: bool = False
+    counted: int = 0  # entries of `order` counted against MAX_FOLLOWED_ENTRIES
     lock: threading.Lock = field(default_factory=threading.Lock)
     work: threading.Lock = field(default_factory=threading.Lock)
     used: float = field(default_factory=time.monotonic)
@@ -78,6 +83,7 @@ class WholeFileHashes:
         self._lock = threading.Lock()
         self._tracks: dict[str, _Track] = {}
         self._parked_bytes = 0
+        self._followed = 0  # entries counted against MAX_FOLLOWED_ENTRIES
         self._worker = ContextThreadPool(1, thread_name_prefix="edgestore-wholefile")
 
     def close(self) -> None:
@@ -87,6 +93,11 @@ class WholeFileHashes:
         for track in tracks:
             self._close(track)
         self._worker.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def followed_entries(self) -> int:
+        """Announced entries held in memory, all sessions together (bounded)."""
+        return self._followed
 
     @property
     def parked_bytes(self) -> int:
@@ -118,7 +129,8 @@ class WholeFileHashes:
         A batch at offset 0 starts the session's digest (or re-confirms it when a resumed
         client announces the same order again); a batch that disagrees with what was
         announced before drops the digest, and one that leaves a gap is not followed. An
-        order longer than `max_entries` drops the digest too: it is held in memory.
+        order longer than `max_entries`, or one taking the orders of all sessions past
+        MAX_FOLLOWED_ENTRIES, drops the digest too: they are held in memory.
         """
         with self._lock:
             track = self._tracks.get(upload_id)
@@ -137,7 +149,9 @@ class WholeFileHashes:
             start = _index_of(track.order, offset)
             if start is None:  # a gap, or an offset inside a chunk: not followed
                 return
-            if max_entries is not None and start + len(entries) > max_entries:
+            grow = max(0, start + len(entries) - len(track.order))
+            too_long = max_entries is not None and start + len(entries) > max_entries
+            if too_long or not self._count(track, grow):
                 self._unregister(upload_id, track)
                 self._close_locked(track)
                 return
@@ -274,6 +288,15 @@ class WholeFileHashes:
         with self._lock:
             self._parked_bytes -= n
 
+    def _count(self, track: _Track, n: int) -> bool:
+        """Count `n` more entries of the track's order, if all sessions' stay in bounds."""
+        with self._lock:
+            if self._followed + n > MAX_FOLLOWED_ENTRIES:
+                return False
+            self._followed += n
+        track.counted += n
+        return True
+
     def _close(self, track: _Track) -> None:
         with track.lock:
             self._close_locked(track)
@@ -283,6 +306,9 @@ class WholeFileHashes:
         track.scheduled = False
         self._release(sum(len(b) for b in track.parked.values()))
         track.parked.clear()
+        with self._lock:
+            self._followed -= track.counted
+        track.counted = 0
 
     def _reclaim_idle(self) -> None:
         now = time.monotonic()

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from edgestore.errors import TooLarge
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import now
 from edgestore.metadata.schema import chunks, upload_pins, uploads
@@ -57,12 +58,19 @@ def touch_open(conn: Connection, upload_id: str, *, expiry: float | None = None)
 
 
 def pin(
-    conn: Connection, upload_id: str, chunk_ids: Sequence[str], *, newly: list[str] | None = None
+    conn: Connection,
+    upload_id: str,
+    chunk_ids: Sequence[str],
+    *,
+    newly: list[str] | None = None,
+    within: int | None = None,
 ) -> dict[str, int]:
     """Pin to the session those of `chunk_ids` that are stored; return them (pinned before or
     now) with their raw sizes. The caller has touched the session in this transaction.
 
-    `newly`: extended with the ids pinned by this call (not pinned to the session before)."""
+    `newly`: extended with the ids pinned by this call (not pinned to the session before).
+    `within`: TooLarge (nothing pinned) if the session would hold more distinct chunk bytes
+    than that (its size: a file's distinct chunks never add up to more)."""
     stored: dict[str, int] = {}
     for batch in _batches(list(dict.fromkeys(chunk_ids))):
         # FOR KEY SHARE (PostgreSQL): gc's delete of a chunk found here waits for this
@@ -86,6 +94,8 @@ def pin(
             ).scalars()
         )
     new = sorted(stored.keys() - held)
+    if within is not None and new:
+        ensure_room(conn, upload_id, sum(stored[c] for c in new), within)
     if newly is not None:
         newly.extend(new)
     for batch in _batches(new):
@@ -105,6 +115,25 @@ def release(conn: Connection, upload_id: str) -> int:
     conn.execute(sa.delete(upload_pins).where(upload_pins.c.upload_id == upload_id))
     chunk_index.drop_refs(conn, counts)
     return sum(counts.values())
+
+
+def ensure_room(conn: Connection, upload_id: str, adding: int, within: int) -> None:
+    """TooLarge if the session, pinning `adding` more bytes of chunks, would hold more than
+    `within` (its size: else a session of one byte could hold any number of chunks)."""
+    holding = pinned(conn, upload_id)[1] + adding
+    if holding > within:
+        raise TooLarge(
+            f"upload session {upload_id} would hold {holding} bytes of chunks, more than the "
+            f"{within} bytes it was created for"
+        )
+
+
+def holds(conn: Connection, upload_id: str, chunk_id: str) -> bool:
+    """Whether the session pins this chunk already."""
+    q = sa.select(upload_pins.c.chunk_id).where(
+        upload_pins.c.upload_id == upload_id, upload_pins.c.chunk_id == chunk_id
+    )
+    return conn.execute(q).first() is not None
 
 
 def pinned(conn: Connection, upload_id: str) -> tuple[int, int]:

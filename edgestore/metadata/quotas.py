@@ -5,9 +5,13 @@ and compression) plus the declared length of every open upload headed for it: an
 reserves its room when it is created, so parallel uploads cannot jointly overshoot by more
 than the ones racing through the same instant. An upload whose length is deferred counts the
 bytes it holds, and each append to it may take only the room left when it starts (`room`).
+Partial uploads (tus concatenation) count in the bucket they were created for, as long as
+they hold bytes, until a final upload takes them over (`_partials_held`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -19,6 +23,12 @@ from edgestore.metadata.schema import object_versions, objects, uploads
 DEFAULT_BUCKET = "default"  # as engine.keys.DEFAULT_BUCKET: uploads naming none land there
 # Namespace of the per-bucket advisory locks (PostgreSQL) that serialise quota checks.
 _PG_QUOTA_LOCK = 0x7175_6F74  # "quot"
+# A final upload is created after its partials, but maybe on a node whose clock is behind:
+# finals are looked for this far before the oldest partial (a miss would count it twice).
+_CLOCK_SKEW = 3600.0
+
+# What an open upload counts: its declared length, else (deferred) the bytes it holds.
+_HELD = sa.func.coalesce(uploads.c.length, uploads.c.committed_offset + uploads.c.tail_length)
 
 
 def quota_of(settings: Settings, bucket: str) -> int:
@@ -26,7 +36,18 @@ def quota_of(settings: Settings, bucket: str) -> int:
     return settings.bucket_quotas.get(bucket, settings.bucket_quota_bytes)
 
 
-def bucket_usage(conn: Connection, bucket: str) -> int:
+def counted_in(bucket: str | None, is_partial: bool) -> str | None:
+    """The bucket whose quota an upload counts in; None for a partial created for no bucket
+    (see _partials_held)."""
+    if is_partial:
+        return bucket
+    return bucket or DEFAULT_BUCKET
+
+
+def bucket_usage(conn: Connection, bucket: str, replacing: Collection[str] = ()) -> int:
+    """The bucket's logical bytes: versions, open uploads' reservations and partials' bytes.
+
+    `replacing`: partial uploads whose bytes a final being checked takes over (not counted)."""
     stored = conn.execute(
         sa.select(sa.func.coalesce(sa.func.sum(object_versions.c.size), 0))
         .select_from(object_versions.join(objects))
@@ -35,16 +56,51 @@ def bucket_usage(conn: Connection, bucket: str) -> int:
     target = uploads.c.bucket == bucket
     if bucket == DEFAULT_BUCKET:
         target = sa.or_(target, uploads.c.bucket.is_(None))
-    # A deferred length: the bytes the upload holds.
-    held = sa.func.coalesce(uploads.c.length, uploads.c.committed_offset + uploads.c.tail_length)
     reserved = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(held), 0)).where(
+        sa.select(sa.func.coalesce(sa.func.sum(_HELD), 0)).where(
             uploads.c.state == "open",
             sa.not_(uploads.c.is_partial),
             target,
         )
     ).scalar_one()
-    return int(stored) + int(reserved)
+    return int(stored) + int(reserved) + _partials_held(conn, bucket, replacing)
+
+
+def _partials_held(conn: Connection, bucket: str, replacing: Collection[str]) -> int:
+    """What the partial uploads created for `bucket` count: each one's declared length while
+    open (deferred: the bytes it holds), its bytes once complete, until it is released.
+
+    Not counted: a partial a final upload has taken over, one that made its version (counted
+    as such; deleting the version frees its room) or that waits with a known length
+    (reserving it as a whole). A final waiting for partials of unknown length reserves nothing,
+    so those go on counting (and are bounded as their bytes arrive). A partial created for no
+    bucket (only a key limited to none does that, which may write anywhere) counts nowhere.
+    """
+    rows = conn.execute(
+        sa.select(uploads.c.upload_id, uploads.c.state, _HELD.label("held"), uploads.c.created_at)
+        .where(
+            uploads.c.is_partial,
+            uploads.c.bucket == bucket,
+            uploads.c.state.in_(("open", "complete")),
+        )
+        .order_by(uploads.c.created_at)
+    ).all()
+    if not rows:
+        return 0
+    covered = set(replacing)
+    finals = conn.execute(
+        sa.select(uploads.c.concat_of).where(
+            uploads.c.concat_of.is_not(None),
+            uploads.c.created_at >= rows[0].created_at - _CLOCK_SKEW,
+            sa.or_(
+                sa.and_(uploads.c.state == "open", uploads.c.length.is_not(None)),
+                uploads.c.version_id.is_not(None),
+            ),
+        )
+    )
+    for (concat_of,) in finals:
+        covered.update(concat_of or ())
+    return sum(int(r.held) for r in rows if r.upload_id not in covered)
 
 
 def room(conn: Connection, settings: Settings, bucket: str | None) -> int | None:
@@ -56,8 +112,18 @@ def room(conn: Connection, settings: Settings, bucket: str | None) -> int | None
     return max(0, quota - bucket_usage(conn, bucket))
 
 
-def check_bucket(conn: Connection, settings: Settings, bucket: str | None, adding: int) -> None:
-    """Raise QuotaExceeded if `adding` more bytes would take the bucket past its quota."""
+def check_bucket(
+    conn: Connection,
+    settings: Settings,
+    bucket: str | None,
+    adding: int,
+    *,
+    replacing: Collection[str] = (),
+) -> None:
+    """Raise QuotaExceeded if `adding` more bytes would take the bucket past its quota.
+
+    `replacing`: the partial uploads a final upload of `adding` bytes is made of, whose bytes
+    it takes over (they are not counted on top of it)."""
     bucket = bucket or DEFAULT_BUCKET
     quota = quota_of(settings, bucket)
     if not quota:
@@ -71,7 +137,7 @@ def check_bucket(conn: Connection, settings: Settings, bucket: str | None, addin
             sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:bucket))"),
             {"ns": _PG_QUOTA_LOCK, "bucket": bucket},
         )
-    used = bucket_usage(conn, bucket)
+    used = bucket_usage(conn, bucket, replacing)
     if used + adding > quota:
         raise QuotaExceeded(
             f"bucket {bucket!r} is over its quota: {adding} more bytes on top of the {used} it "

@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from edgestore.api import limits
 from edgestore.api.identity import Identity
 from edgestore.api.limits import Limiter, Throttle, client_of, is_upload
 from edgestore.config import load_settings
-from edgestore.errors import ConfigError
+from edgestore.errors import ConfigError, RateLimited
 from tests.api.access import client_with, create_key
 from tests.helpers import MiB, TricklingPatch, random_bytes, tus_create, tus_patch
 from tests.server import ServerProcess
@@ -127,6 +128,108 @@ def test_a_late_renewal_does_not_bring_a_released_slot_back(redis_url: str, tmp_
             await limiter.stop()
 
     assert asyncio.run(run()) == [1, 0]
+
+
+@pytest.mark.redis
+def test_a_long_upload_keeps_its_slot_past_the_key_expiry(redis_url: str, tmp_path: Path) -> None:
+    """The slots' sorted set expired 2 x LEASE_SECONDS after the client's last acquire,
+    renewals or not: after 4 minutes a client's long uploads held no slot at all, and it could
+    start max_concurrent_uploads more. A renewal keeps the set alive too."""
+    settings = load_settings(home=tmp_path, max_concurrent_uploads=1, rate_limit_storage=redis_url)
+    limiter = Limiter(settings)
+
+    async def run() -> None:
+        await limiter.start(f"test-{time.monotonic_ns()}")
+        try:
+            token = await limiter.acquire_upload("ip:1")
+            assert token is not None
+            key = f"{limiter.namespace}:uploads:ip:1"
+            await limiter.redis.expire(key, 1)  # 4 minutes have passed since the acquire
+            await limiter.renew_upload("ip:1", token)
+            await asyncio.sleep(1.2)
+            with pytest.raises(RateLimited):
+                await limiter.acquire_upload("ip:1")  # its one upload still streams
+        finally:
+            await limiter.stop()
+
+    asyncio.run(run())
+
+
+class _FrozenLink:
+    """A TCP relay to Redis that can stop relaying while keeping its connections open: Redis
+    unreachable behind a dead link (no reset, no answer), as a network partition looks."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.frozen = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                while self.frozen:
+                    await asyncio.sleep(0.05)
+                dst.write(data)
+                await dst.drain()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            up_writer.close()
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.redis
+def test_redis_that_stops_answering_fails_open_without_hanging(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis reachable at start, then silent (a partition): every request waited on it with
+    no timeout at all, so the whole server hung. Limits fail open within a bounded time, and
+    the next requests do not each wait for it again."""
+    parts = urlsplit(redis_url)
+
+    async def run() -> list[float]:
+        link = _FrozenLink((parts.hostname or "127.0.0.1", parts.port or 6379))
+        url = await link.start()
+        settings = load_settings(
+            home=tmp_path, rate_limit="100/second", max_concurrent_uploads=1,
+            upload_bandwidth=MiB, rate_limit_storage=url,
+        )  # fmt: skip
+        limiter = Limiter(settings)
+        await limiter.start(f"test-{time.monotonic_ns()}")
+        took = []
+        try:
+            await limiter.check_request("ip:1")
+            link.frozen = True
+            for _ in range(3):
+                t = time.monotonic()
+                await asyncio.wait_for(limiter.check_request("ip:1"), 20)
+                token = await asyncio.wait_for(limiter.acquire_upload("ip:1"), 20)
+                await asyncio.wait_for(limiter.spend("ip:1", 1000), 20)
+                if token is not None:
+                    await asyncio.wait_for(limiter.release_upload("ip:1", token), 20)
+                took.append(time.monotonic() - t)
+        finally:
+            link.frozen = False
+            await limiter.stop()
+            await link.stop()
+        return took
+
+    took = asyncio.run(run())
+    assert took[0] < 8 and max(took[1:]) < 0.5, took
 
 
 @pytest.fixture

@@ -218,7 +218,7 @@ def test_put_verifies_stores_pins_and_is_idempotent(http, probe) -> None:
 
 
 def test_put_with_wrong_bytes_is_422_and_keeps_nothing(http, probe, server) -> None:
-    uid = open_session(http, 10)
+    uid = open_session(http, 40 * KiB)
     data = random_bytes(40 * KiB, seed=5)
     claimed = sha256_hex(data + b"!")
     with unchanged(probe, server):

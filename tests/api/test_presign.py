@@ -323,6 +323,23 @@ def test_parallel_upload_through_concatenation(auth_server: ServerProcess) -> No
         assert admin.get(f"/objects/default/{key}").content == b"hello world"
 
 
+def test_a_partial_upload_is_bound_to_the_signed_bucket(auth_server: ServerProcess) -> None:
+    """Partials count in the bucket they were created for (quotas): one created with a grant
+    named any bucket it liked, and could fill another tenant's quota with bytes no final
+    would ever use. It is for the signed bucket, filled in when left out."""
+    tag = uuid.uuid4().hex[:8]
+    url = grant_url(auth_server, "upload", f"b-{tag}", "k", max_size=100)
+    partial = {**TUS, "Upload-Concat": "partial", "Upload-Length": "5"}
+    with client_with(auth_server) as c:
+        elsewhere = {**partial, "Upload-Metadata": tus_metadata({"bucket": f"victim-{tag}"})}
+        r = c.post(url, headers=elsewhere)
+        assert r.status_code == 403 and r.json()["error"] == "out_of_scope", r.text
+        r = c.post(url, headers=partial)
+        assert r.status_code == 201, r.text
+        meta = c.head(r.headers["Location"], headers=TUS).headers["Upload-Metadata"]
+        assert tus_metadata({"bucket": f"b-{tag}"}) in meta
+
+
 def test_an_ietf_draft_creation_cannot_escape_the_grant_with_upload_concat(
     auth_server: ServerProcess,
 ) -> None:

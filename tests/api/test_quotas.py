@@ -22,7 +22,9 @@ def quota_server(tmp_path_factory: pytest.TempPathFactory):
         home=base / "home",
         database_url=f"sqlite:///{base / 'meta.db'}",
         env_extra={
-            "EDGESTORE_BUCKET_QUOTAS": json.dumps({"small": QUOTA, "tiny": 10, "deferred": 10}),
+            "EDGESTORE_BUCKET_QUOTAS": json.dumps(
+                {"small": QUOTA, "tiny": 10, "deferred": 10, "parts": 10}
+            ),
             "EDGESTORE_MAX_UPLOAD_SIZE": str(10 * QUOTA),
         },
     ).start()
@@ -133,3 +135,18 @@ def test_a_waiting_final_is_checked_when_its_length_becomes_known(
             assert c.patch(url, content=body, headers=h).status_code == 204
         assert c.head(final_url, headers=TUS).status_code in (404, 410)
         assert c.get("/objects/tiny/late").status_code == 404
+
+
+def test_partial_uploads_count_in_their_bucket(quota_server: ServerProcess) -> None:
+    """Partials a final never uses held bytes that counted nowhere, until they expired: they
+    count in the bucket they were created for, and a final takes them over."""
+    with quota_server.client() as c:
+        r = _create(c, 11, "parts", **{"Upload-Concat": "partial"})
+        assert r.status_code == 507, r.text
+        url = _create(c, 6, "parts", **{"Upload-Concat": "partial"}).headers["Location"]
+        assert c.patch(url, content=b"abcdef", headers=patch_headers(0)).status_code == 204
+        assert _create(c, 5, "parts").status_code == 507  # the partial's 6 bytes are held
+        final = {**TUS, "Upload-Concat": f"final;{url}",
+                 "Upload-Metadata": tus_metadata({"bucket": "parts", "key": "one"})}  # fmt: skip
+        assert c.post("/files/", headers=final).status_code == 201  # not counted twice
+        assert _create(c, 4, "parts").status_code == 201

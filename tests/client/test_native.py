@@ -200,6 +200,34 @@ def test_a_rerun_with_other_content_type_or_metadata_stores_those(
     assert r.bytes_sent < len(data)  # the chunks the first run stored are not sent again
 
 
+@pytest.mark.parametrize("change", ["content type", "file"])
+def test_a_session_the_rerun_does_not_continue_is_aborted_once_it_commits(
+    server, probe, tmp_path, hints_dir, change
+) -> None:
+    """The hint named a session the rerun could not continue (the file changed, or another
+    content type): it stayed open for a week, its pins holding chunks of the old content and
+    its size reserved against the bucket's quota (QuotaExceeded for the next uploads)."""
+    data = random_bytes(2 * MiB, seed={"content type": 16, "file": 17}[change])
+    key = f"superseded/{change}"
+    src = write_file(tmp_path / "superseded.bin", data)
+    client = Client(server.url, state_dir=hints_dir)
+    with pytest.raises(Interrupted):
+        client.upload(src, key=key, workers=1, progress=Recorder(after=2, hook=_raise))
+    ((old, _),) = rows(probe, "SELECT upload_id, state FROM uploads WHERE key = :k", k=key)
+    assert pins_of(probe, old)
+    kwargs = {}
+    if change == "file":
+        write_file(src, data[: MiB // 2] + b"edited" + data[MiB // 2 :])
+    else:
+        kwargs["content_type"] = "application/x-other"
+    r = client.upload(src, key=key, **kwargs)
+    assert not r.resumed and r.upload != old
+    states = dict(rows(probe, "SELECT upload_id, state FROM uploads WHERE key = :k", k=key))
+    assert states == {old: "terminated", r.upload: "complete"}
+    assert pins_of(probe, old) == set()
+    assert r.bytes_sent < len(data)  # the old session's chunks were found, not sent again
+
+
 def test_a_stale_hint_opens_a_new_session(server, probe, tmp_path, hints_dir) -> None:
     data = random_bytes(1 * MiB, seed=6)
     src = write_file(tmp_path / "stale.bin", data)
@@ -258,6 +286,23 @@ def test_upload_with_an_api_key(auth_server, tmp_path, hints_dir) -> None:
     assert r.size == 300 * KiB
     with pytest.raises(Unauthorized):
         Client(auth_server.url, state_dir=hints_dir).upload(src, key="nokey")
+
+
+def test_a_file_name_that_is_not_utf8_uploads_under_a_readable_name(
+    server, http, tmp_path, hints_dir
+) -> None:
+    """A name in another encoding (Latin-1 from an old disk or share) reaches Python with
+    surrogates that no JSON or header can carry: the upload died in httpx with a traceback,
+    even with --key given (the file name is sent too)."""
+    data = random_bytes(200 * KiB, seed=15)
+    src = write_file(tmp_path / os.fsdecode(b"caf\xe9.bin"), data)
+    client = Client(server.url, state_dir=hints_dir)
+    r = client.upload(src)
+    assert (r.key, r.sha256) == ("caf\ufffd.bin", sha256_hex(data))
+    info = http.get(f"/ids/{r.object_id}/info").json()
+    assert info["filename"] == "caf\ufffd.bin"
+    assert client.upload(src, key="named").key == "named"
+    assert list(hints_dir.glob("*.json")) == []
 
 
 def test_bad_workers_are_refused(server, tmp_path, hints_dir) -> None:

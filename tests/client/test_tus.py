@@ -181,6 +181,17 @@ def test_changed_file_is_not_completed_by_a_single_upload(server, probe, tmp_pat
     assert versions_of(probe, "tus/changed1") == 0
 
 
+def test_a_file_name_that_is_not_utf8_uploads_under_a_readable_name(
+    server, http, tmp_path, hints_dir
+) -> None:
+    # Its surrogates cannot be encoded into Upload-Metadata: a traceback, before.
+    data = random_bytes(200 * KiB, seed=36)
+    src = write_file(tmp_path / os.fsdecode(b"na\xefve.bin"), data)
+    r = Client(server.url, state_dir=hints_dir).upload(src, protocol="tus")
+    assert (r.key, r.sha256) == ("na\ufffdve.bin", sha256_hex(data))
+    assert http.get(f"/ids/{r.object_id}/info").json()["filename"] == "na\ufffdve.bin"
+
+
 def test_plan_and_endpoint() -> None:
     assert plan_parts(10 * MiB, 4, concat=False) == [(0, 10 * MiB)]
     assert plan_parts(10 * MiB, 1, concat=True) == [(0, 10 * MiB)]

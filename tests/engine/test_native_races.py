@@ -60,7 +60,7 @@ def test_a_session_touched_as_it_lapses_is_not_expired_by_gc(tmp_path, pg_url, m
     settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
     parts = chunks_of(random_bytes(100 * KiB, seed=2))
     with Engine.open(settings) as engine, Engine.open(settings) as other:
-        rec = engine.native.create(size=1, key="race/expiry")
+        rec = engine.native.create(size=100 * KiB, key="race/expiry")
         engine.native.put_chunk(rec.upload_id, *parts[0])
         lapses = time.time() + 0.5  # a week has passed: the session is about to lapse
         with engine.core.db.write() as conn:

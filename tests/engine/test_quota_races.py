@@ -34,8 +34,8 @@ def test_two_uploads_created_at_once_cannot_jointly_exceed_the_quota(
         both_read = threading.Barrier(2, timeout=3)
         real_usage = quotas.bucket_usage
 
-        def usage(conn: Any, bucket: str) -> int:
-            used = real_usage(conn, bucket)
+        def usage(conn: Any, bucket: str, *rest: Any) -> int:
+            used = real_usage(conn, bucket, *rest)
             try:  # both transactions have read the usage before either goes on
                 both_read.wait()
             except threading.BrokenBarrierError:

@@ -236,3 +236,37 @@ def test_any_arrival_order_gives_the_file_digest(
     done = native.finalize(rec.upload_id, _manifest(parts), sha256_hex(data))
     assert read_all(small_engine, done.version) == data
     assert wf.parked_bytes == 0
+
+
+def test_the_orders_followed_are_bounded_in_all(
+    small_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each session's announced order was bounded by its size, but not their sum: 256
+    sessions of 1 TiB announcing made-up ids (cheap: nothing is sent) held ~50 GB of
+    memory. Past the bound a session is not followed (finalize reads back), and what a
+    finished session held is room again."""
+    from edgestore.engine import wholefile
+
+    monkeypatch.setattr(wholefile, "MAX_FOLLOWED_ENTRIES", 10)
+    native, wf = small_engine.native, small_engine.wholefile
+    rng = random.Random(5)
+
+    def fake(n: int) -> Parts:
+        return [(rng.randbytes(32).hex(), b"x" * KiB) for _ in range(n)]
+
+    def session(key: str) -> str:
+        return native.create(size=1024 * KiB, key=key).upload_id
+
+    a, b, c = session("bounded/a"), session("bounded/b"), session("bounded/c")
+    _announce(native, a, fake(8))
+    _announce(native, b, fake(5))  # 13 in all: b is not followed
+    assert (wf.progress(a), wf.progress(b)) == (0, None)
+    _announce(native, a, fake(3), offset=8 * KiB)  # nor a, once it passes the bound
+    assert wf.progress(a) is None
+    _announce(native, c, fake(10))  # what a held was given back
+    assert wf.progress(c) == 0
+    native.abort(c)
+    _announce(native, b, fake(4))  # a session not followed before may be now
+    assert (wf.progress(b), wf.followed_entries) == (0, 4)
+    native.abort(b)
+    assert wf.followed_entries == 0
