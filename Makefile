@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# Test processes (pytest-xdist; 0: one process) and where their files go: a RAM disk where
+# there is one, so that parallel workers do not queue on one device's fsyncs (the storage
+# layer's own tests still run on a real disk: tests/storage/conftest.py). pytest empties
+# TEST_TMP at start.
+TEST_WORKERS ?= auto
+TEST_TMP ?= $(if $(wildcard /dev/shm/.),/dev/shm/edgestore-tests-$(shell id -u))
 NPM_STAMP := tests/interop/node_modules/.installed-$(shell cat tests/interop/package.json 2>/dev/null | sha1sum | cut -c1-12)
 
 .PHONY: venv serve test lint bench clean npm
@@ -32,7 +38,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 test: venv npm lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(if $(TEST_TMP),--basetemp=$(TEST_TMP)) $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.ingest $(ARGS)

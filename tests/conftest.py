@@ -7,7 +7,9 @@ it is down they skip with the reason, unless EDGESTORE_REQUIRE_PG=1 (CI), where 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,33 @@ from tests.helpers import SMALL_CHUNKS
 PG_ADMIN_URL = os.environ.get(
     "EDGESTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+# `make test` puts the suite's files on a RAM disk where there is one (/dev/shm), so parallel
+# workers do not queue on one device's fsyncs. Tests marked `disk` (all of tests/storage and
+# tests/bench: O_DIRECT, which tmpfs refuses, device counters, a second filesystem) get their
+# tmp_path on a real disk instead: EDGESTORE_TEST_DISK_DIR, else the system temp dir.
+_ON_DISK = ("tests/storage/", "tests/bench/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(_ON_DISK):
+            item.add_marker(pytest.mark.disk)
+
+
+@pytest.fixture
+def tmp_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """pytest's own tmp_path (under --basetemp), or for a `disk` test one on a real disk."""
+    if request.node.get_closest_marker("disk") is None:
+        yield tmp_path_factory.mktemp(re.sub(r"\W", "_", request.node.name)[:30], numbered=True)
+        return
+    root = os.environ.get("EDGESTORE_TEST_DISK_DIR") or tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix="edgestore-disk-test-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _require(var: str) -> bool:

@@ -23,6 +23,9 @@ from edgestore.storage.datadirs import DataDirs
 
 KiB = 1024
 MiB = 1024 * 1024
+# An id no upload or object has; fixed, not random: parametrized test ids must be the same
+# in every pytest-xdist worker.
+UNKNOWN_ID = "3f0b6a52-8d6e-4c1a-9e57-0c6f2b9d7a11"
 
 # Small chunks keep multi-chunk tests fast; the default (1/4/8 MiB) has its own tests.
 SMALL_CHUNKS: dict[str, Any] = {

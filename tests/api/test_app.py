@@ -91,6 +91,7 @@ def test_stopping_ends_an_upkeep_round_at_its_next_step(
     assert took < 1.0 and len(steps) == ended_at < 600, "the round went on after stop()"
 
 
+@pytest.mark.disk  # /dev/shm must be another filesystem than its tmp_path
 @pytest.mark.parametrize("disks", ["one", "two"])
 def test_start_warns_when_every_data_dir_is_on_one_disk(
     make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture, disks: str

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import (
     OFFSET_OCTET_STREAM,
     TUS,
+    UNKNOWN_ID,
     MiB,
     random_bytes,
     sha256_hex,
@@ -81,10 +82,10 @@ def test_get_and_head_by_id(http, big) -> None:
 UNKNOWN = [
     "/objects/nobucket/none",
     "/objects/default/does/not/exist",
-    f"/ids/{uuid.uuid4()}",
+    f"/ids/{UNKNOWN_ID}",
     "/ids/not-a-uuid",
-    f"/ids/{uuid.uuid4()}/info",
-    f"/ids/{uuid.uuid4()}/versions",
+    f"/ids/{UNKNOWN_ID}/info",
+    f"/ids/{UNKNOWN_ID}/versions",
 ]
 
 

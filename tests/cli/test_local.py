@@ -237,6 +237,7 @@ def test_get_to_a_full_standard_output_says_so(cli, tmp_path: Path, db_url: str)
     assert res.returncode == 4 and "cannot write standard output" in err, err
 
 
+@pytest.mark.disk  # /dev/shm must be another filesystem than its tmp_path
 def test_init_refuses_an_empty_mount_point_and_says_so(cli, tmp_path: Path) -> None:
     """init claimed a dir on the root filesystem beside dirs that each have their own disk
     (a disk that did not mount), and exited 0 whatever dirs it left unusable."""

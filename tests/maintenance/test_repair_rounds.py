@@ -298,10 +298,10 @@ def test_a_repair_reads_each_shard_once(engine: Engine, monkeypatch: pytest.Monk
     for backend in engine.core.dirs.backends.values():
         get = backend.get
 
-        def counted(key: str, get=get) -> bytes:
+        def counted(key: str, limit: int | None = None, get=get) -> bytes:
             with lock:
                 gets[key] += 1
-            return get(key)
+            return get(key, limit)
 
         monkeypatch.setattr(backend, "get", counted)
     assert repair.repair(engine).repaired == 1

@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import (
     TUS,
+    UNKNOWN_ID,
     MiB,
     random_bytes,
     sha256_hex,
@@ -269,7 +270,7 @@ def test_final_naming_a_non_partial_upload_is_400(http, probe) -> None:
     assert r.status_code == 400
 
 
-@pytest.mark.parametrize("missing", [str(uuid.uuid4()), "not-an-upload"])
+@pytest.mark.parametrize("missing", [UNKNOWN_ID, "not-an-upload"])
 def test_final_naming_an_unknown_upload_is_404(http, probe, missing: str) -> None:
     done = _partial(http, random_bytes(100, seed=133))
     with store_unchanged(http, probe):

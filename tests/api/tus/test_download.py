@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from tests.helpers import (
+    UNKNOWN_ID,
     MiB,
     random_bytes,
     sha256_hex,
@@ -53,7 +54,7 @@ def test_an_unfinished_upload_cannot_be_downloaded(http) -> None:
     assert http.get(url).status_code == 404
 
 
-@pytest.mark.parametrize("upload_id", [str(uuid.uuid4()), "nope"])
+@pytest.mark.parametrize("upload_id", [UNKNOWN_ID, "nope"])
 def test_get_an_unknown_upload_is_404(http, upload_id: str) -> None:
     assert http.get(f"/files/{upload_id}").status_code == 404
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from tests.helpers import (
     TUS,
+    UNKNOWN_ID,
     random_bytes,
     store_unchanged,
     tus_create,
@@ -83,7 +82,7 @@ def test_head_has_no_upload_metadata_when_none_was_sent(http) -> None:
     assert "Upload-Metadata" not in http.head(url, headers=TUS).headers
 
 
-@pytest.mark.parametrize("upload_id", [str(uuid.uuid4()), "not-an-upload", "0" * 200])
+@pytest.mark.parametrize("upload_id", [UNKNOWN_ID, "not-an-upload", "0" * 200])
 def test_head_of_an_unknown_upload_is_404(http, probe, upload_id: str) -> None:
     with store_unchanged(http, probe):
         r = http.head(f"/files/{upload_id}", headers=TUS)

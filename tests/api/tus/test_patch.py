@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import (
     TUS,
+    UNKNOWN_ID,
     KiB,
     MiB,
     patch_headers,
@@ -202,7 +202,7 @@ def test_empty_patch_on_a_finished_upload_is_204(http) -> None:
     assert r.headers["Upload-Offset"] == "5000"
 
 
-@pytest.mark.parametrize("upload_id", [str(uuid.uuid4()), "nope"])
+@pytest.mark.parametrize("upload_id", [UNKNOWN_ID, "nope"])
 def test_patch_to_an_unknown_upload_is_404(http, probe, upload_id: str) -> None:
     with store_unchanged(http, probe):
         r = tus_patch(http, f"/files/{upload_id}", 0, b"abc")

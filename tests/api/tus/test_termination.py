@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import (
     TUS,
+    UNKNOWN_ID,
     MiB,
     random_bytes,
     store_unchanged,
@@ -53,7 +54,7 @@ def test_terminate_an_upload_that_has_no_bytes(http) -> None:
     assert http.head(url, headers=TUS).status_code == GONE
 
 
-@pytest.mark.parametrize("upload_id", [str(uuid.uuid4()), "nope"])
+@pytest.mark.parametrize("upload_id", [UNKNOWN_ID, "nope"])
 def test_terminate_an_unknown_upload_is_404(http, probe, upload_id: str) -> None:
     with store_unchanged(http, probe):
         r = http.delete(f"/files/{upload_id}", headers=TUS)
