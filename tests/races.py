@@ -11,20 +11,26 @@ from typing import Any
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
+from edgestore.metadata.db import Database
 
 
-def wait_until_blocked(engine: Engine, timeout: float = 10.0) -> None:
+def lock_waiters(db: Database) -> int:
+    """How many sessions of this database wait on a lock now."""
+    with db.read() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+
+
+def wait_until_blocked(target: Engine | Database, timeout: float = 10.0) -> None:
     """Until some session of this database waits on a lock (the other transaction's)."""
+    db = target.core.db if isinstance(target, Engine) else target
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with engine.core.db.read() as conn:
-            waiting = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        if waiting:
+        if lock_waiters(db):
             return
         time.sleep(0.02)
     raise AssertionError("the second transaction never waited for the first")

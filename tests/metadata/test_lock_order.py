@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections import Counter
 from typing import Any
 
@@ -21,6 +20,7 @@ from edgestore.metadata import objects as object_rows
 from edgestore.metadata.db import Database
 from edgestore.metadata.schema import chunks, objects
 from edgestore.types import ChunkId, Compression, Layout
+from tests.races import wait_until_blocked
 
 pytestmark = pytest.mark.postgres
 
@@ -86,21 +86,6 @@ def _bump(cid: str) -> sa.Update:
     return sa.update(chunks).where(chunks.c.chunk_id == cid).values(refcount=chunks.c.refcount + 1)
 
 
-def _wait_until_blocked(db: Database) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with db.read() as conn:
-            if conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one():
-                return
-        time.sleep(0.02)
-    raise AssertionError("the transaction never waited for the other session's lock")
-
-
 def _against_a_deadlock(db: Database, pg_url: str, *, retry: bool) -> tuple[list[Any], int]:
     """Another session locks chunk row 0 then row 1, our transaction row 1 then row 0: a
     deadlock, in which PostgreSQL fails ours (it waited first). What ours returned or
@@ -135,7 +120,7 @@ def _against_a_deadlock(db: Database, pg_url: str, *, retry: bool) -> tuple[list
             holder.execute(_bump(ids[0]))
             t = threading.Thread(target=run)
             t.start()
-            _wait_until_blocked(db)
+            wait_until_blocked(db)
             holder.execute(_bump(ids[1]))  # waits for ours, until PostgreSQL fails it
             holder.commit()
             t.join(30)
@@ -218,7 +203,7 @@ def test_a_version_made_while_another_of_its_object_is_deleted_does_not_deadlock
             chunk_index.drop_refs(conn, Counter([cid]))
             t = threading.Thread(target=finalize)
             t.start()
-            _wait_until_blocked(db)
+            wait_until_blocked(db)
             conn.execute(sa.select(objects.c.object_id).with_for_update()).all()
         t.join(30)
         assert not t.is_alive() and errors == []
