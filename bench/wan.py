@@ -8,12 +8,16 @@ every client in the other, one fresh store per measured upload. Per congestion c
 edgestore's native client with 1 connection, 6, and its automatic choice; tuspy (one
 stream); tus-js-client with parallelUploads 1 and 6 against edgestore. Single cubic streams
 move 256 MiB (they crawl), everything else 1 GiB. Then the dedup runs: the same file again,
-and a copy with 1 MiB inserted in the middle. Traffic never leaves the two namespaces.
+and a copy with 1 MiB inserted in the middle. Every upload is read back afterwards (over the
+unimpaired path, outside its timing) and must hold the file's bytes, or its run counts as failed.
+Traffic never leaves the two namespaces.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -25,11 +29,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.table import Table
 
-from bench import peers
+from bench import datasets, peers
 from bench.datasets import MiB, ensure, format_size, parse_size
 
 WAN_DIR = peers.SHARED_PEERS / "wan"
@@ -154,6 +159,36 @@ class WanServer:
                 return int(float(line.split()[-1]))
         return 0
 
+    def stored_digest(self, path: str) -> tuple[int, str]:
+        """Length and SHA-256 of what a GET of `path` (an upload's or object's URL path)
+        returns, read over the unimpaired path so that checking costs no WAN time."""
+        h, n = hashlib.sha256(), 0
+        with subprocess.Popen(
+            [*CLIENT, "curl", "-sf", "-H", f"Authorization: Bearer {self.key}",
+             f"http://10.99.0.2:{self.port}{path}"],
+            stdout=subprocess.PIPE,
+        ) as proc:  # fmt: skip
+            assert proc.stdout is not None
+            while piece := proc.stdout.read(4 * MiB):
+                h.update(piece)
+                n += len(piece)
+        if proc.returncode != 0:
+            raise OSError(f"GET {path} failed (curl exit {proc.returncode})")
+        return n, h.hexdigest()
+
+    def verify(self, path: str, file: Path) -> str:
+        """'' when `path` holds exactly the file's bytes, else what is wrong (a failed run)."""
+        if not path:
+            return "the client did not say where it uploaded"
+        try:
+            n, digest = self.stored_digest(path)
+        except OSError as exc:
+            return f"stored upload unreadable: {exc}"[:300]
+        size, sha = file.stat().st_size, _sha256_of(file)
+        if (n, digest) != (size, sha):
+            return f"stored {n} bytes, SHA-256 {digest[:16]}…; sent {size}, {sha[:16]}…"
+        return ""
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -161,6 +196,11 @@ class WanServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@functools.cache
+def _sha256_of(file: Path) -> str:
+    return datasets.sha256_of(file)
 
 
 def wire_bytes() -> int:
@@ -200,7 +240,8 @@ def native(server: WanServer, file: Path, workers: str) -> tuple[float, int | No
     if result.get("auto_levels"):
         steps = ", ".join(f"{n}: {r / 1e6:.1f} MB/s" for n, r in result["auto_levels"])
         print(f"   auto levels tried: {steps}", file=sys.stderr)
-    return float(result["seconds"]), int(result["workers"]), ""
+    failure = server.verify(f"/ids/{result['object_id']}?version={result['version']}", file)
+    return float(result["seconds"]), int(result["workers"]), failure
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 headers=server.headers,
                 prefix=CLIENT,
             )
-            return r.seconds, parallel, r.detail
+            return r.seconds, parallel, r.detail or server.verify(urlsplit(r.url).path, file)
 
         return go
 
@@ -277,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = peers.run_tuspy(
                 f"{server.url}/files/", file, 50, headers=server.headers, prefix=CLIENT
             )
-            return r.seconds, 1, r.detail
+            return r.seconds, 1, r.detail or server.verify(urlsplit(r.url).path, file)
 
         return go
 
@@ -321,10 +362,14 @@ def dedup_runs(cc: str, file: Path, workdir: Path, log: Console) -> dict[str, fl
             raise RuntimeError(err)
         w0 = wire_bytes()
         again, _, err = native(server, file, "auto")
+        if err:
+            raise RuntimeError(err)
         wire_again = wire_bytes() - w0
         chunks0 = server.new_chunks()
         w0 = wire_bytes()
         edit_s, _, err = native(server, edited, "auto")
+        if err:
+            raise RuntimeError(err)
         wire_edit = wire_bytes() - w0
         edit_chunks = server.new_chunks() - chunks0
     finally:
