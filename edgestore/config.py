@@ -194,6 +194,13 @@ class Settings(BaseSettings):
             return [p.expanduser() for p in value]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _browser_origins(cls, value: list[str]) -> list[str]:
+        """Each origin as a browser sends it (`scheme://host[:port]`, lowercase, no default
+        port): `https://App.example/` matched no request, and every preflight was refused."""
+        return [_origin(item) for item in value]
+
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -315,6 +322,25 @@ class Settings(BaseSettings):
     @property
     def workers(self) -> int:
         return self.cpu_workers or (os.cpu_count() or 2)
+
+
+def _origin(text: str) -> str:
+    """`text` as the Origin header a browser would send for it; ValueError if it has a path
+    (an origin has none) or no scheme. `*` (any origin) and `null` pass as they are."""
+    if text in ("*", "null"):
+        return text
+    scheme, sep, rest = text.partition("://")
+    host = rest.removesuffix("/")
+    if not sep or not scheme or not host or any(c in host for c in "/?#@ "):
+        raise ValueError(
+            f"cors_origins: {text!r} is not an origin; write it as scheme://host[:port], "
+            "e.g. https://app.example"
+        )
+    scheme, host = scheme.lower(), host.lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and host.endswith(default):
+        host = host.removesuffix(default)
+    return f"{scheme}://{host}"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -41,8 +41,8 @@ class RequestContext:
         rid = incoming if ok else uuid.uuid4().hex[:16]
         token = request_id.set(rid)
         # One state dict for the whole request, however the layers below copy the scope: a
-        # route's error headers (request.state) must reach the 500 answered here.
-        state: dict[str, Any] = scope.setdefault("state", {})
+        # route's error headers (request.state) must reach the 500 answered for it.
+        scope.setdefault("state", {})
         started = time.monotonic()
         status = 500
         responded = False
@@ -66,10 +66,9 @@ class RequestContext:
                 broken_off = True
                 raise
             # Answered here, where the request id is still known (Starlette's own 500 handler
-            # runs outside this middleware: no X-Request-ID, a traceback logged as "-").
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            headers = state.get("error_headers")
-            await unexpected_response(headers)(scope, receive, send_with_id)
+            # runs outside this middleware: no X-Request-ID, a traceback logged as "-"). A
+            # route's error is answered by Unexpected, inside CORS; this is for the rest.
+            await _answer_unexpected(scope, receive, send_with_id)
         finally:
             seconds = time.monotonic() - started
             app: Any = scope.get("app")
@@ -93,3 +92,39 @@ class RequestContext:
             )
             if not broken_off:  # else the server's traceback, logged after this, keeps the id
                 request_id.reset(token)
+
+
+class Unexpected:
+    """Answers an error nothing mapped (a bug) with a 500, placed just inside CORS.
+
+    RequestContext, the outermost layer, answered it before: its 500 went out without CORS
+    headers, and a page saw a network error instead of the status and its X-Request-ID.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        responded = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal responded
+            responded = responded or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if responded:  # a body broken off: the server drops the connection
+                raise
+            await _answer_unexpected(scope, receive, send)
+
+
+async def _answer_unexpected(scope: Scope, receive: Receive, send: Send) -> None:
+    """The 500 of the exception being handled, its traceback logged under the request id."""
+    log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+    headers = scope.get("state", {}).get("error_headers")
+    await unexpected_response(headers)(scope, receive, send)

@@ -2,9 +2,10 @@
 pre-signed URL route, and what they load at start (the signing secret, the first admin key,
 the Redis connection). docs/security.md describes the behaviour; this wires it.
 
-Order, outermost first: RequestContext (request id, access log) → CORS (preflights answered
-before any credential check; error responses still carry CORS headers, so a browser can read
-a 401 or 429) → AccessControl → Throttle (knows the API key) → routes.
+Order, outermost first: RequestContext (request id, access log) → MethodOverride → CORS
+(preflights answered before any credential check; error responses still carry CORS headers,
+so a browser can read a 401, a 429 or a bug's 500) → Unexpected (answers that 500) →
+AccessControl → Throttle (knows the API key) → routes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgestore.api.auth import AccessControl
 from edgestore.api.identity import ADMIN
 from edgestore.api.keyring import KeyRing
 from edgestore.api.limits import Limiter, Throttle
+from edgestore.api.middleware import Unexpected
 from edgestore.api.presign import Signer
 from edgestore.config import Settings
 from edgestore.engine import Engine
@@ -45,6 +47,7 @@ CORS_ALLOW_HEADERS = [
     "Authorization",
     "Content-Type",
     "Range",
+    "If-Match",
     "If-None-Match",
     "If-Range",
     "X-Request-ID",
@@ -61,6 +64,8 @@ CORS_EXPOSE_HEADERS = [
     "Upload-Expires",
     "Upload-Complete",
     "Upload-Draft-Interop-Version",
+    "Upload-Limit",
+    "Accept-Patch",
     "Tus-Resumable",
     "Tus-Version",
     "Tus-Extension",
@@ -72,6 +77,7 @@ CORS_EXPOSE_HEADERS = [
     "Content-Disposition",
     "Accept-Ranges",
     "Retry-After",
+    "WWW-Authenticate",
     "X-Request-ID",
     "X-Edgestore-Object-Id",
     "X-Edgestore-Version",
@@ -146,6 +152,7 @@ def install(app: FastAPI, settings: Settings) -> Security:
     app.include_router(presign.router)
     app.add_middleware(Throttle, limiter=security.limiter)
     app.add_middleware(AccessControl, settings=settings, keys=security.keys, signer=security.signer)
+    app.add_middleware(Unexpected)  # inside CORS: a bug's 500 is readable by a page too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -154,5 +161,9 @@ def install(app: FastAPI, settings: Settings) -> Security:
             allow_headers=CORS_ALLOW_HEADERS,
             expose_headers=CORS_EXPOSE_HEADERS,
             max_age=CORS_MAX_AGE,
+            # Chromium's Private Network Access: a public site's page calling a server on a
+            # LAN address says so in its preflight, refused (400) unless this is allowed. Only
+            # the origins listed get it, as every other CORS permission.
+            allow_private_network=True,
         )
     return security

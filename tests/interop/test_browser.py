@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench.peers import PageServer, drive_browser
-from tests.helpers import MiB, random_bytes, sha256_hex
+from tests.helpers import MiB, random_bytes, sha256_hex, tus_upload
 from tests.server import ServerProcess
 
 pytestmark = [pytest.mark.interop, pytest.mark.browser]
@@ -164,3 +164,52 @@ def test_a_page_from_an_origin_not_allowed_cannot_upload(
     assert "error" in lines[0], lines
     assert "failed to create upload" in lines[0]["error"]
     assert server.log().count("POST /files/") == posts_before
+
+
+def test_tus_js_client_uploads_with_the_ietf_draft_from_a_page(
+    node: str, chromium: str, page_origin: str, server: ServerProcess, tmp_path: Path
+) -> None:
+    """tus-js-client's `protocol: 'ietf-draft-05'` from another origin: its own headers
+    (Upload-Complete, Upload-Draft-Interop-Version) pass the preflight, and what it reads
+    back is exposed."""
+    path, data = _file(tmp_path, "draft.bin", 5 * MiB + 77, seed=41)
+    upload = _tus(server, chunkSize=2 * MiB, protocol="ietf-draft-05")
+    lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
+        {"call": "tusUpload", "args": upload},
+    ])  # fmt: skip
+    assert "result" in lines[0], f"{lines}\n{server.log()[-3000:]}"
+    with server.client() as admin:
+        got = admin.get(lines[0]["result"]["url"])
+    assert got.status_code == 200
+    assert sha256_hex(got.content) == sha256_hex(data)
+
+
+def test_what_a_page_reads_of_refusals_and_conditional_requests(
+    node: str, chromium: str, page_origin: str, server: ServerProcess, tmp_path: Path
+) -> None:
+    """Requests a page sends with fetch: a conditional DELETE (If-Match, docs/api.md) was
+    stopped at the preflight ("Failed to fetch"); a 401's WWW-Authenticate and the draft's
+    Upload-Limit read as null (not exposed)."""
+    path, _ = _file(tmp_path, "x.bin", 10, seed=51)
+    with server.client() as admin:
+        tus_upload(admin, b"0123456789", metadata={"bucket": "default", "key": "browser/if"})
+        etag = admin.head("/objects/default/browser/if").headers["ETag"]
+    obj = f"{server.url}/objects/default/browser/if"
+    steps = [
+        {"method": "DELETE", "url": obj, "headers": {**server.auth_headers, "If-Match": '"x"'},
+         "read": ["X-Request-ID"]},
+        {"method": "DELETE", "url": obj, "headers": {**server.auth_headers, "If-Match": etag},
+         "read": []},
+        {"method": "GET", "url": obj, "headers": {}, "read": ["WWW-Authenticate"]},
+        {"method": "OPTIONS", "url": f"{server.url}/files/",
+         "headers": {**server.auth_headers, "Upload-Draft-Interop-Version": "6"},
+         "read": ["Upload-Limit"]},
+    ]  # fmt: skip
+    lines = drive(node, chromium, f"{page_origin}/browser_page.html", path, [
+        {"call": "fetchAs", "args": step} for step in steps
+    ])  # fmt: skip
+    results = [line.get("result") for line in lines]
+    assert [r.get("status") for r in results] == [412, 204, 401, 204], results
+    assert results[0]["headers"]["X-Request-ID"]
+    assert results[2]["headers"]["WWW-Authenticate"].startswith("Bearer")
+    assert "max-size=" in results[3]["headers"]["Upload-Limit"]
