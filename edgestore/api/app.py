@@ -22,9 +22,8 @@ from edgestore.api.tus.override import MethodOverride
 from edgestore.buffers import trim_pools
 from edgestore.config import Settings
 from edgestore.engine import Engine
-from edgestore.maintenance import gc
+from edgestore.maintenance import gc, hashes
 from edgestore.maintenance import repair as repairs
-from edgestore.maintenance.hashes import DigestCursor, fill_missing_sha256
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
 log = logging.getLogger("edgestore.http")
@@ -34,8 +33,9 @@ ORPHAN_SWEEP_EVERY = 24
 # Chunks queued for repair that one upkeep round repairs (each: read every shard, rebuild,
 # store again); the rest wait for the next rounds.
 REPAIRS_PER_ROUND = 20
-# A node that scrubbed a slice keeps the scrub this many upkeep intervals (the other nodes of
-# the store leave it to that node; they take it over once it has missed a round).
+# A node that scrubbed a slice (filled digests) keeps the scrub (the digest filling) this many
+# upkeep intervals: the other nodes of the store leave it to that node; they take it over once
+# it has missed a round.
 SCRUB_HOLD_ROUNDS = 2
 # Pooled buffers idle this long are unmapped by the upkeep (buffers.trim_pools).
 POOL_IDLE_SECONDS = 60.0
@@ -61,7 +61,8 @@ class Upkeep:
         self._stopping = threading.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # This process, as the holder of leases on shared jobs (the scrub); unique per start.
+        # This process, as the holder of leases on shared jobs (the scrub, the digest
+        # filling); unique per start.
         self.owner = f"{socket.gethostname()[:40]}/{os.getpid()}/{secrets.token_hex(4)}"
 
     def start(self) -> None:
@@ -77,11 +78,15 @@ class Upkeep:
             log.warning("upkeep round did not stop within %.0f s; leaving it", wait)
             self._task.cancel()
             return
+        # Another node goes on with the shared jobs at once, not after this one's hold.
+        jobs = [("digest filling", hashes.leave)]
         if self._svc.settings.scrub_bytes_per_round:
-            try:  # another node goes on with the scrub at once, not after this one's hold
-                await asyncio.to_thread(repairs.leave_scrub, self._svc.engine, self.owner)
+            jobs.append(("background scrub", repairs.leave_scrub))
+        for name, leave in jobs:
+            try:
+                await asyncio.to_thread(leave, self._svc.engine, self.owner)
             except Exception as exc:  # the database gone at shutdown: the lease runs out
-                log.warning("could not give the background scrub up (%s); it frees itself", exc)
+                log.warning("could not give the %s up (%s); it frees itself", name, exc)
 
     def _check(self, _stage: str = "", _count: int = 0) -> None:
         if self._stopping.is_set():
@@ -91,7 +96,6 @@ class Upkeep:
         svc = self._svc
         interval = svc.settings.maintenance_interval_seconds
         rounds = 0
-        digests = DigestCursor()
         repair_cursor = repairs.RepairCursor()
         while True:
             with contextlib.suppress(TimeoutError):
@@ -109,7 +113,11 @@ class Upkeep:
                 if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
                     log.info("upkeep: %s", report)
                 await asyncio.to_thread(
-                    fill_missing_sha256, svc.engine, cursor=digests, check=self._check
+                    hashes.fill_round,
+                    svc.engine,
+                    owner=self.owner,
+                    hold=SCRUB_HOLD_ROUNDS * interval,  # this node goes on while it lives
+                    check=self._check,
                 )
                 if svc.settings.scrub_bytes_per_round:
                     found = await asyncio.to_thread(
@@ -131,7 +139,8 @@ class Upkeep:
                     due_only=True,
                     progress=self._check,
                 )
-                if fixed.queued:
+                # A round paused (no new shards can be stored) was logged once by repair.
+                if fixed.repaired or fixed.intact or fixed.unrecoverable:
                     log.info("upkeep: %s", fixed)
                 trim_pools(POOL_IDLE_SECONDS)  # spare buffers of a store that went quiet
             except UpkeepStopped:

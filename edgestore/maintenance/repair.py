@@ -16,11 +16,14 @@ SHA-256, and stored again as a new generation of shards, placed over the data di
 writable now: the same path an upload of its bytes takes (ChunkWriter, chunks.replace); the
 old generation's files go with gc's orphan sweep. One with fewer stays queued: only an upload
 of the same bytes can bring it back (or a data dir that comes back), and the report names it;
-the upkeep tries it again after a backoff, not every round.
+the upkeep tries it again after a backoff, not every round. While no new shards can be stored
+at all (a data dir gone, read-only or full), the upkeep reads no queued chunk: it checks the
+data dirs before each round, says so once, and goes on the first round they take writes.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -77,6 +80,7 @@ class RepairReport:
     errors: int = 0  # could not be stored again now (e.g. no writable data dir); still queued
     bytes_rewritten: int = 0
     seconds: float = 0.0
+    paused: str | None = None  # the upkeep's round stopped: new shards cannot be stored (why)
 
 
 @dataclass
@@ -216,9 +220,20 @@ def _queue(engine: Engine, rec: ChunkRecord, bad: list[int], reason: str) -> boo
 @dataclass
 class RepairCursor:
     """Where the next round goes on: past the chunks the last one looked at, so a chunk
-    that cannot be repaired is not read again first every round, ahead of the rest."""
+    that cannot be repaired is not read again first every round, ahead of the rest.
+    `paused`: why new shards cannot be stored, from the round that found it until one is
+    stored or the data dirs pass the check again; the log says it once, not every round."""
 
     after: str | None = None
+    paused: str | None = None
+    paused_by_check: bool = False  # found by cannot_store (else by a store that failed)
+
+
+class _Outcome(enum.Enum):
+    STORED = "stored"  # rebuilt and stored again
+    DONE = "done"  # intact, unrecoverable (backing off) or gone
+    AGAIN = "again"  # a fault seen while it was checked: due again now
+    NO_ROOM = "no room"  # the store cannot take its new shards now: due again now
 
 
 def repair(
@@ -234,35 +249,90 @@ def repair(
 
     `due_only` (the server's upkeep): skip chunks backing off after a failed rebuild and
     those another node is repairing, and claim each before repairing it. Without it (by
-    hand) every queued chunk is tried. A chunk that cannot be rebuilt backs off either way."""
+    hand) every queued chunk is tried. A chunk that cannot be rebuilt backs off either way.
+
+    A failure to store new shards is the store's, not the chunk's: with `due_only` the data
+    dirs are checked before the first chunk is read, and the round stops (`paused`) while
+    they cannot take writes, or at the first chunk that could not be stored; the chunks stay
+    due, to be repaired the first round the dirs take writes again."""
     report = RepairReport()
     started = time.monotonic()
     after = cursor.after if cursor is not None else None
+    gate = cursor if cursor is not None else RepairCursor()
     db = engine.core.db
+    checked = False
     while limit is None or report.queued < limit:
         want = BATCH if limit is None else min(BATCH, limit - report.queued)
         with db.read() as conn:
             ids = chunk_index.queued(conn, after, want, due_at=now() if due_only else None)
-        if cursor is not None:
-            cursor.after = ids[-1] if len(ids) == want else None
-        if not ids:
-            break
-        after = ids[-1]
+        if due_only and ids and not checked:
+            checked = True
+            if (blocked := cannot_store(engine)) is not None:
+                report.paused = _pause(gate, blocked, by_check=True)
+                break  # the cursor stays where it was
+            if gate.paused is not None and gate.paused_by_check:
+                _resume(gate)
         for cid in ids:
             if due_only:
                 with db.write(durable=False) as conn:  # lost in a crash: it is due again
                     if not chunk_index.claim_repair(conn, cid, now() + REPAIR_CLAIM_SECONDS):
+                        after = cid
                         continue  # another node took it since the query
             report.queued += 1
-            retry = _repair_one(engine, cid, report)
-            if retry and due_only:
+            outcome, detail = _repair_one(engine, cid, report, quiet=due_only)
+            if outcome in (_Outcome.AGAIN, _Outcome.NO_ROOM) and due_only:
                 with db.write(durable=False) as conn:
                     chunk_index.release_repair(conn, cid)
             progress("chunks", report.queued)
-        if len(ids) < want:
+            if outcome is _Outcome.NO_ROOM and due_only:
+                # The others would fail the same way: the round ends, this one first next.
+                report.paused = _pause(gate, detail, by_check=False)
+                break
+            if outcome is _Outcome.STORED and gate.paused is not None:
+                _resume(gate)
+            after = cid
+        if cursor is not None:
+            cursor.after = after if report.paused is not None or len(ids) == want else None
+        if report.paused is not None or len(ids) < want:
             break
     report.seconds = time.monotonic() - started
     return report
+
+
+def cannot_store(engine: Engine) -> str | None:
+    """Why new shards cannot be stored now, or None: a data dir unusable since start,
+    missing, without its marker, not writable, or with less than a chunk free (what
+    /readyz checks). Cheap: a stat and a marker read per data dir."""
+    dirs = engine.core.dirs
+    try:
+        dirs.writable_names()
+        for backend in dirs.backends.values():
+            backend.check()
+            if backend.usage().free_bytes < engine.core.settings.chunk_max_size:
+                return f"data dir {backend.root} is full"
+    except StorageError as exc:
+        return str(exc)
+    return None
+
+
+def _pause(gate: RepairCursor, reason: str, *, by_check: bool) -> str:
+    """Note that repairs wait for the store: an error when they start to, not every round
+    (a reason that changes meanwhile is only noted)."""
+    if gate.paused is None:
+        log.error(
+            "repair: paused, new shards cannot be stored: %s; queued chunks wait (nothing is "
+            "read for them) and are repaired the first upkeep round the data dirs take writes",
+            reason,
+        )
+    elif gate.paused != reason:
+        log.info("repair: still paused: %s", reason)
+    gate.paused, gate.paused_by_check = reason, by_check
+    return reason
+
+
+def _resume(gate: RepairCursor) -> None:
+    log.warning("repair: new shards can be stored again (%s no longer); resuming", gate.paused)
+    gate.paused = None
 
 
 def retry_delay(attempts: int) -> float:
@@ -270,14 +340,16 @@ def retry_delay(attempts: int) -> float:
     return min(RETRY_FIRST_SECONDS * 2.0 ** min(attempts - 1, 32), RETRY_MAX_SECONDS)
 
 
-def _repair_one(engine: Engine, cid: str, report: RepairReport) -> bool:
-    """Repair one queued chunk; True if it is still queued for a reason of the moment (it
-    could not be stored again, or a fault was seen while it was checked): due again now."""
+def _repair_one(
+    engine: Engine, cid: str, report: RepairReport, *, quiet: bool
+) -> tuple[_Outcome, str]:
+    """Repair one queued chunk: what came of it, and why it could not be stored again (a
+    failure of the store, NO_ROOM, which `quiet` leaves to the caller to log)."""
     core = engine.core
     with core.db.read() as conn:
         rec = chunk_index.load(conn, [cid]).get(cid)
     if rec is None:
-        return False  # collected by gc meanwhile (which drops its queue entry)
+        return _Outcome.DONE, ""  # collected by gc meanwhile (which drops its queue entry)
     checked_at = now()
     try:
         # Every shard read and checked once, and the chunk rebuilt from the intact ones,
@@ -290,7 +362,7 @@ def _repair_one(engine: Engine, cid: str, report: RepairReport) -> bool:
         with core.db.read() as conn:
             found = chunk_index.lookup(conn, rec.chunk_id)
         if found is None or found.generation != rec.generation:
-            return False  # collected by gc, or stored again, while it was read: not lost
+            return _Outcome.DONE, ""  # collected or stored again while it was read: not lost
         with core.db.write() as conn:
             backoff = chunk_index.back_off_repair(conn, cid, retry_delay)
         report.unrecoverable.append(cid)
@@ -306,21 +378,22 @@ def _repair_one(engine: Engine, cid: str, report: RepairReport) -> bool:
                 (at - now()) / 3600,
                 exc,
             )
-        return False
+        return _Outcome.DONE, ""
     if not faults:
         with core.db.write() as conn:
             removed = chunk_index.unqueue(conn, cid, checked_at)
         if not removed:  # a read found a fault since the check began (the next round's), or
-            return True  # another node took it off the queue
+            return _Outcome.AGAIN, ""  # another node took it off the queue
         report.intact += 1
         log.info("repair: chunk %s has every shard intact; taken off the queue", cid)
-        return False
+        return _Outcome.DONE, ""
     try:
         stored = core.writer.store(raw, expect=cid)  # queued: stored again, not a dedup hit
     except StorageError as exc:
         report.errors += 1
-        log.error("repair: chunk %s could not be stored again: %s", cid, exc)
-        return True
+        if not quiet:
+            log.error("repair: chunk %s could not be stored again: %s", cid, exc)
+        return _Outcome.NO_ROOM, str(exc)
     if stored.stored_size:
         report.repaired += 1
         report.bytes_rewritten += stored.stored_size
@@ -330,4 +403,4 @@ def _repair_one(engine: Engine, cid: str, report: RepairReport) -> bool:
             len(faults),
             "; ".join(f"#{f.shard_index}: {f.reason}" for f in faults),
         )
-    return False
+    return _Outcome.STORED, ""

@@ -18,8 +18,10 @@ from edgestore.api import app as app_module
 from edgestore.api.state import Services
 from edgestore.buffers import AlignedPool
 from edgestore.engine import Engine
+from edgestore.maintenance import hashes
 from edgestore.metadata.chunks import ChunkRecord
-from edgestore.metadata.schema import job_cursors, repair_queue, shards
+from edgestore.metadata.objects import VersionInfo
+from edgestore.metadata.schema import job_cursors, object_versions, repair_queue, shards
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 from tests.conftest import SettingsFactory
 from tests.helpers import SMALL_CHUNKS, KiB, MiB, blocks_of, random_bytes, read_all
@@ -185,7 +187,11 @@ def test_two_nodes_scrub_the_store_once_between_them(
 
     def scrub_state(engine: Engine) -> tuple[int, str | None]:
         with engine.core.db.read() as conn:
-            row = conn.execute(sa.select(job_cursors.c.passes, job_cursors.c.owner)).first()
+            row = conn.execute(
+                sa.select(job_cursors.c.passes, job_cursors.c.owner).where(
+                    job_cursors.c.job == app_module.repairs.SCRUB_JOB
+                )
+            ).first()
         return (0, None) if row is None else (row.passes, row.owner)
 
     async def one_pass(nodes: list[Services]) -> None:
@@ -212,3 +218,56 @@ def test_two_nodes_scrub_the_store_once_between_them(
                 svc.close()
         assert checked[: len(ids)] == ids  # each chunk once, in order, across both nodes
         assert scrub_state(a) == (1, None)
+
+
+def test_two_nodes_read_each_version_back_once_between_them(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers sharing a database: their upkeeps take turns at filling digests, instead
+    of each reading every version without one back; a node stopping gives the job up."""
+    settings = make_settings(maintenance_interval_seconds=1)
+    read: list[str] = []
+    lock = threading.Lock()
+
+    def watch(engine: Engine) -> None:
+        versions = engine.objects.read
+
+        def watched(info: VersionInfo, *args: object, **kwargs: object) -> object:
+            with lock:
+                read.append(str(info.version_id))
+            return versions(info, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine.objects, "read", watched)
+
+    async def until_filled(nodes: list[Services], ids: list[str]) -> None:
+        upkeeps = [app_module.Upkeep(svc) for svc in nodes]
+        for upkeep in upkeeps:
+            upkeep.start()
+        deadline = asyncio.get_running_loop().time() + 60
+        while not all(nodes[0].engine.objects.by_version_id(v).sha256 for v in ids):
+            assert asyncio.get_running_loop().time() < deadline, "not filled within a minute"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.5)  # more rounds on both nodes: nothing is read again
+        for upkeep in upkeeps:
+            await upkeep.stop()
+
+    with Engine.open(settings) as a, Engine.open(settings) as b:
+        ids = sorted(
+            str(a.put(iter([b"v%d " % i * 300]), key=f"k{i}").version_id) for i in range(12)
+        )
+        with a.core.db.write() as conn:
+            conn.execute(sa.update(object_versions).values(sha256=None))
+        watch(a)
+        watch(b)
+        nodes = [Services(settings=settings, engine=a), Services(settings=settings, engine=b)]
+        try:
+            asyncio.run(until_filled(nodes, ids))
+        finally:
+            for svc in nodes:
+                svc.close()
+        assert sorted(read) == ids  # each version once, across both nodes
+        with a.core.db.read() as conn:
+            owner = conn.execute(
+                sa.select(job_cursors.c.owner).where(job_cursors.c.job == hashes.DIGEST_JOB)
+            ).scalar_one()
+        assert owner is None

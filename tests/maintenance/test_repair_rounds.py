@@ -4,6 +4,7 @@ that cannot be rebuilt is retried rarely, not every round; a repair reads each s
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -308,3 +309,129 @@ def test_a_repair_reads_each_shard_once(engine: Engine, monkeypatch: pytest.Monk
     assert len(gets) == len(paths) and set(gets.values()) == {1}, gets
     monkeypatch.undo()
     assert read_all(engine, engine.objects.list()[0]) == data
+
+
+def _watch_examines(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The chunk ids repair reads every shard of, in order (the reads themselves are real)."""
+    seen: list[str] = []
+    examine = engine.core.reader.examine
+
+    def watched(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+        seen.append(rec.chunk_id)
+        return examine(rec)
+
+    monkeypatch.setattr(engine.core.reader, "examine", watched)
+    return seen
+
+
+def _damaged(engine: Engine, count: int) -> list[str]:
+    """`count` chunks, each with a shard lost and queued for repair."""
+    ids = []
+    for seed in range(20, 20 + count):
+        _data, (cid,) = _store(engine, seed=seed, size=2 * MiB)
+        shard_paths(engine, cid)[0].unlink()
+        ids.append(cid)
+    assert repair.scrub(engine).chunks_damaged == count
+    return sorted(ids)
+
+
+def _repair_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == repair.log.name and r.levelno >= logging.WARNING
+    ]
+
+
+def test_with_a_data_dir_gone_the_upkeep_pauses_repairs_until_it_is_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data dir gone while the server runs: no new shards can be stored. The upkeep read
+    up to 20 queued chunks every round and logged each failing the same way; now it checks
+    the data dirs first, reads nothing and says so once, and repairs again the first round
+    after the dir is back (no `edgestore repair` needed, nothing backed off)."""
+    ids = _damaged(engine, 3)
+    root = next(iter(engine.core.dirs.backends.values())).root
+    gone = root.with_name(root.name + ".gone")
+    seen = _watch_examines(engine, monkeypatch)
+    cursor = repair.RepairCursor()
+
+    def upkeep_round() -> repair.RepairReport:
+        return repair.repair(engine, limit=20, cursor=cursor, due_only=True)
+
+    caplog.set_level(logging.INFO, logger=repair.log.name)
+    caplog.clear()
+    root.rename(gone)  # the disk went away
+    try:
+        for _ in range(3):
+            report = upkeep_round()
+            assert report.queued == 0 and report.paused is not None
+        assert seen == []
+        assert all(_queue_row(engine, cid) == (0, None) for cid in ids)  # nothing backed off
+        logged = _repair_logs(caplog)
+        assert len(logged) == 1 and str(root) in logged[0], logged
+    finally:
+        gone.rename(root)
+    report = upkeep_round()
+    assert report.repaired == 3 and report.paused is None and seen == ids
+    assert any("resum" in r.getMessage() for r in caplog.records)
+
+
+def test_a_data_dir_lost_mid_round_stops_the_round(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dir goes away after the round's check: the first chunk that cannot be stored
+    ends the round (the rest are not read to fail the same way), and it stays due."""
+    ids = _damaged(engine, 3)
+    root = next(iter(engine.core.dirs.backends.values())).root
+    gone = root.with_name(root.name + ".gone")
+    seen: list[str] = []
+    examine = engine.core.reader.examine
+
+    def losing_the_disk(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+        seen.append(rec.chunk_id)
+        found = examine(rec)
+        if len(seen) == 1:
+            root.rename(gone)
+        return found
+
+    monkeypatch.setattr(engine.core.reader, "examine", losing_the_disk)
+    caplog.set_level(logging.INFO, logger=repair.log.name)
+    caplog.clear()
+    cursor = repair.RepairCursor()
+    try:
+        report = repair.repair(engine, limit=20, cursor=cursor, due_only=True)
+        assert report.errors == 1 and report.paused is not None and seen == ids[:1]
+        assert repair.repair(engine, limit=20, cursor=cursor, due_only=True).queued == 0
+        assert len(_repair_logs(caplog)) == 1, _repair_logs(caplog)
+    finally:
+        gone.rename(root)
+    assert all(_queue_row(engine, cid) == (0, None) for cid in ids)
+    report = repair.repair(engine, limit=20, cursor=cursor, due_only=True)
+    assert report.repaired == 3 and seen == ids[:1] + ids
+
+
+def test_a_data_dir_unusable_since_start_pauses_repairs(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dir found unusable at start (its disk not mounted): nothing can be stored until
+    the server restarts with it, so the upkeep reads no queued chunk meanwhile."""
+    settings = make_settings()
+    with Engine.open(settings) as engine:
+        _damaged(engine, 2)
+        root = next(iter(engine.core.dirs.backends.values())).root
+    gone = root.with_name(root.name + ".gone")
+    root.rename(gone)
+    root.mkdir()  # an empty mount point
+    try:
+        with Engine.open(settings) as engine:
+            seen = _watch_examines(engine, monkeypatch)
+            report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
+            assert report.queued == 0 and "cannot store new chunks" in (report.paused or "")
+            assert seen == []
+    finally:
+        root.rmdir()
+        gone.rename(root)
+    with Engine.open(settings) as engine:
+        report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
+        assert report.repaired == 2
