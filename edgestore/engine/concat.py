@@ -21,6 +21,11 @@ from edgestore.metadata.uploads import UploadRecord
 
 log = logging.getLogger(__name__)
 
+# Partials one final may name (tus-js-client's parallelUploads uses a handful). Each partial
+# completing checks the final's others, and each is locked when the final is created: with
+# thousands, every append of every partial would pay for all of them.
+MAX_PARTIALS = 1000
+
 
 def final_length(core: EngineCore, rec: UploadRecord) -> int | None:
     """A final upload's length: the stored one, or, while it waits for its partials, their
@@ -62,6 +67,11 @@ def concatenate(
     """
     if not partial_ids:
         raise InvalidInput("a final upload needs at least one partial upload")
+    if len(partial_ids) > MAX_PARTIALS:
+        raise InvalidInput(
+            f"a final upload names {len(partial_ids)} partial uploads, more than the "
+            f"{MAX_PARTIALS} allowed: make them fewer and larger"
+        )
     if bucket is not None:
         validate_bucket(bucket)
     if key is not None:
@@ -141,8 +151,7 @@ def complete_waiting_finals(core: EngineCore, conn: Connection, partial_id: str)
         final = upload_rows.get(conn, fid, for_update=True)
         if final.state != upload_rows.OPEN or final.concat_of is None:
             continue
-        others = [upload_rows.get(conn, pid) for pid in final.concat_of]
-        if all(p.state == upload_rows.COMPLETE for p in others):
+        if concat_rows.all_complete(conn, final.concat_of):
             try:
                 finish_final(core, conn, final)
             except (TooLarge, QuotaExceeded) as exc:  # before any write: the partial lands
@@ -150,12 +159,15 @@ def complete_waiting_finals(core: EngineCore, conn: Connection, partial_id: str)
                 upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
 
 
-def abandon_waiting_finals(conn: Connection, partial_id: str) -> None:
-    """A partial upload is being terminated: the final uploads waiting for it can never
-    complete (its bytes are released), so they end now (410), not when they expire."""
+def abandon_waiting_finals(
+    conn: Connection, partial_id: str, state: str = upload_rows.TERMINATED
+) -> None:
+    """A partial upload is being terminated or expired: the final uploads waiting for it can
+    never complete (its bytes are released), so they end now (410, in `state`), not when
+    they expire (pushed back for as long as their other partials go on)."""
     for fid in concat_rows.pending_finals(conn, partial_id):
         if upload_rows.get(conn, fid, for_update=True).state == upload_rows.OPEN:
-            upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
+            upload_rows.release_data(conn, fid, state)
 
 
 def finish_final(core: EngineCore, conn: Connection, final: UploadRecord) -> bool:

@@ -468,6 +468,9 @@ class Uploads:
                 with self._core.db.write() as conn:
                     if not reclaim.still_stale(conn, uid, t, t - local_grace):
                         continue  # taken up since it was listed
+                    # Locked before the finals waiting for it, as its completing append does.
+                    if upload_rows.get(conn, uid).is_partial:
+                        concat.abandon_waiting_finals(conn, uid, upload_rows.EXPIRED)
                     tail = upload_rows.release_data(conn, uid, upload_rows.EXPIRED)
                 staging.drop(self._core.dirs, tail)
                 count += 1

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgestore.engine import Engine
-from edgestore.errors import StorageError
+from edgestore.errors import ObjectNotFound, StorageError
 from edgestore.metadata import cursors
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata.db import now
@@ -72,6 +72,8 @@ def fill_missing_sha256(
                 h.update(piece)
                 if check is not None:
                     check()
+        except ObjectNotFound:  # deleted while it was read: no digest to fill in
+            pass
         except StorageError as exc:
             log.warning("cannot hash %s/%s v%d: %s", info.bucket, info.key, info.version, exc)
         else:

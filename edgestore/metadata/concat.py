@@ -94,6 +94,18 @@ def _push_expiry(conn: Connection, upload_id: str, until: float) -> None:
     )
 
 
+def all_complete(conn: Connection, upload_ids: list[str]) -> bool:
+    """Whether every one of these uploads is complete, in one statement (a final of many
+    partials is checked as each of them completes)."""
+    wanted = sorted(set(upload_ids))
+    done = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(uploads)
+        .where(uploads.c.upload_id.in_(wanted), uploads.c.state == COMPLETE)
+    ).scalar_one()
+    return done == len(wanted)
+
+
 def complete_parts(
     conn: Connection, upload_ids: list[str]
 ) -> dict[str, tuple[int, list[tuple[str, int, int]]]] | None:

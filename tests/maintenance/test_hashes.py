@@ -8,6 +8,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
+from edgestore.maintenance import gc
 from edgestore.maintenance.hashes import DigestCursor, fill_missing_sha256
 from edgestore.metadata.objects import VersionInfo
 from edgestore.metadata.schema import chunks, manifests, object_versions
@@ -99,3 +100,32 @@ def _two_versions_one_damaged(
             sa.update(chunks).where(chunks.c.chunk_id == cid).values(inline_data=damage(blob))
         )
     return broken, fine
+
+
+def test_a_version_deleted_while_it_is_hashed_skips_it_not_the_round(
+    small_engine: Engine,
+) -> None:
+    """Deleted (and its chunks collected) mid-read, a version reads as not found: that one is
+    done with, the next still gets its digest (it used to end the round, and the upkeep's
+    scrub and repairs after it)."""
+    made: dict[str, bytes] = {}
+    for key, seed in (("first", 91), ("second", 92)):
+        data = random_bytes(2048 * KiB, seed=seed)
+        up = small_engine.uploads.create(length=len(data), is_partial=True)
+        small_engine.uploads.append(up.upload_id, 0, [data])
+        vid = small_engine.uploads.concatenate([up.upload_id], key=key).version_id
+        assert vid is not None
+        small_engine.uploads.terminate(up.upload_id)  # the version alone holds its chunks
+        made[vid] = data
+    doomed, kept = sorted(made)  # hashed in version id order
+    deleted: list[str] = []
+
+    def delete_doomed() -> None:
+        if not deleted:
+            small_engine.objects.delete(small_engine.objects.by_version_id(doomed))
+            gc.collect(small_engine, grace=0, orphans=False)
+            deleted.append(doomed)
+
+    assert fill_missing_sha256(small_engine, check=delete_doomed) == 1
+    assert deleted == [doomed]
+    assert small_engine.objects.by_version_id(kept).sha256 == hashlib.sha256(made[kept]).hexdigest()

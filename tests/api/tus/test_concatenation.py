@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from edgestore.engine.concat import MAX_PARTIALS
 from tests.helpers import (
     TUS,
     UNKNOWN_ID,
@@ -355,3 +356,13 @@ def test_a_final_sent_again_gets_the_same_upload(http, probe) -> None:
     assert again.headers["Upload-Offset"] == str(sum(map(len, parts)))
     assert probe.counts()["object_versions"] == versions
     assert http.get("/objects/default/again").content == b"".join(parts)
+
+
+def test_a_final_of_too_many_partials_is_400_and_creates_nothing(http, probe) -> None:
+    """Each partial completing checks the final's others: a final of thousands would cost
+    every one of them that much. Refused with the limit named, before any is looked up."""
+    urls = [f"/files/{uuid.UUID(int=i + 1)}" for i in range(MAX_PARTIALS + 1)]
+    with store_unchanged(http, probe):
+        r = _final(http, urls)
+    assert r.status_code == 400
+    assert str(MAX_PARTIALS) in r.text
