@@ -455,8 +455,7 @@ class Uploads:
         """Expire open uploads past their expiry, and local puts whose process died; drop
         the warm chunkers of uploads that went quiet."""
         self._warm.prune()
-        with self._core.db.write() as conn:
-            concat_rows.keep_waiting_finals_alive(conn)
+        self._core.db.transact(concat_rows.keep_waiting_finals_alive)  # retried if it deadlocks
         t = now()
         count = 0
         while True:

@@ -79,11 +79,13 @@ def keep_waiting_finals_alive(conn: Connection) -> None:
         if any(p.state not in (OPEN, COMPLETE) for p in partials):
             continue  # it can never complete: let it expire
         until = max([r.expires_at] + [p.expires_at or 0.0 for p in partials if p.state == OPEN])
-        if until > r.expires_at:
-            _push_expiry(conn, r.upload_id, until)
-        for p in partials:
+        # Partials before their final, in id order: the order in which a partial's last
+        # append (completing the final) and its termination (ending it) lock them.
+        for p in sorted(partials, key=lambda p: p.upload_id):
             if p.state == COMPLETE and p.expires_at is not None and p.expires_at < until:
                 _push_expiry(conn, p.upload_id, until)
+        if until > r.expires_at:
+            _push_expiry(conn, r.upload_id, until)
 
 
 def _push_expiry(conn: Connection, upload_id: str, until: float) -> None:

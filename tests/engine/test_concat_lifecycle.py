@@ -3,15 +3,20 @@ what gc then keeps (engine/concat.py, engine/uploads.py, maintenance/gc.py)."""
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
+from edgestore.metadata import concat as concat_rows
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import uploads
-from tests.helpers import random_bytes, read_all
+from tests.helpers import SMALL_CHUNKS, random_bytes, read_all
+from tests.races import in_thread, wait_until_blocked
 
 
 def _lapse(engine: Engine, upload_id: str) -> None:
@@ -81,3 +86,35 @@ def test_a_partial_completing_checks_the_finals_others_in_one_statement(
     assert read_all(small_engine, small_engine.objects.by_version_id(rec.version_id)) == (
         b"x" + b"y" * 299
     )
+
+
+def test_keeping_finals_alive_locks_partials_before_their_final(tmp_path, pg_url) -> None:
+    """The upkeep pushes a waiting final's expiry and its finished partials': it must lock
+    them in the order a partial's termination does (the partial, then its finals), or the
+    two deadlock and PostgreSQL aborts one of them."""
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    with Engine.open(settings) as engine:
+        done = engine.uploads.create(length=10, is_partial=True)
+        engine.uploads.append(done.upload_id, 0, [random_bytes(10, seed=4)])
+        going = engine.uploads.create(length=10, is_partial=True)
+        final = engine.uploads.concatenate([done.upload_id, going.upload_id])
+        db = engine.core.db
+        soon = time.time() + 60
+        with db.write() as conn:  # the open partial outlives the others: both are pushed
+            for uid, at in ((done.upload_id, soon), (final.upload_id, soon)):
+                conn.execute(sa.update(uploads).where(uploads.c.upload_id == uid).values(
+                    expires_at=at))  # fmt: skip
+        with db.write() as conn:  # node B terminates the finished partial...
+            upload_rows.get(conn, done.upload_id, for_update=True)
+
+            def keep_alive() -> None:  # ...while node A's upkeep runs, without a retry
+                with db.write() as other:
+                    concat_rows.keep_waiting_finals_alive(other)
+
+            t, errors = in_thread(keep_alive)
+            wait_until_blocked(engine)
+            upload_rows.get(conn, final.upload_id, for_update=True)  # B: then its final
+        t.join(10)
+        assert not t.is_alive() and not errors, errors
+        with db.read() as conn:
+            assert upload_rows.get(conn, final.upload_id).expires_at > soon
