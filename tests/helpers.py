@@ -335,6 +335,7 @@ class TricklingPatch:
         self.step = step
         self.interval = interval
         self.headers = {**patch_headers(offset), **(headers or {})}
+        self.chunked = "Transfer-Encoding" in self.headers  # (chunked) the api/bodies.py way
         self.sent = 0
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
@@ -345,9 +346,9 @@ class TricklingPatch:
         sock = socket.create_connection((self.host, self.port), timeout=30)
         head = [f"PATCH {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         head += [f"{k}: {v}" for k, v in self.headers.items()]
-        head += [f"Content-Length: {len(self.data)}", "", ""]
+        head += ([] if self.chunked else [f"Content-Length: {len(self.data)}"]) + ["", ""]
         sock.sendall("\r\n".join(head).encode("latin-1"))
-        sock.sendall(self.data[: self.first])
+        sock.sendall(self._framed(self.data[: self.first]))
         self.sent = self.first
         self._sock = sock
         self._thread = threading.Thread(target=self._trickle, daemon=True)
@@ -361,10 +362,13 @@ class TricklingPatch:
                 if end <= self.sent or self._sock is None:
                     continue
                 try:
-                    self._sock.sendall(self.data[self.sent : end])
+                    self._sock.sendall(self._framed(self.data[self.sent : end]))
                 except OSError:
                     return
                 self.sent = end
+
+    def _framed(self, piece: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(piece), piece) if self.chunked and piece else piece
 
     def silence(self) -> None:
         self._stop.set()
@@ -387,7 +391,8 @@ class TricklingPatch:
         with self._lock:
             self._sock.settimeout(timeout)
             try:
-                self._sock.sendall(self.data[self.sent :])
+                rest = self._framed(self.data[self.sent :]) + b"0\r\n\r\n" * self.chunked
+                self._sock.sendall(rest)
                 self.sent = len(self.data)
             except OSError:
                 pass  # the server answered early and closed: read what it said

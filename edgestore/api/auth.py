@@ -23,7 +23,9 @@ from edgestore.api import direct, policy, presign, protocol
 from edgestore.api.errors import error_response
 from edgestore.api.identity import KEY, OPEN, PRESIGNED, SCOPES, UPLOAD_TOKEN, Identity, Target
 from edgestore.api.keyring import CHALLENGE, KeyRing
+from edgestore.api.limits import Limiter, client_of
 from edgestore.api.presign import Grant, Signer
+from edgestore.api.revocation import BODY_METHODS, RevocationWatch
 from edgestore.api.state import Services
 from edgestore.api.tus.common import upload_id_from_url
 from edgestore.api.tus.concatenation import Concat, parse_concat
@@ -38,6 +40,7 @@ from edgestore.errors import (
     EdgestoreError,
     InvalidInput,
     OutOfScope,
+    RateLimited,
     SignatureExpired,
     TooLarge,
     Unauthorized,
@@ -86,11 +89,20 @@ def effective_method(scope: Scope) -> str:
 class AccessControl:
     """The ASGI middleware: identify, authorize, bind, then call the app."""
 
-    def __init__(self, app: ASGIApp, *, settings: Settings, keys: KeyRing, signer: Signer) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        keys: KeyRing,
+        signer: Signer,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.keys = keys
         self.signer = signer
+        self.limiter = limiter
         self.rules = policy.rules(settings.metrics_public)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,13 +113,45 @@ class AccessControl:
             identity, scope, receive, send = await self._admit(scope, receive, send)
             refuse_nul(scope)
         except EdgestoreError as exc:
-            headers = exc.details.get("headers") if isinstance(exc, Unauthorized) else None
-            await error_response(exc, headers)(scope, receive, send)
+            refusal = await self._counted(scope, exc)
+            headers = refusal.details.get("headers") if isinstance(refusal, Unauthorized) else None
+            await error_response(refusal, headers)(scope, receive, send)
             return
         # Into the request's one state dict, not a copy: what a route puts there (its error
         # headers) must still be seen by the middleware that answers its unexpected errors.
         scope.setdefault("state", {})["identity"] = identity
-        await self.app(scope, receive, send)
+        key_id = identity.revocable
+        if key_id is None or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        watch = RevocationWatch(lambda: self._still_active(identity, key_id))
+        task = asyncio.ensure_future(watch.run())
+        try:
+            await self.app(watch.scope(scope), watch.receive(receive), send)
+        finally:
+            task.cancel()
+
+    async def _still_active(self, identity: Identity, key_id: str) -> None:
+        """Unauthorized once the key behind a streaming request has been revoked."""
+        if identity.kind == KEY:
+            try:
+                await self.keys.require_active(key_id, "this request")
+            except Unauthorized:
+                raise Unauthorized(f"API key {key_id} was revoked") from None
+        else:
+            await self.keys.require_active(key_id, "the pre-signed URL this upload began with")
+
+    async def _counted(self, scope: Scope, refusal: EdgestoreError) -> EdgestoreError:
+        """A refused request never reaches the limits (api/limits.py), so it is counted here,
+        against its address: else unknown keys and forged URLs could be tried without limit
+        (each unknown key costs a database query). Over the limit, the answer is the 429."""
+        if self.limiter is None:
+            return refusal
+        try:
+            await self.limiter.check_request(client_of(scope))
+        except RateLimited as limited:
+            return limited
+        return refusal
 
     async def _admit(
         self, scope: Scope, receive: Receive, send: Send
@@ -126,10 +170,10 @@ class AccessControl:
                 await self.keys.require_active(grant.key_id, "this pre-signed URL")
             scope = await self._bind_grant(scope, grant, method, path)
             scope, send = self._issue_upload_tokens(scope, send, grant.key_id)
-            return Identity(PRESIGNED), scope, receive, send
+            return Identity(PRESIGNED, minted_by=grant.key_id), scope, receive, send
         elif presign.P_UPLOAD_TOKEN in query:
-            await self._check_upload_token(scope, query, method, path)
-            return Identity(UPLOAD_TOKEN), scope, receive, send
+            key_id = await self._check_upload_token(scope, query, method, path)
+            return Identity(UPLOAD_TOKEN, minted_by=key_id), scope, receive, send
         elif not self.settings.auth_enabled:
             return OPEN_IDENTITY, scope, receive, send
         else:
@@ -283,7 +327,8 @@ class AccessControl:
 
     async def _check_upload_token(
         self, scope: Scope, query: dict[str, list[str]], method: str, path: str
-    ) -> None:
+    ) -> str | None:
+        """Pass (the id of the key behind the token, if any) or raise."""
         tokens = query[presign.P_UPLOAD_TOKEN]
         parts = path.rstrip("/").split("/")
         if len(tokens) != 1 or len(parts) != 3 or parts[1] != "files":
@@ -306,6 +351,7 @@ class AccessControl:
                 f"an upload URL's token grants HEAD/PATCH/DELETE of upload {parts[2]}, not {method}"
             )
         await self._check_signer(key_id)
+        return key_id
 
 
 async def _check_json_target(receive: Receive, identity: Identity) -> Receive:

@@ -157,6 +157,9 @@ class BodyBridge:
         except ClientDisconnect:
             self._keep(pending)
             self.interrupt_now("client disconnected")
+        except TransferInterrupted as exc:  # the body was cut on purpose (api/revocation.py)
+            self._keep(pending)
+            self.interrupt_now(exc.message)
         except asyncio.CancelledError:
             if self.consumer_finished:  # the engine stopped first (taken over, shut down)
                 return

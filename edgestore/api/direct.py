@@ -303,6 +303,23 @@ def metered(scope: Scope, spend: Callable[[int], Awaitable[None]], step: int) ->
     return {**scope, "extensions": {**(extensions or {}), EXTENSION: claim_metered}}
 
 
+def observed(scope: Scope, seen: Callable[[DirectBody], None]) -> Scope:
+    """The same request, `seen(body)` told of its direct body once the route claims it (a
+    middleware that may have to cut the body short: `body.fail(error)`)."""
+    extensions = scope.get("extensions")
+    claimer: Callable[[], DirectBody | None] | None = (extensions or {}).get(EXTENSION)
+    if claimer is None:
+        return scope
+
+    def claim_observed() -> DirectBody | None:
+        body = claimer()
+        if body is not None:
+            seen(body)
+        return body
+
+    return {**scope, "extensions": {**(extensions or {}), EXTENSION: claim_observed}}
+
+
 def disallow(scope: Scope) -> Scope:
     """The same request without a direct body (for a middleware that wraps `receive`)."""
     extensions = scope.get("extensions")

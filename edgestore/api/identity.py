@@ -44,6 +44,12 @@ class Identity:
     name: str | None = None
     bucket: str | None = None
     prefix: str | None = None
+    minted_by: str | None = None  # the API key behind a pre-signed URL or upload token
+
+    @property
+    def revocable(self) -> str | None:
+        """The API key whose revocation voids this identity's requests, if any."""
+        return self.key_id if self.kind == KEY else self.minted_by
 
     @property
     def restricted(self) -> bool:

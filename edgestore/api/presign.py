@@ -135,7 +135,8 @@ def _one(query: Mapping[str, list[str]], name: str, required: bool = True) -> st
 def _int(name: str, text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or len(text) > 19:
+    # ASCII only: str.isdigit() also says yes to "²" or "٣", which int() refuses or reads.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise SignatureInvalid(f"pre-signed URL is malformed: {name} is not a number")
     return int(text)
 

@@ -151,7 +151,13 @@ def install(app: FastAPI, settings: Settings) -> Security:
     app.state.security = security
     app.include_router(presign.router)
     app.add_middleware(Throttle, limiter=security.limiter)
-    app.add_middleware(AccessControl, settings=settings, keys=security.keys, signer=security.signer)
+    app.add_middleware(
+        AccessControl,
+        settings=settings,
+        keys=security.keys,
+        signer=security.signer,
+        limiter=security.limiter,
+    )
     app.add_middleware(Unexpected)  # inside CORS: a bug's 500 is readable by a page too
     if settings.cors_origins:
         app.add_middleware(

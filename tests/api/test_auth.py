@@ -20,6 +20,7 @@ from tests.api.access import cli, client_with, create_key, key_id_of
 from tests.helpers import (
     TUS,
     MiB,
+    TricklingPatch,
     patch_headers,
     random_bytes,
     tus_create,
@@ -298,6 +299,50 @@ def test_a_limited_key_cannot_take_another_bucket_s_partial_upload(
     with auth_server.client() as admin:
         assert admin.get(f"/objects/{bucket}/s").status_code == 404
         assert admin.head(theirs, headers=TUS).headers["Upload-Offset"] == "6"
+
+
+@pytest.mark.parametrize(("credential", "framing"), [("key", "direct"), ("token", "queued")])
+def test_revoking_a_key_cuts_the_upload_it_is_streaming(
+    auth_server: ServerProcess, credential: str, framing: str
+) -> None:
+    """tus-js-client sends a whole file in one PATCH by default, which can stream for hours:
+    revoking the key behind it (or behind the URL it began with) must cut it within seconds,
+    keeping what arrived as a dropped connection would, not let it run to its end. Both ways
+    a body comes in: straight into the engine's buffer, and queued (chunked)."""
+    tag = uuid.uuid4().hex[:8]
+    name = f"streamer-{tag}"
+    secret = create_key(auth_server, "--name", name, "--scope", "upload")
+    data = random_bytes(4 * MiB, seed=11)
+    where = {"bucket": "default", "key": f"rv/{tag}"}
+    headers: dict[str, str] = {}
+    with client_with(auth_server, secret) as c:
+        if credential == "key":
+            url = tus_create(c, len(data), metadata=where)
+            headers = {"Authorization": f"Bearer {secret}"}
+        else:
+            signed = c.post("/v1/presign", json={"action": "upload", **where}).json()["url"]
+    if credential == "token":
+        with client_with(auth_server) as anyone:
+            r = anyone.post(signed, headers={**TUS, "Upload-Length": str(len(data))})
+            url = r.headers["Location"]
+    if framing == "queued":
+        headers["Transfer-Encoding"] = "chunked"
+    writer = TricklingPatch(auth_server.url, url, 0, data, headers=headers).start()
+    try:
+        time.sleep(0.5)
+        cli(auth_server, "keys", "revoke", key_id_of(auth_server, name))
+        began = time.monotonic()
+        status, _ = writer.response(timeout=25)  # the body never ends on its own
+        took = time.monotonic() - began
+    finally:
+        writer.close()
+    assert status == 400 and took < 15, (status, took)
+    with auth_server.client() as admin:
+        offset = int(admin.head(url.split("?")[0], headers=TUS).headers["Upload-Offset"])
+    assert 0 < offset < len(data)
+    with client_with(auth_server, secret if credential == "key" else None) as c:
+        r = c.patch(url, content=data[offset:], headers=patch_headers(offset))
+        assert r.status_code == 401 and "revoked" in r.json()["message"], r.text
 
 
 def test_keys_cli_lists_without_secrets_and_revokes(auth_server: ServerProcess) -> None:

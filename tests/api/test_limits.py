@@ -280,6 +280,21 @@ def test_requests_per_client_get_429_with_retry_after(start) -> None:
         assert _burst(c, 5) == [200] * 5
 
 
+def test_refused_requests_count_against_their_address(start) -> None:
+    """A request refused for its credentials (an unknown key, a forged URL) is counted too,
+    against its address: else a client could try keys or signatures without any limit, each
+    unknown key costing the database a query."""
+    server = start(auth=True, rate_limit="5/minute")
+    with client_with(server, "esk_" + "x" * 43) as c:
+        codes = _burst(c, 7)
+        assert codes[:5] == [401] * 5 and codes[5:] == [429, 429], codes
+        r = c.get("/objects?es_action=download&es_signature=forged")
+        assert r.status_code == 429 and r.json()["error"] == "rate_limited"
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+    with server.client() as c:  # a valid key counts apart from the address: its own budget
+        assert _burst(c, 5) == [200] * 5
+
+
 def test_forwarded_for_counts_only_from_trusted_proxies(start) -> None:
     untrusted = start(rate_limit="3/minute")
     with untrusted.client() as c:

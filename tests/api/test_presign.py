@@ -4,6 +4,7 @@ expired, or used out of scope."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -85,6 +86,8 @@ def test_malformed_grants() -> None:
     for change in (
         {presign.P_EXPIRES: ["soon"]},
         {presign.P_EXPIRES: ["1", "2"]},
+        {presign.P_EXPIRES: ["\u00b2"]},  # str.isdigit() says yes, int() says no
+        {presign.P_MAX_SIZE: ["\u00b9\u00b2"]},
         {presign.P_ACTION: ["delete"]},
         {presign.P_KEY: []},
     ):
@@ -101,6 +104,8 @@ def test_upload_tokens() -> None:
         presign.verify_upload_token(SECRET, "u1", "9" + token, time.time())
     with pytest.raises(SignatureInvalid):
         presign.verify_upload_token(SECRET, "u1", "garbage", time.time())
+    with pytest.raises(SignatureInvalid):  # a digit to str.isdigit(), not to int()
+        presign.verify_upload_token(SECRET, "u1", "\u00b2" + token, time.time())
     with pytest.raises(SignatureExpired):
         presign.verify_upload_token(SECRET, "u1", token, time.time() + 120)
     assert presign.verify_upload_token(SECRET, "u1", token, time.time()) is None
@@ -275,6 +280,11 @@ def test_expired_tampered_and_out_of_scope_say_which(auth_server: ServerProcess)
         assert r.status_code == 403 and r.json()["error"] == "signature_invalid"
         r = c.get(good.replace("es_expires=", "es_expires=1"))
         assert r.status_code == 403 and r.json()["error"] == "signature_invalid"
+        # "²" is a digit to str.isdigit(), not to int(): a 500 before
+        r = c.get(re.sub(r"es_expires=[0-9]+", "es_expires=%C2%B2", good))
+        assert r.status_code == 403 and r.json()["error"] == "signature_invalid", r.text
+        r = c.head(f"/files/{uuid.uuid4()}?{presign.P_UPLOAD_TOKEN}=%C2%B2.x", headers=TUS)
+        assert r.status_code == 403, r.text
         r = c.delete(good)
         assert r.status_code == 403 and r.json()["error"] == "out_of_scope"
         assert "GET/HEAD /objects/dl/file.txt" in r.json()["message"]
