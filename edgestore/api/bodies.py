@@ -160,6 +160,12 @@ class BodyBridge:
         except TransferInterrupted as exc:  # the body was cut on purpose (api/revocation.py)
             self._keep(pending)
             self.interrupt_now(exc.message)
+        except TooLarge:
+            raise  # the engine was told (_Refuse)
+        except Exception as exc:  # a bug below: the engine must not wait for the next block
+            self._keep(pending)
+            self.interrupt_now(f"the request body could not be read ({type(exc).__name__})")
+            raise
         except asyncio.CancelledError:
             if self.consumer_finished:  # the engine stopped first (taken over, shut down)
                 return
@@ -236,6 +242,8 @@ async def run_with_body(
             raise
         except BaseException:
             await asyncio.shield(asyncio.wait({consumer}))
+            if not consumer.cancelled():
+                consumer.exception()  # retrieved: this error, raised on, is the answer
             raise
         return await consumer
     finally:

@@ -100,3 +100,28 @@ def test_a_client_that_disconnects_has_every_byte_received_kept() -> None:
     with pytest.raises(TransferInterrupted):
         _run(body(), work)
     assert seen["kept"] == data
+
+
+def test_a_body_that_fails_otherwise_ends_the_engine_side_too() -> None:
+    """An error of any other kind while the body is read (a bug in a layer below) must not
+    leave the engine's thread waiting for the next block, and the request with it: the
+    engine is told the body ended early (keeping what arrived), and the error goes on up."""
+    data = random_bytes(100 * KiB, seed=4)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data
+        raise OSError("a layer below broke")
+
+    work, seen = _collect()
+
+    async def scenario() -> BaseException | None:
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                await run_with_body(pool, body(), work, on_received=lambda _n: None)
+            except OSError as exc:
+                return exc
+        return None
+
+    raised = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert isinstance(raised, OSError) and "a layer below broke" in str(raised)
+    assert seen["kept"] == data
