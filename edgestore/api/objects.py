@@ -17,7 +17,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, Field
 
 from edgestore.api.download import etag_of, object_response
 from edgestore.api.state import services
@@ -79,7 +79,19 @@ class VersionList(BaseModel):
     next_after: int | None
 
 
-PageLimit = Annotated[int, Query(ge=1, le=10_000, description="Items on a page.")]
+def _blank_is_unset(value: object) -> object:
+    """A blank query parameter (`?limit=`: a form's empty field) is one not given, as the
+    listings' other filters are; it was a 400 saying '' is no integer."""
+    return None if value == "" else value
+
+
+DEFAULT_PAGE = 1000
+# The bounds on the number itself: on `int | None` they would be applied to a blank's None.
+PageLimit = Annotated[
+    Annotated[int, Field(ge=1, le=10_000)] | None,
+    BeforeValidator(_blank_is_unset),
+    Query(description=f"Items on a page (default {DEFAULT_PAGE})."),
+]
 
 
 async def _stat(request: Request, sel: ObjectSelector) -> VersionInfo:
@@ -128,9 +140,10 @@ async def list_objects(
     bucket: str | None = None,
     prefix: str = "",
     after: Annotated[str | None, Query(description="Return keys after this one.")] = None,
-    limit: PageLimit = 1000,
+    limit: PageLimit = None,
 ) -> ObjectList:
     bucket = bucket or None  # `?bucket=` (an empty form field): every bucket, as `prefix=`
+    limit = limit or DEFAULT_PAGE
     # One more than asked: a page that ends exactly at the last object says so (null
     # next_after) instead of sending the client for an empty page.
     found = await asyncio.to_thread(
@@ -231,10 +244,13 @@ async def versions(
     request: Request,
     object_id: str,
     after: Annotated[
-        int | None, Query(ge=1, le=2**31 - 1, description="Return versions below this one.")
+        Annotated[int, Field(ge=1, le=2**31 - 1)] | None,
+        BeforeValidator(_blank_is_unset),
+        Query(description="Return versions below this one."),
     ] = None,
-    limit: PageLimit = 1000,
+    limit: PageLimit = None,
 ) -> VersionList:
+    limit = limit or DEFAULT_PAGE
     await _stat(request, ObjectSelector(object_id=object_id))
     # One more than asked, as the object listing does: a full last page says it is the last.
     found = await asyncio.to_thread(

@@ -96,7 +96,9 @@ def init(
 @app.command()
 def put(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="File to store; '-' reads standard input.")],
+    file: Annotated[
+        Path, typer.Argument(help="File to store; '-' reads standard input (then give --key).")
+    ],
     bucket: BucketOpt = DEFAULT_BUCKET,
     key: Annotated[
         str | None, typer.Option("--key", "-k", help="Key (default: file name).")

@@ -16,7 +16,6 @@ from edgestore.cli.context import CliState
 
 app = typer.Typer(
     name="edgestore",
-    help="Self-hosted upload and storage server for huge files.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -83,8 +82,8 @@ def main_options(
 ) -> None:
     """Self-hosted upload and storage server for huge files.
 
-    Local commands (put, get, ls, stat, rm, du, gc, scrub, repair) work on the store in
-    --home directly.
+    serve runs the server, upload and download talk to one; every other command works on
+    the store in --home (its database and data dirs) directly.
     """
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,

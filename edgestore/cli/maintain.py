@@ -48,7 +48,8 @@ def repair(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     and tries a chunk it could not rebuild again only hours later; this tries every one now).
 
     Exits 10 if a chunk could not be repaired: with fewer than k intact shards only an
-    upload of the same bytes brings it back.
+    upload of the same bytes brings it back; one that failed otherwise (no writable data
+    dirs, say) stays queued for the next try.
     """
     state: CliState = ctx.obj
     with state.engine() as engine, output.status("repairing…", quiet=json_out) as show:

@@ -156,10 +156,10 @@ def test_list_rejects_bad_parameters(http) -> None:
 def test_list_empty_filters_mean_none(http) -> None:
     """docs/api.md writes the listing as `GET /objects?bucket=&prefix=&after=&limit=`: a blank
     filter (a form's empty field) is no filter, as `prefix=` and `after=` always were;
-    `bucket=` was a 400 "invalid bucket name ''"."""
+    `bucket=` was a 400 "invalid bucket name ''", and `limit=` one saying "" is no integer."""
     bucket = _bucket()
     _put(http, bucket, "k", b"x")
-    blank = http.get("/objects", params={"bucket": "", "prefix": "", "after": ""})
+    blank = http.get("/objects", params={"bucket": "", "prefix": "", "after": "", "limit": ""})
     assert blank.status_code == 200, blank.text
     assert blank.json() == http.get("/objects").json()
 

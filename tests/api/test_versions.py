@@ -59,6 +59,10 @@ def test_versions_are_listed_page_by_page(http) -> None:
         "versions": [],
         "next_after": None,
     }
+    # Blank, as a form's empty fields send them: not given (as in the object listing).
+    blank = http.get(f"/ids/{oid}/versions", params={"after": "", "limit": ""})
+    assert blank.status_code == 200, blank.text
+    assert blank.json() == http.get(f"/ids/{oid}/versions").json()
     for bad in ({"limit": 0}, {"limit": 10_001}, {"after": 0}, {"after": "x"}):
         assert http.get(f"/ids/{oid}/versions", params=bad).status_code == 400, bad
     missing = http.get(f"/ids/{uuid.uuid4()}/versions", params={"after": 3})

@@ -198,3 +198,99 @@ def test_exit_code_table_is_the_cli_s() -> None:
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
     # 0 success, 1 anything unmapped, 2 usage (click), 10 scrub/repair found damage
     assert documented == {code for _, code in EXIT_CODES} | {0, 1, 2, 10}
+
+
+def _cli_commands():
+    """Every command path of the CLI (`put`, `keys create`, …) with its click command."""
+    import typer
+
+    from edgestore.cli.main import app
+
+    def walk(cmd, path: str):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield f"{path} {name}".strip(), sub
+            yield from walk(sub, f"{path} {name}")
+
+    return list(walk(typer.main.get_command(app), ""))
+
+
+def test_every_cli_command_is_documented() -> None:
+    """A command (or sub-command) no doc names is one a user only finds by accident."""
+    text = "\n".join(doc.read_text() for doc in DOCS)
+    missing = [
+        path
+        for path, cmd in _cli_commands()
+        if not getattr(cmd, "commands", None)  # a group (`keys`) is named by its commands
+        and not re.search(rf"edgestore {re.escape(path)}\b", text)
+    ]
+    assert not missing, f"CLI commands no doc names as `edgestore COMMAND`: {missing}"
+
+
+def test_every_metric_is_documented() -> None:
+    """The reverse of test_documented_metrics_exist: each family /metrics exposes is named."""
+    from edgestore.api.metrics import Metrics
+
+    text = "\n".join(doc.read_text() for doc in DOCS)
+    documented = set(re.findall(r"`(edgestore_[a-z_]+)", text))
+    families = {family.name for family in Metrics().registry.collect()}
+    missing = sorted(f for f in families if not {f, f + "_total"} & documented)
+    assert not missing, f"metrics docs/operations.md does not name: {missing}"
+
+
+def _error_statuses() -> dict[str, int]:
+    """Each `error` code a response can carry, with its HTTP status (api/errors.py)."""
+    from edgestore import errors as e
+    from edgestore.api.errors import STATUS
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    codes = {
+        cls.code: next((s for c, s in STATUS if issubclass(cls, c)), 500)
+        for cls in subclasses(e.EdgestoreError)
+    }
+    # The app's own answers: unknown route or method, a bad query or body, a bug.
+    codes |= {"not_found": 404, "method_not_allowed": 405, "invalid_request": 400}
+    return codes | {"internal_error": 500}
+
+
+def test_documented_error_codes_are_the_real_ones() -> None:
+    """`503 `server_busy``, `412 precondition_failed`, `| 403 | `out_of_scope` |`: the code
+    exists and is answered with that status."""
+    codes = _error_statuses()
+    pair = re.compile(r"\b([1-5]\d\d)\*{0,2}\s\(?`([a-z_]+)`|`([1-5]\d\d) ([a-z_]+)`")
+    row = re.compile(r"^\| ([1-5]\d\d) \| ((?:`[a-z_]+`(?:, )?)+) \|", re.M)
+    wrong, seen = [], 0
+    for doc in DOCS:
+        text = doc.read_text()
+        found = [(m[1] or m[3], m[2] or m[4]) for m in pair.finditer(text)]
+        found += [(s, c) for s, cs in row.findall(text) for c in re.findall(r"`([a-z_]+)`", cs)]
+        for status, code in found:
+            seen += 1
+            if codes.get(code) != int(status):
+                real = codes.get(code, "no such code")
+                wrong.append(f"{doc.name}: {status} {code} (really {real})")
+    assert seen, "no status and error code found in the docs: has the notation changed?"
+    assert not wrong, wrong
+
+
+def test_documented_environment_variables_exist() -> None:
+    """Every `EDGESTORE_*` a doc names is read by something (a setting, `--config`, or a
+    client command's option), and every variable a client command reads is documented."""
+    from edgestore.config import ENV_PREFIX
+
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    cli = {
+        var
+        for _, cmd in _cli_commands()
+        for param in cmd.params
+        for var in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])
+    }
+    real = settings | cli | {ENV_PREFIX + "CONFIG"}
+    text = "\n".join(doc.read_text() for doc in DOCS)
+    documented = set(re.findall(r"\b(EDGESTORE_[A-Z0-9_]+)", text))
+    assert not documented - real, f"documented, read by nothing: {sorted(documented - real)}"
+    undocumented = (cli | {ENV_PREFIX + "CONFIG"}) - documented
+    assert not undocumented, f"read, documented nowhere: {sorted(undocumented)}"
