@@ -88,6 +88,13 @@ class WholeFileMismatch(InvalidInput):
     code = "sha256_mismatch"
 
 
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key sent again with a request other than the one it was first sent
+    with (a client bug: each creation needs a key of its own)."""
+
+    code = "idempotency_key_reused"
+
+
 class UnsupportedChecksum(InvalidInput):
     code = "unsupported_checksum"
 

@@ -25,6 +25,7 @@ STATUS: list[tuple[type[e.EdgestoreError], int]] = [
     (e.ChecksumMismatch, CHECKSUM_MISMATCH),
     (e.ChunkHashMismatch, 422),
     (e.WholeFileMismatch, 422),
+    (e.IdempotencyKeyReused, 422),
     (e.InvalidRange, 416),
     (e.ProtocolMismatch, 412),
     (e.UnsupportedMediaType, 415),

@@ -17,18 +17,20 @@ import asyncio
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from edgestore.api.identity import identity_of
 from edgestore.api.jsonbody import JSON_BODY_BYTES, CappedJsonRoute, content_length, read_capped
 from edgestore.api.logs import submit_in_context
 from edgestore.api.objects import ObjectVersion
 from edgestore.api.state import Services, services
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.engine.native import MAX_MISSING_BATCH, ManifestChunk, NativeUploads, check_sha256
-from edgestore.errors import TooLarge
-from edgestore.metadata.uploads import UploadRecord
+from edgestore.errors import InvalidInput, TooLarge
+from edgestore.metadata.idempotency import IdempotencyKey
+from edgestore.metadata.uploads import OPEN, UploadRecord
 
 # Chunk bodies are held whole in memory (each at most the max chunk size) while they are
 # verified and stored; this bounds how many at once, hence memory (64 x 8 MiB by default).
@@ -37,6 +39,7 @@ MAX_CHUNK_BODIES = 64
 # deadline for the whole body: over a slow uplink shared by the client's connections, one
 # chunk can take many minutes, and cutting it there failed every PUT, and so the upload.
 CHUNK_BODY_IDLE_SECONDS = 60.0
+MAX_IDEMPOTENCY_KEY = 255  # characters of an Idempotency-Key (a UUID is 36)
 MANIFEST_ENTRY_BYTES = 128  # per finalize entry ({"id": "<64 hex>", "size": n}, ~95 bytes)
 
 
@@ -194,7 +197,20 @@ async def params(request: Request) -> StoreParamsOut:
 @router.post(
     "/uploads", status_code=201, response_model=UploadSessionOut, summary="Open an upload session"
 )
-async def create(body: CreateUploadIn, request: Request, response: Response) -> UploadSessionOut:
+async def create(
+    body: CreateUploadIn,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="A value unique to this creation (a UUID), sent again by its retries: "
+            "a repeat gets the session the first request made (same answer), so a lost answer "
+            "leaves no orphan session. Scoped to the caller; the same key with another "
+            "request is refused (422). It lives as long as its session."
+        ),
+    ] = None,
+) -> UploadSessionOut:
     """Sessions live in the database: any node serves any later request of this session."""
     svc = services(request)
     rec = await asyncio.to_thread(
@@ -206,9 +222,31 @@ async def create(body: CreateUploadIn, request: Request, response: Response) -> 
         content_type=body.content_type,
         filename=body.filename,
         metadata=body.metadata,
+        idempotency=_idempotency(request, idempotency_key, body),
     )
     response.headers["Location"] = f"/v1/uploads/{rec.upload_id}"
+    if rec.state != OPEN:  # a repeated creation whose session was finalized meanwhile
+        return await status(rec.upload_id, request)
     return _session_out(svc, rec)
+
+
+def _idempotency(request: Request, raw: str | None, body: CreateUploadIn) -> IdempotencyKey | None:
+    """The creation's Idempotency-Key (a Structured Field string per the IETF httpapi draft,
+    or bare), bound to its caller (the API key; anyone, with auth off) and its request."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not 0 < len(value) <= MAX_IDEMPOTENCY_KEY or not (value.isascii() and value.isprintable()):
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters "
+            "(a value unique to this creation, such as a UUID)"
+        )
+    identity = identity_of(request)
+    owner = identity.revocable  # the API key, or the one behind a pre-signed URL
+    caller = f"key:{owner}" if owner else identity.kind
+    return IdempotencyKey.of(caller, value, body.model_dump(mode="json"))
 
 
 @router.get(

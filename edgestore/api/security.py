@@ -52,6 +52,7 @@ CORS_ALLOW_HEADERS = [
     "If-Range",
     "X-Request-ID",
     "X-Requested-With",
+    "Idempotency-Key",  # a native session's creation, safe to retry (api/native.py)
     *TUS_REQUEST_HEADERS,
 ]
 CORS_EXPOSE_HEADERS = [

@@ -31,13 +31,15 @@ from typing import Any, Literal, TypeVar
 
 from edgestore.chunking import StreamChunker
 from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Budget, Gate, Stopped, Turn
-from edgestore.client.http import ANY_STATUS, Transport, not_edgestore
+from edgestore.client.http import Transport
 from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
 from edgestore.client.resume import HintKey, ResumeHints
+from edgestore.client.session import chunker_params, create_session, new_idempotency_key
 from edgestore.client.source import SourceFile, guess_content_type
 from edgestore.codec.hashing import chunk_id
 from edgestore.errors import (
     ChunkHashMismatch,
+    IdempotencyKeyReused,
     InvalidInput,
     MissingChunks,
     NotFound,
@@ -58,7 +60,6 @@ POLL = 0.2
 SENDERS_PER_TURN = 2  # one sending a body, one waiting for its answer
 HASH_THREADS = 2  # chunk ids computed at once while the reader cuts the next chunks
 HASH_AHEAD = 4  # chunks cut but not yet hashed, at most (memory: 4 x max chunk size)
-SUPPORTED = ("fastcdc2020", "sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +67,6 @@ class _Chunk:
     offset: int
     size: int
     chunk_id: str
-
-
-def chunker_params(session: dict[str, Any]) -> ChunkerParams:
-    """The store's chunking, from a session or /v1/params response; refuses what we can't do."""
-    p = session["params"]["chunker"] if "params" in session else session["chunker"]
-    if (p["algorithm"], p["hash"]) != SUPPORTED:
-        raise InvalidInput(
-            f"the server chunks with {p['algorithm']}/{p['hash']}; this client supports "
-            f"{SUPPORTED[0]}/{SUPPORTED[1]} only"
-        )
-    return ChunkerParams(int(p["min_size"]), int(p["avg_size"]), int(p["max_size"]))
 
 
 class NativeUpload:
@@ -191,11 +181,8 @@ class NativeUpload:
         # The session holds the content type and metadata it was opened with: continue it
         # only if this run asks for the same ones.
         wanted = {"content_type": self._content_type, "metadata": self._metadata}
-        if (
-            hint
-            and isinstance(hint.get("upload_id"), str)
-            and {k: hint.get(k) for k in wanted} == wanted
-        ):
+        same = hint is not None and {k: hint.get(k) for k in wanted} == wanted
+        if hint and same and isinstance(hint.get("upload_id"), str):
             try:
                 st = self._t.json("GET", f"/v1/uploads/{hint['upload_id']}", ok=(200,))
             except (NotFound, UploadGone):
@@ -215,12 +202,15 @@ class NativeUpload:
             "content_type": self._content_type,
             "metadata": self._metadata,
         }
-        resp = self._t.request(
-            "POST", "/v1/uploads", json=body, ok=ANY_STATUS, what="opening a session"
-        )
-        if resp.status_code != 201:
-            raise not_edgestore(resp, self._t.base_url)
-        st = resp.json()
+        # A creation whose answer never came (its retries ran out) left its key in the hint:
+        # sent again, it finds the session that creation made rather than leave an orphan.
+        pending = hint.get("idempotency_key") if hint and same else None
+        key = pending if isinstance(pending, str) else new_idempotency_key()
+        self._hints.save(self._hint_key, self._source.identity, {"idempotency_key": key, **wanted})
+        try:
+            st = create_session(self._t, body, key)
+        except IdempotencyKeyReused:  # the hinted creation asked for something else
+            st = create_session(self._t, body, new_idempotency_key())
         self._hints.save(
             self._hint_key, self._source.identity, {"upload_id": st["upload_id"], **wanted}
         )

@@ -12,10 +12,9 @@ verifying reader only what that did not cover (see `finalize`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +25,8 @@ from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_key
 from edgestore.engine.uploads import Uploads, version_of
-from edgestore.engine.wholefile import Prefix, WholeFileHashes
+from edgestore.engine.wholefile import WholeFileHashes, read_back_sha256
 from edgestore.errors import (
-    ChunkUnreadable,
     InvalidInput,
     InvalidKey,
     MissingChunks,
@@ -43,6 +41,7 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import pins
 from edgestore.metadata import uploads as upload_rows
+from edgestore.metadata.idempotency import IdempotencyKey
 from edgestore.metadata.objects import VersionInfo
 from edgestore.metadata.uploads import UploadRecord
 from edgestore.types import ChunkerParams, ChunkId
@@ -51,7 +50,6 @@ log = logging.getLogger(__name__)
 
 KIND = pins.KIND
 MAX_MISSING_BATCH = 10_000  # chunk ids per "which are missing?" request
-READ_BACK_PAGE = 256  # chunk rows loaded at a time while verifying: bounded memory
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -121,8 +119,10 @@ class NativeUploads:
         content_type: str | None = None,
         filename: str | None = None,
         metadata: dict[str, Any] | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> UploadRecord:
-        """Open a session for an object of `size` bytes (the key defaults to the file name)."""
+        """Open a session for an object of `size` bytes (the key defaults to the file name);
+        with `idempotency`, a repeat of the creation gets the session the first one made."""
         if sha256 is not None:
             check_sha256(sha256, "sha256")
         if key is None and filename:
@@ -139,6 +139,7 @@ class NativeUploads:
             filename=filename,
             user_metadata=metadata,
             expected_sha256=sha256,
+            idempotency=idempotency,
         )
 
     def status(self, upload_id: str) -> SessionStatus:
@@ -351,7 +352,7 @@ class NativeUploads:
         if known:
             actual, how = known, "known-manifest"
         else:
-            actual = self._read_back_sha256(entries, prefix)
+            actual = read_back_sha256(self._core, entries, prefix, self._stop_if_closing)
             how = "streamed" if prefix is not None and prefix.count == len(entries) else "read-back"
             hashed = prefix.nbytes if prefix is not None else 0
             log.info(
@@ -462,33 +463,6 @@ class NativeUploads:
         closing = self._uploads.closing
         if closing:
             raise StorageUnavailable(f"{closing}; finalize again: no version was created")
-
-    def _read_back_sha256(
-        self, entries: Sequence[tuple[str, int, int]], prefix: Prefix | None = None
-    ) -> str:
-        """SHA-256 of the manifest's bytes, each chunk rebuilt and verified by the reader;
-        `prefix` is a digest of the first entries already computed (those are skipped)."""
-        core = self._core
-        digest = prefix.sha if prefix is not None else hashlib.sha256()
-        if prefix is not None:
-            entries = entries[prefix.count :]
-
-        def records() -> Iterator[chunk_index.ChunkRecord]:
-            for i in range(0, len(entries), READ_BACK_PAGE):
-                page = [cid for cid, _, _ in entries[i : i + READ_BACK_PAGE]]
-                with core.db.read() as conn:
-                    found = chunk_index.load(conn, page)
-                for cid in page:
-                    self._stop_if_closing()
-                    rec = found.get(cid)
-                    if rec is None:  # pinned, so only an index fault gets here
-                        raise ChunkUnreadable(f"chunk {cid} is missing from the index")
-                    yield rec
-
-        window = max(1, core.settings.read_ahead_chunks)
-        for raw in core.pool.map_ordered(core.reader.read, records(), window):
-            digest.update(raw)
-        return digest.hexdigest()
 
 
 def _report_dedup(

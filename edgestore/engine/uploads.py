@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from edgestore.codec.hashing import ResumableSha256
 from edgestore.engine import concat, staging
@@ -34,10 +35,12 @@ from edgestore.errors import (
     UploadStateError,
 )
 from edgestore.metadata import concat as concat_rows
+from edgestore.metadata import idempotency as idempotency_rows
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas, reclaim
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database, now
+from edgestore.metadata.idempotency import IdempotencyKey
 from edgestore.metadata.uploads import UploadRecord
 from edgestore.types import Readable
 
@@ -125,7 +128,10 @@ class Uploads:
         is_partial: bool = False,
         expires_in: float | None = None,
         expected_sha256: str | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> UploadRecord:
+        """A new upload; with `idempotency`, the live one that key created, if any (its
+        quota was reserved then: a retried creation reserves nothing more)."""
         settings = self._core.settings
         if bucket is not None:
             validate_bucket(bucket)
@@ -144,25 +150,37 @@ class Uploads:
         # (maintenance/hashes.py), so hashing a partial's bytes would be wasted work.
         hashed = ResumableSha256.available() and not is_partial
         state = ResumableSha256().state() if hashed else None
-        with self._core.db.write() as conn:
-            counted = quotas.counted_in(bucket, is_partial)
-            if length is not None and counted is not None:
-                quotas.check_bucket(conn, settings, counted, length)  # before a byte arrives
-            uid = upload_rows.create(
-                conn,
-                kind=kind,
-                bucket=bucket,
-                key=key,
-                length=length,
-                expires_at=now() + expiry,
-                hash_state=state,
-                content_type=content_type,
-                filename=filename,
-                user_metadata=user_metadata,
-                is_partial=is_partial,
-                expected_sha256=expected_sha256,
-            )
-            return upload_rows.get(conn, uid)
+        for _attempt in range(3):
+            try:
+                with self._core.db.write() as conn:
+                    held = idempotency_rows.holder(conn, idempotency) if idempotency else None
+                    if held is not None:
+                        log.info("upload %s: creation repeated with its key", held.upload_id)
+                        return held
+                    counted = quotas.counted_in(bucket, is_partial)
+                    if length is not None and counted is not None:
+                        quotas.check_bucket(conn, settings, counted, length)  # before any byte
+                    uid = upload_rows.create(
+                        conn,
+                        kind=kind,
+                        bucket=bucket,
+                        key=key,
+                        length=length,
+                        expires_at=now() + expiry,
+                        hash_state=state,
+                        content_type=content_type,
+                        filename=filename,
+                        user_metadata=user_metadata,
+                        is_partial=is_partial,
+                        expected_sha256=expected_sha256,
+                        idempotency=idempotency,
+                    )
+                    return upload_rows.get(conn, uid)
+            except IntegrityError:
+                if idempotency is None:
+                    raise
+                # A concurrent creation with the same key committed first: found next time.
+        raise StorageUnavailable("an upload could not be created; retry the request")
 
     def get(self, upload_id: str, kinds: tuple[str, ...] | None = None) -> UploadRecord:
         """The upload; with `kinds`, one of another protocol is UploadNotFound (a tus URL

@@ -22,12 +22,13 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgestore.engine.core import EngineCore
 from edgestore.engine.pipeline import ContextThreadPool
+from edgestore.errors import ChunkUnreadable
 from edgestore.metadata import chunks as chunk_index
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ MAX_SESSIONS = 256  # running digests kept per process; the least recently used 
 # ~200 MB). Each session's order is bounded by its size, but not their sum: made-up ids
 # cost a client nothing to announce. A session that would pass this is not followed.
 MAX_FOLLOWED_ENTRIES = 1 << 20
+READ_BACK_PAGE = 256  # chunk rows loaded at a time while verifying at finalize: bounded memory
 
 
 @dataclass(eq=False)
@@ -336,6 +338,38 @@ class WholeFileHashes:
             rest.sort(key=lambda u: self._tracks[u].used)
             stale += rest[:excess]
         return [self._tracks.pop(u) for u in stale]
+
+
+def read_back_sha256(
+    core: EngineCore,
+    entries: Sequence[tuple[str, int, int]],
+    prefix: Prefix | None,
+    check: Callable[[], None],
+) -> str:
+    """SHA-256 of a manifest's (chunk id, offset, size) bytes, each chunk rebuilt and
+    verified by the reader, decoded ahead in parallel; `prefix` is a digest of the first
+    entries already computed (those are skipped). `check()` runs before each chunk: it
+    raises to stop a read-back that must not hold up a shutdown."""
+    digest = prefix.sha if prefix is not None else hashlib.sha256()
+    if prefix is not None:
+        entries = entries[prefix.count :]
+
+    def records() -> Iterator[chunk_index.ChunkRecord]:
+        for i in range(0, len(entries), READ_BACK_PAGE):
+            page = [cid for cid, _, _ in entries[i : i + READ_BACK_PAGE]]
+            with core.db.read() as conn:
+                found = chunk_index.load(conn, page)
+            for cid in page:
+                check()
+                rec = found.get(cid)
+                if rec is None:  # pinned, so only an index fault gets here
+                    raise ChunkUnreadable(f"chunk {cid} is missing from the index")
+                yield rec
+
+    window = max(1, core.settings.read_ahead_chunks)
+    for raw in core.pool.map_ordered(core.reader.read, records(), window):
+        digest.update(raw)
+    return digest.hexdigest()
 
 
 def _index_of(order: Sequence[tuple[str, int]], offset: int) -> int | None:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest migration's revision (tests/metadata/test_migrations.py checks it is alembic's
 # head): a store already there is opened without alembic (see Database._at_head).
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # libpq settings a PostgreSQL URL gets unless it sets them itself. Without them a host that
 # drops packets (or accepts and never answers) held a start, a request or /readyz for as long

@@ -155,6 +155,11 @@ uploads = sa.Table(
     sa.Column("concat_of", sa.JSON, nullable=True),
     # A final upload's request, hashed (metadata/concat.py): a retried POST finds it.
     sa.Column("concat_key", sa.String(64), nullable=True),
+    # A native session's creation, by the client's Idempotency-Key scoped to its caller, and
+    # what it asked for, hashed (metadata/idempotency.py): a retried POST finds the session.
+    # Cleared when the session ends: the key lives as long as its session.
+    sa.Column("idempotency_key", sa.String(64), nullable=True),
+    sa.Column("idempotency_request", sa.String(64), nullable=True),
     sa.Column("version_id", UuidType, nullable=True),
     sa.Column("lock_owner", sa.String(64), nullable=True),
     sa.Column("lock_expires", Time, nullable=True),
@@ -166,6 +171,7 @@ uploads = sa.Table(
     sa.Column("expires_at", Time, nullable=True),
     sa.Index(None, "state", "expires_at"),
     sa.Index(None, "concat_key"),
+    sa.Index(None, "idempotency_key", unique=True),
 )
 
 upload_parts = sa.Table(

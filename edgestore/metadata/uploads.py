@@ -12,7 +12,7 @@ import functools
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -28,6 +28,9 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.db import now
 from edgestore.metadata.schema import upload_parts, upload_pins, uploads
 from edgestore.types import UploadId
+
+if TYPE_CHECKING:
+    from edgestore.metadata.idempotency import IdempotencyKey
 
 OPEN, COMPLETE, TERMINATED, EXPIRED = "open", "complete", "terminated", "expired"
 
@@ -148,6 +151,7 @@ def create(
     concat_key: str | None = None,
     expected_sha256: str | None = None,
     committed_offset: int = 0,
+    idempotency: IdempotencyKey | None = None,
 ) -> UploadId:
     uid = str(uuid.uuid4())
     t = now()
@@ -170,6 +174,8 @@ def create(
             is_partial=is_partial,
             concat_of=concat_of,
             concat_key=concat_key,
+            idempotency_key=idempotency.scoped if idempotency else None,
+            idempotency_request=idempotency.request if idempotency else None,
             created_at=t,
             updated_at=t,
             expires_at=expires_at,
@@ -412,7 +418,8 @@ def mark_complete(conn: Connection, upload_id: str, version_id: str | None) -> N
 
 
 def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None:
-    """Drop everything the upload holds (parts, pins, tail) and mark it terminated/expired.
+    """Drop everything the upload holds (parts, pins, tail) and mark it terminated/expired;
+    its Idempotency-Key goes with it (a later creation with the key opens a new session).
 
     Returns the staged tail whose file the caller removes once this transaction commits.
     """
@@ -429,6 +436,8 @@ def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None
             **_tail_values(None),
             hash_state=None,
             **_UNLOCKED,
+            idempotency_key=None,
+            idempotency_request=None,
             updated_at=now(),
         )
     )

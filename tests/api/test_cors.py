@@ -52,6 +52,7 @@ def _preflight(method: str, headers: str, origin: str = ORIGIN) -> dict[str, str
         ("/files/abc", "DELETE", "tus-resumable"),
         ("/objects/b/k", "GET", "range,if-none-match,authorization"),
         ("/v1/presign", "POST", "authorization,content-type"),
+        ("/v1/uploads", "POST", "authorization,content-type,idempotency-key"),
     ],
 )
 def test_preflight_needs_no_credentials(

@@ -16,7 +16,7 @@ from edgestore.client import Client, RetryPolicy
 from edgestore.errors import QuotaExceeded, TransferInterrupted
 from tests.flaky_link import FlakyLink
 from tests.helpers import KiB, MiB, random_bytes, write_file
-from tests.native import DB_PARAMS, small_chunk_server, versions_of
+from tests.native import DB_PARAMS, rows, small_chunk_server, versions_of
 
 FAST = RetryPolicy(tries=8, base=0.01, cap=0.05)
 
@@ -135,6 +135,41 @@ def test_a_rerun_after_a_lost_finalize_answer_makes_no_second_version(
     r = c.upload(src, key="flaky/final-lost", workers=2)
     assert r.version == 1 and r.resumed and r.sha256 == hashlib.sha256(data).hexdigest()
     assert versions_of(probe, "flaky/final-lost") == 1
+
+
+def native_sessions(probe, key: str) -> int:
+    found = rows(probe, "SELECT count(*) FROM uploads WHERE kind = 'native' AND key = :k", k=key)
+    return found[0][0]
+
+
+def test_a_lost_create_answer_opens_one_session(server, http, probe, proxy, tmp_path) -> None:
+    """The session was created and its answer lost: the retry sends the same Idempotency-Key
+    and gets that session, instead of opening a second one (an orphan holding quota)."""
+    data = random_bytes(300 * KiB, seed=907)
+    src = write_file(tmp_path / "f.bin", data)
+    proxy.add("POST", r"^/v1/uploads$", times=1, forward_first=True)
+    r = client(proxy, tmp_path).upload(src, key="flaky/create-lost", workers=2)
+    assert r.retries == 1 and proxy.count("POST", r"^/v1/uploads$") == 2  # one answer lost
+    assert native_sessions(probe, "flaky/create-lost") == 1
+    assert http.get("/objects/default/flaky/create-lost").content == data
+
+
+def test_a_rerun_after_lost_create_answers_continues_that_session(
+    server, probe, proxy, tmp_path
+) -> None:
+    """Every create's answer was lost and the retries ran out: the rerun the error asks for
+    sends the key its hint kept, and continues the session those creates made."""
+    data = random_bytes(200 * KiB, seed=908)
+    src = write_file(tmp_path / "f.bin", data)
+    proxy.add("POST", r"^/v1/uploads$", times=100, forward_first=True)
+    c = Client(proxy.url, retry=RetryPolicy(tries=3, base=0.01), state_dir=tmp_path / "hints")
+    with pytest.raises(TransferInterrupted, match="opening a session"):
+        c.upload(src, key="flaky/create-rerun", workers=2)
+    assert native_sessions(probe, "flaky/create-rerun") == 1  # three tries, one session
+    proxy.rules.clear()
+    r = c.upload(src, key="flaky/create-rerun", workers=2)
+    assert r.version == 1 and r.sha256 == hashlib.sha256(data).hexdigest()
+    assert native_sessions(probe, "flaky/create-rerun") == 1
 
 
 def test_a_lost_tus_final_answer_makes_no_second_version(server, http, probe, proxy, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 
 import pytest
 
@@ -13,7 +14,7 @@ from edgestore.client.concurrency import LEVELS, AutoWorkers, Gate, Stopped, Tur
 from edgestore.client.http import error_from
 from edgestore.client.native import chunker_params
 from edgestore.client.resume import HintKey, ResumeHints
-from edgestore.client.source import SourceFile
+from edgestore.client.source import SourceFile, guess_content_type
 from edgestore.errors import InvalidInput, MissingChunks, SourceChanged, UploadGone
 from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
 from tests.native import SMALL_PARAMS, chunks_of, pins_of, rows, versions_of
@@ -430,3 +431,21 @@ def test_server_errors_come_back_as_domain_errors() -> None:
     gone = error_from(response(410, {"error": "upload_gone", "message": "expired"}))
     assert isinstance(gone, UploadGone) and "expired" in str(gone) and "HTTP 410" in str(gone)
     assert isinstance(error_from(response(400, {"error": "invalid_request"})), InvalidInput)
+
+
+def test_a_hinted_creation_key_of_another_request_is_replaced(
+    server, http, probe, tmp_path, hints_dir
+) -> None:
+    """A hint's key (from a creation whose answer never came) that the server bound to
+    another request: the rerun opens its session with a new key rather than fail."""
+    src = write_file(tmp_path / "k.bin", random_bytes(50 * KiB, seed=77))
+    key = f'"{uuid.uuid4()}"'
+    headers = {"Idempotency-Key": key}
+    other = http.post("/v1/uploads", json={"key": "hinted", "size": 1}, headers=headers)
+    assert other.status_code == 201
+    wanted = {"content_type": guess_content_type(src.name), "metadata": {}}
+    with SourceFile(src) as f:
+        hint = HintKey(server.url, "native", str(src), "default", "hinted")
+        ResumeHints(hints_dir).save(hint, f.identity, {"idempotency_key": key, **wanted})
+    r = Client(server.url, state_dir=hints_dir).upload(src, key="hinted")
+    assert r.version == 1 and r.upload != other.json()["upload_id"]
