@@ -117,6 +117,10 @@ def _against_a_deadlock(db: Database, pg_url: str, *, retry: bool) -> tuple[list
     other = sa.create_engine(pg_url)
     try:
         with other.connect() as holder:
+            # Only ours may find the deadlock (each waiting session checks after its own
+            # deadlock_timeout, and the one that checks first is failed): on a loaded machine
+            # the holder's check sometimes came first, and PostgreSQL failed it instead.
+            holder.execute(sa.text("SET deadlock_timeout = '60s'"))
             holder.execute(_bump(ids[0]))
             t = threading.Thread(target=run)
             t.start()
