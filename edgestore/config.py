@@ -343,8 +343,11 @@ def _origin(text: str) -> str:
     return f"{scheme}://{host}"
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Load settings, failing with a ConfigError that names the offending key."""
+def load_settings(
+    config_file: str | Path | None = None, *, flags: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Load settings, failing with a ConfigError that names the offending key and where its
+    value came from: `flags` names the command-line flag behind each override (`--port`)."""
     path = config_file or os.environ.get(ENV_PREFIX + "CONFIG") or None  # set but empty: unset
     if path is not None:
         path = Path(path)
@@ -372,7 +375,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             if err["type"] == "extra_forbidden":  # a file's (unknown variables are ignored)
                 problems.append(f"{key}{in_file}: unknown setting")
                 continue
-            problems.append(f"{key} ({_source(str(err['loc'][0]), given, path)}): {message}")
+            where = _source(str(err["loc"][0]), given, path, flags or {})
+            problems.append(f"{key} ({where}): {message}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except SettingsError as exc:  # a variable's JSON that does not even decode
         name = re.search(r'field "(\w+)" from source "\w*EnvSource"', str(exc))
@@ -392,9 +396,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 _JSON_SHAPES = {"bucket_quotas": 'a JSON object, e.g. {"photos": 1099511627776}'}
 
 
-def _source(key: str, given: dict[str, Any], path: Path | None) -> str:
-    """Where to fix an invalid value: the file when it came from there (naming a variable
-    nobody set sent users looking for one), else its variable (flags share their names)."""
+def _source(key: str, given: dict[str, Any], path: Path | None, flags: dict[str, str]) -> str:
+    """Where to fix an invalid value: the flag the user gave, the file when it came from there
+    (naming a variable nobody set sent users looking for one), else its variable."""
+    if key in given and key in flags:
+        return flags[key]
     env = ENV_PREFIX + key.upper()
     from_env = bool(os.environ.get(env)) or (key in _EMPTY_IS_A_VALUE and env in os.environ)
     if path is not None and key not in given and not from_env:

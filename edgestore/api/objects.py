@@ -8,16 +8,19 @@ GET    /ids/{object_id}?version=N                 the bytes, by object id (HEAD,
 GET    /ids/{object_id}/versions?after=&limit=    the version history, newest first, paged
 GET    /ids/{object_id}/info?version=N            one version's metadata as JSON
 (HEAD too on every GET route: RFC 9110 9.1.)
+A blank query parameter (`?limit=`, a form's empty field) counts as not given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, BeforeValidator, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from edgestore.api.download import etag_of, object_response
 from edgestore.api.state import services
@@ -26,7 +29,26 @@ from edgestore.errors import PreconditionFailed
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata.objects import VersionInfo
 
-router = APIRouter(tags=["objects"])
+
+class BlankIsAbsentRoute(APIRoute):
+    """A route that drops blank query parameters (`limit=`, or a bare `limit`) before FastAPI
+    parses them: docs/api.md says a blank one counts as not given, and FastAPI would try to
+    read '' as a number (400) rather than take the default."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            query: bytes = request.scope.get("query_string", b"")
+            kept = b"&".join(p for p in query.split(b"&") if p.partition(b"=")[2])
+            if kept != query:  # a copy: the logs and middleware keep what the client sent
+                request = Request({**request.scope, "query_string": kept}, request.receive)
+            return await handler(request)
+
+        return route
+
+
+router = APIRouter(tags=["objects"], route_class=BlankIsAbsentRoute)
 
 # Bounded like the column (32-bit): PostgreSQL answers a larger one with an error, not "none".
 VersionQuery = Annotated[
@@ -79,19 +101,7 @@ class VersionList(BaseModel):
     next_after: int | None
 
 
-def _blank_is_unset(value: object) -> object:
-    """A blank query parameter (`?limit=`: a form's empty field) is one not given, as the
-    listings' other filters are; it was a 400 saying '' is no integer."""
-    return None if value == "" else value
-
-
-DEFAULT_PAGE = 1000
-# The bounds on the number itself: on `int | None` they would be applied to a blank's None.
-PageLimit = Annotated[
-    Annotated[int, Field(ge=1, le=10_000)] | None,
-    BeforeValidator(_blank_is_unset),
-    Query(description=f"Items on a page (default {DEFAULT_PAGE})."),
-]
+PageLimit = Annotated[int, Query(ge=1, le=10_000, description="Items on a page.")]
 
 
 async def _stat(request: Request, sel: ObjectSelector) -> VersionInfo:
@@ -140,10 +150,9 @@ async def list_objects(
     bucket: str | None = None,
     prefix: str = "",
     after: Annotated[str | None, Query(description="Return keys after this one.")] = None,
-    limit: PageLimit = None,
+    limit: PageLimit = 1000,
 ) -> ObjectList:
     bucket = bucket or None  # `?bucket=` (an empty form field): every bucket, as `prefix=`
-    limit = limit or DEFAULT_PAGE
     # One more than asked: a page that ends exactly at the last object says so (null
     # next_after) instead of sending the client for an empty page.
     found = await asyncio.to_thread(
@@ -244,13 +253,10 @@ async def versions(
     request: Request,
     object_id: str,
     after: Annotated[
-        Annotated[int, Field(ge=1, le=2**31 - 1)] | None,
-        BeforeValidator(_blank_is_unset),
-        Query(description="Return versions below this one."),
+        int | None, Query(ge=1, le=2**31 - 1, description="Return versions below this one.")
     ] = None,
-    limit: PageLimit = None,
+    limit: PageLimit = 1000,
 ) -> VersionList:
-    limit = limit or DEFAULT_PAGE
     await _stat(request, ObjectSelector(object_id=object_id))
     # One more than asked, as the object listing does: a full last page says it is the last.
     found = await asyncio.to_thread(

@@ -71,7 +71,7 @@ def rules(metrics_public: bool) -> list[Rule]:
         _rule("DELETE", r"/objects/(?P<bucket>[^/]+)/(?P<key>.+)", ADMIN, target=OBJECT_PATH),
         _rule("GET HEAD", r"/ids/(?P<object_id>[^/]+)(/info|/versions)?", READ, target=OBJECT_ID),
         _rule("DELETE", r"/ids/(?P<object_id>[^/]+)", ADMIN, target=OBJECT_ID),
-        # access (api/presign.py) and the native API (api/native.py); other /v1 routes by method
+        # access (api/presign_route.py), the native API (api/native.py); other /v1 routes by method
         _rule("POST", r"/v1/presign", UPLOAD, READ, target=HANDLER),
         _rule("GET HEAD", r"/v1/params", UPLOAD, READ, target=NONE),
         _rule("POST", r"/v1/uploads", UPLOAD, target=JSON_BODY),

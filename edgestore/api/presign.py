@@ -23,18 +23,9 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
-
-from edgestore.api.identity import READ, UPLOAD, Target, identity_of
-from edgestore.api.jsonbody import CappedJsonRoute
-from edgestore.api.state import services
-from edgestore.api.tus.common import base_url
-from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
-from edgestore.errors import InvalidInput, SignatureExpired, SignatureInvalid
+from edgestore.errors import SignatureExpired, SignatureInvalid
 
 VERSION = "edgestore-presign-v1"
 ACTION_UPLOAD, ACTION_DOWNLOAD = "upload", "download"
@@ -75,10 +66,6 @@ class Grant:
         if self.key_id is not None:
             fields.append(self.key_id)
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
-
-    @property
-    def target(self) -> Target:
-        return Target(self.bucket, self.key)
 
     def describe(self) -> str:
         return f"{self.action} of {self.bucket}/{self.key}"
@@ -228,64 +215,6 @@ class Signer:
         if not self.secret:
             raise RuntimeError("the signing secret is loaded at start-up; the app has not started")
         return self.secret
-
-
-# --- the API route that mints them ----------------------------------------------------------
-
-router = APIRouter(tags=["access"], route_class=CappedJsonRoute)  # JSON bodies capped
-
-
-class PresignRequest(BaseModel):
-    action: Literal["upload", "download"]
-    bucket: str = Field(DEFAULT_BUCKET, max_length=63)
-    key: str = Field(max_length=1024)
-    expires_in: int = Field(3600, ge=1, description="Seconds the URL stays valid.")
-    max_size: int | None = Field(
-        None, ge=0, le=LARGEST_SIZE, description="Upload: largest Upload-Length."
-    )
-    content_type: str | None = Field(
-        None, max_length=255, pattern=r"^[\x21-\x7e][\x20-\x7e]*$", description="Upload: filetype."
-    )
-
-
-class PresignResponse(BaseModel):
-    url: str
-    methods: list[str]
-    expires_at: int
-
-
-@router.post("/v1/presign", response_model=PresignResponse, summary="Mint a pre-signed URL")
-async def presign(body: PresignRequest, request: Request) -> PresignResponse:
-    """A URL that lets its bearer (a browser) upload or download one object until it expires.
-
-    Minting needs the `upload` scope for uploads and `read` for downloads, and a key limited
-    to a bucket or prefix can only sign inside it.
-    """
-    identity = identity_of(request)
-    identity.require(UPLOAD if body.action == ACTION_UPLOAD else READ)
-    validate_bucket(body.bucket)
-    validate_key(body.key)
-    identity.require_target(Target(body.bucket, body.key))
-    svc = services(request)
-    limit = svc.settings.presign_max_seconds
-    if body.expires_in > limit:
-        raise InvalidInput(f"expires_in {body.expires_in} s is above presign_max_seconds ({limit})")
-    if body.action == ACTION_DOWNLOAD and (body.max_size is not None or body.content_type):
-        raise InvalidInput("max_size and content_type only apply to upload URLs")
-    grant = Grant(
-        body.action,
-        body.bucket,
-        body.key,
-        int(time.time()) + body.expires_in,
-        body.max_size,
-        body.content_type,
-        identity.key_id,
-    )
-    signer: Signer = request.app.state.security.signer
-    methods = ["POST"] if grant.action == ACTION_UPLOAD else ["GET", "HEAD"]
-    return PresignResponse(
-        url=signer.url(base_url(request, svc), grant), methods=methods, expires_at=grant.expires
-    )
 
 
 __all__ = ["GRANT_PARAMS", "SECRET_NAME", "SECRET_PARAMS", "Grant", "Signer"]

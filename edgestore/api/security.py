@@ -17,7 +17,7 @@ import sys
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from edgestore.api import presign
+from edgestore.api import presign, presign_route
 from edgestore.api.auth import AccessControl
 from edgestore.api.identity import ADMIN
 from edgestore.api.keyring import KeyRing
@@ -150,7 +150,7 @@ def install(app: FastAPI, settings: Settings) -> Security:
     """Add the pre-signed URL route and the middleware; call before RequestContext is added."""
     security = Security(settings)
     app.state.security = security
-    app.include_router(presign.router)
+    app.include_router(presign_route.router)
     app.add_middleware(Throttle, limiter=security.limiter)
     app.add_middleware(
         AccessControl,

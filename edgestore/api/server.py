@@ -120,8 +120,9 @@ def _check_tls_pair(certfile: str, keyfile: str | None) -> None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
-            f"tls_certfile {certfile} and tls_keyfile {keyfile} (EDGESTORE_TLS_CERTFILE, "
-            f"EDGESTORE_TLS_KEYFILE) are not a PEM certificate chain and its private key: {exc}"
+            f"tls_certfile {certfile} and tls_keyfile {keyfile} (EDGESTORE_TLS_CERTFILE or "
+            "serve --certfile, EDGESTORE_TLS_KEYFILE or serve --keyfile) are not a PEM "
+            f"certificate chain and its private key: {exc}"
         ) from None
 
 
@@ -129,5 +130,8 @@ def _tls_file(path: Path | None, name: str) -> str | None:
     if path is None:
         return None
     if not path.is_file():
-        raise ConfigError(f"{name} (EDGESTORE_{name.upper()}) {path} is not a readable file")
+        flag = "--" + name.removeprefix("tls_")  # either may have set it: name both
+        raise ConfigError(
+            f"{name} (EDGESTORE_{name.upper()} or serve {flag}) {path} is not a readable file"
+        )
     return str(path)

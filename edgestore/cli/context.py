@@ -1,13 +1,17 @@
-"""What the global options hand to every command: how to load settings and open the store."""
+"""What the global options hand to every command: how to load settings and open the store.
+
+Settings (pydantic) and the engine (SQLAlchemy) load when a command asks for them, not when
+the CLI starts: `--help` and the remote commands need neither."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgestore.config import Settings, load_settings
-from edgestore.engine import Engine
+if TYPE_CHECKING:
+    from edgestore.config import Settings
+    from edgestore.engine import Engine
 
 
 @dataclass
@@ -15,8 +19,15 @@ class CliState:
     config_file: Path | None = None
     home: Path | None = None
 
-    def settings(self, **overrides: Any) -> Settings:
-        return load_settings(self.config_file, home=self.home, **overrides)
+    def settings(self, flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """`flags`: the command-line flag of each override, which an error about its value
+        names (the user gave `--port`, not EDGESTORE_PORT)."""
+        from edgestore.config import load_settings
+
+        flags = {"home": "--home", **(flags or {})}
+        return load_settings(self.config_file, flags=flags, home=self.home, **overrides)
 
     def engine(self, **kwargs: Any) -> Engine:
+        from edgestore.engine.engine import Engine
+
         return Engine.open(self.settings(), **kwargs)

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.main import app
 from edgestore.engine.keys import validate_bucket, validate_key
-from edgestore.metadata import keys as key_rows
-from edgestore.metadata.db import Database
+
+if TYPE_CHECKING:  # SQLAlchemy loads when a command opens the database, not at CLI start
+    from edgestore.metadata import keys as key_rows
+    from edgestore.metadata.db import Database
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -26,6 +27,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 @contextmanager
 def database(ctx: typer.Context) -> Iterator[Database]:
     """The store's metadata database, migrated (a new store gets its tables)."""
+    from edgestore.metadata.db import Database
+
     state: CliState = ctx.obj
     db = Database(state.settings().resolved_database_url)
     try:
@@ -69,6 +72,8 @@ def create(
         validate_bucket(bucket)
     if prefix:
         validate_key(prefix)
+    from edgestore.metadata import keys as key_rows
+
     with database(ctx) as db, db.write() as conn:
         key, secret = key_rows.create(
             conn, name=name, scopes=frozenset(scope), bucket=bucket, prefix=prefix
@@ -94,6 +99,10 @@ def list_keys(
     json_out: JsonOpt = False,
 ) -> None:
     """The keys (ids, names, scopes, limits, use); never their secrets."""
+    from rich.table import Table
+
+    from edgestore.metadata import keys as key_rows
+
     with database(ctx) as db, db.read() as conn:
         found = key_rows.list_keys(conn, include_revoked=all_keys)
     if json_out:
@@ -120,6 +129,8 @@ def revoke(
     ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="The key's id.")]
 ) -> None:
     """Revoke a key: every node refuses it within seconds (their caches are short)."""
+    from edgestore.metadata import keys as key_rows
+
     with database(ctx) as db, db.write() as conn:
         was = key_rows.get(conn, key_id).revoked_at
         key = key_rows.revoke(conn, key_id)

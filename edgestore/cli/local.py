@@ -1,4 +1,7 @@
-"""Local-mode commands: work on the store in --home directly, without a server."""
+"""Local-mode commands: work on the store in --home directly, without a server.
+
+The engine (SQLAlchemy and all) loads inside the command that runs, not at CLI start; types
+in command signatures stay light (typer evaluates them when the CLI starts)."""
 
 from __future__ import annotations
 
@@ -7,23 +10,19 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
 from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.main import app
-from edgestore.client.download import output_path
-from edgestore.client.source import guess_content_type
-from edgestore.engine import Engine, ObjectSelector, VersionInfo
-from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.keys import DEFAULT_BUCKET
-from edgestore.engine.objects import is_object_id
 from edgestore.errors import InvalidInput, ObjectNotFound, StorageUnavailable
-from edgestore.maintenance import gc
-from edgestore.metadata.objects import cursor
-from edgestore.storage.datadirs import SINGLE_DISK_WARNING
+
+if TYPE_CHECKING:
+    from edgestore.engine import Engine, VersionInfo
+    from edgestore.engine.dedup import StoredChunk
 
 BucketOpt = Annotated[str, typer.Option("--bucket", "-b", help="Bucket.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -36,6 +35,8 @@ VersionOpt = Annotated[
 def _stat(engine: Engine, ref: str, bucket: str, version: int | None) -> VersionInfo:
     """The version KEY|ID names: an object id first, else a key in `bucket` (an upload sent
     without a key or file name is stored under its upload id, which is a UUID too)."""
+    from edgestore.engine.objects import ObjectSelector, is_object_id
+
     by_key = ObjectSelector(bucket=bucket, key=ref, version=version)
     if not is_object_id(ref):
         return engine.objects.stat(by_key)
@@ -75,6 +76,8 @@ def init(
     """Create the store (if new) and claim data dirs added to the configuration.
 
     Exits with 6 when a data dir is left unusable (each is listed with its reason)."""
+    from edgestore.storage.datadirs import SINGLE_DISK_WARNING
+
     state: CliState = ctx.obj
     with state.engine(initialise_dirs=True, claim_shared_disk=shared_disk) as engine:
         dirs = engine.core.dirs
@@ -113,6 +116,8 @@ def put(
     json_out: JsonOpt = False,
 ) -> None:
     """Store FILE as the next version of bucket/key (deduplicated, compressed, erasure-coded)."""
+    from edgestore.client.source import guess_content_type
+
     state: CliState = ctx.obj
     stdin = str(file) == "-"
     if stdin and key is None:
@@ -183,6 +188,8 @@ def get(
     quiet: QuietOpt = False,
 ) -> None:
     """Write an object version to a file, verified chunk by chunk."""
+    from edgestore.client.paths import output_path
+
     state: CliState = ctx.obj
     with state.engine() as engine:
         info = _stat(engine, ref, bucket, version)
@@ -247,6 +254,8 @@ def list_objects(
     json_out: JsonOpt = False,
 ) -> None:
     """List objects (latest versions) by key prefix, in pages of --limit."""
+    from edgestore.metadata.objects import cursor
+
     state: CliState = ctx.obj
     with state.engine() as engine:
         # One more than shown: whether a next page exists, so the note is never a false one.
@@ -328,6 +337,8 @@ def rm(
 @app.command()
 def du(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Space used: logical, unique (after dedup), stored (after compression and redundancy)."""
+    from edgestore.storage.datadirs import SINGLE_DISK_WARNING
+
     state: CliState = ctx.obj
     with state.engine() as engine:
         u = engine.objects.usage()
@@ -373,6 +384,8 @@ def collect_garbage(
 ) -> None:
     """Remove expired uploads, unreferenced chunks and orphan shard files (never what an
     upload in progress holds, whatever the grace)."""
+    from edgestore.maintenance import gc
+
     state: CliState = ctx.obj
     with state.engine() as engine, output.status("collecting garbage…", quiet=json_out) as show:
         report = gc.collect(engine, grace=grace, progress=lambda stage, n: show(f"gc: {stage} {n}"))

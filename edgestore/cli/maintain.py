@@ -9,7 +9,6 @@ from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.local import JsonOpt
 from edgestore.cli.main import app
-from edgestore.maintenance import repair as repairs
 
 
 @app.command("scrub")
@@ -19,6 +18,8 @@ def scrub(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     Reads the whole store from its data dirs (no decoding): expect it to take as long as
     reading every shard file once. Exits 10 if damage was found.
     """
+    from edgestore.maintenance import repair as repairs
+
     state: CliState = ctx.obj
     with state.engine() as engine, output.status("scrubbing…", quiet=json_out) as show:
         report = repairs.scrub(engine, progress=lambda _s, n: show(f"scrub: {n} chunks checked"))
@@ -51,6 +52,8 @@ def repair(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     upload of the same bytes brings it back; one that failed otherwise (no writable data
     dirs, say) stays queued for the next try.
     """
+    from edgestore.maintenance import repair as repairs
+
     state: CliState = ctx.obj
     with state.engine() as engine, output.status("repairing…", quiet=json_out) as show:
         report = repairs.repair(engine, progress=lambda _s, n: show(f"repair: {n} chunks"))

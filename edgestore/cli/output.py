@@ -12,16 +12,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from edgestore.types import Readable
 
@@ -66,6 +56,9 @@ def emit_json(value: Any) -> None:
 
 
 def table(columns: list[str], rows: Iterable[list[str]], *, title: str | None = None) -> None:
+    from rich.table import Table  # here, not at CLI start (as rich.progress below)
+    from rich.text import Text
+
     t = Table(*columns, title=title, show_edge=False, header_style="bold")
     for row in rows:
         t.add_row(*(Text(cell) for cell in row))  # plain text: a key is not markup
@@ -106,6 +99,15 @@ class Transfer:
     """A byte progress bar on stderr (rate, ETA); silent when quiet or not a terminal."""
 
     def __init__(self, description: str, total: int | None, *, quiet: bool = False) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._enabled = not quiet and err.is_terminal
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),  # a key is not markup

@@ -6,19 +6,20 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from edgestore.api.presign import LARGEST_SIZE, SECRET_NAME, Grant, presigned_url
+from edgestore.api.presign import LARGEST_SIZE, SECRET_NAME, Grant, presigned_url  # no FastAPI
 from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.keys import database
 from edgestore.cli.main import app
-from edgestore.config import Settings
 from edgestore.engine.keys import validate_bucket, validate_key
 from edgestore.errors import InvalidInput
-from edgestore.metadata import keys as key_rows
+
+if TYPE_CHECKING:
+    from edgestore.config import Settings
 
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -110,6 +111,8 @@ def presign(
         max_size=parse_size(max_size) if max_size is not None else None,
         content_type=content_type,
     )
+    from edgestore.metadata import keys as key_rows
+
     with database(ctx) as db, db.write() as conn:
         secret = key_rows.server_secret(db, conn, SECRET_NAME)
     base = url or settings.public_url or _listen_url(settings)

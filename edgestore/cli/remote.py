@@ -1,18 +1,20 @@
-"""Commands that talk to a server: `upload` and `download`, through the client library."""
+"""Commands that talk to a server: `upload` and `download`, through the client library
+(loaded by the command that runs: every other command starts without httpx)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 
 from edgestore.cli import output
 from edgestore.cli.main import app
-from edgestore.client import Client, DownloadResult, UploadResult
-from edgestore.client.native import Workers
 from edgestore.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from edgestore.client import DownloadResult, UploadResult
+    from edgestore.client.native import Workers
 
 ApiKeyOpt = Annotated[
     str | None,
@@ -69,6 +71,8 @@ def upload(
 
     Run the same command again after any failure (even a kill) and it continues.
     """
+    from edgestore.client import Client
+
     if protocol not in ("native", "tus"):
         raise InvalidInput(f"--protocol takes native or tus, not {protocol!r}")
     client = Client(url, api_key)
@@ -130,6 +134,10 @@ def download(
 ) -> None:
     """Download an object with parallel range requests, resumably, verified against its
     SHA-256 before it takes its name (until then it is OUT.part)."""
+    import httpx
+
+    from edgestore.client import Client
+
     if ref.startswith(("http://", "https://")):
         try:
             # Only where connections go: a URL is fetched as given (a proxy's path prefix, a

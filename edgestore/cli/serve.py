@@ -38,6 +38,13 @@ def serve(
 
     state: CliState = ctx.obj
     settings = state.settings(
+        flags={
+            "host": "--host",
+            "port": "--port",
+            "tls_certfile": "--certfile",
+            "tls_keyfile": "--keyfile",
+            "auth_enabled": "--no-auth",
+        },
         host=host,
         port=port,
         tls_certfile=certfile,

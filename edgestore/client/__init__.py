@@ -5,10 +5,36 @@
 
 It imports only httpx, the chunker, the hash functions, errors and types, so it ships without
 the server. docs/client.md describes the API, the protocol, resuming and retries.
+
+The names below load on first use (PEP 562): the CLI's local commands use light submodules
+(client.source, client.paths) and must not pay for httpx.
 """
 
-from edgestore.client.client import Client
-from edgestore.client.results import DownloadResult, NoProgress, Progress, UploadResult
-from edgestore.client.retry import RetryPolicy
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgestore.client.client import Client
+    from edgestore.client.results import DownloadResult, NoProgress, Progress, UploadResult
+    from edgestore.client.retry import RetryPolicy
 
 __all__ = ["Client", "DownloadResult", "NoProgress", "Progress", "RetryPolicy", "UploadResult"]
+
+_WHERE = {
+    "Client": "edgestore.client.client",
+    "DownloadResult": "edgestore.client.results",
+    "NoProgress": "edgestore.client.results",
+    "Progress": "edgestore.client.results",
+    "UploadResult": "edgestore.client.results",
+    "RetryPolicy": "edgestore.client.retry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:  # a submodule (`from edgestore.client import tus`) is found next
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name]), name)
+    globals()[name] = value  # once
+    return value

@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from edgestore.client.http import Transport
+from edgestore.client.paths import output_path
 from edgestore.client.results import DownloadResult, NoProgress, Progress
 from edgestore.client.retry import describe
 from edgestore.errors import InvalidInput, TransferInterrupted, WholeFileMismatch
@@ -66,17 +67,6 @@ def _merge(intervals: list[list[int]]) -> list[list[int]]:
         else:
             merged.append([lo, hi])
     return merged
-
-
-def output_path(out: Path | None, name: str) -> Path:
-    """Where a download goes: `out`, or inside it when it is a directory (as cp does), or
-    `name` in the current directory; InvalidInput when its directory does not exist."""
-    target = out or Path(name)
-    if target.is_dir():
-        target = target / name
-    if not target.parent.is_dir():
-        raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
-    return target
 
 
 class Download:

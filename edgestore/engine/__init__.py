@@ -4,95 +4,34 @@ with Engine.open(settings) as engine:
     version = engine.put(blocks, bucket="default", key="big.iso")
     for piece in engine.objects.read(version):
         ...
+
+The names below load on first use (PEP 562): importing a light submodule such as
+edgestore.engine.keys (the CLI's option defaults) must not pull in SQLAlchemy and the whole
+engine with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from types import TracebackType
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from edgestore.config import Settings
-from edgestore.engine.core import EngineCore, open_core
-from edgestore.engine.dedup import StoredChunk
-from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
-from edgestore.engine.native import NativeUploads
-from edgestore.engine.objects import Objects, ObjectSelector
-from edgestore.engine.uploads import Uploads
-from edgestore.engine.wholefile import WholeFileHashes
-from edgestore.metadata.objects import VersionInfo
-from edgestore.types import Readable
+if TYPE_CHECKING:
+    from edgestore.engine.engine import Engine
+    from edgestore.engine.objects import ObjectSelector
+    from edgestore.metadata.objects import VersionInfo
 
 __all__ = ["Engine", "ObjectSelector", "VersionInfo"]
 
+_WHERE = {
+    "Engine": "edgestore.engine.engine",
+    "ObjectSelector": "edgestore.engine.objects",
+    "VersionInfo": "edgestore.metadata.objects",
+}
 
-class Engine:
-    def __init__(self, core: EngineCore) -> None:
-        self.core = core
-        self.settings = core.settings
-        self.objects = Objects(core)
-        self.uploads = Uploads(core)
-        self.wholefile = WholeFileHashes(core, core.settings.native_hash_buffer_bytes)
-        self.native = NativeUploads(core, self.uploads, self.wholefile)
 
-    @classmethod
-    def open(
-        cls, settings: Settings, *, initialise_dirs: bool = False, claim_shared_disk: bool = False
-    ) -> Engine:
-        return cls(
-            open_core(
-                settings, initialise_dirs=initialise_dirs, claim_shared_disk=claim_shared_disk
-            )
-        )
-
-    def close(self) -> None:
-        self.wholefile.close()
-        self.core.close()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def put(
-        self,
-        blocks: Iterable[bytes] | Readable,
-        *,
-        key: str,
-        bucket: str = DEFAULT_BUCKET,
-        content_type: str | None = None,
-        filename: str | None = None,
-        user_metadata: dict[str, Any] | None = None,
-        on_chunk: Callable[[StoredChunk], None] | None = None,
-    ) -> VersionInfo:
-        """Ingest a byte stream as the next version of bucket/key.
-
-        `blocks`: an iterable of byte blocks, or a Readable (an open file), which is read
-        straight into the chunker's buffer: one copy less of every byte.
-        """
-        validate_bucket(bucket)
-        validate_key(key)
-        rec = self.uploads.create(
-            kind="local",
-            bucket=bucket,
-            key=key,
-            content_type=content_type,
-            filename=filename,
-            user_metadata=user_metadata,
-        )
-        try:
-            done = self.uploads.append(rec.upload_id, 0, blocks, final=True, on_chunk=on_chunk)
-        except BaseException:
-            try:
-                self.uploads.terminate(rec.upload_id)
-            except Exception:
-                pass  # gc reclaims it
-            raise
-        assert done.version_id is not None
-        return self.objects.by_version_id(done.version_id)
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:  # a submodule (`from edgestore.engine import staging`) is found next
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name]), name)
+    globals()[name] = value  # once
+    return value

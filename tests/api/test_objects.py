@@ -164,6 +164,19 @@ def test_list_empty_filters_mean_none(http) -> None:
     assert blank.json() == http.get("/objects").json()
 
 
+@pytest.mark.parametrize("query", ["limit=", "limit", "after=&limit=&prefix=", "limit=&limit=2"])
+def test_list_blank_limit_counts_as_not_given(http, query: str) -> None:
+    """`?limit=` was a 400 ("unable to parse string as an integer"), though docs/api.md says
+    a blank parameter counts as not given; a blank beside a real value leaves the value."""
+    bucket = _bucket()
+    for k in ("a", "b", "c"):
+        _put(http, bucket, k, b"x")
+    r = http.get(f"/objects?bucket={bucket}&{query}")
+    assert r.status_code == 200, r.text
+    expected = 2 if query.endswith("limit=2") else 3
+    assert [o["key"] for o in r.json()["objects"]] == ["a", "b", "c"][:expected]
+
+
 def test_listing_all_buckets_pages_without_skipping(http) -> None:
     tag = uuid.uuid4().hex[:8]
     first, second = f"a{tag}", f"b{tag}"

@@ -35,6 +35,32 @@ def test_versions(http) -> None:
         assert http.get(f"/objects/{bucket}/{key}", params={"version": bad}).status_code == 400
 
 
+@pytest.mark.parametrize("query", ["after=", "limit=", "after=&limit=", "after"])
+def test_blank_version_history_parameters_count_as_not_given(http, query: str) -> None:
+    """`?after=` or `?limit=` on the history was a 400; a blank parameter counts as not given
+    (docs/api.md), as on the object listing."""
+    bucket, key = _bucket(), "blank-history"
+    for n in range(3):
+        oid = _put(http, bucket, key, f"v{n}".encode())
+    r = http.get(f"/ids/{oid}/versions?{query}")
+    assert r.status_code == 200, r.text
+    assert [v["version"] for v in r.json()["versions"]] == [3, 2, 1]
+
+
+def test_a_blank_version_means_the_latest(http) -> None:
+    """`?version=` (a form's empty field) was a 400 on every read, info and delete route."""
+    bucket, key = _bucket(), "blank-version"
+    for n in range(2):
+        oid = _put(http, bucket, key, f"v{n}".encode())
+    for path in (f"/objects/{bucket}/{key}", f"/ids/{oid}"):
+        r = http.get(f"{path}?version=")
+        assert r.status_code == 200 and r.content == b"v1", r.text
+        assert http.head(f"{path}?version=").headers["X-Edgestore-Version"] == "2"
+    assert http.get(f"/ids/{oid}/info?version=").json()["version"] == 2
+    assert http.delete(f"/objects/{bucket}/{key}?version=").status_code == 204
+    assert [v["version"] for v in http.get(f"/ids/{oid}/versions").json()["versions"]] == [1]
+
+
 def test_versions_are_listed_page_by_page(http) -> None:
     """The history came whole, however many versions an object had (a key rewritten every
     minute for a year: half a million rows in one answer); it pages as the listing does."""

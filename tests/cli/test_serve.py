@@ -118,3 +118,32 @@ def test_the_banner_brackets_an_ipv6_address(env) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.parametrize("source", ["flag", "variable"])
+def test_an_invalid_port_names_where_it_came_from(env, source: str) -> None:
+    """`serve --port 99999` was reported as `port (EDGESTORE_PORT)`, a variable the user never
+    set; the variable is named only when the value came from it."""
+    if source == "flag":
+        res = run(env, "serve", "--port", "99999")
+    else:
+        env["EDGESTORE_PORT"] = "99999"
+        res = run(env, "serve")
+    assert res.returncode == 78, res.stderr
+    assert "less than or equal to 65535" in res.stderr and "Traceback" not in res.stderr
+    if source == "flag":
+        assert "port (--port)" in res.stderr and "EDGESTORE_PORT" not in res.stderr
+    else:
+        assert "port (EDGESTORE_PORT)" in res.stderr
+
+
+@pytest.mark.parametrize("junk", [False, True], ids=["missing", "not-pem"])
+def test_a_bad_certificate_flag_is_named(env, tmp_path: Path, junk: bool) -> None:
+    """`serve --certfile F --keyfile F` with F missing or not PEM named only the variables
+    (EDGESTORE_TLS_CERTFILE), which the user never set."""
+    pem = tmp_path / "junk.pem"
+    if junk:
+        pem.write_text("not a certificate\n")
+    res = run(env, "serve", "--certfile", str(pem), "--keyfile", str(pem), "--port", "0")
+    assert res.returncode == 78, res.stderr
+    assert "--certfile" in res.stderr and "Traceback" not in res.stderr
