@@ -53,6 +53,7 @@ CORS_ALLOW_HEADERS = [
     "X-Request-ID",
     "X-Requested-With",
     "Idempotency-Key",  # a native session's creation, safe to retry (api/native.py)
+    "Content-Disposition",  # an IETF-draft creation's file name (api/tus/ietf.py)
     *TUS_REQUEST_HEADERS,
 ]
 CORS_EXPOSE_HEADERS = [

@@ -111,6 +111,18 @@ def test_a_conditional_delete_from_a_page_passes_its_preflight(cors_server: Serv
     assert "if-match" in r.headers["Access-Control-Allow-Headers"].lower()
 
 
+def test_an_ietf_creation_naming_its_file_passes_its_preflight(cors_server: ServerProcess) -> None:
+    """An IETF-draft client names the file in `Content-Disposition` (api/tus/ietf.py reads
+    it): from a page, that request was stopped at the preflight."""
+    with client_with(cors_server) as c:
+        r = c.options(
+            "/files/",
+            headers=_preflight("POST", "upload-draft-interop-version,content-disposition"),
+        )
+    assert r.status_code == 200, r.text
+    assert "content-disposition" in r.headers["Access-Control-Allow-Headers"].lower()
+
+
 # What a page reads without them being exposed (Fetch: CORS-safelisted response headers), and
 # headers that are for the browser itself, not for the page.
 _READABLE = {"cache-control", "content-language", "content-length", "content-type", "expires",

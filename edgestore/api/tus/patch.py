@@ -17,6 +17,7 @@ from edgestore.api.tus import ietf
 from edgestore.api.tus.common import TUS_KINDS, append_body, declared_checksum, describe
 from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_size
 from edgestore.errors import (
+    InvalidInput,
     OffsetConflict,
     TooLarge,
     UnsupportedMediaType,
@@ -54,6 +55,14 @@ async def patch(upload_id: str, request: Request) -> Response:
             f"Upload-Offset {offset} does not match the upload's offset {rec.offset}",
             expected=rec.offset,
         )
+    if length is not None and rec.length is not None and length != rec.length:
+        # creation-defer-length: "Once set the length MUST NOT be changed" (tusd: 400).
+        raise InvalidInput(
+            f"Upload-Length {length} differs from the upload's length {rec.length}, "
+            "which cannot change once set"
+        )
+    if length is not None and length < offset:
+        raise InvalidInput(f"Upload-Length {length} is below the {offset} bytes already received")
     final_length = rec.length if rec.length is not None else length
     if final_length is not None and body_length is not None and offset + body_length > final_length:
         raise TooLarge(

@@ -184,3 +184,34 @@ def test_status(http, probe, server, row: Row) -> None:
 def test_every_status_the_spec_defines_has_a_row() -> None:
     codes = {int(r.name.split("-")[0]) for r in ROWS}
     assert codes == {200, 201, 204, 400, 403, 404, 409, 410, 412, 413, 415, 423, 460}
+
+
+# --- Tus-Resumable on the answers no tus handler writes ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/files/"), ("PUT", "/files/x"), ("POST", "/files/x")]
+)
+def test_a_method_the_url_does_not_take_still_answers_tus_resumable(
+    http, method: str, path: str
+) -> None:
+    """Spec (core): Tus-Resumable "MUST be included in every ... response except for OPTIONS
+    requests", so also in the 405 the router writes (tusd's middleware sets it on all)."""
+    r = http.request(method, path, headers=TUS)
+    assert r.status_code == 405
+    assert r.headers.get("Tus-Resumable") == "1.0.0", dict(r.headers)
+    assert ("POST" if path == "/files/" else "PATCH") in r.headers["Allow"]
+
+
+def test_refusals_before_the_tus_handlers_answer_tus_resumable(auth_server) -> None:
+    """A 401 from authentication, in front of the tus handlers, is a tus response too; an
+    IETF-draft request's is not (that protocol has no Tus-Resumable)."""
+    target = f"/files/{uuid.uuid4()}"
+    with auth_server.client(headers={}) as c:
+        for method, path in [("POST", "/files/"), ("HEAD", target), ("PATCH", target)]:
+            r = c.request(method, path, headers={**TUS, "Content-Type": OFFSET_OCTET_STREAM})
+            assert r.status_code == 401, (method, r.status_code)
+            assert r.headers.get("Tus-Resumable") == "1.0.0", (method, dict(r.headers))
+        r = c.post("/files/", headers={"Upload-Draft-Interop-Version": "8"})
+        assert r.status_code == 401
+        assert "Tus-Resumable" not in r.headers
