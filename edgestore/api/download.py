@@ -17,14 +17,20 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from edgestore.api import conditional
 from edgestore.api.http import http_date
 from edgestore.api.slots import Release
 from edgestore.api.state import Services
-from edgestore.errors import InvalidRange, ServerBusy
+from edgestore.errors import InvalidRange, PreconditionFailed, ServerBusy
 from edgestore.metadata.objects import VersionInfo
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f"\\]')
+_RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
+# Never in a saved file's name: control characters (CR/LF would also inject headers) and
+# path separators, '/' and Windows' '\' (a download manager must not write elsewhere).
+_UNSAFE_IN_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+# Nor in the ASCII fallback: what a quoted-string cannot hold plainly, '%' (some agents
+# percent-decode the fallback: RFC 6266 appendix D) and every non-ASCII character.
+_UNSAFE_IN_FALLBACK = re.compile(r'["%]|[^\x20-\x7e]')
 _PRINTABLE = re.compile(r"[\x21-\x7e][\x20-\x7e]*")
 # How long a download waits for a free slot before it is answered 503 (Retry-After: 1): a
 # burst (a client's parallel ranges) is absorbed; a node full of slow readers says so soon.
@@ -36,14 +42,13 @@ def etag_of(info: VersionInfo) -> str:
 
 
 def content_disposition(filename: str) -> str:
-    """`attachment` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / 5987).
+    """`attachment` with an ASCII fallback and the UTF-8 name (RFC 6266 / 5987).
 
-    Quotes, backslashes and control characters (CR/LF: header injection) never reach the
-    header; the UTF-8 form is percent-encoded.
+    Control characters (CR/LF: header injection) and path separators become '_' in both;
+    the UTF-8 form is percent-encoded.
     """
-    name = filename.replace("/", "_")
-    ascii_name = _UNSAFE_FILENAME.sub("_", name).encode("ascii", "replace").decode()
-    ascii_name = ascii_name.replace("?", "_")
+    name = _UNSAFE_IN_NAME.sub("_", filename)
+    ascii_name = _UNSAFE_IN_FALLBACK.sub("_", name)
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
@@ -59,13 +64,19 @@ def _position(digits: str) -> int:
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """A single `bytes=` range as [start, end), None to serve everything, InvalidRange → 416."""
+    """A single `bytes=` range as [start, end), None to serve everything, InvalidRange → 416.
+
+    The unit is case-insensitive (RFC 9110 14.1); the list's empty elements and the
+    whitespace around elements are ignored (5.6.1.2)."""
     if header is None:
         return None
-    header = header.strip()
-    if "," in header:
-        return None  # multiple ranges: serving the whole object is allowed (RFC 9110 14.2)
-    m = _RANGE.fullmatch(header)
+    unit, equals, ranges = header.partition("=")
+    if not equals or unit.strip().lower() != "bytes":
+        return None  # another unit: ignored, as RFC 9110 permits
+    specs = [spec.strip() for spec in ranges.split(",") if spec.strip()]
+    if len(specs) != 1:
+        return None  # several ranges: serving the whole object is allowed (RFC 9110 14.2)
+    m = _RANGE_SPEC.fullmatch(specs[0])
     if m is None or (not m.group(1) and not m.group(2)):
         return None  # not a byte range we understand: ignore it, as RFC 9110 permits
     first, last = m.group(1), m.group(2)
@@ -177,6 +188,23 @@ async def _download_slot(services: Services) -> Release:
     return release
 
 
+async def _if_range_holds(services: Services, info: VersionInfo, if_range: str, etag: str) -> bool:
+    """RFC 9110 13.1.5: an entity-tag must match strongly; a date must be Last-Modified
+    exactly and a strong validator (8.8.2.2): one-second resolution, so not when the
+    version before this one was made in the same second (the client's copy may be that
+    one's)."""
+    date = conditional.if_range_date(if_range)
+    if date is None:
+        return if_range.strip() == etag
+    modified = int(info.created_at)
+    if date != modified:
+        return False
+    before = await asyncio.to_thread(
+        services.engine.objects.versions, info.object_id, after=info.version, limit=1
+    )
+    return not before or int(before[0].created_at) != modified
+
+
 async def object_response(
     request: Request, services: Services, info: VersionInfo, *, head: bool = False
 ) -> Response:
@@ -185,15 +213,22 @@ async def object_response(
     if not _PRINTABLE.fullmatch(media_type):  # stored from client input: never a broken header
         media_type = "application/octet-stream"
     etag = headers["ETag"]
-    inm = request.headers.get("if-none-match")
-    # Weak comparison, as RFC 9110 13.1.2 requires for If-None-Match.
-    if inm is not None and (
-        inm.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in inm.split(",")]
-    ):
+    modified = int(info.created_at)  # Last-Modified's whole seconds
+    outcome = conditional.evaluate(request, etag, modified)
+    if outcome == 412:
+        raise PreconditionFailed(
+            f"{info.bucket}/{info.key} version {info.version} (ETag {etag}, Last-Modified "
+            f"{headers['Last-Modified']}) fails the request's If-Match or If-Unmodified-Since"
+        )
+    if outcome == 304:
         return Response(status_code=304, headers=headers)
     range_header = request.headers.get("range")
     if_range = request.headers.get("if-range")
-    if if_range is not None and if_range.strip() != etag:
+    if (
+        range_header is not None
+        and if_range is not None
+        and not await _if_range_holds(services, info, if_range, etag)
+    ):
         # The client's copy is stale: its Range is ignored, even one past this version's end
         # (RFC 9110 13.2.2), and the whole (current) object is sent.
         range_header = None

@@ -14,7 +14,6 @@ A blank query parameter (`?limit=`, a form's empty field) counts as not given.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from edgestore.api import conditional
 from edgestore.api.download import etag_of, object_response
 from edgestore.api.state import services
 from edgestore.engine import ObjectSelector
@@ -108,21 +108,13 @@ async def _stat(request: Request, sel: ObjectSelector) -> VersionInfo:
     return await asyncio.to_thread(services(request).engine.objects.stat, sel)
 
 
-_ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')
-
-
 def _require_match(request: Request, info: VersionInfo) -> None:
     """If-Match (RFC 9110 13.1.1, strong comparison): a DELETE of "the latest" sent again
     (a client's retry, a proxy passing it on to another node) finds another version the
     latest, whose ETag differs, and is refused instead of deleting that one too."""
-    fields = request.headers.getlist("if-match")
-    if not fields:
-        return
-    header = ", ".join(fields)
-    if header.strip() == "*":
-        return  # any current version: there is one, `info`
-    tags = [tag for weak, tag in _ENTITY_TAG.findall(header) if not weak]
-    if etag_of(info) in tags:
+    header = conditional.field(request, "if-match")
+    # `*`: any current version, and there is one, `info`.
+    if header is None or conditional.matches(header, etag_of(info), weak=False):
         return
     raise PreconditionFailed(
         f"If-Match {header.strip()!r} does not match {info.bucket}/{info.key} version "

@@ -273,3 +273,90 @@ def test_downloads_past_the_cap_wait_briefly_then_get_503(two_slot_server) -> No
         for _ in range(3):  # and none leaked: two at once still go
             with a.stream("GET", path) as one, b.stream("GET", path) as two:
                 assert one.status_code == two.status_code == 200
+
+
+# --- many ranges at once, and a version deleted mid-download ------------------------------------
+
+
+def _segmented(server: ServerProcess, path: str, size: int, parts: int) -> tuple[bytes, int]:
+    """Download `path` as a segmented downloader does (aria2c -x 8): `parts` ranges at once,
+    each on its own connection; a 503 is retried after its Retry-After. The bytes put
+    together, and how many 503s were met."""
+    bounds = [(i * size // parts, (i + 1) * size // parts - 1) for i in range(parts)]
+    got: dict[int, bytes] = {}
+    refused: list[int] = []
+    errors: list[str] = []
+
+    def fetch(i: int) -> None:
+        first, last = bounds[i]
+        with server.client() as c:
+            for _ in range(20):
+                r = c.get(path, headers={"Range": f"bytes={first}-{last}"})
+                if r.status_code == 503:
+                    if r.headers.get("Retry-After") != "1":
+                        errors.append(f"503 without Retry-After: 1: {r.headers}")
+                    refused.append(i)
+                    time.sleep(int(r.headers.get("Retry-After", "1")))
+                    continue
+                if r.status_code != 206:
+                    errors.append(f"range {i}: {r.status_code}")
+                elif r.headers["Content-Range"] != f"bytes {first}-{last}/{size}":
+                    errors.append(f"range {i}: {r.headers['Content-Range']}")
+                got[i] = r.content
+                return
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(parts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return b"".join(got[i] for i in range(parts)), len(refused)
+
+
+def test_eight_ranges_at_once_rebuild_the_object(small_server, objects) -> None:
+    path, data = objects[2 * MiB + 5]
+    whole, refused = _segmented(small_server, path, len(data), 8)
+    assert whole == data and refused == 0
+
+
+def test_eight_ranges_past_the_cap_get_503_retry_after_and_rebuild_the_object(
+    two_slot_server,
+) -> None:
+    """Both slots held by slow readers: the eight ranges wait a second each and are answered
+    503 with Retry-After: 1 (never another error, never wrong bytes); once the readers go,
+    the retries get their bytes."""
+    server = two_slot_server
+    slow, _ = _upload_unique(server, 24 * MiB, seed=305)  # more than sockets buffer
+    path, data = _upload_unique(server, 2 * MiB, seed=306)
+    a, b = server.client(), server.client()
+    with a, b, a.stream("GET", slow) as one, b.stream("GET", slow) as two:
+        assert one.status_code == two.status_code == 200
+        threading.Timer(1.5, lambda: (one.close(), two.close())).start()
+        whole, refused = _segmented(server, path, len(data), 8)
+    assert whole == data
+    assert refused >= 8  # every range met the cap at least once
+
+
+def test_a_version_deleted_mid_download_ends_the_body_short_not_wrong(small_server) -> None:
+    """Its manifest goes with the DELETE: the bytes already sent are right, then the
+    connection ends short of Content-Length (the client sees an incomplete body, never
+    another version's bytes or a padded one), and the log says why."""
+    path, data = _upload_unique(small_server, 48 * MiB, seed=307)  # manifest pages: > 1
+    with socket.create_connection(("127.0.0.1", small_server.port), timeout=30) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: del-306\r\n\r\n".encode())
+        received = s.recv(1 << 16)
+        with small_server.client() as c:
+            assert c.delete(path).status_code == 204
+        while chunk := s.recv(1 << 16):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert f"content-length: {len(data)}".encode() in head.lower()
+    assert 0 < len(body) < len(data)
+    assert data.startswith(body)
+    deadline = time.monotonic() + 5
+    while "deleted while it was being read" not in small_server.log():
+        assert time.monotonic() < deadline, "the cut-short download is not logged"
+        time.sleep(0.05)

@@ -388,7 +388,28 @@ def test_content_disposition_cannot_inject(http, name: str) -> None:
     # exactly a quoted ASCII filename and a percent-encoded filename*, nothing else
     m = DISPOSITION.fullmatch(cd)
     assert m is not None, cd
-    assert unquote(m.group(2)) == name.replace("/", "_")
+    assert unquote(m.group(2)) == re.sub(r"[\x00-\x1f/\\]", "_", name)
+
+
+@pytest.mark.parametrize(
+    "name, fallback, utf8",
+    [
+        ("..\\..\\evil.bat", ".._.._evil.bat", ".._.._evil.bat"),  # Windows' separator
+        ("100%41.txt", "100_41.txt", "100%41.txt"),  # no %xx a user agent might decode
+        ("tab\there.txt", "tab_here.txt", "tab_here.txt"),
+        ("café.txt", "caf_.txt", "café.txt"),
+    ],
+)
+def test_content_disposition_names_a_file_in_place(
+    http, name: str, fallback: str, utf8: str
+) -> None:
+    """RFC 6266 4.3 / appendix D: neither form names a path (no '/' nor '\\'), holds a
+    control character, nor has a '%' in the fallback that an agent could percent-decode."""
+    bucket = _bucket()
+    _put(http, bucket, "f", b"x", filename=name)
+    m = DISPOSITION.fullmatch(http.get(f"/objects/{bucket}/f").headers["Content-Disposition"])
+    assert m is not None
+    assert (m.group(1), unquote(m.group(2))) == (fallback, utf8)
 
 
 def test_a_filetype_with_crlf_neither_injects_nor_breaks_the_object(http) -> None:
