@@ -68,9 +68,13 @@ class Upkeep:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def stop(self, wait: float = STOP_WAIT_SECONDS) -> None:
+    def halt(self) -> None:
+        """Start no new round and end the one under way at its next step (on the loop)."""
         self._stopping.set()
         self._wake.set()
+
+    async def stop(self, wait: float = STOP_WAIT_SECONDS) -> None:
+        self.halt()
         if self._task is None:
             return
         done, _ = await asyncio.wait({self._task}, timeout=wait)
@@ -163,6 +167,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.state.services = svc
         await app.state.security.start(eng)
         upkeep = Upkeep(svc)
+        svc.on_shutdown.append(upkeep.halt)  # at the signal, not after the drain
         if settings.maintenance_interval_seconds:
             upkeep.start()
         try:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from urllib.parse import quote
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from edgestore.api import conditional
 from edgestore.api.http import http_date
@@ -31,6 +31,10 @@ _UNSAFE_IN_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 # Nor in the ASCII fallback: what a quoted-string cannot hold plainly, '%' (some agents
 # percent-decode the fallback: RFC 6266 appendix D) and every non-ASCII character.
 _UNSAFE_IN_FALLBACK = re.compile(r'["%]|[^\x20-\x7e]')
+# Response bodies go to the connection in slices of this size, each counted in bytes_out once
+# the connection took it: an aborted download counts about what it sent, not the chunk-sized
+# pieces read ahead of the client (MiBs). 1 MiB: a send per slice costs a few µs of the loop.
+SEND_SLICE = 1024 * 1024
 _PRINTABLE = re.compile(r"[\x21-\x7e][\x20-\x7e]*")
 # How long a download waits for a free slot before it is answered 503 (Retry-After: 1): a
 # burst (a client's parallel ranges) is absorbed; a node full of slow readers says so soon.
@@ -118,9 +122,7 @@ def _headers(info: VersionInfo) -> dict[str, str]:
     return h
 
 
-async def _pull(
-    services: Services, pieces: Iterator[bytes | memoryview]
-) -> AsyncGenerator[bytes, None]:
+async def _pull(pieces: Iterator[bytes | memoryview]) -> AsyncGenerator[bytes, None]:
     """Pull a blocking iterator one chunk at a time on a worker thread."""
     sentinel = object()
     try:
@@ -128,9 +130,7 @@ async def _pull(
             piece = await asyncio.to_thread(next, pieces, sentinel)
             if piece is sentinel:
                 return
-            data = bytes(piece) if isinstance(piece, memoryview) else piece
-            services.metrics.bytes_out.inc(len(data))
-            yield data  # type: ignore[misc]
+            yield bytes(piece) if isinstance(piece, memoryview) else piece  # type: ignore[misc]
     finally:
         close = getattr(pieces, "close", None)
         if close is not None:
@@ -149,15 +149,38 @@ async def _prefetched(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncI
 class _SlotResponse(StreamingResponse):
     """A body that gives its download slot back however it ends: sent, failed, or its
     client gone (Starlette then cancels the stream, and the body's own cleanup may not run
-    until it is collected)."""
+    until it is collected). Its bytes are counted as the connection takes them."""
 
-    def __init__(self, *args: object, release: Release, **kw: object) -> None:
+    def __init__(
+        self, *args: object, release: Release, sent: Callable[[int], None], **kw: object
+    ) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self._release = release
+        self._sent = sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def one(message: Message, size: int) -> None:
+            await send(message)  # waits while the connection's buffer is full
+            # A client gone, the server drops what is sent without waiting; Starlette then
+            # cancels the stream, at this task's next pause: here, before the slice counts.
+            await asyncio.sleep(0)
+            self._sent(size)
+
+        async def counted(message: Message) -> None:
+            """A piece in slices, each counted once the connection took it."""
+            body = message.get("body", b"") if message["type"] == "http.response.body" else b""
+            if len(body) <= SEND_SLICE:
+                await one(message, len(body))
+                return
+            view = memoryview(body)
+            more = message.get("more_body", False)
+            for at in range(0, len(view), SEND_SLICE):
+                piece = view[at : at + SEND_SLICE]
+                last = at + SEND_SLICE >= len(view)
+                await one({**message, "body": piece, "more_body": more or not last}, len(piece))
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, counted)
         finally:
             self._release()
 
@@ -246,7 +269,7 @@ async def object_response(
         return Response(status_code=status, headers=headers)
     release = await _download_slot(services)
     try:
-        body = _pull(services, services.engine.objects.read(info, start, end))
+        body = _pull(services.engine.objects.read(info, start, end))
         # The first piece is read before the status goes out: an object whose first chunk
         # cannot be rebuilt (every one-chunk object) is an error response the client can
         # read, not a 200 whose body breaks off. A later chunk can only end the connection.
@@ -258,5 +281,9 @@ async def object_response(
         release()
         raise
     return _SlotResponse(
-        _prefetched(first, body), status_code=status, headers=headers, release=release
+        _prefetched(first, body),
+        status_code=status,
+        headers=headers,
+        release=release,
+        sent=services.metrics.bytes_out.inc,
     )

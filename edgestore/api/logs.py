@@ -50,7 +50,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
-        for key in ("method", "path", "status", "seconds", "bytes_in", "client"):
+        for key in ("method", "path", "status", "seconds", "bytes_in", "bytes_out", "client"):
             if hasattr(record, key):
                 doc[key] = getattr(record, key)
         if record.exc_info:

@@ -54,6 +54,12 @@ class Metrics:
         self.requests = Counter(
             "edgestore_http_requests", "HTTP requests", ["method", "status"], registry=r
         )
+        # Every documented label value has a series from the start: one that appears only at
+        # its first increment reads as "no data", and increase() misses that increment.
+        for result in ("new", "dedup"):
+            self.chunks.labels(result)
+        for path in ("direct", "queued"):
+            self.upload_bodies.labels(path)
 
     def observe_chunk(self, chunk: StoredChunk) -> None:
         """Called for every chunk an upload ingests (from worker threads: counters are safe)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgestore.api import direct
 from edgestore.api.errors import unexpected_response
 from edgestore.api.logs import request_id
 
@@ -46,19 +47,33 @@ class RequestContext:
         started = time.monotonic()
         status = 500
         responded = False
+        # Body bytes for the access line: what came through `receive`, what the event loop
+        # read straight into the engine's buffer (api/direct.py), what went out.
+        bytes_in = bytes_out = 0
+        direct_bodies: list[direct.DirectBody] = []
+        scope = direct.observed(scope, direct_bodies.append)
+
+        async def receive_counted() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in += len(message.get("body", b""))
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, responded
+            nonlocal status, responded, bytes_out
             if message["type"] == "http.response.start":
                 status, responded = message["status"], True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
+            if message["type"] == "http.response.body":  # counted once the connection took it
+                bytes_out += len(message.get("body", b""))
 
         broken_off = False
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_counted, send_with_id)
         except BaseException as exc:
             if responded or not isinstance(exc, Exception):
                 # A body broken off, or the request cancelled (shutdown's grace ran out): the
@@ -76,17 +91,22 @@ class RequestContext:
             if svc is not None:
                 svc.metrics.requests.labels(scope["method"], str(status)).inc()
             client = scope.get("client")
+            bytes_in += sum(body.received for body in direct_bodies)
             log.info(
-                "%s %s %d %.3fs",
+                "%s %s %d %.3fs in=%d out=%d",
                 scope["method"],
                 scope["path"],
                 status,
                 seconds,
+                bytes_in,
+                bytes_out,
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
                     "seconds": round(seconds, 4),
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
                     "client": client[0] if client else None,
                 },
             )

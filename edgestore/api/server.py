@@ -34,6 +34,10 @@ GRACEFUL_SECONDS = 20
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, *, json_logs: bool = False) -> None:
+        super().__init__(config)
+        self.json_logs = json_logs  # what it prints itself goes through the log too
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: ask the running appends to stop, keeping what they received.
 
@@ -58,19 +62,30 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started and self.config.port == 0:  # the banner could only say PORT
             port = self.servers[0].sockets[0].getsockname()[1]
-            sys.stderr.write(f"edgestore listening on port {port}\n")
-            sys.stderr.flush()
+            if self.json_logs:
+                log.info("edgestore listening on port %d", port)  # one JSON line, like the rest
+            else:
+                sys.stderr.write(f"edgestore listening on port {port}\n")
+                sys.stderr.flush()
 
 
 def run(
-    settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
+    settings: Settings,
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    banner: str | None = None,
 ) -> None:
+    """Serve until a signal; `banner` (where it listens) is logged as one record once logs
+    are configured: with EDGESTORE_LOG_FORMAT=json a plain text line would break the stream."""
     check_bind(settings)
     ssl_certfile = ssl_certfile or _tls_file(settings.tls_certfile, "tls_certfile")
     ssl_keyfile = ssl_keyfile or _tls_file(settings.tls_keyfile, "tls_keyfile")
     if ssl_certfile is not None:
         _check_tls_pair(ssl_certfile, ssl_keyfile)
     configure(settings.log_level, settings.log_format)
+    if banner is not None:
+        log.info("%s", banner)
     # The store is opened here rather than in the app's start-up, so that one that cannot
     # open (parameters that disagree with the store's, a database that does not answer) is
     # the CLI's error: a message and the exit code of its kind, not uvicorn's traceback and
@@ -107,7 +122,7 @@ def _serve(
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
     try:
-        _Server(config).run()
+        _Server(config, json_logs=settings.log_format == "json").run()
     except SystemExit as exc:
         if exc.code == STARTUP_FAILURE:  # uvicorn logged why (say, the address is in use)
             raise SystemExit(1) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -39,15 +40,21 @@ class Services:
     # Object bodies being sent (api/download.py): each holds its current chunk while its
     # client reads, outside the engine's read-ahead budget.
     downloads: Slots = field(init=False)
+    # Told at the shutdown signal too, not only once the drain of requests is over (up to
+    # its 20 s): the upkeep, which would otherwise go on starting rounds meanwhile.
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.downloads = Slots(self.settings.max_concurrent_downloads)
         self.readiness = Readiness(self.engine)
 
     def begin_shutdown(self, reason: str) -> None:
-        """Refuse new appends, stop running ones and bodies being read (on the event loop)."""
+        """Refuse new appends, stop running ones, bodies being read and the upkeep (on the
+        event loop)."""
         self.engine.uploads.stop_all(reason)
         self.stopping.set()
+        for stop in self.on_shutdown:
+            stop()
 
     def close(self) -> None:
         self.readiness.close()

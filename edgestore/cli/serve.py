@@ -57,7 +57,7 @@ def serve(
     base = f"{scheme}://{host}:{settings.port or 'PORT'}"
     dirs = len(settings.resolved_data_dirs)
     where = "configured" if settings.data_dirs else f"under {settings.home}"
-    output.note(
+    banner = (
         f"edgestore serving {settings.resolved_database_url.split('://')[0]} metadata, "
         f"{dirs} data dirs {where}\n"
         f"  upload (tus):  {base}/files/\n"
@@ -70,4 +70,8 @@ def serve(
             else ""
         )
     )
-    run(settings)
+    if settings.log_format == "json":  # one JSON object per line: the banner is a record too
+        run(settings, banner=banner)
+    else:
+        output.note(banner)
+        run(settings)

@@ -9,6 +9,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import (
@@ -16,6 +17,7 @@ from tests.helpers import (
     KiB,
     MiB,
     TricklingPatch,
+    patch_headers,
     random_bytes,
     tus_create,
     tus_offset,
@@ -206,3 +208,119 @@ def test_a_small_body_that_came_with_its_head_counts_as_queued(server: ServerPro
             if "HELP edgestore_upload_bodies" in line
         )
     assert "bandwidth" not in help_line  # a metered body with a length still goes direct
+
+
+def test_labelled_counters_show_every_documented_label_from_the_start(
+    text_server: ServerProcess,
+) -> None:
+    """docs/operations.md lists edgestore_chunks_total{result="new"|"dedup"} and
+    edgestore_upload_bodies_total{path="direct"|"queued"}: a label value had no series until
+    its first increment, so a fresh node's dashboards said "no data" and Prometheus's
+    increase() missed that first increment (a series appearing at 1 has not increased)."""
+    with text_server.client() as c:
+        lines = c.get("/metrics").text.splitlines()
+    for name, label in (
+        ("edgestore_chunks_total", 'result="new"'),
+        ("edgestore_chunks_total", 'result="dedup"'),
+        ("edgestore_upload_bodies_total", 'path="direct"'),
+        ("edgestore_upload_bodies_total", 'path="queued"'),
+    ):
+        assert any(line.startswith(f"{name}{{{label}}} ") for line in lines), (name, label)
+
+
+def test_an_aborted_download_counts_about_what_was_sent(text_server: ServerProcess) -> None:
+    """bytes_out counted each chunk-sized piece (MiBs) as it was read from the store, before
+    it was sent: a download its client stopped reading after the head counted the piece
+    read ahead and the one waiting to be sent (10 MB here, of which the client got none and
+    the kernel held at most its buffers). Now bytes are counted as the connection takes them,
+    in slices of download.SEND_SLICE."""
+    from edgestore.api.download import SEND_SLICE
+
+    data = random_bytes(48 * MiB, seed=6)
+    with text_server.client() as c:
+        url = tus_create(c, len(data))
+        assert tus_patch(c, url, 0, data).status_code == 204
+        before = _metric(c, "edgestore_bytes_out_total")
+        rcvbuf = 64 * KiB
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.connect(("127.0.0.1", text_server.port))
+            path = httpx.URL(url).raw_path.decode()
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert s.recv(1024).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)  # the server writes what the socket takes, then waits
+            counted = _metric(c, "edgestore_bytes_out_total") - before
+        # What the connection can hold: the kernel's send buffer (its ceiling), the client's
+        # receive buffer (doubled by the kernel), the transport's own and one slice.
+        wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+        assert 0 < counted <= wmem_max + 2 * rcvbuf + 64 * KiB + SEND_SLICE, counted
+        deadline = time.monotonic() + 5
+        while _metric(c, "edgestore_downloads_active") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _metric(c, "edgestore_bytes_out_total") - before == counted  # none after the end
+        # A whole download and a range count exactly their bytes.
+        before = _metric(c, "edgestore_bytes_out_total")
+        assert c.get(url).content == data
+        assert c.get(url, headers={"Range": "bytes=5-1000004"}).content == data[5:1000005]
+        assert _metric(c, "edgestore_bytes_out_total") - before == len(data) + 1000000
+
+
+def test_every_line_of_a_json_log_is_a_json_object(server: ServerProcess) -> None:
+    """EDGESTORE_LOG_FORMAT=json promises one JSON object per line, but `serve` printed its
+    banner (where it listens, the data dirs) as five plain text lines into the same stream:
+    a log shipper parsing JSON choked on each start."""
+    with server.client() as c:
+        assert c.get("/healthz").status_code == 200
+    time.sleep(0.2)
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    assert lines
+    bad = []
+    for line in lines:
+        try:
+            assert isinstance(json.loads(line), dict)
+        except (ValueError, AssertionError):
+            bad.append(line)
+    assert not bad, bad[:5]
+    banner = [json.loads(x)["message"] for x in lines if "edgestore serving" in x]
+    assert len(banner) == 1 and "/files/" in banner[0]
+
+
+def _access_line(server: ServerProcess, rid: str) -> dict:
+    deadline = time.monotonic() + 5
+    while True:
+        for line in server.log().splitlines():
+            if line.startswith("{"):
+                doc = json.loads(line)
+                if doc["request_id"] == rid and doc["logger"] == "edgestore.http":
+                    return doc
+        assert time.monotonic() < deadline, f"no access line for {rid}"
+        time.sleep(0.05)
+
+
+def test_access_lines_carry_the_body_bytes_in_and_out(server: ServerProcess) -> None:
+    """An access line said method, path, status and duration but not how many body bytes
+    went in or out (the JSON format even had a bytes_in field nothing filled): a cut upload
+    or a download broken off could not be told from a whole one."""
+    data = random_bytes(300 * KiB, seed=7)
+    with server.client() as c:
+        url = tus_create(c, 2 * len(data))
+        r = c.patch(url, content=data, headers={**patch_headers(0), "X-Request-Id": "bytes-direct"})
+        assert r.status_code == 204
+        r = c.patch(
+            url,
+            content=iter([data[:KiB], data[KiB:]]),  # chunked: the queued way
+            headers={**patch_headers(len(data)), "X-Request-Id": "bytes-queued"},
+        )
+        assert r.status_code == 204, r.text
+        assert len(c.get(url, headers={"X-Request-Id": "bytes-get"}).content) == 2 * len(data)
+        r = c.get(url, headers={"Range": "bytes=10-109", "X-Request-Id": "bytes-range"})
+        assert r.status_code == 206
+    for rid, bytes_in, bytes_out in (
+        ("bytes-direct", len(data), 0),
+        ("bytes-queued", len(data), 0),
+        ("bytes-get", 0, 2 * len(data)),
+        ("bytes-range", 0, 100),
+    ):
+        doc = _access_line(server, rid)
+        assert (doc["bytes_in"], doc["bytes_out"]) == (bytes_in, bytes_out), (rid, doc)

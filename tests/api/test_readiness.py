@@ -140,3 +140,20 @@ def test_probes_of_a_database_that_does_not_answer_stay_cheap(
     assert pool_wait < 0.5, pool_wait
     assert checks == 1
     assert "not responding" in answers[0].json()["problems"][0]
+
+
+def test_a_node_shutting_down_is_not_ready_and_healthz_still_answers(
+    make_settings: SettingsFactory,
+) -> None:
+    """/readyz is what a load balancer drains by; /healthz only says the process answers."""
+
+    async def probe(client: httpx.AsyncClient, svc: Services) -> list[httpx.Response]:
+        before = await client.get("/readyz")
+        svc.begin_shutdown("server is shutting down")
+        return [before, await client.get("/readyz"), await client.get("/healthz")]
+
+    before, draining, health = _probe(make_settings, probe)
+    assert before.status_code == 200, before.text
+    assert draining.status_code == 503
+    assert draining.json() == {"ready": False, "problems": ["server is shutting down"]}
+    assert health.status_code == 200 and health.json() == {"status": "ok"}

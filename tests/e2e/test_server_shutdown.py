@@ -4,6 +4,7 @@ stop leaves no lease behind)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -192,3 +193,52 @@ def test_sigterm_with_a_silent_native_chunk_body(fresh_server) -> None:
     fresh_server.start()
     with fresh_server.client() as c:
         assert put(c, uid, cid, body).status_code == 201
+
+
+def _stalled_download(server, data: bytes) -> socket.socket:
+    """A GET of an object whose client stops reading after the head: it holds the drain."""
+    with server.client() as c:
+        url = tus_create(c, len(data))
+        assert tus_patch(c, url, 0, data).status_code == 204
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+    s.connect(("127.0.0.1", server.port))
+    s.sendall(f"GET {httpx.URL(url).raw_path.decode()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert s.recv(64 * KiB).startswith(b"HTTP/1.1 200")
+    return s
+
+
+def test_sigterm_stops_the_upkeep_at_once_not_after_the_drain(fresh_server) -> None:
+    """The upkeep was told to stop only once the drain was over: while a slow download held
+    the shutdown (up to its 20 s), upkeep rounds went on starting (a scrub pass a second
+    here), and the round under way then had its own 10 s on top. It must stop at the signal."""
+    fresh_server.env_extra["EDGESTORE_MAINTENANCE_INTERVAL_SECONDS"] = "1"
+    fresh_server.start()
+    with _stalled_download(fresh_server, random_bytes(32 * MiB, seed=504)):
+        deadline = time.monotonic() + 10
+        while fresh_server.log().count("scrub: pass") < 2:  # the upkeep is running
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        fresh_server.proc.send_signal(signal.SIGTERM)
+        time.sleep(3.5)  # the download holds the drain; 3 upkeep intervals pass
+        assert fresh_server.proc.poll() is None
+        after = fresh_server.log().split("Shutting down", 1)[1]
+    # closed: the drain ends, the server exits
+    assert fresh_server.proc.wait(GRACEFUL) in (0, -15)
+    assert after.count("scrub: pass") <= 1, after  # at most the round under way at the signal
+
+
+def test_a_second_sigint_quits_at_once_a_second_sigterm_does_not(fresh_server) -> None:
+    """docs/operations.md: a second SIGTERM changes nothing (the drain goes on); a second
+    Ctrl-C (SIGINT) quits at once, as safe as kill -9."""
+    fresh_server.start()
+    with _stalled_download(fresh_server, random_bytes(32 * MiB, seed=505)):
+        fresh_server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        fresh_server.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert fresh_server.proc.poll() is None  # still draining the download
+        started = time.monotonic()
+        fresh_server.proc.send_signal(signal.SIGINT)
+        fresh_server.proc.wait(GRACEFUL)
+        assert time.monotonic() - started < 3
