@@ -33,8 +33,8 @@ _UNSAFE_IN_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 _UNSAFE_IN_FALLBACK = re.compile(r'["%]|[^\x20-\x7e]')
 # Response bodies go to the connection in slices of this size, each counted in bytes_out once
 # the connection took it: an aborted download counts about what it sent, not the chunk-sized
-# pieces read ahead of the client (MiBs). 1 MiB: a send per slice costs a few µs of the loop.
-SEND_SLICE = 1024 * 1024
+# pieces read ahead of the client. 4 MiB: 1 MiB slices cost ~5% more server CPU per GiB sent.
+SEND_SLICE = 4 * 1024 * 1024
 _PRINTABLE = re.compile(r"[\x21-\x7e][\x20-\x7e]*")
 # How long a download waits for a free slot before it is answered 503 (Retry-After: 1): a
 # burst (a client's parallel ranges) is absorbed; a node full of slow readers says so soon.
