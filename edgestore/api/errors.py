@@ -106,12 +106,18 @@ def unexpected_response(headers: dict[str, str] | None = None) -> JSONResponse:
 
 
 def data_dir_names(request: Request) -> dict[str, str]:
-    """Data dir path → name for the app's store (none before it has started)."""
+    """Data dir path → name for the app's store (none before it has started), and a SQLite
+    database's path → its file name (a busy database's 503 named where the server keeps it)."""
     services = getattr(request.app.state, "services", None)
     if services is None:
         return {}
-    backends = services.engine.core.dirs.backends
-    return {str(b.root): name for name, b in backends.items() if getattr(b, "root", None)}
+    core = services.engine.core
+    names = {
+        str(b.root): name for name, b in core.dirs.backends.items() if getattr(b, "root", None)
+    }
+    if core.db.path is not None:
+        names[str(core.db.path)] = core.db.path.name
+    return names
 
 
 def install(app: FastAPI) -> None:

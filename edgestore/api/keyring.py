@@ -89,8 +89,11 @@ class KeyRing:
         def write() -> None:
             assert self.db is not None
             try:
-                with self.db.write(durable=False) as conn:
-                    key_rows.touch(conn, key_id, t)
+                # Skipped, not waited for, while another process (a CLI command, a second
+                # server) holds SQLite's write lock: a thread held up to 30 s per key, then a
+                # warning with a traceback. The next request after it tries again.
+                if not self.db.try_write(lambda conn: key_rows.touch(conn, key_id, t)):
+                    self._touched.pop(key_id, None)
             except Exception:  # bookkeeping only: never fail a request over it
                 log.warning("could not record the use of API key %s", key_id, exc_info=True)
 

@@ -16,8 +16,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgestore.api import direct
-from edgestore.api.errors import unexpected_response
+from edgestore.api.errors import status_for, unexpected_response
 from edgestore.api.logs import request_id
+from edgestore.errors import EdgestoreError
 
 log = logging.getLogger("edgestore.http")
 
@@ -75,6 +76,18 @@ class RequestContext:
         try:
             await self.app(scope, receive_counted, send_with_id)
         except BaseException as exc:
+            named = _named_cause(exc) if responded else None
+            if named is not None:
+                # A body broken off for a reason the code names (the version deleted by
+                # another process mid-read, a chunk lost): one line says why, not a
+                # traceback with the data dirs' paths. Returning without completing the
+                # response makes the server drop the connection: the client sees a body
+                # short of its Content-Length, as before.
+                broken_off = True
+                level = logging.ERROR if status_for(named) >= 500 else logging.WARNING
+                method, path = scope["method"], scope["path"]
+                log.log(level, "%s %s: body broken off: %s", method, path, named)
+                return
             if responded or not isinstance(exc, Exception):
                 # A body broken off, or the request cancelled (shutdown's grace ran out): the
                 # server drops the connection and logs why.
@@ -141,6 +154,19 @@ class Unexpected:
             if responded:  # a body broken off: the server drops the connection
                 raise
             await _answer_unexpected(scope, receive, send)
+
+
+def _named_cause(exc: BaseException) -> EdgestoreError | None:
+    """The EdgestoreError behind `exc`: Starlette wraps one raised after the response began
+    in a RuntimeError ("Caught handled exception, but response already started")."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None or isinstance(seen, EdgestoreError):
+            return seen
+        if not isinstance(seen, RuntimeError):
+            return None
+        seen = seen.__cause__
+    return None
 
 
 async def _answer_unexpected(scope: Scope, receive: Receive, send: Send) -> None:

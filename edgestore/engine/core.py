@@ -100,6 +100,40 @@ _SETTING_OF = {
 }
 
 
+def _to_record(recorded: dict[str, str], wanted: dict[str, str], ec_backend: str | None) -> bool:
+    """Whether opening the store must write its parameters: a new store, one recorded by an
+    older release (a parameter missing), or one begun in replication mode opened in EC mode.
+    Otherwise opening it only reads: a CLI `ls` or `get` took the write lock at every start
+    and waited behind (or failed past the busy timeout, after 30 s) another process's write."""
+    if any(name not in recorded for name in wanted):
+        return True
+    return not recorded.get("ec_backend") and bool(ec_backend)
+
+
+def _record_params(
+    db: Database, settings: Settings, wanted: dict[str, str], ec_backend: str | None
+) -> tuple[dict[str, str], DataDirs | None]:
+    """Record the parameters the store lacks (see _to_record); a new store's data dirs are
+    claimed in the same transaction (returned; None for a store that existed)."""
+    dirs = None
+    with db.write() as conn:
+        is_new = not store_params.load(conn)
+        recorded = store_params.record_missing(db, conn, wanted)
+        if not recorded.get("ec_backend") and ec_backend:
+            # Begun in replication mode: the first start in EC mode fixes the backend, or
+            # a node picking another one would decode these chunks with the wrong matrix.
+            recorded = store_params.record_if_empty(conn, "ec_backend", ec_backend)
+        if is_new:
+            # Claimed before the commit that creates the store: another process opening
+            # the fresh home at the same moment (`serve` and a CLI command) waits for it,
+            # then finds its dirs claimed. Claimed after it, that one could see a store
+            # with unclaimed dirs and run with every data dir unavailable.
+            dirs = open_data_dirs(
+                settings.resolved_data_dirs, recorded["store_id"], initialise=True
+            )
+    return recorded, dirs
+
+
 def open_core(
     settings: Settings, *, initialise_dirs: bool = False, claim_shared_disk: bool = False
 ) -> EngineCore:
@@ -111,21 +145,10 @@ def open_core(
         policy = RedundancyPolicy(settings)
         wanted = _wanted_params(settings, policy.ec_backend)
         dirs: DataDirs | None = None
-        with db.write() as conn:
-            is_new = not store_params.load(conn)
-            recorded = store_params.record_missing(db, conn, wanted)
-            if not recorded.get("ec_backend") and policy.ec_backend:
-                # Begun in replication mode: the first start in EC mode fixes the backend, or
-                # a node picking another one would decode these chunks with the wrong matrix.
-                recorded = store_params.record_if_empty(conn, "ec_backend", policy.ec_backend)
-            if is_new:
-                # Claimed before the commit that creates the store: another process opening
-                # the fresh home at the same moment (`serve` and a CLI command) waits for it,
-                # then finds its dirs claimed. Claimed after it, that one could see a store
-                # with unclaimed dirs and run with every data dir unavailable.
-                dirs = open_data_dirs(
-                    settings.resolved_data_dirs, recorded["store_id"], initialise=True
-                )
+        with db.read() as conn:
+            recorded = store_params.load(conn)
+        if _to_record(recorded, wanted, policy.ec_backend):
+            recorded, dirs = _record_params(db, settings, wanted, policy.ec_backend)
         wrong = [n for n in _FIXED if recorded.get(n) != wanted[n]]
         if wrong:
             raise StoreParamsMismatch(

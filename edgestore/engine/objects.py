@@ -191,9 +191,8 @@ class Objects:
             if not page:
                 raise ChunkUnreadable(f"manifest of {info.version_id} ends before byte {pos}")
             stale = [r.chunk_id for r in records.values() if r.read_is_stale]
-            if stale:
-                with db.write() as conn:
-                    chunk_index.note_read(conn, stale)
+            if stale:  # skipped while another writer holds the lock: reads never wait
+                db.try_write(lambda conn, ids=stale: chunk_index.note_read(conn, ids))
             for entry in page:
                 rec = records.get(entry.chunk_id)
                 if rec is None:

@@ -37,7 +37,15 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest migration's revision (tests/metadata/test_migrations.py checks it is alembic's
 # head): a store already there is opened without alembic (see Database._at_head).
 SCHEMA_HEAD = "0009"
+# How long a SQLite writer waits for the write lock another connection or process holds
+# (`serve` and CLI commands share the file) before failing as "busy" (503 with Retry-After,
+# exit code 6); the URL's `?timeout=SECONDS` sets another.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Bookkeeping a read does (a chunk's last-read time) waits at most this for the lock, then is
+# skipped: a download must not wait for, or fail behind, another process's writes.
+BOOKKEEPING_LOCK_WAIT_MS = 50
+# When a client told the database was busy should try again (seconds).
+BUSY_RETRY_AFTER_S = 1
 # libpq settings a PostgreSQL URL gets unless it sets them itself. Without them a host that
 # drops packets (or accepts and never answers) held a start, a request or /readyz for as long
 # as TCP retries (minutes) or forever; now a connection attempt gives up after
@@ -87,6 +95,7 @@ class Database:
         # hold a password).
         self._name = "metadata database"
         self._path: Path | None = None  # a SQLite database's file
+        self._lock_wait_ms = PG_LOCK_TIMEOUT_MS
         if self.dialect == "sqlite":
             if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
                 # Each pooled connection would be a database of its own, gone at exit (and
@@ -97,6 +106,7 @@ class Database:
                 )
             self._name = f"metadata database {parsed.database}"
             self._path = Path(parsed.database)
+            self._lock_wait_ms = _sqlite_busy_ms(parsed.query.get("timeout"))
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a file in the way, no permission: not a traceback
@@ -108,11 +118,11 @@ class Database:
             # left no connection for reads, which WAL would let through at once.
             self.engine: Engine = _create_engine(
                 url,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                connect_args={"timeout": self._lock_wait_ms / 1000},
                 pool_size=pool_size,
                 max_overflow=-1,
             )
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, self._lock_wait_ms)
         elif self.dialect == "postgresql":
             wanted: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **PG_TCP_SETTINGS}
             connect_args = {k: v for k, v in wanted.items() if k not in parsed.query}
@@ -140,11 +150,21 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
+    @property
+    def path(self) -> Path | None:
+        """A SQLite database's file (None on PostgreSQL): a message to a client names it
+        without its directory."""
+        return self._path
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction: one snapshot in SQLite's WAL mode; on PostgreSQL (READ
         COMMITTED) each statement sees what was committed when it began."""
-        with _translate_errors(self._name), self.engine.connect() as conn, conn.begin():
+        with (
+            _translate_errors(self._name, self._lock_wait_ms),
+            self.engine.connect() as conn,
+            conn.begin(),
+        ):
             yield conn
 
     @contextmanager
@@ -156,7 +176,7 @@ class Database:
         durable commit flushes it too: use it only for rows whose loss before then is harmless.
         """
         with (
-            _translate_errors(self._name),
+            _translate_errors(self._name, self._lock_wait_ms),
             self.engine.connect().execution_options(
                 sqlite_immediate=True, sqlite_durable=durable
             ) as conn,
@@ -165,6 +185,42 @@ class Database:
             if not durable and self.is_postgres:
                 conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
             yield conn
+
+    def try_write(self, work: Callable[[Connection], None]) -> bool:
+        """`work(conn)` in a non-durable write transaction unless the lock it needs is not
+        free within BOOKKEEPING_LOCK_WAIT_MS: then nothing is done and False returned.
+
+        For bookkeeping a reader does on the side (when chunks were last read): with the
+        write lock held by another process (a CLI `gc`, a second server, a long upload's
+        checkpoint), a download waited 30 s for it and then failed with a 503 although WAL
+        lets every read through.
+        """
+        try:
+            with (
+                _translate_errors(self._name, BOOKKEEPING_LOCK_WAIT_MS),
+                self.engine.connect() as conn,
+            ):
+                raw = conn.connection.dbapi_connection if self._path is not None else None
+                if raw is not None:  # restored below: the connection goes back to the pool
+                    raw.execute(f"PRAGMA busy_timeout={BOOKKEEPING_LOCK_WAIT_MS}")
+                try:
+                    conn.execution_options(sqlite_immediate=True, sqlite_durable=False)
+                    with conn.begin():
+                        if self.is_postgres:
+                            conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+                            conn.execute(
+                                sa.text(f"SET LOCAL lock_timeout = {BOOKKEEPING_LOCK_WAIT_MS}")
+                            )
+                        work(conn)
+                finally:
+                    if raw is not None:
+                        raw.execute(f"PRAGMA busy_timeout={self._lock_wait_ms}")
+        except StorageUnavailable as exc:
+            if not exc.details.get("busy"):
+                raise
+            log.debug("skipped bookkeeping: %s", exc)
+            return False
+        return True
 
     def transact(self, work: Callable[[Connection], T], *, attempts: int = CONFLICT_ATTEMPTS) -> T:
         """`work(conn)` in a durable write transaction, run again (`attempts` times in all)
@@ -239,7 +295,7 @@ class Database:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with _translate_errors(self._name), self.engine.connect() as conn:
+        with _translate_errors(self._name, self._lock_wait_ms), self.engine.connect() as conn:
             if self.is_postgres:
                 # Another node migrating a big store may hold the lock for minutes: wait.
                 conn.execute(sa.text("SET lock_timeout = 0"))
@@ -304,7 +360,24 @@ def _create_engine(url: str, **options: Any) -> Engine:
         ) from None
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _sqlite_busy_ms(value: object) -> int:
+    """The write-lock wait a SQLite URL's `?timeout=SECONDS` asks for (SQLITE_BUSY_TIMEOUT_MS
+    without one)."""
+    if value is None:
+        return SQLITE_BUSY_TIMEOUT_MS
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise ConfigError(
+            f"database_url (EDGESTORE_DATABASE_URL): timeout={value!r} is not a number of "
+            "seconds from 0 to 3600 (how long a writer waits for the database's write lock)"
+        )
+    return round(seconds * 1000)
+
+
+def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
@@ -312,7 +385,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         # 1 MiB of page cache per connection (default 2 MiB): the OS caches the file anyway,
         # and a busy server holds a dozen connections.
         cur.execute("PRAGMA cache_size=-1024")
@@ -333,16 +406,18 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 @contextmanager
-def _translate_errors(name: str) -> Iterator[None]:
+def _translate_errors(name: str, lock_wait_ms: int) -> Iterator[None]:
     """Errors an operator must see as such, not as a traceback or an HTTP 500: the database
-    unreachable, busy past the timeout (503: retry), full (507), or a file that is not
-    SQLite's."""
+    unreachable, busy past the timeout (503 with Retry-After: retry), full (507), or a file
+    that is not SQLite's. `lock_wait_ms`: how long a lock was waited for."""
     try:
         yield
     except sa.exc.TimeoutError as exc:  # SQLAlchemy's, not a database error: no .orig
         raise StorageUnavailable(
             f"{name} is busy: every pooled connection stayed in use for over "
-            f"{PG_POOL_TIMEOUT_S:g} s; retry"
+            f"{PG_POOL_TIMEOUT_S:g} s; retry",
+            retry_after=BUSY_RETRY_AFTER_S,
+            busy=True,
         ) from exc
     except OperationalError as exc:
         sqlstate = getattr(exc.orig, "sqlstate", None)
@@ -356,12 +431,12 @@ def _translate_errors(name: str) -> Iterator[None]:
         if sqlstate == "53100" or "database or disk is full" in str(exc.orig).lower():
             # Disk full under the database: as a full data dir is (507), not a 500.
             raise StorageFull(f"{name} is full: {exc.orig}") from exc
-        pg_lock_timeout = sqlstate == "55P03"
-        if pg_lock_timeout or "database is locked" in str(exc.orig).lower():
-            waited = PG_LOCK_TIMEOUT_MS if pg_lock_timeout else SQLITE_BUSY_TIMEOUT_MS
+        if sqlstate == "55P03" or "database is locked" in str(exc.orig).lower():
             raise StorageUnavailable(
                 f"{name} is busy: another writer held a lock it needs for over "
-                f"{waited / 1000:g} s; retry"
+                f"{lock_wait_ms / 1000:g} s; retry",
+                retry_after=BUSY_RETRY_AFTER_S,  # HTTP: a 503 with Retry-After
+                busy=True,
             ) from exc
         if _is_connection_failure(exc):
             raise StorageUnavailable(f"{name} unavailable: {exc.orig}") from exc

@@ -96,6 +96,55 @@ def test_a_write_locked_past_the_busy_timeout_is_a_retryable_error(
         db.close()
 
 
+def test_the_url_sets_the_write_lock_wait_and_busy_says_when_to_retry(tmp_path: Path) -> None:
+    """`?timeout=SECONDS` bounds the wait (tests, impatient operators); the error carries a
+    Retry-After for HTTP clients, and a value that is not a number is a ConfigError."""
+    path = tmp_path / "meta.db"
+    db = Database(f"sqlite:///{path}?timeout=0.3")
+    try:
+        db.migrate()
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable, match=r"over 0\.3 s") as caught, db.write():
+                pass
+            assert 0.25 <= time.monotonic() - started < 3
+            assert caught.value.details["retry_after"] >= 1
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    finally:
+        db.close()
+    for bad in ("abc", "-1", "1e9"):
+        with pytest.raises(ConfigError, match="timeout"):
+            Database(f"sqlite:///{path}?timeout={bad}")
+
+
+def test_bookkeeping_is_skipped_not_waited_for_while_another_process_writes(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    """A reader's side write (a chunk's last-read time) gives up at once behind another
+    process's write lock, and the connection keeps its full wait for real writes after."""
+
+    def touch(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("UPDATE store_params SET value = value")
+
+    other = sqlite3.connect(tmp_path / "meta.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        assert sqlite_db.try_write(touch) is False
+        assert time.monotonic() - started < 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert sqlite_db.try_write(touch) is True
+    with sqlite_db.engine.connect() as conn:  # every pooled connection waits 30 s again
+        waits = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    assert waits == db_module.SQLITE_BUSY_TIMEOUT_MS
+
+
 def test_a_file_that_is_not_a_database_is_named_in_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "edgestore.db"
     path.write_bytes(b"these are not the bytes of a SQLite database, " * 20)
@@ -210,6 +259,28 @@ def test_a_postgresql_lock_held_too_long_is_a_retryable_error(
             assert "0.3 s" in str(info.value)
         with db.write() as conn:  # the lock released, writes go on
             conn.execute(sa.text("UPDATE store_params SET value = value"))
+    finally:
+        other.dispose()
+        db.close()
+
+
+@pytest.mark.postgres
+def test_postgresql_bookkeeping_gives_up_on_a_held_lock_at_once(pg_url: str) -> None:
+    """As on SQLite: a reader's side write skips a row another session holds (30 s before)."""
+    db = Database(pg_url)
+    other = sa.create_engine(pg_url)
+    try:
+        db.migrate()
+
+        def touch(conn: sa.Connection) -> None:
+            conn.execute(sa.text("UPDATE store_params SET value = value"))
+
+        with other.connect() as holder:
+            holder.execute(sa.text("LOCK TABLE store_params IN EXCLUSIVE MODE"))
+            started = time.monotonic()
+            assert db.try_write(touch) is False
+            assert time.monotonic() - started < 2
+        assert db.try_write(touch) is True
     finally:
         other.dispose()
         db.close()
