@@ -12,8 +12,9 @@ engine with it.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgestore.lazy import lazy_names
 
 if TYPE_CHECKING:
     from edgestore.engine.engine import Engine
@@ -29,9 +30,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:  # a submodule (`from edgestore.engine import staging`) is found next
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name]), name)
-    globals()[name] = value  # once
-    return value
+__getattr__ = lazy_names(__name__, _WHERE)
