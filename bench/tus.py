@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -143,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default="random,text", help="data sets: random,text")
     p.add_argument("--rss-uploads", type=int, default=8, help="concurrent 1 GiB uploads (0 skips)")
     p.add_argument("--rss-size", default="1GiB", help="size of each concurrent upload")
-    p.add_argument("--workdir", type=Path, default=None, help="scratch dir (default: a temp dir)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="scratch dir (default: a temp dir, removed after a finished run)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument(
         "--chunk-mib",
@@ -282,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 indent=2,
             )
         )
+    if args.workdir is None:  # a temp dir of our own: GiBs of generated data (kept on an error)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

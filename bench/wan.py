@@ -252,7 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--loss", type=float, default=0.001, help="random loss per packet")
     p.add_argument("--size", default="1GiB", help="upload size")
     p.add_argument("--small", default="256MiB", help="size for single cubic streams")
-    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="scratch dir (default: a temp dir, removed after a finished run)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument(
         "--only",
@@ -342,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         doc = {"runs": [r.__dict__ for r in runs], "link_bytes_per_s": link, "dedup": dedup}
         args.json.write_text(json.dumps(doc, indent=2))
+    if args.workdir is None:  # a temp dir of our own: GiBs of generated data (kept on an error)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
