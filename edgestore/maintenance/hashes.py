@@ -138,13 +138,10 @@ def fill_round(
 
 
 def _save(engine: Engine, owner: str, cursor: DigestCursor, until: float | None) -> bool:
-    with engine.core.db.write(durable=False) as conn:
-        return cursors.advance(
-            conn, DIGEST_JOB, owner, cursors.JobCursor(cursor.after, cursor.passes), until
-        )
+    position = cursors.JobCursor(cursor.after, cursor.passes)
+    return cursors.advance(engine.core.db, DIGEST_JOB, owner, position, until)
 
 
 def leave(engine: Engine, owner: str) -> None:
     """Give the digest filling up if `owner` holds it (a server shutting down)."""
-    with engine.core.db.write(durable=False) as conn:
-        cursors.leave(conn, DIGEST_JOB, owner)
+    cursors.leave(engine.core.db, DIGEST_JOB, owner)

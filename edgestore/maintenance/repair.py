@@ -193,16 +193,13 @@ def scrub_round(
 
 
 def _save(engine: Engine, owner: str, cursor: ScrubCursor, until: float | None) -> bool:
-    with engine.core.db.write(durable=False) as conn:
-        return cursors.advance(
-            conn, SCRUB_JOB, owner, cursors.JobCursor(cursor.after, cursor.passes), until
-        )
+    position = cursors.JobCursor(cursor.after, cursor.passes)
+    return cursors.advance(engine.core.db, SCRUB_JOB, owner, position, until)
 
 
 def leave_scrub(engine: Engine, owner: str) -> None:
     """Give the background scrub up if `owner` holds it (a server shutting down)."""
-    with engine.core.db.write(durable=False) as conn:
-        cursors.leave(conn, SCRUB_JOB, owner)
+    cursors.leave(engine.core.db, SCRUB_JOB, owner)
 
 
 def _queue(engine: Engine, rec: ChunkRecord, bad: list[int], reason: str) -> bool:

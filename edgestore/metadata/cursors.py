@@ -53,9 +53,17 @@ def take(db: Database, conn: Connection, job: str, owner: str, until: float) -> 
     return JobCursor(row.position, row.passes)
 
 
-def advance(conn: Connection, job: str, owner: str, cursor: JobCursor, until: float | None) -> bool:
+def advance(db: Database, job: str, owner: str, cursor: JobCursor, until: float | None) -> bool:
     """Record the job's position and hold it until `until` (None: give it up); False, and
-    nothing changed, if `owner` no longer holds it (its lease ran out and another took it)."""
+    nothing changed, if `owner` no longer holds it (its lease ran out and another took it).
+    Its own transaction, not flushed to disk: losing it costs some work done again."""
+    with db.write(durable=False) as conn:
+        return _advance(conn, job, owner, cursor, until)
+
+
+def _advance(
+    conn: Connection, job: str, owner: str, cursor: JobCursor, until: float | None
+) -> bool:
     res = conn.execute(
         sa.update(job_cursors)
         .where(job_cursors.c.job == job, job_cursors.c.owner == owner)
@@ -70,10 +78,11 @@ def advance(conn: Connection, job: str, owner: str, cursor: JobCursor, until: fl
     return res.rowcount == 1
 
 
-def leave(conn: Connection, job: str, owner: str) -> None:
+def leave(db: Database, job: str, owner: str) -> None:
     """Give the job up if `owner` holds it (a node shutting down), so another goes on now."""
-    conn.execute(
-        sa.update(job_cursors)
-        .where(job_cursors.c.job == job, job_cursors.c.owner == owner)
-        .values(owner=None, lease_expires=None, updated_at=now())
-    )
+    with db.write(durable=False) as conn:
+        conn.execute(
+            sa.update(job_cursors)
+            .where(job_cursors.c.job == job, job_cursors.c.owner == owner)
+            .values(owner=None, lease_expires=None, updated_at=now())
+        )
