@@ -168,22 +168,30 @@ class Database:
             yield conn
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+    def write(
+        self, *, durable: bool = True, lock_wait_ms: int | None = None
+    ) -> Iterator[Connection]:
         """A write transaction: committed on normal exit, rolled back on any exception.
 
         `durable=False` skips the commit's own flush to disk (SQLite synchronous=NORMAL,
         PostgreSQL synchronous_commit=off). The write-ahead log is sequential, so the next
         durable commit flushes it too: use it only for rows whose loss before then is harmless.
+        `lock_wait_ms`: how long to wait for a lock another writer holds before failing as
+        busy (the database's setting by default).
         """
+        wait = self._lock_wait_ms if lock_wait_ms is None else lock_wait_ms
         with (
-            _translate_errors(self._name, self._lock_wait_ms),
+            _translate_errors(self._name, wait),
             self.engine.connect().execution_options(
-                sqlite_immediate=True, sqlite_durable=durable
+                sqlite_immediate=True, sqlite_durable=durable, sqlite_busy_ms=wait
             ) as conn,
             conn.begin(),
         ):
-            if not durable and self.is_postgres:
-                conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+            if self.is_postgres:
+                if not durable:
+                    conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+                if lock_wait_ms is not None:
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = {int(lock_wait_ms)}"))
             yield conn
 
     def try_write(self, work: Callable[[Connection], None]) -> bool:
@@ -196,25 +204,8 @@ class Database:
         lets every read through.
         """
         try:
-            with (
-                _translate_errors(self._name, BOOKKEEPING_LOCK_WAIT_MS),
-                self.engine.connect() as conn,
-            ):
-                raw = conn.connection.dbapi_connection if self._path is not None else None
-                if raw is not None:  # restored below: the connection goes back to the pool
-                    raw.execute(f"PRAGMA busy_timeout={BOOKKEEPING_LOCK_WAIT_MS}")
-                try:
-                    conn.execution_options(sqlite_immediate=True, sqlite_durable=False)
-                    with conn.begin():
-                        if self.is_postgres:
-                            conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-                            conn.execute(
-                                sa.text(f"SET LOCAL lock_timeout = {BOOKKEEPING_LOCK_WAIT_MS}")
-                            )
-                        work(conn)
-                finally:
-                    if raw is not None:
-                        raw.execute(f"PRAGMA busy_timeout={self._lock_wait_ms}")
+            with self.write(durable=False, lock_wait_ms=BOOKKEEPING_LOCK_WAIT_MS) as conn:
+                work(conn)
         except StorageUnavailable as exc:
             if not exc.details.get("busy"):
                 raise
@@ -386,6 +377,7 @@ def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        record.info["sqlite_busy_ms"] = busy_ms
         # 1 MiB of page cache per connection (default 2 MiB): the OS caches the file anyway,
         # and a busy server holds a dozen connections.
         cur.execute("PRAGMA cache_size=-1024")
@@ -402,6 +394,10 @@ def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
         if info.get("sqlite_durable") is not durable:
             conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             info["sqlite_durable"] = durable
+        wait = options.get("sqlite_busy_ms", busy_ms)  # a write that may wait less (try_write)
+        if info.get("sqlite_busy_ms") != wait:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={wait}")
+            info["sqlite_busy_ms"] = wait
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
 
 
