@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from edgestore.api.errors import without_paths
 from edgestore.engine import Engine
 from edgestore.errors import StorageError
+from edgestore.storage.datadirs import check_room
 
 READY_TIMEOUT_S = 3.0
 
@@ -72,13 +73,7 @@ class Readiness:
                     raise StorageError(
                         f"{dirs.unavailable[name]} (found at start; restart the server once fixed)"
                     )
-                backend.check()
-                free = backend.usage().free_bytes
-                if free < self._min_free:
-                    raise StorageError(
-                        f"data dir {backend.root} is full: {free} bytes free, less than one "
-                        f"chunk ({self._min_free} bytes)"
-                    )
+                check_room(backend, self._min_free)
             except StorageError as exc:
                 problems.append((without_paths(str(exc), paths), str(exc)))
         return problems

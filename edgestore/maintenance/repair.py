@@ -35,6 +35,7 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import cursors
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.metadata.db import now
+from edgestore.storage.datadirs import check_room
 from edgestore.types import Layout
 
 log = logging.getLogger(__name__)
@@ -304,9 +305,7 @@ def cannot_store(engine: Engine) -> str | None:
     try:
         dirs.writable_names()
         for backend in dirs.backends.values():
-            backend.check()
-            if backend.usage().free_bytes < engine.core.settings.chunk_max_size:
-                return f"data dir {backend.root} is full"
+            check_room(backend, engine.core.settings.chunk_max_size)
     except StorageError as exc:
         return str(exc)
     return None

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgestore.errors import StorageUnavailable
+from edgestore.errors import StorageFull, StorageUnavailable
 from edgestore.storage.local import MARKER, LocalBackend
 
 FlushMark = dict[int, int]  # filesystem -> flushes of it started so far
@@ -73,6 +73,19 @@ class DataDirs:
                 )
             raise StorageUnavailable(f"cannot store new chunks: {detail}")
         return self.names
+
+
+def check_room(backend: LocalBackend, min_free: int) -> None:
+    """A data dir that can take a new file of up to `min_free` bytes now: there, claimed and
+    writable (StorageUnavailable), with that much room (StorageFull). What /readyz reports
+    and what the upkeep checks before it reads chunks to repair."""
+    backend.check()
+    free = backend.usage().free_bytes
+    if free < min_free:
+        raise StorageFull(
+            f"data dir {backend.root} is full: {free} bytes free, less than one chunk "
+            f"({min_free} bytes)"
+        )
 
 
 def _natural(name: str) -> tuple[int, str]:
