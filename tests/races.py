@@ -1,11 +1,15 @@
-"""Helpers for race tests on PostgreSQL: run one side in a thread, and wait until the other
-transaction is really blocked on it before letting the first go on."""
+"""Helpers for race tests: on PostgreSQL, run one side in a thread and wait until the other
+transaction is really blocked on it before letting the first go on; on SQLite, another
+process's write lock held for a block."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,3 +53,16 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseExcepti
     t = threading.Thread(target=run)
     t.start()
     return t, errors
+
+
+@contextmanager
+def sqlite_write_lock_held(db: Path) -> Iterator[None]:
+    """Another process's write transaction on this SQLite file, open for the whole block (a
+    long migration, a stuck writer): SQLite lets only one writer in at a time."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()

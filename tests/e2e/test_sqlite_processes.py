@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +30,7 @@ from tests.helpers import (
     tus_upload,
     upload_id_of,
 )
+from tests.races import sqlite_write_lock_held
 from tests.server import ServerProcess
 
 EDGESTORE = [sys.executable, "-m", "edgestore"]
@@ -47,19 +46,6 @@ def _cli(home: Path, url: str, *args: str, timeout: float = 120) -> subprocess.C
     return subprocess.run(
         [*EDGESTORE, *args], env=env, capture_output=True, timeout=timeout, check=False
     )
-
-
-@contextmanager
-def _write_lock_held(db: Path) -> Iterator[None]:
-    """Another process's write transaction, open for the whole block (a long migration, a
-    stuck writer): SQLite lets only one writer in at a time."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 @pytest.fixture
@@ -88,7 +74,7 @@ def test_a_held_write_lock_is_a_503_with_retry_after_and_reads_go_on(
     reader = {"Authorization": f"Bearer {made.stdout.decode().split()[-1]}"}
     with lock_server.client() as c:
         url = tus_upload(c, data)  # never downloaded yet: its chunks' read times are unset
-        with _write_lock_held(tmp_path / "meta.db"):
+        with sqlite_write_lock_held(tmp_path / "meta.db"):
             # A key used for the first time: its use is recorded on the side, or skipped.
             got = c.get(url, headers=reader)
             assert got.status_code == 200, got.text
@@ -119,7 +105,7 @@ def test_cli_commands_under_another_process_write_lock(
         uid = upload_id_of(tus_upload(c, data))
     src = tmp_path / "src.bin"
     src.write_bytes(random_bytes(MiB, seed=1102))
-    with _write_lock_held(tmp_path / "meta.db"):
+    with sqlite_write_lock_held(tmp_path / "meta.db"):
         for args in (("ls", "--json"), ("du", "--json"), ("stat", uid)):
             done = _cli(home, url, *args)
             assert done.returncode == 0, (args, done.stderr.decode())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import sqlalchemy as sa
 from edgestore.errors import ConfigError, StorageFull, StorageUnavailable
 from edgestore.metadata import db as db_module
 from edgestore.metadata.db import _PG_MIGRATION_LOCK, Database
+from tests.races import sqlite_write_lock_held
 
 
 @pytest.fixture
@@ -80,16 +80,11 @@ def test_a_write_locked_past_the_busy_timeout_is_a_retryable_error(
     db = Database(f"sqlite:///{path}")
     try:
         db.migrate()
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_write_lock_held(path):
             started = time.monotonic()
             with pytest.raises(StorageUnavailable, match="is busy"), db.write():
                 pass
             assert time.monotonic() - started >= 0.15  # it did wait first
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
         with db.write():  # and the lock released, writes go on
             pass
     finally:
@@ -103,17 +98,12 @@ def test_the_url_sets_the_write_lock_wait_and_busy_says_when_to_retry(tmp_path: 
     db = Database(f"sqlite:///{path}?timeout=0.3")
     try:
         db.migrate()
-        other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite_write_lock_held(path):
             started = time.monotonic()
             with pytest.raises(StorageUnavailable, match=r"over 0\.3 s") as caught, db.write():
                 pass
             assert 0.25 <= time.monotonic() - started < 3
             assert caught.value.details["retry_after"] >= 1
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
     finally:
         db.close()
     for bad in ("abc", "-1", "1e9"):
@@ -130,15 +120,10 @@ def test_bookkeeping_is_skipped_not_waited_for_while_another_process_writes(
     def touch(conn: sa.Connection) -> None:
         conn.exec_driver_sql("UPDATE store_params SET value = value")
 
-    other = sqlite3.connect(tmp_path / "meta.db", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    try:
+    with sqlite_write_lock_held(tmp_path / "meta.db"):
         started = time.monotonic()
         assert sqlite_db.try_write(touch) is False
         assert time.monotonic() - started < 1
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     assert sqlite_db.try_write(touch) is True
     with sqlite_db.engine.connect() as conn:  # every pooled connection waits 30 s again
         waits = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
