@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bench.peers import PageServer, drive_browser
@@ -63,6 +64,15 @@ def _tus(server: ServerProcess, **options: object) -> dict[str, object]:
     return {"endpoint": f"{server.url}/files/", "headers": server.auth_headers, **options}
 
 
+def _read_back(server: ServerProcess, url: str, data: bytes) -> httpx.Response:
+    """What the server stored at `url`, outside the browser: it must be `data`, whole."""
+    with server.client() as admin:
+        got = admin.get(url)
+    assert got.status_code == 200
+    assert sha256_hex(got.content) == sha256_hex(data)
+    return got
+
+
 def _file(tmp_path: Path, name: str, size: int, seed: int) -> tuple[Path, bytes]:
     data = random_bytes(size, seed=seed)
     path = tmp_path / name
@@ -95,10 +105,7 @@ def test_tus_js_client_in_chromium_uploads_and_reads_back(
     assert "holiday" in back["disposition"]
     assert (back["rangeStatus"], back["rangeLength"]) == (206, 10)
     assert back["contentRange"] == f"bytes 10-19/{len(data)}"
-    with server.client() as admin:
-        got = admin.get(url)
-    assert got.status_code == 200
-    assert sha256_hex(got.content) == sha256_hex(data)
+    got = _read_back(server, url, data)
     assert got.headers["content-type"] == "video/mp4"  # the File's type, from the browser
 
 
@@ -125,10 +132,7 @@ def test_an_upload_goes_on_from_the_servers_offset_after_the_page_reloads(
     assert resumed["url"] == first["url"], "the reloaded page must resume, not start anew"
     assert resumed["offsets"], "the resumed upload must ask the server for its offset (HEAD)"
     assert 8 * MiB <= resumed["offsets"][0] < len(data)
-    with server.client() as admin:
-        got = admin.get(first["url"])
-    assert got.status_code == 200
-    assert sha256_hex(got.content) == sha256_hex(data)
+    _read_back(server, first["url"], data)
 
 
 def test_uppy_uploads_through_its_tus_plugin(
@@ -140,10 +144,7 @@ def test_uppy_uploads_through_its_tus_plugin(
         {"call": "uppyUpload", "args": upload},
     ])  # fmt: skip
     assert "result" in lines[0], f"{lines}\n{server.log()[-3000:]}"
-    with server.client() as admin:
-        got = admin.get(lines[0]["result"]["url"])
-    assert got.status_code == 200
-    assert sha256_hex(got.content) == sha256_hex(data)
+    got = _read_back(server, lines[0]["result"]["url"], data)
     assert got.headers["content-type"] == "application/pdf"
     assert "scan.pdf" in got.headers["content-disposition"]
 
@@ -178,10 +179,7 @@ def test_tus_js_client_uploads_with_the_ietf_draft_from_a_page(
         {"call": "tusUpload", "args": upload},
     ])  # fmt: skip
     assert "result" in lines[0], f"{lines}\n{server.log()[-3000:]}"
-    with server.client() as admin:
-        got = admin.get(lines[0]["result"]["url"])
-    assert got.status_code == 200
-    assert sha256_hex(got.content) == sha256_hex(data)
+    _read_back(server, lines[0]["result"]["url"], data)
 
 
 def test_what_a_page_reads_of_refusals_and_conditional_requests(
