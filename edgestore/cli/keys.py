@@ -18,7 +18,9 @@ if TYPE_CHECKING:  # SQLAlchemy loads when a command opens the database, not at 
     from edgestore.metadata import keys as key_rows
     from edgestore.metadata.db import Database
 
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys.", no_args_is_help=True, rich_markup_mode="markdown"
+)
 app.add_typer(keys_app, name="keys")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

@@ -19,6 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown joins a docstring's wrapped lines into one paragraph; typer's "rich" mode
+    # printed each line break, so help text broke mid-sentence on any terminal width.
+    rich_markup_mode="markdown",
 )
 
 # The one error → exit-code table of the CLI (HTTP statuses live in api/errors.py).
