@@ -56,7 +56,7 @@ class Metrics:
         )
         # Every documented label value has a series from the start: one that appears only at
         # its first increment reads as "no data", and increase() misses that increment.
-        for result in ("new", "dedup"):
+        for result in ("new", "dedup", "healed"):
             self.chunks.labels(result)
         for path in ("direct", "queued"):
             self.upload_bodies.labels(path)
@@ -64,7 +64,9 @@ class Metrics:
     def observe_chunk(self, chunk: StoredChunk) -> None:
         """Called for every chunk an upload ingests (from worker threads: counters are safe)."""
         self.chunk_seconds.observe(chunk.seconds)
-        if chunk.is_new:
+        if chunk.healed:  # its shards written again: neither a new chunk nor a saving
+            self.chunks.labels("healed").inc()
+        elif chunk.is_new:
             self.chunks.labels("new").inc()
             self.compression_saved.inc(max(chunk.raw_size - chunk.compressed_size, 0))
         else:

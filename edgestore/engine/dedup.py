@@ -37,6 +37,8 @@ class StoredChunk:
     is_new: bool
     compressed_size: int = 0  # after zstd, before redundancy (0 for a dedup hit)
     seconds: float = 0.0  # time to hash, look up and (if new) store
+    # A damaged chunk (queued for repair) stored again from these bytes: written, not a hit.
+    healed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +261,7 @@ class ChunkWriter:
                     rec.chunk_id,
                 )
                 written = sum(r.size for r in refs) or rec.stored_size
-                stored = StoredChunk(rec.chunk_id, rec.raw_size, written, False)
+                stored = StoredChunk(rec.chunk_id, rec.raw_size, written, False, healed=True)
             else:
                 written = sum(r.size for r in refs) or rec.stored_size
                 stored = StoredChunk(

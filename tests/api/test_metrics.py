@@ -12,6 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgestore.api.metrics import Metrics
+from edgestore.engine.dedup import StoredChunk
+from edgestore.types import ChunkId
 from tests.helpers import (
     TUS,
     KiB,
@@ -213,7 +216,7 @@ def test_a_small_body_that_came_with_its_head_counts_as_queued(server: ServerPro
 def test_labelled_counters_show_every_documented_label_from_the_start(
     text_server: ServerProcess,
 ) -> None:
-    """docs/operations.md lists edgestore_chunks_total{result="new"|"dedup"} and
+    """docs/operations.md lists edgestore_chunks_total{result="new"|"dedup"|"healed"} and
     edgestore_upload_bodies_total{path="direct"|"queued"}: a label value had no series until
     its first increment, so a fresh node's dashboards said "no data" and Prometheus's
     increase() missed that first increment (a series appearing at 1 has not increased)."""
@@ -222,6 +225,7 @@ def test_labelled_counters_show_every_documented_label_from_the_start(
     for name, label in (
         ("edgestore_chunks_total", 'result="new"'),
         ("edgestore_chunks_total", 'result="dedup"'),
+        ("edgestore_chunks_total", 'result="healed"'),
         ("edgestore_upload_bodies_total", 'path="direct"'),
         ("edgestore_upload_bodies_total", 'path="queued"'),
     ):
@@ -324,3 +328,15 @@ def test_access_lines_carry_the_body_bytes_in_and_out(server: ServerProcess) -> 
     ):
         doc = _access_line(server, rid)
         assert (doc["bytes_in"], doc["bytes_out"]) == (bytes_in, bytes_out), (rid, doc)
+
+
+def test_a_chunk_stored_again_to_heal_it_is_not_a_dedup_hit() -> None:
+    """An upload bringing a damaged chunk's bytes stores it again (engine/dedup.py): shards
+    were written, so counting it as a dedup hit (and its bytes as saved) was wrong."""
+    metrics = Metrics()
+    metrics.observe_chunk(StoredChunk(ChunkId("ab" * 32), 4 * MiB, 6 * MiB, False, healed=True))
+    metrics.observe_chunk(StoredChunk(ChunkId("cd" * 32), 4 * MiB, 0, False))
+    values = dict(line.rsplit(" ", 1) for line in metrics.render().decode().splitlines())
+    assert float(values['edgestore_chunks_total{result="healed"}']) == 1
+    assert float(values['edgestore_chunks_total{result="dedup"}']) == 1
+    assert float(values["edgestore_dedup_saved_bytes_total"]) == 4 * MiB

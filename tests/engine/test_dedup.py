@@ -149,15 +149,16 @@ def test_uploading_a_damaged_chunk_again_makes_it_whole(engine: Engine, lost: st
         with pytest.raises(ChunkUnreadable):
             read_all(engine, v1)
     assert _queued(engine) == [cid]
-    seen: list[tuple[str, bool, int]] = []
+    seen: list[tuple[str, bool, int, bool]] = []
     engine.put(
         blocks_of(data, MiB),
         key="again",
-        on_chunk=lambda c: seen.append((c.chunk_id, c.is_new, c.stored_size)),
+        on_chunk=lambda c: seen.append((c.chunk_id, c.is_new, c.stored_size, c.healed)),
     )
     restored = [s for s in seen if s[0] == cid]
-    assert restored and not restored[0][1] and restored[0][2] > 0
-    assert all(stored == 0 for c, _new, stored in seen if c != cid)  # plain dedup hits
+    assert restored and not restored[0][1] and restored[0][2] > 0 and restored[0][3]
+    # The others are plain dedup hits (and not healed: /metrics counted a healed chunk as one).
+    assert all(stored == 0 and not healed for c, _new, stored, healed in seen if c != cid)
     assert _queued(engine) == []
     fresh = shard_paths(engine, cid)
     assert len(fresh) == len(paths) and all(p.exists() for p in fresh)
