@@ -1,4 +1,5 @@
-"""Serving an object version over HTTP: Range, ETag, conditional requests, streaming.
+"""Serving an object version over HTTP: Range (one part or multipart/byteranges), ETag,
+conditional requests, streaming; the one path of every download route.
 
 Bytes come from the engine chunk by chunk (each verified against its SHA-256, the next ones
 decoding ahead in parallel), pulled off the event loop one chunk at a time: memory stays at a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from urllib.parse import quote
 
@@ -17,14 +19,14 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from edgestore.api import conditional
+from edgestore.api import conditional, ranges
 from edgestore.api.http import http_date
+from edgestore.api.ranges import ByteRange
 from edgestore.api.slots import Release
 from edgestore.api.state import Services
-from edgestore.errors import InvalidRange, PreconditionFailed, ServerBusy
+from edgestore.errors import PreconditionFailed, ServerBusy
 from edgestore.metadata.objects import VersionInfo
 
-_RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
 # Never in a saved file's name: control characters (CR/LF would also inject headers) and
 # path separators, '/' and Windows' '\' (a download manager must not write elsewhere).
 _UNSAFE_IN_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -39,6 +41,9 @@ _PRINTABLE = re.compile(r"[\x21-\x7e][\x20-\x7e]*")
 # How long a download waits for a free slot before it is answered 503 (Retry-After: 1): a
 # burst (a client's parallel ranges) is absorbed; a node full of slow readers says so soon.
 SLOT_WAIT_SECONDS = 1.0
+# A segment of a body: the bytes that go before it (a part's delimiter and headers), then
+# the object's bytes [start, end).
+Segment = tuple[bytes, int, int]
 
 
 def etag_of(info: VersionInfo) -> str:
@@ -56,59 +61,22 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-# Any position with more digits is past every object's end; Python's int() refuses more than
-# 4300 digits, and a client's Range header must never make that a 500.
-_MAX_DIGITS = 19
-_BEYOND_ANY_SIZE = 10**_MAX_DIGITS
-
-
-def _position(digits: str) -> int:
-    digits = digits.lstrip("0") or "0"
-    return int(digits) if len(digits) <= _MAX_DIGITS else _BEYOND_ANY_SIZE
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """A single `bytes=` range as [start, end), None to serve everything, InvalidRange → 416.
-
-    The unit is case-insensitive (RFC 9110 14.1); the list's empty elements and the
-    whitespace around elements are ignored (5.6.1.2)."""
-    if header is None:
-        return None
-    unit, equals, ranges = header.partition("=")
-    if not equals or unit.strip().lower() != "bytes":
-        return None  # another unit: ignored, as RFC 9110 permits
-    specs = [spec.strip() for spec in ranges.split(",") if spec.strip()]
-    if len(specs) != 1:
-        return None  # several ranges: serving the whole object is allowed (RFC 9110 14.2)
-    m = _RANGE_SPEC.fullmatch(specs[0])
-    if m is None or (not m.group(1) and not m.group(2)):
-        return None  # not a byte range we understand: ignore it, as RFC 9110 permits
-    first, last = m.group(1), m.group(2)
-    if first:
-        start = _position(first)
-        end = min(_position(last) + 1, size) if last else size
-        if last and _position(last) < start:
-            return None
-    else:
-        suffix = _position(last)
-        if suffix == 0:
-            raise InvalidRange("a zero-length suffix range cannot be satisfied", size=size)
-        if size == 0:
-            return None  # satisfiable (RFC 9110 14.1.1), but no 206 can describe it: a 200
-        start, end = max(size - suffix, 0), size
-    if start >= size:
-        raise InvalidRange(f"range starts at {start}, the object has {size} bytes", size=size)
-    return start, end
+def _validators(info: VersionInfo) -> dict[str, str]:
+    """All a 304 sends (RFC 9110 15.4.5): no representation metadata beyond what guides a
+    cache's update, so neither Content-* nor this server's own fields."""
+    return {
+        "ETag": etag_of(info),
+        "Last-Modified": http_date(info.created_at),
+        "Cache-Control": "private, no-cache",
+    }
 
 
 def _headers(info: VersionInfo) -> dict[str, str]:
     h = {
-        "ETag": etag_of(info),
-        "Last-Modified": http_date(info.created_at),
+        **_validators(info),
         "Accept-Ranges": "bytes",
         "X-Edgestore-Object-Id": info.object_id,
         "X-Edgestore-Version": str(info.version),
-        "Cache-Control": "private, no-cache",
         # Stored bytes are the uploader's: a browser must neither guess a type the uploader
         # did not declare nor run what it opens (an uploaded text/html page or SVG would run
         # scripts on this server's origin).
@@ -228,13 +196,66 @@ async def _if_range_holds(services: Services, info: VersionInfo, if_range: str, 
     return not before or int(before[0].created_at) != modified
 
 
-async def object_response(
-    request: Request, services: Services, info: VersionInfo, *, head: bool = False
-) -> Response:
-    headers = _headers(info)
+async def _segments(
+    services: Services, info: VersionInfo, segments: list[Segment], trailer: bytes
+) -> AsyncGenerator[bytes, None]:
+    """The body: each segment read through the engine in turn (one at a time, so memory stays
+    at a few chunks however many parts), its first piece read before anything of it is sent."""
+    for lead, start, end in segments:
+        pieces = _pull(services.engine.objects.read(info, start, end))
+        try:
+            first = await anext(pieces, None)
+            if lead:
+                yield lead
+            if first is not None:
+                yield first
+            async for piece in pieces:
+                yield piece
+        finally:
+            await pieces.aclose()
+    if trailer:
+        yield trailer
+
+
+def _media_type(info: VersionInfo) -> str:
     media_type = info.content_type or "application/octet-stream"
     if not _PRINTABLE.fullmatch(media_type):  # stored from client input: never a broken header
         media_type = "application/octet-stream"
+    return media_type
+
+
+def _body_plan(
+    headers: dict[str, str], info: VersionInfo, parts: list[ByteRange] | None
+) -> tuple[int, list[Segment], bytes]:
+    """Status, segments and trailer for the parts to send (None: the whole object); sets
+    the Content-* headers, Content-Length computed before a byte is read."""
+    media_type = _media_type(info)
+    status, segments, trailer = 200, [(b"", 0, info.size)], b""
+    if parts is not None and len(parts) == 1:
+        (start, end), status = parts[0], 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+        segments = [(b"", start, end)]
+    elif parts is not None:
+        status, boundary = 206, secrets.token_hex(16)  # unguessable: not in the uploaded bytes
+        segments = [
+            (ranges.part_head(boundary, media_type, part, info.size, first=i == 0), *part)
+            for i, part in enumerate(parts)
+        ]
+        trailer = ranges.closing(boundary)
+        media_type = ranges.multipart_type(boundary)
+    length = sum(len(lead) + end - start for lead, start, end in segments) + len(trailer)
+    headers["Content-Length"] = str(length)
+    # Set directly: media_type= would append "; charset=utf-8" to text/* types.
+    headers["Content-Type"] = media_type
+    return status, segments, trailer
+
+
+async def object_response(
+    request: Request, services: Services, info: VersionInfo, *, head: bool = False
+) -> Response:
+    """The one answer to a download, whichever route found the version (/objects, /ids, a
+    finished upload's /files URL): conditionals, then Range (one part, several, or none)."""
+    headers = _headers(info)
     etag = headers["ETag"]
     modified = int(info.created_at)  # Last-Modified's whole seconds
     outcome = conditional.evaluate(request, etag, modified)
@@ -244,8 +265,10 @@ async def object_response(
             f"{headers['Last-Modified']}) fails the request's If-Match or If-Unmodified-Since"
         )
     if outcome == 304:
-        return Response(status_code=304, headers=headers)
-    range_header = request.headers.get("range")
+        return Response(status_code=304, headers=_validators(info))
+    # Range handling is defined for GET only: a HEAD ignores it (RFC 9110 14.2), answering
+    # as a GET without it would.
+    range_header = None if head else request.headers.get("range")
     if_range = request.headers.get("if-range")
     if (
         range_header is not None
@@ -255,24 +278,18 @@ async def object_response(
         # The client's copy is stale: its Range is ignored, even one past this version's end
         # (RFC 9110 13.2.2), and the whole (current) object is sent.
         range_header = None
-    byte_range = parse_range(range_header, info.size)
-    status = 200
-    start, end = 0, info.size
-    if byte_range is not None:
-        start, end = byte_range
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
-    headers["Content-Length"] = str(end - start)
-    # Set directly: media_type= would append "; charset=utf-8" to text/* types.
-    headers["Content-Type"] = media_type
-    if head or start == end:
+    status, segments, trailer = _body_plan(
+        headers, info, ranges.parse_ranges(range_header, info.size)
+    )
+    if head or headers["Content-Length"] == "0":
         return Response(status_code=status, headers=headers)
     release = await _download_slot(services)
     try:
-        body = _pull(services.engine.objects.read(info, start, end))
+        body = _segments(services, info, segments, trailer)
         # The first piece is read before the status goes out: an object whose first chunk
         # cannot be rebuilt (every one-chunk object) is an error response the client can
-        # read, not a 200 whose body breaks off. A later chunk can only end the connection.
+        # read, not a 206 or 200 whose body breaks off. A later chunk can only end the
+        # connection.
         first = await anext(body)
     except StopAsyncIteration:
         release()

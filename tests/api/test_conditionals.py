@@ -48,14 +48,16 @@ def test_the_range_unit_is_case_insensitive_and_empty_list_elements_are_ignored(
     http, spec: str
 ) -> None:
     """RFC 9110 14.1: range unit names are case-insensitive; 5.6.1.2: a list's empty
-    elements and the whitespace around its elements are ignored. One range remains: a 206."""
+    elements and the whitespace around its elements are ignored. One range remains: a 206
+    (HEAD ignores Range: 14.2)."""
     path, data, _etag, _lm = _object(http, seed=401)
-    for r in _both(http, path, {"Range": spec}):
-        assert r.status_code == 206, (spec, r.request.method, r.status_code)
-        assert r.headers["Content-Range"] == "bytes 0-1/1000"
-        assert r.headers["Content-Length"] == "2"
-        if r.request.method == "GET":
-            assert r.content == data[:2]
+    r = http.get(path, headers={"Range": spec})
+    assert r.status_code == 206, (spec, r.status_code)
+    assert r.headers["Content-Range"] == "bytes 0-1/1000"
+    assert r.headers["Content-Length"] == "2"
+    assert r.content == data[:2]
+    h = http.head(path, headers={"Range": spec})
+    assert h.status_code == 200 and h.headers["Content-Length"] == "1000"
 
 
 # --- If-Match and If-Unmodified-Since: 412 -----------------------------------------------------
@@ -130,10 +132,9 @@ def test_if_range_with_the_last_modified_date_serves_the_range(http) -> None:
     """13.1.5: a date that is exactly the Last-Modified of a version no other shares (to the
     second) validates the client's partial copy; any other date, or a weak tag, does not."""
     path, data, etag, lm = _object(http, seed=406)
-    for r in _both(http, path, {"Range": "bytes=10-19", "If-Range": lm}):
-        assert r.status_code == 206, (r.request.method, r.status_code)
-        assert r.headers["Content-Range"] == "bytes 10-19/1000"
-    assert http.get(path, headers={"Range": "bytes=10-19", "If-Range": lm}).content == data[10:20]
+    r = http.get(path, headers={"Range": "bytes=10-19", "If-Range": lm})
+    assert r.status_code == 206 and r.headers["Content-Range"] == "bytes 10-19/1000"
+    assert r.content == data[10:20]
     for value in (_shifted(lm, -1), _shifted(lm, 1), f"W/{etag}", "garbage"):
         r = http.get(path, headers={"Range": "bytes=10-19", "If-Range": value})
         assert r.status_code == 200 and r.content == data, value
@@ -164,3 +165,46 @@ def test_if_range_with_a_date_two_versions_share_is_not_trusted(server, http) ->
     lm = http.head(path).headers["Last-Modified"]
     r = http.get(path, headers={"Range": "bytes=10-19", "If-Range": lm})
     assert r.status_code == 200 and r.content == data
+
+
+# --- what a 304 carries -------------------------------------------------------------------------
+
+# RFC 9110 15.4.5: the fields a 200 would have had among Cache-Control, Content-Location, Date,
+# ETag, Expires and Vary (Last-Modified allowed); no other representation metadata.
+_NOT_IN_304 = (
+    "content-type",
+    "content-length",
+    "content-range",
+    "content-disposition",
+    "accept-ranges",
+    "x-edgestore-sha256",
+    "x-edgestore-object-id",
+    "x-edgestore-version",
+)
+
+
+def test_a_304_sends_validators_and_cache_control_only_on_every_route(http) -> None:
+    """Objects by key, by id, and a finished upload's URL answer If-None-Match alike."""
+    bucket = f"b{uuid.uuid4().hex[:12]}"
+    data = random_bytes(1000, seed=409)
+    meta = {"bucket": bucket, "key": "c", "filetype": "text/plain", "filename": "c.txt"}
+    upload = tus_upload(http, data, metadata=meta)
+    whole = http.get(f"/objects/{bucket}/c")
+    etag, oid = whole.headers["ETag"], whole.headers["X-Edgestore-Object-Id"]
+    assert whole.headers["Content-Disposition"] and whole.headers["Content-Type"] == "text/plain"
+    for url in (f"/objects/{bucket}/c", f"/ids/{oid}", upload):
+        # HEAD on an upload URL is tus's offset query, not a download.
+        for method in ("GET",) if url == upload else ("GET", "HEAD"):
+            for cond in (
+                {"If-None-Match": etag},
+                {"If-Modified-Since": whole.headers["Last-Modified"]},
+            ):
+                r = http.request(method, url, headers={**cond, "Range": "bytes=0-9,20-29"})
+                assert r.status_code == 304, (url, method, cond, r.status_code)
+                assert r.content == b""
+                assert r.headers["ETag"] == etag
+                assert r.headers["Last-Modified"] == whole.headers["Last-Modified"]
+                assert r.headers["Cache-Control"] == whole.headers["Cache-Control"]
+                assert "date" in r.headers
+                sent = [name for name in _NOT_IN_304 if name in r.headers]
+                assert not sent, (url, method, sent)

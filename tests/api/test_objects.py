@@ -224,8 +224,9 @@ def test_range_206(http, big, spec: str, start: int, length: int) -> None:
     assert r.content == data[start : start + length]
     assert r.headers["Content-Range"] == f"bytes {start}-{start + length - 1}/{SIZE}"
     assert r.headers["Content-Length"] == str(length)
-    h = http.head(f"/objects/{bucket}/{key}", headers={"Range": spec})
-    assert h.status_code == 206 and h.headers["Content-Range"] == r.headers["Content-Range"]
+    h = http.head(f"/objects/{bucket}/{key}", headers={"Range": spec})  # ignored (14.2)
+    assert h.status_code == 200 and h.headers["Content-Length"] == str(SIZE)
+    assert "Content-Range" not in h.headers
 
 
 @pytest.mark.parametrize("spec", [f"bytes={SIZE}-", "bytes=99999999-100000000", "bytes=-0"])
@@ -236,7 +237,7 @@ def test_unsatisfiable_range_is_416(http, big, spec: str) -> None:
     assert r.headers["Content-Range"] == f"bytes */{SIZE}"
 
 
-@pytest.mark.parametrize("spec", ["bytes=5-1", "items=0-5", "bytes=a-b", "bytes=0-1,5-9"])
+@pytest.mark.parametrize("spec", ["bytes=5-1", "items=0-5", "bytes=a-b", "bytes=0-1,9-5"])
 def test_ranges_not_understood_serve_everything(http, spec: str) -> None:
     bucket = _bucket()
     data = random_bytes(1000, seed=230)
