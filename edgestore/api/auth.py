@@ -32,6 +32,7 @@ from edgestore.api.tus.concatenation import Concat, parse_concat
 from edgestore.api.tus.creation import object_key
 from edgestore.api.tus.headers import UploadMetadata, encode_metadata, parse_metadata, parse_size
 from edgestore.api.tus.ietf import INTEROP_HEADER
+from edgestore.api.tus.structured import field_value, non_negative_integer_item
 from edgestore.config import Settings
 from edgestore.engine.concat import known_total
 from edgestore.engine.keys import DEFAULT_BUCKET
@@ -232,7 +233,7 @@ class AccessControl:
             )
         headers = Headers(scope=scope)
         concat = _concat(headers)
-        length = parse_size("Upload-Length", headers.get("upload-length"))
+        length = _declared_length(headers)
         if concat is not None and not concat.partial:  # a final upload: check the partials
             length = await self._partials_length(scope, headers)
         if grant.max_size is not None:
@@ -399,6 +400,14 @@ def _concat(headers: Headers) -> Concat | None:
     if INTEROP_HEADER in headers:
         return None
     return parse_concat(headers.get("upload-concat"))
+
+
+def _declared_length(headers: Headers) -> int | None:
+    """Upload-Length as the creation route will read it: a draft request's is a Structured
+    Field (parameters allowed; malformed means absent), a tus one's a plain number."""
+    if INTEROP_HEADER in headers:
+        return non_negative_integer_item(field_value(headers, "upload-length"))
+    return parse_size("Upload-Length", headers.get("upload-length"))
 
 
 def _replace_metadata(scope: Scope, raw: dict[str, str | None]) -> Scope:

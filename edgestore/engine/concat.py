@@ -53,8 +53,11 @@ def concatenate(
     content_type: str | None,
     filename: str | None,
     user_metadata: dict[str, Any] | None,
+    partial_urls: list[str] | None = None,
 ) -> UploadRecord:
     """A final upload made of partial uploads, in order: no byte is copied.
+
+    `partial_urls`: how the client named the partials, kept to be echoed (tus).
 
     The new version's manifest is the partials' manifests end to end; the partials keep
     their own references until they expire, so a retried final is still possible. If some
@@ -119,6 +122,7 @@ def concatenate(
             filename=filename,
             user_metadata=user_metadata,
             concat_of=list(partial_ids),
+            concat_urls=partial_urls,
             concat_key=request,
         )
         if finished and not finish_final(core, conn, upload_rows.get(conn, uid)):

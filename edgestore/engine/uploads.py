@@ -206,6 +206,7 @@ class Uploads:
         content_type: str | None = None,
         filename: str | None = None,
         user_metadata: dict[str, Any] | None = None,
+        partial_urls: list[str] | None = None,
     ) -> UploadRecord:
         """A final upload made of partial uploads, in order, no byte copied (engine/concat.py)."""
         return concat.concatenate(
@@ -216,6 +217,7 @@ class Uploads:
             content_type=content_type,
             filename=filename,
             user_metadata=user_metadata,
+            partial_urls=partial_urls,
         )
 
     def terminate(self, upload_id: str) -> None:

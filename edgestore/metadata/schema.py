@@ -153,6 +153,9 @@ uploads = sa.Table(
     sa.Column("user_metadata", sa.JSON, nullable=False),
     sa.Column("is_partial", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("concat_of", sa.JSON, nullable=True),
+    # A final's partials as its client named them (URLs, absolute or relative): tus echoes
+    # them as received. Null for finals made before migration 0010.
+    sa.Column("concat_urls", sa.JSON, nullable=True),
     # A final upload's request, hashed (metadata/concat.py): a retried POST finds it.
     sa.Column("concat_key", sa.String(64), nullable=True),
     # A native session's creation, by the client's Idempotency-Key scoped to its caller, and

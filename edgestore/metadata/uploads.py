@@ -70,6 +70,7 @@ class UploadRecord:
     lock_owner: str | None = None
     lock_expires: float | None = None
     tail: TailRef | None = None
+    concat_urls: list[str] | None = None  # a final's partials as its client named them
 
     @property
     def offset(self) -> int:
@@ -131,6 +132,7 @@ def _record(row: sa.Row) -> UploadRecord:
         )
         if row.tail_key
         else None,
+        concat_urls=list(row.concat_urls) if row.concat_urls is not None else None,
     )
 
 
@@ -148,6 +150,7 @@ def create(
     user_metadata: dict[str, Any] | None = None,
     is_partial: bool = False,
     concat_of: list[str] | None = None,
+    concat_urls: list[str] | None = None,
     concat_key: str | None = None,
     expected_sha256: str | None = None,
     committed_offset: int = 0,
@@ -173,6 +176,7 @@ def create(
             user_metadata=user_metadata or {},
             is_partial=is_partial,
             concat_of=concat_of,
+            concat_urls=concat_urls,
             concat_key=concat_key,
             idempotency_key=idempotency.scoped if idempotency else None,
             idempotency_request=idempotency.request if idempotency else None,

@@ -163,6 +163,22 @@ def test_scopes(auth_server: ServerProcess) -> None:
         assert c.delete(f"/objects/default/{key}").status_code == 204
 
 
+def test_a_limited_keys_filled_in_bucket_keeps_utf8_metadata_keys(auth_server) -> None:
+    """The bucket a limited key fills in is written back into Upload-Metadata: the client's
+    other keys, UTF-8 ones included, must go on byte for byte."""
+    tag = uuid.uuid4().hex[:8]
+    bucket = f"utf8-{tag}"
+    limited = create_key(auth_server, "--name", tag, "--scope", "upload", "--bucket", bucket)
+    meta = {"key": f"k-{tag}", "名前/x": "v", "voilà": None}
+    with client_with(auth_server, limited) as c:
+        headers = {**TUS, "Upload-Length": "1", "Upload-Metadata": tus_metadata(meta)}
+        r = c.post("/files/", headers={k.encode(): v.encode() for k, v in headers.items()})
+        assert r.status_code == 201, r.text
+        h = c.head(r.headers["Location"], headers=TUS)
+    field = next(v for k, v in h.headers.raw if k.lower() == b"upload-metadata")
+    assert field == tus_metadata({**meta, "bucket": bucket}).encode()
+
+
 def test_bucket_and_prefix_limited_key(auth_server: ServerProcess) -> None:
     tag = uuid.uuid4().hex[:8]
     bucket = f"tenant-{tag}"

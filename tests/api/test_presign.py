@@ -373,6 +373,18 @@ def test_an_ietf_draft_creation_cannot_escape_the_grant_with_upload_concat(
         assert admin.get(f"/objects/victim-{tag}/elsewhere").status_code == 404
 
 
+def test_a_size_limited_grant_reads_an_ietf_upload_length_as_the_draft_does(auth_server) -> None:
+    """A draft Upload-Length is an SF Item: `5;x` is 5, a malformed one is absent, not a 400."""
+    key = f"ietf-len/{uuid.uuid4().hex}"
+    url = grant_url(auth_server, "upload", "default", key, max_size=100)
+    draft = {"Upload-Draft-Interop-Version": "8", "Upload-Complete": "?1"}
+    with client_with(auth_server) as c:
+        r = c.post(url, content=b"12345", headers={**draft, "Upload-Length": "five"})
+        assert r.status_code == 403 and "send Upload-Length" in r.json()["message"], r.text
+        r = c.post(url, content=b"12345", headers={**draft, "Upload-Length": "5;x"})
+        assert r.status_code == 201, r.text
+
+
 def test_a_final_upload_cannot_outgrow_the_signed_size_through_a_deferred_partial(
     auth_server: ServerProcess,
 ) -> None:

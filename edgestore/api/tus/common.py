@@ -56,8 +56,10 @@ def describe(request: Request, services: Services, rec: UploadRecord) -> dict[st
     if rec.is_partial:
         h["Upload-Concat"] = "partial"
     elif rec.concat_of:
-        urls = " ".join(upload_url(request, services, pid) for pid in rec.concat_of)
-        h["Upload-Concat"] = f"final;{urls}"
+        # tus: "its value as received in the upload creation request" (relative URLs stay
+        # relative); finals made before the URLs were kept are named by absolute URLs.
+        urls = rec.concat_urls or [upload_url(request, services, p) for p in rec.concat_of]
+        h["Upload-Concat"] = f"final;{' '.join(urls)}"
     if rec.state == upload_rows.OPEN and rec.expires_at is not None:
         h["Upload-Expires"] = http_date(rec.expires_at)
     h["Cache-Control"] = "no-store"

@@ -16,6 +16,7 @@ from edgestore.errors import InvalidInput
 class Concat:
     partial: bool
     parts: list[str]  # upload ids of a final upload's partials, in order
+    urls: list[str]  # those partials as the client named them (echoed as received)
 
 
 def parse_concat(header: str | None) -> Concat | None:
@@ -23,10 +24,10 @@ def parse_concat(header: str | None) -> Concat | None:
         return None
     value = header.strip()
     if value == "partial":
-        return Concat(True, [])
+        return Concat(True, [], [])
     if value.startswith("final;"):
         urls = value[len("final;") :].split()
         if not urls:
             raise InvalidInput("Upload-Concat final names no partial uploads")
-        return Concat(False, [upload_id_from_url(u) for u in urls])
+        return Concat(False, [upload_id_from_url(u) for u in urls], urls)
     raise InvalidInput(f"Upload-Concat must be 'partial' or 'final;<urls>', got {value!r}")

@@ -77,6 +77,7 @@ async def create(request: Request) -> Response:
             content_type=meta.content_type,
             filename=meta.filename,
             user_metadata=meta.user,
+            partial_urls=concat.urls,
         )
         return _created(request, svc, rec)
 

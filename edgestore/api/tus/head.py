@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from edgestore.api.state import services
 from edgestore.api.tus import ietf
 from edgestore.api.tus.common import TUS_KINDS, describe
+from edgestore.metadata import uploads as upload_rows
 
 router = APIRouter()
 
@@ -27,4 +28,12 @@ async def head(upload_id: str, request: Request) -> Response:
         # concatenation: a waiting final's Upload-Length is due as soon as it can be computed
         length = await asyncio.to_thread(svc.engine.uploads.final_length, rec)
         rec = dataclasses.replace(rec, length=length)
-    return Response(status_code=200, headers=describe(request, svc, rec))
+    headers = describe(request, svc, rec)
+    if rec.state == upload_rows.COMPLETE and rec.length is not None:
+        headers["Content-Length"] = str(rec.length)  # what GET sends: the object (as tusd)
+    response = Response(status_code=200, headers=headers)
+    if rec.state != upload_rows.COMPLETE:
+        # RFC 9110 8.6: a HEAD's Content-Length must be its GET's, here an error document's;
+        # none rather than the 0 an empty response would get.
+        del response.headers["content-length"]
+    return response

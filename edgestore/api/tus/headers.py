@@ -32,7 +32,10 @@ OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 MAX_METADATA_BYTES = 8 * 1024
 MAX_METADATA_PAIRS = 64
 _DIGITS = re.compile(r"[0-9]{1,19}")
-_META_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A key can be echoed in a header field value unless it holds a control character; tabs are
+# refused with them (spaces are the pair separator, and HTTP drops a tab at either end).
+_UNSAFE_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_BLANK = " \t"  # HTTP's whitespace; str.strip() would also eat 0x85 and 0xA0 of UTF-8 keys
 
 
 def base_headers() -> dict[str, str]:
@@ -91,8 +94,13 @@ class UploadMetadata:
 
 
 def parse_metadata(header: str | None) -> UploadMetadata:
-    """Parse `key base64value,key2,...`; malformed, duplicate or oversized → 400."""
-    if header is None or not header.strip():
+    """Parse `key base64value,key2,...`; malformed, duplicate or oversized → 400.
+
+    `header` is the field as the server reads it (each byte one latin-1 character). A key is
+    anything tus 1.0 allows (no space, no comma, not empty) that can be echoed in a header:
+    `/`, `:` and UTF-8 included (tus: ASCII is a SHOULD; tusd keeps any key).
+    """
+    if header is None or not header.strip(_BLANK):
         return UploadMetadata()
     if len(header) > MAX_METADATA_BYTES:
         raise InvalidInput(
@@ -105,12 +113,10 @@ def parse_metadata(header: str | None) -> UploadMetadata:
             f"Upload-Metadata has {len(pairs)} pairs; the limit is {MAX_METADATA_PAIRS}"
         )
     for pair in pairs:
-        parts = pair.strip().split(" ")
+        parts = pair.strip(_BLANK).split(" ")
         if len(parts) > 2 or not parts[0]:
-            raise InvalidInput(f"Upload-Metadata pair {pair.strip()!r} is malformed")
-        key = parts[0]
-        if not _META_KEY.fullmatch(key):
-            raise InvalidInput(f"Upload-Metadata key {key!r} has invalid characters")
+            raise InvalidInput(f"Upload-Metadata pair {pair.strip(_BLANK)!r} is malformed")
+        key = _metadata_key(parts[0])
         if key in out:
             raise InvalidInput(f"Upload-Metadata key {key!r} appears twice")
         if len(parts) == 1 or parts[1] == "":
@@ -128,10 +134,25 @@ def parse_metadata(header: str | None) -> UploadMetadata:
     return UploadMetadata(out)
 
 
+def _metadata_key(field_text: str) -> str:
+    """A key as its client wrote it: its bytes, read as UTF-8 (400 if they are not)."""
+    if _UNSAFE_KEY_CHARS.search(field_text):
+        raise InvalidInput(
+            f"Upload-Metadata key {field_text!r} contains a tab or a control character"
+        )
+    try:
+        return field_text.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # a character beyond latin-1 too: not text read from the wire
+        raise InvalidInput(f"Upload-Metadata key {field_text!r} is not UTF-8") from None
+
+
 def encode_metadata(values: dict[str, str | None]) -> str:
+    """The Upload-Metadata field for `values`, as parse_metadata reads it: a key's UTF-8
+    bytes, each as one latin-1 character, so that the field goes out as it came in."""
     parts = []
     for k, v in values.items():
-        parts.append(k if v is None else f"{k} {base64.b64encode(v.encode()).decode()}")
+        key = k.encode("utf-8").decode("latin-1")
+        parts.append(key if v is None else f"{key} {base64.b64encode(v.encode()).decode()}")
     return ",".join(parts)
 
 

@@ -30,6 +30,7 @@ from edgestore.api import protocol
 from edgestore.api.state import Services, services
 from edgestore.api.tus.common import TUS_KINDS, append_body, upload_url
 from edgestore.api.tus.headers import OFFSET_CONTENT_TYPE, parse_metadata, parse_size
+from edgestore.api.tus.structured import boolean_item, field_value, non_negative_integer_item
 from edgestore.errors import (
     EdgestoreError,
     InvalidInput,
@@ -90,7 +91,7 @@ async def create(request: Request) -> Response:
     svc = services(request)
     h = request.headers
     complete = _upload_complete(request)
-    length = parse_size("Upload-Length", h.get("upload-length"))
+    length = _integer_field(request, "Upload-Length")
     body_length = parse_size("Content-Length", h.get("content-length"))
     if complete and body_length is not None:
         if length is not None and length != body_length:
@@ -185,9 +186,13 @@ async def _append(upload_id: str, request: Request) -> Response:
         raise UnsupportedMediaType(
             f"an upload append needs Content-Type: {PARTIAL_UPLOAD}, got {media_type or 'none'!r}"
         )
-    offset = parse_size("Upload-Offset", h.get("upload-offset"), required=True)
-    assert offset is not None
-    length = parse_size("Upload-Length", h.get("upload-length"))
+    offset = _integer_field(request, "Upload-Offset")
+    if offset is None:
+        raise InvalidInput(
+            "an upload append needs Upload-Offset, a non-negative Integer (RFC 9651); "
+            f"got {field_value(h, 'upload-offset')!r}"
+        )
+    length = _integer_field(request, "Upload-Length")
     body_length = parse_size("Content-Length", h.get("content-length"))
     complete = _upload_complete(request)
 
@@ -295,8 +300,9 @@ async def _offset_header(request: Request, upload_id: str) -> None:
 
 
 def _refuse_fields(request: Request, names: tuple[str, ...]) -> None:
-    """Draft -05 (interop 6): HEAD and DELETE requests carrying these fields are a 400."""
-    present = [name for name in names if name in request.headers]
+    """Draft -05 (interop 6): HEAD and DELETE requests carrying these fields are a 400 (a
+    malformed one counts as absent, as everywhere)."""
+    present = [name for name in names if _field(request, name) is not None]
     if present and _version(request) == "6":
         raise InvalidInput(f"a {request.method} request must not carry {', '.join(present)}")
 
@@ -317,8 +323,21 @@ def _version(request: Request) -> str:
 
 
 def _upload_complete(request: Request) -> bool:
-    """`Upload-Complete` is a structured-field Boolean; anything but ?1 counts as false."""
-    return request.headers.get("upload-complete", "").strip() == "?1"
+    """`Upload-Complete: ?1`; absent, ?0 or malformed (so ignored, as the draft says): False."""
+    return boolean_item(field_value(request.headers, "upload-complete")) is True
+
+
+def _integer_field(request: Request, name: str) -> int | None:
+    """`Upload-Offset` or `Upload-Length`; None when absent or malformed (ignored, as the
+    draft says: "Other values MUST cause the entire header field to be ignored")."""
+    return non_negative_integer_item(field_value(request.headers, name))
+
+
+def _field(request: Request, name: str) -> int | bool | None:
+    """A draft field's parsed value, None if absent or ignored."""
+    if name == "Upload-Complete":
+        return boolean_item(field_value(request.headers, name))
+    return _integer_field(request, name)
 
 
 def _has_body(request: Request) -> bool:

@@ -264,6 +264,21 @@ def test_head_of_a_final_echoes_the_upload_concat_it_was_created_with(http) -> N
     assert tus_head(http, r.headers["Location"]).headers["Upload-Concat"] == value
 
 
+def test_head_of_a_final_echoes_relative_partial_urls_as_received(http) -> None:
+    """The spec allows relative partial URLs ("MAY be absolute or relative") and wants them
+    back "as received", in the POST's answer and in every HEAD (tusd makes them absolute)."""
+    urls = [_partial(http, random_bytes(60, seed=148)), _partial(http, random_bytes(40, seed=149))]
+    paths = [re.sub(r"^https?://[^/]+", "", u) for u in urls]
+    value = f"final;{paths[0]} {urls[1]}"  # one relative, one absolute: each as it came
+    r = http.post("/files/", headers={**TUS, "Upload-Concat": value})
+    assert r.status_code == 201, r.text
+    assert r.headers["Upload-Concat"] == value
+    assert tus_head(http, r.headers["Location"]).headers["Upload-Concat"] == value
+    again = http.post("/files/", headers={**TUS, "Upload-Concat": value})  # a retried POST
+    assert again.headers["Location"] == r.headers["Location"]
+    assert again.headers["Upload-Concat"] == value
+
+
 def test_final_naming_a_non_partial_upload_is_400(http, probe) -> None:
     plain = tus_upload(http, random_bytes(100, seed=132))
     with store_unchanged(http, probe):

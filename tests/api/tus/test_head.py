@@ -47,6 +47,20 @@ def test_head_of_a_finished_upload(http) -> None:
     assert r.headers["Cache-Control"] == "no-store"
 
 
+def test_head_content_length_is_what_get_would_send_or_absent(http) -> None:
+    """RFC 9110 8.6: a HEAD's Content-Length, if sent, MUST be the length of the GET's
+    content. A finished upload's GET is the object (tusd: Content-Length = Upload-Length);
+    an unfinished one's is an error document, so no Content-Length at all (not a false 0)."""
+    data = random_bytes(5000, seed=13)
+    done = tus_upload(http, data)
+    assert http.head(done, headers=TUS).headers["Content-Length"] == "5000"
+    assert http.get(done).headers["Content-Length"] == "5000"
+    waiting = tus_create(http, 10)
+    assert "Content-Length" not in http.head(waiting, headers=TUS).headers
+    empty = tus_upload(http, b"")
+    assert http.head(empty, headers=TUS).headers["Content-Length"] == "0"
+
+
 def test_head_of_a_deferred_upload(http) -> None:
     url = tus_create(http, None)
     r = http.head(url, headers=TUS)
