@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from edgestore.chunking import chunk_stream
+from edgestore.metadata import totals
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.types import ChunkerParams
 from tests.helpers import SMALL_CHUNKS, StoreProbe
@@ -100,9 +101,11 @@ def pins_of(probe: StoreProbe, upload_id: str) -> set[str]:
 
 
 def assert_refcounts_consistent(probe: StoreProbe) -> None:
-    """Every chunk's refcount equals the manifest, part and pin rows that reference it."""
+    """Every chunk's refcount equals the manifest, part and pin rows that reference it (and
+    every bucket's totals the sum of its versions)."""
     with probe.engine.connect() as conn:
         assert reference_mismatches(conn) == []
+        assert totals.mismatches(conn) == {}
 
 
 def versions_of(probe: StoreProbe, key: str) -> int:

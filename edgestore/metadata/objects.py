@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import totals
 from edgestore.metadata.db import Database, now
 from edgestore.metadata.schema import manifests, object_versions, objects, upload_parts
 from edgestore.types import ChunkId, ObjectId, VersionId
@@ -138,7 +139,8 @@ def create_version(
 
     With `take_refs` the chunks' reference counts are raised here; without, the caller is
     handing over references it already holds (an upload's parts becoming a manifest).
-    Runs inside the caller's transaction. Numbers only grow: one that was deleted is never
+    Runs inside the caller's transaction, which also adds the version to its bucket's
+    totals (metadata/totals.py). Numbers only grow: one that was deleted is never
     given out again (`objects.last_version`), while the object exists; after its last version
     is deleted, the object goes, and a new one under the same key (a new object id) starts
     again from 1.
@@ -206,6 +208,7 @@ def create_version(
                 for i, ((cid, off, length), state) in enumerate(zip(entries, states, strict=True))
             ],
         )
+    totals.add(conn, bucket, size, 1)  # last: its row lock after the chunk and object rows
     return VersionId(vid)
 
 
@@ -223,7 +226,7 @@ def delete_version(conn: Connection, version_id: str) -> bool:
     # gone, instead of reading the manifest rows the first one is deleting and dropping their
     # references a second time.
     row = conn.execute(
-        sa.select(object_versions.c.object_id)
+        sa.select(object_versions.c.object_id, object_versions.c.size)
         .where(object_versions.c.version_id == version_id)
         .with_for_update()
     ).one_or_none()
@@ -241,9 +244,9 @@ def delete_version(conn: Connection, version_id: str) -> bool:
     # holds a key-share lock on the row until it commits, and is counted after; without
     # it, the delete below would wait for that commit and then cascade to the new version
     # (its manifest gone with it, its references never dropped).
-    conn.execute(
-        sa.select(objects.c.object_id).where(objects.c.object_id == row.object_id).with_for_update()
-    )
+    bucket = conn.execute(
+        sa.select(objects.c.bucket).where(objects.c.object_id == row.object_id).with_for_update()
+    ).scalar_one()
     left = conn.execute(
         sa.select(sa.func.count())
         .select_from(object_versions)
@@ -251,6 +254,7 @@ def delete_version(conn: Connection, version_id: str) -> bool:
     ).scalar_one()
     if left == 0:
         conn.execute(sa.delete(objects).where(objects.c.object_id == row.object_id))
+    totals.add(conn, bucket, -row.size, -1)  # last, as in create_version
     return True
 
 

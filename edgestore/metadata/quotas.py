@@ -1,12 +1,13 @@
 """Bucket quotas: the logical bytes a bucket holds, checked before an upload takes a byte.
 
 A bucket's usage is the size of every version of its objects (what clients see, before dedup
-and compression) plus the declared length of every open upload headed for it: an upload
-reserves its room when it is created, so parallel uploads cannot jointly overshoot by more
-than the ones racing through the same instant. An upload whose length is deferred counts the
-bytes it holds, and each append to it may take only the room left when it starts (`room`).
-Partial uploads (tus concatenation) count in the bucket they were created for, as long as
-they hold bytes, until a final upload takes them over (`_partials_held`).
+and compression; a running total, metadata/totals.py) plus the declared length of every open
+upload headed for it: an upload reserves its room when it is created, so parallel uploads
+cannot jointly overshoot by more than the ones racing through the same instant. An upload
+whose length is deferred counts the bytes it holds, and each append to it may take only the
+room left when it starts (`room`). Partial uploads (tus concatenation) count in the bucket
+they were created for, as long as they hold bytes, until a final upload takes them over
+(`_partials_held`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from sqlalchemy.engine import Connection
 
 from edgestore.config import Settings
 from edgestore.errors import QuotaExceeded
-from edgestore.metadata.schema import object_versions, objects, uploads
+from edgestore.metadata import totals
+from edgestore.metadata.schema import uploads
 
 DEFAULT_BUCKET = "default"  # as engine.keys.DEFAULT_BUCKET: uploads naming none land there
 # Namespace of the per-bucket advisory locks (PostgreSQL) that serialise quota checks.
@@ -48,11 +50,7 @@ def bucket_usage(conn: Connection, bucket: str, replacing: Collection[str] = ())
     """The bucket's logical bytes: versions, open uploads' reservations and partials' bytes.
 
     `replacing`: partial uploads whose bytes a final being checked takes over (not counted)."""
-    stored = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(object_versions.c.size), 0))
-        .select_from(object_versions.join(objects))
-        .where(objects.c.bucket == bucket)
-    ).scalar_one()
+    stored = totals.of_bucket(conn, bucket).bytes  # one row, not a sum over every version
     target = uploads.c.bucket == bucket
     if bucket == DEFAULT_BUCKET:
         target = sa.or_(target, uploads.c.bucket.is_(None))
@@ -63,7 +61,7 @@ def bucket_usage(conn: Connection, bucket: str, replacing: Collection[str] = ())
             target,
         )
     ).scalar_one()
-    return int(stored) + int(reserved) + _partials_held(conn, bucket, replacing)
+    return stored + int(reserved) + _partials_held(conn, bucket, replacing)
 
 
 def _partials_held(conn: Connection, bucket: str, replacing: Collection[str]) -> int:

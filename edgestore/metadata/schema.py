@@ -105,6 +105,17 @@ object_versions = sa.Table(
     sa.Index(None, "manifest_digest"),  # finding a known manifest's SHA-256 (native API)
 )
 
+# Per bucket, the size and number of its object versions, changed in the same transaction as
+# every version insert and delete (metadata/totals.py): a quota check reads one row instead of
+# summing every version of the bucket.
+bucket_totals = sa.Table(
+    "bucket_totals",
+    metadata,
+    sa.Column("bucket", sa.String(63), primary_key=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("versions", sa.BigInteger, nullable=False, server_default="0"),
+)
+
 manifests = sa.Table(
     "manifests",
     metadata,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgestore.metadata.schema import chunks, object_versions, objects, shards, uploads
+from edgestore.metadata import totals as bucket_totals
+from edgestore.metadata.schema import chunks, objects, shards, uploads
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +42,7 @@ class StoreUsage:
 
 def usage(conn: Connection) -> StoreUsage:
     n_objects = conn.execute(sa.select(sa.func.count()).select_from(objects)).scalar_one()
-    n_versions, logical = conn.execute(
-        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(object_versions.c.size), 0))
-    ).one()
+    stored = bucket_totals.of_store(conn)  # running totals: no scan of every version
     in_use = chunks.c.refcount > 0
     totals: dict[bool, tuple[int, int, int, int]] = {True: (0, 0, 0, 0), False: (0, 0, 0, 0)}
     rows = conn.execute(
@@ -75,8 +74,8 @@ def usage(conn: Connection) -> StoreUsage:
     n_gone, _, _, inline_gone = totals[False]
     return StoreUsage(
         objects=n_objects,
-        versions=n_versions,
-        logical_bytes=int(logical),
+        versions=stored.versions,
+        logical_bytes=stored.bytes,
         chunks=n_chunks,
         unique_bytes=unique,
         compressed_bytes=compressed,

@@ -14,6 +14,7 @@ from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
 from edgestore.metadata import objects as object_rows
+from edgestore.metadata import totals
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import objects as objects_table
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
@@ -39,6 +40,7 @@ def test_a_version_deleted_twice_at_once_drops_its_references_once(tmp_path, pg_
         assert all(type(e).__name__ == "ObjectNotFound" for e in errors), errors
         with engine.core.db.read() as conn:
             assert reference_mismatches(conn) == []
+            assert totals.mismatches(conn) == {}
         gc.collect(engine, grace=0)
         assert read_all(engine, keep) == shared
 
@@ -111,6 +113,7 @@ def test_an_upload_terminated_during_a_checkpoint_keeps_no_references(
             assert read_all(engine, version) == data
         with engine.core.db.read() as conn:
             assert reference_mismatches(conn) == []
+            assert totals.mismatches(conn) == {}
             rec = upload_rows.get(conn, up.upload_id)
             assert rec.state == upload_rows.TERMINATED
             assert upload_rows.parts(conn, up.upload_id) == []
@@ -156,6 +159,7 @@ def test_a_partial_terminated_while_its_final_completes_is_not_left_out(
             assert read_all(engine, version) == b"".join(pieces)
         with engine.core.db.read() as conn:
             assert reference_mismatches(conn) == []
+            assert totals.mismatches(conn) == {}
 
 
 def test_deleting_the_last_version_keeps_a_version_committed_meanwhile(tmp_path, pg_url) -> None:
@@ -190,6 +194,7 @@ def test_deleting_the_last_version_keeps_a_version_committed_meanwhile(tmp_path,
         assert read_all(engine, new) == data
         with db.read() as conn:
             assert reference_mismatches(conn) == []
+            assert totals.mismatches(conn) == {}
 
 
 def test_a_version_committed_while_the_objects_last_one_is_deleted_makes_it_anew(
@@ -220,3 +225,4 @@ def test_a_version_committed_while_the_objects_last_one_is_deleted_makes_it_anew
         assert read_all(engine, engine.objects.by_version_id(new.version_id)) == data
         with engine.core.db.read() as conn:
             assert reference_mismatches(conn) == []
+            assert totals.mismatches(conn) == {}

@@ -21,7 +21,7 @@ from edgestore.engine.native import ManifestChunk
 from edgestore.errors import StoreParamsMismatch
 from edgestore.maintenance import gc
 from edgestore.metadata import chunks as chunk_index
-from edgestore.metadata import keys
+from edgestore.metadata import keys, quotas, totals
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.db import MIGRATIONS_DIR, SCHEMA_HEAD, Database
 from edgestore.metadata.schema import metadata
@@ -118,6 +118,46 @@ def test_the_version_counter_starts_from_each_objects_highest_version(db_url: st
         db.close()
 
 
+def test_bucket_totals_are_filled_from_the_existing_versions(db_url: str) -> None:
+    """Migration 0011 fills `bucket_totals` from the versions already stored: a store at 0010
+    with versions in two buckets (one object with two) reads the same usage after it."""
+    db = Database(db_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with db.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0010")
+            conn.commit()
+            for bucket, key, sizes in (("a", "x", (100, 20)), ("a", "y", (3,)), ("b", "z", (7,))):
+                oid = str(uuid.uuid4())
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO objects (object_id, bucket, key, created_at, last_version) "
+                        "VALUES (:o, :b, :k, 0, :n)"
+                    ),
+                    {"o": oid, "b": bucket, "k": key, "n": len(sizes)},
+                )
+                for number, size in enumerate(sizes, 1):
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO object_versions (version_id, object_id, version, size, "
+                            "manifest_digest, user_metadata, state, created_at) VALUES "
+                            "(:v, :o, :n, :s, 'd', '{}', 'committed', 0)"
+                        ),
+                        {"v": str(uuid.uuid4()), "o": oid, "n": number, "s": size},
+                    )
+            conn.commit()
+            command.upgrade(cfg, "head")
+            conn.commit()
+            rows = conn.execute(sa.text("SELECT bucket, bytes, versions FROM bucket_totals")).all()
+            assert {r.bucket: (r.bytes, r.versions) for r in rows} == {"a": (123, 3), "b": (7, 1)}
+            assert totals.mismatches(conn) == {}
+            assert quotas.bucket_usage(conn, "a") == 123
+    finally:
+        db.close()
+
+
 # Migrates the database at argv[1]; with "hold", pauses just before its first CREATE TABLE,
 # saying so on stdout, so another process can start meanwhile.
 _MIGRATE = """
@@ -162,7 +202,9 @@ def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(db_url: s
         db.close()
 
 
-@pytest.mark.parametrize("release", ["0001", "0002", "0003", "0004", "0005", "0006", "0007"])
+@pytest.mark.parametrize(
+    "release", ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0009", "0010"]
+)
 def test_a_store_of_an_older_release_upgrades_and_every_row_still_works(
     release: str, make_settings: SettingsFactory
 ) -> None:
@@ -225,6 +267,7 @@ def test_a_store_of_an_older_release_upgrades_and_every_row_still_works(
         gc.collect(eng, grace=0)
         with eng.core.db.read() as conn:
             assert reference_mismatches(conn) == []
+            assert totals.mismatches(conn) == {}  # counted from the old rows (0011), then kept
         assert read_all(eng, eng.objects.by_version_id(again.version_id)) == old
 
 
