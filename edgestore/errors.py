@@ -148,6 +148,20 @@ class PreconditionFailed(EdgestoreError):
     code = "precondition_failed"
 
 
+class BackupFailed(EdgestoreError):
+    """A metadata backup could not be taken (pg_dump missing or failing, a copy that does
+    not check out)."""
+
+    code = "backup_failed"
+
+
+class MetadataBehind(EdgestoreError):
+    """The metadata database is behind its data dirs (an older backup restored): deleting
+    shards it does not know would destroy what a newer backup still names."""
+
+    code = "metadata_behind"
+
+
 class MissingChunks(EdgestoreError):
     code = "missing_chunks"
 

@@ -22,6 +22,7 @@ from edgestore.api.tus.override import MethodOverride
 from edgestore.buffers import trim_pools
 from edgestore.config import Settings
 from edgestore.engine import Engine
+from edgestore.errors import MetadataBehind
 from edgestore.maintenance import gc, hashes
 from edgestore.maintenance import repair as repairs
 from edgestore.storage.datadirs import SINGLE_DISK_WARNING
@@ -61,6 +62,7 @@ class Upkeep:
         self._stopping = threading.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._behind: str | None = None  # the restore guard's last message
         # This process, as the holder of leases on shared jobs (the scrub, the digest
         # filling); unique per start.
         self.owner = f"{socket.gethostname()[:40]}/{os.getpid()}/{secrets.token_hex(4)}"
@@ -96,6 +98,22 @@ class Upkeep:
         if self._stopping.is_set():
             raise UpkeepStopped
 
+    async def _collect(self, *, orphans: bool) -> None:
+        """One gc; paused while the metadata is a restored older backup, which the log says
+        once (the operator must decide: see restore_guard), while the rest of upkeep goes on."""
+        try:
+            report = await asyncio.to_thread(
+                gc.collect, self._svc.engine, orphans=orphans, progress=self._check
+            )
+        except MetadataBehind as exc:
+            if self._behind != exc.message:
+                log.error("upkeep: gc paused: %s", exc.message)
+            self._behind = exc.message
+            return
+        self._behind = None
+        if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
+            log.info("upkeep: %s", report)
+
     async def _run(self) -> None:
         svc = self._svc
         interval = svc.settings.maintenance_interval_seconds
@@ -108,14 +126,7 @@ class Upkeep:
                 return
             rounds += 1
             try:
-                report = await asyncio.to_thread(
-                    gc.collect,
-                    svc.engine,
-                    orphans=rounds % ORPHAN_SWEEP_EVERY == 0,
-                    progress=self._check,
-                )
-                if report.uploads_expired or report.chunks_deleted or report.orphan_files_deleted:
-                    log.info("upkeep: %s", report)
+                await self._collect(orphans=rounds % ORPHAN_SWEEP_EVERY == 0)
                 await asyncio.to_thread(
                     hashes.fill_round,
                     svc.engine,

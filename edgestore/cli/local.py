@@ -380,15 +380,31 @@ def collect_garbage(
         float | None,
         typer.Option(min=0, help="Spare garbage younger than this many seconds (default: config)."),
     ] = None,
+    accept_restored: Annotated[
+        bool,
+        typer.Option(
+            "--accept-restored-metadata",
+            help="The metadata database was restored from an older backup and is to stay: "
+            "collect anyway (the shards of versions written after that backup are deleted).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Remove expired uploads, unreferenced chunks and orphan shard files (never what an
-    upload in progress holds, whatever the grace)."""
+    upload in progress holds, whatever the grace).
+
+    Refuses, deleting nothing (exit 5), while the metadata database is behind its data dirs:
+    restored from an older backup (see docs/operations.md, "Backup and restore")."""
     from edgestore.maintenance import gc
 
     state: CliState = ctx.obj
     with state.engine() as engine, output.status("collecting garbage…", quiet=json_out) as show:
-        report = gc.collect(engine, grace=grace, progress=lambda stage, n: show(f"gc: {stage} {n}"))
+        report = gc.collect(
+            engine,
+            grace=grace,
+            progress=lambda stage, n: show(f"gc: {stage} {n}"),
+            accept_restored=accept_restored,
+        )
     if json_out:
         output.emit_json(report)
         return

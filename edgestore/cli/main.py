@@ -38,6 +38,7 @@ EXIT_CODES: list[tuple[type[e.EdgestoreError], int]] = [
     (e.UploadStateError, 5),
     (e.PreconditionFailed, 5),
     (e.MissingChunks, 5),
+    (e.MetadataBehind, 5),
     (e.StorageFull, 6),
     (e.StorageError, 6),
     (e.TransferInterrupted, 7),
@@ -96,7 +97,15 @@ def main_options(
 
 
 def _register() -> None:
-    from edgestore.cli import keys, local, maintain, presign, remote, serve  # noqa: F401  (they register their commands)
+    from edgestore.cli import (  # noqa: F401  (they register their commands)
+        backup,
+        keys,
+        local,
+        maintain,
+        presign,
+        remote,
+        serve,
+    )
 
 
 _register()

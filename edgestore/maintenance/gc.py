@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from edgestore.engine import Engine, staging
 from edgestore.errors import StorageError
+from edgestore.maintenance import restore_guard
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import reclaim
 from edgestore.metadata.db import now
@@ -47,6 +48,7 @@ class GcReport:
     orphan_bytes: int = 0
     errors: int = 0
     seconds: float = 0.0
+    epoch: int = 0  # the store epoch this run advanced to (maintenance/restore_guard.py)
 
 
 Progress = Callable[[str, int], None]
@@ -62,15 +64,19 @@ def collect(
     grace: float | None = None,
     orphans: bool = True,
     progress: Progress = _noop,
+    accept_restored: bool = False,
 ) -> GcReport:
     """Run one collection; `grace` (seconds) defaults to the configured gc_grace_seconds.
 
     `orphans=False` skips listing the data dirs for orphan files (the costly part), which
-    spares files younger than ORPHAN_MIN_AGE even when `grace` is shorter.
+    spares files younger than ORPHAN_MIN_AGE even when `grace` is shorter. Raises
+    MetadataBehind, deleting nothing, when the database is an older backup restored
+    (restore_guard): its orphans and unreferenced chunks may be what a newer one names.
+    `accept_restored` takes the database as it is and collects.
     """
     grace = engine.settings.gc_grace_seconds if grace is None else grace
-    report = GcReport()
     started = time.monotonic()
+    report = GcReport(epoch=restore_guard.advance(engine, accept_restored=accept_restored))
     report.uploads_expired = engine.uploads.expire_stale(local_grace=grace)
     progress("uploads", report.uploads_expired)
     _collect_chunks(engine, _chunks_before(engine, grace), report, progress)

@@ -278,3 +278,14 @@ server_secrets = sa.Table(
     sa.Column("value", sa.String(128), nullable=False),
     sa.Column("created_at", Time, nullable=False),
 )
+
+# One row (id 1): the store's epoch, raised at every gc round and after every backup; each
+# data dir records the highest it has seen, so a database behind its data dirs is known for
+# a restored older backup (maintenance/restore_guard.py).
+store_epoch = sa.Table(
+    "store_epoch",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("advanced_at", Time, nullable=True),
+)

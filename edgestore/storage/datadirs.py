@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgestore.errors import StorageFull, StorageUnavailable
-from edgestore.storage.local import MARKER, LocalBackend
+from edgestore.storage.local import EPOCH_MARKER, MARKER, LocalBackend, storage_error, write_durably
 
 FlushMark = dict[int, int]  # filesystem -> flushes of it started so far
 
@@ -86,6 +86,26 @@ def check_room(backend: LocalBackend, min_free: int) -> None:
             f"data dir {backend.root} is full: {free} bytes free, less than one chunk "
             f"({min_free} bytes)"
         )
+
+
+def read_epoch(backend: LocalBackend) -> int | None:
+    """The highest store epoch this dir has recorded (None: none yet, or unreadable, which
+    tells nothing either way)."""
+    try:
+        return int(json.loads((backend.root / EPOCH_MARKER).read_bytes())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_epoch(backend: LocalBackend, epoch: int) -> None:
+    """Record `epoch` unless the dir has a higher one (nodes advancing at once); durable on
+    return, so a crash never leaves the dir behind an epoch the database has forgotten."""
+    if (read_epoch(backend) or 0) >= epoch:
+        return
+    try:
+        write_durably(backend.root / EPOCH_MARKER, [json.dumps({"epoch": epoch}).encode()])
+    except OSError as exc:
+        raise storage_error(exc, backend.root) from None
 
 
 def _natural(name: str) -> tuple[int, str]:

@@ -23,6 +23,7 @@ from edgestore.errors import ShardMissing, StorageError, StorageFull, StorageUna
 from edgestore.storage.backend import BlobInfo, Buffer, Usage
 
 MARKER = ".edgestore-datadir"
+EPOCH_MARKER = ".edgestore-epoch"  # the store epoch this dir has seen (storage/datadirs.py)
 TMP_SUFFIX = ".tmp"
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -487,7 +488,7 @@ class LocalBackend:
             rel = os.path.relpath(dirpath, root)
             for fn in filenames:
                 key = fn if rel == "." else f"{rel}/{fn}"
-                if key == MARKER or not key.startswith(prefix):
+                if key in (MARKER, EPOCH_MARKER) or not key.startswith(prefix):
                     continue
                 try:
                     st = os.stat(os.path.join(dirpath, fn))

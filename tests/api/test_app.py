@@ -22,7 +22,7 @@ from edgestore.maintenance import hashes
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.metadata.objects import VersionInfo
 from edgestore.metadata.schema import job_cursors, object_versions, repair_queue, shards
-from edgestore.storage.datadirs import SINGLE_DISK_WARNING
+from edgestore.storage.datadirs import SINGLE_DISK_WARNING, record_epoch
 from tests.conftest import SettingsFactory
 from tests.helpers import SMALL_CHUNKS, KiB, MiB, blocks_of, random_bytes, read_all
 
@@ -271,3 +271,40 @@ def test_two_nodes_read_each_version_back_once_between_them(
                 sa.select(job_cursors.c.owner).where(job_cursors.c.job == hashes.DIGEST_JOB)
             ).scalar_one()
         assert owner is None
+
+
+def test_upkeep_pauses_gc_behind_a_restored_database_and_goes_on_with_the_rest(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Data dirs ahead of the database (an older metadata backup restored): every round's gc
+    deletes nothing, the log says so once, and repairs still happen."""
+    settings = make_settings(maintenance_interval_seconds=1)
+    caplog.set_level(logging.ERROR, logger="edgestore.http")
+
+    async def rounds(svc: Services, until: float) -> None:
+        upkeep = app_module.Upkeep(svc)
+        upkeep.start()
+        await asyncio.sleep(until)
+        await upkeep.stop()
+
+    with Engine.open(settings) as engine:
+        data = random_bytes(2 * MiB, seed=32)
+        v = engine.put(blocks_of(data, MiB), key="k")
+        with engine.core.db.read() as conn:
+            row = conn.execute(
+                sa.select(shards.c.backend, shards.c.key).where(shards.c.shard_index == 0)
+            ).first()
+        assert row is not None
+        (engine.core.dirs.backends[row.backend].root / row.key).unlink()
+        assert read_all(engine, v) == data  # queues the chunk for repair
+        record_epoch(engine.core.dirs.backends["d0"], 99)  # as a newer database left it
+        svc = Services(settings=settings, engine=engine)
+        try:
+            asyncio.run(rounds(svc, 3.5))
+        finally:
+            svc.close()
+        paused = [r for r in caplog.records if "gc paused" in r.getMessage()]
+        assert len(paused) == 1 and "--accept-restored-metadata" in paused[0].getMessage()
+        with engine.core.db.read() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(repair_queue)).scalar() == 0
+        assert read_all(engine, v) == data
