@@ -14,6 +14,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.crashpoints import child_env
+from tests.crashpoints import command as crash_command
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -41,6 +44,8 @@ class ServerProcess:
     auth: bool = False
     admin_key: str | None = field(default_factory=lambda: "esk_test_" + secrets.token_urlsafe(32))
     scheme: str = "http"  # "https" with --certfile/--keyfile in args
+    # A point (tests/crashpoints.py) at which the next start()'s process kill -9s itself.
+    crash_at: dict[str, object] | None = None
 
     @property
     def url(self) -> str:
@@ -67,13 +72,16 @@ class ServerProcess:
         self.log_path = self.home.parent / f"server-{self.port}.log"
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115  (closed with the process)
+        args = [
+            *("serve", "--port", str(self.port)),
+            *([] if self.auth else ["--no-auth"]),
+            *self.args,
+        ]
         self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "edgestore", "serve", "--port", str(self.port)),
-                *([] if self.auth else ["--no-auth"]),
-                *self.args,
-            ],
-            env=self.env,
+            crash_command(self.crash_at, *args)
+            if self.crash_at
+            else [sys.executable, "-m", "edgestore", *args],
+            env=child_env(self.env) if self.crash_at else self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

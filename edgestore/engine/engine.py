@@ -14,6 +14,7 @@ from edgestore.engine.native import NativeUploads
 from edgestore.engine.objects import Objects
 from edgestore.engine.uploads import Uploads
 from edgestore.engine.wholefile import WholeFileHashes
+from edgestore.metadata.db import CLEANUP_LOCK_WAIT_MS
 from edgestore.metadata.objects import VersionInfo
 from edgestore.types import Readable
 
@@ -81,10 +82,10 @@ class Engine:
         try:
             done = self.uploads.append(rec.upload_id, 0, blocks, final=True, on_chunk=on_chunk)
         except BaseException:
-            try:
-                self.uploads.terminate(rec.upload_id)
+            try:  # bounded: a busy database is the likeliest failure, and gc reclaims it
+                self.uploads.terminate(rec.upload_id, lock_wait_ms=CLEANUP_LOCK_WAIT_MS)
             except Exception:
-                pass  # gc reclaims it
+                pass
             raise
         assert done.version_id is not None
         return self.objects.by_version_id(done.version_id)

@@ -23,6 +23,7 @@ from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.ingest import Appender, Checksum, TrailingChecksum
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.engine.lease import LeaseKeeper
 from edgestore.engine.pipeline import release_free_memory
 from edgestore.engine.warm import WarmTails
 from edgestore.errors import (
@@ -39,7 +40,7 @@ from edgestore.metadata import idempotency as idempotency_rows
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas, reclaim
 from edgestore.metadata import uploads as upload_rows
-from edgestore.metadata.db import Database, now
+from edgestore.metadata.db import CLEANUP_LOCK_WAIT_MS, Database, now
 from edgestore.metadata.idempotency import IdempotencyKey
 from edgestore.metadata.uploads import UploadRecord
 from edgestore.types import Readable
@@ -220,12 +221,12 @@ class Uploads:
             partial_urls=partial_urls,
         )
 
-    def terminate(self, upload_id: str) -> None:
+    def terminate(self, upload_id: str, *, lock_wait_ms: int | None = None) -> None:
         """Drop the upload and its references (a completed upload's object stays)."""
         self._stop_local_writer(upload_id, "upload terminated")
         self._warm.forget(upload_id)
         tail = None
-        with self._core.db.write() as conn:
+        with self._core.db.write(lock_wait_ms=lock_wait_ms) as conn:
             # Locked before the finals waiting for it, as its completing append locks them.
             rec = upload_rows.get(conn, upload_id, for_update=True)
             if rec.state in (upload_rows.OPEN, upload_rows.COMPLETE):
@@ -340,7 +341,7 @@ class Uploads:
         owner = uuid.uuid4().hex
         self._take_over(upload_id, "a newer request took over this upload")
         active: _Active | None = None
-        declared = False
+        declared = failed = False
         try:
             # Taking the write lease (and renewing and releasing it) are commits without their
             # own flush to disk: the append's checkpoint, a durable commit, flushes them with
@@ -399,11 +400,15 @@ class Uploads:
             active = _Active(appender, threading.Event())
             with self._lock:
                 self._active[upload_id] = active
-            done = appender.run(blocks, final=final, checksum=checksum)
+            lease = core.settings.upload_lock_seconds  # a local put's lives with its process
+            keeper = LeaseKeeper(core.db, upload_id, owner, lease) if rec.kind == "local" else None
+            with keeper or contextlib.nullcontext():
+                done = appender.run(blocks, final=final, checksum=checksum)
             if done.state == upload_rows.OPEN and done.tail is not None:
                 self._warm.put(upload_id, done.tail, appender.chunker)
             return done
         except BaseException:
+            failed = True
             if declared and length is not None:
                 self._withdraw_length(upload_id, owner, offset, length)
             raise
@@ -412,11 +417,12 @@ class Uploads:
                 with self._lock:
                     if self._active.get(upload_id) is active:
                         del self._active[upload_id]
-            try:
-                with core.db.write(durable=False) as conn:  # a lease: see above
+            try:  # a lease: see above
+                wait = CLEANUP_LOCK_WAIT_MS if failed else None
+                with core.db.write(durable=False, lock_wait_ms=wait) as conn:
                     upload_rows.release_lock(conn, upload_id, owner)
-            except Exception:  # the lease expires by itself
-                log.exception("could not release the lock of upload %s", upload_id)
+            except Exception as exc:  # busy, say: the lease expires by itself
+                log.warning("could not release the lock of upload %s: %s", upload_id, exc)
             if active is not None:
                 active.done.set()  # only now: a request waiting to take over finds it free
 

@@ -44,6 +44,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Bookkeeping a read does (a chunk's last-read time) waits at most this for the lock, then is
 # skipped: a download must not wait for, or fail behind, another process's writes.
 BOOKKEEPING_LOCK_WAIT_MS = 50
+# The cleanup of a failed write (a lease released, a local put's upload terminated) waits at
+# most this for the lock, not the whole busy timeout again: the failure is often that lock
+# held by another process, and the lease lapses and gc expires the upload without it.
+CLEANUP_LOCK_WAIT_MS = 1000
 # When a client told the database was busy should try again (seconds).
 BUSY_RETRY_AFTER_S = 1
 # libpq settings a PostgreSQL URL gets unless it sets them itself. Without them a host that
