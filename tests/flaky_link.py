@@ -1,7 +1,9 @@
 """A TCP proxy on loopback that behaves like a link that drops: each connection is reset
 after a budget of bytes (client to server, server to client, or both), wherever in a request
 or an answer that falls. Unlike tests/faults.py (whole HTTP requests), it cuts mid-body,
-mid-header and mid-answer, as a real link does.
+mid-header and mid-answer, as a real link does. With `stall`, a connection whose budget runs
+out goes silent instead (nothing forwarded either way, nothing closed): a peer that stops
+reading, a laptop that suspends, a Wi-Fi access point gone while the TCP state lingers.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from dataclasses import dataclass, field
 @dataclass
 class FlakyLink:
     """Forwards 127.0.0.1:<port> to `upstream_port`; connection n may carry `up[n]` bytes to
-    the server and `down[n]` back (None: unlimited) before both sides are reset."""
+    the server and `down[n]` back (None: unlimited) before both sides are reset (with
+    `stall`: before both directions go silent, the connection left open)."""
 
     upstream_port: int
     up: Iterable[int | None] = field(default_factory=lambda: itertools.repeat(None))
     down: Iterable[int | None] = field(default_factory=lambda: itertools.repeat(None))
-    cuts: int = 0  # connections reset so far
+    stall: bool = False
+    cuts: int = 0  # connections reset (or stalled) so far
 
     def __post_init__(self) -> None:
         self._up: Iterator[int | None] = iter(self.up)
@@ -48,7 +52,12 @@ class FlakyLink:
         return self
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        def cancel_all() -> None:  # silent connections wait forever: end them quietly
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.call_soon(self._loop.stop)
+
+        self._loop.call_soon_threadsafe(cancel_all)
         self._thread.join(10)
 
     def _run(self) -> None:
@@ -70,6 +79,7 @@ class FlakyLink:
             _reset(c_writer)
             return
         done = asyncio.Event()
+        silent = asyncio.Event()  # stall mode: the budget ran out, nothing moves any more
 
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, budget: int | None):
             try:
@@ -77,10 +87,15 @@ class FlakyLink:
                     data = await r.read(64 * 1024)
                     if not data:
                         break
+                    if silent.is_set():
+                        await asyncio.Event().wait()  # until the proxy stops
                     if budget is not None and len(data) >= budget:
                         w.write(data[:budget])
                         await w.drain()
                         self.cuts += 1
+                        if self.stall:
+                            silent.set()
+                            await asyncio.Event().wait()
                         break
                     if budget is not None:
                         budget -= len(data)

@@ -121,19 +121,26 @@ class Transfer:
             disable=not self._enabled,
         )
         self._task = self._progress.add_task(description, total=total, detail="")
+        self._description = description
         self._skipped = 0
 
     def __enter__(self) -> Transfer:
         self._progress.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        """The bar stays on the terminal: after a failure it says so, or a native upload
+        whose every chunk was sent before its commit failed stood at 100%, as if done."""
+        if exc_type is not None:
+            what = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+            self._progress.update(self._task, description=f"{self._description}: {what}")
         self._progress.stop()
 
     def advance(self, n: int) -> None:
         self._progress.advance(self._task, n)
 
     def describe(self, description: str) -> None:
+        self._description = description
         self._progress.update(self._task, description=description)
 
     # The client library's Progress protocol (edgestore.client.results.Progress).

@@ -25,6 +25,16 @@ ApiKeyOpt = Annotated[
         show_default=False,
     ),
 ]
+CaCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        envvar="EDGESTORE_CA_CERT",
+        help="Trust the CA certificate(s) in this PEM file (or directory) instead of the "
+        "default ones: a private or self-signed server (else $EDGESTORE_CA_CERT).",
+        show_default=False,
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary at the end.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
@@ -64,6 +74,7 @@ def upload(
         ),
     ] = None,
     api_key: ApiKeyOpt = None,
+    ca_cert: CaCertOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -75,7 +86,7 @@ def upload(
 
     if protocol not in ("native", "tus"):
         raise InvalidInput(f"--protocol takes native or tus, not {protocol!r}")
-    client = Client(url, api_key)
+    client = Client(url, api_key, ca_cert=ca_cert)
     with output.Transfer(f"upload {file.name}", None, quiet=quiet or json_out) as bar:
         result = client.upload(
             file,
@@ -129,6 +140,7 @@ def download(
         ),
     ] = None,
     api_key: ApiKeyOpt = None,
+    ca_cert: CaCertOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -149,7 +161,7 @@ def download(
         base = server
     else:
         raise InvalidInput("an object id or bucket/key needs --server URL (or a full URL)")
-    client = Client(base, api_key)
+    client = Client(base, api_key, ca_cert=ca_cert)
     with output.Transfer(f"download {ref}", None, quiet=quiet or json_out) as bar:
         result = client.download(ref, out_path, workers=workers, progress=bar)
     if json_out:

@@ -9,7 +9,7 @@ import httpx
 
 from edgestore.client.concurrency import MAX_WORKERS
 from edgestore.client.download import Download
-from edgestore.client.http import Transport
+from edgestore.client.http import Transport, tls_context
 from edgestore.client.native import SENDERS_PER_TURN, NativeUpload, Workers
 from edgestore.client.results import DownloadResult, Progress, UploadResult
 from edgestore.client.resume import ResumeHints
@@ -25,7 +25,8 @@ class Client:
     """An edgestore server (or, with protocol='tus', any tus server) at `url`.
 
     Thread-safe; reuse one client for many transfers (it pools connections). `key` is sent
-    as `Authorization: Bearer <key>`.
+    as `Authorization: Bearer <key>`. `ca_cert` (a PEM file or a directory of CA
+    certificates) is trusted instead of the default CA bundle: a private or self-signed CA.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class Client:
         retry: RetryPolicy | None = None,
         state_dir: Path | None = None,
         verify: bool = True,
+        ca_cert: str | Path | None = None,
     ) -> None:
         if not url.lower().startswith(("http://", "https://")):
             raise InvalidInput(f"server URL {url!r} must start with http:// or https://")
@@ -50,7 +52,7 @@ class Client:
         self._key = key
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
-        self._verify = verify
+        self._verify = tls_context(ca_cert) if verify else False
         self.hints = ResumeHints(state_dir)
 
     def _transport(self, base_url: str, workers: Workers) -> Transport:

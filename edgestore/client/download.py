@@ -10,13 +10,16 @@ SHA-256 ETag) before the file takes its name. Ranges name the version the HEAD f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import queue
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -27,7 +30,13 @@ from edgestore.client.http import Transport
 from edgestore.client.paths import output_path
 from edgestore.client.results import DownloadResult, NoProgress, Progress
 from edgestore.client.retry import describe
-from edgestore.errors import InvalidInput, TransferInterrupted, WholeFileMismatch
+from edgestore.errors import (
+    InvalidInput,
+    StorageError,
+    StorageFull,
+    TransferInterrupted,
+    WholeFileMismatch,
+)
 
 RANGE_BYTES = 8 * 1024 * 1024
 HASH_BLOCK = 4 * 1024 * 1024
@@ -87,6 +96,9 @@ class Download:
         self._cond = threading.Condition()
         self._done: list[list[int]] = []
         self._failed = threading.Event()
+        self._failure: BaseException | None = None
+        self._io = threading.Lock()  # a write and the file's close never overlap
+        self._closed = False
         self._received = 0
 
     def run(self) -> DownloadResult:
@@ -121,27 +133,21 @@ class Download:
         self._progress.skipped(resumed)
         fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.ftruncate(fd, size)
+            with self._writing(part, size):
+                os.ftruncate(fd, size)
             hasher = threading.Thread(target=self._hash, args=(fd, size), daemon=True)
             self._digest = ""
             hasher.start()
             try:
-                with ThreadPoolExecutor(self._workers, thread_name_prefix="es-get") as pool:
-                    futures = [pool.submit(self._fetch, fd, url, r, record, identity) for r in todo]
-                    try:
-                        for fut in futures:
-                            fut.result()
-                    except BaseException:
-                        self._failed.set()  # the others stop too; what they wrote stays
-                        self._t.stop.set()
-                        for fut in futures:
-                            fut.cancel()
-                        raise
+                self._fetch_all(fd, url, todo, record, identity)
             finally:
                 hasher.join()
-            os.fsync(fd)
+            with self._writing(part, size):
+                os.fsync(fd)
         finally:
-            os.close(fd)
+            with self._io:  # no worker left behind (Ctrl-C) writes after this
+                self._closed = True
+                os.close(fd)
         if expected is not None and self._digest != expected:
             part.unlink(missing_ok=True)
             record.unlink(missing_ok=True)
@@ -163,6 +169,78 @@ class Download:
             version=int(version) if version and version.isdigit() else None,
             retries=self._t.retries,
         )
+
+    def _fetch_all(
+        self,
+        fd: int,
+        url: str,
+        todo: list[tuple[int, int]],
+        record: Path,
+        identity: dict[str, Any],
+    ) -> None:
+        """Fetch the ranges on `workers` daemon threads; the first failure stops them all.
+
+        Daemon threads, and never joined after a failure or a Ctrl-C: a worker waiting on a
+        link gone silent held the command for its read timeout (a minute) after Ctrl-C, as an
+        executor's threads are joined even at exit. A worker that wakes later writes nothing
+        (`_closed`)."""
+        pending: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        for span in todo:
+            pending.put(span)
+
+        def work() -> None:
+            while not self._failed.is_set():
+                try:
+                    span = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    self._fetch(fd, url, span, record, identity)
+                except BaseException as exc:
+                    self._stop(exc)
+                    return
+
+        threads = [
+            threading.Thread(target=work, name=f"es-get-{i}", daemon=True)
+            for i in range(min(self._workers, len(todo)))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except BaseException as exc:  # Ctrl-C: what was written stays, for the rerun
+            self._stop(exc)
+        if self._failure is not None:
+            raise self._failure
+
+    def _stop(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._failure is None:
+                self._failure = exc
+        self._failed.set()  # the others take no new range, and the hasher ends
+        self._t.stop.set()  # retries waiting to try again give up at once
+
+    def _write(self, fd: int, data: bytes | memoryview, pos: int, part: Path, size: int) -> None:
+        with self._io, self._writing(part, size):
+            if self._closed or self._failed.is_set():
+                raise TransferInterrupted("stopped")
+            os.pwrite(fd, data, pos)
+
+    @contextmanager
+    def _writing(self, part: Path, size: int) -> Iterator[None]:
+        """A local write that failed as the domain error it is: a full disk was a traceback
+        (exit code 1); it is exit code 6, and the partial file stays for the rerun."""
+        try:
+            yield
+        except OSError as exc:
+            cls = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+            raise cls(
+                f"cannot write {part} ({exc.strerror or exc}; the object is {size} bytes): "
+                "what was downloaded is kept; make room and run the same command again to "
+                "resume"
+            ) from None
 
     def _pinned(self, object_id: str | None, version: str | None) -> str:
         """Where the ranges come from: the version the HEAD found, so that a new one uploaded
@@ -206,32 +284,52 @@ class Download:
     def _fetch(
         self, fd: int, url: str, span: tuple[int, int], record: Path, identity: dict[str, Any]
     ) -> None:
-        if self._failed.is_set():
-            return
+        part, size = record.with_suffix(""), identity["size"]
         start, end = span
         headers = {"Range": f"bytes={start}-{end - 1}"} if end > start else {}
         if identity["etag"]:
             headers["If-Range"] = identity["etag"]
         if end - start > RANGE_BYTES:  # one body for the whole file: no ranges (see run)
-            self._stream(fd, url, headers, start, end)
+            self._stream(fd, url, headers, start, end, part)
         else:
-            resp = self._t.request("GET", url, headers=headers, ok=(200, 206), what="downloading")
+
+            def whole_object(resp: httpx.Response) -> None:
+                """A 200 to a range: If-Range found another ETag, the object was made anew.
+                Refused before its body (the whole object) is read into memory."""
+                if resp.status_code == 200 and (start, end) != (0, size):
+                    raise InvalidInput(
+                        "the object changed during the download; run the command again"
+                    )
+
+            resp = self._t.request(
+                "GET",
+                url,
+                headers=headers,
+                ok=(200, 206),
+                what="downloading",
+                before_body=whole_object,
+            )
             body = resp.content
-            if resp.status_code == 200 and (start, end) != (0, identity["size"]):
-                raise InvalidInput("the object changed during the download; run the command again")
             if len(body) != end - start:
                 raise InvalidInput(f"range {start}-{end} came back with {len(body)} bytes")
-            os.pwrite(fd, body, start)
+            self._write(fd, body, start, part, size)
         with self._cond:
             self._received += end - start
             self._done = _merge([*self._done, [start, end]])
             tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"object": identity, "done": self._done}))
-            os.replace(tmp, record)
+            with self._writing(part, size):
+                try:
+                    tmp.write_text(json.dumps({"object": identity, "done": self._done}))
+                    os.replace(tmp, record)
+                except OSError:
+                    tmp.unlink(missing_ok=True)
+                    raise
             self._cond.notify_all()
         self._progress.transferred(end - start)
 
-    def _stream(self, fd: int, url: str, headers: dict[str, str], start: int, end: int) -> None:
+    def _stream(
+        self, fd: int, url: str, headers: dict[str, str], start: int, end: int, part: Path
+    ) -> None:
         """Write a body in blocks as it arrives: from a server without ranges it is the whole
         file, which was held in memory whole before it was written."""
         resp = self._t.request(
@@ -242,7 +340,7 @@ class Download:
             for block in resp.iter_bytes(HASH_BLOCK):
                 if pos + len(block) > end:
                     raise InvalidInput(f"the body of {start}-{end} runs past {end} bytes")
-                os.pwrite(fd, block, pos)
+                self._write(fd, block, pos, part, end)
                 pos += len(block)
         except httpx.HTTPError as exc:
             raise TransferInterrupted(

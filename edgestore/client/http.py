@@ -7,9 +7,12 @@ congestion window), which HTTP/2 would multiplex onto one.
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -92,10 +95,50 @@ def proxy_mounts(
     """HTTP(S)_PROXY, ALL_PROXY and NO_PROXY, read as httpx reads them: given a transport of
     our own (for its socket options) httpx ignores them, and a client behind a proxy failed
     to connect, or went around it. None: that host is reached directly."""
-    return {
-        pattern: None if proxy is None else transport(proxy)
-        for pattern, proxy in get_environment_proxies().items()
-    }
+    mounts: dict[str, httpx.BaseTransport | None] = {}
+    for pattern, proxy in get_environment_proxies().items():
+        try:
+            mounts[pattern] = None if proxy is None else transport(proxy)
+        except (ImportError, ValueError) as exc:
+            raise _proxy_error(proxy or "", exc) from None
+    return mounts
+
+
+def _proxy_error(proxy: str, exc: Exception) -> e.ConfigError:
+    """A proxy httpx cannot use, named (without its password) with the variables to check;
+    httpx's own error was a traceback, and for SOCKS it named a pip command only."""
+    try:
+        url = httpx.URL(proxy)
+        shown = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
+    except Exception:  # not even a URL: show no part of it
+        shown = "the proxy"
+    where = "set by HTTPS_PROXY, HTTP_PROXY or ALL_PROXY; NO_PROXY lists hosts reached directly"
+    if shown.lower().startswith("socks"):
+        return e.ConfigError(
+            f"the SOCKS proxy {shown} needs the Python package 'socksio', which is not "
+            f"installed with this client (install httpx[socks] beside it, or use an HTTP "
+            f"proxy) ({where})"
+        )
+    return e.ConfigError(f"cannot use the proxy {shown}: {exc} ({where})")
+
+
+def tls_context(ca_cert: str | Path | None) -> ssl.SSLContext | bool:
+    """What verifies servers: with `ca_cert` (a PEM file, or a directory of hashed CA
+    certificates, as `openssl rehash` makes) those CAs instead of the default bundle, as
+    curl's --cacert does; else the default (which SSL_CERT_FILE and SSL_CERT_DIR replace)."""
+    if ca_cert is None:
+        return True
+    path = Path(ca_cert)
+    if not path.exists():
+        raise e.InvalidInput(f"CA certificate {path}: no such file or directory")
+    try:
+        if path.is_dir():
+            return ssl.create_default_context(capath=os.fspath(path))
+        return ssl.create_default_context(cafile=os.fspath(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise e.InvalidInput(
+            f"CA certificate {path}: no CA certificate could be read from it ({exc})"
+        ) from None
 
 
 def bearer_key(key: str | None) -> str | None:
@@ -157,7 +200,7 @@ class Transport:
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
         resume_hint: str = DEFAULT_RESUME_HINT,
-        verify: bool = True,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
@@ -215,11 +258,14 @@ class Transport:
         timeout: float | None = None,
         what: str | None = None,
         stream: bool = False,
+        before_body: Callable[[httpx.Response], None] | None = None,
     ) -> httpx.Response:
         """Send with retries; return a response whose status is in `ok`, else raise its error.
 
         `content` is a factory so every try sends the body from its start. With `stream`, the
-        body is left unread (the caller reads it, and closes the response).
+        body is left unread (the caller reads it, and closes the response). `before_body`
+        sees each answer's status and headers before its body is read, and may refuse it by
+        raising (a whole object answered to a range request is not read into memory).
         """
 
         def send() -> httpx.Response:
@@ -233,7 +279,17 @@ class Transport:
                 headers=headers,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
-            return self.http.send(built, stream=stream)
+            if before_body is None:
+                return self.http.send(built, stream=stream)
+            resp = self.http.send(built, stream=True)
+            try:
+                before_body(resp)
+                if not stream:
+                    resp.read()  # here, so that a cut in the body is retried as before
+            except BaseException:
+                resp.close()
+                raise
+            return resp
 
         resp = call_with_retry(
             send,

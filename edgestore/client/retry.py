@@ -89,8 +89,8 @@ def untrusted_certificate(exc: BaseException) -> InvalidInput | None:
             reason = seen.verify_message or seen.reason or str(seen)
             return InvalidInput(
                 f"the server's TLS certificate is not trusted ({reason}); for a private or "
-                "self-signed one, name its CA file in SSL_CERT_FILE (or a directory of CA "
-                "certificates in SSL_CERT_DIR)"
+                "self-signed one, name its CA file with --ca-cert (EDGESTORE_CA_CERT; "
+                "or in SSL_CERT_FILE, or a directory of CA certificates in SSL_CERT_DIR)"
             )
         seen = seen.__cause__ or seen.__context__
     return None

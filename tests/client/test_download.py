@@ -7,11 +7,13 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import httpx
 import pytest
 
 import edgestore.client.download as download_module
 from edgestore.client import Client, RetryPolicy
 from edgestore.client.download import object_url
+from edgestore.client.results import NoProgress
 from edgestore.errors import InvalidInput, NotFound, TransferInterrupted, WholeFileMismatch
 from tests.faults import FaultProxy
 from tests.helpers import KiB, MiB, random_bytes, sha256_hex
@@ -225,3 +227,36 @@ def test_a_server_without_ranges_is_streamed_to_disk(web_root, tmp_path: Path) -
     assert (d.size, d.sha256, d.verified) == (len(data), sha256_hex(data), False)
     assert (tmp_path / "out.bin").read_bytes() == data
     assert peak < 24 * MiB, f"{peak / MiB:.0f} MiB held for a {len(data) // MiB} MiB file"
+
+
+def test_an_object_made_anew_mid_download_is_not_read_whole(server, tmp_path) -> None:
+    """The object was deleted and made again (version 1 again, another ETag) between the HEAD
+    and the ranges: If-Range made the server answer each range with the whole new object,
+    which the client read into memory (all 20 GB of it) before it saw the 200 and refused."""
+    key = "dl/remade.bin"
+    data = random_bytes(6 * MiB, seed=48)
+    stored(server, tmp_path, data, key)
+    anew = tmp_path / "anew" / "remade.bin"
+    anew.parent.mkdir()
+    anew.write_bytes(random_bytes(6 * MiB, seed=49))
+
+    class Remake(NoProgress):
+        def start(self, total: int) -> None:  # after the HEAD, before any range
+            with httpx.Client(base_url=server.url) as http:
+                assert http.delete(f"/objects/default/{key}").status_code == 204
+            r = Client(server.url, state_dir=tmp_path / "hints2").upload(anew, key=key)
+            assert r.version == 1
+            tracemalloc.reset_peak()  # the download's own memory from here
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match="object changed"):
+            Client(server.url).download(
+                f"{server.url}/objects/default/{key}", tmp_path / "out.bin", progress=Remake()
+            )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MiB, f"{peak / MiB:.1f} MiB held for {RANGE // KiB} KiB ranges"
+    r = Client(server.url).download(f"{server.url}/objects/default/{key}", tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == anew.read_bytes() and r.bytes_resumed == 0

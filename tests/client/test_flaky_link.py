@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import random
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -19,6 +20,13 @@ from tests.helpers import KiB, MiB, random_bytes, write_file
 from tests.native import DB_PARAMS, rows, small_chunk_server, versions_of
 
 FAST = RetryPolicy(tries=8, base=0.01, cap=0.05)
+
+
+class _Steady(RetryPolicy):
+    """Waits `base` before every retry, without the jitter that may draw a wait near 0."""
+
+    def backoff(self, attempt: int, draw: Callable[[], float] = random.random) -> float:
+        return self.base
 
 
 @pytest.fixture(scope="module", params=DB_PARAMS)
@@ -85,8 +93,9 @@ def test_a_tus_upload_that_advances_at_every_drop_is_not_given_up(server, http, 
     data = random_bytes(6 * MiB, seed=902)
     src = write_file(tmp_path / "f.bin", data)
     link.set_budgets(itertools.repeat(512 * KiB), itertools.repeat(None))
-    # Waits long enough that the server has kept the cut PATCH's bytes before the HEAD.
-    c = client(link, tmp_path, retry=RetryPolicy(tries=6, base=0.3, cap=0.6))
+    # Waits long enough that the server has kept the cut PATCH's bytes before the HEAD: with
+    # full jitter (0-0.6 s) a busy CI machine saw six HEADs in a row find no progress yet.
+    c = client(link, tmp_path, retry=_Steady(tries=6, base=0.5))
     r = c.upload(src, key="flaky/tus-progress", workers=1, protocol="tus")
     assert link.cuts >= 8 and r.retries >= 8
     assert http.get("/objects/default/flaky/tus-progress").content == data
@@ -180,3 +189,56 @@ def test_a_lost_tus_final_answer_makes_no_second_version(server, http, probe, pr
     r = client(proxy, tmp_path).upload(src, key="flaky/tus-final", workers=2, protocol="tus")
     assert r.retries == 1 and r.version == 1
     assert versions_of(probe, "flaky/tus-final") == 1
+
+
+# --- a link that goes silent (no reset: a suspended laptop, a peer that stops reading) -----------
+
+
+@pytest.fixture
+def silent_link(server):
+    p = FlakyLink(int(server.url.rsplit(":", 1)[1]), stall=True).start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("protocol", ["native", "tus"])
+def test_an_upload_gives_up_a_silent_connection_after_its_timeout_and_resumes(
+    server, http, probe, silent_link, tmp_path, protocol
+) -> None:
+    """Every other connection goes silent: each try ends at the client's timeout (not never),
+    and the upload continues on a new connection, one version in the end. Native: mid-body.
+    tus: the answers (a PATCH silenced mid-body holds its upload's lock on the server until
+    the server's own 60 s idle limit, answering 423 meanwhile; over a real link both clocks
+    start at the same silence, and the client's 60 s default outlasts the server's)."""
+    data = random_bytes(3 * MiB + 9, seed=910)
+    src = write_file(tmp_path / "f.bin", data)
+    budgets = itertools.cycle([700 * KiB, None])
+    if protocol == "native":
+        silent_link.set_budgets(budgets, itertools.repeat(None))
+    else:
+        silent_link.set_budgets(itertools.repeat(None), itertools.cycle([200, None]))
+    c = Client(silent_link.url, timeout=1.0, retry=FAST, state_dir=tmp_path / "hints")
+    started = time.monotonic()
+    r = c.upload(src, key=f"flaky/silent-{protocol}", workers=2, protocol=protocol)
+    assert silent_link.cuts > 0 and r.retries > 0
+    assert time.monotonic() - started < 12, r.retries
+    assert http.get(f"/objects/default/flaky/silent-{protocol}").content == data
+    assert versions_of(probe, f"flaky/silent-{protocol}") == 1
+
+
+def test_a_download_gives_up_a_silent_connection_and_resumes(
+    server, silent_link, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(download_module, "RANGE_BYTES", 512 * KiB)
+    data = random_bytes(4 * MiB + 1, seed=911)
+    src = write_file(tmp_path / "src.bin", data)
+    oid = Client(server.url, state_dir=tmp_path / "hints").upload(src, key="flaky/s-down").object_id
+    silent_link.set_budgets(itertools.repeat(None), itertools.cycle([300 * KiB, None]))
+    c = Client(silent_link.url, timeout=1.0, retry=FAST)
+    started = time.monotonic()
+    d = c.download(oid, tmp_path / "out.bin", workers=3)
+    assert silent_link.cuts > 0 and d.retries > 0 and d.verified
+    assert time.monotonic() - started < 12
+    assert (tmp_path / "out.bin").read_bytes() == data

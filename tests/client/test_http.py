@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgestore.client import Client, RetryPolicy
-from edgestore.errors import InvalidInput, ProtocolMismatch
+from edgestore.errors import ConfigError, InvalidInput, ProtocolMismatch
 from tests.certs import self_signed
 from tests.faults import FaultProxy
 from tests.helpers import KiB, random_bytes, sha256_hex, write_file
@@ -162,3 +162,53 @@ def test_a_proxy_that_refuses_the_tunnel_is_named_without_a_traceback(
     client = Client(server.url, state_dir=tmp_path / "hints")
     with pytest.raises(InvalidInput, match=r"proxy refused \(501.*HTTPS_PROXY"):
         client.upload(write_file(tmp_path / "f.bin", b"x"))
+
+
+def test_a_socks_proxy_without_its_package_is_named_not_a_traceback(
+    server, no_proxy_env, tmp_path: Path
+) -> None:
+    """ALL_PROXY=socks5://…: httpx needs the socksio package for it, and its ImportError ended
+    the command in a traceback."""
+    try:
+        import socksio  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("socksio is installed here: SOCKS proxies work")
+    no_proxy_env.setenv("ALL_PROXY", "socks5://user:pw@127.0.0.1:1080")
+    client = Client(server.url, state_dir=tmp_path / "hints")
+    with pytest.raises(ConfigError, match=r"SOCKS.*socksio.*ALL_PROXY") as info:
+        client.upload(write_file(tmp_path / "f.bin", b"x"))
+    assert "pw" not in str(info.value)  # the proxy's password is not printed
+    with pytest.raises(ConfigError, match="socksio"):
+        client.download("default/f.bin", tmp_path / "out.bin")
+
+
+def test_a_proxy_of_an_unknown_scheme_is_named(server, no_proxy_env, tmp_path: Path) -> None:
+    no_proxy_env.setenv("HTTP_PROXY", "ftp://127.0.0.1:21")
+    client = Client(server.url, state_dir=tmp_path / "hints")
+    with pytest.raises(ConfigError, match=r"proxy ftp://127.0.0.1.*HTTP_PROXY"):
+        client.upload(write_file(tmp_path / "f.bin", b"x"))
+
+
+def test_ca_cert_trusts_a_private_certificate(
+    tls_server: tuple[ServerProcess, Path], no_proxy_env, tmp_path: Path
+) -> None:
+    """`ca_cert` (the CLI's --ca-cert): a private CA without SSL_CERT_FILE, file or directory."""
+    server, cert = tls_server
+    no_proxy_env.delenv("SSL_CERT_FILE", raising=False)
+    no_proxy_env.delenv("SSL_CERT_DIR", raising=False)
+    data = random_bytes(100 * KiB, seed=93)
+    client = Client(server.url, state_dir=tmp_path / "hints", ca_cert=cert)
+    r = client.upload(write_file(tmp_path / "f.bin", data), key="ca/f.bin")
+    assert client.download(r.object_id, tmp_path / "back.bin").sha256 == sha256_hex(data)
+    with pytest.raises(InvalidInput, match=r"TLS certificate is not trusted.*--ca-cert"):
+        Client(server.url, state_dir=tmp_path / "hints").download(r.object_id, tmp_path / "x")
+
+
+def test_a_ca_cert_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="no such file"):
+        Client("https://127.0.0.1:1", ca_cert=tmp_path / "none.pem")
+    bad = write_file(tmp_path / "bad.pem", b"not a certificate")
+    with pytest.raises(InvalidInput, match="no CA certificate"):
+        Client("https://127.0.0.1:1", ca_cert=bad)

@@ -1,0 +1,161 @@
+"""`edgestore upload` and `edgestore download` as a user runs them (a real CLI process, a real
+server): trusting a private CA with --ca-cert, Ctrl-C on a link gone silent, a full disk."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgestore.client import Client
+from tests.certs import self_signed
+from tests.flaky_link import FlakyLink
+from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
+from tests.native import DB_PARAMS, small_chunk_server
+from tests.server import ServerProcess
+
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE")
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_VARS}
+    env.pop("EDGESTORE_CA_CERT", None)
+    return {**env, **extra}
+
+
+def edgestore(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgestore", *args],
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+    base = tmp_path_factory.mktemp("cli-tls")
+    cert, key = self_signed(base)
+    server = ServerProcess(
+        home=base / "home",
+        database_url=f"sqlite:///{base / 'meta.db'}",
+        scheme="https",
+        args=["--certfile", str(cert), "--keyfile", str(key)],
+    ).start()
+    try:
+        yield server, cert
+    finally:
+        server.stop()
+
+
+def test_ca_cert_trusts_a_private_server(tls_server, tmp_path: Path) -> None:
+    """There was no way but SSL_CERT_FILE (which the error named, and no --help did)."""
+    server, cert = tls_server
+    data = random_bytes(200 * KiB, seed=95)
+    src = write_file(tmp_path / "f.bin", data)
+    hints = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    refused = edgestore("upload", str(src), server.url, "--quiet", **hints)
+    assert refused.returncode == 4 and "--ca-cert" in refused.stderr
+    up = edgestore("upload", str(src), server.url, "--ca-cert", str(cert), "--json", **hints)
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["sha256"] == sha256_hex(data)
+    out = tmp_path / "back.bin"
+    down = edgestore(
+        "download", "default/f.bin", "--server", server.url, "-o", str(out), "--quiet",
+        EDGESTORE_CA_CERT=str(cert),
+    )  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    assert out.read_bytes() == data
+    missing = edgestore("upload", str(src), server.url, "--ca-cert", str(tmp_path / "no.pem"))
+    assert missing.returncode == 4 and "no such file" in missing.stderr
+
+
+@pytest.fixture(scope="module", params=DB_PARAMS)
+def server(request, tmp_path_factory):
+    with small_chunk_server(request, tmp_path_factory) as proc:
+        yield proc
+
+
+def test_ctrl_c_on_a_silent_link_stops_at_once_and_the_rerun_resumes(server, tmp_path) -> None:
+    """The link goes silent mid-download (Wi-Fi gone, the TCP state lingering) and the user
+    presses Ctrl-C: the command waited for the read timeout (a minute) before it quit."""
+    data = random_bytes(24 * MiB + 5, seed=96)
+    oid = (
+        Client(server.url, state_dir=tmp_path / "hints")
+        .upload(write_file(tmp_path / "src.bin", data), key="cli/silent.bin")
+        .object_id
+    )
+    # The first connection carries 9 MiB back (more than a range), then nothing moves.
+    link = FlakyLink(int(server.url.rsplit(":", 1)[1]), stall=True).start()
+    link.set_budgets(itertools.repeat(None), itertools.chain([9 * MiB], itertools.repeat(0)))
+    out = tmp_path / "out.bin"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgestore", "download", oid, "--server", link.url,
+             "-o", str(out), "--workers", "1", "--quiet"],
+            env=cli_env(),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        part = out.with_name("out.bin.part.json")
+        deadline = time.monotonic() + 20
+        while link.cuts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the second range's request is waiting on the silent link
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        try:
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+        assert time.monotonic() - started < 5 and proc.returncode == 130
+    finally:
+        link.stop()
+    assert json.loads(part.read_text())["done"] == [[0, 8 * MiB]]
+    r = Client(server.url).download(oid, out)
+    assert r.bytes_resumed == 8 * MiB and r.verified and out.read_bytes() == data
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (mounting needs root, as in the test containers)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_part_file_stays(
+    server, small_disk: Path, tmp_path
+) -> None:
+    """ENOSPC ended the download in a traceback (exit code 1); it is exit code 6 (a storage
+    problem, docs/operations.md), and what was downloaded stays for the rerun."""
+    data = random_bytes(2 * MiB + 7, seed=97)
+    Client(server.url, state_dir=tmp_path / "hints").upload(
+        write_file(tmp_path / "src.bin", data), key="cli/full.bin"
+    )
+    out = small_disk / "out.bin"
+    full = edgestore("download", "default/cli/full.bin", "--server", server.url, "-o", str(out))
+    assert full.returncode == 6, full.stderr
+    assert "No space left on device" in full.stderr and "run the same command again" in full.stderr
+    assert "Traceback" not in full.stderr
+    assert out.with_name("out.bin.part").exists() and not out.exists()
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    r = Client(server.url).download("default/cli/full.bin", out)
+    assert r.verified and out.read_bytes() == data
