@@ -156,6 +156,17 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         32, ge=0, description="Upload requests streaming at once per client; 0 = unlimited."
     )
+    request_head_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a connection has to send a whole request head (408 past it).",
+    )
+    max_connections_per_client: int = Field(
+        256,
+        ge=0,
+        description="Open connections per client address (not trusted_proxies); more are "
+        "closed on arrival; 0 = unlimited.",
+    )
     max_concurrent_downloads: int = Field(
         64,
         ge=0,

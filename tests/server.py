@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -46,6 +47,7 @@ class ServerProcess:
     scheme: str = "http"  # "https" with --certfile/--keyfile in args
     # A point (tests/crashpoints.py) at which the next start()'s process kill -9s itself.
     crash_at: dict[str, object] | None = None
+    open_files: int | None = None  # the process's RLIMIT_NOFILE (soft and hard), as `ulimit -n`
 
     @property
     def url(self) -> str:
@@ -84,6 +86,7 @@ class ServerProcess:
             env=child_env(self.env) if self.crash_at else self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -98,6 +101,10 @@ class ServerProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

@@ -87,7 +87,11 @@ def client_of(scope: Scope) -> str:
     if key_id:
         return f"key:{key_id}"
     client = scope.get("client")
-    host = client[0] if client else "unknown"
+    return address_client(client[0] if client else "unknown")
+
+
+def address_client(host: str) -> str:
+    """The client an address counts as (see client_of)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

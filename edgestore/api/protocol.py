@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol reading in large pieces, with a cap on request heads.
+"""uvicorn's httptools protocol reading in large pieces, with a cap and a deadline on request
+heads and caps on connections (api/connections.py).
 
 Large reads: the event loop competes for the GIL with the threads that store chunks, and a
 thread waiting for the GIL waits up to the switch interval (5 ms) while another runs Python
@@ -18,6 +19,13 @@ answered 431 and the connection closed; the body (uploads) is not counted. nginx
 limits heads too (large_client_header_buffers), but a node must not rely on it. A chunked
 body's trailer fields are buffered the same way: more than MAX_REQUEST_HEAD bytes in a row
 that are not body bytes (chunk framing, trailers) close the connection.
+
+A request head must also arrive whole within `head_timeout` seconds (request_head_timeout)
+of its first byte, or of the connection's opening: else 408 and the connection closed (closed
+without a word when nothing came). Without it a client sending a head a byte every few seconds
+(slowloris) held a connection, and a file descriptor, for as long as it liked, before any
+rate limit could count it. Bodies have their own idle timeout in the routes that read them;
+the time between requests is the keep-alive timeout.
 
 Trailer fields (after a chunked body; tus's checksum-trailer sends Upload-Checksum there) are
 kept apart from the head's fields, which uvicorn would otherwise extend with them, and
@@ -40,11 +48,19 @@ from starlette.types import Scope
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from edgestore.api import direct
+from edgestore.api import connections, direct
 from edgestore.errors import TransferInterrupted
 
 MAX_REQUEST_HEAD = 64 * 1024
 _MESSAGE = b"request head (URL and headers) too large"
+_TIMEOUT_MESSAGE = b"request head not received in time"
+_RESPONSE_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: " + str(len(_TIMEOUT_MESSAGE)).encode() + b"\r\n"
+    b"connection: close\r\n\r\n" + _TIMEOUT_MESSAGE
+)
+HEAD_TIMEOUT = 30.0
 _RESPONSE_431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
@@ -94,8 +110,15 @@ class HeadTooLarge(Exception):
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
+    head_timeout: float = HEAD_TIMEOUT  # see configured()
+    max_connections: int | None = None  # api/connections.py
+    per_client: connections.ConnectionCounts | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_begun = False  # a byte of the current head arrived
+        self._counted_as = ""  # in per_client's counts, as this client
         self._in_head = True
         self._head_bytes = 0
         self._refused = False
@@ -237,6 +260,49 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
             self._counted = active
             _reads.receiving += 1 if active else -1
 
+    # --- connections: the caps, and the deadline of a head ----------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        cap = self.max_connections
+        if cap is not None and len(self.connections) > cap:
+            connections.refusals.record(cap)
+            transport.abort()  # its descriptor back at once, no lingering close
+            return
+        if self.per_client is not None:
+            counted_as = self.per_client.admit(self.client[0] if self.client else None)
+            if counted_as is None:
+                transport.abort()
+                return
+            self._counted_as = counted_as
+        self._start_head_timer()
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A head pipelined behind a response still being sent (a long download): a 408
+            # now would land inside that response: the head gets a fresh deadline.
+            self._start_head_timer()
+            return
+        if self._head_begun:  # a request began: say why it ends
+            self.logger.info(
+                "closed a connection: request head not whole in %gs (408)", self.head_timeout
+            )
+            self.transport.write(_RESPONSE_408)
+        self.transport.close()
+
     def on_message_complete(self) -> None:
         self._receiving(False)
         self._chunked = False
@@ -244,6 +310,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._receiving(False)
+        self._stop_head_timer()
+        if self._counted_as and self.per_client is not None:
+            self.per_client.release(self._counted_as)
+            self._counted_as = ""
         if self._direct is not None:
             self._direct.fail(TransferInterrupted("client disconnected"))
             self._direct = None
@@ -252,6 +322,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        self._head_begun = True
         self._head_bytes = 0
         self._body_seen = 0
         self._trailers = None
@@ -268,6 +339,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         """A head that arrived in one read is measured here, once parsed."""
         self._in_head = False
+        self._head_begun = False
+        self._stop_head_timer()
         size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if size > MAX_REQUEST_HEAD:
             self._refused = True
@@ -308,6 +381,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
                 )
                 self.transport.close()
                 return
+        if self._in_head:
+            # The first bytes of a head, on a fresh connection or a kept-alive one (whose
+            # keep-alive timer those bytes stopped): from now on it has head_timeout.
+            self._start_head_timer()
         # Checked after parsing, so a read that ends the head and brings body bytes along
         # never counts as an oversized head; at most one read beyond the cap is buffered.
         if self._in_head and self._head_bytes > MAX_REQUEST_HEAD and not self._refused:
@@ -347,3 +424,18 @@ def informational(scope: Scope, status: int, fields: list[tuple[str, str]]) -> b
         INFORMATIONAL
     )
     return send is not None and send(status, fields)
+
+
+def configured(
+    head_timeout: float,
+    max_connections: int | None,
+    per_client: connections.ConnectionCounts | None = None,
+) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class with the node's head deadline (request_head_timeout) and connection
+    caps: uvicorn builds protocols with no argument of ours."""
+    settings = {
+        "head_timeout": head_timeout,
+        "max_connections": max_connections,
+        "per_client": per_client,
+    }
+    return type(BoundedHttpToolsProtocol.__name__, (BoundedHttpToolsProtocol,), settings)

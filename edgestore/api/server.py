@@ -21,10 +21,11 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
+from edgestore.api import connections
 from edgestore.api.app import create_app
 from edgestore.api.auth import check_bind
 from edgestore.api.logs import configure
-from edgestore.api.protocol import BoundedHttpToolsProtocol
+from edgestore.api.protocol import configured
 from edgestore.config import Settings
 from edgestore.engine import Engine
 from edgestore.errors import ConfigError
@@ -59,6 +60,7 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().set_exception_handler(connections.AcceptErrorLog())
         await super().startup(sockets)
         if self.started and self.config.port == 0:  # the banner could only say PORT
             port = self.servers[0].sockets[0].getsockname()[1]
@@ -100,6 +102,7 @@ def run(
 def _serve(
     app: FastAPI, settings: Settings, ssl_certfile: str | None, ssl_keyfile: str | None
 ) -> None:
+    open_files = connections.open_files_limit()
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -107,7 +110,15 @@ def _serve(
         # asyncio's loop, not uvloop: it reads into the buffer the protocol offers (2 MiB),
         # where uvloop reads 256 KiB per wakeup of the GIL-contended loop (see api/protocol.py)
         loop="asyncio",
-        http=BoundedHttpToolsProtocol,  # httptools, large reads, a cap on request heads
+        # httptools, large reads, a cap on request heads, a deadline for them, and a cap on
+        # connections below the open files limit
+        http=configured(
+            settings.request_head_timeout,
+            connections.connection_cap(open_files),
+            connections.ConnectionCounts(
+                settings.max_connections_per_client, settings.trusted_proxies
+            ),
+        ),
         lifespan="on",
         log_config=None,
         access_log=False,

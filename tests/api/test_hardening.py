@@ -252,3 +252,31 @@ def test_schemathesis_finds_no_server_errors(auth_server: ServerProcess) -> None
         fuzz()
     assert not failures, "\n".join(failures[:20])
     assert "Traceback" not in auth_server.log()[log_before:]
+
+
+_CREATE = b"POST /files/ HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Length: 1\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 0\r\nContent-Length: 5\r\n",
+        b"Content-Length: 0\r\nContent-Length: 0\r\n",
+        b"Content-Length: 0, 0\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: gzip\r\n",
+        b"Transfer-Encoding: chunked, gzip\r\n",
+        b"Transfer-Encoding : chunked\r\n",
+        b"X: a\r\nTransfer-Encoding:\r\n chunked\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: +1\r\n",
+        b"Content-Length: 9223372036854775808000\r\n",
+    ],
+)
+def test_ambiguous_body_framing_is_400(auth_server: ServerProcess, framing: bytes) -> None:
+    """Request smuggling: where a proxy in front and the node could disagree on where a
+    request ends, the node refuses it before any route (and any credential check) runs."""
+    with socket.create_connection(("127.0.0.1", auth_server.port), timeout=10) as sock:
+        sock.sendall(_CREATE + framing + b"\r\n0\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 400"), framing

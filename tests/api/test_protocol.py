@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
 
 from edgestore.api import protocol
 from edgestore.api.protocol import (
@@ -13,6 +19,8 @@ from edgestore.api.protocol import (
     BoundedHttpToolsProtocol,
     _LoopReads,
 )
+from tests.helpers import TricklingPatch, tus_create
+from tests.server import ServerProcess
 
 
 def test_is_a_buffered_protocol():
@@ -125,3 +133,237 @@ def test_bodies_arrive_whole_through_the_parser():
         assert b"".join(m["body"] for m in received) == body
 
     _run_with_protocol(check)
+
+
+# --- slow clients (slowloris) against a real server ---------------------------------------------
+
+HEAD_TIMEOUT = 2.0
+
+
+@pytest.fixture(scope="module")
+def slow_head_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real server whose request heads must arrive within HEAD_TIMEOUT seconds."""
+    base = tmp_path_factory.mktemp("head-timeout")
+    proc = ServerProcess(
+        home=base / "home",
+        database_url=f"sqlite:///{base / 'meta.db'}",
+        env_extra={
+            "EDGESTORE_REQUEST_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
+            "EDGESTORE_MAX_CONNECTIONS_PER_CLIENT": "0",  # one address opens hundreds here
+        },
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _trickle(sock: socket.socket, data: bytes, interval: float, budget: float) -> float:
+    """Send `data` a byte every `interval` seconds until refused or `budget` seconds pass;
+    how long the server let it go on."""
+    began = time.monotonic()
+    try:
+        for i in range(len(data)):
+            sock.sendall(data[i : i + 1])
+            time.sleep(interval)
+            if time.monotonic() - began > budget:
+                break
+    except OSError:
+        pass  # closed by the server: what we want
+    return time.monotonic() - began
+
+
+def _response(sock: socket.socket) -> bytes:
+    got = b""
+    try:
+        while chunk := sock.recv(4096):
+            got += chunk
+    except OSError:
+        pass
+    return got
+
+
+def test_a_head_that_trickles_in_is_cut_off_with_408(slow_head_server: ServerProcess) -> None:
+    """Slowloris: a head sent a byte at a time never ended, and held its connection (and a
+    file descriptor) for as long as the client liked. The whole head now has a deadline."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", slow_head_server.port), timeout=15) as sock:
+        lasted = _trickle(sock, head, 0.2, budget=3 * HEAD_TIMEOUT)
+        got = _response(sock)
+    assert got.startswith(b"HTTP/1.1 408"), got[:100]
+    assert b"connection: close" in got.lower()
+    assert lasted < 2 * HEAD_TIMEOUT
+
+
+def test_a_connection_that_sends_nothing_is_closed(slow_head_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", slow_head_server.port), timeout=15) as sock:
+        began = time.monotonic()
+        assert _response(sock) == b""  # closed without a word: there was no request
+        assert time.monotonic() - began < 2 * HEAD_TIMEOUT
+
+
+def test_the_next_head_on_a_kept_alive_connection_has_a_deadline(
+    slow_head_server: ServerProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", slow_head_server.port), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b'"ok"}' not in first:  # the whole response, head and body
+            first += sock.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        time.sleep(HEAD_TIMEOUT * 1.2)  # idle between requests: the keep-alive timeout's job
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200 + b"\r\n\r\n"
+        lasted = _trickle(sock, head, 0.2, budget=3 * HEAD_TIMEOUT)
+        got = _response(sock)
+    assert got.startswith(b"HTTP/1.1 408"), got[:100]
+    assert lasted < 2 * HEAD_TIMEOUT
+
+
+def test_a_body_slower_than_the_head_deadline_is_not_cut(slow_head_server: ServerProcess) -> None:
+    """The deadline is the head's: a body may take as long as it keeps coming."""
+    data = b"b" * 64 * 1024
+    with slow_head_server.client() as c:
+        url = tus_create(c, len(data))
+    patch = TricklingPatch(
+        slow_head_server.url, url, 0, data, first=1024, step=1024, interval=0.05
+    ).start()
+    try:
+        time.sleep(HEAD_TIMEOUT * 1.5)
+        status, _ = patch.finish()
+    finally:
+        patch.close()
+    assert status == 204
+
+
+def test_clients_are_served_while_hundreds_of_slow_heads_are_open(
+    slow_head_server: ServerProcess,
+) -> None:
+    """500 connections trickling heads cost the server nothing but their sockets, and go
+    away at the deadline."""
+    socks = []
+    try:
+        for _ in range(500):
+            sock = socket.create_connection(("127.0.0.1", slow_head_server.port), timeout=15)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            socks.append(sock)
+        with slow_head_server.client() as c:
+            assert c.get("/healthz").status_code == 200
+        time.sleep(HEAD_TIMEOUT + 1.5)
+        for sock in socks:
+            assert _response(sock).startswith(b"HTTP/1.1 408")
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_running_out_of_file_descriptors_neither_spins_nor_breaks_uploads(
+    tmp_path: Path,
+) -> None:
+    """More connections than the process may open files (`ulimit -n`): asyncio's accept loop
+    logged a traceback for every attempt, tens of thousands a second (46 MB of log in 10 s,
+    one core busy), and the uploads in progress could no longer open their files. Connections
+    past what the node can hold are now closed as they come, and an upload already running
+    finishes."""
+    server = ServerProcess(
+        home=tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        env_extra={"EDGESTORE_REQUEST_HEAD_TIMEOUT": "60"},
+        open_files=256,
+    ).start()
+    socks: list[socket.socket] = []
+    try:
+        data = b"u" * 256 * 1024
+        with server.client() as c:
+            url = tus_create(c, len(data))
+        patch = TricklingPatch(server.url, url, 0, data, first=1024, step=1024).start()
+        try:
+            for _ in range(400):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                socks.append(sock)
+            time.sleep(3)
+            status, _ = patch.finish()
+        finally:
+            patch.close()
+        assert status == 204
+        assert server.log().count("out of system resource") < 10
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+    with server.start().client() as c:  # what it stored is whole
+        assert c.head(url, headers={"Tus-Resumable": "1.0.0"}).headers["upload-offset"] == str(
+            len(data)
+        )
+    server.stop()
+
+
+def _open_slow_heads(port: int, n: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        except OSError:
+            pass  # already closed by the server
+        socks.append(sock)
+    return socks
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(64) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset
+
+
+def test_one_address_cannot_take_all_connections(tmp_path: Path) -> None:
+    """Slowloris from one address: its connections past max_connections_per_client are
+    closed on arrival, and another address is served meanwhile."""
+    server = ServerProcess(
+        home=tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        env_extra={"EDGESTORE_MAX_CONNECTIONS_PER_CLIENT": "20"},
+    ).start()
+    socks: list[socket.socket] = []
+    try:
+        socks = _open_slow_heads(server.port, 30)
+        time.sleep(0.5)
+        closed = [_closed_by_server(sock) for sock in socks]
+        assert closed.count(True) == 10, closed
+        other = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(base_url=server.url, transport=other, timeout=10) as c:
+            assert c.get("/healthz").status_code == 200
+        for sock in socks:
+            sock.close()
+        time.sleep(0.5)  # its connections gone, the address is served again
+        with server.client() as c:
+            assert c.get("/healthz").status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
+
+
+def test_trusted_proxies_are_not_held_to_the_per_client_cap(tmp_path: Path) -> None:
+    """Behind a proxy every connection comes from it: the proxy limits its clients."""
+    server = ServerProcess(
+        home=tmp_path / "home",
+        database_url=f"sqlite:///{tmp_path / 'meta.db'}",
+        env_extra={
+            "EDGESTORE_MAX_CONNECTIONS_PER_CLIENT": "5",
+            "EDGESTORE_TRUSTED_PROXIES": "127.0.0.1",
+        },
+    ).start()
+    socks: list[socket.socket] = []
+    try:
+        socks = _open_slow_heads(server.port, 10)
+        time.sleep(0.5)
+        assert not any(_closed_by_server(sock) for sock in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
