@@ -40,8 +40,10 @@ def backup(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Back up the metadata database (the index without which shards are anonymous) while
-    the server runs: uploads go on. SQLite: a compact copy of the database file; PostgreSQL:
+    """Back up the metadata database while the server runs, or check a backup (--check).
+
+    The metadata is the index without which shards are anonymous; uploads go on meanwhile.
+    SQLite: a compact copy of the database file; PostgreSQL:
     a pg_dump custom-format archive (pg_dump must be on PATH). The copy is checked, fsynced
     and renamed into place; a later restore of it is recognised by gc, which then deletes
     nothing until told (see `gc --accept-restored-metadata`)."""
