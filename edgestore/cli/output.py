@@ -96,25 +96,22 @@ def status(message: str, *, quiet: bool = False) -> Iterator[Callable[[str], Non
 
 
 class Transfer:
-    """A byte progress bar on stderr (rate, ETA); silent when quiet or not a terminal."""
+    """A byte progress bar on stderr (rate and ETA of the bytes that travel: skipped ones
+    fill the bar, not the rate); silent when quiet or not a terminal."""
 
     def __init__(self, description: str, total: int | None, *, quiet: bool = False) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        from edgestore.cli.transfer_rate import SentRate, SentSpeedColumn, SentTimeRemainingColumn
 
         self._enabled = not quiet and err.is_terminal
+        self._rate = SentRate()
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),  # a key is not markup
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+            SentSpeedColumn(self._rate),
+            SentTimeRemainingColumn(self._rate),
             TextColumn("{task.fields[detail]}"),
             console=err,
             transient=False,
@@ -125,18 +122,23 @@ class Transfer:
         self._skipped = 0
 
     def __enter__(self) -> Transfer:
+        self._rate.begin()
         self._progress.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
         """The bar stays on the terminal: after a failure it says so, or a native upload
         whose every chunk was sent before its commit failed stood at 100%, as if done."""
+        description = self._description  # done: no longer "committing…"
         if exc_type is not None:
             what = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
-            self._progress.update(self._task, description=f"{self._description}: {what}")
+            description = f"{self._description}: {what}"
+        self._progress.update(self._task, description=description)
         self._progress.stop()
 
     def advance(self, n: int) -> None:
+        """`n` bytes moved (sent, received or read): the bar and the rate."""
+        self._rate.add(n)
         self._progress.advance(self._task, n)
 
     def describe(self, description: str) -> None:
@@ -146,6 +148,7 @@ class Transfer:
     # The client library's Progress protocol (edgestore.client.results.Progress).
 
     def start(self, total: int) -> None:
+        self._rate.begin()  # the rate counts from the transfer, not from opening a session
         self._progress.update(self._task, total=total)
 
     def transferred(self, n: int) -> None:
@@ -156,6 +159,11 @@ class Transfer:
         self._skipped += n
         detail = f"{human_bytes(self._skipped)} already there" if self._skipped else ""
         self._progress.update(self._task, advance=n, detail=detail)
+
+    def committing(self) -> None:
+        """Every byte is sent and the server commits (a native finalize hashes the whole file
+        back: minutes for 20 GB); the bar at 100% said "done" meanwhile."""
+        self._progress.update(self._task, description=f"{self._description}: committing…")
 
     def track(self, source: Readable) -> Readable:
         """The same source, advancing the bar by what each read returns."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -35,8 +36,25 @@ CaCertOpt = Annotated[
         show_default=False,
     ),
 ]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        envvar="EDGESTORE_TIMEOUT",
+        metavar="SECONDS",
+        help="Seconds a connection may stay silent (connecting: at most 10) before the "
+        "request is retried: raise it on a slow or satellite link (else $EDGESTORE_TIMEOUT).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary at the end.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def check_timeout(seconds: float) -> float:
+    """A read timeout httpx can wait on: 0 would fail every request, NaN never compares."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidInput(f"--timeout takes a number of seconds above 0, not {seconds}")
+    return seconds
 
 
 def parse_workers(value: str) -> Workers:
@@ -75,6 +93,7 @@ def upload(
     ] = None,
     api_key: ApiKeyOpt = None,
     ca_cert: CaCertOpt = None,
+    timeout: TimeoutOpt = 60.0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -86,7 +105,7 @@ def upload(
 
     if protocol not in ("native", "tus"):
         raise InvalidInput(f"--protocol takes native or tus, not {protocol!r}")
-    client = Client(url, api_key, ca_cert=ca_cert)
+    client = Client(url, api_key, timeout=check_timeout(timeout), ca_cert=ca_cert)
     with output.Transfer(f"upload {file.name}", None, quiet=quiet or json_out) as bar:
         result = client.upload(
             file,
@@ -141,6 +160,7 @@ def download(
     ] = None,
     api_key: ApiKeyOpt = None,
     ca_cert: CaCertOpt = None,
+    timeout: TimeoutOpt = 60.0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -161,7 +181,7 @@ def download(
         base = server
     else:
         raise InvalidInput("an object id or bucket/key needs --server URL (or a full URL)")
-    client = Client(base, api_key, ca_cert=ca_cert)
+    client = Client(base, api_key, timeout=check_timeout(timeout), ca_cert=ca_cert)
     with output.Transfer(f"download {ref}", None, quiet=quiet or json_out) as bar:
         result = client.download(ref, out_path, workers=workers, progress=bar)
     if json_out:

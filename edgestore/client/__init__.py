@@ -18,13 +18,28 @@ from edgestore.lazy import lazy_names
 
 if TYPE_CHECKING:
     from edgestore.client.client import Client
-    from edgestore.client.results import DownloadResult, NoProgress, Progress, UploadResult
+    from edgestore.client.results import (
+        CommitProgress,
+        DownloadResult,
+        NoProgress,
+        Progress,
+        UploadResult,
+    )
     from edgestore.client.retry import RetryPolicy
 
-__all__ = ["Client", "DownloadResult", "NoProgress", "Progress", "RetryPolicy", "UploadResult"]
+__all__ = [
+    "Client",
+    "CommitProgress",
+    "DownloadResult",
+    "NoProgress",
+    "Progress",
+    "RetryPolicy",
+    "UploadResult",
+]
 
 _WHERE = {
     "Client": "edgestore.client.client",
+    "CommitProgress": "edgestore.client.results",
     "DownloadResult": "edgestore.client.results",
     "NoProgress": "edgestore.client.results",
     "Progress": "edgestore.client.results",

@@ -254,7 +254,7 @@ class Transport:
         ok: tuple[int, ...] = (200, 201, 204),
         json: Any = None,
         content: Callable[[], Content] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | bytes] | None = None,
         timeout: float | None = None,
         what: str | None = None,
         stream: bool = False,

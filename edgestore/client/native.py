@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 from edgestore.chunking import StreamChunker
 from edgestore.client.concurrency import MAX_WORKERS, AutoWorkers, Budget, Gate, Stopped, Turn
 from edgestore.client.http import Transport
-from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
+from edgestore.client.results import Counter, NoProgress, Progress, UploadResult, tell_committing
 from edgestore.client.resume import HintKey, ResumeHints
 from edgestore.client.session import chunker_params, create_session, new_idempotency_key
 from edgestore.client.source import SourceFile, guess_content_type
@@ -456,6 +456,7 @@ class NativeUpload:
         }
         url = f"/v1/uploads/{self._upload_id}/finalize"
         timeout = 120 + self._source.size / FINALIZE_BYTES_PER_SECOND
+        tell_committing(self._progress)
         for _round in range(3):
             try:
                 return self._t.json(

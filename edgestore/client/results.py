@@ -19,6 +19,23 @@ class Progress(Protocol):
         """`n` bytes need not travel: the server already has them (dedup or resume)."""
 
 
+class CommitProgress(Progress, Protocol):
+    """A Progress that is also told when the server starts to commit an upload. Optional:
+    the client calls `committing()` only on objects that have it (`tell_committing`), so a
+    Progress written with the three methods above still works unchanged."""
+
+    def committing(self) -> None:
+        """Every byte is sent; the server is committing the upload. A native finalize reads
+        the file back to hash it (minutes for 20 GB): the transfer is not done until then."""
+
+
+def tell_committing(progress: Progress) -> None:
+    """`progress.committing()` where it has one (see CommitProgress)."""
+    hook = getattr(progress, "committing", None)
+    if callable(hook):
+        hook()
+
+
 class NoProgress:
     def start(self, total: int) -> None:
         pass
@@ -27,6 +44,9 @@ class NoProgress:
         pass
 
     def skipped(self, n: int) -> None:
+        pass
+
+    def committing(self) -> None:
         pass
 
 

@@ -24,11 +24,11 @@ import httpx
 from edgestore.client.concurrency import AutoWorkers, Gate
 from edgestore.client.http import ANY_STATUS, Transport, error_from, refusal
 from edgestore.client.native import POLL, Workers
-from edgestore.client.results import Counter, NoProgress, Progress, UploadResult
+from edgestore.client.results import Counter, NoProgress, Progress, UploadResult, tell_committing
 from edgestore.client.resume import HintKey, ResumeHints
 from edgestore.client.retry import call_with_retry
 from edgestore.client.source import SourceFile, guess_content_type
-from edgestore.errors import NotFound, OffsetConflict, UploadGone, WholeFileMismatch
+from edgestore.errors import InvalidInput, NotFound, OffsetConflict, UploadGone, WholeFileMismatch
 
 TUS = {"Tus-Resumable": "1.0.0"}
 PATCH_BYTES = 256 * 1024 * 1024  # one PATCH at most (some proxies cap request bodies)
@@ -38,12 +38,18 @@ MIN_PART_BYTES = 1024 * 1024
 SEND_PIECE = 256 * 1024
 
 
-def encode_metadata(values: dict[str, str | None]) -> str:
-    """Upload-Metadata: comma-separated `key base64(value)` pairs."""
+def encode_metadata(values: dict[str, str | None]) -> bytes:
+    """Upload-Metadata: comma-separated `key base64(value)` pairs, as bytes: a key is sent as
+    its UTF-8 (tus 1.0 allows any key without space or comma), which httpx, given a str,
+    would encode as ASCII and refuse (UnicodeEncodeError before any request)."""
     pairs = []
     for k, v in values.items():
+        if not k or " " in k or "," in k:  # the field's separators: it would read as other pairs
+            raise InvalidInput(
+                f"tus cannot carry the metadata key {k!r} (empty, a space or a comma)"
+            )
         pairs.append(k if v is None else f"{k} {base64.b64encode(v.encode()).decode()}")
-    return ",".join(pairs)
+    return ",".join(pairs).encode("utf-8")
 
 
 def tus_endpoint(url: str) -> str:
@@ -141,6 +147,7 @@ class TusUpload:
             url = parts[0]["url"]
         else:
             self._source.check_unchanged()
+            tell_committing(self._progress)
             url = self._final([p["url"] for p in parts])
         self._hints.clear(self._hint_key)
         info = self._object_info(url)
@@ -185,7 +192,7 @@ class TusUpload:
         return set()
 
     def _create(self, part: dict[str, Any], *, partial: bool) -> str:
-        headers = {
+        headers: dict[str, str | bytes] = {
             **TUS,
             "Upload-Length": str(part["end"] - part["start"]),
             "Upload-Metadata": encode_metadata(self._metadata),
@@ -207,7 +214,7 @@ class TusUpload:
         return str(httpx.URL(self._endpoint).join(resp.headers["location"]))
 
     def _final(self, urls: list[str]) -> str:
-        headers = {
+        headers: dict[str, str | bytes] = {
             **TUS,
             "Upload-Concat": "final;" + " ".join(urls),
             "Upload-Metadata": encode_metadata(self._metadata),

@@ -159,3 +159,68 @@ def test_a_full_disk_is_a_clear_error_and_the_part_file_stays(
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
     r = Client(server.url).download("default/cli/full.bin", out)
     assert r.verified and out.read_bytes() == data
+
+
+@pytest.mark.parametrize("protocol", ["native", "tus"])
+def test_a_non_ascii_file_name_uploads_by_either_protocol(server, tmp_path, protocol) -> None:
+    data = random_bytes(300 * KiB, seed=98)
+    name = f"résumé 日本 {protocol}.bin"
+    src = write_file(tmp_path / name, data)
+    up = edgestore(
+        "upload", str(src), server.url, "--protocol", protocol, "--json",
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert (json.loads(up.stdout)["key"], json.loads(up.stdout)["sha256"]) == (
+        name,
+        sha256_hex(data),
+    )
+    with server.client() as http:
+        assert (
+            http.get(f"/ids/{json.loads(up.stdout)['object_id']}/info").json()["filename"] == name
+        )
+
+
+def test_timeout_bounds_a_silent_link(server, tmp_path) -> None:
+    """A stalled connection waited the 60 s read timeout before its retry, and only the
+    library could change that: --timeout (or $EDGESTORE_TIMEOUT) sets it."""
+    data = random_bytes(3 * MiB + 11, seed=99)
+    src = write_file(tmp_path / "slow.bin", data)
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    port = int(server.url.rsplit(":", 1)[1])
+    # The first connection goes silent after 1 MiB (mid-body), later ones carry everything.
+    link = FlakyLink(port, stall=True).start()
+    try:
+        link.set_budgets(itertools.chain([1 * MiB], itertools.repeat(None)), itertools.repeat(None))
+        started = time.monotonic()
+        up = edgestore(
+            "upload", str(src), link.url, "--key", "cli/slow.bin", "--workers", "1", "--json",
+            EDGESTORE_TIMEOUT="1", **cache,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert time.monotonic() - started < 30 and link.cuts == 1
+        assert json.loads(up.stdout)["retries"] >= 1
+        link.set_budgets(itertools.repeat(None), itertools.chain([1 * MiB], itertools.repeat(None)))
+        out = tmp_path / "back.bin"
+        started = time.monotonic()
+        down = edgestore(
+            "download", "default/cli/slow.bin", "--server", link.url, "-o", str(out),
+            "--workers", "1", "--timeout", "1.5", "--json",
+        )  # fmt: skip
+        assert down.returncode == 0, down.stderr
+        assert time.monotonic() - started < 30 and link.cuts == 2
+        assert out.read_bytes() == data
+    finally:
+        link.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--timeout", "0"], {}), (["--timeout", "-3"], {}), (["--timeout", "nan"], {}),
+     ([], {"EDGESTORE_TIMEOUT": "0"})],
+)  # fmt: skip
+def test_a_timeout_not_above_zero_is_refused(tmp_path, args, env) -> None:
+    src = write_file(tmp_path / "f.bin", b"x")
+    for cmd in (["upload", str(src), "http://127.0.0.1:9"], ["download", "http://127.0.0.1:9/x"]):
+        r = edgestore(*cmd, *args, **env)
+        assert r.returncode == 4 and "--timeout" in r.stderr, r.stderr

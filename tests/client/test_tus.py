@@ -11,8 +11,8 @@ import shutil
 import pytest
 
 from edgestore.client import Client
-from edgestore.client.tus import plan_parts, tus_endpoint
-from edgestore.errors import SourceChanged
+from edgestore.client.tus import encode_metadata, plan_parts, tus_endpoint
+from edgestore.errors import InvalidInput, SourceChanged
 from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
 from tests.native import rows, versions_of
 
@@ -190,6 +190,34 @@ def test_a_file_name_that_is_not_utf8_uploads_under_a_readable_name(
     r = Client(server.url, state_dir=hints_dir).upload(src, protocol="tus")
     assert (r.key, r.sha256) == ("na\ufffdve.bin", sha256_hex(data))
     assert http.get(f"/ids/{r.object_id}/info").json()["filename"] == "na\ufffdve.bin"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_non_ascii_metadata_keys_values_and_file_names_upload(
+    server, http, tmp_path, hints_dir, workers
+) -> None:
+    """The server takes any key tus 1.0 allows, UTF-8 included; the client sent the field as
+    a str header, which httpx encodes as ASCII: UnicodeEncodeError before any request."""
+    data = random_bytes(3 * MiB + 1, seed=39 + workers)
+    src = write_file(tmp_path / f"résumé 日本-{workers}.bin", data)
+    metadata = {"ключ": "значение", "café/ü:x": "naïve ✓", "plain": "ok"}
+    r = Client(server.url, state_dir=hints_dir).upload(
+        src, protocol="tus", workers=workers, metadata=metadata
+    )
+    assert (r.key, r.sha256) == (f"résumé 日本-{workers}.bin", sha256_hex(data))
+    info = http.get(f"/ids/{r.object_id}/info").json()
+    assert info["filename"] == f"résumé 日本-{workers}.bin"
+    assert {k: info["metadata"].get(k) for k in metadata} == metadata
+    assert http.get(f"/ids/{r.object_id}").content == data
+
+
+@pytest.mark.parametrize("key", ["a,b", "a b", ""])
+def test_a_metadata_key_tus_cannot_carry_is_refused(key: str) -> None:
+    """A comma or a space in a key was sent as is: the server read other pairs than given
+    ("a,b" became keys "a" and "b"), and stored them without a word."""
+    with pytest.raises(InvalidInput, match="metadata key"):
+        encode_metadata({key: "v"})
+    assert encode_metadata({"ключ": "v", "flag": None}) == "ключ dg==,flag".encode()
 
 
 def test_plan_and_endpoint() -> None:
