@@ -62,8 +62,8 @@ def test_a_tail_whose_commit_went_unanswered_is_kept(make_settings) -> None:
         lost = [False]
 
         @contextmanager
-        def write(*, durable: bool = True) -> Iterator[Any]:
-            with real_write(durable=durable) as conn:
+        def write(*, durable: bool = True, **options: Any) -> Iterator[Any]:
+            with real_write(durable=durable, **options) as conn:
                 yield conn
             if durable and not lost[0]:  # committed; the answer never comes
                 lost[0] = True
