@@ -118,7 +118,7 @@ _spec = st.one_of(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(spec=st.lists(_spec, min_size=2, max_size=6))
 def test_several_ranges_serve_each_requested_byte_once(http, source, spec) -> None:
