@@ -5,8 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.server import ServerProcess
 
 
 def self_signed(base: Path, *, names: str = "IP:127.0.0.1") -> tuple[Path, Path]:
@@ -22,3 +25,17 @@ def self_signed(base: Path, *, names: str = "IP:127.0.0.1") -> tuple[Path, Path]
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+def https_server(base: Path, **options: Any) -> tuple[ServerProcess, Path]:
+    """A real edgestore server started over HTTPS with a fresh self-signed certificate in
+    `base` (SQLite there too), and that certificate: pass it as a client's CA to trust it."""
+    cert, key = self_signed(base)
+    server = ServerProcess(
+        home=base / "home",
+        database_url=f"sqlite:///{base / 'meta.db'}",
+        scheme="https",
+        args=["--certfile", str(cert), "--keyfile", str(key)],
+        **options,
+    ).start()
+    return server, cert

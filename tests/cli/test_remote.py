@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgestore.client import Client
-from tests.certs import self_signed
+from tests.certs import https_server
 from tests.flaky_link import FlakyLink
 from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
 from tests.native import DB_PARAMS, small_chunk_server
@@ -43,14 +43,7 @@ def edgestore(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
-    base = tmp_path_factory.mktemp("cli-tls")
-    cert, key = self_signed(base)
-    server = ServerProcess(
-        home=base / "home",
-        database_url=f"sqlite:///{base / 'meta.db'}",
-        scheme="https",
-        args=["--certfile", str(cert), "--keyfile", str(key)],
-    ).start()
+    server, cert = https_server(tmp_path_factory.mktemp("cli-tls"))
     try:
         yield server, cert
     finally:

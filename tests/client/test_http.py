@@ -13,7 +13,7 @@ import pytest
 
 from edgestore.client import Client, RetryPolicy
 from edgestore.errors import ConfigError, InvalidInput, ProtocolMismatch
-from tests.certs import self_signed
+from tests.certs import https_server
 from tests.faults import FaultProxy
 from tests.helpers import KiB, random_bytes, sha256_hex, write_file
 from tests.server import ServerProcess
@@ -59,14 +59,7 @@ def test_no_proxy_reaches_the_server_directly(
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory):
     """A real edgestore server over HTTPS with a self-signed certificate (the openssl CLI)."""
-    base = tmp_path_factory.mktemp("client-tls")
-    cert, key = self_signed(base)
-    server = ServerProcess(
-        home=base / "home",
-        database_url=f"sqlite:///{base / 'meta.db'}",
-        scheme="https",
-        args=["--certfile", str(cert), "--keyfile", str(key)],
-    ).start()
+    server, cert = https_server(tmp_path_factory.mktemp("client-tls"))
     try:
         yield server, cert
     finally:

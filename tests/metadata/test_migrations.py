@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
 
 from edgestore.engine import Engine
 from edgestore.engine.native import ManifestChunk
@@ -77,85 +80,86 @@ def test_a_start_logs_no_alembic_chatter(tmp_path) -> None:
     assert "alembic" not in out.stdout + out.stderr
 
 
-def test_the_version_counter_starts_from_each_objects_highest_version(db_url: str) -> None:
-    """Migration 0005 gives existing objects their highest number, so the next version of an
-    object whose versions are 1 and 3 is 4, not 2 and not 4 again after a delete."""
+@contextmanager
+def _migrated_to(db_url: str, revision: str) -> Iterator[tuple[Connection, Callable[[str], None]]]:
+    """A connection to the database migrated to `revision` (for rows an older release wrote),
+    and a function that migrates it on, each step committed."""
     db = Database(db_url)
     try:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         with db.engine.connect() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0004")
-            conn.commit()
-            oid, other = str(uuid.uuid4()), str(uuid.uuid4())
-            for o, key in ((oid, "a"), (other, "b")):
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO objects (object_id, bucket, key, created_at) "
-                        "VALUES (:o, 'mig', :k, 0)"
-                    ),
-                    {"o": o, "k": key},
-                )
-            for number in (1, 3):
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO object_versions (version_id, object_id, version, size, "
-                        "manifest_digest, user_metadata, state, created_at) VALUES "
-                        "(:v, :o, :n, 0, 'd', '{}', 'committed', 0)"
-                    ),
-                    {"v": str(uuid.uuid4()), "o": oid, "n": number},
-                )
-            conn.commit()
-            command.upgrade(cfg, "head")
-            conn.commit()
-            rows = conn.execute(
-                sa.text("SELECT key, last_version FROM objects WHERE bucket = 'mig'")
-            ).all()
-            counters = {key: last for key, last in rows}
-        assert counters == {"a": 3, "b": 0}
+
+            def upgrade(to: str) -> None:
+                command.upgrade(cfg, to)
+                conn.commit()
+
+            upgrade(revision)
+            yield conn, upgrade
     finally:
         db.close()
+
+
+def test_the_version_counter_starts_from_each_objects_highest_version(db_url: str) -> None:
+    """Migration 0005 gives existing objects their highest number, so the next version of an
+    object whose versions are 1 and 3 is 4, not 2 and not 4 again after a delete."""
+    with _migrated_to(db_url, "0004") as (conn, upgrade):
+        oid, other = str(uuid.uuid4()), str(uuid.uuid4())
+        for o, key in ((oid, "a"), (other, "b")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO objects (object_id, bucket, key, created_at) "
+                    "VALUES (:o, 'mig', :k, 0)"
+                ),
+                {"o": o, "k": key},
+            )
+        for number in (1, 3):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO object_versions (version_id, object_id, version, size, "
+                    "manifest_digest, user_metadata, state, created_at) VALUES "
+                    "(:v, :o, :n, 0, 'd', '{}', 'committed', 0)"
+                ),
+                {"v": str(uuid.uuid4()), "o": oid, "n": number},
+            )
+        conn.commit()
+        upgrade("head")
+        rows = conn.execute(
+            sa.text("SELECT key, last_version FROM objects WHERE bucket = 'mig'")
+        ).all()
+        counters = {key: last for key, last in rows}
+    assert counters == {"a": 3, "b": 0}
 
 
 def test_bucket_totals_are_filled_from_the_existing_versions(db_url: str) -> None:
     """Migration 0011 fills `bucket_totals` from the versions already stored: a store at 0010
     with versions in two buckets (one object with two) reads the same usage after it."""
-    db = Database(db_url)
-    try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with db.engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0010")
-            conn.commit()
-            for bucket, key, sizes in (("a", "x", (100, 20)), ("a", "y", (3,)), ("b", "z", (7,))):
-                oid = str(uuid.uuid4())
+    with _migrated_to(db_url, "0010") as (conn, upgrade):
+        for bucket, key, sizes in (("a", "x", (100, 20)), ("a", "y", (3,)), ("b", "z", (7,))):
+            oid = str(uuid.uuid4())
+            conn.execute(
+                sa.text(
+                    "INSERT INTO objects (object_id, bucket, key, created_at, last_version) "
+                    "VALUES (:o, :b, :k, 0, :n)"
+                ),
+                {"o": oid, "b": bucket, "k": key, "n": len(sizes)},
+            )
+            for number, size in enumerate(sizes, 1):
                 conn.execute(
                     sa.text(
-                        "INSERT INTO objects (object_id, bucket, key, created_at, last_version) "
-                        "VALUES (:o, :b, :k, 0, :n)"
+                        "INSERT INTO object_versions (version_id, object_id, version, size, "
+                        "manifest_digest, user_metadata, state, created_at) VALUES "
+                        "(:v, :o, :n, :s, 'd', '{}', 'committed', 0)"
                     ),
-                    {"o": oid, "b": bucket, "k": key, "n": len(sizes)},
+                    {"v": str(uuid.uuid4()), "o": oid, "n": number, "s": size},
                 )
-                for number, size in enumerate(sizes, 1):
-                    conn.execute(
-                        sa.text(
-                            "INSERT INTO object_versions (version_id, object_id, version, size, "
-                            "manifest_digest, user_metadata, state, created_at) VALUES "
-                            "(:v, :o, :n, :s, 'd', '{}', 'committed', 0)"
-                        ),
-                        {"v": str(uuid.uuid4()), "o": oid, "n": number, "s": size},
-                    )
-            conn.commit()
-            command.upgrade(cfg, "head")
-            conn.commit()
-            rows = conn.execute(sa.text("SELECT bucket, bytes, versions FROM bucket_totals")).all()
-            assert {r.bucket: (r.bytes, r.versions) for r in rows} == {"a": (123, 3), "b": (7, 1)}
-            assert totals.mismatches(conn) == {}
-            assert quotas.bucket_usage(conn, "a") == 123
-    finally:
-        db.close()
+        conn.commit()
+        upgrade("head")
+        rows = conn.execute(sa.text("SELECT bucket, bytes, versions FROM bucket_totals")).all()
+        assert {r.bucket: (r.bytes, r.versions) for r in rows} == {"a": (123, 3), "b": (7, 1)}
+        assert totals.mismatches(conn) == {}
+        assert quotas.bucket_usage(conn, "a") == 123
 
 
 # Migrates the database at argv[1]; with "hold", pauses just before its first CREATE TABLE,
