@@ -18,6 +18,7 @@ from edgestore.maintenance import restore_guard
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import reclaim
 from edgestore.metadata.db import now
+from edgestore.storage.backend import BlobInfo
 from edgestore.storage.local import TMP_SUFFIX
 from edgestore.storage.placement import parse_shard_key
 
@@ -131,7 +132,10 @@ def _collect_chunks(engine: Engine, before: float, report: GcReport, progress: P
 
 def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: Progress) -> None:
     """Shard files no row points at (a crash between write and commit), staged tails no
-    upload points at any more, and stale temporary files."""
+    upload points at any more, and stale temporary files.
+
+    A data dir is swept one fan-out dir at a time (list it, look its files up, delete the
+    orphans): memory is bounded by one dir's files, not the data dir's millions."""
     db, dirs = engine.core.db, engine.core.dirs
     with db.read() as conn:
         live_tails = reclaim.tail_keys(conn)
@@ -140,37 +144,56 @@ def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: 
             continue
         try:
             # Still the disk this name was opened on: under another one (remounted, swapped)
-            # every shard would look unknown, and be deleted.
+            # every shard would look unknown, and be deleted. Checked again before each
+            # group's deletions, as a sweep of a large dir takes a while.
             backend.check()
-            blobs = list(backend.list())
-        except StorageError as exc:
+            for group in backend.list_groups():
+                backend.check()
+                _sweep(engine, name, group, before, live_tails, report, progress)
+        except StorageError as exc:  # (deletions count their own errors)
             report.errors += 1
             log.warning("gc: cannot list data dir %s: %s", name, exc)
+
+
+def _sweep(
+    engine: Engine,
+    name: str,
+    group: list[BlobInfo],
+    before: float,
+    live_tails: set[str],
+    report: GcReport,
+    progress: Progress,
+) -> None:
+    """Delete the orphans among one group of a data dir's files."""
+    old = [blob for blob in group if blob.mtime < before]
+    if not old:
+        return
+    progress("orphans", report.orphan_files_deleted)  # (a caller may stop here)
+    shard_files = {
+        b.key
+        for b in old
+        if not b.key.startswith(staging.PREFIX)
+        and not b.key.endswith(TMP_SUFFIX)
+        and parse_shard_key(b.key) is not None
+    }
+    with engine.core.db.read() as conn:
+        known = chunk_index.known_shard_keys(conn, name, list(shard_files))
+    backend = engine.core.dirs.backends[name]
+    for blob in old:
+        if blob.key.startswith(staging.PREFIX):
+            orphan = blob.key not in live_tails
+        else:
+            orphan = blob.key.endswith(TMP_SUFFIX) or (
+                blob.key in shard_files and blob.key not in known
+            )
+        if not orphan:
             continue
-        by_prefix: dict[str, list] = {}
-        for blob in blobs:
-            if blob.mtime >= before:
-                continue
-            by_prefix.setdefault(blob.key.split("/", 1)[0], []).append(blob)
-        for prefix, group in by_prefix.items():
-            progress("orphans", report.orphan_files_deleted)  # (a caller may stop here)
-            with db.read() as conn:
-                known = chunk_index.shard_keys(conn, name, prefix + "/")
-            for blob in group:
-                if blob.key.startswith(staging.PREFIX):
-                    orphan = blob.key not in live_tails
-                else:
-                    orphan = blob.key.endswith(TMP_SUFFIX) or (
-                        parse_shard_key(blob.key) is not None and blob.key not in known
-                    )
-                if not orphan:
-                    continue
-                try:
-                    backend.delete(blob.key)
-                except StorageError as exc:
-                    report.errors += 1
-                    log.warning("gc: could not delete orphan %s: %s", blob.key, exc)
-                    continue
-                report.orphan_files_deleted += 1
-                report.orphan_bytes += blob.size
-                progress("orphans", report.orphan_files_deleted)
+        try:
+            backend.delete(blob.key)
+        except StorageError as exc:
+            report.errors += 1
+            log.warning("gc: could not delete orphan %s: %s", blob.key, exc)
+            continue
+        report.orphan_files_deleted += 1
+        report.orphan_bytes += blob.size
+        progress("orphans", report.orphan_files_deleted)

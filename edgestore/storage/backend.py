@@ -64,6 +64,11 @@ class Backend(Protocol):
         """Every blob whose key starts with prefix, in no particular order."""
         ...
 
+    def list_groups(self) -> Iterator[list[BlobInfo]]:
+        """Every blob, as list() gives them, in groups of a bounded size (one fan-out dir
+        each): a caller going through millions holds one group at a time."""
+        ...
+
     def stat(self, key: str) -> BlobInfo | None: ...
 
     def check(self) -> None:

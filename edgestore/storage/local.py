@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edgestore.buffers import AlignedPool, address_of, copy_into
 from edgestore.errors import ShardMissing, StorageError, StorageFull, StorageUnavailable
+from edgestore.storage import listing
 from edgestore.storage.backend import BlobInfo, Buffer, Usage
 
 MARKER = ".edgestore-datadir"
@@ -483,15 +484,14 @@ class LocalBackend:
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         if not self.root.is_dir():
             raise StorageUnavailable(f"data dir {self.root} is missing")
-        root = str(self.root)
-        for dirpath, _dirnames, filenames in os.walk(root):
-            rel = os.path.relpath(dirpath, root)
-            for fn in filenames:
-                key = fn if rel == "." else f"{rel}/{fn}"
-                if key in (MARKER, EPOCH_MARKER) or not key.startswith(prefix):
-                    continue
-                try:
-                    st = os.stat(os.path.join(dirpath, fn))
-                except FileNotFoundError:
-                    continue
-                yield BlobInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+        if "/" in prefix:
+            self._path(prefix.rsplit("/", 1)[0])  # refuses a prefix outside the dir
+        return listing.walk(self.root, prefix, skip=(MARKER, EPOCH_MARKER))
+
+    def list_groups(self) -> Iterator[list[BlobInfo]]:
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"data dir {self.root} is missing")
+        try:
+            return listing.groups(self.root, self.list, skip=(MARKER, EPOCH_MARKER))
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None

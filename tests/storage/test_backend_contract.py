@@ -143,6 +143,18 @@ def test_list_finds_exactly_the_stored_keys(backend):
     assert keys_of(backend, "abd/three") == {"abd/three"}
     assert keys_of(backend, "t") == {"top"}
     assert keys_of(backend, "zzz") == set()
+    assert keys_of(backend, "x/y/") == {"x/y/z"}
+    assert keys_of(backend, "nowhere/") == set()
+
+
+def test_list_groups_give_every_key_once_a_top_level_dir_each(backend):
+    assert [g for g in backend.list_groups() if g] == []
+    stored = ["abc/one", "abc/two", "abd/three", "top", "x/y/z", "x/w"]
+    for key in stored:
+        backend.put(key, [b"\x01"])
+    groups = [sorted(b.key for b in g) for g in backend.list_groups() if g]
+    assert sorted(k for g in groups for k in g) == sorted(stored)  # no marker, no dups
+    assert sorted(groups) == [["abc/one", "abc/two"], ["abd/three"], ["top"], ["x/w", "x/y/z"]]
 
 
 @pytest.mark.parametrize("key", ["../escape", "a/../../b", "a/..", "..", "/etc/passwd", "/x"])

@@ -1,0 +1,165 @@
+"""Maintenance at scale: time and peak RSS of gc's orphan sweep, gc without it, and du, on a
+synthetic store (chunk and shard rows inserted in bulk, empty shard files in the real key
+layout, plus orphans), to check they stay bounded in memory as a store grows to many TB.
+
+    python -m bench.gc_scale build DIR --db URL --chunks 100000
+    python -m bench.gc_scale run DIR --db URL   # each job in a fresh subprocess
+
+Each job runs in its own process, so its peak RSS (VmHWM) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from edgestore.config import load_settings
+from edgestore.engine import Engine
+from edgestore.metadata.schema import chunks, shards
+from edgestore.storage.placement import place, shard_key
+
+OLD = time.time() - 86400.0  # past every grace
+GENERATION = "0123456789abcdef"
+ROWS_PER_INSERT = 5000
+
+
+def _engine(home: Path, db: str) -> Engine:
+    return Engine.open(load_settings(home=home, database_url=db, gc_grace_seconds=3600))
+
+
+def _touch(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    os.close(fd)
+    os.utime(path, (OLD, OLD))
+
+
+def build(home: Path, db: str, n_chunks: int, orphans: int, unreferenced: int) -> None:
+    """A store of n_chunks 6+3 chunks (every shard an empty file, all old), `unreferenced`
+    of them garbage, and `orphans` shard files no row names."""
+    with _engine(home, db) as engine:
+        names = sorted(engine.core.dirs.backends)
+        roots = {n: engine.core.dirs.backends[n].root for n in names}  # type: ignore[attr-defined]
+        made: set[Path] = set()
+        chunk_rows: list[dict[str, object]] = []
+        shard_rows: list[dict[str, object]] = []
+
+        def flush() -> None:
+            with engine.core.db.write() as conn:
+                conn.execute(sa.insert(chunks), chunk_rows)
+                conn.execute(sa.insert(shards), shard_rows)
+            chunk_rows.clear()
+            shard_rows.clear()
+
+        for i in range(n_chunks):
+            cid = os.urandom(32).hex()
+            garbage = i < unreferenced
+            chunk_rows.append(
+                {
+                    "chunk_id": cid,
+                    "raw_size": 4 << 20,
+                    "stored_size": 4 << 20,
+                    "compression": "none",
+                    "layout": "ec",
+                    "ec_k": 6,
+                    "ec_m": 3,
+                    "shard_size": 0,
+                    "generation": GENERATION,
+                    "refcount": 0 if garbage else 1,
+                    "created_at": OLD,
+                    "zero_since": OLD if garbage else None,
+                }
+            )
+            for index, name in enumerate(place(cid, 9, names)):  # type: ignore[arg-type]
+                key = shard_key(cid, GENERATION, index)  # type: ignore[arg-type]
+                shard_rows.append(
+                    {
+                        "chunk_id": cid,
+                        "shard_index": index,
+                        "backend": name,
+                        "key": key,
+                        "size": 0,
+                        "checksum": "0" * 32,
+                    }
+                )
+                path = roots[name] / key
+                if path.parent not in made:
+                    path.parent.mkdir(exist_ok=True)
+                    made.add(path.parent)
+                _touch(path)
+            if len(chunk_rows) >= ROWS_PER_INSERT:
+                flush()
+        if chunk_rows:
+            flush()
+        for i in range(orphans):
+            cid = os.urandom(32).hex()
+            path = roots[names[i % len(names)]] / shard_key(cid, "deadbeef", 0)  # type: ignore[arg-type]
+            path.parent.mkdir(exist_ok=True)
+            _touch(path)
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def job(home: Path, db: str, what: str) -> dict[str, object]:
+    """One job, in this process: its wall time and the process's peak RSS."""
+    from edgestore.maintenance import gc
+    from edgestore.metadata import stats
+
+    with _engine(home, db) as engine:
+        base = _peak_rss_mib()
+        started = time.monotonic()
+        if what == "sweep":
+            r = gc.GcReport()
+            gc._collect_orphans(engine, time.time() - 600, r, gc._noop)
+            out: object = {"orphans": r.orphan_files_deleted, "errors": r.errors}
+        elif what == "gc":
+            out = gc.collect(engine, grace=3600, orphans=False).chunks_deleted
+        elif what == "du":
+            with engine.core.db.read() as conn:
+                out = stats.usage(conn).chunks
+        else:
+            raise SystemExit(f"unknown job {what}")
+        return {
+            "job": what,
+            "seconds": round(time.monotonic() - started, 2),
+            "peak_rss_mib": round(_peak_rss_mib(), 1),
+            "rss_before_mib": round(base, 1),
+            "result": out,
+        }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("action", choices=["build", "run", "job"])
+    p.add_argument("home", type=Path)
+    p.add_argument("--db", required=True)
+    p.add_argument("--chunks", type=int, default=100_000)
+    p.add_argument("--orphans", type=int, default=1000)
+    p.add_argument("--unreferenced", type=int, default=1000)
+    p.add_argument("--jobs", default="sweep,gc,du")
+    a = p.parse_args()
+    if a.action == "build":
+        t = time.monotonic()
+        build(a.home, a.db, a.chunks, a.orphans, a.unreferenced)
+        print(f"built in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    elif a.action == "job":
+        print(json.dumps(job(a.home, a.db, a.jobs)))
+    else:
+        for what in a.jobs.split(","):
+            cmd = [sys.executable, "-m", "bench.gc_scale", "job", str(a.home), "--db", a.db]
+            subprocess.run([*cmd, "--jobs", what], check=True)
+
+
+if __name__ == "__main__":
+    main()
