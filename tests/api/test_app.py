@@ -123,6 +123,19 @@ def test_start_warns_when_every_data_dir_is_on_one_disk(
     assert len(warned) == (1 if disks == "one" else 0)
 
 
+def _put_then_lose_a_shard(engine: Engine, seed: int) -> tuple[VersionInfo, bytes]:
+    """A 2 MiB version, one of whose shard files is then deleted (read around it: queued)."""
+    data = random_bytes(2 * MiB, seed=seed)
+    v = engine.put(blocks_of(data, MiB), key="k")
+    with engine.core.db.read() as conn:
+        row = conn.execute(
+            sa.select(shards.c.backend, shards.c.key).where(shards.c.shard_index == 0)
+        ).first()
+    assert row is not None
+    (engine.core.dirs.backends[row.backend].root / row.key).unlink()
+    return v, data
+
+
 def test_upkeep_repairs_a_chunk_read_around_a_lost_shard(make_settings: SettingsFactory) -> None:
     """A download read around a lost shard (queued for repair); the server's next upkeep
     round stores the chunk again, with no operator action."""
@@ -141,15 +154,7 @@ def test_upkeep_repairs_a_chunk_read_around_a_lost_shard(make_settings: Settings
         await upkeep.stop()
 
     with Engine.open(settings) as engine:
-        data = random_bytes(2 * MiB, seed=31)
-        v = engine.put(blocks_of(data, MiB), key="k")
-        with engine.core.db.read() as conn:
-            row = conn.execute(
-                sa.select(shards.c.backend, shards.c.key).where(shards.c.shard_index == 0)
-            ).first()
-        assert row is not None
-        lost = engine.core.dirs.backends[row.backend].root / row.key
-        lost.unlink()
+        v, data = _put_then_lose_a_shard(engine, seed=31)
         assert read_all(engine, v) == data and queued(engine) == 1
         svc = Services(settings=settings, engine=engine)
         try:
@@ -288,14 +293,7 @@ def test_upkeep_pauses_gc_behind_a_restored_database_and_goes_on_with_the_rest(
         await upkeep.stop()
 
     with Engine.open(settings) as engine:
-        data = random_bytes(2 * MiB, seed=32)
-        v = engine.put(blocks_of(data, MiB), key="k")
-        with engine.core.db.read() as conn:
-            row = conn.execute(
-                sa.select(shards.c.backend, shards.c.key).where(shards.c.shard_index == 0)
-            ).first()
-        assert row is not None
-        (engine.core.dirs.backends[row.backend].root / row.key).unlink()
+        v, data = _put_then_lose_a_shard(engine, seed=32)
         assert read_all(engine, v) == data  # queues the chunk for repair
         record_epoch(engine.core.dirs.backends["d0"], 99)  # as a newer database left it
         svc = Services(settings=settings, engine=engine)
