@@ -3,14 +3,17 @@ may stall (a pipe): no one else can take its upload over, so nothing is gained b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 from sqlalchemy.engine import Connection
 
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.db import Database
+from edgestore.metadata.uploads import UploadRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +57,13 @@ class LeaseKeeper:
                 log.warning("could not renew the lease of upload %s: %s", self._upload_id, exc)
         # Not held: taken over or expired; the append finds out at its next renewal or
         # checkpoint, and fails.
+
+
+def kept_alive(
+    db: Database, upload: UploadRecord, owner: str, lease: float
+) -> AbstractContextManager[object]:
+    """While the block runs: a local put's lease kept alive (it lives with its process); any
+    other upload's left to lapse when its client goes quiet, so another request may take over."""
+    if upload.kind != "local":
+        return contextlib.nullcontext()
+    return LeaseKeeper(db, upload.upload_id, owner, lease)

@@ -23,7 +23,7 @@ from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.ingest import Appender, Checksum, TrailingChecksum
 from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
-from edgestore.engine.lease import LeaseKeeper
+from edgestore.engine.lease import kept_alive
 from edgestore.engine.pipeline import release_free_memory
 from edgestore.engine.warm import WarmTails
 from edgestore.errors import (
@@ -400,9 +400,7 @@ class Uploads:
             active = _Active(appender, threading.Event())
             with self._lock:
                 self._active[upload_id] = active
-            lease = core.settings.upload_lock_seconds  # a local put's lives with its process
-            keeper = LeaseKeeper(core.db, upload_id, owner, lease) if rec.kind == "local" else None
-            with keeper or contextlib.nullcontext():
+            with kept_alive(core.db, rec, owner, core.settings.upload_lock_seconds):
                 done = appender.run(blocks, final=final, checksum=checksum)
             if done.state == upload_rows.OPEN and done.tail is not None:
                 self._warm.put(upload_id, done.tail, appender.chunker)
