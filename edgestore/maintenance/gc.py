@@ -144,9 +144,8 @@ def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: 
             continue
         try:
             # Still the disk this name was opened on: under another one (remounted, swapped)
-            # every shard would look unknown, and be deleted. Checked again before each
-            # group's deletions, as a sweep of a large dir takes a while.
-            backend.check()
+            # every shard would look unknown, and be deleted. Checked before each group's
+            # deletions, as a sweep of a large dir takes a while.
             for group in backend.list_groups():
                 backend.check()
                 _sweep(engine, name, group, before, live_tails, report, progress)

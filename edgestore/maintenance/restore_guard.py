@@ -35,14 +35,14 @@ def dirs_epochs(engine: Engine) -> dict[str, int]:
     return found
 
 
-def behind(engine: Engine) -> MetadataBehind | None:
+def behind(engine: Engine, seen: dict[str, int] | None = None) -> MetadataBehind | None:
     """The error to raise when the database is behind a data dir, else None.
 
     The dirs are read before the database: an advance writes the database first, so a dir
     seen at epoch N means the database was at N or more before it is read (no false alarm
-    beside another node advancing).
+    beside another node advancing). `seen`: the dirs' epochs, read by the caller just now.
     """
-    seen = dirs_epochs(engine)
+    seen = dirs_epochs(engine) if seen is None else seen
     with engine.core.db.read() as conn:
         db_epoch = store_epoch.current(conn)
     ahead = {name: e for name, e in seen.items() if e > db_epoch}
@@ -66,10 +66,12 @@ def advance(engine: Engine, *, accept_restored: bool = False) -> int:
     Raises MetadataBehind if the database is behind a data dir, unless `accept_restored`:
     then the epoch goes past the dirs', and the database as it is becomes the store's truth.
     """
-    found = behind(engine)
+    seen = dirs_epochs(engine)  # once: the check and the epoch to pass both read it
+    found = behind(engine, seen)
     if found is not None and not accept_restored:
         raise found
-    at_least = max(dirs_epochs(engine).values(), default=0) + 1
+    # A node advancing meanwhile wrote the database first: the row's +1 still passes it.
+    at_least = max(seen.values(), default=0) + 1
     with engine.core.db.write() as conn:
         new = store_epoch.advance(conn, at_least=at_least)
     if found is not None:
