@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from edgestore.config import Settings, load_settings
 from edgestore.engine import Engine
+from tests import stores
 from tests.helpers import SMALL_CHUNKS
 
 PG_ADMIN_URL = os.environ.get(
@@ -128,12 +129,25 @@ def reset_pg(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The metadata database URL: each test runs once on SQLite and once on PostgreSQL."""
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The metadata database URL: each test runs once on SQLite and once on PostgreSQL.
+
+    An empty database; for a test of the engine fixtures (`make_settings`), which only needs
+    a store, an empty store at the schema head, copied rather than migrated (tests/stores.py).
+    """
+    store = "make_settings" in request.fixturenames
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'meta.db'}"
+        path = tmp_path / "meta.db"
+        if store:
+            stores.sqlite_store(path, tmp_path_factory.getbasetemp())
+        return f"sqlite:///{path}"
     url = request.getfixturevalue("pg_server_url")
-    reset_pg(url)
+    if store:
+        stores.pg_store(url, reset_pg)
+    else:
+        reset_pg(url)
     return url
 
 

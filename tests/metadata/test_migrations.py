@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.engine.native import ManifestChunk
 from edgestore.errors import StoreParamsMismatch
@@ -28,7 +30,8 @@ from edgestore.metadata import keys, quotas, totals
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.db import MIGRATIONS_DIR, SCHEMA_HEAD, Database
 from edgestore.metadata.schema import metadata
-from tests.conftest import SettingsFactory
+from tests import stores
+from tests.conftest import SettingsFactory, reset_pg
 from tests.helpers import SMALL_CHUNKS, KiB, blocks_of, random_bytes, read_all
 from tests.native import chunks_of
 
@@ -327,3 +330,51 @@ def test_a_store_at_the_head_is_opened_without_alembic(
             db.migrate()
     finally:
         db.close()
+
+
+def _snapshot(url: str) -> list[str]:
+    """Everything a store's database holds: schema, rows, sequences (SQLite: its dump)."""
+    eng = sa.create_engine(url)
+    try:
+        with eng.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                return list(conn.connection.dbapi_connection.iterdump())  # type: ignore[union-attr]
+            snap = [conn.execute(stores._FINGERPRINT).scalar_one()]
+            for table in sorted(sa.inspect(conn).get_table_names()):
+                rows = conn.execute(sa.text(f'SELECT * FROM "{table}"')).all()
+                snap += sorted(f"{table} {tuple(r)}" for r in rows)
+            for seq in conn.execute(stores._SEQUENCES).scalars():
+                snap.append(f"{seq} {conn.execute(sa.text(f'SELECT * FROM {seq}')).one()}")
+            return snap
+    finally:
+        eng.dispose()
+
+
+def test_the_engine_tests_stores_are_what_a_migration_makes(
+    db_url: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The engine fixtures get a copy of a migrated template, not a migration (tests/stores.py,
+    for speed): after a test wrote to its store, the next copy must equal a new migration's."""
+    db = Database(db_url)
+    try:
+        db.migrate()
+    finally:
+        db.close()
+    migrated = _snapshot(db_url)
+    settings = load_settings(home=tmp_path / "home", database_url=db_url)
+    with Engine.open(settings) as eng:  # rows in most tables, store parameters, an epoch
+        eng.put(blocks_of(random_bytes(300 * KiB, seed=5)), key="k")
+        eng.uploads.create(length=10, key="open")
+    if db_url.startswith("sqlite"):
+        path = Path(sa.make_url(db_url).database or "")
+        for leftover in path.parent.glob(path.name + "*"):  # the file, and any -wal / -shm
+            leftover.unlink()
+        stores.sqlite_store(path, tmp_path_factory.getbasetemp())
+    else:
+        stores.pg_store(db_url, reset_pg)  # the template: made now, or earlier in this process
+        again = load_settings(home=tmp_path / "home2", database_url=db_url)  # a new store
+        with Engine.open(again) as eng:
+            eng.put(blocks_of(random_bytes(300 * KiB, seed=6)), key="k")
+        assert _snapshot(db_url) != migrated
+        stores.pg_store(db_url, reset_pg)  # the copy
+    assert _snapshot(db_url) == migrated
