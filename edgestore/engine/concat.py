@@ -16,7 +16,7 @@ from edgestore.metadata import concat as concat_rows
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.uploads import UploadRecord
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def concatenate(
             bucket=bucket,
             key=key,
             length=known,
-            expires_at=None if finished else now() + settings.upload_expiry_seconds,
+            expires_at=None if finished else now(conn) + settings.upload_expiry_seconds,
             hash_state=None,
             content_type=content_type,
             filename=filename,
@@ -137,7 +137,7 @@ def _same_final(conn: Connection, request: str) -> UploadRecord | None:
     for fid in concat_rows.finals_by_request(conn, request):
         final = upload_rows.get(conn, fid)
         if final.state == upload_rows.OPEN:
-            if final.expires_at is None or final.expires_at >= now():
+            if final.expires_at is None or final.expires_at >= now(conn):
                 return final
         elif final.state == upload_rows.COMPLETE and final.version_id is not None:
             made = object_rows.get_version(conn, final.version_id)

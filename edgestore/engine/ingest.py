@@ -443,7 +443,7 @@ class Appender:
         cp = Checkpoint(
             parts=parts,
             tail=new,
-            expires_at=time.time() + self._settings.upload_expiry_seconds,
+            expiry=self._settings.upload_expiry_seconds,
         )
         if self._ready and self._ready[-1].sha_state is not None:
             cp.hash_state = self._ready[-1].sha_state

@@ -40,7 +40,8 @@ from edgestore.metadata import idempotency as idempotency_rows
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas, reclaim
 from edgestore.metadata import uploads as upload_rows
-from edgestore.metadata.db import CLEANUP_LOCK_WAIT_MS, Database, now
+from edgestore.metadata.clock import now
+from edgestore.metadata.db import CLEANUP_LOCK_WAIT_MS, Database
 from edgestore.metadata.idempotency import IdempotencyKey
 from edgestore.metadata.uploads import UploadRecord
 from edgestore.types import Readable
@@ -167,7 +168,7 @@ class Uploads:
                         bucket=bucket,
                         key=key,
                         length=length,
-                        expires_at=now() + expiry,
+                        expires_at=now(conn) + expiry,
                         hash_state=state,
                         content_type=content_type,
                         filename=filename,
@@ -480,10 +481,10 @@ class Uploads:
         the warm chunkers of uploads that went quiet."""
         self._warm.prune()
         self._core.db.transact(concat_rows.keep_waiting_finals_alive)  # retried if it deadlocks
-        t = now()
         count = 0
         while True:
             with self._core.db.read() as conn:
+                t = now(conn)  # the database's: a node's clock ahead must expire nothing early
                 batch = reclaim.stale(conn, t, t - local_grace)
             if not batch:
                 return count

@@ -17,7 +17,7 @@ from edgestore.errors import StorageError
 from edgestore.maintenance import restore_guard
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import reclaim
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.storage.backend import BlobInfo
 from edgestore.storage.local import TMP_SUFFIX
 from edgestore.storage.placement import parse_shard_key
@@ -28,13 +28,17 @@ BATCH = 200
 # Files younger than this are never orphans, whatever the grace: a chunk's shards and a staged
 # tail are written before the row that names them commits (the row is the commit point), so
 # a file seconds old and unknown to the index is most likely one being written right now.
+# A file's age is measured on the database's clock and on this node's (which stamped it,
+# for a local data dir), whichever says younger: a node whose clock is ahead, or jumped
+# forward, must not take the file another request is about to commit for an old one.
 ORPHAN_MIN_AGE = 600.0
 # An append holds the chunks it stored or found stored, unreferenced, until its checkpoint
 # (the whole request, with Upload-Checksum): chunks unreferenced since the oldest write lease
 # was taken are spared. A lease lapsed less than LEASE_LAPSE ago counts, as its writer may
 # only be waiting for a stalled client (it renews as bytes arrive); a crashed writer's
-# chunks wait that much longer. CLOCK_SKEW: the lease and the chunk rows may have been
-# written by nodes whose clocks differ.
+# chunks wait that much longer. Leases, chunk rows and the cutoffs here are all times by
+# the database's clock (metadata/clock.py); CLOCK_SKEW is slack for the few milliseconds a
+# node's reading of it may be off.
 LEASE_LAPSE = 3600.0
 CLOCK_SKEW = 60.0
 
@@ -82,7 +86,7 @@ def collect(
     progress("uploads", report.uploads_expired)
     _collect_chunks(engine, _chunks_before(engine, grace), report, progress)
     if orphans:
-        _collect_orphans(engine, now() - max(grace, ORPHAN_MIN_AGE), report, progress)
+        _collect_orphans(engine, _files_before(engine, grace), report, progress)
     report.seconds = time.monotonic() - started
     return report
 
@@ -91,12 +95,19 @@ def _chunks_before(engine: Engine, grace: float) -> float:
     """Chunks unreferenced since before this are garbage: past the grace, and older than
     any write lease (an append taken up later holds only chunks it stores or finds later).
     """
-    t = now()
     with engine.core.db.read() as conn:
+        t = now(conn)
         held_since = reclaim.oldest_lease(conn, t - LEASE_LAPSE)
     if held_since is None:
         return t - grace
     return min(t - grace, held_since - CLOCK_SKEW)
+
+
+def _files_before(engine: Engine, grace: float) -> float:
+    """Files modified before this may be orphans (see ORPHAN_MIN_AGE)."""
+    with engine.core.db.read() as conn:
+        t = min(now(conn), time.time())
+    return t - max(grace, ORPHAN_MIN_AGE)
 
 
 def _collect_chunks(engine: Engine, before: float, report: GcReport, progress: Progress) -> None:

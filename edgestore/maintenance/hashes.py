@@ -21,7 +21,6 @@ from edgestore.engine import Engine
 from edgestore.errors import ObjectNotFound, StorageError
 from edgestore.metadata import cursors
 from edgestore.metadata import objects as object_rows
-from edgestore.metadata.db import now
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def fill_round(
     node goes on at once). After the round `owner` holds it `hold` seconds more."""
     db = engine.core.db
     with db.write(durable=False) as conn:  # losing it costs a version read again
-        held = cursors.take(db, conn, DIGEST_JOB, owner, now() + DIGEST_LEASE_SECONDS)
+        held = cursors.take(db, conn, DIGEST_JOB, owner, DIGEST_LEASE_SECONDS)
     if held is None:
         return None
     cursor = DigestCursor(held.position, held.passes)
@@ -119,7 +118,7 @@ def fill_round(
         if time.monotonic() - renewed < DIGEST_RENEW_SECONDS:
             return
         renewed = time.monotonic()
-        if not _save(engine, owner, cursor, now() + DIGEST_LEASE_SECONDS):
+        if not _save(engine, owner, cursor, DIGEST_LEASE_SECONDS):
             raise _LeaseLost
 
     try:
@@ -133,13 +132,13 @@ def fill_round(
         except Exception:
             log.exception("digests: could not record where the round stopped")
         raise
-    _save(engine, owner, cursor, now() + hold)
+    _save(engine, owner, cursor, hold)
     return cursor.filled
 
 
-def _save(engine: Engine, owner: str, cursor: DigestCursor, until: float | None) -> bool:
+def _save(engine: Engine, owner: str, cursor: DigestCursor, hold: float | None) -> bool:
     position = cursors.JobCursor(cursor.after, cursor.passes)
-    return cursors.advance(engine.core.db, DIGEST_JOB, owner, position, until)
+    return cursors.advance(engine.core.db, DIGEST_JOB, owner, position, hold)
 
 
 def leave(engine: Engine, owner: str) -> None:

@@ -34,7 +34,7 @@ from edgestore.errors import StorageError
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import cursors
 from edgestore.metadata.chunks import ChunkRecord
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.storage.datadirs import check_room
 from edgestore.types import Layout
 
@@ -162,7 +162,7 @@ def scrub_round(
     more: the same node takes the next slice, the others stay out while it lives."""
     db = engine.core.db
     with db.write(durable=False) as conn:  # losing it costs a few chunks checked again
-        held = cursors.take(db, conn, SCRUB_JOB, owner, now() + SCRUB_LEASE_SECONDS)
+        held = cursors.take(db, conn, SCRUB_JOB, owner, SCRUB_LEASE_SECONDS)
     if held is None:
         return None
     cursor = ScrubCursor(held.position, held.passes)
@@ -174,7 +174,7 @@ def scrub_round(
         if time.monotonic() - renewed < SCRUB_RENEW_SECONDS:
             return True
         renewed = time.monotonic()
-        if _save(engine, owner, cursor, now() + SCRUB_LEASE_SECONDS):
+        if _save(engine, owner, cursor, SCRUB_LEASE_SECONDS):
             return True
         log.info("scrub: another node took the scrub over (this one was too slow); stopping")
         lost = True
@@ -189,13 +189,13 @@ def scrub_round(
             log.exception("scrub: could not record where the slice stopped")
         raise
     if not lost:
-        _save(engine, owner, cursor, now() + hold)
+        _save(engine, owner, cursor, hold)
     return report
 
 
-def _save(engine: Engine, owner: str, cursor: ScrubCursor, until: float | None) -> bool:
+def _save(engine: Engine, owner: str, cursor: ScrubCursor, hold: float | None) -> bool:
     position = cursors.JobCursor(cursor.after, cursor.passes)
-    return cursors.advance(engine.core.db, SCRUB_JOB, owner, position, until)
+    return cursors.advance(engine.core.db, SCRUB_JOB, owner, position, hold)
 
 
 def leave_scrub(engine: Engine, owner: str) -> None:
@@ -262,7 +262,7 @@ def repair(
     while limit is None or report.queued < limit:
         want = BATCH if limit is None else min(BATCH, limit - report.queued)
         with db.read() as conn:
-            ids = chunk_index.queued(conn, after, want, due_at=now() if due_only else None)
+            ids = chunk_index.queued(conn, after, want, due_at=now(conn) if due_only else None)
         if due_only and ids and not checked:
             checked = True
             if (blocked := cannot_store(engine)) is not None:
@@ -273,7 +273,7 @@ def repair(
         for cid in ids:
             if due_only:
                 with db.write(durable=False) as conn:  # lost in a crash: it is due again
-                    if not chunk_index.claim_repair(conn, cid, now() + REPAIR_CLAIM_SECONDS):
+                    if not chunk_index.claim_repair(conn, cid, now(conn) + REPAIR_CLAIM_SECONDS):
                         after = cid
                         continue  # another node took it since the query
             report.queued += 1
@@ -344,9 +344,9 @@ def _repair_one(
     core = engine.core
     with core.db.read() as conn:
         rec = chunk_index.load(conn, [cid]).get(cid)
+        checked_at = now(conn)
     if rec is None:
         return _Outcome.DONE, ""  # collected by gc meanwhile (which drops its queue entry)
-    checked_at = now()
     try:
         # Every shard read and checked once, and the chunk rebuilt from the intact ones,
         # verified against its id. Also when every shard passes its own checksum: a chunk
@@ -361,6 +361,7 @@ def _repair_one(
             return _Outcome.DONE, ""  # collected or stored again while it was read: not lost
         with core.db.write() as conn:
             backoff = chunk_index.back_off_repair(conn, cid, retry_delay)
+            t = now(conn)
         report.unrecoverable.append(cid)
         if backoff is None:
             log.error("repair: chunk %s cannot be rebuilt: %s", cid, exc)
@@ -371,7 +372,7 @@ def _repair_one(
                 "%.0f h; an upload of its bytes restores it): %s",
                 cid,
                 attempts,
-                (at - now()) / 3600,
+                (at - t) / 3600,
                 exc,
             )
         return _Outcome.DONE, ""

@@ -7,6 +7,7 @@ writes them. A chunk whose count stays 0 past the grace period is garbage.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgestore.metadata.db import Database, now
+from edgestore.metadata.clock import now
+from edgestore.metadata.db import Database
 from edgestore.metadata.schema import (
     chunks,
     manifests,
@@ -48,8 +50,9 @@ class ChunkRecord:
 
     @property
     def read_is_stale(self) -> bool:
-        """Whether last_read_at is worth updating (at most hourly: reads must stay cheap)."""
-        return self.last_read_at is None or self.last_read_at < now() - READ_NOTE_INTERVAL
+        """Whether last_read_at is worth updating (at most hourly: reads must stay cheap).
+        A hint only, on this node's clock: note_read checks again on the database's."""
+        return self.last_read_at is None or self.last_read_at < time.time() - READ_NOTE_INTERVAL
 
 
 def _record(row: sa.Row, shard_refs: Sequence[ShardRef] = ()) -> ChunkRecord:
@@ -158,7 +161,7 @@ def replace(
         .where(chunks.c.chunk_id == record.chunk_id)
         .values(
             **_stored_as(record),
-            zero_since=sa.case((chunks.c.refcount <= 0, now()), else_=chunks.c.zero_since),
+            zero_since=sa.case((chunks.c.refcount <= 0, now(conn)), else_=chunks.c.zero_since),
         )
     )
     conn.execute(sa.delete(shards).where(shards.c.chunk_id == record.chunk_id))
@@ -189,7 +192,7 @@ def keep_alive(conn: Connection, chunk: ChunkId) -> bool:
     res = conn.execute(
         sa.update(chunks)
         .where(chunks.c.chunk_id == chunk)
-        .values(zero_since=sa.case((chunks.c.refcount == 0, now()), else_=chunks.c.zero_since))
+        .values(zero_since=sa.case((chunks.c.refcount == 0, now(conn)), else_=chunks.c.zero_since))
     )
     return res.rowcount == 1
 
@@ -198,7 +201,7 @@ def insert(
     db: Database, conn: Connection, record: ChunkRecord, shard_refs: Sequence[ShardRef]
 ) -> bool:
     """Insert a chunk and its shards; False if another writer stored the chunk first."""
-    t = now()
+    t = now(conn)
     row = {
         "chunk_id": record.chunk_id,
         "raw_size": record.raw_size,
@@ -250,7 +253,7 @@ def drop_refs(conn: Connection, counts: Counter[str]) -> None:
     """Remove references (in chunk id order, see add_refs); a chunk reaching zero starts its
     grace period."""
     if counts:
-        t = now()
+        t = now(conn)
         conn.execute(
             sa.update(chunks)
             .where(chunks.c.chunk_id == sa.bindparam("cid"))
@@ -283,7 +286,7 @@ def load(conn: Connection, chunk_ids: Sequence[str]) -> dict[str, ChunkRecord]:
 
 def note_read(conn: Connection, chunk_ids: Sequence[str]) -> None:
     """Record last-read times for tiering, at most once per READ_NOTE_INTERVAL per chunk."""
-    t = now()
+    t = now(conn)
     every = READ_NOTE_INTERVAL
     for batch in _batches(list(dict.fromkeys(chunk_ids))):
         conn.execute(
@@ -314,7 +317,7 @@ def queue_repair(
     ).scalar_one_or_none()
     if current is None or (generation is not None and current != generation):
         return False
-    t = now()
+    t = now(conn)
     stmt = db.insert(repair_queue).values(
         chunk_id=chunk, reason=reason, bad_shards=bad, first_seen=t, last_seen=t, count=1
     )
@@ -353,7 +356,7 @@ def claim_repair(conn: Connection, chunk: str, until: float) -> bool:
     `until`; False if it is not due (another node has it, or it is backing off) or gone."""
     res = conn.execute(
         sa.update(repair_queue)
-        .where(repair_queue.c.chunk_id == chunk, _due(now()))
+        .where(repair_queue.c.chunk_id == chunk, _due(now(conn)))
         .values(next_attempt=until)
     )
     return res.rowcount == 1
@@ -377,7 +380,7 @@ def back_off_repair(
     if attempts is None:
         return None
     attempts += 1
-    at = now() + delay(attempts)
+    at = now(conn) + delay(attempts)
     conn.execute(
         sa.update(repair_queue)
         .where(repair_queue.c.chunk_id == chunk)

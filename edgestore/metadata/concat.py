@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgestore.errors import UploadNotFound
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.schema import upload_parts, uploads
 from edgestore.metadata.uploads import COMPLETE, OPEN, get
 
@@ -145,5 +145,5 @@ def set_concatenated(conn: Connection, upload_id: str, total: int) -> None:
     conn.execute(
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id)
-        .values(length=total, committed_offset=total, updated_at=now())
+        .values(length=total, committed_offset=total, updated_at=now(conn))
     )

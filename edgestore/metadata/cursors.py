@@ -1,7 +1,7 @@
 """Shared cursors of background jobs that go round the whole store (the scrub), each under a
 lease: nodes sharing the database take turns instead of each doing all the work, and a
-restarted node goes on where the last one stopped. Times are the nodes' clocks (as upload
-leases are).
+restarted node goes on where the last one stopped. Leases are measured on the database's
+clock (metadata/clock.py), as upload leases are.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgestore.metadata.db import Database, now
+from edgestore.metadata.clock import now
+from edgestore.metadata.db import Database
 from edgestore.metadata.schema import job_cursors
 
 
@@ -21,10 +22,11 @@ class JobCursor:
     passes: int  # whole passes over the store finished
 
 
-def take(db: Database, conn: Connection, job: str, owner: str, until: float) -> JobCursor | None:
-    """Hold the job until `until` and return where it is; None if another owner's lease has
-    not run out (it is that node's turn)."""
-    t = now()
+def take(db: Database, conn: Connection, job: str, owner: str, hold: float) -> JobCursor | None:
+    """Hold the job for `hold` seconds and return where it is; None if another owner's lease
+    has not run out (it is that node's turn)."""
+    t = now(conn)
+    until = t + hold
     conn.execute(
         db.insert(job_cursors)
         .values(job=job, passes=0, updated_at=t)
@@ -53,26 +55,25 @@ def take(db: Database, conn: Connection, job: str, owner: str, until: float) -> 
     return JobCursor(row.position, row.passes)
 
 
-def advance(db: Database, job: str, owner: str, cursor: JobCursor, until: float | None) -> bool:
-    """Record the job's position and hold it until `until` (None: give it up); False, and
+def advance(db: Database, job: str, owner: str, cursor: JobCursor, hold: float | None) -> bool:
+    """Record the job's position and hold it `hold` seconds more (None: give it up); False, and
     nothing changed, if `owner` no longer holds it (its lease ran out and another took it).
     Its own transaction, not flushed to disk: losing it costs some work done again."""
     with db.write(durable=False) as conn:
-        return _advance(conn, job, owner, cursor, until)
+        return _advance(conn, job, owner, cursor, hold)
 
 
-def _advance(
-    conn: Connection, job: str, owner: str, cursor: JobCursor, until: float | None
-) -> bool:
+def _advance(conn: Connection, job: str, owner: str, cursor: JobCursor, hold: float | None) -> bool:
+    t = now(conn)
     res = conn.execute(
         sa.update(job_cursors)
         .where(job_cursors.c.job == job, job_cursors.c.owner == owner)
         .values(
             position=cursor.position,
             passes=cursor.passes,
-            owner=owner if until is not None else None,
-            lease_expires=until,
-            updated_at=now(),
+            owner=owner if hold is not None else None,
+            lease_expires=t + hold if hold is not None else None,
+            updated_at=t,
         )
     )
     return res.rowcount == 1
@@ -84,5 +85,5 @@ def leave(db: Database, job: str, owner: str) -> None:
         conn.execute(
             sa.update(job_cursors)
             .where(job_cursors.c.job == job, job_cursors.c.owner == owner)
-            .values(owner=None, lease_expires=None, updated_at=now())
+            .values(owner=None, lease_expires=None, updated_at=now(conn))
         )

@@ -29,6 +29,7 @@ from edgestore.errors import (
     StoreParamsMismatch,
     TransactionConflict,
 )
+from edgestore.metadata import clock
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class Database:
                 pool_timeout=PG_POOL_TIMEOUT_S,
                 pool_pre_ping=True,
             )
+            clock.install(self.engine)
         else:
             raise ConfigError(
                 f"database_url (EDGESTORE_DATABASE_URL): unsupported database {self.dialect!r}; "
@@ -466,7 +468,3 @@ def _is_connection_failure(exc: DBAPIError) -> bool:
             )
         )
     )
-
-
-def now() -> float:
-    return time.time()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.schema import store_epoch
 
 
@@ -26,7 +26,7 @@ def advance(conn: Connection, *, at_least: int = 0) -> int:
             epoch=sa.case(
                 (store_epoch.c.epoch + 1 < at_least, at_least), else_=store_epoch.c.epoch + 1
             ),
-            advanced_at=now(),
+            advanced_at=now(conn),
         )
     )
     return current(conn)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from edgestore.errors import IdempotencyKeyReused
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.schema import uploads
 from edgestore.metadata.uploads import COMPLETE, OPEN, UploadRecord, get
 
@@ -59,7 +59,7 @@ def holder(conn: Connection, key: IdempotencyKey) -> UploadRecord | None:
     if row is None:
         return None
     rec = get(conn, row.upload_id)
-    lapsed = rec.expires_at is not None and rec.expires_at < now()
+    lapsed = rec.expires_at is not None and rec.expires_at < now(conn)
     if rec.state not in (OPEN, COMPLETE) or lapsed:
         release(conn, rec.upload_id)  # expired, not yet reaped: the key goes with it
         return None

@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import totals
-from edgestore.metadata.db import Database, now
+from edgestore.metadata.clock import now
+from edgestore.metadata.db import Database
 from edgestore.metadata.schema import manifests, object_versions, objects, upload_parts
 from edgestore.types import ChunkId, ObjectId, VersionId
 
@@ -110,7 +111,7 @@ def object_id_for(db: Database, conn: Connection, bucket: str, key: str) -> str:
     oid = str(uuid.uuid4())
     conn.execute(
         db.insert(objects)
-        .values(object_id=oid, bucket=bucket, key=key, created_at=now())
+        .values(object_id=oid, bucket=bucket, key=key, created_at=now(conn))
         .on_conflict_do_nothing(index_elements=[objects.c.bucket, objects.c.key])
     )
     return conn.execute(
@@ -184,7 +185,7 @@ def create_version(
                         filename=filename,
                         user_metadata=user_metadata,
                         state="committed",
-                        created_at=now(),
+                        created_at=now(conn),
                     )
                 )
             break

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from edgestore.errors import TooLarge
 from edgestore.metadata import chunks as chunk_index
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.schema import chunks, upload_pins, uploads
 from edgestore.metadata.uploads import OPEN
 
@@ -37,7 +37,7 @@ def touch_open(conn: Connection, upload_id: str, *, expiry: float | None = None)
 
     `expiry` (seconds): progress pushes the session's expiry back to at least this far from
     now, as a tus upload's checkpoints do."""
-    t = now()
+    t = now(conn)
     values: dict[str, Any] = {"updated_at": t}
     if expiry is not None:
         until = t + expiry

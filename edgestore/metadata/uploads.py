@@ -25,7 +25,7 @@ from edgestore.errors import (
     UploadNotFound,
 )
 from edgestore.metadata import chunks as chunk_index
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.schema import upload_parts, upload_pins, uploads
 from edgestore.types import UploadId
 
@@ -93,7 +93,7 @@ class Checkpoint:
     parts: list[NewPart] = field(default_factory=list)
     hash_state: bytes | None = None
     tail: TailRef | None = None  # None: no staged tail after these parts
-    expires_at: float | None = None  # progress pushes an upload's expiry back
+    expiry: float | None = None  # progress pushes an upload's expiry back to this from now
 
 
 def _tail_ref(row: sa.Row) -> TailRef | None:
@@ -157,7 +157,7 @@ def create(
     idempotency: IdempotencyKey | None = None,
 ) -> UploadId:
     uid = str(uuid.uuid4())
-    t = now()
+    t = now(conn)
     conn.execute(
         sa.insert(uploads).values(
             upload_id=uid,
@@ -190,6 +190,10 @@ def create(
 
 # Statements every request to an upload runs (reading its row, its write lease), built once:
 # building one, with its cache key, cost as much CPU as running it (~0.25 ms each on SQLite).
+# No lease is longer than upload_lock_seconds allows (300 s): one that runs out further ahead
+# than this was written by a clock since set back (SQLite's, this machine's; PostgreSQL's is
+# the server's) and is taken over rather than waited out for as long as the clock jumped.
+LEASE_HORIZON = 300.0
 _BY_ID = uploads.c.upload_id == sa.bindparam("uid")
 _GET = sa.select(uploads).where(_BY_ID)
 _GET_FOR_UPDATE = _GET.with_for_update()
@@ -201,6 +205,7 @@ _ACQUIRE = (
             uploads.c.lock_owner.is_(None),
             uploads.c.lock_owner == sa.bindparam("owner"),
             uploads.c.lock_expires < sa.bindparam("t"),
+            uploads.c.lock_expires > sa.bindparam("t") + LEASE_HORIZON,
         ),
     )
     .values(
@@ -245,7 +250,7 @@ def get(conn: Connection, upload_id: str, *, for_update: bool = False) -> Upload
 def get_open(conn: Connection, upload_id: str, *, for_update: bool = False) -> UploadRecord:
     """The upload if it can still take bytes; UploadGone if expired or terminated."""
     rec = get(conn, upload_id, for_update=for_update)
-    lapsed = rec.expires_at is not None and rec.expires_at < now()
+    lapsed = rec.expires_at is not None and rec.expires_at < now(conn)
     # A finished partial upload lives on (for concatenation) only until its expiry.
     if rec.state in (TERMINATED, EXPIRED) or (
         lapsed and (rec.state == OPEN or (rec.state == COMPLETE and rec.is_partial))
@@ -282,7 +287,7 @@ def part_states(conn: Connection, upload_id: str) -> list[bytes | None]:
 
 def acquire_lock(conn: Connection, upload_id: str, owner: str, lease: float) -> None:
     """Take the upload's write lease, or raise UploadLocked while someone else holds it."""
-    t = now()
+    t = now(conn)
     res = conn.execute(_ACQUIRE, {"uid": upload_id, "owner": owner, "t": t, "until": t + lease})
     if res.rowcount != 1:
         get(conn, upload_id)  # UploadNotFound if it does not exist at all
@@ -290,7 +295,8 @@ def acquire_lock(conn: Connection, upload_id: str, owner: str, lease: float) -> 
 
 
 def renew_lock(conn: Connection, upload_id: str, owner: str, lease: float) -> bool:
-    res = conn.execute(_RENEW, {"uid": upload_id, "owner": owner, "until": now() + lease})
+    until = now(conn) + lease
+    res = conn.execute(_RENEW, {"uid": upload_id, "owner": owner, "until": until})
     return res.rowcount == 1
 
 
@@ -350,17 +356,18 @@ def checkpoint(
                 f"{rec.offset}"
             )
         conn.execute(_INSERT_PARTS, rows)
+    t = now(conn)
     values: dict[str, Any] = {
         "committed_offset": offset,
         "next_seq": seq,
         **_tail_values(cp.tail),
-        "updated_at": now(),
-        "lock_expires": now() + lease,
+        "updated_at": t,
+        "lock_expires": t + lease,
     }
     if cp.hash_state is not None:
         values["hash_state"] = cp.hash_state
-    if cp.expires_at is not None and rec.expires_at is not None:
-        values["expires_at"] = max(rec.expires_at, cp.expires_at)
+    if cp.expiry is not None and rec.expires_at is not None:
+        values["expires_at"] = max(rec.expires_at, t + cp.expiry)
     conn.execute(_update_by_id(frozenset(values)), {"uid": upload_id, **values})
     return get(conn, upload_id)
 
@@ -390,7 +397,7 @@ def set_length(conn: Connection, upload_id: str, length: int) -> None:
     conn.execute(
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id, uploads.c.length.is_(None))
-        .values(length=length, updated_at=now())
+        .values(length=length, updated_at=now(conn))
     )
 
 
@@ -399,7 +406,7 @@ def clear_length(conn: Connection, upload_id: str) -> None:
     conn.execute(
         sa.update(uploads)
         .where(uploads.c.upload_id == upload_id)
-        .values(length=None, updated_at=now())
+        .values(length=None, updated_at=now(conn))
     )
 
 
@@ -416,7 +423,7 @@ def mark_complete(conn: Connection, upload_id: str, version_id: str | None) -> N
             **_tail_values(None),
             hash_state=None,
             **_UNLOCKED,
-            updated_at=now(),
+            updated_at=now(conn),
         )
     )
 
@@ -442,7 +449,7 @@ def release_data(conn: Connection, upload_id: str, state: str) -> TailRef | None
             **_UNLOCKED,
             idempotency_key=None,
             idempotency_request=None,
-            updated_at=now(),
+            updated_at=now(conn),
         )
     )
     counts = Counter(

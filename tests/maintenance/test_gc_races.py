@@ -18,7 +18,7 @@ from edgestore.engine.dedup import ChunkWriter
 from edgestore.engine.native import ManifestChunk
 from edgestore.maintenance import gc
 from edgestore.metadata import chunks as chunk_index
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.schema import chunks, shards
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
 from tests.races import wait_until_blocked
@@ -111,7 +111,7 @@ def test_pinning_a_chunk_gc_is_deleting_reports_it_missing(
                 errors.append(exc)
 
         with engine.core.db.write() as conn:  # gc has deleted the row, not yet committed
-            assert chunk_index.delete_if_unreferenced(conn, cid, now()) is not None
+            assert chunk_index.delete_if_unreferenced(conn, cid, now(conn)) is not None
             t = threading.Thread(target=ask)
             t.start()
             wait_until_blocked(engine)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from edgestore.engine import Engine
 from edgestore.maintenance import hashes
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.objects import VersionInfo
 from edgestore.metadata.schema import chunks, job_cursors, manifests, object_versions
 from tests.conftest import SettingsFactory
@@ -144,7 +144,7 @@ def test_a_node_that_dies_mid_read_holds_the_job_for_its_lease_at_most(
             assert inside.wait(WAIT)
             assert hashes.fill_round(b, owner="b", hold=600) is None  # a holds it
             with a.core.db.write() as conn:  # the lease runs out
-                conn.execute(sa.update(job_cursors).values(lease_expires=now() - 1))
+                conn.execute(sa.update(job_cursors).values(lease_expires=now(conn) - 1))
             assert hashes.fill_round(b, owner="b", hold=600) == 3
             assert read_b == ids
         finally:

@@ -16,7 +16,7 @@ from edgestore.engine import Engine
 from edgestore.maintenance import repair
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import cursors
-from edgestore.metadata.db import now
+from edgestore.metadata.clock import now
 from edgestore.metadata.schema import job_cursors, repair_queue
 from tests.conftest import SettingsFactory
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
@@ -101,7 +101,7 @@ def test_one_node_at_a_time_scrubs(small_engine: Engine, monkeypatch: pytest.Mon
     again = repair.scrub_round(engine, owner="a", budget=budget, hold=600)  # the holder goes on
     assert again is not None and seen == ids[: len(seen)]
     with engine.core.db.write() as conn:  # a died: its lease runs out
-        conn.execute(sa.update(job_cursors).values(lease_expires=now() - 1))
+        conn.execute(sa.update(job_cursors).values(lease_expires=now(conn) - 1))
     b = repair.scrub_round(engine, owner="b", budget=budget, hold=600)
     assert b is not None and b.chunks_checked and seen == ids[: len(seen)]
     assert _scrub_state(engine)[2] == "b"
@@ -124,7 +124,7 @@ def test_a_node_that_lost_its_lease_stops_its_slice(
             with engine.core.db.write() as conn:
                 conn.execute(
                     sa.update(job_cursors).values(
-                        owner="b", lease_expires=now() + 600, position=ids[-2]
+                        owner="b", lease_expires=now(conn) + 600, position=ids[-2]
                     )
                 )
         return check(rec)
@@ -177,13 +177,18 @@ def test_nodes_racing_for_the_scrub_get_it_one_at_a_time(engine: Engine) -> None
     def race(owner: str) -> cursors.JobCursor | None:
         start.wait()
         with db.write(durable=False) as conn:
-            return cursors.take(db, conn, repair.SCRUB_JOB, owner, now() + 600)
+            return cursors.take(db, conn, repair.SCRUB_JOB, owner, 600)
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(race, ["a", "b", "c", "d"]))
     assert [r for r in results if r is not None] == [cursors.JobCursor(None, 0)]
     winner = "abcd"[next(i for i, r in enumerate(results) if r is not None)]
     assert _scrub_state(engine) == (None, 0, winner)
+
+
+def _db_now(engine: Engine) -> float:
+    with engine.core.db.read() as conn:
+        return now(conn)
 
 
 def _queue_row(engine: Engine, cid: str) -> tuple[int, float | None]:
@@ -218,20 +223,24 @@ def test_an_unrecoverable_chunk_is_retried_rarely(
     def upkeep_round() -> repair.RepairReport:
         return repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
 
-    t = now()
+    t = _db_now(engine)
     assert upkeep_round().unrecoverable == [cid]
     attempts, next_attempt = _queue_row(engine, cid)
     assert attempts == 1 and next_attempt is not None
-    assert t + repair.RETRY_FIRST_SECONDS <= next_attempt <= now() + repair.RETRY_FIRST_SECONDS
+    assert (
+        t + repair.RETRY_FIRST_SECONDS
+        <= next_attempt
+        <= _db_now(engine) + repair.RETRY_FIRST_SECONDS
+    )
     read_before = len(reads)
     for _ in range(3):
         assert upkeep_round().queued == 0
     assert len(reads) == read_before  # not read again
     assert repair.repair(engine).unrecoverable == [cid]  # by hand: tried all the same
     attempts, next_attempt = _queue_row(engine, cid)
-    assert attempts == 2 and next_attempt > now() + 1.5 * repair.RETRY_FIRST_SECONDS
+    assert attempts == 2 and next_attempt > _db_now(engine) + 1.5 * repair.RETRY_FIRST_SECONDS
     with engine.core.db.write() as conn:  # the time has come
-        conn.execute(sa.update(repair_queue).values(next_attempt=now() - 1))
+        conn.execute(sa.update(repair_queue).values(next_attempt=now(conn) - 1))
     assert upkeep_round().unrecoverable == [cid]
     assert _queue_row(engine, cid)[0] == 3
     engine.put(blocks_of(data, MiB), key="the same bytes again")  # heals it at once
@@ -254,12 +263,12 @@ def test_a_chunk_another_node_is_repairing_is_left_to_it(engine: Engine) -> None
     shard_paths(engine, cid)[0].unlink()
     repair.scrub(engine)
     with engine.core.db.write() as conn:
-        assert chunk_index.claim_repair(conn, cid, now() + 600)
-        assert not chunk_index.claim_repair(conn, cid, now() + 600)  # already claimed
+        assert chunk_index.claim_repair(conn, cid, now(conn) + 600)
+        assert not chunk_index.claim_repair(conn, cid, now(conn) + 600)  # already claimed
     report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
     assert report.queued == 0
     with engine.core.db.write() as conn:
-        conn.execute(sa.update(repair_queue).values(next_attempt=now() - 1))
+        conn.execute(sa.update(repair_queue).values(next_attempt=now(conn) - 1))
     report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
     assert report.repaired == 1
 

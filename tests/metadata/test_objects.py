@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from edgestore.metadata import objects as object_rows
-from edgestore.metadata.db import Database, now
+from edgestore.metadata.clock import now
+from edgestore.metadata.db import Database
 from edgestore.metadata.schema import object_versions, objects
 
 KEYS = [
@@ -116,9 +117,9 @@ def test_objects_added_and_removed_between_pages(db: Database) -> None:
 
 def _bulk(db: Database, bucket: str, n: int) -> None:
     """`n` objects with two versions each, inserted at once (create_version takes ~1 ms)."""
-    t = now()
     rows = [(str(uuid.uuid4()), f"{bucket}/{i:07d}") for i in range(n)]
     with db.write() as conn:
+        t = now(conn)
         conn.execute(
             sa.insert(objects),
             [
