@@ -1,7 +1,10 @@
-"""Local-mode integrity commands: `scrub` (check every shard) and `repair` (make damaged
-chunks whole); see maintenance/repair.py."""
+"""Local-mode integrity commands: `scrub` (check every shard), `repair` (make damaged
+chunks whole; see maintenance/repair.py) and `check` (the metadata's consistency; see
+maintenance/check.py)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -9,6 +12,9 @@ from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.local import JsonOpt
 from edgestore.cli.main import app
+
+if TYPE_CHECKING:
+    from edgestore.maintenance.check import CheckReport
 
 
 @app.command("scrub")
@@ -78,3 +84,71 @@ def repair(ctx: typer.Context, json_out: JsonOpt = False) -> None:
             )
     if report.unrecoverable or report.errors:
         raise typer.Exit(10)
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="Recount the chunk refcounts and bucket totals found wrong (safe while a "
+            "server writes). Nothing else is changed.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check the metadata database's consistency: each chunk's **refcount** against the
+    manifest, upload part and pin rows that reference it, each bucket's **totals** against
+    its versions, references to **chunk rows that do not exist**, chunks with **fewer shard
+    rows** than needed to read them (k of k+m), and versions whose manifest does not add up
+    to their size.
+
+    Only the database is read (`scrub` reads the shard files). With `--fix`, refcounts and
+    bucket totals are recounted from the rows they count, under the locks the writers take,
+    so a server running on the same database loses no change; a reference to a missing chunk
+    or a chunk short of shards is reported, never "fixed" by deleting what names it.
+
+    Exits 0 if the store is consistent (with `--fix`: once what was found is fixed), 10 if
+    inconsistencies remain.
+    """
+    from edgestore.maintenance import check as checks
+
+    state: CliState = ctx.obj
+    with state.engine() as engine, output.stages(quiet=json_out) as show:
+        report = checks.check(engine, fix=fix, progress=show)
+    if json_out:
+        output.emit_json(report)
+    else:
+        _print_check(report)
+    if report.unresolved:
+        raise typer.Exit(10)
+
+
+def _print_check(report: CheckReport) -> None:
+    from edgestore.maintenance.check import FIXABLE
+
+    rows = [
+        ("chunks checked", str(report.chunks_checked)),
+        ("buckets checked", str(report.buckets_checked)),
+    ]
+    for f in report.findings:
+        value = str(f.found) + (f" ({f.fixed} fixed)" if report.fix and f.found else "")
+        rows.append((f.description, value))
+    rows.append(("seconds", f"{report.seconds:.2f}"))
+    output.fields(rows)
+    for f in report.findings:
+        for example in f.examples:
+            output.note(f"{f.kind}: {example}")
+        if f.found > len(f.examples):
+            output.note(f"{f.kind}: … and {f.found - len(f.examples)} more")
+    fixable = sum(f.found - f.fixed for f in report.findings if f.kind in FIXABLE)
+    if fixable:
+        output.note("run `edgestore check --fix` to recount the refcounts and bucket totals")
+    if report.unresolved > fixable:
+        output.note(
+            "references to missing chunks, and chunks short of shard rows, name bytes the "
+            "metadata no longer has: restore the database from a backup taken with its data "
+            'dirs, or upload the files again (see docs/operations.md, "Checking the metadata")'
+        )

@@ -95,6 +95,43 @@ def status(message: str, *, quiet: bool = False) -> Iterator[Callable[[str], Non
         spinner.stop()
 
 
+@contextmanager
+def stages(*, quiet: bool = False) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A progress bar on stderr for a job that goes through stages of counted items (a bar
+    with done/total and the time left where the total is known, a spinner where not), and a
+    function `(stage, done, total)` that moves it; nothing when quiet or not a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=quiet or not err.is_terminal,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    with progress:
+        yield update
+
+
 class Transfer:
     """A byte progress bar on stderr (rate and ETA of the bytes that travel: skipped ones
     fill the bar, not the rate); silent when quiet or not a terminal."""
