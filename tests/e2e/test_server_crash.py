@@ -69,8 +69,8 @@ def _stream_until_killed(node, url: str, data: bytes, offset: int, kill_after: i
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "kill_points_mib",
-    [(3,), (41,), (22, 57), (30, 31, 60)],
-    ids=["early", "mid", "twice", "three-times-one-right-after-resume"],
+    [(3,), (41,), (30, 31, 60)],  # each kill after the first lands after a resume
+    ids=["early", "mid", "three-times-one-right-after-resume"],
 )
 def test_kill_9_mid_patch_then_resume(node, kill_points_mib: tuple[int, ...]) -> None:
     data = random_bytes(SIZE, seed=300 + sum(kill_points_mib))
