@@ -128,6 +128,20 @@ def reset_pg(url: str) -> None:
     eng.dispose()
 
 
+def server_store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, base: Path
+) -> str:
+    """The database of a module's server, on the database `request.param` names: an empty
+    store at the schema head, copied rather than migrated (tests/stores.py)."""
+    if request.param == "sqlite":
+        path = base / "meta.db"
+        stores.sqlite_store(path, tmp_path_factory.getbasetemp())
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("pg_server_url")
+    stores.pg_store(url, reset_pg)
+    return url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(
     request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
@@ -200,11 +214,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     from tests.server import ServerProcess
 
     base = tmp_path_factory.mktemp("server")
-    if request.param == "sqlite":
-        url = f"sqlite:///{base / 'meta.db'}"
-    else:
-        url = request.getfixturevalue("pg_server_url")
-        reset_pg(url)
+    url = server_store_url(request, tmp_path_factory, base)
     proc = ServerProcess(home=base / "home", database_url=url).start()
     try:
         yield proc
@@ -275,11 +285,7 @@ def auth_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     from tests.server import ServerProcess
 
     base = tmp_path_factory.mktemp("auth-server")
-    if request.param == "sqlite":
-        url = f"sqlite:///{base / 'meta.db'}"
-    else:
-        url = request.getfixturevalue("pg_server_url")
-        reset_pg(url)
+    url = server_store_url(request, tmp_path_factory, base)
     proc = ServerProcess(home=base / "home", database_url=url, auth=True).start()
     try:
         yield proc

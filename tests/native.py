@@ -33,14 +33,10 @@ def small_chunk_server(
 ) -> Iterator[ServerProcess]:
     """A real server with 16/64/256 KiB chunks (many chunks from small files), on the
     database `request.param` names."""
-    from tests.conftest import reset_pg
+    from tests.conftest import server_store_url
 
     base = tmp_path_factory.mktemp("native-server")
-    if request.param == "sqlite":
-        url = f"sqlite:///{base / 'meta.db'}"
-    else:
-        url = request.getfixturevalue("pg_server_url")
-        reset_pg(url)
+    url = server_store_url(request, tmp_path_factory, base)
     proc = ServerProcess(home=base / "home", database_url=url, env_extra={**SMALL_ENV, **env})
     proc.start()
     try:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.api.access import client_with, create_key
-from tests.conftest import reset_pg
+from tests.conftest import server_store_url
 from tests.helpers import StoreProbe, sha256_hex
 from tests.native import DB_PARAMS, expire, rows
 from tests.server import ServerProcess
@@ -26,11 +26,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("idempotency")
-    if request.param == "sqlite":
-        url = f"sqlite:///{base / 'meta.db'}"
-    else:
-        url = request.getfixturevalue("pg_server_url")
-        reset_pg(url)
+    url = server_store_url(request, tmp_path_factory, base)
     quotas = json.dumps({"q": QUOTA})
     env = {"EDGESTORE_BUCKET_QUOTAS": quotas}
     proc = ServerProcess(home=base / "home", database_url=url, auth=True, env_extra=env).start()
