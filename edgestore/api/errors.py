@@ -7,6 +7,7 @@ Bodies are JSON: {"error": <stable code>, "message": <what happened and what to 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -93,9 +94,27 @@ def error_response(
     if retry_after is not None:
         hdrs["Retry-After"] = str(max(1, int(retry_after + 0.999)))
     if status >= 500:
-        log.error("%s: %s", exc.code, exc.message)
+        _log_error(exc)
     message = without_paths(exc.message, dirs) if dirs else exc.message
     return JSONResponse(error_body(exc.code, message, **extra), status, headers=hdrs)
+
+
+# A storage error (a data dir missing, full, read-only) is logged once an hour, not for
+# every request it refuses: a lost disk would otherwise log one line per upload request.
+STORAGE_ERROR_LOG_SECONDS = 3600.0
+_storage_said: dict[str, float] = {}
+
+
+def _log_error(exc: e.EdgestoreError) -> None:
+    if isinstance(exc, e.StorageError) and not isinstance(exc, e.TransactionConflict):
+        said = _storage_said.get(exc.message)
+        if said is not None and time.monotonic() - said < STORAGE_ERROR_LOG_SECONDS:
+            log.debug("%s: %s", exc.code, exc.message)
+            return
+        _storage_said[exc.message] = time.monotonic()
+        if len(_storage_said) > 1000:  # messages naming files: keep the newest only
+            _storage_said.clear()
+    log.error("%s: %s", exc.code, exc.message)
 
 
 def unexpected_response(headers: dict[str, str] | None = None) -> JSONResponse:

@@ -185,7 +185,10 @@ def open_core(
                 log.exception("could not queue chunk %s for repair (%s)", chunk, reason)
                 return
             if queued:
-                log.warning("chunk %s read around bad shards: %s", chunk, reason)
+                own = reader.dir_faults.per_chunk(faults)  # a dir down: said once, not here
+                (log.warning if own else log.debug)(
+                    "chunk %s read around bad shards: %s", chunk, reason
+                )
             else:  # collected by gc, or stored again, while it was being read
                 log.info("chunk %s was collected or stored again while it was read", chunk)
 
@@ -193,6 +196,9 @@ def open_core(
             with db.read() as conn:
                 return chunk_index.load(conn, [chunk]).get(chunk)
 
+        reader = ChunkReader(
+            dirs, ec_backend or None, on_faults, io_threads=policy.shard_io_threads, reload=reload
+        )
         return EngineCore(
             settings=settings,
             db=db,
@@ -200,13 +206,7 @@ def open_core(
             pool=pool,
             policy=policy,
             writer=ChunkWriter(settings, db, dirs, policy, pool, slots=pool.workers + 1),
-            reader=ChunkReader(
-                dirs,
-                ec_backend or None,
-                on_faults,
-                io_threads=policy.shard_io_threads,
-                reload=reload,
-            ),
+            reader=reader,
             params=recorded,
             read_budget=Budget(settings.read_ahead_budget_chunks),
         )

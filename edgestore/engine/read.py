@@ -8,6 +8,8 @@ of it leaves (invariant 3); too few intact shards is a clear error, never wrong 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +17,13 @@ from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
 from edgestore.codec.hashing import chunk_id as compute_chunk_id
 from edgestore.engine.pipeline import ContextThreadPool
-from edgestore.errors import ChunkCorrupt, ChunkUnreadable, CorruptShard, StorageError
+from edgestore.errors import (
+    ChunkCorrupt,
+    ChunkUnreadable,
+    CorruptShard,
+    StorageError,
+    StorageUnavailable,
+)
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.storage.datadirs import DataDirs
 from edgestore.types import Layout, ShardRef
@@ -28,6 +36,44 @@ class ShardFault:
     chunk_id: str
     shard_index: int
     reason: str
+    dir_down: str | None = None  # the data dir, when it failed as a whole (missing, unmarked)
+
+
+# How often the log names a data dir that is down again, with the chunks read around since.
+DIR_DOWN_LOG_SECONDS = 3600.0
+
+
+class DirFaultLog:
+    """Faults of shards whose whole data dir is down, said once per dir (and again hourly,
+    with a count), not once per chunk: with a disk gone, every read and scrub of a chunk
+    with a shard on it would otherwise log the same dir again (thousands of lines a round)."""
+
+    def __init__(self, logger: logging.Logger, every: float = DIR_DOWN_LOG_SECONDS) -> None:
+        self._log = logger
+        self._every = every
+        self._lock = threading.Lock()
+        self._said: dict[str, float] = {}  # dir -> when it was last named
+        self._since: dict[str, int] = {}  # dir -> chunks read around since then
+
+    def per_chunk(self, faults: Sequence[ShardFault]) -> list[ShardFault]:
+        """Note the faults of dirs down; return the rest, which the caller logs per chunk."""
+        down = {f.dir_down: f.reason for f in faults if f.dir_down is not None}
+        for name, reason in down.items():
+            with self._lock:
+                self._since[name] = self._since.get(name, 0) + 1
+                last = self._said.get(name)
+                if last is not None and time.monotonic() - last < self._every:
+                    continue
+                count = self._since.pop(name)
+                self._said[name] = time.monotonic()
+            self._log.error(
+                "data dir %s is down (%s): chunks with shards on it are read around and "
+                "queued for repair (%d so far; said again in an hour, not per chunk)",
+                name,
+                reason,
+                count,
+            )
+        return [f for f in faults if f.dir_down is None]
 
 
 FaultSink = Callable[[ChunkRecord, list[ShardFault]], None]
@@ -51,6 +97,7 @@ class ChunkReader:
         # The chunk's current row: a reader holding a record loaded before the chunk was
         # stored again (repair, or an upload of a damaged chunk) finds its old files gone.
         self._reload = reload
+        self.dir_faults = DirFaultLog(log)
         # Reads a chunk's shards at once (0: one after another). Its own threads, not the
         # writer's: downloads must not queue an upload's shard writes behind their reads.
         self._io = (
@@ -192,9 +239,13 @@ class ChunkReader:
 
     def _fetch(self, rec: ChunkRecord, ref: ShardRef) -> bytes | ShardFault:
         backend = self._dirs.backends.get(ref.backend)
+        if backend is None:
+            reason = (
+                f"no configured data dir carries the marker of {ref.backend} "
+                "(taken out of data_dirs, or its disk unmounted?)"
+            )
+            return ShardFault(rec.chunk_id, ref.shard_index, reason, ref.backend)
         try:
-            if backend is None:
-                raise StorageError(f"data dir {ref.backend} is not configured or unavailable")
             # No more than the file's recorded size and a byte: one grown by damage (an
             # inode claiming gigabytes) is not taken into memory to find it is wrong.
             expected = shardfile.HEADER_SIZE + ref.size
@@ -204,6 +255,8 @@ class ChunkReader:
             header, payload = shardfile.unpack(blob, rec.chunk_id)
             if header.shard_index != ref.shard_index or header.payload_checksum != ref.checksum:
                 raise StorageError("shard header disagrees with the index")
+        except StorageUnavailable as exc:  # the dir, not this file (no marker, gone, EIO)
+            return ShardFault(rec.chunk_id, ref.shard_index, str(exc), ref.backend)
         except StorageError as exc:
             return ShardFault(rec.chunk_id, ref.shard_index, str(exc))
         return bytes(payload)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgestore.engine import Engine
+from edgestore.engine.read import ShardFault
 from edgestore.errors import StorageError
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import cursors
@@ -132,12 +133,7 @@ def scrub(
             report.bytes_checked += rec.shard_size * len(rec.shards)
             # Counted only if queued: faults of a chunk collected, or stored again (its old
             # files swept), since its record was loaded are no damage.
-            if faults and _queue(
-                engine,
-                rec,
-                [f.shard_index for f in faults],
-                "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults),
-            ):
+            if faults and _queue(engine, rec, faults):
                 report.chunks_damaged += 1
                 report.bad_shards += len(faults)
             if cursor is not None:
@@ -203,15 +199,18 @@ def leave_scrub(engine: Engine, owner: str) -> None:
     cursors.leave(engine.core.db, SCRUB_JOB, owner)
 
 
-def _queue(engine: Engine, rec: ChunkRecord, bad: list[int], reason: str) -> bool:
+def _queue(engine: Engine, rec: ChunkRecord, faults: list[ShardFault]) -> bool:
     """Queue the chunk for repair; False if its record is out of date (see queue_repair)."""
     db = engine.core.db
+    reason = "; ".join(f"shard {f.shard_index}: {f.reason}" for f in faults)
+    bad = [f.shard_index for f in faults]
     with db.write() as conn:
         queued = chunk_index.queue_repair(
             db, conn, rec.chunk_id, f"scrub: {reason}", bad, rec.generation
         )
     if queued:
-        log.warning("scrub: chunk %s is damaged: %s", rec.chunk_id, reason)
+        own = engine.core.reader.dir_faults.per_chunk(faults)  # a dir down: said once
+        (log.warning if own else log.debug)("scrub: chunk %s is damaged: %s", rec.chunk_id, reason)
     return queued
 
 

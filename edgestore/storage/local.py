@@ -443,6 +443,8 @@ class LocalBackend:
         except FileNotFoundError:
             if not self.root.is_dir():
                 raise StorageUnavailable(f"data dir {self.root} is missing") from None
+            if not (self.root / MARKER).exists():  # the empty mount point of a lost disk
+                raise StorageUnavailable(f"data dir {self.root} lost its marker") from None
             raise ShardMissing(f"{key} not found in data dir {self.root}") from None
         except OSError as exc:
             raise storage_error(exc, self.root) from None

@@ -3,8 +3,14 @@ nothing of the server's filesystem."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from pathlib import Path
 
+import pytest
+
+from edgestore.api.errors import error_response
+from edgestore.errors import StorageUnavailable
 from edgestore.storage.local import MARKER
 from tests.helpers import KiB, MiB, random_bytes, tus_create, tus_patch, tus_upload
 from tests.native import SMALL_ENV
@@ -40,3 +46,12 @@ def test_storage_errors_name_data_dirs_not_their_paths(tmp_path: Path) -> None:
     assert refused.status_code == 503, refused.text
     assert "data dir d3" in refused.text and str(tmp_path) not in refused.text, refused.text
     assert str(d3) in server.log()  # the operator's copy
+
+
+def test_a_storage_error_is_logged_once_not_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    """A lost disk refuses every upload request; the log names it once, not per request."""
+    exc = StorageUnavailable(f"data dir /mnt/{uuid.uuid4().hex} is missing")
+    with caplog.at_level(logging.ERROR, logger="edgestore.api.errors"):
+        for _ in range(3):
+            assert error_response(exc).status_code == 503
+    assert [r.getMessage() for r in caplog.records] == [f"storage_unavailable: {exc.message}"]

@@ -3,6 +3,7 @@ chunks whole from their intact shards, leaves intact ones alone and names the lo
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from edgestore.maintenance import gc, repair
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import chunks, repair_queue, shards
-from tests.helpers import MiB, blocks_of, random_bytes, read_all
+from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
 
 
 def _shards(engine: Engine, cid: str | None = None) -> list[tuple[str, int, Path]]:
@@ -321,3 +322,23 @@ def test_damage_found_while_repair_checks_a_chunk_stays_queued(
     monkeypatch.undo()
     assert repair.repair(engine).repaired == 1
     assert _queued(engine) == {} and read_all(engine, v) == data
+
+
+def test_a_disk_gone_is_named_once_not_per_chunk(
+    make_settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk that did not mount leaves an empty mount point: reads go on around it and the
+    scrub queues its chunks, but the log names the dir once, not once per chunk and round."""
+    settings = make_settings(**SMALL_CHUNKS)
+    with Engine.open(settings) as engine:
+        data, ids = _stored(engine, seed=11, size=2 * MiB)
+        root = engine.core.dirs.backends["d1"].root
+    shutil.rmtree(root)
+    root.mkdir()  # the empty mount point
+    with Engine.open(settings) as engine, caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert read_all(engine, engine.objects.list()[0]) == data
+            assert repair.scrub(engine).chunks_damaged == len(set(ids))
+    named = [r for r in caplog.records if str(root) in r.getMessage() or "d1 " in r.getMessage()]
+    assert len(named) == 1, [r.getMessage()[:120] for r in named[:5]]
+    assert "unmounted" in named[0].getMessage() and "d1" in named[0].getMessage()
