@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from edgestore.api.readiness import Health
 from edgestore.engine.dedup import StoredChunk
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -51,6 +52,25 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
+        self.data_dir_up = Gauge(
+            "edgestore_data_dir_up",
+            "1 while a data dir is claimed, writable and has room for a chunk; 0 while it is "
+            "missing, read-only, full or failing (read around; uploads refused). As of the "
+            "last readiness check",
+            ["dir"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "edgestore_database_up",
+            "1 while the metadata database answers and takes writes (last readiness check)",
+            registry=r,
+        )
+        self.repair_queue = Gauge(
+            "edgestore_repair_queue_chunks",
+            "Chunks queued for repair (damaged or short of shards: below full redundancy); "
+            "0 once every chunk is whole again",
+            registry=r,
+        )
         self.requests = Counter(
             "edgestore_http_requests", "HTTP requests", ["method", "status"], registry=r
         )
@@ -77,6 +97,14 @@ class Metrics:
         """A native session took a chunk the store held without its client sending it."""
         self.chunks.labels("dedup").inc()
         self.dedup_saved.inc(raw_size)
+
+    def set_health(self, health: Health) -> None:
+        """Gauges from the last readiness check, set as /metrics is read."""
+        self.database_up.set(1 if health.database_up else 0)
+        for name, up in health.dirs_up.items():
+            self.data_dir_up.labels(name).set(1 if up else 0)
+        if health.repairs_queued is not None:  # the last known count, while the database is down
+            self.repair_queue.set(health.repairs_queued)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

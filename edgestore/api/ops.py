@@ -52,4 +52,6 @@ def _log_change(svc: Services, details: tuple[str, ...]) -> None:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(services(request).metrics.render(), media_type=CONTENT_TYPE)
+    svc = services(request)
+    svc.metrics.set_health(await svc.readiness.health())
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE)

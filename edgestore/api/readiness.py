@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from edgestore.api.errors import without_paths
 from edgestore.engine import Engine
 from edgestore.errors import StorageError
+from edgestore.metadata import chunks as chunk_index
 from edgestore.storage.datadirs import check_room
 
 READY_TIMEOUT_S = 3.0
@@ -34,6 +36,7 @@ class Readiness:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgestore-readyz")
         self._lock = threading.Lock()
         self._running: Future[list[Problem]] | None = None
+        self._health = Health(database_up=False, dirs_up={}, repairs_queued=None)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -57,16 +60,25 @@ class Readiness:
             )
             return [(detail, detail)]
 
+    async def health(self) -> Health:
+        """The last check's figures for /metrics (a check run now if none is under way)."""
+        await self.problems()
+        return self._health
+
     def _check(self) -> list[Problem]:
         problems: list[Problem] = []
         core = self._engine.core
+        queued: int | None = None
         try:
             core.db.check_ready()
+            with core.db.read() as conn:
+                queued = chunk_index.queue_length(conn)
         except Exception as exc:
             public = "metadata database not usable; the server log says why"
             problems.append((public, f"metadata database: {exc}"))
         dirs = core.dirs
         paths = {str(b.root): name for name, b in dirs.backends.items()}
+        up: dict[str, bool] = {}
         for name, backend in sorted(dirs.backends.items()):
             try:
                 if name in dirs.unavailable:  # refused since start, whatever it looks like now
@@ -74,6 +86,18 @@ class Readiness:
                         f"{dirs.unavailable[name]} (found at start; restart the server once fixed)"
                     )
                 check_room(backend, self._min_free)
+                up[name] = True
             except StorageError as exc:
                 problems.append((without_paths(str(exc), paths), str(exc)))
+                up[name] = False
+        self._health = Health(database_up=queued is not None, dirs_up=up, repairs_queued=queued)
         return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What the last readiness check found, as /metrics gauges show it."""
+
+    database_up: bool
+    dirs_up: dict[str, bool]  # each data dir: claimed, writable, with room for a chunk
+    repairs_queued: int | None  # chunks queued for repair; None: the database did not answer

@@ -347,6 +347,11 @@ def queued(
     return list(conn.execute(q).scalars())
 
 
+def queue_length(conn: Connection) -> int:
+    """Chunks queued for repair (damaged, or short of shards): 0 on a whole store."""
+    return int(conn.execute(sa.select(sa.func.count()).select_from(repair_queue)).scalar_one())
+
+
 def _due(at: float) -> sa.ColumnElement[bool]:
     return sa.or_(repair_queue.c.next_attempt.is_(None), repair_queue.c.next_attempt <= at)
 

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgestore.api.app import create_app
 from edgestore.api.state import Services
 from edgestore.errors import StorageUnavailable
+from edgestore.metadata import chunks as chunk_index
 from edgestore.storage.backend import Usage
 from edgestore.storage.local import LocalBackend
 from tests.conftest import SettingsFactory
@@ -90,6 +92,55 @@ def test_a_full_data_dir_is_not_ready(
     (problem,) = r.json()["problems"]
     assert "d2" in problem and "full" in problem and "4096 bytes free" in problem
     assert "/" not in problem  # the dir's name, never its path
+
+
+def _gauges(text: str) -> dict[str, float]:
+    """The health gauges of a /metrics page: name{labels} -> value."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(("edgestore_data_dir_up", "edgestore_database_up")) or (
+                sample.name == "edgestore_repair_queue_chunks"
+            ):
+                labels = "".join(f"{{{v}}}" for v in sample.labels.values())
+                found[sample.name + labels] = sample.value
+    return found
+
+
+def test_metrics_show_each_data_dir_the_database_and_the_repair_queue(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost or full disk showed only in /readyz and the log: nothing a Prometheus alert
+    could watch, nor when redundancy was whole again (the repair queue empty)."""
+    real = LocalBackend.usage
+
+    def usage(self: LocalBackend) -> Usage:
+        found = real(self)
+        return Usage(found.total_bytes, 4096) if self.name == "d2" else found
+
+    async def probe(client: httpx.AsyncClient, svc: Services) -> list[dict[str, float]]:
+        whole = _gauges((await client.get("/metrics")).text)
+        eng = svc.engine
+        info = eng.put([b"x" * 100_000], key="queued")
+        with eng.core.db.write() as conn:
+            chunk = eng.objects.manifest(info)[0].chunk_id
+            assert chunk_index.queue_repair(eng.core.db, conn, chunk, "test", [0])
+        monkeypatch.setattr(LocalBackend, "usage", usage)
+        return [whole, _gauges((await client.get("/metrics")).text)]
+
+    whole, hurt = _probe(make_settings, probe)
+    dirs = {f"edgestore_data_dir_up{{d{i}}}" for i in range(9)}
+    assert whole == {
+        **dict.fromkeys(dirs, 1.0),
+        "edgestore_database_up": 1.0,
+        "edgestore_repair_queue_chunks": 0.0,
+    }
+    assert hurt == {
+        **dict.fromkeys(dirs, 1.0),
+        "edgestore_data_dir_up{d2}": 0.0,
+        "edgestore_database_up": 1.0,
+        "edgestore_repair_queue_chunks": 1.0,
+    }
 
 
 @contextmanager
