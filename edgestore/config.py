@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a connection has to send a whole request head (408 past it).",
     )
+    send_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take no response bytes (its receive window full) "
+        "before its connection is closed.",
+    )
     max_connections_per_client: int = Field(
         256,
         ge=0,

@@ -4,7 +4,8 @@ conditional requests, streaming; the one path of every download route.
 Bytes come from the engine chunk by chunk (each verified against its SHA-256, the next ones
 decoding ahead in parallel), pulled off the event loop one chunk at a time: memory stays at a
 few chunks whatever the object's size. Each body being sent holds one of the node's
-`max_concurrent_downloads` slots (its chunk in hand, however slowly its client reads).
+`max_concurrent_downloads` slots (its chunk in hand, however slowly its client reads; one
+that takes nothing for send_timeout seconds is cut off: api/protocol.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from urllib.parse import quote
 
 from fastapi import Request, Response
@@ -105,7 +106,9 @@ async def _pull(pieces: Iterator[bytes | memoryview]) -> AsyncGenerator[bytes, N
             await asyncio.to_thread(close)
 
 
-async def _prefetched(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+async def _prefetched(
+    first: bytes, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
     try:
         yield first
         async for piece in rest:
@@ -116,13 +119,19 @@ async def _prefetched(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncI
 
 class _SlotResponse(StreamingResponse):
     """A body that gives its download slot back however it ends: sent, failed, or its
-    client gone (Starlette then cancels the stream, and the body's own cleanup may not run
-    until it is collected). Its bytes are counted as the connection takes them."""
+    client gone (Starlette then cancels the stream, and leaves the body unclosed: it is
+    closed here). Its bytes are counted as the connection takes them."""
 
     def __init__(
-        self, *args: object, release: Release, sent: Callable[[int], None], **kw: object
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        release: Release,
+        sent: Callable[[int], None],
+        **kw: object,
     ) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        super().__init__(content, **kw)  # type: ignore[arg-type]
+        self._content = content
         self._release = release
         self._sent = sent
 
@@ -150,7 +159,14 @@ class _SlotResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, counted)
         finally:
-            self._release()
+            try:
+                # Closed here, in order, the read-ahead cancelled with it: left to the
+                # garbage collector, a body its client abandoned had its generators closed
+                # by two tasks at once, one failing with "asynchronous generator is already
+                # running" (an ERROR and a traceback per abandoned download).
+                await self._content.aclose()
+            finally:
+                self._release()
 
 
 async def _download_slot(services: Services) -> Release:

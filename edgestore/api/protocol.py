@@ -27,6 +27,12 @@ without a word when nothing came). Without it a client sending a head a byte eve
 rate limit could count it. Bodies have their own idle timeout in the routes that read them;
 the time between requests is the keep-alive timeout.
 
+A client must also take response bytes: one that takes none for `send_timeout` seconds
+(send_timeout) while a response waits to be written (its receive window full) is cut off, the
+connection aborted (a close would wait for the buffered bytes to go out). Without it a client
+that stopped reading mid-download held its connection, its download slot and the chunks read
+ahead for it forever: TCP never gives up on a peer that acknowledges a zero window.
+
 Trailer fields (after a chunked body; tus's checksum-trailer sends Upload-Checksum there) are
 kept apart from the head's fields, which uvicorn would otherwise extend with them, and
 offered to the route as `trailers(scope)`: complete once the body's last message arrived.
@@ -48,7 +54,7 @@ from starlette.types import Scope
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from edgestore.api import connections, direct
+from edgestore.api import connections, direct, sendqueue
 from edgestore.errors import TransferInterrupted
 
 MAX_REQUEST_HEAD = 64 * 1024
@@ -61,6 +67,7 @@ _RESPONSE_408 = (
     b"connection: close\r\n\r\n" + _TIMEOUT_MESSAGE
 )
 HEAD_TIMEOUT = 30.0
+SEND_TIMEOUT = 60.0
 _RESPONSE_431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"content-type: text/plain; charset=utf-8\r\n"
@@ -111,12 +118,14 @@ class HeadTooLarge(Exception):
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
     head_timeout: float = HEAD_TIMEOUT  # see configured()
+    send_timeout: float = SEND_TIMEOUT
     max_connections: int | None = None  # api/connections.py
     per_client: connections.ConnectionCounts | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._head_begun = False  # a byte of the current head arrived
         self._counted_as = ""  # in per_client's counts, as this client
         self._in_head = True
@@ -303,6 +312,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
             self.transport.write(_RESPONSE_408)
         self.transport.close()
 
+    # --- a client that takes no response bytes ------------------------------------------------
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client has that long to take some of it."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._watch_send(sendqueue.unsent(self.transport))
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _watch_send(self, pending: int) -> None:
+        self._send_timer = self.loop.call_later(self.send_timeout, self._send_checked, pending)
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_checked(self, pending: int) -> None:
+        self._send_timer = None
+        if self.transport.get_write_buffer_size() == 0:
+            return
+        left = sendqueue.unsent(self.transport)
+        if left < pending:  # the client took some: reading slowly, not gone
+            self._watch_send(left)
+            return
+        self.logger.info(
+            "closed a connection: the client took no response bytes for %gs", self.send_timeout
+        )
+        sendqueue.reset(self.transport)
+
     def on_message_complete(self) -> None:
         self._receiving(False)
         self._chunked = False
@@ -311,6 +353,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._receiving(False)
         self._stop_head_timer()
+        self._stop_send_timer()
         if self._counted_as and self.per_client is not None:
             self.per_client.release(self._counted_as)
             self._counted_as = ""
@@ -428,13 +471,15 @@ def informational(scope: Scope, status: int, fields: list[tuple[str, str]]) -> b
 
 def configured(
     head_timeout: float,
+    send_timeout: float,
     max_connections: int | None,
     per_client: connections.ConnectionCounts | None = None,
 ) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class with the node's head deadline (request_head_timeout) and connection
-    caps: uvicorn builds protocols with no argument of ours."""
+    """The protocol class with the node's deadlines (request_head_timeout, send_timeout) and
+    connection caps: uvicorn builds protocols with no argument of ours."""
     settings = {
         "head_timeout": head_timeout,
+        "send_timeout": send_timeout,
         "max_connections": max_connections,
         "per_client": per_client,
     }

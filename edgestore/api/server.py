@@ -110,10 +110,11 @@ def _serve(
         # asyncio's loop, not uvloop: it reads into the buffer the protocol offers (2 MiB),
         # where uvloop reads 256 KiB per wakeup of the GIL-contended loop (see api/protocol.py)
         loop="asyncio",
-        # httptools, large reads, a cap on request heads, a deadline for them, and a cap on
-        # connections below the open files limit
+        # httptools, large reads, a cap on request heads, a deadline for them and for a
+        # client taking response bytes, and a cap on connections below the open files limit
         http=configured(
             settings.request_head_timeout,
+            settings.send_timeout,
             connections.connection_cap(open_files),
             connections.ConnectionCounts(
                 settings.max_connections_per_client, settings.trusted_proxies

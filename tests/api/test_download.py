@@ -8,6 +8,7 @@ Objects span many chunks (16/64/256 KiB), so ranges start, end and cross chunk b
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -213,6 +214,31 @@ def test_a_chunk_lost_mid_stream_aborts_the_connection(small_server) -> None:
     # The server's record of why it cut the body is found by the id the client saw.
     errors = [x for x in small_server.log().splitlines() if " ERROR " in x and "cut-302" in x]
     assert errors, "the broken-off download's error is not logged under its request id"
+
+
+def test_downloads_their_clients_abandon_end_quietly(server: ServerProcess) -> None:
+    """A client gone mid-body left the body's generators to the garbage collector, which
+    closed two of them at once: an ERROR with a traceback ("aclose(): asynchronous generator
+    is already running") for most abandoned downloads, and their read-ahead given back
+    whenever the collector came by. Closed in order when the response ends, they log nothing."""
+    path, _data = _upload_unique(server, 24 * MiB, seed=304)  # chunks of the default size
+    logged = len(server.log())
+    for i in range(12):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.recv((10, 64 * KiB, MiB)[i % 3])
+            time.sleep(0.2)  # the server waits to send: the body is between two pieces
+            if i % 2:  # a reset, not a FIN
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with server.client() as c:
+        assert c.get(path, headers={"Range": "bytes=0-9"}).status_code == 206
+        deadline = time.monotonic() + 10
+        while "edgestore_downloads_active 0.0" not in c.get("/metrics").text:
+            assert time.monotonic() < deadline, "abandoned downloads still hold their slots"
+            time.sleep(0.05)
+    time.sleep(0.5)  # a finalizer's task would have run by now
+    log = server.log()[logged:]
+    assert "Traceback" not in log and "already running" not in log, log[-3000:]
 
 
 def test_reading_around_a_lost_shard_is_logged_under_the_request_id(small_server) -> None:

@@ -19,7 +19,7 @@ from edgestore.api.protocol import (
     BoundedHttpToolsProtocol,
     _LoopReads,
 )
-from tests.helpers import TricklingPatch, tus_create
+from tests.helpers import TricklingPatch, patch_headers, tus_create
 from tests.server import ServerProcess
 
 
@@ -138,17 +138,20 @@ def test_bodies_arrive_whole_through_the_parser():
 # --- slow clients (slowloris) against a real server ---------------------------------------------
 
 HEAD_TIMEOUT = 2.0
+SEND_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
 def slow_head_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real server whose request heads must arrive within HEAD_TIMEOUT seconds."""
+    """A real server whose request heads must arrive within HEAD_TIMEOUT seconds, and whose
+    clients must take response bytes within SEND_TIMEOUT seconds."""
     base = tmp_path_factory.mktemp("head-timeout")
     proc = ServerProcess(
         home=base / "home",
         database_url=f"sqlite:///{base / 'meta.db'}",
         env_extra={
             "EDGESTORE_REQUEST_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
+            "EDGESTORE_SEND_TIMEOUT": str(SEND_TIMEOUT),
             "EDGESTORE_MAX_CONNECTIONS_PER_CLIENT": "0",  # one address opens hundreds here
         },
     ).start()
@@ -233,6 +236,65 @@ def test_a_body_slower_than_the_head_deadline_is_not_cut(slow_head_server: Serve
     finally:
         patch.close()
     assert status == 204
+
+
+def _downloads_active(c: httpx.Client) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith("edgestore_downloads_active "):
+            return float(line.split()[1])
+    raise AssertionError("no edgestore_downloads_active in /metrics")
+
+
+def _stalled_download(server: ServerProcess, size: int) -> socket.socket:
+    """A GET of a `size`-byte object by a client that reads its first bytes, then stops
+    reading (its receive window fills up) but keeps the connection open."""
+    data = b"d" * size
+    with server.client() as c:
+        url = tus_create(c, len(data))
+        r = c.patch(url, content=data, headers=patch_headers(0))
+        assert r.status_code == 204, r.text
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.settimeout(15)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET {httpx.URL(url).raw_path.decode()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def test_a_client_that_stops_reading_a_download_is_cut_off(
+    slow_head_server: ServerProcess,
+) -> None:
+    """A client that stopped reading mid-download (its window full, the connection open)
+    held its download slot, the chunks read ahead for it and its socket forever: TCP never
+    gives up on a peer that acknowledges a zero window. Past SEND_TIMEOUT without taking a
+    byte, the connection is now closed and all of it given back."""
+    with slow_head_server.client() as c, _stalled_download(slow_head_server, 24 << 20) as sock:
+        assert _downloads_active(c) == 1
+        deadline = time.monotonic() + 3 * SEND_TIMEOUT + 2
+        while _downloads_active(c) != 0:
+            assert time.monotonic() < deadline, "the stalled download still holds its slot"
+            time.sleep(0.1)
+        # The connection is gone too: what the socket holds, then its end (or a reset).
+        received = 0
+        with pytest.raises((ConnectionResetError, EOFError)):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+            raise EOFError
+        assert received < 24 << 20
+    assert "took no response bytes" in slow_head_server.log()
+
+
+def test_a_download_read_slowly_is_not_cut_off(slow_head_server: ServerProcess) -> None:
+    """The deadline is for a client that takes nothing: one reading slowly goes on."""
+    logged = len(slow_head_server.log())
+    with slow_head_server.client() as c, _stalled_download(slow_head_server, 24 << 20) as sock:
+        began = time.monotonic()
+        while time.monotonic() - began < 2.5 * SEND_TIMEOUT:
+            assert sock.recv(16 * 1024)  # 16 KiB every 0.4 s: 40 KB/s
+            time.sleep(0.4)
+        assert _downloads_active(c) == 1  # still being sent
+    assert "took no response bytes" not in slow_head_server.log()[logged:]
 
 
 def test_clients_are_served_while_hundreds_of_slow_heads_are_open(
