@@ -8,6 +8,7 @@ is documented in docs/configuration.md.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tomllib
@@ -25,13 +26,18 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edgestore import config_hints as hints
 from edgestore.errors import ConfigError
-from edgestore.types import ChunkerParams, EcParams
+from edgestore.types import BUCKET_NAME_PATTERN, BUCKET_NAME_RULE, ChunkerParams, EcParams
 
 MiB = 1024 * 1024
 _DEFAULT_DIR = re.compile(r"d[0-9]{1,3}")  # HOME/shards/d0…, the default data dirs
 ENV_PREFIX = "EDGESTORE_"
 _EMPTY_IS_A_VALUE = {"rate_limit"}  # '' turns it off; any other empty variable is unset
+# `EDGESTORE_*` variables that are no setting but read elsewhere (--config, client commands).
+READ_ELSEWHERE = {"CONFIG", "API_KEY", "SERVER", "CA_CERT", "TIMEOUT"}
+TEST_SUITE_PREFIXES = ("REQUIRE_", "TEST_")  # the test suite's (DEVELOPERS.md), also no setting
+log = logging.getLogger(__name__)
 
 
 class _EnvSource(EnvSettingsSource):
@@ -182,7 +188,7 @@ class Settings(BaseSettings):
     bucket_quota_bytes: int = Field(
         0, ge=0, description="Logical bytes a bucket may hold (versions + open uploads); 0 = off."
     )
-    bucket_quotas: dict[str, int] = Field(
+    bucket_quotas: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, description="Per-bucket overrides of bucket_quota_bytes."
     )
     presign_max_seconds: int = Field(
@@ -225,6 +231,19 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an http:// or https:// URL (with a host)")
         return value.strip() if value else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        """Refused here, not when the store opens, so the message names where the value came
+        from; it never repeats the URL, whose password must not reach a log."""
+        if value and not re.match(r"(sqlite|postgresql)(\+\w+)?://", value.strip()):
+            scheme = value.partition("://")[0] if "://" in value else "no scheme"
+            raise ValueError(
+                f"unsupported database ({scheme[:40]!r}); use sqlite:///PATH or "
+                "postgresql+psycopg://user@host/db"
+            )
+        return value
+
     @field_validator("admin_key")
     @classmethod
     def _long_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -251,6 +270,21 @@ class Settings(BaseSettings):
     def _storage_scheme(cls, value: str) -> str:
         if value.split("://", 1)[0] not in ("memory", "redis", "rediss", "redis+unix"):
             raise ValueError("use memory:// or redis://host:port[/db]")
+        return value
+
+    @field_validator("bucket_quotas")
+    @classmethod
+    def _quota_buckets(cls, value: dict[str, int]) -> dict[str, int]:
+        """A quota no bucket can match never applied, silently; a setting's name is one written
+        below the `[bucket_quotas]` table, which TOML puts in that table."""
+        for name in value:
+            if name in Settings.model_fields:
+                raise ValueError(
+                    f"{name} is a setting, not a bucket: TOML puts every key below "
+                    "[bucket_quotas] in that table; move it above [bucket_quotas]"
+                )
+            if not re.fullmatch(BUCKET_NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a bucket name: use {BUCKET_NAME_RULE}")
         return value
 
     @field_validator("trusted_proxies")
@@ -378,22 +412,11 @@ def load_settings(
 
         settings_cls = FileSettings
     given = {k: v for k, v in overrides.items() if v is not None}
+    _warn_unknown_variables()
     try:
         return settings_cls(**given)
     except ValidationError as exc:
-        problems = []
-        in_file = f" (in {path})" if path is not None else ""
-        for err in exc.errors():
-            message = err["msg"].removeprefix("Value error, ")
-            if not err["loc"]:  # a cross-field check: its message names the keys
-                problems.append(message)
-                continue
-            key = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":  # a file's (unknown variables are ignored)
-                problems.append(f"{key}{in_file}: unknown setting")
-                continue
-            where = _source(str(err["loc"][0]), given, path, flags or {})
-            problems.append(f"{key} ({where}): {message}")
+        problems = [_problem(err, given, path, flags or {}) for err in exc.errors()]
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except SettingsError as exc:  # a variable's JSON that does not even decode
         name = re.search(r'field "(\w+)" from source "\w*EnvSource"', str(exc))
@@ -407,6 +430,42 @@ def load_settings(
     except ValueError as exc:  # e.g. a malformed TOML file
         where = f"{path}: " if path is not None and isinstance(exc, tomllib.TOMLDecodeError) else ""
         raise ConfigError(f"invalid configuration: {where}{exc}") from None
+
+
+def _problem(err: Any, given: dict[str, Any], path: Path | None, flags: dict[str, str]) -> str:
+    """One invalid value as the user can fix it: the key, where it came from, what was wrong
+    with it, the value (never that of a string setting: a URL may hold a password) and what is
+    allowed."""
+    message = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:  # a cross-field check: its message names the keys
+        return message
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":  # a file's (unknown variables are warned about)
+        if isinstance(err["input"], dict):
+            hint = "settings are top-level keys, above any [table] but [bucket_quotas]"
+        else:
+            hint = hints.did_you_mean(key, Settings.model_fields, "")
+        return f"{key} (in {path}): unknown setting" + (f"; {hint}" if hint else "")
+    where = _source(str(err["loc"][0]), given, path, flags)
+    if err["type"] in hints.PARSING | hints.BOUNDS:
+        allowed = hints.allowed(key, err["type"])
+        message += f", got {err['input']!r}" + (f" ({allowed})" if allowed else "")
+    return f"{key} ({where}): {message}"
+
+
+def _warn_unknown_variables() -> None:
+    """An `EDGESTORE_*` variable that names no setting configures nothing: say so (a warning,
+    not a refusal: the environment is shared with the client commands, scripts and tests)."""
+    for var in sorted(os.environ):
+        name = var.upper().removeprefix(ENV_PREFIX)
+        if (
+            var.upper().startswith(ENV_PREFIX)
+            and name.lower() not in Settings.model_fields
+            and name not in READ_ELSEWHERE
+            and not name.startswith(TEST_SUITE_PREFIXES)
+        ):
+            hint = hints.did_you_mean(name, Settings.model_fields, ENV_PREFIX)
+            log.warning("%s is no setting (ignored)%s", var, f"; {hint}" if hint else "")
 
 
 # What a variable decoded as JSON must look like, for the message when it does not decode.

@@ -15,6 +15,10 @@ VersionId = NewType("VersionId", str)
 
 CHUNK_ID_HEX_LEN = 64
 
+BUCKET_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
+"""What a bucket may be called (the API, the CLI and bucket_quotas in the settings)."""
+BUCKET_NAME_RULE = "1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+
 
 @runtime_checkable
 class Readable(Protocol):

@@ -283,3 +283,73 @@ def test_a_public_url_without_http_scheme_is_refused(url):
     with pytest.raises(ConfigError, match=r"public_url \(EDGESTORE_PUBLIC_URL\)"):
         load_settings(public_url=url)
     assert load_settings(public_url="https://files.example.com/edge/").public_url
+
+
+def test_a_setting_below_the_bucket_quotas_table_is_refused(tmp_path):
+    """TOML puts every key after `[bucket_quotas]` in that table: `ec_k = 4` written below it
+    became the quota of a bucket named ec_k, and the store ran with k=6 without a word."""
+    path = write_toml(tmp_path, "[bucket_quotas]\nphotos = 1\nec_k = 4\n")
+    with pytest.raises(ConfigError, match=r"bucket_quotas \(in .*\): ec_k is a setting.*above"):
+        load_settings(config_file=path)
+
+
+@pytest.mark.parametrize(("text", "wrong"), [("Photos = 1", "'Photos'"), ("photos = -1", "-1")])
+def test_a_bucket_quota_that_could_never_apply_is_refused(tmp_path, text, wrong):
+    """A bucket name no bucket can have (upper case) was a quota that never applied; a
+    negative one refused every upload of the bucket with 507."""
+    with pytest.raises(ConfigError, match=r"bucket_quotas") as caught:
+        load_settings(config_file=write_toml(tmp_path, f"[bucket_quotas]\n{text}\n"))
+    assert wrong in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ('data_dir = ["/mnt/a"]\n', "did you mean data_dirs?"),
+        ("[server]\nport = 9000\n", "settings are top-level keys"),
+    ],
+)
+def test_an_unknown_key_in_the_file_says_what_was_meant(tmp_path, text, hint):
+    with pytest.raises(ConfigError, match="unknown setting") as caught:
+        load_settings(config_file=write_toml(tmp_path, text))
+    assert hint in str(caught.value)
+
+
+def test_an_unknown_edgestore_variable_is_not_ignored_silently(monkeypatch, caplog):
+    """`EDGESTORE_DATA_DIR=/mnt/a` configured nothing, and nothing said so."""
+    monkeypatch.setenv("EDGESTORE_DATA_DIR", "/mnt/a")
+    monkeypatch.setenv("EDGESTORE_API_KEY", "k")  # the client commands' own: no warning
+    monkeypatch.setenv("EDGESTORE_REQUIRE_PG", "1")  # the test suite's (CI sets them): none
+    monkeypatch.setenv("EDGESTORE_TEST_PG_URL", "postgresql+psycopg://x@y/z")
+    with caplog.at_level("WARNING", logger="edgestore.config"):
+        assert load_settings().data_dirs is None
+    assert "EDGESTORE_DATA_DIR is no setting" in caplog.text
+    assert "did you mean EDGESTORE_DATA_DIRS?" in caplog.text
+    assert "EDGESTORE_API_KEY" not in caplog.text
+    assert "EDGESTORE_REQUIRE_PG" not in caplog.text and "EDGESTORE_TEST_" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "allowed"),
+    [
+        ("EDGESTORE_MAX_UPLOAD_SIZE", "8MiB", "a whole number of bytes"),
+        ("EDGESTORE_UPLOAD_EXPIRY_SECONDS", "7d", "a number of seconds"),
+        ("EDGESTORE_METRICS_PUBLIC", "maybe", "true or false"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_says_what_is_allowed(monkeypatch, var, value, allowed):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert allowed in str(caught.value) and repr(value) in str(caught.value)
+
+
+def test_an_unsupported_database_url_in_the_file_names_the_file_not_the_password(tmp_path):
+    """`postgres://` (no such SQLAlchemy dialect) was reported as EDGESTORE_DATABASE_URL, a
+    variable nobody had set, once the store was being opened."""
+    path = write_toml(tmp_path, 'database_url = "postgres://u:s3cret@db/edgestore"\n')
+    with pytest.raises(
+        ConfigError, match=rf"database_url \(in {path}\): .*postgresql\+psycopg"
+    ) as caught:
+        load_settings(config_file=path)
+    assert "s3cret" not in str(caught.value)

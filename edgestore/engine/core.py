@@ -157,7 +157,9 @@ def open_core(
                     f"{_SETTING_OF.get(n, n)} is {wanted[n]}, the store uses {recorded.get(n)}"
                     for n in wrong
                 )
-                + "; chunking must stay fixed per store"
+                + "; chunking must stay fixed per store: set them back to the store's: "
+                + ", ".join(f"{n} = {recorded.get(n)}" for n in wrong if n in _SETTING_OF)
+                + " (to chunk differently, start a new store: another home and database)"
             )
         ec_backend = recorded.get("ec_backend") or policy.ec_backend
         if ec_backend and ec_backend != policy.ec_backend:

@@ -5,19 +5,17 @@ from __future__ import annotations
 import re
 
 from edgestore.errors import InvalidKey
+from edgestore.types import BUCKET_NAME_PATTERN, BUCKET_NAME_RULE
 
 MAX_KEY_BYTES = 1024
 DEFAULT_BUCKET = "default"
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_BUCKET = re.compile(BUCKET_NAME_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_bucket(bucket: str) -> str:
     if not _BUCKET.fullmatch(bucket):
-        raise InvalidKey(
-            f"invalid bucket name {bucket!r}: use 1-63 characters of a-z, 0-9, '.', '_', '-', "
-            "starting with a letter or digit"
-        )
+        raise InvalidKey(f"invalid bucket name {bucket!r}: use {BUCKET_NAME_RULE}")
     return bucket
 
 

@@ -277,9 +277,10 @@ def test_documented_error_codes_are_the_real_ones() -> None:
 
 
 def test_documented_environment_variables_exist() -> None:
-    """Every `EDGESTORE_*` a doc names is read by something (a setting, `--config`, or a
-    client command's option), and every variable a client command reads is documented."""
-    from edgestore.config import ENV_PREFIX
+    """Every `EDGESTORE_*` a doc names is read by something (a setting, `--config`, a client
+    command's option, or the test suite), and every variable a client command reads is
+    documented."""
+    from edgestore.config import ENV_PREFIX, READ_ELSEWHERE, TEST_SUITE_PREFIXES
 
     settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     cli = {
@@ -288,9 +289,17 @@ def test_documented_environment_variables_exist() -> None:
         for param in cmd.params
         for var in ([param.envvar] if isinstance(param.envvar, str) else param.envvar or [])
     }
-    real = settings | cli | {ENV_PREFIX + "CONFIG"}
+    suite = {  # the test suite's own, which load_settings does not warn about either
+        var
+        for path in (ROOT / "tests").rglob("*.py")
+        for var in re.findall(r"\bEDGESTORE_(?:REQUIRE|TEST)_[A-Z_]+", path.read_text())
+    }
+    assert all(v.removeprefix(ENV_PREFIX).startswith(TEST_SUITE_PREFIXES) for v in suite)
+    real = settings | cli | suite | {ENV_PREFIX + "CONFIG"}
     text = "\n".join(doc.read_text() for doc in DOCS)
     documented = set(re.findall(r"\b(EDGESTORE_[A-Z0-9_]+)", text))
     assert not documented - real, f"documented, read by nothing: {sorted(documented - real)}"
     undocumented = (cli | {ENV_PREFIX + "CONFIG"}) - documented
     assert not undocumented, f"read, documented nowhere: {sorted(undocumented)}"
+    # The variables no setting reads are the ones load_settings does not warn about.
+    assert {ENV_PREFIX + name for name in READ_ELSEWHERE} == cli | {ENV_PREFIX + "CONFIG"}

@@ -17,8 +17,10 @@ from tests.helpers import SMALL_CHUNKS, KiB, MiB, blocks_of, random_bytes, read_
 
 def test_chunker_parameters_are_fixed_per_store(make_settings) -> None:
     Engine.open(make_settings()).close()
-    with pytest.raises(StoreParamsMismatch, match="chunk_avg_size"):
+    with pytest.raises(StoreParamsMismatch, match="chunk_avg_size") as caught:
         Engine.open(make_settings(chunk_avg_size=2 * MiB))
+    # What to do about it, not only what is wrong.
+    assert "set them back to the store's: chunk_avg_size = 4194304" in str(caught.value)
 
 
 def test_changing_ec_parameters_keeps_old_data_readable(make_settings) -> None:

@@ -1,0 +1,31 @@
+"""What a settings error says beside the pydantic message: what the value may be, and which
+setting a misspelt name meant (edgestore/config.py's messages)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+# Errors about a number or a choice, whose value is worth repeating (never a secret).
+PARSING = {"int_parsing", "int_from_float", "float_parsing", "bool_parsing"}
+BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def allowed(key: str, kind: str) -> str:
+    """What a value of `key` may be, for a value of the wrong `kind` ('' if nothing to add):
+    sizes and durations are plain numbers, which users write with units at first."""
+    if kind == "bool_parsing":
+        return "true or false; also yes/no, on/off, 1/0"
+    if kind not in PARSING:
+        return ""
+    if key.endswith(("_seconds", "_timeout")):
+        return "a number of seconds, e.g. 604800 for 7 days; no unit such as 7d"
+    if key.endswith(("_bytes", "_size", "_bandwidth")) or key.startswith("bucket_quotas."):
+        return "a whole number of bytes, e.g. 8388608 for 8 MiB; no unit such as 8MiB"
+    return ""
+
+
+def did_you_mean(name: str, known: Any, prefix: str) -> str:
+    """A hint naming the setting `name` most likely meant ('' if none is close)."""
+    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.75)
+    return f"did you mean {prefix}{close[0].upper() if prefix else close[0]}?" if close else ""
