@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from edgestore.metadata.schema import bucket_totals, object_versions, objects
+from edgestore.metadata.schema import bucket_totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,26 +66,7 @@ def of_store(conn: Connection) -> BucketTotal:
 def mismatches(conn: Connection) -> dict[str, tuple[BucketTotal, BucketTotal]]:
     """Buckets whose totals differ from their versions: bucket -> (recorded, counted).
 
-    A full scan, for tests and checks (never on a request's path)."""
-    counted = {
-        r.bucket: BucketTotal(int(r.bytes), int(r.versions))
-        for r in conn.execute(
-            sa.select(
-                objects.c.bucket,
-                sa.func.sum(object_versions.c.size).label("bytes"),
-                sa.func.count().label("versions"),
-            )
-            .select_from(object_versions.join(objects))
-            .group_by(objects.c.bucket)
-        )
-    }
-    recorded = {
-        r.bucket: BucketTotal(int(r.bytes), int(r.versions))
-        for r in conn.execute(sa.select(bucket_totals))
-    }
-    zero = BucketTotal(0, 0)
-    return {
-        b: (recorded.get(b, zero), counted.get(b, zero))
-        for b in recorded.keys() | counted.keys()
-        if recorded.get(b, zero) != counted.get(b, zero)
-    }
+    A full scan, for tests and checks (never on a request's path): `edgestore check`'s."""
+    from edgestore.metadata.consistency import bucket_drift  # which imports this module
+
+    return {d.bucket: (d.recorded, d.counted) for d in bucket_drift(conn)}
