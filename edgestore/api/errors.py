@@ -7,7 +7,6 @@ Bodies are JSON: {"error": <stable code>, "message": <what happened and what to 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -16,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgestore import errors as e
+from edgestore.logonce import OncePer
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +102,14 @@ def error_response(
 # A storage error (a data dir missing, full, read-only) is logged once an hour, not for
 # every request it refuses: a lost disk would otherwise log one line per upload request.
 STORAGE_ERROR_LOG_SECONDS = 3600.0
-_storage_said: dict[str, float] = {}
+_storage_errors = OncePer(STORAGE_ERROR_LOG_SECONDS)
 
 
 def _log_error(exc: e.EdgestoreError) -> None:
-    if isinstance(exc, e.StorageError) and not isinstance(exc, e.TransactionConflict):
-        said = _storage_said.get(exc.message)
-        if said is not None and time.monotonic() - said < STORAGE_ERROR_LOG_SECONDS:
-            log.debug("%s: %s", exc.code, exc.message)
-            return
-        _storage_said[exc.message] = time.monotonic()
-        if len(_storage_said) > 1000:  # messages naming files: keep the newest only
-            _storage_said.clear()
+    storage = isinstance(exc, e.StorageError) and not isinstance(exc, e.TransactionConflict)
+    if storage and not _storage_errors.due(exc.message):
+        log.debug("%s: %s", exc.code, exc.message)
+        return
     log.error("%s: %s", exc.code, exc.message)
 
 

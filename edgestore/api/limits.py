@@ -39,6 +39,7 @@ from edgestore.api import direct
 from edgestore.api.errors import error_response
 from edgestore.config import Settings
 from edgestore.errors import RateLimited, StorageUnavailable
+from edgestore.logonce import OncePer
 
 log = logging.getLogger("edgestore.limits")
 
@@ -146,7 +147,7 @@ class Limiter:
         self._renew: Any = None
         self._down_until = 0.0  # monotonic: until then, the storage is not asked (failed)
         self._local_slots: Counter[str] = Counter()
-        self._warned = 0.0
+        self._warn = OncePer(WARN_EVERY)  # a storage that stays down: said every 30 s
 
     @property
     def shared(self) -> bool:
@@ -196,8 +197,7 @@ class Limiter:
 
     def _fail_open(self, what: str) -> None:
         self._down_until = time.monotonic() + RETRY_AFTER_FAILURE
-        if time.monotonic() - self._warned > WARN_EVERY:
-            self._warned = time.monotonic()
+        if self._warn.due("storage"):
             log.warning("rate-limit storage failed (%s); not limiting for now", what, exc_info=True)
 
     # --- requests ---------------------------------------------------------------------------

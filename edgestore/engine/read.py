@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from edgestore.errors import (
     StorageError,
     StorageUnavailable,
 )
+from edgestore.logonce import OncePer
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.storage.datadirs import DataDirs
 from edgestore.types import Layout, ShardRef
@@ -50,10 +50,9 @@ class DirFaultLog:
 
     def __init__(self, logger: logging.Logger, every: float = DIR_DOWN_LOG_SECONDS) -> None:
         self._log = logger
-        self._every = every
+        self._due = OncePer(every)
         self._lock = threading.Lock()
-        self._said: dict[str, float] = {}  # dir -> when it was last named
-        self._since: dict[str, int] = {}  # dir -> chunks read around since then
+        self._since: dict[str, int] = {}  # dir -> chunks read around since it was last named
 
     def per_chunk(self, faults: Sequence[ShardFault]) -> list[ShardFault]:
         """Note the faults of dirs down; return the rest, which the caller logs per chunk."""
@@ -61,11 +60,9 @@ class DirFaultLog:
         for name, reason in down.items():
             with self._lock:
                 self._since[name] = self._since.get(name, 0) + 1
-                last = self._said.get(name)
-                if last is not None and time.monotonic() - last < self._every:
+                if not self._due.due(name):
                     continue
                 count = self._since.pop(name)
-                self._said[name] = time.monotonic()
             self._log.error(
                 "data dir %s is down (%s): chunks with shards on it are read around and "
                 "queued for repair (%d so far; said again in an hour, not per chunk)",
