@@ -36,7 +36,7 @@ ENV_PREFIX = "EDGESTORE_"
 _EMPTY_IS_A_VALUE = {"rate_limit"}  # '' turns it off; any other empty variable is unset
 # `EDGESTORE_*` variables that are no setting but read elsewhere (--config, client commands).
 READ_ELSEWHERE = {"CONFIG", "API_KEY", "SERVER", "CA_CERT", "TIMEOUT"}
-TEST_SUITE_PREFIXES = ("REQUIRE_", "TEST_")  # the test suite's (DEVELOPERS.md), also no setting
+TEST_SUITE_PREFIXES = ("REQUIRE_", "TEST_")  # the test suite's (README, Development)
 log = logging.getLogger(__name__)
 
 

@@ -104,8 +104,8 @@ def pg_store(url: str, reset_schema: Any) -> None:
                     for seq, value, called in template.sequences:
                         setval = sa.text("SELECT setval(:s, :v, :c)")
                         conn.execute(setval, {"s": seq, "v": value, "c": called})
-                    for table, rows in template.rows.items():
-                        for row in rows:
+                    for table in reversed(template.tables):  # referenced rows first
+                        for row in template.rows.get(table, ()):
                             cols = ", ".join(f'"{c}"' for c in row)
                             marks = ", ".join(f":p{i}" for i in range(len(row)))
                             conn.execute(
