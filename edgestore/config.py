@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     maintenance_interval_seconds: int = Field(
         600, ge=0, description="Server upkeep (expiry, gc, repair) every this often; 0 disables it."
     )
+    orphan_sweep_interval_seconds: int = Field(
+        4 * 3600,
+        ge=0,
+        description="The upkeep's sweep of the data dirs for orphan shard files (it lists every "
+        "file) runs at most this often; 0: every round.",
+    )
     scrub_bytes_per_round: int = Field(
         1 << 30,
         ge=0,

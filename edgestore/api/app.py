@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,8 +30,6 @@ from edgestore.storage.datadirs import SINGLE_DISK_WARNING
 
 log = logging.getLogger("edgestore.http")
 
-# The orphan-file sweep lists every data dir; run it every this many upkeep rounds.
-ORPHAN_SWEEP_EVERY = 24
 # Chunks queued for repair that one upkeep round repairs (each: read every shard, rebuild,
 # store again); the rest wait for the next rounds.
 REPAIRS_PER_ROUND = 20
@@ -117,16 +116,20 @@ class Upkeep:
     async def _run(self) -> None:
         svc = self._svc
         interval = svc.settings.maintenance_interval_seconds
-        rounds = 0
+        # The orphan sweep lists every data dir: the first comes one sweep interval after the
+        # start, not at once (a restart loop must not list millions of files each time).
+        last_sweep = time.monotonic()
         repair_cursor = repairs.RepairCursor()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             if self._stopping.is_set():
                 return
-            rounds += 1
             try:
-                await self._collect(orphans=rounds % ORPHAN_SWEEP_EVERY == 0)
+                sweep = time.monotonic() - last_sweep >= svc.settings.orphan_sweep_interval_seconds
+                if sweep:
+                    last_sweep = time.monotonic()
+                await self._collect(orphans=sweep)
                 await asyncio.to_thread(
                     hashes.fill_round,
                     svc.engine,

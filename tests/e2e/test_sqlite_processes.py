@@ -258,6 +258,7 @@ def test_a_put_killed_mid_way_is_cleaned_up_by_the_servers_upkeep(tmp_path: Path
         env_extra={
             "EDGESTORE_GC_GRACE_SECONDS": "0",
             "EDGESTORE_MAINTENANCE_INTERVAL_SECONDS": "1",
+            "EDGESTORE_ORPHAN_SWEEP_INTERVAL_SECONDS": "0",
         },
     ).start()
     try:
@@ -277,7 +278,12 @@ def test_a_put_killed_mid_way_is_cleaned_up_by_the_servers_upkeep(tmp_path: Path
                 f.write(random_bytes(MiB, seed=2000 + i))
         put = subprocess.Popen(
             [*EDGESTORE, "put", str(source), "--key", "doomed", "--quiet"],
-            env={**os.environ, "EDGESTORE_HOME": str(home), "EDGESTORE_DATABASE_URL": url},
+            env={
+                **os.environ,
+                "EDGESTORE_HOME": str(home),
+                "EDGESTORE_DATABASE_URL": url,
+                "EDGESTORE_UPLOAD_LOCK_SECONDS": "2",  # its lease: lapses soon after the kill
+            },
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
@@ -292,7 +298,7 @@ def test_a_put_killed_mid_way_is_cleaned_up_by_the_servers_upkeep(tmp_path: Path
         for path in (home / "shards").rglob("*"):
             if path.is_file():
                 os.utime(path, (old, old))
-        deadline = time.monotonic() + 90  # the lease (6 s), then the 24th round's sweep
+        deadline = time.monotonic() + 60  # the lease (2 s), then a round's sweep
         while _open_local_uploads(url) or _unknown_files(home, url):
             assert time.monotonic() < deadline, (
                 _open_local_uploads(url),
