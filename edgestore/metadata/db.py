@@ -167,7 +167,7 @@ class Database:
         """A read transaction: one snapshot in SQLite's WAL mode; on PostgreSQL (READ
         COMMITTED) each statement sees what was committed when it began."""
         with (
-            _translate_errors(self._name, self._lock_wait_ms),
+            _translate_errors(self._name, self._lock_wait_ms, self._path),
             self.engine.connect() as conn,
             conn.begin(),
         ):
@@ -187,7 +187,7 @@ class Database:
         """
         wait = self._lock_wait_ms if lock_wait_ms is None else lock_wait_ms
         with (
-            _translate_errors(self._name, wait),
+            _translate_errors(self._name, wait, self._path),
             self.engine.connect().execution_options(
                 sqlite_immediate=True, sqlite_durable=durable, sqlite_busy_ms=wait
             ) as conn,
@@ -292,7 +292,10 @@ class Database:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with _translate_errors(self._name, self._lock_wait_ms), self.engine.connect() as conn:
+        with (
+            _translate_errors(self._name, self._lock_wait_ms, self._path),
+            self.engine.connect() as conn,
+        ):
             if self.is_postgres:
                 # Another node migrating a big store may hold the lock for minutes: wait.
                 conn.execute(sa.text("SET lock_timeout = 0"))
@@ -408,10 +411,11 @@ def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
 
 
 @contextmanager
-def _translate_errors(name: str, lock_wait_ms: int) -> Iterator[None]:
+def _translate_errors(name: str, lock_wait_ms: int, path: Path | None = None) -> Iterator[None]:
     """Errors an operator must see as such, not as a traceback or an HTTP 500: the database
     unreachable, busy past the timeout (503 with Retry-After: retry), full (507), or a file
-    that is not SQLite's. `lock_wait_ms`: how long a lock was waited for."""
+    that is not SQLite's. `lock_wait_ms`: how long a lock was waited for; `path`: a SQLite
+    database's file."""
     try:
         yield
     except sa.exc.TimeoutError as exc:  # SQLAlchemy's, not a database error: no .orig
@@ -440,6 +444,8 @@ def _translate_errors(name: str, lock_wait_ms: int) -> Iterator[None]:
                 retry_after=BUSY_RETRY_AFTER_S,  # HTTP: a 503 with Retry-After
                 busy=True,
             ) from exc
+        if path is not None and "disk i/o" in str(exc.orig).lower():
+            _raise_if_full(name, path, exc)
         if _is_connection_failure(exc):
             raise StorageUnavailable(f"{name} unavailable: {exc.orig}") from exc
         raise
@@ -449,6 +455,22 @@ def _translate_errors(name: str, lock_wait_ms: int) -> Iterator[None]:
                 f"{name} is not a SQLite database, or is damaged: {exc.orig}"
             ) from exc
         raise
+
+
+def _raise_if_full(name: str, path: Path, exc: DBAPIError) -> None:
+    """StorageFull if SQLite's "disk I/O error" came from a full filesystem: opening a WAL
+    database creates and grows its index (-shm), and without room for it SQLite says only
+    that, for reads too (measured on a full tmpfs: every command and `serve` failed so)."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < SQLITE_MIN_FREE_BYTES:
+        raise StorageFull(
+            f"{name} is full: {free} bytes free on its filesystem (SQLite: {exc.orig}); "
+            "until there is room, SQLite cannot open it, not even to read"
+        ) from exc
 
 
 def _is_connection_failure(exc: DBAPIError) -> bool:

@@ -22,6 +22,7 @@ from tests.helpers import (
     random_bytes,
     read_all,
 )
+from tests.mounts import mount_or_skip
 
 
 def _dir_paths(engine: Engine) -> list[Path]:
@@ -128,20 +129,13 @@ def test_missing_data_dir_refuses_writes_cleanly(stored, make_settings) -> None:
             ).scalar()
 
 
-def _mount(args: list[str]) -> None:
-    try:
-        subprocess.run(["mount", *args], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount here (needs root/CAP_SYS_ADMIN): {exc}")
-
-
 def test_read_only_data_dir_refuses_writes_cleanly(tmp_path, make_settings) -> None:
     with Engine.open(make_settings(**SMALL_CHUNKS)) as engine:
         data = random_bytes(2 * MiB, seed=8)
         v = engine.put(blocks_of(data), key="kept")
         before = _counts(engine)
         target = _dir_paths(engine)[2]
-        _mount(["--bind", "-o", "ro", str(target), str(target)])
+        mount_or_skip(["--bind", "-o", "ro", str(target), str(target)])
         try:
             with pytest.raises(StorageUnavailable, match="not writable"):
                 engine.put(blocks_of(random_bytes(2 * MiB, seed=9)), key="new")
@@ -156,7 +150,7 @@ def test_read_only_data_dir_refuses_writes_cleanly(tmp_path, make_settings) -> N
 def test_full_data_dir_refuses_writes_cleanly(tmp_path, make_settings) -> None:
     small = tmp_path / "small-disk"
     small.mkdir()
-    _mount(["-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)])
+    mount_or_skip(["-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)])
     try:
         dirs = [tmp_path / f"disk{i}" for i in range(8)] + [small]
         with Engine.open(make_settings(data_dirs=dirs, **SMALL_CHUNKS)) as engine:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from edgestore.errors import ConfigError, StorageFull, StorageUnavailable
 from edgestore.metadata import db as db_module
 from edgestore.metadata.db import _PG_MIGRATION_LOCK, Database
+from tests.mounts import fill, tmpfs
 from tests.races import sqlite_write_lock_held
 
 
@@ -346,3 +347,23 @@ def test_a_database_path_that_cannot_be_created_is_a_clear_error(tmp_path: Path)
     (tmp_path / "home").write_text("not a directory")
     with pytest.raises(StorageUnavailable, match="cannot create its directory"):
         Database(f"sqlite:///{tmp_path / 'home' / 'edgestore.db'}")
+
+
+def test_a_sqlite_database_on_a_full_filesystem_says_full_at_open(tmp_path: Path) -> None:
+    """A real full filesystem (tmpfs) under a SQLite database closed cleanly: opening it
+    needs room for its WAL index (-shm), and SQLite answers "disk I/O error", which every
+    command (`ls` and `get` too) and `serve` at start reported as "unavailable: disk I/O
+    error", giving no hint that the disk is full. Now StorageFull naming the free bytes."""
+    home = tmp_path / "home"
+    with tmpfs(home, "1m"):
+        url = f"sqlite:///{home / 'edgestore.db'}"
+        db = Database(url)
+        db.migrate()
+        db.close()  # the last connection checkpoints the WAL and removes -wal and -shm
+        fill(home, leave=0)
+        db = Database(url)
+        try:
+            with pytest.raises(StorageFull, match=r"edgestore\.db is full: \d+ bytes free"):
+                db.migrate()
+        finally:
+            db.close()
