@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgestore.api.errors import error_response
-from edgestore.errors import StorageUnavailable
+from edgestore.errors import StorageUnavailable, TransactionConflict
 from edgestore.storage.local import MARKER
 from tests.helpers import KiB, MiB, random_bytes, tus_create, tus_patch, tus_upload
 from tests.native import SMALL_ENV
@@ -44,8 +44,19 @@ def test_storage_errors_name_data_dirs_not_their_paths(tmp_path: Path) -> None:
     assert lost.status_code == 500 and lost.json()["error"] == "chunk_unreadable"
     assert "data dir d" in lost.text and str(tmp_path) not in lost.text, lost.text
     assert refused.status_code == 503, refused.text
+    assert refused.headers["Retry-After"] == "5"  # not back in a second: clients wait
     assert "data dir d3" in refused.text and str(tmp_path) not in refused.text, refused.text
     assert str(d3) in server.log()  # the operator's copy
+
+
+def test_a_store_that_cannot_take_writes_says_when_to_try_again() -> None:
+    """A 503 for a data dir or database that cannot take writes carries Retry-After, so a
+    client does not resend a chunk's body several times a second; a transaction conflict
+    keeps its own shorter wait."""
+    unwritable = error_response(StorageUnavailable("data dir d2 is not writable"))
+    assert (unwritable.status_code, unwritable.headers["Retry-After"]) == (503, "5")
+    conflict = error_response(TransactionConflict("deadlock detected", retry_after=1))
+    assert (conflict.status_code, conflict.headers["Retry-After"]) == (503, "1")
 
 
 def test_a_storage_error_is_logged_once_not_per_request(caplog: pytest.LogCaptureFixture) -> None:
