@@ -437,7 +437,8 @@ async def _bind_key_creation(scope: Scope, identity: Identity, svc: Services) ->
         except EdgestoreError:
             continue  # the route answers 404
         if part.is_partial:
-            target = policy.partial_target(part.bucket, identity)
+            bucket = await policy.partial_bucket(part, identity, svc)
+            target = policy.partial_target(bucket, identity)
             if not identity.allows(target):
                 raise OutOfScope(
                     f"{identity.describe()} is limited to {identity.limits()}; partial upload "

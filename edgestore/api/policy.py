@@ -20,6 +20,8 @@ from edgestore.api.state import Services
 from edgestore.engine import ObjectSelector
 from edgestore.engine.keys import DEFAULT_BUCKET
 from edgestore.errors import EdgestoreError, OutOfScope
+from edgestore.metadata import unbound
+from edgestore.metadata.uploads import UploadRecord
 
 OPEN = "open"  # no credential at all (load balancers' probes)
 ANY = "any"  # any valid credential, whatever its scopes
@@ -141,11 +143,27 @@ async def target_of(
             return Resolved(None, skip=True)
         shown = f"upload {m['upload_id']}"
         if rec.is_partial:  # belongs to no object until a final names one, but to a bucket
-            return Resolved(partial_target(rec.bucket, identity), shown=shown)
+            bucket = await partial_bucket(rec, identity, svc)
+            return Resolved(partial_target(bucket, identity), shown=shown)
         return Resolved(Target(rec.bucket or DEFAULT_BUCKET, rec.key or rec.upload_id), shown=shown)
     if rule.target in (HANDLER, NONE):
         return Resolved(None, skip=True)
     return Resolved(None)
+
+
+async def partial_bucket(rec: UploadRecord, identity: Identity, svc: Services) -> str | None:
+    """The bucket a partial upload is for. One an older release wrote without any (listed by
+    migration 0013: any key could touch it then) is bound to the bucket of the first
+    bucket-limited key to touch it, so that key's paused parallel upload goes on."""
+    if rec.bucket is not None or identity.bucket is None:
+        return rec.bucket
+    bucket = identity.bucket
+
+    def bind() -> bool:
+        with svc.engine.core.db.write() as conn:
+            return unbound.claim(conn, rec.upload_id, bucket)
+
+    return bucket if await asyncio.to_thread(bind) else None
 
 
 def partial_target(bucket: str | None, identity: Identity) -> Target:

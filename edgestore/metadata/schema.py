@@ -218,6 +218,20 @@ upload_pins = sa.Table(
     sa.Column("chunk_id", ChunkIdType, sa.ForeignKey("chunks.chunk_id"), primary_key=True),
 )
 
+# Partial uploads an older release wrote without their bucket (any key could touch them
+# then), marked by migration 0013: the first bucket-limited key to touch one binds it to its
+# bucket (metadata/unbound.py). A partial created since is bound at creation, or is for none.
+unbound_partials = sa.Table(
+    "unbound_partials",
+    metadata,
+    sa.Column(
+        "upload_id",
+        UuidType,
+        sa.ForeignKey("uploads.upload_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+)
+
 # Chunks found with missing or corrupt shards on read or scrub, for repair.
 repair_queue = sa.Table(
     "repair_queue",

@@ -210,7 +210,8 @@ def test_two_processes_migrating_a_fresh_database_at_once_both_succeed(db_url: s
 
 
 @pytest.mark.parametrize(
-    "release", ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0009", "0010", "0011"]
+    "release",
+    ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0009", "0010", "0011", "0012"],
 )
 def test_a_store_of_an_older_release_upgrades_and_every_row_still_works(
     release: str, make_settings: SettingsFactory

@@ -1,0 +1,83 @@
+"""A store of an older release, upgraded at the next start, through the API as its users
+meet it: uploads they left paused must go on with the credentials they had."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from edgestore.config import load_settings
+from edgestore.engine import Engine
+from edgestore.metadata.db import MIGRATIONS_DIR
+from tests.api.access import client_with, create_key
+from tests.helpers import TUS, KiB, blocks_of, patch_headers, random_bytes, tus_metadata
+from tests.server import ServerProcess
+
+# The last revision before partials were recorded with their bucket in every case: releases
+# up to it created every partial with none (its tus creation dropped the bucket).
+BEFORE_BOUND_PARTIALS = "0012"
+
+
+def _take_schema_back_to(url: str, revision: str) -> None:
+    """The store's schema as the older release left it (its rows stay as they are)."""
+    plain = sa.create_engine(url)  # no foreign keys on SQLite: dropping must not cascade
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with plain.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+            conn.commit()
+    finally:
+        plain.dispose()
+
+
+def test_a_bucket_keys_paused_parallel_upload_goes_on_after_the_upgrade(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A parallel upload a bucket-limited key left paused under a release whose partials had
+    no bucket (one partial done, one with a staged tail, no final yet): after the upgrade
+    every request of that key on them was 403, so the upload could never finish. The first
+    key of a bucket to touch such a partial now binds it to that bucket, as a partial created
+    today is: its own upload goes on, and a key of another bucket is refused it after."""
+    home = tmp_path / "home"
+    first, second = random_bytes(300 * KiB, seed=1), random_bytes(500 * KiB, seed=2)
+    cut = 123 * KiB + 5  # mid-chunk: the bytes after the last cut are the staged tail
+    with Engine.open(load_settings(home=home, database_url=db_url)) as eng:
+        done = eng.uploads.create(length=len(first), is_partial=True)  # no bucket, as then
+        eng.uploads.append(done.upload_id, 0, blocks_of(first))
+        paused = eng.uploads.create(length=len(second), is_partial=True)
+        eng.uploads.append(paused.upload_id, 0, blocks_of(second[:cut]))
+    _take_schema_back_to(db_url, BEFORE_BOUND_PARTIALS)
+
+    server = ServerProcess(home=home, database_url=db_url, auth=True).start()
+    try:
+        tag = uuid.uuid4().hex[:8]
+        scopes = ("--scope", "upload", "--scope", "read")
+        mine = create_key(server, "--name", f"a-{tag}", *scopes, "--bucket", f"a-{tag}")
+        other = create_key(server, "--name", f"b-{tag}", *scopes, "--bucket", f"b-{tag}")
+        urls = [f"{server.url}/files/{u.upload_id}" for u in (done, paused)]
+        with client_with(server, mine) as c:
+            r = c.head(urls[1], headers=TUS)
+            assert (r.status_code, r.headers.get("Upload-Offset")) == (200, str(cut))
+            r = c.patch(urls[1], content=second[cut:], headers=patch_headers(cut))
+            assert r.status_code == 204, r.text
+            final = {"Upload-Concat": "final;" + " ".join(urls)}
+            final["Upload-Metadata"] = tus_metadata({"key": "joined"})
+            r = c.post("/files/", headers={**TUS, **final})
+            assert r.status_code == 201, r.text
+            body = c.get(f"/objects/a-{tag}/joined").content
+            assert hashlib.sha256(body).digest() == hashlib.sha256(first + second).digest()
+        with client_with(server, other) as c:  # bound to the first key's bucket now
+            for url in urls:
+                assert c.head(url, headers=TUS).status_code == 403
+            steal = {"Upload-Concat": "final;" + " ".join(urls)}
+            steal["Upload-Metadata"] = tus_metadata({"key": "stolen"})
+            assert c.post("/files/", headers={**TUS, **steal}).status_code == 403
+    finally:
+        server.stop()
