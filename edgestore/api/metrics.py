@@ -60,6 +60,21 @@ class Metrics:
             ["dir"],
             registry=r,
         )
+        self.data_dir_free = Gauge(
+            "edgestore_data_dir_free_bytes",
+            "Bytes free on a data dir's filesystem (to the server, as df shows them), as of "
+            "the last readiness check; absent while the dir is missing, unclaimed or failing. "
+            "Alert well before it runs out: a full dir fails uploads (507)",
+            ["dir"],
+            registry=r,
+        )
+        self.data_dir_size = Gauge(
+            "edgestore_data_dir_size_bytes",
+            "Size of a data dir's filesystem in bytes, as of the last readiness check; "
+            "absent while the dir is missing, unclaimed or failing",
+            ["dir"],
+            registry=r,
+        )
         self.database_up = Gauge(
             "edgestore_database_up",
             "1 while the metadata database answers and takes writes (last readiness check)",
@@ -103,6 +118,13 @@ class Metrics:
         self.database_up.set(1 if health.database_up else 0)
         for name, up in health.dirs_up.items():
             self.data_dir_up.labels(name).set(1 if up else 0)
+        # Only the dirs measured now: a lost dir's last figures would hide that it is lost.
+        # No await between here and render(): no other scrape sees the gauges cleared.
+        self.data_dir_free.clear()
+        self.data_dir_size.clear()
+        for name, space in health.dirs_space.items():
+            self.data_dir_free.labels(name).set(space.free_bytes)
+            self.data_dir_size.labels(name).set(space.total_bytes)
         if health.repairs_queued is not None:  # the last known count, while the database is down
             self.repair_queue.set(health.repairs_queued)
 

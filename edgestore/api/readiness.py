@@ -18,7 +18,8 @@ from edgestore.api.errors import without_paths
 from edgestore.engine import Engine
 from edgestore.errors import StorageError
 from edgestore.metadata import chunks as chunk_index
-from edgestore.storage.datadirs import check_room
+from edgestore.storage.backend import Usage
+from edgestore.storage.datadirs import check_free
 
 READY_TIMEOUT_S = 3.0
 
@@ -36,7 +37,7 @@ class Readiness:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgestore-readyz")
         self._lock = threading.Lock()
         self._running: Future[list[Problem]] | None = None
-        self._health = Health(database_up=False, dirs_up={}, repairs_queued=None)
+        self._health = Health(database_up=False, dirs_up={}, repairs_queued=None, dirs_space={})
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -79,18 +80,23 @@ class Readiness:
         dirs = core.dirs
         paths = {str(b.root): name for name, b in dirs.backends.items()}
         up: dict[str, bool] = {}
+        space: dict[str, Usage] = {}
         for name, backend in sorted(dirs.backends.items()):
             try:
                 if name in dirs.unavailable:  # refused since start, whatever it looks like now
                     raise StorageError(
                         f"{dirs.unavailable[name]} (found at start; restart the server once fixed)"
                     )
-                check_room(backend, self._min_free)
+                backend.check()  # claimed and writable: its filesystem's figures are its own
+                space[name] = backend.usage()
+                check_free(backend, space[name], self._min_free)
                 up[name] = True
             except StorageError as exc:
                 problems.append((without_paths(str(exc), paths), str(exc)))
                 up[name] = False
-        self._health = Health(database_up=queued is not None, dirs_up=up, repairs_queued=queued)
+        self._health = Health(
+            database_up=queued is not None, dirs_up=up, repairs_queued=queued, dirs_space=space
+        )
         return problems
 
 
@@ -101,3 +107,6 @@ class Health:
     database_up: bool
     dirs_up: dict[str, bool]  # each data dir: claimed, writable, with room for a chunk
     repairs_queued: int | None  # chunks queued for repair; None: the database did not answer
+    # Each claimed data dir's filesystem (size, free bytes), a full one included; none for a
+    # dir that is missing, not claimed or failing (the figures would be another disk's).
+    dirs_space: dict[str, Usage]

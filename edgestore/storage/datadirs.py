@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgestore.errors import StorageFull, StorageUnavailable
+from edgestore.storage.backend import Usage
 from edgestore.storage.local import EPOCH_MARKER, MARKER, LocalBackend, storage_error, write_durably
 
 FlushMark = dict[int, int]  # filesystem -> flushes of it started so far
@@ -77,14 +78,20 @@ class DataDirs:
 
 def check_room(backend: LocalBackend, min_free: int) -> None:
     """A data dir that can take a new file of up to `min_free` bytes now: there, claimed and
-    writable (StorageUnavailable), with that much room (StorageFull). What /readyz reports
-    and what the upkeep checks before it reads chunks to repair."""
+    writable (StorageUnavailable), with that much room (StorageFull). What the upkeep checks
+    before it reads chunks to repair; /readyz checks the same, step by step, keeping the
+    space figures for /metrics."""
     backend.check()
-    free = backend.usage().free_bytes
-    if free < min_free:
+    check_free(backend, backend.usage(), min_free)
+
+
+def check_free(backend: LocalBackend, space: Usage, min_free: int) -> None:
+    """StorageFull unless the dir's `space` (as its filesystem reported it) has room for a
+    new file of up to `min_free` bytes."""
+    if space.free_bytes < min_free:
         raise StorageFull(
-            f"data dir {backend.root} is full: {free} bytes free, less than one chunk "
-            f"({min_free} bytes)"
+            f"data dir {backend.root} is full: {space.free_bytes} bytes free, less than one "
+            f"chunk ({min_free} bytes)"
         )
 
 

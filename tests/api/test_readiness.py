@@ -208,3 +208,55 @@ def test_a_node_shutting_down_is_not_ready_and_healthz_still_answers(
     assert draining.status_code == 503
     assert draining.json() == {"ready": False, "problems": ["server is shutting down"]}
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+def _space(text: str) -> dict[str, dict[str, float]]:
+    """The data dir space gauges of a /metrics page: gauge -> dir -> value."""
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in ("edgestore_data_dir_free_bytes", "edgestore_data_dir_size_bytes"):
+                found.setdefault(s.name.removeprefix("edgestore_data_dir_"), {})[
+                    s.labels["dir"]
+                ] = s.value
+    return found
+
+
+def test_metrics_show_each_data_dir_s_free_space_and_size(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only edgestore_data_dir_up told of a filling disk, and only once it was full (uploads
+    already refused with 507): nothing an alert could fire on before then. Free and size
+    bytes per dir, as its filesystem reports them; none for a dir that is not there."""
+    real = LocalBackend.usage
+
+    def usage(self: LocalBackend) -> Usage:
+        found = real(self)
+        return Usage(found.total_bytes, 4096) if self.name == "d2" else found
+
+    async def probe(client: httpx.AsyncClient, svc: Services) -> list[Any]:
+        roots = {n: b.root for n, b in svc.engine.core.dirs.backends.items()}
+        whole = _space((await client.get("/metrics")).text)
+        fs = {n: os.statvfs(r) for n, r in roots.items()}
+        monkeypatch.setattr(LocalBackend, "usage", usage)
+        full = _space((await client.get("/metrics")).text)
+        moved = roots["d4"].with_name("d4.moved")
+        os.rename(roots["d4"], moved)
+        try:
+            lost = _space((await client.get("/metrics")).text)
+        finally:
+            os.rename(moved, roots["d4"])
+        return [fs, whole, full, lost]
+
+    fs, whole, full, lost = _probe(make_settings, probe)
+    dirs = {f"d{i}" for i in range(9)}
+    assert set(whole) == {"free_bytes", "size_bytes"}
+    assert set(whole["free_bytes"]) == set(whole["size_bytes"]) == dirs
+    for d in dirs:
+        size, free = whole["size_bytes"][d], whole["free_bytes"][d]
+        assert size == fs[d].f_blocks * fs[d].f_frsize
+        assert 0 < free <= size
+        assert abs(free - fs[d].f_bavail * fs[d].f_frsize) < 256 * 2**20  # others write too
+    assert full["free_bytes"]["d2"] == 4096  # full: still shown, so the alert has its figure
+    assert full["size_bytes"]["d2"] == whole["size_bytes"]["d2"]
+    assert set(lost["free_bytes"]) == set(lost["size_bytes"]) == dirs - {"d4"}
