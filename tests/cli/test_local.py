@@ -19,6 +19,13 @@ from tests.helpers import MiB, random_bytes
 EDGESTORE = [sys.executable, "-m", "edgestore"]
 
 
+# What a command does with its arguments, files and output is the same on either database:
+# such tests run on SQLite only (each starts several CLI processes, ~1 s apiece). Those where
+# the database answers differently (paging, ids, out-of-range numbers) and the journey run on
+# both.
+ON_SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
 def cli(tmp_path: Path, db_url: str):
     env = {
@@ -83,6 +90,7 @@ def test_put_get_ls_stat_rm_du_gc(cli, tmp_path: Path) -> None:
     assert du["chunks"] == 0 and du["stored_bytes"] == 0 and du["reclaimable_bytes"] == 0
 
 
+@ON_SQLITE
 def test_put_guesses_the_content_type_from_the_name(cli, tmp_path: Path) -> None:
     """As `upload` does, so that a video stored locally plays when served; --content-type
     wins, and a name that says nothing leaves it unset."""
@@ -99,6 +107,7 @@ def test_put_guesses_the_content_type_from_the_name(cli, tmp_path: Path) -> None
     }
 
 
+@ON_SQLITE
 def test_stdin_and_human_output(cli) -> None:
     res = cli("put", "-", "--key", "from-stdin", input=b"hello")
     assert "default/from-stdin" in res.stdout.decode()
@@ -125,6 +134,7 @@ def test_errors_have_exit_codes_and_messages(cli, args, code: int, message: str)
     assert "Traceback" not in res.stderr.decode()
 
 
+@ON_SQLITE
 def test_invalid_configuration_names_the_key(cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("ec_k = 0\n")
@@ -137,6 +147,7 @@ def test_invalid_configuration_names_the_key(cli, tmp_path: Path) -> None:
     assert from_env.returncode == 78 and "ec_k (EDGESTORE_EC_K)" in from_env.stderr.decode()
 
 
+@ON_SQLITE
 def test_put_of_a_missing_file_or_a_directory_is_a_usage_error(cli, tmp_path: Path) -> None:
     """It was a FileNotFoundError / IsADirectoryError traceback (exit 1); `upload` says it."""
     for path, says in ((tmp_path / "nope.bin", "does not exist"), (tmp_path, "is a directory")):
@@ -145,6 +156,7 @@ def test_put_of_a_missing_file_or_a_directory_is_a_usage_error(cli, tmp_path: Pa
         assert res.returncode == 2 and says in err and "Traceback" not in err, err
 
 
+@ON_SQLITE
 def test_get_into_a_directory_or_a_missing_one(cli, tmp_path: Path) -> None:
     """`-o DIR` wrote DIR.part beside it and failed renaming it over DIR (a traceback)."""
     src = tmp_path / "movie.bin"
@@ -174,6 +186,7 @@ def test_raising_k_plus_m_says_to_run_init(cli, tmp_path: Path) -> None:
     cli("put", str(src), "--key", "b.bin", EDGESTORE_EC_K="8")
 
 
+@ON_SQLITE
 def test_output_in_a_pipe_is_neither_cut_nor_wrapped(cli, tmp_path: Path) -> None:
     """Piped, the console was 80 columns wide: `ls` cut object ids to 'c0ffee12-34…' and
     messages broke mid-sentence, so scripts got ids that resolve to nothing."""
@@ -188,6 +201,7 @@ def test_output_in_a_pipe_is_neither_cut_nor_wrapped(cli, tmp_path: Path) -> Non
     assert f"error: object default/{missing} not found\n" == res.stderr.decode()
 
 
+@ON_SQLITE
 def test_get_to_a_fifo_writes_into_it(cli, tmp_path: Path) -> None:
     """`-o /dev/null` (or a named pipe) was written as /dev/null.part, then renamed over
     the device: as root that replaced /dev/null with a file; as a user, a traceback."""
@@ -209,6 +223,7 @@ def test_get_to_a_fifo_writes_into_it(cli, tmp_path: Path) -> None:
     assert received.read_bytes() == data
 
 
+@ON_SQLITE
 def test_get_that_cannot_write_leaves_no_part_file(cli, tmp_path: Path) -> None:
     """An output that fails midway was a traceback, leaving OUT.part behind (no `get`
     resumes it: it only took space)."""
@@ -223,6 +238,7 @@ def test_get_that_cannot_write_leaves_no_part_file(cli, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@ON_SQLITE
 def test_get_to_a_full_standard_output_says_so(cli, tmp_path: Path, db_url: str) -> None:
     """`get KEY -o - > file` on a full disk was an OSError traceback."""
     src = tmp_path / "a.bin"
@@ -237,6 +253,7 @@ def test_get_to_a_full_standard_output_says_so(cli, tmp_path: Path, db_url: str)
     assert res.returncode == 4 and "cannot write standard output" in err, err
 
 
+@ON_SQLITE
 @pytest.mark.disk  # /dev/shm must be another filesystem than its tmp_path
 def test_init_refuses_an_empty_mount_point_and_says_so(cli, tmp_path: Path) -> None:
     """init claimed a dir on the root filesystem beside dirs that each have their own disk
@@ -294,6 +311,7 @@ def test_out_of_range_numbers_are_errors_not_tracebacks(cli, args, code: int) ->
     assert "Traceback" not in res.stderr.decode()
 
 
+@ON_SQLITE
 def test_keys_with_brackets_are_printed_as_they_are(cli) -> None:
     """Rich read '[/]' and '[red]' in a key as markup: `put` stored the object and then
     crashed printing it, `ls` crashed for the whole store, `rm` after deleting; '[red]' was
@@ -309,7 +327,7 @@ def test_keys_with_brackets_are_printed_as_they_are(cli) -> None:
     assert missing.returncode == 3 and "x[/]y" in missing.stderr.decode()
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@ON_SQLITE
 def test_stat_of_a_huge_manifest_counts_its_chunks_without_loading_them(
     cli, tmp_path: Path, db_url: str
 ) -> None:
