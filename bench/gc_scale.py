@@ -1,11 +1,14 @@
-"""Maintenance at scale: time and peak RSS of gc's orphan sweep, gc without it, du and the
-metadata check (`check`; the synthetic chunks have no manifests, so it finds every used one's
-refcount wrong: its findings too must stay bounded in memory), on a
-synthetic store (chunk and shard rows inserted in bulk, empty shard files in the real key
-layout, plus orphans), to check they stay bounded in memory as a store grows to many TB.
+"""Maintenance at scale: time and peak RSS of gc's orphan sweep, gc without it (the
+unreferenced chunks it frees per second; `gc-put` also times small puts made meanwhile:
+uploads must not wait long behind gc's transactions), du and the metadata check (`check`;
+the synthetic chunks have no manifests, so it finds every used one's refcount wrong: its
+findings too must stay bounded in memory), on a synthetic store (chunk and shard rows
+inserted in bulk, empty shard files in the real key layout, plus orphans), to check they
+stay bounded in memory as a store grows to many TB.
 
     python -m bench.gc_scale build DIR --db URL --chunks 100000
     python -m bench.gc_scale run DIR --db URL   # each job in a fresh subprocess
+    python -m bench.gc_scale run DIR --db URL --jobs gc-put
 
 Each job runs in its own process, so its peak RSS (VmHWM) is its own. `build --no-files`
 makes the rows alone, with real shard sizes (a 4 MiB chunk's 6+3 shards of 699,051 bytes),
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +126,68 @@ def _peak_rss_mib() -> float:
     return 0.0
 
 
+def _put_latencies(engine: Engine, stop: threading.Event, out: list[float]) -> None:
+    """Put a new 256 KiB object every 20 ms until `stop`, noting each put's seconds."""
+    i = 0
+    while not stop.is_set():
+        data = os.urandom(256 << 10)
+        t = time.monotonic()
+        engine.put([data], key=f"bench-put-{i}")
+        out.append(time.monotonic() - t)
+        i += 1
+        stop.wait(0.02)
+
+
+def _latency_ms(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    ms = sorted(s * 1000 for s in seconds)
+    return {
+        "n": len(ms),
+        "p50": round(statistics.median(ms), 1),
+        "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1),
+        "max": round(ms[-1], 1),
+    }
+
+
+def _gc_chunks(engine: Engine, with_puts: bool) -> dict[str, object]:
+    """gc without the orphan sweep: chunks freed and their rate; with_puts, the latency of
+    puts made before (idle) and while it runs."""
+    from edgestore.maintenance import gc
+
+    idle: list[float] = []
+    during: list[float] = []
+    stop = threading.Event()
+    putter = None
+    if with_puts:
+        for i in range(20):
+            data = os.urandom(256 << 10)
+            t = time.monotonic()
+            engine.put([data], key=f"bench-idle-{i}")
+            idle.append(time.monotonic() - t)
+        putter = threading.Thread(target=_put_latencies, args=(engine, stop, during))
+        putter.start()
+    started = time.monotonic()
+    try:
+        r = gc.collect(engine, grace=3600, orphans=False)
+    finally:
+        stop.set()
+        if putter is not None:
+            putter.join()
+    secs = time.monotonic() - started
+    out: dict[str, object] = {
+        "chunks": r.chunks_deleted,
+        "shard_files": r.shard_files_deleted,
+        "errors": r.errors,
+        "chunks_per_s": round(r.chunks_deleted / secs) if secs else 0,
+        "batch": gc.BATCH,
+    }
+    if with_puts:
+        out["put_ms_idle"] = _latency_ms(idle)
+        out["put_ms_during_gc"] = _latency_ms(during)
+    return out
+
+
 def job(home: Path, db: str, what: str) -> dict[str, object]:
     """One job, in this process: its wall time and the process's peak RSS."""
     from edgestore.maintenance import gc
@@ -133,8 +200,8 @@ def job(home: Path, db: str, what: str) -> dict[str, object]:
             r = gc.GcReport()
             gc._collect_orphans(engine, time.time() - 600, r, gc._noop)
             out: object = {"orphans": r.orphan_files_deleted, "errors": r.errors}
-        elif what == "gc":
-            out = gc.collect(engine, grace=3600, orphans=False).chunks_deleted
+        elif what in ("gc", "gc-put"):
+            out = _gc_chunks(engine, with_puts=what == "gc-put")
         elif what == "check":
             from edgestore.maintenance import check
 
@@ -162,19 +229,25 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=100_000)
     p.add_argument("--orphans", type=int, default=1000)
     p.add_argument("--unreferenced", type=int, default=1000)
-    p.add_argument("--jobs", default="sweep,gc,du,check")
+    p.add_argument("--jobs", default="sweep,gc,du,check", help="also: gc-put")
     p.add_argument("--no-files", action="store_true", help="build the rows alone (for du)")
+    p.add_argument("--gc-batch", type=int, help="chunks per gc transaction (gc.BATCH)")
     a = p.parse_args()
     if a.action == "build":
         t = time.monotonic()
         build(a.home, a.db, a.chunks, a.orphans, a.unreferenced, files=not a.no_files)
         print(f"built in {time.monotonic() - t:.1f} s", file=sys.stderr)
     elif a.action == "job":
+        if a.gc_batch:
+            from edgestore.maintenance import gc
+
+            gc.BATCH = a.gc_batch
         print(json.dumps(job(a.home, a.db, a.jobs)))
     else:
         for what in a.jobs.split(","):
             cmd = [sys.executable, "-m", "bench.gc_scale", "job", str(a.home), "--db", a.db]
-            subprocess.run([*cmd, "--jobs", what], check=True)
+            batch = ["--gc-batch", str(a.gc_batch)] if a.gc_batch else []
+            subprocess.run([*cmd, "--jobs", what, *batch], check=True)
 
 
 if __name__ == "__main__":

@@ -427,21 +427,41 @@ def unreferenced(conn: Connection, before: float, limit: int) -> list[str]:
     )
 
 
-def delete_if_unreferenced(conn: Connection, chunk: str, before: float) -> list[ShardRef] | None:
-    """Delete the chunk row if still garbage; return its shards (now files to remove)."""
-    refs = load(conn, [chunk]).get(chunk)
-    if refs is None:
-        return None
-    res = conn.execute(
-        sa.delete(chunks).where(
-            chunks.c.chunk_id == chunk, chunks.c.refcount <= 0, chunks.c.zero_since < before
-        )
+def delete_unreferenced(
+    conn: Connection, chunk_ids: Sequence[str], before: float
+) -> dict[str, list[ShardRef]]:
+    """Delete those of the chunks (at most _IN_BATCH) still unreferenced since before
+    `before`, shards and repair entries with them; return their shards (now files to remove).
+
+    A chunk referenced, kept alive or stored again since it was listed is not garbage any
+    more: it stays, shards and all. The rows are locked first (PostgreSQL), in chunk id order,
+    skipping those another transaction holds: that one is referencing, pinning or storing the
+    chunk again, which a later run sees. So the shard rows read are those deleted, and gc,
+    holding a batch of rows, never waits for one: no deadlock with a writer locking its own.
+    """
+    ids = sorted(set(chunk_ids))
+    if not ids:
+        return {}
+    doomed = list(
+        conn.execute(
+            sa.select(chunks.c.chunk_id)
+            .where(chunks.c.chunk_id.in_(ids), chunks.c.refcount <= 0, chunks.c.zero_since < before)
+            .order_by(chunks.c.chunk_id)
+            .with_for_update(skip_locked=True)
+        ).scalars()
     )
-    if res.rowcount != 1:
-        return None
-    conn.execute(sa.delete(shards).where(shards.c.chunk_id == chunk))  # SQLite without cascade
-    conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id == chunk))
-    return list(refs.shards)
+    if not doomed:
+        return {}
+    found: dict[str, list[ShardRef]] = {cid: [] for cid in doomed}
+    for s in conn.execute(
+        sa.delete(shards).where(shards.c.chunk_id.in_(doomed)).returning(*shards.c)
+    ):
+        found[s.chunk_id].append(
+            ShardRef(ChunkId(s.chunk_id), s.shard_index, s.backend, s.key, s.size, s.checksum)
+        )
+    conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id.in_(doomed)))
+    conn.execute(sa.delete(chunks).where(chunks.c.chunk_id.in_(doomed)))
+    return found
 
 
 def known_shard_keys(conn: Connection, backend: str, keys: Sequence[str]) -> set[str]:

@@ -36,7 +36,7 @@ def test_missing_racing_gc_reports_the_collected_chunk_missing(tmp_path, pg_url)
         cid, _ = _garbage_chunk(engine, seed=1)
         session = engine.native.create(size=1)
         with engine.core.db.write() as conn:  # gc deletes the row, not yet committed...
-            assert chunk_index.delete_if_unreferenced(conn, cid, time.time() + 60) is not None
+            assert cid in chunk_index.delete_unreferenced(conn, [cid], time.time() + 60)
             out: list[list[str]] = []
             t, errors = in_thread(
                 lambda: out.append(engine.native.missing(session.upload_id, [cid]))

@@ -111,7 +111,7 @@ def test_pinning_a_chunk_gc_is_deleting_reports_it_missing(
                 errors.append(exc)
 
         with engine.core.db.write() as conn:  # gc has deleted the row, not yet committed
-            assert chunk_index.delete_if_unreferenced(conn, cid, now(conn)) is not None
+            assert cid in chunk_index.delete_unreferenced(conn, [cid], now(conn))
             t = threading.Thread(target=ask)
             t.start()
             wait_until_blocked(engine)
