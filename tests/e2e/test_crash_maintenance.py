@@ -95,7 +95,8 @@ DOOMED_SHARDS = -1  # "nth": replaced by the number of the doomed chunks' shard 
         {"file": "delete", "nth": 1},  # a chunk row deleted, none of its files yet
         {"file": "delete", "nth": 5},  # in the middle of one chunk's files
         {"file": "delete", "nth": 31, "when": "after"},  # some chunks gone, files and all
-        {"sql": r"^DELETE FROM chunks", "nth": 3, "when": "after"},  # mid-transaction
+        # A batch's transaction, its shard rows deleted, its chunk rows not yet:
+        {"sql": r"^DELETE FROM shards", "nth": 1, "when": "after"},
         {"file": "delete", "nth": DOOMED_SHARDS, "plus": 2},  # while sweeping orphans
     ],
     ids=["row-gone-files-not", "mid-files", "between-chunks", "mid-transaction", "orphans"],
