@@ -138,3 +138,26 @@ def pg_store(url: str, reset_schema: Any) -> None:
             )
     finally:
         eng.dispose()
+
+
+def take_schema_back_to(url: str, revision: str) -> None:
+    """A store's schema as an older release left it, its rows as they are: the upgrade tests'
+    starting point. On a plain connection (no foreign keys on SQLite: taking a column back
+    out rebuilds its table, which must not cascade)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+
+    from edgestore.metadata.db import MIGRATIONS_DIR
+
+    plain = sa.create_engine(url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with plain.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+            conn.commit()
+            assert MigrationContext.configure(conn).get_current_revision() == revision
+    finally:
+        plain.dispose()

@@ -7,13 +7,9 @@ import hashlib
 import uuid
 from pathlib import Path
 
-import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-
 from edgestore.config import load_settings
 from edgestore.engine import Engine
-from edgestore.metadata.db import MIGRATIONS_DIR
+from tests import stores
 from tests.api.access import client_with, create_key
 from tests.helpers import TUS, KiB, blocks_of, patch_headers, random_bytes, tus_metadata
 from tests.server import ServerProcess
@@ -21,20 +17,6 @@ from tests.server import ServerProcess
 # The last revision before partials were recorded with their bucket in every case: releases
 # up to it created every partial with none (its tus creation dropped the bucket).
 BEFORE_BOUND_PARTIALS = "0012"
-
-
-def _take_schema_back_to(url: str, revision: str) -> None:
-    """The store's schema as the older release left it (its rows stay as they are)."""
-    plain = sa.create_engine(url)  # no foreign keys on SQLite: dropping must not cascade
-    try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with plain.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
-            conn.commit()
-    finally:
-        plain.dispose()
 
 
 def test_a_bucket_keys_paused_parallel_upload_goes_on_after_the_upgrade(
@@ -53,7 +35,7 @@ def test_a_bucket_keys_paused_parallel_upload_goes_on_after_the_upgrade(
         eng.uploads.append(done.upload_id, 0, blocks_of(first))
         paused = eng.uploads.create(length=len(second), is_partial=True)
         eng.uploads.append(paused.upload_id, 0, blocks_of(second[:cut]))
-    _take_schema_back_to(db_url, BEFORE_BOUND_PARTIALS)
+    stores.take_schema_back_to(db_url, BEFORE_BOUND_PARTIALS)
 
     server = ServerProcess(home=home, database_url=db_url, auth=True).start()
     try:

@@ -238,19 +238,7 @@ def test_a_store_of_an_older_release_upgrades_and_every_row_still_works(
         damaged = eng.objects.manifest(first)[0].chunk_id
         with eng.core.db.write() as conn:
             assert chunk_index.queue_repair(eng.core.db, conn, damaged, "test", [0])
-    # Back to the old release's schema on a plain connection (no foreign keys on SQLite:
-    # taking a column back out rebuilds the table, which must not cascade).
-    plain = sa.create_engine(settings.resolved_database_url)
-    try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with plain.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, release)
-            conn.commit()
-            assert MigrationContext.configure(conn).get_current_revision() == release
-    finally:
-        plain.dispose()
+    stores.take_schema_back_to(settings.resolved_database_url, release)
 
     with Engine.open(settings) as eng:  # the upgrade, as a new release's first start
         with eng.core.db.read() as conn:  # queued before: due for the upkeep's repair now
