@@ -22,6 +22,7 @@ from edgestore.config import Settings, load_settings
 from edgestore.engine import Engine
 from tests import stores
 from tests.helpers import SMALL_CHUNKS
+from tests.require import unavailable
 
 PG_ADMIN_URL = os.environ.get(
     "EDGESTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -74,10 +75,6 @@ def tmp_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _require(var: str) -> bool:
-    return os.environ.get(var, "") not in ("", "0", "false", "no")
-
-
 def _browser_or_reason() -> tuple[str | None, str]:
     """Chromium's path, or None and why the browser tests cannot run."""
     interop = Path(__file__).parent / "interop"
@@ -100,9 +97,7 @@ def chromium() -> str:
     missing, unless EDGESTORE_REQUIRE_BROWSER is set (CI), where that is a failure."""
     found, reason = _browser_or_reason()
     if found is None:
-        if _require("EDGESTORE_REQUIRE_BROWSER"):
-            pytest.fail(f"EDGESTORE_REQUIRE_BROWSER is set but {reason}")
-        pytest.skip(reason)
+        unavailable("EDGESTORE_REQUIRE_BROWSER", reason)
     return found
 
 
@@ -122,9 +117,7 @@ def pg_server_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
     reason = _pg_unavailable_reason()
     if reason:
-        if _require("EDGESTORE_REQUIRE_PG"):
-            pytest.fail(f"EDGESTORE_REQUIRE_PG is set but {reason}")
-        pytest.skip(reason)
+        unavailable("EDGESTORE_REQUIRE_PG", reason)
     name = f"edgestore_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -289,9 +282,7 @@ def redis_url() -> str:
         client.close()
     except Exception as exc:
         reason = f"Redis not reachable at {REDIS_URL}: {exc.__class__.__name__}: {exc}"
-        if _require("EDGESTORE_REQUIRE_REDIS"):
-            pytest.fail(f"EDGESTORE_REQUIRE_REDIS is set but {reason}")
-        pytest.skip(reason)
+        unavailable("EDGESTORE_REQUIRE_REDIS", reason)
     return REDIS_URL
 
 

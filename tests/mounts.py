@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from tests.require import unavailable
 
 
 def _run(args: list[str]) -> None:
@@ -27,9 +27,7 @@ def mount_or_skip(args: list[str]) -> None:
     except (OSError, subprocess.SubprocessError) as exc:
         said = (getattr(exc, "stderr", None) or b"").decode(errors="replace").strip()
         reason = f"cannot mount here (needs root/CAP_SYS_ADMIN): {said or exc}"
-        if os.environ.get("EDGESTORE_REQUIRE_MOUNT", "") not in ("", "0", "false", "no"):
-            pytest.fail(f"EDGESTORE_REQUIRE_MOUNT is set but {reason}")
-        pytest.skip(reason)
+        unavailable("EDGESTORE_REQUIRE_MOUNT", reason)
 
 
 def unmount(path: Path) -> None:

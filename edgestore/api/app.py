@@ -126,9 +126,10 @@ class Upkeep:
             if self._stopping.is_set():
                 return
             try:
-                sweep = time.monotonic() - last_sweep >= svc.settings.orphan_sweep_interval_seconds
+                now = time.monotonic()
+                sweep = now - last_sweep >= svc.settings.orphan_sweep_interval_seconds
                 if sweep:
-                    last_sweep = time.monotonic()
+                    last_sweep = now
                 await self._collect(orphans=sweep)
                 await asyncio.to_thread(
                     hashes.fill_round,

@@ -265,10 +265,9 @@ class Database:
                 )
             if not os.access(path, os.R_OK | os.W_OK):
                 raise StorageUnavailable(f"{self._name} is not readable and writable")
-            st = os.statvfs(path.parent)
+            free = _free_bytes(path)
         except OSError as exc:
             raise StorageUnavailable(f"{self._name} cannot be checked: {exc}") from exc
-        free = st.f_bavail * st.f_frsize
         if free < SQLITE_MIN_FREE_BYTES:
             raise StorageFull(f"{self._name} is full: {free} bytes free on its filesystem")
 
@@ -457,15 +456,20 @@ def _translate_errors(name: str, lock_wait_ms: int, path: Path | None = None) ->
         raise
 
 
+def _free_bytes(path: Path) -> int:
+    """Bytes the server may still write on the filesystem of the SQLite file `path`."""
+    st = os.statvfs(path.parent)
+    return st.f_bavail * st.f_frsize
+
+
 def _raise_if_full(name: str, path: Path, exc: DBAPIError) -> None:
     """StorageFull if SQLite's "disk I/O error" came from a full filesystem: opening a WAL
     database creates and grows its index (-shm), and without room for it SQLite says only
     that, for reads too (measured on a full tmpfs: every command and `serve` failed so)."""
     try:
-        st = os.statvfs(path.parent)
+        free = _free_bytes(path)
     except OSError:
         return
-    free = st.f_bavail * st.f_frsize
     if free < SQLITE_MIN_FREE_BYTES:
         raise StorageFull(
             f"{name} is full: {free} bytes free on its filesystem (SQLite: {exc.orig}); "

@@ -10,6 +10,7 @@ import pytest
 
 from bench import peers
 from bench.profile import _disk_counters, deferred_line, disk_of, main
+from tests.require import unavailable
 
 
 def test_the_work_dirs_disk_is_found_and_counts(tmp_path: Path) -> None:
@@ -53,9 +54,7 @@ def node_peers() -> None:
     elif not peers.SHARED_PEERS.is_dir():
         reason = f"peer scripts not found at {peers.SHARED_PEERS}"
     if reason:
-        if os.environ.get("EDGESTORE_REQUIRE_INTEROP", "") not in ("", "0", "false", "no"):
-            pytest.fail(f"EDGESTORE_REQUIRE_INTEROP is set but {reason}")
-        pytest.skip(reason)
+        unavailable("EDGESTORE_REQUIRE_INTEROP", reason)
 
 
 @pytest.mark.interop

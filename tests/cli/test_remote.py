@@ -19,6 +19,7 @@ from edgestore.client import Client
 from tests.certs import https_server
 from tests.flaky_link import FlakyLink
 from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
+from tests.mounts import tmpfs
 from tests.native import small_chunk_server
 from tests.server import ServerProcess
 
@@ -123,17 +124,8 @@ def test_ctrl_c_on_a_silent_link_stops_at_once_and_the_rerun_resumes(server, tmp
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (mounting needs root, as in the test containers)."""
-    where = tmp_path / "small"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "1m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_a_full_disk_is_a_clear_error_and_the_part_file_stays(

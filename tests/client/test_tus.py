@@ -15,6 +15,7 @@ from edgestore.client.tus import encode_metadata, plan_parts, tus_endpoint
 from edgestore.errors import InvalidInput, SourceChanged
 from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
 from tests.native import rows, versions_of
+from tests.require import required
 
 
 class Hook:
@@ -236,7 +237,7 @@ def test_plan_and_endpoint() -> None:
 
 
 def _required() -> bool:
-    return os.environ.get("EDGESTORE_REQUIRE_INTEROP", "") not in ("", "0", "false", "no")
+    return required("EDGESTORE_REQUIRE_INTEROP")
 
 
 def _peers():

@@ -22,7 +22,7 @@ from tests.helpers import (
     random_bytes,
     read_all,
 )
-from tests.mounts import mount_or_skip
+from tests.mounts import mount_or_skip, tmpfs
 
 
 def _dir_paths(engine: Engine) -> list[Path]:
@@ -148,10 +148,7 @@ def test_read_only_data_dir_refuses_writes_cleanly(tmp_path, make_settings) -> N
 
 
 def test_full_data_dir_refuses_writes_cleanly(tmp_path, make_settings) -> None:
-    small = tmp_path / "small-disk"
-    small.mkdir()
-    mount_or_skip(["-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)])
-    try:
+    with tmpfs(tmp_path / "small-disk", "512k") as small:
         dirs = [tmp_path / f"disk{i}" for i in range(8)] + [small]
         with Engine.open(make_settings(data_dirs=dirs, **SMALL_CHUNKS)) as engine:
             v = engine.put(iter([b"small object " * 1000]), key="kept")
@@ -161,8 +158,6 @@ def test_full_data_dir_refuses_writes_cleanly(tmp_path, make_settings) -> None:
             _settle(engine, before)
             assert read_all(engine, v) == b"small object " * 1000
             assert not [b for b in engine.core.dirs.backends["d8"].list() if b.key.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_data_dir_unmounted_under_a_running_store_refuses_writes(small_engine, tmp_path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import TUS, MiB, random_bytes, sha256_hex, tus_offset, tus_patch
+from tests.require import required
 
 try:
     from tusclient import client as tus_client
@@ -26,7 +26,7 @@ try:
     from tusclient.storage.filestorage import FileStorage
     from tusclient.uploader import AsyncUploader, Uploader
 except ImportError as exc:  # skipped where tuspy is missing, unless interop is required
-    if os.environ.get("EDGESTORE_REQUIRE_INTEROP", "") not in ("", "0", "false", "no"):
+    if required("EDGESTORE_REQUIRE_INTEROP"):
         pytest.fail(f"EDGESTORE_REQUIRE_INTEROP is set but tuspy is missing: {exc}")
     pytest.skip(f"tuspy is not installed: {exc}", allow_module_level=True)
 
