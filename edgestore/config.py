@@ -29,6 +29,7 @@ from pydantic_settings import (
 from edgestore import config_hints as hints
 from edgestore.errors import ConfigError
 from edgestore.types import BUCKET_NAME_PATTERN, BUCKET_NAME_RULE, ChunkerParams, EcParams
+from edgestore.units import ByteRate, Seconds, Size, WholeSeconds
 
 MiB = 1024 * 1024
 _DEFAULT_DIR = re.compile(r"d[0-9]{1,3}")  # HOME/shards/d0…, the default data dirs
@@ -70,10 +71,10 @@ class Settings(BaseSettings):
     ec_k: int = Field(6, ge=1, le=32)
     ec_m: int = Field(3, ge=1, le=16)
     replicas: int = Field(3, ge=1, le=16, description="Copies per chunk in replication mode.")
-    inline_max_bytes: int = Field(
+    inline_max_bytes: Size = Field(
         64 * 1024, ge=0, le=1 * MiB, description="Stored chunks up to this size live in the DB."
     )
-    small_chunk_max_bytes: int = Field(
+    small_chunk_max_bytes: Size = Field(
         128 * 1024,
         ge=0,
         description="Stored chunks up to this size are replicated (m+1 copies), not EC'd.",
@@ -84,9 +85,9 @@ class Settings(BaseSettings):
         0.03, ge=0.0, lt=1.0, description="Keep a chunk raw unless zstd saves at least this."
     )
 
-    chunk_min_size: int = Field(1 * MiB, ge=64, le=1 * MiB)
-    chunk_avg_size: int = Field(4 * MiB, ge=256, le=4 * MiB)
-    chunk_max_size: int = Field(8 * MiB, ge=1024, le=16 * MiB)
+    chunk_min_size: Size = Field(1 * MiB, ge=64, le=1 * MiB)
+    chunk_avg_size: Size = Field(4 * MiB, ge=256, le=4 * MiB)
+    chunk_max_size: Size = Field(8 * MiB, ge=1024, le=16 * MiB)
 
     cpu_workers: int = Field(0, ge=0, le=64, description="CPU pool size; 0 means one per core.")
     read_ahead_chunks: int = Field(
@@ -99,34 +100,34 @@ class Settings(BaseSettings):
         description="Chunks decoded ahead across all downloads at once (memory: up to this "
         "many max-size chunks); past it a download decodes one chunk at a time.",
     )
-    native_hash_buffer_bytes: int = Field(
+    native_hash_buffer_bytes: Size = Field(
         128 * MiB,
         ge=0,
         description="Memory for native chunks that arrive ahead of their turn in the whole-file "
         "SHA-256; beyond it they are read back instead.",
     )
-    gc_grace_seconds: int = Field(6 * 3600, ge=0)
-    upload_expiry_seconds: int = Field(7 * 24 * 3600, ge=60)
-    upload_lock_seconds: float = Field(
+    gc_grace_seconds: WholeSeconds = Field(6 * 3600, ge=0)
+    upload_expiry_seconds: WholeSeconds = Field(7 * 24 * 3600, ge=60)
+    upload_lock_seconds: Seconds = Field(
         6.0, gt=0, le=300, description="Write lease of an upload; a dead writer blocks no longer."
     )
-    upload_warm_bytes: int = Field(
+    upload_warm_bytes: Size = Field(
         64 * MiB,
         ge=0,
         description="Memory for the chunkers of uploads between requests, so the next request "
         "goes on without reading the staged tail back; 0 keeps none.",
     )
 
-    maintenance_interval_seconds: int = Field(
+    maintenance_interval_seconds: WholeSeconds = Field(
         600, ge=0, description="Server upkeep (expiry, gc, repair) every this often; 0 disables it."
     )
-    orphan_sweep_interval_seconds: int = Field(
+    orphan_sweep_interval_seconds: WholeSeconds = Field(
         4 * 3600,
         ge=0,
         description="The upkeep's sweep of the data dirs for orphan shard files (it lists every "
         "file) runs at most this often; 0: every round.",
     )
-    scrub_bytes_per_round: int = Field(
+    scrub_bytes_per_round: Size = Field(
         1 << 30,
         ge=0,
         description="Shard bytes an upkeep round reads and checks (a background scrub going "
@@ -137,7 +138,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="Base URL clients see, behind a proxy.")
-    max_upload_size: int = Field(1 << 40, ge=0, description="Tus-Max-Size, bytes.")
+    max_upload_size: Size = Field(1 << 40, ge=0, description="Tus-Max-Size, bytes.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -162,18 +163,18 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         "memory://", description="memory:// (per node) or redis://host:port[/db] (shared)."
     )
-    upload_bandwidth: int = Field(
+    upload_bandwidth: ByteRate = Field(
         0, ge=0, description="Request-body bytes per second per client (throttled); 0 = off."
     )
     max_concurrent_uploads: int = Field(
         32, ge=0, description="Upload requests streaming at once per client; 0 = unlimited."
     )
-    request_head_timeout: float = Field(
+    request_head_timeout: Seconds = Field(
         30.0,
         gt=0,
         description="Seconds a connection has to send a whole request head (408 past it).",
     )
-    send_timeout: float = Field(
+    send_timeout: Seconds = Field(
         60.0,
         gt=0,
         description="Seconds a client may take no response bytes (its receive window full) "
@@ -191,13 +192,13 @@ class Settings(BaseSettings):
         description="Object bodies being sent at once per node (each holds up to a chunk); "
         "more wait a second, then get 503; 0 = unlimited.",
     )
-    bucket_quota_bytes: int = Field(
+    bucket_quota_bytes: Size = Field(
         0, ge=0, description="Logical bytes a bucket may hold (versions + open uploads); 0 = off."
     )
-    bucket_quotas: dict[str, Annotated[int, Field(ge=0)]] = Field(
+    bucket_quotas: dict[str, Annotated[Size, Field(ge=0)]] = Field(
         default_factory=dict, description="Per-bucket overrides of bucket_quota_bytes."
     )
-    presign_max_seconds: int = Field(
+    presign_max_seconds: WholeSeconds = Field(
         7 * 24 * 3600, ge=60, description="Longest lifetime a pre-signed URL may be given."
     )
     tls_certfile: Path | None = Field(None, description="PEM certificate chain: serve HTTPS.")
@@ -475,7 +476,7 @@ def _warn_unknown_variables() -> None:
 
 
 # What a variable decoded as JSON must look like, for the message when it does not decode.
-_JSON_SHAPES = {"bucket_quotas": 'a JSON object, e.g. {"photos": 1099511627776}'}
+_JSON_SHAPES = {"bucket_quotas": 'a JSON object, e.g. {"photos": "1TiB"}'}
 
 
 def _source(key: str, given: dict[str, Any], path: Path | None, flags: dict[str, str]) -> str:

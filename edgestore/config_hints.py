@@ -6,23 +6,31 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from edgestore.units import DURATION_FORMS, SIZE_FORMS
+
 # Errors about a number or a choice, whose value is worth repeating (never a secret).
-PARSING = {"int_parsing", "int_from_float", "float_parsing", "bool_parsing"}
+PARSING = {
+    "int_parsing",
+    "int_from_float",
+    "float_parsing",
+    "bool_parsing",
+    "size_parsing",  # edgestore.units': a size or a duration it could not read
+    "duration_parsing",
+}
 BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def allowed(key: str, kind: str) -> str:
-    """What a value of `key` may be, for a value of the wrong `kind` ('' if nothing to add):
-    sizes and durations are plain numbers, which users write with units at first."""
+    """What a value of `key` may be, for a value of the wrong `kind` ('' if nothing to add)."""
     if kind == "bool_parsing":
         return "true or false; also yes/no, on/off, 1/0"
     if kind not in PARSING:
         return ""
-    if key.endswith(("_seconds", "_timeout")):
-        return "a number of seconds, e.g. 604800 for 7 days; no unit such as 7d"
-    if key.endswith(("_bytes", "_size", "_bandwidth")) or key.startswith("bucket_quotas."):
-        return "a whole number of bytes, e.g. 8388608 for 8 MiB; no unit such as 8MiB"
-    return ""
+    if kind == "duration_parsing" or key.endswith(("_seconds", "_timeout")):
+        return DURATION_FORMS
+    if kind == "size_parsing" or "_bytes" in key or key.endswith(("_size", "_bandwidth")):
+        return SIZE_FORMS
+    return SIZE_FORMS if key.startswith("bucket_quotas.") else ""
 
 
 def did_you_mean(name: str, known: Any, prefix: str) -> str:

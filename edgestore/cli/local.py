@@ -373,12 +373,27 @@ def du(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         output.note(f"warning: {SINGLE_DISK_WARNING}")
 
 
+def _duration(text: str) -> float:
+    """A duration option, read as the configuration reads durations (`6h`, `1h30m`, `90`)."""
+    from edgestore import units
+
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: {exc} ({units.DURATION_FORMS})") from None
+
+
 @app.command("gc")
 def collect_garbage(
     ctx: typer.Context,
     grace: Annotated[
         float | None,
-        typer.Option(min=0, help="Spare garbage younger than this many seconds (default: config)."),
+        typer.Option(
+            parser=_duration,
+            metavar="DURATION",
+            help="Spare garbage younger than this: seconds, or 30m, 6h, 1d ... (default: "
+            "gc_grace_seconds).",
+        ),
     ] = None,
     accept_restored: Annotated[
         bool,

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from edgestore.api.presign import LARGEST_SIZE, SECRET_NAME, Grant, presigned_url  # no FastAPI
+from edgestore import units
+from edgestore.api.presign import SECRET_NAME, Grant, presigned_url  # no FastAPI
 from edgestore.cli import output
 from edgestore.cli.context import CliState
 from edgestore.cli.keys import database
@@ -21,30 +22,26 @@ from edgestore.errors import InvalidInput
 if TYPE_CHECKING:
     from edgestore.config import Settings
 
-_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
-_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.I)
 _MEDIA_TYPE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")  # no control characters
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_duration(text: str) -> int:
-    """'90', '90s', '15m', '1h', '7d', '2w' → seconds."""
-    m = _DURATION.fullmatch(text.strip().lower())
-    if m is None or int(m[1]) == 0:
-        raise InvalidInput(f"--expires {text!r}: use a positive number of s, m, h, d or w")
-    return int(m[1]) * _SECONDS[m[2]]
+    """--expires: whole seconds above 0, read as the configuration reads durations."""
+    try:
+        seconds = units.parse_whole_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--expires {text!r}: {exc} ({units.DURATION_FORMS})") from None
+    if seconds <= 0:
+        raise InvalidInput(f"--expires {text!r}: not above 0")
+    return seconds
 
 
 def parse_size(text: str) -> int:
-    """'1000', '512K', '10M', '4GiB', '1T' (binary units) → bytes."""
-    m = _SIZE.fullmatch(text.strip())
-    if m is None:
-        raise InvalidInput(f"--max-size {text!r}: use bytes, or K, M, G, T (binary units)")
-    size = int(m[1]) * _UNITS[m[2].lower()]
-    if size > LARGEST_SIZE:
-        raise InvalidInput(f"--max-size {text!r} is above {LARGEST_SIZE} bytes")
-    return size
+    """--max-size: bytes, read as the configuration reads sizes (10G is 10GiB, not 10GB)."""
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--max-size {text!r}: {exc} ({units.SIZE_FORMS})") from None
 
 
 def _listen_url(settings: Settings) -> str:
@@ -74,9 +71,15 @@ def presign(
     ],
     bucket: Annotated[str, typer.Argument(help="Bucket.")],
     key: Annotated[str, typer.Argument(help="Object key.")],
-    expires: Annotated[str, typer.Option(help="Lifetime: 90s, 15m, 1h, 7d ...")] = "1h",
+    expires: Annotated[
+        str, typer.Option(help="Lifetime: seconds, or 90s, 15m, 1h30m, 7d, 2w ...")
+    ] = "1h",
     max_size: Annotated[
-        str | None, typer.Option(help="Upload: largest size, e.g. 10G.", show_default=False)
+        str | None,
+        typer.Option(
+            help="Upload: largest size: bytes, or 10GiB (= 10G), 10GB (10^9 bytes) ...",
+            show_default=False,
+        ),
     ] = None,
     content_type: Annotated[
         str | None, typer.Option(help="Upload: the content type it must have.", show_default=False)

@@ -125,6 +125,7 @@ def test_stdin_and_human_output(cli) -> None:
         (("frobnicate",), 2, "No such command"),
         (("ls", "--limit", "-1"), 2, "--limit"),  # PostgreSQL: a LIMIT -1 traceback
         (("gc", "--grace", "-1"), 2, "--grace"),
+        (("gc", "--grace", "7y"), 2, "unknown unit 'y'"),
     ],
 )
 def test_errors_have_exit_codes_and_messages(cli, args, code: int, message: str) -> None:
@@ -132,6 +133,35 @@ def test_errors_have_exit_codes_and_messages(cli, args, code: int, message: str)
     assert res.returncode == code, res.stderr.decode()
     assert message in res.stderr.decode()
     assert "Traceback" not in res.stderr.decode()
+
+
+@ON_SQLITE
+def test_gc_grace_takes_a_duration_with_units(cli, tmp_path: Path) -> None:
+    """As gc_grace_seconds does: `--grace 1h` spares chunks unreferenced a moment ago."""
+    (tmp_path / "a.bin").write_bytes(random_bytes(2 * MiB, seed=7))
+    cli("put", str(tmp_path / "a.bin"), "--key", "a.bin", "--quiet")
+    cli("rm", "a.bin", "--all")
+    spared = json.loads(cli("gc", "--grace", "1h", "--json").stdout)
+    assert spared["chunks_deleted"] == 0
+    taken = json.loads(cli("gc", "--grace", "0s", "--json").stdout)
+    assert taken["chunks_deleted"] > 0
+
+
+@ON_SQLITE
+def test_a_config_file_with_units_configures_the_store(cli, tmp_path: Path) -> None:
+    """And an invalid one stops the command with exit 78, naming the key and the file."""
+    good = tmp_path / "good.toml"
+    good.write_text('chunk_min_size = "256 KiB"\nchunk_avg_size = "1MiB"\nchunk_max_size = "2M"\n')
+    cli("--config", str(good), "init")
+    data = random_bytes(6 * MiB, seed=8)
+    (tmp_path / "b.bin").write_bytes(data)
+    put = json.loads(cli("--config", str(good), "put", str(tmp_path / "b.bin"), "--json").stdout)
+    assert put["chunks"] >= 3  # no chunk above 2 MiB
+    bad = tmp_path / "bad.toml"
+    bad.write_text('upload_expiry_seconds = "7y"\n')
+    res = cli("--config", str(bad), "du", ok=False)
+    assert res.returncode == 78
+    assert f"upload_expiry_seconds (in {bad}): unknown unit 'y'" in res.stderr.decode()
 
 
 @ON_SQLITE
