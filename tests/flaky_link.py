@@ -4,6 +4,10 @@ or an answer that falls. Unlike tests/faults.py (whole HTTP requests), it cuts m
 mid-header and mid-answer, as a real link does. With `stall`, a connection whose budget runs
 out goes silent instead (nothing forwarded either way, nothing closed): a peer that stops
 reading, a laptop that suspends, a Wi-Fi access point gone while the TCP state lingers.
+
+Budgets are per connection, so whether one runs out depends on how the client spreads its
+requests over connections; `cut_at` instead cuts at chosen bytes of all the traffic, on
+whichever connection carries them, for a test that must see a cut however they fall.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import itertools
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -36,6 +41,8 @@ class FlakyLink:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._lock = threading.Lock()
+        self._carried = {"up": 0, "down": 0}  # bytes forwarded since `cut_at`, all connections
+        self._marks: dict[str, deque[int]] = {"up": deque(), "down": deque()}
         self.port = 0
 
     @property
@@ -45,6 +52,39 @@ class FlakyLink:
     def set_budgets(self, up: Iterable[int | None], down: Iterable[int | None]) -> None:
         with self._lock:
             self._up, self._down = iter(up), iter(down)
+
+    def cut_at(self, up: Iterable[int] = (), down: Iterable[int] = ()) -> None:
+        """Cut (with `stall`: silence) the connection that carries byte n of the traffic to the
+        server (`up`) or back (`down`), counted from this call over every connection, n in
+        the marks given; those bytes and the rest of that connection are never forwarded.
+        Per-connection budgets still apply beside the marks."""
+        marks = {"up": deque(sorted(up)), "down": deque(sorted(down))}
+        done = threading.Event()
+
+        def apply() -> None:  # on the loop, where the pipes count: never half set
+            self._carried = {"up": 0, "down": 0}
+            self._marks = marks
+            done.set()
+
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(apply)
+            done.wait(10)
+        else:
+            apply()
+
+    def _allowance(self, way: str, budget: int | None) -> int | None:
+        """The bytes a connection with `budget` left may forward before its cut, None: any."""
+        marks = self._marks[way]
+        if not marks:
+            return budget
+        to_mark = max(0, marks[0] - self._carried[way])
+        return to_mark if budget is None else min(budget, to_mark)
+
+    def _forwarded(self, way: str, n: int) -> None:
+        self._carried[way] += n
+        marks = self._marks[way]
+        if marks and self._carried[way] >= marks[0]:
+            marks.popleft()
 
     def start(self) -> FlakyLink:
         self._thread.start()
@@ -81,7 +121,9 @@ class FlakyLink:
         done = asyncio.Event()
         silent = asyncio.Event()  # stall mode: the budget ran out, nothing moves any more
 
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, budget: int | None):
+        async def pipe(
+            r: asyncio.StreamReader, w: asyncio.StreamWriter, budget: int | None, way: str
+        ) -> None:
             try:
                 while True:
                     data = await r.read(64 * 1024)
@@ -89,8 +131,11 @@ class FlakyLink:
                         break
                     if silent.is_set():
                         await asyncio.Event().wait()  # until the proxy stops
-                    if budget is not None and len(data) >= budget:
-                        w.write(data[:budget])
+                    # counted before any await: the pipes of all connections share the marks
+                    allowed = self._allowance(way, budget)
+                    self._forwarded(way, len(data) if allowed is None else min(allowed, len(data)))
+                    if allowed is not None and len(data) >= allowed:
+                        w.write(data[:allowed])
                         await w.drain()
                         self.cuts += 1
                         if self.stall:
@@ -106,8 +151,8 @@ class FlakyLink:
             done.set()
 
         tasks = [
-            asyncio.ensure_future(pipe(c_reader, s_writer, up)),
-            asyncio.ensure_future(pipe(s_reader, c_writer, down)),
+            asyncio.ensure_future(pipe(c_reader, s_writer, up, "up")),
+            asyncio.ensure_future(pipe(s_reader, c_writer, down, "down")),
         ]
         await done.wait()
         _reset(c_writer)
