@@ -35,6 +35,7 @@ MiB = 1024 * 1024
 _DEFAULT_DIR = re.compile(r"d[0-9]{1,3}")  # HOME/shards/d0…, the default data dirs
 ENV_PREFIX = "EDGESTORE_"
 _EMPTY_IS_A_VALUE = {"rate_limit"}  # '' turns it off; any other empty variable is unset
+DEFAULT_RATE_LIMIT = "500/second"
 # `EDGESTORE_*` variables that are no setting but read elsewhere (--config, client commands).
 READ_ELSEWHERE = {"CONFIG", "API_KEY", "SERVER", "CA_CERT", "TIMEOUT"}
 TEST_SUITE_PREFIXES = ("REQUIRE_", "TEST_")  # the test suite's (README, Development)
@@ -158,7 +159,8 @@ class Settings(BaseSettings):
         default_factory=list, description="Browser origins allowed by CORS; none by default."
     )
     rate_limit: str = Field(
-        "500/second", description="Requests per client, e.g. '500/second;10000/minute'; '' = off."
+        DEFAULT_RATE_LIMIT,
+        description="Requests per client, e.g. '500/second;10000/minute'; '' = off.",
     )
     rate_limit_storage: str = Field(
         "memory://", description="memory:// (per node) or redis://host:port[/db] (shared)."
@@ -261,9 +263,11 @@ class Settings(BaseSettings):
     @field_validator("rate_limit")
     @classmethod
     def _parse_rate_limit(cls, value: str) -> str:
-        from limits import parse_many  # the library that enforces it parses it
+        # The default is not parsed here (tests/test_config.py parses it): importing `limits`
+        # cost every CLI command ~20 ms of its start, and only `serve` enforces the limit.
+        if value.strip() and value.strip() != DEFAULT_RATE_LIMIT:
+            from limits import parse_many  # the library that enforces it parses it
 
-        if value.strip():
             try:
                 parse_many(value)
             except ValueError:

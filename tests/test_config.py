@@ -261,6 +261,20 @@ def test_an_empty_rate_limit_variable_still_turns_it_off(monkeypatch, tmp_path):
     )
 
 
+def test_a_rate_limit_the_limiter_cannot_parse_is_refused():
+    with pytest.raises(ConfigError, match="rate_limit"):
+        load_settings(rate_limit="500 per fortnight")
+    assert load_settings(rate_limit=" 10/second;500/minute ").rate_limit == "10/second;500/minute"
+
+
+def test_the_default_rate_limit_is_one_the_limiter_parses():
+    """Settings does not parse the default (importing `limits` slowed every CLI command), so
+    this does: a default the limiter refuses would otherwise pass until `serve` started."""
+    from limits import parse_many
+
+    assert parse_many(load_settings().rate_limit)
+
+
 def test_paths_expand_a_leading_tilde(monkeypatch, tmp_path):
     """No shell expands `~` in a TOML file or a systemd Environment=: it meant the user's
     home, not a directory literally named '~' under the working directory."""

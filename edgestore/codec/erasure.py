@@ -56,7 +56,6 @@ class ReedSolomon:
         self.backend = backend or _pick_backend(k, m)
         self._local = threading.local()
         self._binding = _binding(k, m, self.backend)
-        self._framer = _framer(k, m, self.backend)
 
     @property
     def total(self) -> int:
@@ -83,9 +82,10 @@ class ReedSolomon:
         return list(self._driver().encode(bytes(data)))
 
     def encode_framed(self, data: Buffer, reserve: int) -> list[memoryview] | None:
-        if self._framer is None:
+        framer = _framer(self.k, self.m, self.backend)
+        if framer is None:
             return None
-        return self._framer.encode(data, reserve)
+        return framer.encode(data, reserve)
 
     def decode(self, shards: Mapping[int, bytes]) -> bytes:
         if len(shards) < self.k:
@@ -131,9 +131,20 @@ def _binding(k: int, m: int, backend: str) -> Binding | None:
     return Binding.load(k, m, backend)
 
 
-@functools.cache
+_FRAMER_LOAD = threading.Lock()
+
+
 def _framer(k: int, m: int, backend: str) -> FrameEncoder | None:
-    """One self-tested in-place encoder per parameter set (ISA-L backends only)."""
+    """One self-tested in-place encoder per parameter set (ISA-L backends only), loaded at
+    the first chunk encoded, not when a store opens: its self-test encodes ~13 MiB (~0.1 s),
+    which every CLI command paid, and most (ls, get, du, stat) never encode. The lock: two
+    chunks encoded at once by a fresh process test it once, not twice."""
+    with _FRAMER_LOAD:
+        return _load_framer(k, m, backend)
+
+
+@functools.cache
+def _load_framer(k: int, m: int, backend: str) -> FrameEncoder | None:
     return FrameEncoder.load(k, m, backend)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import xxhash
@@ -74,18 +74,25 @@ class _Sha256Ctx(ctypes.Structure):
     )
 
 
+def _libcrypto_candidates() -> Iterator[str]:
+    # By soname first (dlopen finds them; 3 is the one Python's own hashlib loaded, mostly):
+    # ctypes.util.find_library runs ldconfig (or gcc), ~30 ms of every CLI command's start.
+    yield from ("libcrypto.so.3", "libcrypto.so.1.1")
+    if name := ctypes.util.find_library("crypto"):
+        yield name
+
+
 def _load_libcrypto() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("crypto")
-    if name is None:
-        return None
-    try:
-        lib = ctypes.CDLL(name)
-        for fn in (lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final):
-            fn.restype = ctypes.c_int
-        lib.SHA256_Update.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-    except (OSError, AttributeError):
-        return None
-    return lib
+    for name in _libcrypto_candidates():
+        try:
+            lib = ctypes.CDLL(name)
+            for fn in (lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final):
+                fn.restype = ctypes.c_int
+            lib.SHA256_Update.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+        except (OSError, AttributeError):
+            continue
+        return lib
+    return None
 
 
 _LIBCRYPTO = _load_libcrypto()

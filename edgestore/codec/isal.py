@@ -21,6 +21,7 @@ import ctypes.util
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyeclib
@@ -43,11 +44,14 @@ POOL = AlignedPool(idle_blocks=4)
 
 def _library() -> ctypes.CDLL | None:
     """The ISA-L that pyeclib's wheel bundles, else the system's."""
-    libs = Path(pyeclib.__file__).parent.parent / "pyeclib.libs"
-    candidates = [str(p) for p in sorted(libs.glob("libisal*"))]
-    if found := ctypes.util.find_library("isal"):
-        candidates.append(found)
-    for path in candidates:
+
+    def candidates() -> Iterator[str]:
+        libs = Path(pyeclib.__file__).parent.parent / "pyeclib.libs"
+        yield from (str(p) for p in sorted(libs.glob("libisal*")))
+        if found := ctypes.util.find_library("isal"):  # only then: it runs ldconfig, ~30 ms
+            yield found
+
+    for path in candidates():
         try:
             lib = ctypes.CDLL(path)  # CDLL: calls release the GIL
             for symbol in ("ec_init_tables", "ec_encode_data", *_MATRICES.values()):

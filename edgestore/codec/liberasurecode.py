@@ -17,7 +17,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +49,16 @@ class _EcArgs(ctypes.Structure):
 
 def _library() -> ctypes.CDLL | None:
     """The liberasurecode that pyeclib itself loaded (its wheel bundles one), else the system's."""
-    libs = Path(pyeclib.__file__).parent.parent / "pyeclib.libs"
-    bundled = sorted(libs.glob("liberasurecode*"))
-    candidates = [str(p) for p in bundled if "rs_vand" not in p.name]
-    if found := ctypes.util.find_library("erasurecode"):
-        candidates.append(found)
-    for path in candidates:
+
+    def candidates() -> Iterator[str]:
+        libs = Path(pyeclib.__file__).parent.parent / "pyeclib.libs"
+        yield from (str(p) for p in sorted(libs.glob("liberasurecode*")) if "rs_vand" not in p.name)
+        # Only if none of those loads: find_library runs ldconfig (or gcc), ~30 ms, which
+        # every store opening paid when it was asked first.
+        if found := ctypes.util.find_library("erasurecode"):
+            yield found
+
+    for path in candidates():
         try:
             lib = ctypes.CDLL(path)  # CDLL: calls release the GIL (PyDLL would not)
             for symbol in ("liberasurecode_encode", "liberasurecode_decode"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
-import ctypes.util
 import threading
 import time
 from collections import deque
@@ -37,12 +36,11 @@ _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling for this setting on 64
 
 
 def _libc_function(name: str) -> Any | None:
-    """A glibc function through ctypes, or None where there is no such libc (musl, macOS)."""
-    lib = ctypes.util.find_library("c")
-    if lib is None:
-        return None
+    """A glibc function through ctypes, or None where there is no such libc (musl, macOS).
+    Looked up among the process's own symbols (libc's among them), as buffers.py does:
+    ctypes.util.find_library("c") ran ldconfig, ~30 ms of every CLI command's start."""
     try:
-        return getattr(ctypes.CDLL(lib), name)
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 

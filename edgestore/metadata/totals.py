@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from edgestore.metadata.db import dialect_insert
 from edgestore.metadata.schema import bucket_totals
 
 
@@ -29,8 +29,9 @@ def add(conn: Connection, bucket: str, size: int, versions: int) -> None:
     row is made on first use. On PostgreSQL this locks the row until the transaction ends:
     callers take it last, after the chunk rows and the object's row, so its lock order is
     the same in every transaction (see objects.create_version / delete_version)."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(bucket_totals).values(bucket=bucket, bytes=size, versions=versions)
+    stmt = dialect_insert(conn.dialect.name, bucket_totals).values(
+        bucket=bucket, bytes=size, versions=versions
+    )
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[bucket_totals.c.bucket],
