@@ -212,6 +212,7 @@ class AccessControl:
         resolved = await policy.target_of(rule, m, query, identity, svc)
         if not resolved.skip:
             identity.require_target(resolved.target, resolved.shown)
+        await policy.bind(resolved.claims, identity, svc)  # let through: nothing refuses it now
         if resolved.query_string is not None:
             scope = {**scope, "query_string": resolved.query_string}
         return scope
@@ -421,7 +422,8 @@ async def _bind_key_creation(scope: Scope, identity: Identity, svc: Services) ->
 
     Partials belong to no object, but are recorded with the bucket they are for, and a final
     may only join partials of the key's bucket: else a key could read (or write, or delete)
-    another tenant's partial upload by naming it."""
+    another tenant's partial upload by naming it. Unbound partials it joins are bound to the
+    key's bucket last, once nothing here refuses the request."""
     headers = Headers(scope=scope)
     concat = _concat(headers)
     meta = parse_metadata(headers.get("upload-metadata"))
@@ -431,19 +433,22 @@ async def _bind_key_creation(scope: Scope, identity: Identity, svc: Services) ->
     if concat is not None and concat.partial:
         identity.require_target(policy.partial_target(raw.get("bucket"), identity))
         return scope if raw == meta.raw else _replace_metadata(scope, raw)
+    claims: list[str] = []
     for upload_id in concat.parts if concat is not None else ():
         try:
             part = await asyncio.to_thread(svc.engine.uploads.get, upload_id)
         except EdgestoreError:
             continue  # the route answers 404
         if part.is_partial:
-            bucket = await policy.partial_bucket(part, identity, svc)
+            bucket, binds = await policy.partial_bucket(part, identity, svc, binds=True)
             target = policy.partial_target(bucket, identity)
             if not identity.allows(target):
                 raise OutOfScope(
                     f"{identity.describe()} is limited to {identity.limits()}; partial upload "
                     f"{upload_id} is not an upload of that bucket"
                 )
+            if binds and upload_id not in claims:  # a final may name a partial twice
+                claims.append(upload_id)
     key = object_key(UploadMetadata(raw))
     if key is None and identity.prefix:
         raise OutOfScope(
@@ -451,6 +456,7 @@ async def _bind_key_creation(scope: Scope, identity: Identity, svc: Services) ->
             "object with Upload-Metadata 'key'"
         )
     identity.require_target(Target(raw.get("bucket") or DEFAULT_BUCKET, key or ""))
+    await policy.bind(claims, identity, svc)
     return scope if raw == meta.raw else _replace_metadata(scope, raw)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -43,14 +43,17 @@ class Rule:
     pattern: re.Pattern[str]
     needs: tuple[str, ...]  # any one of these scopes; (OPEN,) or (ANY,) for the special cases
     target: str | None = None  # how to find the object; None: unknown (limited keys refused)
+    binds: bool = False  # may bind an unbound partial to the key's bucket (`partial_bucket`)
 
     @property
     def is_open(self) -> bool:
         return self.needs == (OPEN,)
 
 
-def _rule(methods: str, pattern: str, *needs: str, target: str | None = None) -> Rule:
-    return Rule(frozenset(methods.split()), re.compile(pattern), needs, target)
+def _rule(
+    methods: str, pattern: str, *needs: str, target: str | None = None, binds: bool = False
+) -> Rule:
+    return Rule(frozenset(methods.split()), re.compile(pattern), needs, target, binds)
 
 
 _SESSION = r"/v1/uploads/(?P<upload_id>[^/]+)"
@@ -65,7 +68,13 @@ def rules(metrics_public: bool) -> list[Rule]:
         # tus (api/tus/): creating and writing uploads, and reading a finished one
         _rule("OPTIONS", r"/files(/[^/]*)?", ANY),
         _rule("POST", r"/files/?", UPLOAD, target=CREATION),
-        _rule("HEAD PATCH DELETE", r"/files/(?P<upload_id>[^/]+)", UPLOAD, target=UPLOAD_ID),
+        _rule(
+            "HEAD PATCH DELETE",
+            r"/files/(?P<upload_id>[^/]+)",
+            UPLOAD,
+            target=UPLOAD_ID,
+            binds=True,
+        ),
         _rule("GET", r"/files/(?P<upload_id>[^/]+)", READ, target=UPLOAD_ID),
         # objects (api/objects.py): versions are history, so only admins delete them
         _rule("GET HEAD", r"/objects", READ, target=LISTING),
@@ -114,6 +123,7 @@ class Resolved:
     query_string: bytes | None = None
     skip: bool = False  # nothing to check: the route answers 404, or checks for itself
     shown: str | None = None  # a looked-up target's name in a refusal (never its bucket/key)
+    claims: tuple[str, ...] = ()  # unbound partials to `bind` once the request is let through
 
 
 async def target_of(
@@ -143,27 +153,54 @@ async def target_of(
             return Resolved(None, skip=True)
         shown = f"upload {m['upload_id']}"
         if rec.is_partial:  # belongs to no object until a final names one, but to a bucket
-            bucket = await partial_bucket(rec, identity, svc)
-            return Resolved(partial_target(bucket, identity), shown=shown)
+            bucket, binds = await partial_bucket(rec, identity, svc, binds=rule.binds)
+            claims = (rec.upload_id,) if binds else ()
+            return Resolved(partial_target(bucket, identity), shown=shown, claims=claims)
         return Resolved(Target(rec.bucket or DEFAULT_BUCKET, rec.key or rec.upload_id), shown=shown)
     if rule.target in (HANDLER, NONE):
         return Resolved(None, skip=True)
     return Resolved(None)
 
 
-async def partial_bucket(rec: UploadRecord, identity: Identity, svc: Services) -> str | None:
-    """The bucket a partial upload is for. One an older release wrote without any (listed by
-    migration 0013: any key could touch it then) is bound to the bucket of the first
-    bucket-limited key to touch it, so that key's paused parallel upload goes on."""
-    if rec.bucket is not None or identity.bucket is None:
-        return rec.bucket
+async def partial_bucket(
+    rec: UploadRecord, identity: Identity, svc: Services, *, binds: bool
+) -> tuple[str | None, bool]:
+    """The bucket a partial upload is for, and whether this request binds it there.
+
+    One an older release wrote without any (listed by migration 0013: any key could touch it
+    then) goes to the bucket of the first bucket-limited key let through to write it
+    (`binds`: its upload routes), so that key's paused parallel upload goes on. It is checked
+    as that bucket's, and bound (`bind`) only once every check of the request has passed: a
+    refused request must not hand it to the refused key's bucket, away from its owner's."""
+    if rec.bucket is not None or identity.bucket is None or not binds:
+        return rec.bucket, False
+
+    def waiting() -> bool:
+        with svc.engine.core.db.read() as conn:
+            return unbound.is_unbound(conn, rec.upload_id)
+
+    if await asyncio.to_thread(waiting):
+        return identity.bucket, True
+    return None, False
+
+
+async def bind(upload_ids: Sequence[str], identity: Identity, svc: Services) -> None:
+    """Bind the unbound partials a request was let through on to its key's bucket, all or
+    none; refused if another key bound one of them since it was checked."""
     bucket = identity.bucket
+    if not upload_ids or bucket is None:
+        return
 
-    def bind() -> bool:
-        with svc.engine.core.db.write() as conn:
-            return unbound.claim(conn, rec.upload_id, bucket)
+    def claim_all() -> None:
+        with svc.engine.core.db.write() as conn:  # rolled back by the refusal: none bound
+            for upload_id in upload_ids:
+                if not unbound.claim(conn, upload_id, bucket):
+                    raise OutOfScope(
+                        f"{identity.describe()} is limited to {identity.limits()}; partial "
+                        f"upload {upload_id} is not an upload of that bucket"
+                    )
 
-    return bucket if await asyncio.to_thread(bind) else None
+    await asyncio.to_thread(claim_all)
 
 
 def partial_target(bucket: str | None, identity: Identity) -> Target:

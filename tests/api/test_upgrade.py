@@ -7,6 +7,8 @@ import hashlib
 import uuid
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from edgestore.config import load_settings
 from edgestore.engine import Engine
 from tests import stores
@@ -61,5 +63,81 @@ def test_a_bucket_keys_paused_parallel_upload_goes_on_after_the_upgrade(
             steal = {"Upload-Concat": "final;" + " ".join(urls)}
             steal["Upload-Metadata"] = tus_metadata({"key": "stolen"})
             assert c.post("/files/", headers={**TUS, **steal}).status_code == 403
+    finally:
+        server.stop()
+
+
+def _unbound(db_url: str) -> set[str]:
+    """The partials still waiting for a bucket (metadata/unbound.py), read from the store."""
+    eng = sa.create_engine(db_url)
+    try:
+        with eng.connect() as conn:
+            return set(conn.execute(sa.text("SELECT upload_id FROM unbound_partials")).scalars())
+    finally:
+        eng.dispose()
+
+
+def test_a_refused_request_leaves_an_unbound_partial_unbound(tmp_path: Path, db_url: str) -> None:
+    """Binding an unbound partial to the first key to touch it was done while finding the
+    request's object, before the request was refused: a read-only key's GET (404, unfinished),
+    a final refused for its key's prefix, or for another of its partials, each bound it to
+    that key's bucket, and the paused upload's own key was refused it forever after. A request
+    that is refused now binds nothing; the owner's key resumes and finishes the upload."""
+    home = tmp_path / "home"
+    first, second = random_bytes(200 * KiB, seed=3), random_bytes(300 * KiB, seed=4)
+    cut = 77 * KiB + 3
+    with Engine.open(load_settings(home=home, database_url=db_url)) as eng:
+        done = eng.uploads.create(length=len(first), is_partial=True)  # no bucket, as then
+        eng.uploads.append(done.upload_id, 0, blocks_of(first))
+        paused = eng.uploads.create(length=len(second), is_partial=True)
+        eng.uploads.append(paused.upload_id, 0, blocks_of(second[:cut]))
+    stores.take_schema_back_to(db_url, BEFORE_BOUND_PARTIALS)
+
+    server = ServerProcess(home=home, database_url=db_url, auth=True).start()
+    try:
+        ids = {done.upload_id, paused.upload_id}
+        tag = uuid.uuid4().hex[:8]
+        rw = ("--scope", "upload", "--scope", "read")
+        owner = create_key(server, "--name", f"a-{tag}", *rw, "--bucket", f"a-{tag}")
+        reader = create_key(server, "--name", f"r-{tag}", "--scope", "read", "--bucket", f"b-{tag}")
+        narrow = create_key(
+            server, "--name", f"p-{tag}", *rw, "--bucket", f"b-{tag}", "--prefix", "p/"
+        )
+        writer = create_key(server, "--name", f"w-{tag}", *rw, "--bucket", f"b-{tag}")
+        stranger = create_key(server, "--name", f"c-{tag}", *rw, "--bucket", f"c-{tag}")
+        urls = [f"{server.url}/files/{u.upload_id}" for u in (done, paused)]
+        assert _unbound(db_url) == ids
+        with client_with(server, reader) as c:  # lacks 'upload'; may not read a partial
+            assert c.head(urls[1], headers=TUS).status_code == 403
+            assert c.get(urls[1], headers=TUS).status_code == 403
+        assert _unbound(db_url) == ids
+        with client_with(server, narrow) as c:  # its final's key is outside its prefix
+            final = {"Upload-Concat": "final;" + " ".join(urls)}
+            final["Upload-Metadata"] = tus_metadata({"key": "q/joined"})
+            assert c.post("/files/", headers={**TUS, **final}).status_code == 403
+        assert _unbound(db_url) == ids
+        with client_with(server, stranger) as c:
+            theirs = {"Upload-Concat": "partial", "Upload-Length": "5"}
+            r = c.post("/files/", headers={**TUS, **theirs})
+            assert r.status_code == 201, r.text
+            other_bucket = r.headers["Location"]
+        with client_with(server, writer) as c:  # its second partial is of another bucket
+            final = {"Upload-Concat": f"final;{urls[0]} {other_bucket}"}
+            final["Upload-Metadata"] = tus_metadata({"key": "joined"})
+            assert c.post("/files/", headers={**TUS, **final}).status_code == 403
+        assert _unbound(db_url) == ids
+
+        with client_with(server, owner) as c:
+            r = c.head(urls[1], headers=TUS)
+            assert (r.status_code, r.headers.get("Upload-Offset")) == (200, str(cut))
+            r = c.patch(urls[1], content=second[cut:], headers=patch_headers(cut))
+            assert r.status_code == 204, r.text
+            final = {"Upload-Concat": "final;" + " ".join(urls)}
+            final["Upload-Metadata"] = tus_metadata({"key": "joined"})
+            r = c.post("/files/", headers={**TUS, **final})
+            assert r.status_code == 201, r.text
+            body = c.get(f"/objects/a-{tag}/joined").content
+            assert hashlib.sha256(body).digest() == hashlib.sha256(first + second).digest()
+        assert _unbound(db_url) == set()
     finally:
         server.stop()

@@ -100,6 +100,10 @@ async def create(request: Request) -> Response:
                 f"{body_length} bytes of content"
             )
         length = body_length
+    if not complete and length is not None and body_length is not None and body_length > length:
+        # Known from the headers, as for an append: refused before the upload exists (else
+        # it would stay behind, open and counted against its bucket's quota).
+        raise InvalidInput(f"{body_length} bytes of content go beyond Upload-Length {length}")
     meta = parse_metadata(h.get("upload-metadata"))  # tus-js-client sends it in draft mode too
     filename = _disposition_filename(h.get("content-disposition"))
     if filename and not meta.filename:

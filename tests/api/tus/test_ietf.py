@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.api.tus.ietf_requests import (
     PARTIAL,
@@ -21,7 +23,7 @@ from tests.api.tus.ietf_requests import (
     draft,
     pieces,
 )
-from tests.helpers import KiB, MiB, random_bytes
+from tests.helpers import KiB, MiB, random_bytes, tus_metadata
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -449,3 +451,26 @@ def test_a_refused_append_does_not_declare_its_upload_length(server, version: st
         r = c.patch(url, content=b"b" * 20, headers=good)
         assert (r.status_code, r.headers["Upload-Complete"]) == (204, "?1"), r.text
         assert_object(c, url, b"b" * 20)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_creation_whose_content_exceeds_its_length_creates_nothing(server, version: str) -> None:
+    """A creation whose Content-Length is beyond its own Upload-Length (not completing) is a
+    400 its headers already tell, as the same append is: it was found only once the upload
+    existed, which stayed behind, open, its length counted against the bucket's quota, its
+    Location on the 400 for a resume that could never be right. Refused first, as tus creation
+    does, it leaves nothing."""
+    key = f"too-long-{uuid.uuid4().hex}"
+    with server.client() as c:
+        headers = draft(version, Upload_Complete="?0", Upload_Length="10")
+        headers["Upload-Metadata"] = tus_metadata({"key": key})
+        r = c.post("/files/", content=b"z" * 20, headers=headers)
+        assert r.status_code == 400, r.text
+        assert "Location" not in r.headers
+    eng = sa.create_engine(server.database_url)
+    try:
+        with eng.connect() as conn:
+            made = conn.execute(sa.text("SELECT count(*) FROM uploads WHERE key = :k"), {"k": key})
+            assert made.scalar_one() == 0
+    finally:
+        eng.dispose()
