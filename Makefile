@@ -37,9 +37,9 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The package is compiled once first: where PYTHONDONTWRITEBYTECODE is set, each of the
+# suite's hundreds of CLI processes would compile it again (~0.18 s of CPU each, on `ls`).
 test: venv npm lint
-	# compiled once here: where PYTHONDONTWRITEBYTECODE is set, each of the suite's hundreds of
-	# CLI processes would compile the package again (~0.18 s of CPU each, measured on `ls`)
 	$(BIN)/python -m compileall -q edgestore
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(if $(TEST_TMP),--basetemp=$(TEST_TMP)) $(PYTEST_ARGS)
 
