@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -308,3 +309,47 @@ def test_documented_environment_variables_exist() -> None:
     assert not undocumented, f"read, documented nowhere: {sorted(undocumented)}"
     # The variables no setting reads are the ones load_settings does not warn about.
     assert {ENV_PREFIX + name for name in READ_ELSEWHERE} == cli | {ENV_PREFIX + "CONFIG"}
+
+
+# Examples the docs give as refused (the text says why), refused they must stay.
+REFUSED_EXAMPLES = {'upload_expiry_seconds = "30s"'}
+
+
+def test_documented_configuration_examples_load(monkeypatch, tmp_path) -> None:
+    """Each TOML block of the docs, each `name = value` and `EDGESTORE_NAME=value` whose name
+    is a setting, is accepted as written (a unit, a list, a quota's table); the examples
+    shown as refused are refused."""
+    from edgestore.config import ENV_PREFIX, load_settings
+    from edgestore.errors import ConfigError
+
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    examples: list[tuple[str, str, str]] = []  # (doc, "file" or "variable", text)
+    for doc in DOCS:
+        text = doc.read_text()
+        examples += [(doc.name, "file", b) for b in re.findall(r"```toml\n(.*?)```", text, re.S)]
+        for line in re.findall(r"`([a-z_0-9]+ = [^`\n]+)`", text):
+            if line.split(" = ")[0] in Settings.model_fields:
+                examples.append((doc.name, "file", line))
+        for var in re.findall(r"`(" + ENV_PREFIX + r"[A-Z_0-9]+=[^`…]*)`", text):
+            if var.split("=")[0].removeprefix(ENV_PREFIX).lower() in Settings.model_fields:
+                examples.append((doc.name, "variable", var))
+    assert len(examples) > 10, "few configuration examples found: has the notation changed?"
+    wrong = []
+    for doc, source, text in examples:
+        with monkeypatch.context() as env:
+            path = None
+            if source == "file":
+                path = tmp_path / "edgestore.toml"
+                path.write_text(text + "\n")
+            else:
+                env.setenv(*text.split("=", 1))
+            try:
+                load_settings(config_file=path)
+                refused = None
+            except ConfigError as exc:
+                refused = str(exc)
+        if (refused is not None) != (text in REFUSED_EXAMPLES):
+            wrong.append(f"{doc}: {text!r}: {refused or 'accepted'}")
+    assert not wrong, wrong
