@@ -5,18 +5,20 @@ copied; a final whose partials are still receiving waits, open, for the last of 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from edgestore.engine.core import EngineCore
-from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key, version_for
 from edgestore.errors import InvalidInput, QuotaExceeded, TooLarge, UploadNotFound
 from edgestore.metadata import concat as concat_rows
 from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.clock import now
+from edgestore.metadata.objects import NewVersion
 from edgestore.metadata.uploads import UploadRecord
 
 log = logging.getLogger(__name__)
@@ -148,19 +150,36 @@ def _same_final(conn: Connection, request: str) -> UploadRecord | None:
     return None
 
 
-def complete_waiting_finals(core: EngineCore, conn: Connection, partial_id: str) -> None:
+def complete_waiting_finals(
+    core: EngineCore, conn: Connection, partial_id: str, uncounted: Counter[str]
+) -> None:
     """A partial upload just completed: make the final uploads that waited only for it into
-    their versions, in the same transaction."""
-    for fid in concat_rows.pending_finals(conn, partial_id):
-        final = upload_rows.get(conn, fid, for_update=True)
+    their versions, in the same transaction. `uncounted`: the references of the partial's
+    last parts, counted here in the one pass that takes the finals' (so every chunk row is
+    locked in chunk id order; then the object rows, then the totals rows, by bucket)."""
+    finals = [  # locked in id order, as terminating or expiring the partial locks them
+        upload_rows.get(conn, fid, for_update=True)
+        for fid in concat_rows.pending_finals(conn, partial_id)
+    ]
+    ready: list[tuple[UploadRecord, NewVersion]] = []
+    # By bucket: a quota check locks the bucket (PostgreSQL), in the order of the totals.
+    for final in sorted(finals, key=lambda f: (f.bucket or DEFAULT_BUCKET, f.upload_id)):
         if final.state != upload_rows.OPEN or final.concat_of is None:
             continue
         if concat_rows.all_complete(conn, final.concat_of):
             try:
-                finish_final(core, conn, final)
+                new = final_version(core, conn, final)
             except (TooLarge, QuotaExceeded) as exc:  # before any write: the partial lands
-                log.warning("final upload %s cannot complete: %s", fid, exc)
-                upload_rows.release_data(conn, fid, upload_rows.TERMINATED)
+                log.warning("final upload %s cannot complete: %s", final.upload_id, exc)
+                upload_rows.release_data(conn, final.upload_id, upload_rows.TERMINATED)
+                continue
+            if new is not None:
+                ready.append((final, new))
+    made = object_rows.create_versions(
+        core.db, conn, [new for _, new in ready], take_refs=True, ref_change=uncounted
+    )
+    for (final, _), version_id in zip(ready, made, strict=True):
+        upload_rows.mark_complete(conn, final.upload_id, version_id)
 
 
 def abandon_waiting_finals(
@@ -178,10 +197,22 @@ def finish_final(core: EngineCore, conn: Connection, final: UploadRecord) -> boo
     """Make a final upload whose partials are all complete into its object version; False
     (and nothing written) if one of them is no longer complete (terminated or expired by
     another node meanwhile)."""
+    new = final_version(core, conn, final)
+    if new is None:
+        return False
+    (version_id,) = object_rows.create_versions(core.db, conn, [new], take_refs=True)
+    upload_rows.mark_complete(conn, final.upload_id, version_id)
+    return True
+
+
+def final_version(core: EngineCore, conn: Connection, final: UploadRecord) -> NewVersion | None:
+    """The version a final upload whose partials are all complete becomes, its length set;
+    None (and nothing written) if one of them is no longer complete. TooLarge or
+    QuotaExceeded (nothing written) if it may not be made."""
     assert final.concat_of is not None
     sources = concat_rows.complete_parts(conn, final.concat_of)
     if sources is None:
-        return False
+        return None
     entries: list[tuple[str, int, int]] = []
     total = 0
     for pid in final.concat_of:
@@ -195,17 +226,5 @@ def finish_final(core: EngineCore, conn: Connection, final: UploadRecord) -> boo
         # (its partials counted their bytes instead, which it now takes over)
         quotas.check_bucket(conn, core.settings, final.bucket, total, replacing=final.concat_of)
     concat_rows.set_concatenated(conn, final.upload_id, total)
-    version_id = object_rows.create_version(
-        core.db,
-        conn,
-        bucket=final.bucket or DEFAULT_BUCKET,
-        key=final.key or final.upload_id,
-        entries=entries,
-        sha256=None,  # filled in by the maintenance task (SHA-256 state can't be joined)
-        content_type=final.content_type,
-        filename=final.filename,
-        user_metadata=final.user_metadata,
-        take_refs=True,
-    )
-    upload_rows.mark_complete(conn, final.upload_id, version_id)
-    return True
+    # SHA-256 states cannot be joined: the maintenance task fills the digest in.
+    return version_for(final, entries, None)

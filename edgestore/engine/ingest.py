@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -53,9 +53,12 @@ MAX_HELD_CHUNKS = 3
 
 class CompletionHook(Protocol):
     """Runs inside the transaction that commits an upload's last bytes; it only writes rows
-    (the transaction may run again, see Database.transact)."""
+    (the transaction may run again, see Database.transact). `uncounted`: references of the
+    last parts it counts itself (a partial upload's, with the finals' it completes)."""
 
-    def __call__(self, conn: Connection, upload: UploadRecord, sha256: str | None) -> None: ...
+    def __call__(
+        self, conn: Connection, upload: UploadRecord, sha256: str | None, uncounted: Counter[str]
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -449,6 +452,11 @@ class Appender:
             cp.hash_state = self._ready[-1].sha_state
         committing = False
 
+        # A partial upload's completion counts its last parts' references with its finals':
+        # every count a transaction changes, in one pass (chunks.change_refs).
+        defer = complete and up.is_partial
+        uncounted = Counter(p.chunk_id for p in parts) if defer else Counter[str]()
+
         def work(conn: Connection) -> UploadRecord:
             nonlocal committing
             committing = False  # (an earlier run may have failed in its COMMIT)
@@ -459,11 +467,12 @@ class Appender:
                 expected_committed=up.committed_offset,
                 cp=cp,
                 lease=self._lease,
+                count_refs=not defer,
             )
             if complete:
                 state = cp.hash_state or rec.hash_state
                 sha = ResumableSha256(state).hexdigest() if state is not None else None
-                self._on_complete(conn, rec, sha)
+                self._on_complete(conn, rec, sha, uncounted)
                 rec = upload_rows.get(conn, up.upload_id)
             committing = True
             return rec

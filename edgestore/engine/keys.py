@@ -1,10 +1,14 @@
-"""Validation of bucket names and object keys: what may name an object, and why not."""
+"""Validation of bucket names and object keys: what may name an object, and why not; and
+the bucket and key an upload's version goes to."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from edgestore.errors import InvalidKey
+from edgestore.metadata.objects import NewVersion
+from edgestore.metadata.uploads import UploadRecord
 from edgestore.types import BUCKET_NAME_PATTERN, BUCKET_NAME_RULE
 
 MAX_KEY_BYTES = 1024
@@ -39,3 +43,16 @@ def validate_key(key: str) -> str:
     except UnicodeEncodeError:
         raise InvalidKey("invalid key: it is not valid UTF-8") from None
     return key
+
+
+def version_for(
+    rec: UploadRecord,
+    entries: Sequence[tuple[str, int, int]],
+    sha256: str | None,
+    sha_states: Sequence[bytes | None] | None = None,
+) -> NewVersion:
+    """The object version a finished upload becomes: its bucket and key (defaults: the
+    default bucket, the upload id), its metadata, these (chunk id, offset, length) entries."""
+    bucket, key = rec.bucket or DEFAULT_BUCKET, rec.key or rec.upload_id
+    meta = (rec.content_type, rec.filename, rec.user_metadata)
+    return NewVersion(bucket, key, entries, sha256, *meta, sha_states=sha_states)

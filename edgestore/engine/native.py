@@ -23,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 
 from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
-from edgestore.engine.keys import DEFAULT_BUCKET, validate_key
-from edgestore.engine.uploads import Uploads, version_of
+from edgestore.engine.keys import DEFAULT_BUCKET, validate_key, version_for
+from edgestore.engine.uploads import Uploads
 from edgestore.engine.wholefile import WholeFileHashes, read_back_sha256
 from edgestore.errors import (
     InvalidInput,
@@ -376,8 +376,16 @@ class NativeUploads:
             if not pins.touch_open(conn, upload_id):
                 claimed = None  # finalized (or expired) by someone else meanwhile
             else:
-                claimed = version_of(self._core.db, conn, rec, entries, actual, take_refs=True)
-                pins.release(conn, upload_id)
+                # The pins go in the pass that takes the manifest's references: a chunk it
+                # names once changes not at all, a pinned one it leaves out loses one.
+                released = pins.remove(conn, upload_id)
+                (claimed,) = object_rows.create_versions(
+                    self._core.db,
+                    conn,
+                    [version_for(rec, entries, actual)],
+                    take_refs=True,
+                    ref_change={cid: -n for cid, n in released.items()},
+                )
                 upload_rows.mark_complete(conn, upload_id, claimed)
                 version = object_rows.get_version(conn, claimed)
                 done = upload_rows.get(conn, upload_id)

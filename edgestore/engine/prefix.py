@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from edgestore.buffers import Buffer
 from edgestore.codec.hashing import ResumableSha256
 from edgestore.engine.dedup import StoredChunk
-from edgestore.metadata import objects as object_rows
+from edgestore.metadata import prefixes as prefix_rows
 from edgestore.metadata.db import Database
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class RunningDigest:
         """The state after `chunk`, the upload's next part. `stored` resolves to its id."""
         if self._following and self._version is None and self._seq > 0:
             self._version = self._lookup(
-                lambda conn: object_rows.version_continuing(
+                lambda conn: prefix_rows.version_continuing(
                     conn, self._upload_id, self._seq - 1, self._hasher.state()
                 )
             )
@@ -83,7 +83,7 @@ class RunningDigest:
             # Another version may share the upload's bytes so far and go on with this chunk
             # (several versions of a growing file: whichever was found first ends sooner).
             self._version = self._lookup(
-                lambda conn: object_rows.version_with_entry(
+                lambda conn: prefix_rows.version_with_entry(
                     conn, chunk_id, self._seq, self._hasher.state() if self._seq else None
                 )
             )
@@ -102,7 +102,7 @@ class RunningDigest:
         index = self._seq - self._first
         if not 0 <= index < len(self._entries):
             self._entries = (
-                self._lookup(lambda conn: object_rows.entry_states(conn, version, self._seq, PAGE))
+                self._lookup(lambda conn: prefix_rows.entry_states(conn, version, self._seq, PAGE))
                 or []
             )
             self._first, index = self._seq, 0

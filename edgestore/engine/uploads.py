@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from edgestore.engine import concat, staging
 from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
 from edgestore.engine.ingest import Appender, Checksum, TrailingChecksum
-from edgestore.engine.keys import DEFAULT_BUCKET, validate_bucket, validate_key
+from edgestore.engine.keys import validate_bucket, validate_key, version_for
 from edgestore.engine.lease import kept_alive
 from edgestore.engine.pipeline import release_free_memory
 from edgestore.engine.warm import WarmTails
@@ -41,7 +42,7 @@ from edgestore.metadata import objects as object_rows
 from edgestore.metadata import quotas, reclaim
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.clock import now
-from edgestore.metadata.db import CLEANUP_LOCK_WAIT_MS, Database
+from edgestore.metadata.db import CLEANUP_LOCK_WAIT_MS
 from edgestore.metadata.idempotency import IdempotencyKey
 from edgestore.metadata.uploads import UploadRecord
 from edgestore.types import Readable
@@ -51,33 +52,6 @@ log = logging.getLogger(__name__)
 # A second request for an upload whose current writer has received nothing for this long
 # takes over (the first one's client is gone); sooner, it is refused as locked.
 TAKEOVER_IDLE_SECONDS = 1.0
-
-
-def version_of(
-    db: Database,
-    conn: Connection,
-    rec: UploadRecord,
-    entries: list[tuple[str, int, int]],
-    sha256: str | None,
-    *,
-    take_refs: bool,
-    sha_states: list[bytes | None] | None = None,
-) -> str:
-    """The object version a finished upload becomes: its bucket and key (defaults: the
-    default bucket, the upload id), its metadata, these (chunk id, offset, length) entries."""
-    return object_rows.create_version(
-        db,
-        conn,
-        bucket=rec.bucket or DEFAULT_BUCKET,
-        key=rec.key or rec.upload_id,
-        entries=entries,
-        sha256=sha256,
-        content_type=rec.content_type,
-        filename=rec.filename,
-        user_metadata=rec.user_metadata,
-        take_refs=take_refs,
-        sha_states=sha_states,
-    )
 
 
 def _of_kind(rec: UploadRecord, kinds: tuple[str, ...] | None) -> UploadRecord:
@@ -460,17 +434,20 @@ class Uploads:
         active.appender.stop(reason)
         return True
 
-    def _complete(self, conn: Connection, rec: UploadRecord, sha256: str | None) -> None:
+    def _complete(
+        self, conn: Connection, rec: UploadRecord, sha256: str | None, uncounted: Counter[str]
+    ) -> None:
         """Turn a finished upload into an object version; a partial one stays complete, and
-        completes the final uploads that were waiting only for it."""
+        completes the final uploads that were waiting only for it (ingest.CompletionHook)."""
         if rec.is_partial:
             upload_rows.mark_complete(conn, rec.upload_id, None)
-            concat.complete_waiting_finals(self._core, conn, rec.upload_id)
+            concat.complete_waiting_finals(self._core, conn, rec.upload_id, uncounted)
             return
         entries = upload_rows.parts(conn, rec.upload_id)
         states = upload_rows.part_states(conn, rec.upload_id) if sha256 is not None else None
-        version_id = version_of(
-            self._core.db, conn, rec, entries, sha256, take_refs=False, sha_states=states
+        new = version_for(rec, entries, sha256, states)
+        (version_id,) = object_rows.create_versions(
+            self._core.db, conn, [new], take_refs=False, ref_change=uncounted
         )
         upload_rows.mark_complete(conn, rec.upload_id, version_id)
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from edgestore.engine import Engine, staging
 from edgestore.errors import StorageError
 from edgestore.maintenance import restore_guard
-from edgestore.metadata import chunks as chunk_index
-from edgestore.metadata import reclaim
+from edgestore.metadata import garbage, reclaim
 from edgestore.metadata.clock import now
 from edgestore.storage.backend import BlobInfo
 from edgestore.storage.local import TMP_SUFFIX
@@ -123,11 +122,11 @@ def _collect_chunks(engine: Engine, before: float, report: GcReport, progress: P
     db = engine.core.db
     while True:
         with db.read() as conn:
-            batch = chunk_index.unreferenced(conn, before, BATCH)
+            batch = garbage.unreferenced(conn, before, BATCH)
         if not batch:
             return
         with db.write() as conn:  # referenced again meanwhile: kept
-            deleted = chunk_index.delete_unreferenced(conn, batch, before)
+            deleted = garbage.delete_unreferenced(conn, batch, before)
         if not deleted:
             return
         report.chunks_deleted += len(deleted)
@@ -196,7 +195,7 @@ def _sweep(
         and parse_shard_key(b.key) is not None
     }
     with engine.core.db.read() as conn:
-        known = chunk_index.known_shard_keys(conn, name, list(shard_files))
+        known = garbage.known_shard_keys(conn, name, list(shard_files))
     backend = engine.core.dirs.backends[name]
     for blob in old:
         if blob.key.startswith(staging.PREFIX):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +82,23 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
 # its literal values) cost about as much CPU as running it. Measured on SQLite, a chunk and
 # its 9 shard rows inserted in a transaction of their own: 1,300-1,450 -> 950 us of CPU.
 _INSERT_SHARDS = sa.insert(shards)
+_N = sa.bindparam("n", type_=sa.BigInteger)
+_BY_CID = chunks.c.chunk_id == sa.bindparam("cid")
 _ADD_REFS = (
+    sa.update(chunks).where(_BY_CID).values(refcount=chunks.c.refcount + _N, zero_since=None)
+)
+# Signed: a chunk gaining references leaves its grace period, one reaching zero starts it.
+_CHANGE_REFS = (
     sa.update(chunks)
-    .where(chunks.c.chunk_id == sa.bindparam("cid"))
-    .values(refcount=chunks.c.refcount + sa.bindparam("n"), zero_since=None)
+    .where(_BY_CID)
+    .values(
+        refcount=chunks.c.refcount + _N,
+        zero_since=sa.case(
+            (_N > 0, None),
+            (chunks.c.refcount + _N <= 0, sa.bindparam("t", type_=chunks.c.zero_since.type)),
+            else_=chunks.c.zero_since,
+        ),
+    )
 )
 _INSERT_CHUNK: dict[str, Any] = {}  # by dialect: ON CONFLICT is dialect-specific
 
@@ -237,12 +250,7 @@ def _insert_shards(conn: Connection, shard_refs: Sequence[ShardRef]) -> None:
 def add_refs(conn: Connection, counts: Counter[str]) -> bool:
     """Add references; the caller inserts the referencing rows in the same transaction.
     False if some of the chunks are not stored (any more: gc took them), which the
-    caller must not reference.
-
-    Rows are updated (locked) in chunk id order, in add_refs and drop_refs alike: two
-    transactions changing the counts of the same chunks in their own orders (two uploads of
-    a file's chunks reordered, a version deleted while another is made) deadlocked on
-    PostgreSQL, which failed one of them."""
+    caller must not reference. One pass, in chunk id order: see change_refs."""
     if not counts:
         return True
     res = conn.execute(_ADD_REFS, [{"cid": c, "n": counts[c]} for c in sorted(counts)])
@@ -250,21 +258,39 @@ def add_refs(conn: Connection, counts: Counter[str]) -> bool:
 
 
 def drop_refs(conn: Connection, counts: Counter[str]) -> None:
-    """Remove references (in chunk id order, see add_refs); a chunk reaching zero starts its
-    grace period."""
+    """Remove references (one pass, in chunk id order: see change_refs); a chunk reaching
+    zero starts its grace period."""
     if counts:
         t = now(conn)
         conn.execute(
             sa.update(chunks)
-            .where(chunks.c.chunk_id == sa.bindparam("cid"))
+            .where(_BY_CID)
             .values(
-                refcount=chunks.c.refcount - sa.bindparam("n"),
-                zero_since=sa.case(
-                    (chunks.c.refcount - sa.bindparam("n") <= 0, t), else_=chunks.c.zero_since
-                ),
+                refcount=chunks.c.refcount - _N,
+                zero_since=sa.case((chunks.c.refcount - _N <= 0, t), else_=chunks.c.zero_since),
             ),
             [{"cid": c, "n": counts[c]} for c in sorted(counts)],
         )
+
+
+def change_refs(conn: Connection, delta: Mapping[str, int]) -> bool:
+    """Change reference counts by signed amounts (zero: the row is not touched); False if
+    some of the chunks are not stored.
+
+    A transaction changes its counts in one call (of this, add_refs or drop_refs), which
+    updates (and so locks, PostgreSQL) the rows in chunk id order, after the upload rows and
+    before the object and totals rows (docs/architecture.md, Lock order): counts changed in
+    another order, or in two passes (a finalize's manifest, then its pins), deadlocked with
+    a writer of the same chunks."""
+    changed = {c: n for c, n in delta.items() if n}
+    if all(n > 0 for n in changed.values()):
+        return add_refs(conn, Counter(changed))
+    if all(n < 0 for n in changed.values()):
+        drop_refs(conn, Counter({c: -n for c, n in changed.items()}))
+        return True  # (a count is dropped only by its referencing rows: they exist)
+    t = now(conn)
+    rows = [{"cid": c, "n": changed[c], "t": t} for c in sorted(changed)]
+    return conn.execute(_CHANGE_REFS, rows).rowcount == len(changed)
 
 
 def load(conn: Connection, chunk_ids: Sequence[str]) -> dict[str, ChunkRecord]:
@@ -411,72 +437,6 @@ def ids_after(conn: Connection, after: str | None, limit: int) -> list[str]:
     if after is not None:
         q = q.where(chunks.c.chunk_id > after)
     return list(conn.execute(q).scalars())
-
-
-# --- garbage collection ---------------------------------------------------------------------
-
-
-def unreferenced(conn: Connection, before: float, limit: int) -> list[str]:
-    """Chunks with no references since before `before` (their grace period is over)."""
-    return list(
-        conn.execute(
-            sa.select(chunks.c.chunk_id)
-            .where(chunks.c.refcount <= 0, chunks.c.zero_since < before)
-            .limit(limit)
-        ).scalars()
-    )
-
-
-def delete_unreferenced(
-    conn: Connection, chunk_ids: Sequence[str], before: float
-) -> dict[str, list[ShardRef]]:
-    """Delete those of the chunks (at most _IN_BATCH) still unreferenced since before
-    `before`, shards and repair entries with them; return their shards (now files to remove).
-
-    A chunk referenced, kept alive or stored again since it was listed is not garbage any
-    more: it stays, shards and all. The rows are locked first (PostgreSQL), in chunk id order,
-    skipping those another transaction holds: that one is referencing, pinning or storing the
-    chunk again, which a later run sees. So the shard rows read are those deleted, and gc,
-    holding a batch of rows, never waits for one: no deadlock with a writer locking its own.
-    """
-    ids = sorted(set(chunk_ids))
-    if not ids:
-        return {}
-    doomed = list(
-        conn.execute(
-            sa.select(chunks.c.chunk_id)
-            .where(chunks.c.chunk_id.in_(ids), chunks.c.refcount <= 0, chunks.c.zero_since < before)
-            .order_by(chunks.c.chunk_id)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-    )
-    if not doomed:
-        return {}
-    found: dict[str, list[ShardRef]] = {cid: [] for cid in doomed}
-    for s in conn.execute(
-        sa.delete(shards).where(shards.c.chunk_id.in_(doomed)).returning(*shards.c)
-    ):
-        found[s.chunk_id].append(
-            ShardRef(ChunkId(s.chunk_id), s.shard_index, s.backend, s.key, s.size, s.checksum)
-        )
-    conn.execute(sa.delete(repair_queue).where(repair_queue.c.chunk_id.in_(doomed)))
-    conn.execute(sa.delete(chunks).where(chunks.c.chunk_id.in_(doomed)))
-    return found
-
-
-def known_shard_keys(conn: Connection, backend: str, keys: Sequence[str]) -> set[str]:
-    """Those of the keys a shard row names on the backend (the others are orphan files).
-
-    Looked up by equality, through the (backend, key) index on every database and collation:
-    a LIKE 'abc/%' per fan-out dir could not use it (SQLite's LIKE is case-insensitive,
-    PostgreSQL's needs a C collation), so each scanned all the backend's rows, ~2M on an
-    8 TB store, 4096 times per sweep.
-    """
-    found: set[str] = set()
-    for batch in _batches(list(keys)):
-        q = sa.select(shards.c.key).where(shards.c.backend == backend, shards.c.key.in_(batch))
-        found.update(conn.execute(q).scalars())
-    return found
 
 
 def reference_mismatches(conn: Connection) -> list[tuple[str, int, int]]:

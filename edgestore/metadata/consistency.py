@@ -143,19 +143,26 @@ def recount_refs(conn: Connection, chunk_ids: Sequence[str]) -> list[tuple[str, 
     those changed. Runs in a write transaction of its own.
 
     Safe beside writers: the chunk rows are locked first (PostgreSQL: in id order, as
-    add_refs and drop_refs lock them; SQLite: the write transaction holds the database's
+    chunks.change_refs locks them; SQLite: the write transaction holds the database's
     lock), and writers change a chunk's references and its count in one transaction. One
     that changed the count before the lock has committed before the references are counted
     (they include its rows); one that changes it after adds to or takes from the recounted
     value (whose count did not include its uncommitted rows). A chunk now unreferenced
-    starts its grace period; a referenced one leaves it."""
+    starts its grace period; a referenced one leaves it.
+
+    The lock is FOR NO KEY UPDATE, the one a count's UPDATE takes, not FOR UPDATE: a row
+    naming a chunk takes a key-share lock on its row through the foreign key, in the order
+    it is written (an upload's parts handed over to a manifest: no count changes), and FOR
+    UPDATE waited for those while that writer waited for the rows locked already (a
+    deadlock). A move of references that leaves the counts alone commits its rows at once,
+    which the one counting statement sees all or none of."""
     locked = {
         r.chunk_id: int(r.refcount)
         for r in conn.execute(
             sa.select(chunks.c.chunk_id, chunks.c.refcount)
             .where(chunks.c.chunk_id.in_(list(chunk_ids)))
             .order_by(chunks.c.chunk_id)
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
     }
     if not locked:

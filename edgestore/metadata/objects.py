@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import totals
 from edgestore.metadata.clock import now
 from edgestore.metadata.db import Database
-from edgestore.metadata.schema import manifests, object_versions, objects, upload_parts
+from edgestore.metadata.schema import manifests, object_versions, objects
 from edgestore.types import ChunkId, ObjectId, VersionId
 
 
@@ -119,6 +119,27 @@ def object_id_for(db: Database, conn: Connection, bucket: str, key: str) -> str:
     ).scalar_one()
 
 
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """A version to create: bucket/key's next, from (chunk id, offset, length) entries.
+
+    `sha_states`: the whole-file SHA-256 state after each entry, where the stream was hashed
+    as it arrived (engine/prefix.py follows them)."""
+
+    bucket: str
+    key: str
+    entries: Sequence[tuple[str, int, int]]
+    sha256: str | None
+    content_type: str | None
+    filename: str | None
+    user_metadata: dict[str, Any]
+    sha_states: Sequence[bytes | None] | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(length for _, _, length in self.entries)
+
+
 def create_version(
     db: Database,
     conn: Connection,
@@ -132,27 +153,63 @@ def create_version(
     user_metadata: dict[str, Any],
     take_refs: bool,
     sha_states: Sequence[bytes | None] | None = None,
+    ref_change: Mapping[str, int] | None = None,
 ) -> VersionId:
-    """Create the next version of bucket/key from (chunk id, offset, length) entries.
+    """Create the next version of bucket/key (see NewVersion and create_versions)."""
+    new = NewVersion(
+        bucket, key, entries, sha256, content_type, filename, user_metadata, sha_states
+    )
+    return create_versions(db, conn, [new], take_refs=take_refs, ref_change=ref_change)[0]
 
-    `sha_states`: the whole-file SHA-256 state after each entry, where the stream was hashed
-    as it arrived (engine/prefix.py follows them).
+
+def create_versions(
+    db: Database,
+    conn: Connection,
+    versions: Sequence[NewVersion],
+    *,
+    take_refs: bool,
+    ref_change: Mapping[str, int] | None = None,
+) -> list[VersionId]:
+    """Create versions (the finals one partial upload completes: several), in order of
+    `versions` for the same key; their ids, in that order.
 
     With `take_refs` the chunks' reference counts are raised here; without, the caller is
     handing over references it already holds (an upload's parts becoming a manifest).
-    Runs inside the caller's transaction, which also adds the version to its bucket's
-    totals (metadata/totals.py). Numbers only grow: one that was deleted is never
-    given out again (`objects.last_version`), while the object exists; after its last version
-    is deleted, the object goes, and a new one under the same key (a new object id) starts
-    again from 1.
+    `ref_change`: other changes to counts the same transaction makes (a native session's
+    pins released: negative), made in the same pass.
+
+    Rows are locked in the order every writer keeps (docs/architecture.md, Lock order): the
+    chunk rows in one pass, then the object rows by bucket and key, then the bucket totals
+    rows, by bucket, last. Runs inside the caller's transaction. Numbers only grow: one that
+    was deleted is never given out again (`objects.last_version`), while the object exists;
+    after its last version is deleted, the object goes, and a new one under the same key (a
+    new object id) starts again from 1.
     """
+    delta: Counter[str] = Counter(ref_change or {})
+    if take_refs:
+        for new in versions:
+            delta.update(cid for cid, _, _ in new.entries)
+    chunk_index.change_refs(conn, delta)
+    made: dict[int, VersionId] = {}
+    for i in sorted(range(len(versions)), key=lambda i: (versions[i].bucket, versions[i].key)):
+        made[i] = _insert_version(db, conn, versions[i])
+    added: dict[str, tuple[int, int]] = {}
+    for new in versions:
+        size, count = added.get(new.bucket, (0, 0))
+        added[new.bucket] = (size + new.size, count + 1)
+    for bucket in sorted(added):
+        totals.add(conn, bucket, *added[bucket])
+    return [made[i] for i in range(len(versions))]
+
+
+def _insert_version(db: Database, conn: Connection, new: NewVersion) -> VersionId:
+    """The version's rows: its number from the object's row (locked), the version, its
+    manifest."""
     vid = str(uuid.uuid4())
-    size = sum(length for _, _, length in entries)
+    entries = new.entries
     digest = manifest_digest([(cid, length) for cid, _, length in entries])
-    if take_refs:  # before the object's row: chunk rows, then object rows, as delete_version
-        chunk_index.add_refs(conn, Counter(cid for cid, _, _ in entries))
     for _attempt in range(20):
-        oid = object_id_for(db, conn, bucket, key)
+        oid = object_id_for(db, conn, new.bucket, new.key)
         # The object's row, locked (PostgreSQL; SQLite has one writer): writers of one object
         # take numbers one after another, and a delete of its last version waits for this
         # one (delete_version locks the row too). The highest existing number counts too,
@@ -178,12 +235,12 @@ def create_version(
                         version_id=vid,
                         object_id=oid,
                         version=number,
-                        size=size,
-                        sha256=sha256,
+                        size=new.size,
+                        sha256=new.sha256,
                         manifest_digest=digest,
-                        content_type=content_type,
-                        filename=filename,
-                        user_metadata=user_metadata,
+                        content_type=new.content_type,
+                        filename=new.filename,
+                        user_metadata=new.user_metadata,
                         state="committed",
                         created_at=now(conn),
                     )
@@ -192,9 +249,9 @@ def create_version(
         except IntegrityError:
             continue  # another writer took this number; take the next
     else:
-        raise RuntimeError(f"could not allocate a version number for {bucket}/{key}")
+        raise RuntimeError(f"could not allocate a version number for {new.bucket}/{new.key}")
     if entries:
-        states = sha_states if sha_states is not None else [None] * len(entries)
+        states = new.sha_states if new.sha_states is not None else [None] * len(entries)
         conn.execute(
             sa.insert(manifests),
             [
@@ -209,7 +266,6 @@ def create_version(
                 for i, ((cid, off, length), state) in enumerate(zip(entries, states, strict=True))
             ],
         )
-    totals.add(conn, bucket, size, 1)  # last: its row lock after the chunk and object rows
     return VersionId(vid)
 
 
@@ -255,7 +311,7 @@ def delete_version(conn: Connection, version_id: str) -> bool:
     ).scalar_one()
     if left == 0:
         conn.execute(sa.delete(objects).where(objects.c.object_id == row.object_id))
-    totals.add(conn, bucket, -row.size, -1)  # last, as in create_version
+    totals.add(conn, bucket, -row.size, -1)  # last, as in create_versions
     return True
 
 
@@ -397,62 +453,3 @@ def sha256_of_manifest(conn: Connection, digest: str) -> str | None:
         .where(object_versions.c.manifest_digest == digest, object_versions.c.sha256.isnot(None))
         .limit(1)
     ).scalar_one_or_none()
-
-
-# --- prefixes already hashed (engine/prefix.py) ----------------------------------------------
-
-
-def version_with_entry(
-    conn: Connection, chunk_id: str, seq: int, state_before: bytes | None
-) -> str | None:
-    """A version whose entry `seq` is this chunk, with its hash state recorded, and whose
-    state before it is `state_before` (none at seq 0): its bytes up to there are the ones
-    hashed into that state."""
-    query = sa.select(manifests.c.version_id).where(
-        manifests.c.chunk_id == chunk_id,
-        manifests.c.seq == seq,
-        manifests.c.sha_state.is_not(None),
-    )
-    if seq > 0:
-        before = manifests.alias("before")
-        query = query.join(
-            before,
-            sa.and_(
-                before.c.version_id == manifests.c.version_id,
-                before.c.seq == seq - 1,
-                before.c.sha_state == state_before,
-            ),
-        )
-    row = conn.execute(query.limit(1)).first()
-    return None if row is None else str(row[0])
-
-
-def version_continuing(conn: Connection, upload_id: str, seq: int, state: bytes) -> str | None:
-    """A version whose entry `seq` is the upload's part `seq`, with the same hash state after
-    it: its bytes up to there are the upload's."""
-    part = upload_parts
-    row = conn.execute(
-        sa.select(manifests.c.version_id)
-        .join(part, part.c.chunk_id == manifests.c.chunk_id)
-        .where(
-            part.c.upload_id == upload_id,
-            part.c.seq == seq,
-            manifests.c.seq == seq,
-            manifests.c.sha_state == state,
-        )
-        .limit(1)
-    ).first()
-    return None if row is None else str(row[0])
-
-
-def entry_states(
-    conn: Connection, version_id: str, first_seq: int, limit: int
-) -> list[tuple[str, int, bytes | None]]:
-    """(chunk id, length, hash state) of a version's manifest entries from `first_seq` on."""
-    rows = conn.execute(
-        sa.select(manifests.c.chunk_id, manifests.c.length, manifests.c.sha_state)
-        .where(manifests.c.version_id == version_id, manifests.c.seq >= first_seq)
-        .order_by(manifests.c.seq)
-        .limit(limit)
-    )
-    return [(str(r[0]), int(r[1]), r[2]) for r in rows]

@@ -107,14 +107,22 @@ def pin(
 
 def release(conn: Connection, upload_id: str) -> int:
     """Drop every pin of the session and its references; returns how many there were."""
+    counts = remove(conn, upload_id)
+    chunk_index.drop_refs(conn, counts)
+    return sum(counts.values())
+
+
+def remove(conn: Connection, upload_id: str) -> Counter[str]:
+    """Delete every pin of the session, leaving their references counted: the caller drops
+    them (the returned counts) in this transaction, in the one pass that changes its other
+    counts (a finalize: its manifest's; chunks.change_refs)."""
     counts = Counter(
         conn.execute(
             sa.select(upload_pins.c.chunk_id).where(upload_pins.c.upload_id == upload_id)
         ).scalars()
     )
     conn.execute(sa.delete(upload_pins).where(upload_pins.c.upload_id == upload_id))
-    chunk_index.drop_refs(conn, counts)
-    return sum(counts.values())
+    return counts
 
 
 def ensure_room(conn: Connection, upload_id: str, adding: int, within: int) -> None:

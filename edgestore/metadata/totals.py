@@ -28,7 +28,7 @@ def add(conn: Connection, bucket: str, size: int, versions: int) -> None:
     An increment of the row, never a read-then-write, so concurrent writers lose nothing; the
     row is made on first use. On PostgreSQL this locks the row until the transaction ends:
     callers take it last, after the chunk rows and the object's row, so its lock order is
-    the same in every transaction (see objects.create_version / delete_version)."""
+    the same in every transaction (see objects.create_versions / delete_version)."""
     stmt = dialect_insert(conn.dialect.name, bucket_totals).values(
         bucket=bucket, bytes=size, versions=versions
     )

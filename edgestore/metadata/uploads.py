@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from edgestore.errors import (
     OffsetConflict,
@@ -315,8 +316,13 @@ def checkpoint(
     expected_committed: int,
     cp: Checkpoint,
     lease: float,
+    count_refs: bool = True,
 ) -> UploadRecord:
-    """Make parts (and the new tail) durable, atomically; the caller must hold the lease."""
+    """Make parts (and the new tail) durable, atomically; the caller must hold the lease.
+
+    Without `count_refs` the parts' references are left for the caller to count later in
+    the transaction, in the one pass it changes counts in (a partial upload's last parts,
+    with the references of the finals it completes: chunks.change_refs)."""
     # Locked (PostgreSQL): a terminate or expiry (release_data) committing after this read
     # would otherwise go unseen, and its released parts be followed by ours (leaked) or, on
     # completion, the version be made of ours alone.
@@ -347,15 +353,21 @@ def checkpoint(
         offset += p.length
         seq += 1
     if rows:
-        if not chunk_index.add_refs(conn, Counter(p.chunk_id for p in cp.parts)):
-            # gc took chunks this writer held unreferenced (its lease lapsed long ago: a
-            # client stalled for an hour): the bytes past the offset are to be sent again.
+        # gc took chunks this writer held unreferenced (its lease lapsed long ago: a client
+        # stalled for an hour) if a count or a part's foreign key finds a chunk row missing:
+        # the bytes past the offset are to be sent again.
+        stored = not count_refs or chunk_index.add_refs(conn, Counter(p.chunk_id for p in cp.parts))
+        if stored:
+            try:
+                conn.execute(_INSERT_PARTS, rows)
+            except IntegrityError:
+                stored = False
+        if not stored:
             raise StorageUnavailable(
                 f"chunks of this request to upload {upload_id} were collected before they "
                 f"could be recorded (its write lease had lapsed); resume from offset "
                 f"{rec.offset}"
             )
-        conn.execute(_INSERT_PARTS, rows)
     t = now(conn)
     values: dict[str, Any] = {
         "committed_offset": offset,

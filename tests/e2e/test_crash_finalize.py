@@ -1,6 +1,7 @@
 """kill -9 the real server while it commits a version (a native finalize, a tus
-concatenation final): after a restart the version exists whole or not at all, refcounts
-hold, no row points at a missing shard, and the client's retry succeeds."""
+concatenation final, made at once or by its last partial's PATCH): after a restart the
+version exists whole or not at all, refcounts hold, no row points at a missing shard, and
+the client's retry succeeds."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from tests.helpers import (
     KiB,
     MiB,
     StoreProbe,
+    patch_when_unlocked,
     random_bytes,
     tus_create,
+    tus_offset,
     tus_patch,
 )
 from tests.native import (
@@ -127,6 +130,45 @@ def test_kill_during_tus_concatenation_final(node: ServerProcess, point: dict[st
             got = http.get("/objects/default/joined.bin")
             assert got.status_code == 200 and got.content == b"".join(parts)
         assert versions_of(probe, "joined.bin") == 1
+        _check_store(node, probe)
+    finally:
+        probe.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "point", [BEFORE_VERSION_ROW, IN_VERSION_COMMIT], ids=["before-version-row", "in-commit"]
+)
+def test_kill_as_the_last_partial_completes_its_final(
+    node: ServerProcess, point: dict[str, Any]
+) -> None:
+    """The final waits for its last partial, whose completing PATCH makes the version in the
+    transaction that commits its last parts (their references counted there, with the
+    final's manifest): killed in it, neither the version nor those parts are kept, and the
+    client's resumed PATCH completes both."""
+    parts = [random_bytes(MiB + 7, seed=613), random_bytes(2 * MiB, seed=614)]
+    node.crash_at = point
+    node.start()
+    probe = StoreProbe(node.database_url)
+    final = {**TUS, "Upload-Metadata": f"key {_b64('awaited.bin')}"}
+    try:
+        with node.client() as http:
+            urls = [tus_create(http, len(p), headers={"Upload-Concat": "partial"}) for p in parts]
+            assert tus_patch(http, urls[0], 0, parts[0]).status_code == 204
+            final["Upload-Concat"] = "final;" + " ".join(urls)
+            assert http.post("/files/", headers=final).status_code == 201
+            _died_under(node, lambda: tus_patch(http, urls[1], 0, parts[1]))
+        assert versions_of(probe, "awaited.bin") == 0
+        _check_store(node, probe)
+        with node.client() as http:  # the client resumes its PATCH
+            offset = tus_offset(http, urls[1])
+            assert offset < len(parts[1])
+            # (the dead writer's lease lapses within upload_lock_seconds, 6 s)
+            r, _ = patch_when_unlocked(http, urls[1], offset, parts[1][offset:], timeout=10)
+            assert r.status_code == 204, r.text
+            got = http.get("/objects/default/awaited.bin")
+            assert got.status_code == 200 and got.content == b"".join(parts)
+        assert versions_of(probe, "awaited.bin") == 1
         _check_store(node, probe)
     finally:
         probe.close()

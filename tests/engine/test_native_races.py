@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from edgestore.config import load_settings
 from edgestore.engine import Engine
-from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import garbage
 from edgestore.metadata.chunks import reference_mismatches
 from tests.helpers import SMALL_CHUNKS, KiB, random_bytes
 from tests.native import chunks_of
@@ -36,7 +36,7 @@ def test_missing_racing_gc_reports_the_collected_chunk_missing(tmp_path, pg_url)
         cid, _ = _garbage_chunk(engine, seed=1)
         session = engine.native.create(size=1)
         with engine.core.db.write() as conn:  # gc deletes the row, not yet committed...
-            assert cid in chunk_index.delete_unreferenced(conn, [cid], time.time() + 60)
+            assert cid in garbage.delete_unreferenced(conn, [cid], time.time() + 60)
             out: list[list[str]] = []
             t, errors = in_thread(
                 lambda: out.append(engine.native.missing(session.upload_id, [cid]))

@@ -136,17 +136,17 @@ def test_a_partial_terminated_while_its_final_completes_is_not_left_out(
         final = engine.uploads.concatenate(ids, key="final")
         assert final.state == upload_rows.OPEN
 
-        real_finish = concat.finish_final
+        real_final_version = concat.final_version
         fired: list[threading.Thread] = []
 
-        def finish_final(core: Any, conn: Any, rec: Any) -> Any:
+        def final_version(core: Any, conn: Any, rec: Any) -> Any:
             if not fired:
                 t, _ = in_thread(lambda: other.uploads.terminate(ids[0]))
                 fired.append(t)
                 _wait_done_or_blocked(engine, t)
-            return real_finish(core, conn, rec)
+            return real_final_version(core, conn, rec)
 
-        monkeypatch.setattr(concat, "finish_final", finish_final)
+        monkeypatch.setattr(concat, "final_version", final_version)
         engine.uploads.append(ids[1], 0, blocks_of(pieces[1]))
         monkeypatch.undo()
         assert fired

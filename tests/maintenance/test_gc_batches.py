@@ -20,6 +20,7 @@ from edgestore.engine import Engine
 from edgestore.errors import StorageError
 from edgestore.maintenance import gc
 from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import garbage
 from edgestore.metadata.schema import chunks, shards
 from edgestore.storage.local import LocalBackend
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
@@ -130,7 +131,7 @@ def test_a_chunk_referenced_again_mid_batch_keeps_its_row_and_files(
     pairs = _garbage(small_engine, seed=42)
     raw_of = dict(pairs)
     monkeypatch.setattr(gc, "BATCH", len(pairs))
-    real = chunk_index.unreferenced
+    real = garbage.unreferenced
     revived: list[str] = []
 
     def listed_then_revived(conn: sa.Connection, before: float, limit: int) -> list[str]:
@@ -141,7 +142,7 @@ def test_a_chunk_referenced_again_mid_batch_keeps_its_row_and_files(
             _resurrections(small_engine)[how](cid, raw_of[cid])
         return batch
 
-    monkeypatch.setattr(chunk_index, "unreferenced", listed_then_revived)
+    monkeypatch.setattr(garbage, "unreferenced", listed_then_revived)
     report = gc.collect(small_engine, grace=0, orphans=False)
     [cid] = revived
     assert report.chunks_deleted == len(pairs) - 1 and report.errors == 0

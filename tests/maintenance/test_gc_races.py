@@ -18,6 +18,7 @@ from edgestore.engine.dedup import ChunkWriter
 from edgestore.engine.native import ManifestChunk
 from edgestore.maintenance import gc
 from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import garbage
 from edgestore.metadata.clock import now
 from edgestore.metadata.schema import chunks, shards
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
@@ -111,7 +112,7 @@ def test_pinning_a_chunk_gc_is_deleting_reports_it_missing(
                 errors.append(exc)
 
         with engine.core.db.write() as conn:  # gc has deleted the row, not yet committed
-            assert cid in chunk_index.delete_unreferenced(conn, [cid], now(conn))
+            assert cid in garbage.delete_unreferenced(conn, [cid], now(conn))
             t = threading.Thread(target=ask)
             t.start()
             wait_until_blocked(engine)
