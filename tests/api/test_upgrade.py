@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from edgestore.config import load_settings
 from edgestore.engine import Engine
+from edgestore.metadata.uploads import UploadRecord
 from tests import stores
 from tests.api.access import client_with, create_key
 from tests.helpers import TUS, KiB, blocks_of, patch_headers, random_bytes, tus_metadata
@@ -32,12 +33,7 @@ def test_a_bucket_keys_paused_parallel_upload_goes_on_after_the_upgrade(
     home = tmp_path / "home"
     first, second = random_bytes(300 * KiB, seed=1), random_bytes(500 * KiB, seed=2)
     cut = 123 * KiB + 5  # mid-chunk: the bytes after the last cut are the staged tail
-    with Engine.open(load_settings(home=home, database_url=db_url)) as eng:
-        done = eng.uploads.create(length=len(first), is_partial=True)  # no bucket, as then
-        eng.uploads.append(done.upload_id, 0, blocks_of(first))
-        paused = eng.uploads.create(length=len(second), is_partial=True)
-        eng.uploads.append(paused.upload_id, 0, blocks_of(second[:cut]))
-    stores.take_schema_back_to(db_url, BEFORE_BOUND_PARTIALS)
+    done, paused = _paused_parallel_upload(home, db_url, first, second, cut)
 
     server = ServerProcess(home=home, database_url=db_url, auth=True).start()
     try:
@@ -46,17 +42,7 @@ def test_a_bucket_keys_paused_parallel_upload_goes_on_after_the_upgrade(
         mine = create_key(server, "--name", f"a-{tag}", *scopes, "--bucket", f"a-{tag}")
         other = create_key(server, "--name", f"b-{tag}", *scopes, "--bucket", f"b-{tag}")
         urls = [f"{server.url}/files/{u.upload_id}" for u in (done, paused)]
-        with client_with(server, mine) as c:
-            r = c.head(urls[1], headers=TUS)
-            assert (r.status_code, r.headers.get("Upload-Offset")) == (200, str(cut))
-            r = c.patch(urls[1], content=second[cut:], headers=patch_headers(cut))
-            assert r.status_code == 204, r.text
-            final = {"Upload-Concat": "final;" + " ".join(urls)}
-            final["Upload-Metadata"] = tus_metadata({"key": "joined"})
-            r = c.post("/files/", headers={**TUS, **final})
-            assert r.status_code == 201, r.text
-            body = c.get(f"/objects/a-{tag}/joined").content
-            assert hashlib.sha256(body).digest() == hashlib.sha256(first + second).digest()
+        _resume_and_join(server, mine, urls, first, second, cut, f"a-{tag}")
         with client_with(server, other) as c:  # bound to the first key's bucket now
             for url in urls:
                 assert c.head(url, headers=TUS).status_code == 403
@@ -86,12 +72,7 @@ def test_a_refused_request_leaves_an_unbound_partial_unbound(tmp_path: Path, db_
     home = tmp_path / "home"
     first, second = random_bytes(200 * KiB, seed=3), random_bytes(300 * KiB, seed=4)
     cut = 77 * KiB + 3
-    with Engine.open(load_settings(home=home, database_url=db_url)) as eng:
-        done = eng.uploads.create(length=len(first), is_partial=True)  # no bucket, as then
-        eng.uploads.append(done.upload_id, 0, blocks_of(first))
-        paused = eng.uploads.create(length=len(second), is_partial=True)
-        eng.uploads.append(paused.upload_id, 0, blocks_of(second[:cut]))
-    stores.take_schema_back_to(db_url, BEFORE_BOUND_PARTIALS)
+    done, paused = _paused_parallel_upload(home, db_url, first, second, cut)
 
     server = ServerProcess(home=home, database_url=db_url, auth=True).start()
     try:
@@ -127,17 +108,46 @@ def test_a_refused_request_leaves_an_unbound_partial_unbound(tmp_path: Path, db_
             assert c.post("/files/", headers={**TUS, **final}).status_code == 403
         assert _unbound(db_url) == ids
 
-        with client_with(server, owner) as c:
-            r = c.head(urls[1], headers=TUS)
-            assert (r.status_code, r.headers.get("Upload-Offset")) == (200, str(cut))
-            r = c.patch(urls[1], content=second[cut:], headers=patch_headers(cut))
-            assert r.status_code == 204, r.text
-            final = {"Upload-Concat": "final;" + " ".join(urls)}
-            final["Upload-Metadata"] = tus_metadata({"key": "joined"})
-            r = c.post("/files/", headers={**TUS, **final})
-            assert r.status_code == 201, r.text
-            body = c.get(f"/objects/a-{tag}/joined").content
-            assert hashlib.sha256(body).digest() == hashlib.sha256(first + second).digest()
+        _resume_and_join(server, owner, urls, first, second, cut, f"a-{tag}")
         assert _unbound(db_url) == set()
     finally:
         server.stop()
+
+
+def _paused_parallel_upload(
+    home: Path, db_url: str, first: bytes, second: bytes, cut: int
+) -> tuple[UploadRecord, UploadRecord]:
+    """A parallel upload as an older release left it paused: one partial done, one holding
+    `second` up to `cut` (mid-chunk: a staged tail), no final; both without a bucket, as
+    then. The schema is taken back to that release's, so the next start upgrades it."""
+    with Engine.open(load_settings(home=home, database_url=db_url)) as eng:
+        done = eng.uploads.create(length=len(first), is_partial=True)
+        eng.uploads.append(done.upload_id, 0, blocks_of(first))
+        paused = eng.uploads.create(length=len(second), is_partial=True)
+        eng.uploads.append(paused.upload_id, 0, blocks_of(second[:cut]))
+    stores.take_schema_back_to(db_url, BEFORE_BOUND_PARTIALS)
+    return done, paused
+
+
+def _resume_and_join(
+    server: ServerProcess,
+    key: str,
+    urls: list[str],
+    first: bytes,
+    second: bytes,
+    cut: int,
+    bucket: str,
+) -> None:
+    """`key` resumes the paused partial at `cut`, finishes it, joins both into `bucket`'s
+    object `joined`, and reads back first + second."""
+    with client_with(server, key) as c:
+        r = c.head(urls[1], headers=TUS)
+        assert (r.status_code, r.headers.get("Upload-Offset")) == (200, str(cut))
+        r = c.patch(urls[1], content=second[cut:], headers=patch_headers(cut))
+        assert r.status_code == 204, r.text
+        final = {"Upload-Concat": "final;" + " ".join(urls)}
+        final["Upload-Metadata"] = tus_metadata({"key": "joined"})
+        r = c.post("/files/", headers={**TUS, **final})
+        assert r.status_code == 201, r.text
+        body = c.get(f"/objects/{bucket}/joined").content
+        assert hashlib.sha256(body).digest() == hashlib.sha256(first + second).digest()
