@@ -20,14 +20,14 @@ from sqlalchemy.engine import Connection
 
 from edgestore.buffers import Buffer
 from edgestore.chunking import StreamChunker
-from edgestore.codec.hashing import CHECKSUM_ALGORITHMS, Hasher, ResumableSha256, new_checksum
+from edgestore.codec.hashing import ResumableSha256
 from edgestore.config import Settings
 from edgestore.engine import staging
 from edgestore.engine.dedup import ChunkWriter, StoredChunk
 from edgestore.engine.pipeline import CpuPool, SerialLane
 from edgestore.engine.prefix import RunningDigest
+from edgestore.engine.verify import Checksum, TrailingChecksum, Verifier
 from edgestore.errors import (
-    ChecksumMismatch,
     QuotaExceeded,
     TooLarge,
     TransferInterrupted,
@@ -70,46 +70,6 @@ class _InFlight:
 
     def done(self) -> bool:
         return self.stored.done() and (self.hash_state is None or self.hash_state.done())
-
-
-@dataclass(frozen=True, slots=True)
-class Checksum:
-    """A client-declared checksum over one append's bytes (tus Upload-Checksum)."""
-
-    algorithm: str
-    digest: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrailingChecksum:
-    """A checksum the client sends after the bytes (tus checksum-trailer): `read` returns
-    it once the body has ended (raising if it never came). Its algorithm is named only then,
-    so the bytes are hashed with every supported one."""
-
-    read: Callable[[], Checksum]
-
-
-class _Verifier:
-    """Hashes an append's bytes for the checksum they must match."""
-
-    def __init__(self, checksum: Checksum | TrailingChecksum) -> None:
-        self._checksum = checksum
-        names = (checksum.algorithm,) if isinstance(checksum, Checksum) else CHECKSUM_ALGORITHMS
-        self._hashers: dict[str, Hasher] = {name: new_checksum(name) for name in names}
-
-    def update(self, data: Buffer) -> None:
-        for hasher in self._hashers.values():
-            hasher.update(data)
-
-    def check(self, received: int) -> None:
-        declared = self._checksum
-        if isinstance(declared, TrailingChecksum):
-            declared = declared.read()
-        if self._hashers[declared.algorithm].digest() != declared.digest:
-            raise ChecksumMismatch(
-                f"{declared.algorithm} of the {received} bytes received does not match "
-                "Upload-Checksum; none of them were kept"
-            )
 
 
 class Appender:
@@ -210,7 +170,7 @@ class Appender:
         byte of the upload had arrived: then it completes, and the append returns.
         """
         up = self._upload
-        verify = _Verifier(checksum) if checksum is not None else None
+        verify = Verifier(checksum) if checksum is not None else None
         # A deferred length is bounded by the largest upload the server accepts.
         limit = up.length if up.length is not None else self._settings.max_upload_size
         if self._quota_limit is not None:
@@ -301,7 +261,7 @@ class Appender:
             self._maybe_commit()
         self._maybe_renew()
 
-    def _pull(self, source: Readable, limit: int, verify: _Verifier | None) -> int:
+    def _pull(self, source: Readable, limit: int, verify: Verifier | None) -> int:
         """Read the source straight into the chunker's buffer until it ends; bytes read.
 
         At most one byte past `limit` is ever read: enough to refuse the append."""
@@ -469,6 +429,10 @@ class Appender:
                 lease=self._lease,
                 count_refs=not defer,
             )
+            if self._quota_limit is not None:  # a deferred length: see quotas.check_grown
+                bucket = quotas.counted_in(up.bucket, up.is_partial)
+                grown = rec.offset - up.offset
+                quotas.check_grown(conn, self._settings, bucket, up.upload_id, grown)
             if complete:
                 state = cp.hash_state or rec.hash_state
                 sha = ResumableSha256(state).hexdigest() if state is not None else None

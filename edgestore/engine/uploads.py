@@ -22,10 +22,11 @@ from edgestore.codec.hashing import ResumableSha256
 from edgestore.engine import concat, staging
 from edgestore.engine.core import EngineCore
 from edgestore.engine.dedup import StoredChunk
-from edgestore.engine.ingest import Appender, Checksum, TrailingChecksum
+from edgestore.engine.ingest import Appender
 from edgestore.engine.keys import validate_bucket, validate_key, version_for
 from edgestore.engine.lease import kept_alive
 from edgestore.engine.pipeline import release_free_memory
+from edgestore.engine.verify import Checksum, TrailingChecksum
 from edgestore.engine.warm import WarmTails
 from edgestore.errors import (
     InvalidInput,

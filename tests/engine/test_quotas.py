@@ -4,6 +4,9 @@ sessions hold no more chunks than their declared size. On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
 import pytest
 
 from edgestore.engine import Engine
@@ -134,3 +137,39 @@ def test_a_native_session_holds_no_more_chunks_than_its_size(quota_engine: Engin
     native.put_chunk(other.upload_id, sha256_hex(stored), stored)
     with pytest.raises(TooLarge):
         native.missing(session.upload_id, [sha256_hex(stored)])
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["upload", "partial"])
+def test_two_appends_at_once_cannot_jointly_overshoot_a_deferred_quota(
+    quota_engine: Engine, partial: bool
+) -> None:
+    """Two uploads of deferred length in one bucket, each appending 60 000 bytes at once.
+    Each append took the room left when it started (100 000): both were accepted and the
+    bucket held 120 000 bytes against its 100 000. The second to commit is refused now, and
+    keeps none of its bytes."""
+    uploads = quota_engine.uploads
+    recs = [uploads.create(bucket="small", is_partial=partial) for _ in range(2)]
+    both_started = threading.Barrier(2, timeout=10)
+
+    def blocks(seed: int) -> Iterator[bytes]:
+        both_started.wait()  # each append has taken its room before either sends a byte
+        yield random_bytes(60_000, seed=seed)
+
+    outcomes: list[object] = []
+
+    def append(i: int) -> None:
+        try:
+            outcomes.append(uploads.append(recs[i].upload_id, 0, blocks(70 + i)))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=append, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    refused = [o for o in outcomes if isinstance(o, QuotaExceeded)]
+    assert len(outcomes) == 2 and len(refused) == 1, outcomes
+    assert "grew by 60000 bytes" in str(refused[0])
+    assert sorted(uploads.get(r.upload_id).offset for r in recs) == [0, 60_000]
+    assert _usage(quota_engine, "small") == 60_000

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from edgestore.engine import Engine, ingest
-from edgestore.engine.ingest import Checksum
+from edgestore.engine.verify import Checksum
 from edgestore.errors import (
     ChecksumMismatch,
     OffsetConflict,

@@ -11,7 +11,7 @@ from edgestore.api.bodies import run_with_body
 from edgestore.api.http import http_date
 from edgestore.api.state import Services
 from edgestore.api.tus.headers import TUS_VERSION, base_headers, encode_metadata, parse_checksum
-from edgestore.engine.ingest import Checksum, TrailingChecksum
+from edgestore.engine.verify import Checksum, TrailingChecksum
 from edgestore.errors import InvalidInput, StorageUnavailable, TransferInterrupted
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.uploads import UploadRecord

@@ -21,8 +21,8 @@ from edgestore.api.tus.headers import (
     parse_metadata,
     parse_size,
 )
-from edgestore.engine.ingest import Checksum, TrailingChecksum
 from edgestore.engine.keys import validate_key
+from edgestore.engine.verify import Checksum, TrailingChecksum
 from edgestore.errors import (
     InvalidInput,
     InvalidKey,
