@@ -349,6 +349,13 @@ class Appender:
         ):
             self._upload = self._commit(tail=None)
 
+    def _check_quota(self, conn: Connection, grown: int) -> None:
+        """Each append of deferred length took the room its bucket had when it began; two at
+        once took the same room. Checked again as bytes commit, the later one is refused."""
+        bucket = quotas.counted_in(self._upload.bucket, self._upload.is_partial)
+        if grown > 0:
+            quotas.check_bucket(conn, self._settings, bucket, grown)
+
     def _maybe_renew(self) -> None:
         if time.monotonic() - self._last_renew < self._lease / 3:
             return
@@ -428,11 +435,8 @@ class Appender:
                 cp=cp,
                 lease=self._lease,
                 count_refs=not defer,
+                check_growth=self._check_quota if self._quota_limit is not None else None,
             )
-            if self._quota_limit is not None:  # a deferred length: see quotas.check_grown
-                bucket = quotas.counted_in(up.bucket, up.is_partial)
-                grown = rec.offset - up.offset
-                quotas.check_grown(conn, self._settings, bucket, up.upload_id, grown)
             if complete:
                 state = cp.hash_state or rec.hash_state
                 sha = ResumableSha256(state).hexdigest() if state is not None else None

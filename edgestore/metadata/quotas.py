@@ -126,7 +126,15 @@ def check_bucket(
     quota = quota_of(settings, bucket)
     if not quota:
         return
-    _lock(conn, bucket)
+    if conn.dialect.name == "postgresql":
+        # Check-then-reserve must not interleave with another transaction's: under READ
+        # COMMITTED both would read the usage before either reservation commits and both be
+        # accepted. The lock is held until this transaction (which reserves) ends. SQLite's
+        # write transactions are serial already.
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:bucket))"),
+            {"ns": _PG_QUOTA_LOCK, "bucket": bucket},
+        )
     used = bucket_usage(conn, bucket, replacing)
     if used + adding > quota:
         raise QuotaExceeded(
@@ -136,44 +144,4 @@ def check_bucket(
             bucket=bucket,
             used=used,
             quota=quota,
-        )
-
-
-def check_grown(
-    conn: Connection, settings: Settings, bucket: str | None, upload_id: str, grown: int
-) -> None:
-    """Raise QuotaExceeded if the bucket holds more than its quota now that an upload of
-    deferred length grew by `grown` bytes in this transaction (its checkpoint).
-
-    Each append to such an upload may take the room left when it starts (`room`), and two
-    appends in one bucket at once each saw the same room: together they overshot by as much
-    again. Checked as each one commits its bytes, after its own row's update (lock order:
-    upload rows, then quota locks), the second to commit is refused and keeps none of them."""
-    quota = quota_of(settings, bucket) if bucket is not None else 0
-    if not quota or grown <= 0 or bucket is None:
-        return
-    _lock(conn, bucket)
-    used = bucket_usage(conn, bucket)
-    if used > quota:
-        raise QuotaExceeded(
-            f"bucket {bucket!r} is over its quota: upload {upload_id} (length deferred) grew "
-            f"by {grown} bytes while other uploads filled the room it started with; "
-            f"{used} bytes held or reserved exceed its {quota} bytes, so none of them were "
-            "kept; delete versions or raise bucket_quota_bytes / bucket_quotas",
-            bucket=bucket,
-            used=used,
-            quota=quota,
-        )
-
-
-def _lock(conn: Connection, bucket: str) -> None:
-    """Serialise quota checks of one bucket until this transaction ends (PostgreSQL).
-
-    Check-then-reserve must not interleave with another transaction's: under READ COMMITTED
-    both would read the usage before either reservation commits and both be accepted.
-    SQLite's write transactions are serial already."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:bucket))"),
-            {"ns": _PG_QUOTA_LOCK, "bucket": bucket},
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -317,12 +318,15 @@ def checkpoint(
     cp: Checkpoint,
     lease: float,
     count_refs: bool = True,
+    check_growth: Callable[[Connection, int], None] | None = None,
 ) -> UploadRecord:
     """Make parts (and the new tail) durable, atomically; the caller must hold the lease.
 
     Without `count_refs` the parts' references are left for the caller to count later in
     the transaction, in the one pass it changes counts in (a partial upload's last parts,
-    with the references of the finals it completes: chunks.change_refs)."""
+    with the references of the finals it completes: chunks.change_refs). `check_growth`:
+    called with the bytes the upload grows by, once its row is locked and before any chunk
+    row is (the lock order), to refuse them (a deferred length's quota)."""
     # Locked (PostgreSQL): a terminate or expiry (release_data) committing after this read
     # would otherwise go unseen, and its released parts be followed by ours (leaked) or, on
     # completion, the version be made of ours alone.
@@ -352,6 +356,8 @@ def checkpoint(
         )
         offset += p.length
         seq += 1
+    if check_growth is not None:
+        check_growth(conn, offset + (cp.tail.length if cp.tail is not None else 0) - rec.offset)
     if rows:
         # gc took chunks this writer held unreferenced (its lease lapsed long ago: a client
         # stalled for an hour) if a count or a part's foreign key finds a chunk row missing:

@@ -170,6 +170,6 @@ def test_two_appends_at_once_cannot_jointly_overshoot_a_deferred_quota(
         t.join(30)
     refused = [o for o in outcomes if isinstance(o, QuotaExceeded)]
     assert len(outcomes) == 2 and len(refused) == 1, outcomes
-    assert "grew by 60000 bytes" in str(refused[0])
+    assert "60000 more bytes on top of the 60000" in str(refused[0])
     assert sorted(uploads.get(r.upload_id).offset for r in recs) == [0, 60_000]
     assert _usage(quota_engine, "small") == 60_000
