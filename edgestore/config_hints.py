@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from edgestore.units import DURATION_FORMS, SIZE_FORMS
+from edgestore.units import DURATION_FORMS, SIZE_FORMS, WHOLE_DURATION_FORMS
 
 # Errors about a number or a choice, whose value is worth repeating (never a secret).
 PARSING = {
@@ -16,7 +16,11 @@ PARSING = {
     "bool_parsing",
     "size_parsing",  # edgestore.units': a size or a duration it could not read
     "duration_parsing",
+    "whole_duration_parsing",
 }
+# What a whole-second setting (units.WholeSeconds) is refused with: pydantic's for an int from a
+# plain number (`1.5`), units' for a string with units (`1500ms`). Its hint lists no `500ms`.
+WHOLE = {"int_parsing", "int_from_float", "whole_duration_parsing"}
 BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
@@ -26,8 +30,8 @@ def allowed(key: str, kind: str) -> str:
         return "true or false; also yes/no, on/off, 1/0"
     if kind not in PARSING:
         return ""
-    if kind == "duration_parsing" or key.endswith(("_seconds", "_timeout")):
-        return DURATION_FORMS
+    if kind.endswith("duration_parsing") or key.endswith(("_seconds", "_timeout")):
+        return WHOLE_DURATION_FORMS if kind in WHOLE else DURATION_FORMS
     if kind == "size_parsing" or "_bytes" in key or key.endswith(("_size", "_bandwidth")):
         return SIZE_FORMS
     return SIZE_FORMS if key.startswith("bucket_quotas.") else ""

@@ -37,6 +37,8 @@ SIZE_FORMS = (
     "B, K…P, KB…PB, KiB…PiB, upper or lower case"
 )
 DURATION_FORMS = "a number of seconds, or with units: 90s, 15m, 4h, 7d, 2w, 1h30m, 500ms"
+# A whole-second setting refuses 1500ms and 2.5s: its hint lists only what it takes.
+WHOLE_DURATION_FORMS = "a whole number of seconds, or with units: 90s, 15m, 4h, 7d, 2w, 1h30m"
 
 _NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)"  # no sign, no exponent; ASCII digits (re.A)
 _PLAIN = re.compile(rf"\s*{_NUMBER}\s*", re.A)
@@ -105,7 +107,8 @@ def _reader(
 ) -> BeforeValidator:
     def read(value: Any) -> Any:
         if isinstance(value, bool):
-            raise PydanticCustomError(kind, "not a {what}", {"what": kind.split("_")[0]})
+            what = kind.removesuffix("_parsing").split("_")[-1]  # size, duration
+            raise PydanticCustomError(kind, "not a {what}", {"what": what})
         if not isinstance(value, str) or _plain_number(value):
             return value
         text = value.strip()
@@ -131,7 +134,8 @@ Size = Annotated[int, _reader("size_parsing", parse_size), Field(le=LARGEST_SIZE
 ByteRate = Annotated[
     int, _reader("size_parsing", parse_size, per_second=True), Field(le=LARGEST_SIZE)
 ]
+# Its own kind, so that a refusal's hint (config_hints.py) lists only whole-second forms.
 WholeSeconds = Annotated[
-    int, _reader("duration_parsing", parse_whole_duration), Field(le=LONGEST_DURATION)
+    int, _reader("whole_duration_parsing", parse_whole_duration), Field(le=LONGEST_DURATION)
 ]
 Seconds = Annotated[float, _reader("duration_parsing", parse_duration), Field(le=LONGEST_DURATION)]

@@ -11,7 +11,7 @@ from edgestore.codec.erasure import ReedSolomon
 from edgestore.config import Settings, load_settings
 from edgestore.errors import ConfigError
 from edgestore.types import ChunkerParams, EcParams
-from edgestore.units import DURATION_FORMS, SIZE_FORMS
+from edgestore.units import SIZE_FORMS, WHOLE_DURATION_FORMS
 
 MiB = 1024 * 1024
 
@@ -348,7 +348,7 @@ def test_an_unknown_edgestore_variable_is_not_ignored_silently(monkeypatch, capl
     ("var", "value", "allowed"),
     [
         ("EDGESTORE_MAX_UPLOAD_SIZE", "8.5", SIZE_FORMS),  # a number, not a whole one
-        ("EDGESTORE_UPLOAD_EXPIRY_SECONDS", "1e400", DURATION_FORMS),
+        ("EDGESTORE_UPLOAD_EXPIRY_SECONDS", "1e400", WHOLE_DURATION_FORMS),
         ("EDGESTORE_METRICS_PUBLIC", "maybe", "true or false"),
     ],
 )

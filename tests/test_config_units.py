@@ -8,7 +8,7 @@ import pytest
 
 from edgestore.config import Settings, load_settings
 from edgestore.errors import ConfigError
-from edgestore.units import DURATION_FORMS, SIZE_FORMS
+from edgestore.units import DURATION_FORMS, SIZE_FORMS, WHOLE_DURATION_FORMS
 from tests.test_config import clean_env, write_toml  # noqa: F401 (clean_env: autouse fixture)
 
 MiB = 1024 * 1024
@@ -94,9 +94,10 @@ def test_bucket_quotas_take_units(monkeypatch, tmp_path):
             SIZE_FORMS,
         ),
         ("upload_bandwidth", "100Mb/s", "'Mb' is bits: write MB or MiB", SIZE_FORMS),
-        ("upload_expiry_seconds", "-1d", "not a duration", DURATION_FORMS),
-        ("gc_grace_seconds", "7y", "unknown unit 'y'", DURATION_FORMS),
-        ("gc_grace_seconds", "1500ms", "not a whole number of seconds", DURATION_FORMS),
+        ("upload_expiry_seconds", "-1d", "not a duration", WHOLE_DURATION_FORMS),
+        ("gc_grace_seconds", "7y", "unknown unit 'y'", WHOLE_DURATION_FORMS),
+        ("gc_grace_seconds", "1500ms", "not a whole number of seconds", WHOLE_DURATION_FORMS),
+        ("upload_lock_seconds", "7y", "unknown unit 'y'", DURATION_FORMS),
         (
             "send_timeout",
             "1M",
@@ -107,7 +108,7 @@ def test_bucket_quotas_take_units(monkeypatch, tmp_path):
             "presign_max_seconds",
             "999999w",
             "above the longest duration, 100 years (3155760000 s)",
-            DURATION_FORMS,
+            WHOLE_DURATION_FORMS,
         ),
     ],
 )
@@ -166,7 +167,27 @@ def test_zero_keeps_its_meaning_with_a_unit(tmp_path):
     assert (s.maintenance_interval_seconds, s.upload_bandwidth) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("gc_grace_seconds", "1500ms"),
+        ("presign_max_seconds", "2.5s"),
+        ("maintenance_interval_seconds", "1.5"),  # pydantic's int_parsing
+        ("orphan_sweep_interval_seconds", 1.5),  # a TOML float: int_from_float
+    ],
+)
+def test_a_whole_second_setting_s_hint_lists_only_what_it_takes(tmp_path, key, value):
+    """`1500ms` was refused as "not a whole number of seconds" with a hint offering `500ms`."""
+    toml = f'"{value}"' if isinstance(value, str) else str(value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_file=write_toml(tmp_path, f"{key} = {toml}\n"))
+    assert str(caught.value).endswith(f"({WHOLE_DURATION_FORMS})")
+    assert "500ms" not in WHOLE_DURATION_FORMS
+
+
 def test_a_boolean_is_no_size(tmp_path):
     """TOML's `true` was read as 1 byte."""
     with pytest.raises(ConfigError, match=r"max_upload_size \(in .*\): not a size, got True"):
         load_settings(config_file=write_toml(tmp_path, "max_upload_size = true\n"))
+    with pytest.raises(ConfigError, match=r"gc_grace_seconds \(in .*\): not a duration, got"):
+        load_settings(config_file=write_toml(tmp_path, "gc_grace_seconds = true\n"))

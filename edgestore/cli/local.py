@@ -373,25 +373,26 @@ def du(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         output.note(f"warning: {SINGLE_DISK_WARNING}")
 
 
-def _duration(text: str) -> float:
-    """A duration option, read as the configuration reads durations (`6h`, `1h30m`, `90`)."""
+def _whole_seconds(text: str) -> int:
+    """A duration option standing in for a whole-second setting, read as that setting is
+    (`6h`, `1h30m`, `90`): `1.5s`, which the setting refuses, is refused here too."""
     from edgestore import units
 
     try:
-        return units.parse_duration(text)
+        return units.parse_whole_duration(text)
     except ValueError as exc:
-        raise typer.BadParameter(f"{text!r}: {exc} ({units.DURATION_FORMS})") from None
+        raise typer.BadParameter(f"{text!r}: {exc} ({units.WHOLE_DURATION_FORMS})") from None
 
 
 @app.command("gc")
 def collect_garbage(
     ctx: typer.Context,
     grace: Annotated[
-        float | None,
+        int | None,
         typer.Option(
-            parser=_duration,
+            parser=_whole_seconds,
             metavar="DURATION",
-            help="Spare garbage younger than this: seconds, or 30m, 6h, 1d ... (default: "
+            help="Spare garbage younger than this: whole seconds, or 30m, 6h, 1d ... (default: "
             "gc_grace_seconds).",
         ),
     ] = None,

@@ -30,7 +30,7 @@ def parse_duration(text: str) -> int:
     try:
         seconds = units.parse_whole_duration(text)
     except ValueError as exc:
-        raise InvalidInput(f"--expires {text!r}: {exc} ({units.DURATION_FORMS})") from None
+        raise InvalidInput(f"--expires {text!r}: {exc} ({units.WHOLE_DURATION_FORMS})") from None
     if seconds <= 0:
         raise InvalidInput(f"--expires {text!r}: not above 0")
     return seconds

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from edgestore import units
 from edgestore.cli import output
 from edgestore.cli.main import app
 from edgestore.errors import InvalidInput
@@ -37,23 +37,29 @@ CaCertOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[
-    float,
+    str,
     typer.Option(
         "--timeout",
         envvar="EDGESTORE_TIMEOUT",
-        metavar="SECONDS",
-        help="Seconds a connection may stay silent (connecting: at most 10) before the "
-        "request is retried: raise it on a slow or satellite link (else $EDGESTORE_TIMEOUT).",
+        metavar="DURATION",
+        help="How long a connection may stay silent (connecting: at most 10 s) before the "
+        "request is retried: seconds, or 90s, 2m, 500ms ...; raise it on a slow or satellite "
+        "link (else $EDGESTORE_TIMEOUT).",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary at the end.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def check_timeout(seconds: float) -> float:
-    """A read timeout httpx can wait on: 0 would fail every request, NaN never compares."""
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise InvalidInput(f"--timeout takes a number of seconds above 0, not {seconds}")
+def parse_timeout(text: str) -> float:
+    """--timeout: seconds above 0, read as the configuration reads durations (`90`, `2m`,
+    `500ms`); 0 would fail every request (no sign, NaN or infinity reads at all)."""
+    try:
+        seconds = units.parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"--timeout {text!r}: {exc} ({units.DURATION_FORMS})") from None
+    if seconds <= 0:
+        raise InvalidInput(f"--timeout {text!r}: not above 0")
     return seconds
 
 
@@ -93,7 +99,7 @@ def upload(
     ] = None,
     api_key: ApiKeyOpt = None,
     ca_cert: CaCertOpt = None,
-    timeout: TimeoutOpt = 60.0,
+    timeout: TimeoutOpt = "60",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -105,7 +111,7 @@ def upload(
 
     if protocol not in ("native", "tus"):
         raise InvalidInput(f"--protocol takes native or tus, not {protocol!r}")
-    client = Client(url, api_key, timeout=check_timeout(timeout), ca_cert=ca_cert)
+    client = Client(url, api_key, timeout=parse_timeout(timeout), ca_cert=ca_cert)
     with output.Transfer(f"upload {file.name}", None, quiet=quiet or json_out) as bar:
         result = client.upload(
             file,
@@ -160,7 +166,7 @@ def download(
     ] = None,
     api_key: ApiKeyOpt = None,
     ca_cert: CaCertOpt = None,
-    timeout: TimeoutOpt = 60.0,
+    timeout: TimeoutOpt = "60",
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -181,7 +187,7 @@ def download(
         base = server
     else:
         raise InvalidInput("an object id or bucket/key needs --server URL (or a full URL)")
-    client = Client(base, api_key, timeout=check_timeout(timeout), ca_cert=ca_cert)
+    client = Client(base, api_key, timeout=parse_timeout(timeout), ca_cert=ca_cert)
     with output.Transfer(f"download {ref}", None, quiet=quiet or json_out) as bar:
         result = client.download(ref, out_path, workers=workers, progress=bar)
     if json_out:

@@ -126,6 +126,8 @@ def test_stdin_and_human_output(cli) -> None:
         (("ls", "--limit", "-1"), 2, "--limit"),  # PostgreSQL: a LIMIT -1 traceback
         (("gc", "--grace", "-1"), 2, "--grace"),
         (("gc", "--grace", "7y"), 2, "unknown unit 'y'"),
+        (("gc", "--grace", "1.5s"), 2, "not a whole number of seconds"),  # as gc_grace_seconds
+        (("gc", "--grace", "1500ms"), 2, "--grace"),
     ],
 )
 def test_errors_have_exit_codes_and_messages(cli, args, code: int, message: str) -> None:

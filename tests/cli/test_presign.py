@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgestore.units import WHOLE_DURATION_FORMS
+
 EDGESTORE = [sys.executable, "-m", "edgestore"]
 
 
@@ -74,7 +76,7 @@ def test_sizes_and_lifetimes_are_read_as_the_configuration_reads_them(
     [
         (("--expires", "1M"), "--expires '1M': 'M' is months to some"),
         (("--expires", "0s"), "--expires '0s': not above 0"),
-        (("--expires", "1500ms"), "not a whole number of seconds"),
+        (("--expires", "1500ms"), f"not a whole number of seconds ({WHOLE_DURATION_FORMS})"),
         (("--max-size", "100Mb"), "--max-size '100Mb': 'Mb' is bits"),
         (("--max-size", "8192PiB"), "above the largest size"),
     ],

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgestore.client import Client
+from edgestore.units import DURATION_FORMS
 from tests.certs import https_server
 from tests.flaky_link import FlakyLink
 from tests.helpers import KiB, MiB, random_bytes, sha256_hex, write_file
@@ -170,7 +171,8 @@ def test_a_non_ascii_file_name_uploads_by_either_protocol(server, tmp_path, prot
 
 def test_timeout_bounds_a_silent_link(server, tmp_path) -> None:
     """A stalled connection waited the 60 s read timeout before its retry, and only the
-    library could change that: --timeout (or $EDGESTORE_TIMEOUT) sets it."""
+    library could change that: --timeout (or $EDGESTORE_TIMEOUT) sets it, a duration as the
+    configuration's are (`1s`, `1500ms`: it took seconds only)."""
     data = random_bytes(3 * MiB + 11, seed=99)
     src = write_file(tmp_path / "slow.bin", data)
     cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
@@ -183,7 +185,7 @@ def test_timeout_bounds_a_silent_link(server, tmp_path) -> None:
         started = time.monotonic()
         up = edgestore(
             "upload", str(src), link.url, "--key", "cli/slow.bin", "--workers", "1", "--json",
-            EDGESTORE_TIMEOUT="1", **cache,
+            EDGESTORE_TIMEOUT="1s", **cache,
         )  # fmt: skip
         assert up.returncode == 0, up.stderr
         assert time.monotonic() - started < 30 and link.cuts == 1
@@ -193,7 +195,7 @@ def test_timeout_bounds_a_silent_link(server, tmp_path) -> None:
         started = time.monotonic()
         down = edgestore(
             "download", "default/cli/slow.bin", "--server", link.url, "-o", str(out),
-            "--workers", "1", "--timeout", "1.5", "--json",
+            "--workers", "1", "--timeout", "1500ms", "--json",
         )  # fmt: skip
         assert down.returncode == 0, down.stderr
         assert time.monotonic() - started < 30 and link.cuts == 2
@@ -203,12 +205,16 @@ def test_timeout_bounds_a_silent_link(server, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "env"),
-    [(["--timeout", "0"], {}), (["--timeout", "-3"], {}), (["--timeout", "nan"], {}),
-     ([], {"EDGESTORE_TIMEOUT": "0"})],
+    ("args", "env", "why"),
+    [(["--timeout", "0"], {}, "not above 0"), (["--timeout", "-3"], {}, "not a duration"),
+     (["--timeout", "nan"], {}, "not a duration"), ([], {"EDGESTORE_TIMEOUT": "0s"}, "not above 0"),
+     (["--timeout", "2x"], {}, "unknown unit 'x'"), (["--timeout", "1M"], {}, "'M' is months")],
 )  # fmt: skip
-def test_a_timeout_not_above_zero_is_refused(tmp_path, args, env) -> None:
+def test_a_timeout_not_above_zero_is_refused(tmp_path, args, env, why: str) -> None:
+    """Said as a configuration duration is refused (the reason, then the accepted forms)."""
     src = write_file(tmp_path / "f.bin", b"x")
     for cmd in (["upload", str(src), "http://127.0.0.1:9"], ["download", "http://127.0.0.1:9/x"]):
         r = edgestore(*cmd, *args, **env)
-        assert r.returncode == 4 and "--timeout" in r.stderr, r.stderr
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 4 and "--timeout" in said and why in said, r.stderr
+        assert why == "not above 0" or f"({DURATION_FORMS})" in said, r.stderr

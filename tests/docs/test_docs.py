@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edgestore.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -353,3 +355,25 @@ def test_documented_configuration_examples_load(monkeypatch, tmp_path) -> None:
         if (refused is not None) != (text in REFUSED_EXAMPLES):
             wrong.append(f"{doc}: {text!r}: {refused or 'accepted'}")
     assert not wrong, wrong
+
+
+def test_documented_refusal_message_is_the_real_one(monkeypatch) -> None:
+    """docs/configuration.md quotes what an unreadable duration is refused with: its hint
+    once listed `500ms` for a setting that refuses it."""
+    from edgestore.config import ENV_PREFIX, load_settings
+    from edgestore.errors import ConfigError
+
+    text = " ".join((ROOT / "docs" / "configuration.md").read_text().split())
+    quoted = re.search(
+        r"`(invalid configuration: ([a-z_]+) \(([A-Z_]+)\): [^`]*got '([^']*)'[^`]*)`", text
+    )
+    assert quoted, "no quoted refusal in docs/configuration.md: has the notation changed?"
+    message, key, var, value = quoted.groups()
+    assert var == ENV_PREFIX + key.upper()
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == message

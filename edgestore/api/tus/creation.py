@@ -96,6 +96,9 @@ async def create(request: Request) -> Response:
         body_length = parse_size("Content-Length", h.get("content-length"))
         if length is not None and body_length is not None and body_length > length:
             raise TooLarge(f"a {body_length}-byte body exceeds Upload-Length {length}")
+        largest = svc.settings.max_upload_size  # a deferred length's bound (Tus-Max-Size)
+        if length is None and body_length is not None and body_length > largest:
+            raise TooLarge(f"a {body_length}-byte body exceeds the maximum of {largest}")
     partial = concat is not None and concat.partial
     rec = await asyncio.to_thread(
         svc.engine.uploads.create,

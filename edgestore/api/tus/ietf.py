@@ -104,6 +104,9 @@ async def create(request: Request) -> Response:
         # Known from the headers, as for an append: refused before the upload exists (else
         # it would stay behind, open and counted against its bucket's quota).
         raise InvalidInput(f"{body_length} bytes of content go beyond Upload-Length {length}")
+    largest = svc.settings.max_upload_size  # a length not yet known is bounded by it
+    if length is None and body_length is not None and body_length > largest:
+        raise TooLarge(f"{body_length} bytes of content go beyond the maximum of {largest}")
     meta = parse_metadata(h.get("upload-metadata"))  # tus-js-client sends it in draft mode too
     filename = _disposition_filename(h.get("content-disposition"))
     if filename and not meta.filename:

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.api.tus.withheld import answer_to_head
 from tests.helpers import (
     OFFSET_OCTET_STREAM,
     TUS,
     KiB,
     MiB,
+    StoreProbe,
     random_bytes,
     sha256_hex,
     store_unchanged,
@@ -163,3 +165,31 @@ def test_post_with_a_body_and_no_tus_resumable_is_412_and_creates_nothing(http, 
         )
     assert r.status_code == 412
     assert "1.0.0" in r.headers["Tus-Version"]
+
+
+def test_deferred_length_post_body_beyond_the_maximum_is_413_and_creates_nothing(
+    fresh_server,
+) -> None:
+    """Upload-Defer-Length: 1 and a Content-Length beyond Tus-Max-Size: refused from the
+    headers, as a body beyond Upload-Length is. The upload was created (its row, its quota),
+    the body read up to the maximum, and only then the 413 came."""
+    fresh_server.env_extra["EDGESTORE_MAX_UPLOAD_SIZE"] = "100000"
+    fresh_server.start()
+    probe = StoreProbe(fresh_server.database_url)
+    try:
+        head = (
+            "POST /files/ HTTP/1.1\r\nHost: edgestore\r\nConnection: close\r\n"
+            "Tus-Resumable: 1.0.0\r\nUpload-Defer-Length: 1\r\n"
+            f"Content-Type: {OFFSET_OCTET_STREAM}\r\nContent-Length: 100001\r\n\r\n"
+        )
+        with fresh_server.client() as c, store_unchanged(c, probe):
+            got = answer_to_head(fresh_server.url, head)
+            assert got.startswith(b"HTTP/1.1 413 "), got or "no answer: it waits for the body"
+            r = _post(c, random_bytes(150_000, seed=60), length=None)
+            assert r.status_code == 413
+            assert "Location" not in r.headers
+            chunked = _post(c, iter([b"x" * 60_000, b"y" * 60_000]), length=None)
+            assert chunked.status_code == 413  # no length to tell: refused as it arrives
+        assert probe.count("uploads") == 0
+    finally:
+        probe.close()

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from tests.api.tus.ietf_requests import VERSIONS, append, assert_object, draft
-from tests.helpers import KiB, MiB, random_bytes
+from tests.api.tus.withheld import answer_to_head
+from tests.helpers import KiB, MiB, StoreProbe, random_bytes
 
 
 def _raw(server, request: bytes) -> bytes:
@@ -128,3 +129,24 @@ def test_a_presigned_creation_resumes_at_the_location_of_its_104(auth_server) ->
     with client_with(auth_server) as c:
         h = c.head(interim, headers=draft("8"))
         assert (h.status_code, h.headers.get("Upload-Complete")) == (204, "?1"), h.text
+
+
+@pytest.mark.parametrize("complete", ["?0", "?1"])
+def test_a_creation_with_content_beyond_the_maximum_is_413_and_creates_nothing(
+    fresh_server, complete: str
+) -> None:
+    """Content-Length beyond max_upload_size: refused from the headers, with no 104. With
+    `Upload-Complete: ?1` it is the upload's length and was; with ?0 (length unknown) the
+    upload was created, announced by a 104, and stayed behind the 413, open, holding quota."""
+    fresh_server.env_extra["EDGESTORE_MAX_UPLOAD_SIZE"] = "100000"
+    fresh_server.start()
+    probe = StoreProbe(fresh_server.database_url)
+    try:
+        head = _creation("8", b"").replace(b"Content-Length: 0", b"Content-Length: 100001")
+        head = head.replace(b"Upload-Complete: ?1", f"Upload-Complete: {complete}".encode())
+        got = answer_to_head(fresh_server.url, head.decode())
+        assert [status for status, _ in _responses(got)] == [413], got
+        assert "location" not in _responses(got)[0][1]
+        assert probe.counts()["uploads"] == 0
+    finally:
+        probe.close()
