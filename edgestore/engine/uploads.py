@@ -106,9 +106,12 @@ class Uploads:
         expires_in: float | None = None,
         expected_sha256: str | None = None,
         idempotency: IdempotencyKey | None = None,
+        body_length: int | None = None,
     ) -> UploadRecord:
         """A new upload; with `idempotency`, the live one that key created, if any (its
-        quota was reserved then: a retried creation reserves nothing more)."""
+        quota was reserved then: a retried creation reserves nothing more). `body_length`:
+        the bytes the creating request itself brings to an upload of deferred length, which
+        must fit its bucket's room (nothing is reserved: its appends are checked)."""
         settings = self._core.settings
         if bucket is not None:
             validate_bucket(bucket)
@@ -135,8 +138,9 @@ class Uploads:
                         log.info("upload %s: creation repeated with its key", held.upload_id)
                         return held
                     counted = quotas.counted_in(bucket, is_partial)
-                    if length is not None and counted is not None:
-                        quotas.check_bucket(conn, settings, counted, length)  # before any byte
+                    adding = length if length is not None else body_length
+                    if adding is not None and counted is not None:
+                        quotas.check_bucket(conn, settings, counted, adding)  # before any byte
                     uid = upload_rows.create(
                         conn,
                         kind=kind,

@@ -86,6 +86,7 @@ async def create(request: Request) -> Response:
     # Everything about the body is checked before the upload exists.
     has_body = _has_body(request)
     checksum: Checksum | TrailingChecksum | None = None
+    body_length: int | None = None
     if has_body:
         content_type = h.get("content-type", "").split(";")[0].strip().lower()
         if content_type != OFFSET_CONTENT_TYPE:
@@ -110,6 +111,7 @@ async def create(request: Request) -> Response:
         filename=meta.filename,
         user_metadata=meta.user,
         is_partial=partial,
+        body_length=body_length if has_body else None,
     )
     if has_body:
         try:

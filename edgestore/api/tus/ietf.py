@@ -126,6 +126,7 @@ async def create(request: Request) -> Response:
         content_type=meta.content_type,
         filename=meta.filename,
         user_metadata=meta.user,
+        body_length=body_length,
     )
     location = upload_url(request, svc, rec.upload_id)
     request.state.error_headers["Location"] = location  # so a failed transfer can resume

@@ -172,19 +172,23 @@ def test_deferred_length_post_body_beyond_the_maximum_is_413_and_creates_nothing
 ) -> None:
     """Upload-Defer-Length: 1 and a Content-Length beyond Tus-Max-Size: refused from the
     headers, as a body beyond Upload-Length is. The upload was created (its row, its quota),
-    the body read up to the maximum, and only then the 413 came."""
+    the body read up to the maximum, and only then the 413 came. A body beyond the bucket's
+    room (a quota) is a 507 from the headers just the same."""
     fresh_server.env_extra["EDGESTORE_MAX_UPLOAD_SIZE"] = "100000"
+    fresh_server.env_extra["EDGESTORE_BUCKET_QUOTAS"] = '{"default": 50000}'
     fresh_server.start()
     probe = StoreProbe(fresh_server.database_url)
     try:
-        head = (
-            "POST /files/ HTTP/1.1\r\nHost: edgestore\r\nConnection: close\r\n"
-            "Tus-Resumable: 1.0.0\r\nUpload-Defer-Length: 1\r\n"
-            f"Content-Type: {OFFSET_OCTET_STREAM}\r\nContent-Length: 100001\r\n\r\n"
-        )
         with fresh_server.client() as c, store_unchanged(c, probe):
-            got = answer_to_head(fresh_server.url, head)
-            assert got.startswith(b"HTTP/1.1 413 "), got or "no answer: it waits for the body"
+            # Beyond the maximum (413), then within it but beyond the bucket's room (507).
+            for content, status in ((100_001, 413), (50_001, 507)):
+                head = (
+                    "POST /files/ HTTP/1.1\r\nHost: edgestore\r\nConnection: close\r\n"
+                    "Tus-Resumable: 1.0.0\r\nUpload-Defer-Length: 1\r\n"
+                    f"Content-Type: {OFFSET_OCTET_STREAM}\r\nContent-Length: {content}\r\n\r\n"
+                )
+                got = answer_to_head(fresh_server.url, head)
+                assert got.startswith(b"HTTP/1.1 %d " % status), got or "no answer: it waits"
             r = _post(c, random_bytes(150_000, seed=60), length=None)
             assert r.status_code == 413
             assert "Location" not in r.headers

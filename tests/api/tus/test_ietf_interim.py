@@ -137,16 +137,22 @@ def test_a_creation_with_content_beyond_the_maximum_is_413_and_creates_nothing(
 ) -> None:
     """Content-Length beyond max_upload_size: refused from the headers, with no 104. With
     `Upload-Complete: ?1` it is the upload's length and was; with ?0 (length unknown) the
-    upload was created, announced by a 104, and stayed behind the 413, open, holding quota."""
+    upload was created, announced by a 104, and stayed behind the 413, open, holding quota.
+    Content beyond the bucket's room (a quota) is a 507 from the headers just the same."""
     fresh_server.env_extra["EDGESTORE_MAX_UPLOAD_SIZE"] = "100000"
+    fresh_server.env_extra["EDGESTORE_BUCKET_QUOTAS"] = '{"default": 50000}'
     fresh_server.start()
     probe = StoreProbe(fresh_server.database_url)
     try:
-        head = _creation("8", b"").replace(b"Content-Length: 0", b"Content-Length: 100001")
-        head = head.replace(b"Upload-Complete: ?1", f"Upload-Complete: {complete}".encode())
-        got = answer_to_head(fresh_server.url, head.decode())
-        assert [status for status, _ in _responses(got)] == [413], got
-        assert "location" not in _responses(got)[0][1]
-        assert probe.counts()["uploads"] == 0
+        # Beyond the maximum (413), then within it but beyond the bucket's room (507).
+        for content, status in ((100_001, 413), (50_001, 507)):
+            head = _creation("8", b"").replace(
+                b"Content-Length: 0", b"Content-Length: %d" % content
+            )
+            head = head.replace(b"Upload-Complete: ?1", f"Upload-Complete: {complete}".encode())
+            got = answer_to_head(fresh_server.url, head.decode())
+            assert [status for status, _ in _responses(got)] == [status], got
+            assert "location" not in _responses(got)[0][1]
+            assert probe.counts()["uploads"] == 0
     finally:
         probe.close()
