@@ -80,6 +80,18 @@ def parse_whole_duration(text: str) -> int:
     return int(seconds)
 
 
+def positive_duration(text: str, *, whole: bool = False) -> float:
+    """A command-line option's duration above 0 (a timeout, an expiry): ValueError says why
+    not and, for a form it cannot read, which ones it takes."""
+    try:
+        seconds = parse_whole_duration(text) if whole else parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({WHOLE_DURATION_FORMS if whole else DURATION_FORMS})") from None
+    if seconds <= 0:
+        raise ValueError("not above 0")
+    return seconds
+
+
 def _seconds(text: str) -> Fraction:
     if _PLAIN.fullmatch(text):
         total = Fraction(text.strip())

@@ -28,12 +28,9 @@ _MEDIA_TYPE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,254}")  # no control charact
 def parse_duration(text: str) -> int:
     """--expires: whole seconds above 0, read as the configuration reads durations."""
     try:
-        seconds = units.parse_whole_duration(text)
+        return int(units.positive_duration(text, whole=True))
     except ValueError as exc:
-        raise InvalidInput(f"--expires {text!r}: {exc} ({units.WHOLE_DURATION_FORMS})") from None
-    if seconds <= 0:
-        raise InvalidInput(f"--expires {text!r}: not above 0")
-    return seconds
+        raise InvalidInput(f"--expires {text!r}: {exc}") from None
 
 
 def parse_size(text: str) -> int:

@@ -55,12 +55,9 @@ def parse_timeout(text: str) -> float:
     """--timeout: seconds above 0, read as the configuration reads durations (`90`, `2m`,
     `500ms`); 0 would fail every request (no sign, NaN or infinity reads at all)."""
     try:
-        seconds = units.parse_duration(text)
+        return units.positive_duration(text)
     except ValueError as exc:
-        raise InvalidInput(f"--timeout {text!r}: {exc} ({units.DURATION_FORMS})") from None
-    if seconds <= 0:
-        raise InvalidInput(f"--timeout {text!r}: not above 0")
-    return seconds
+        raise InvalidInput(f"--timeout {text!r}: {exc}") from None
 
 
 def parse_workers(value: str) -> Workers:
