@@ -6,8 +6,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from edgestore.codec import shardfile
 from edgestore.engine import Engine
 from edgestore.metadata.schema import shards
+from edgestore.types import ChunkId
 
 
 def shard_paths(engine: Engine, chunk_id: str) -> list[Path]:
@@ -19,3 +21,29 @@ def shard_paths(engine: Engine, chunk_id: str) -> list[Path]:
             .order_by(shards.c.shard_index)
         ).all()
     return [engine.core.dirs.backends[r.backend].root / r.key for r in rows]
+
+
+def unlike_a_rebuild(engine: Engine, chunk_id: str, index: int) -> None:
+    """Lay shard `index` of the chunk out otherwise, its file and row agreeing (as another
+    erasure-coding library would): a rebuild does not reproduce it, so repair does not mix
+    rebuilt shards with it and stores the chunk again as a whole."""
+    path = shard_paths(engine, chunk_id)[index]
+    header, payload = shardfile.unpack(path.read_bytes(), ChunkId(chunk_id))
+    other = bytes(b ^ 0x5A for b in payload)
+    fields = shardfile.make_header(
+        header.chunk_id,
+        header.layout,
+        index,
+        header.k,
+        header.m,
+        header.compression,
+        header.stored_length,
+        other,
+    )
+    path.write_bytes(shardfile.header_bytes(fields) + other)
+    with engine.core.db.write() as conn:
+        conn.execute(
+            sa.update(shards)
+            .where(shards.c.chunk_id == chunk_id, shards.c.shard_index == index)
+            .values(checksum=fields.payload_checksum)
+        )

@@ -50,9 +50,11 @@ def scrub(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 @app.command("repair")
 def repair(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """Make chunks queued for repair whole: rebuild each from its intact shards and store it
-    again on the data dirs writable now (a running server does this in the background too,
-    and tries a chunk it could not rebuild again only hours later; this tries every one now).
+    """Make chunks queued for repair whole: rebuild each from its intact shards and write
+    its bad shards again, each to its own data dir, or another with room where that one is
+    full or gone (a running server does this in the background too, but leaves shards of a
+    dir that is down where they are, and tries a chunk it could not rebuild again only hours
+    later; this tries every one now).
 
     Exits 10 if a chunk could not be repaired: with fewer than k intact shards only an
     upload of the same bytes brings it back; one that failed otherwise (no writable data

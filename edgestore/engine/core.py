@@ -181,7 +181,13 @@ def open_core(
             try:
                 with db.write() as conn:
                     queued = chunk_index.queue_repair(
-                        db, conn, chunk, reason, [f.shard_index for f in faults], rec.generation
+                        db,
+                        conn,
+                        chunk,
+                        reason,
+                        [f.shard_index for f in faults],
+                        rec.generation,
+                        rec.shards,
                     )
             except Exception:
                 log.exception("could not queue chunk %s for repair (%s)", chunk, reason)
@@ -191,7 +197,7 @@ def open_core(
                 (log.warning if own else log.debug)(
                     "chunk %s read around bad shards: %s", chunk, reason
                 )
-            else:  # collected by gc, or stored again, while it was being read
+            else:  # collected by gc, stored again or its bad shards rebuilt, while read
                 log.info("chunk %s was collected or stored again while it was read", chunk)
 
         def reload(chunk: str) -> ChunkRecord | None:

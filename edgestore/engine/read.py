@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from edgestore.codec import compression, shardfile
 from edgestore.codec.erasure import RedundancyCodec, ReedSolomon, Replication
@@ -73,8 +74,22 @@ class DirFaultLog:
         return [f for f in faults if f.dir_down is None]
 
 
+class Examined(NamedTuple):
+    """What `ChunkReader.examine` found: the chunk's raw bytes, verified; what is wrong with
+    its shards; and its stored bytes (the decoded payload, before decompression: what its
+    shard files encode, so repair can rebuild just the bad ones), None for an inline chunk."""
+
+    raw: bytes
+    faults: list[ShardFault]
+    stored: bytes | None
+
+
 FaultSink = Callable[[ChunkRecord, list[ShardFault]], None]
 Reload = Callable[[str], ChunkRecord | None]
+
+
+def _unreported(_rec: ChunkRecord, _faults: list[ShardFault]) -> None:
+    pass
 
 
 class ChunkReader:
@@ -92,7 +107,8 @@ class ChunkReader:
         self._ec_backend = ec_backend
         self._on_faults = on_faults
         # The chunk's current row: a reader holding a record loaded before the chunk was
-        # stored again (repair, or an upload of a damaged chunk) finds its old files gone.
+        # stored again (repair, or an upload of a damaged chunk), or before repair rebuilt
+        # some of its shards elsewhere, finds those files gone.
         self._reload = reload
         self.dir_faults = DirFaultLog(log)
         # Reads a chunk's shards at once (0: one after another). Its own threads, not the
@@ -108,7 +124,8 @@ class ChunkReader:
         if self._io is not None:
             self._io.shutdown(wait=True, cancel_futures=True)
 
-    def _codec(self, rec: ChunkRecord) -> RedundancyCodec:
+    def codec(self, rec: ChunkRecord) -> RedundancyCodec:
+        """The codec that encodes (and decodes) the chunk's shards."""
         key = (rec.layout, rec.ec_k, rec.ec_m)
         codec = self._codecs.get(key)
         if codec is None:
@@ -123,12 +140,13 @@ class ChunkReader:
         """The chunk's raw bytes, verified against its id.
 
         A record that no longer names the chunk's shards (stored again since it was loaded,
-        its old files collected) is reloaded once, so a long download survives a repair."""
+        its old files collected, or bad shards rebuilt elsewhere) is reloaded once, so a long
+        download survives a repair."""
         try:
             return self._read(rec)
         except (ChunkUnreadable, ChunkCorrupt):
             fresh = self._reload(rec.chunk_id) if self._reload is not None else None
-            if fresh is None or fresh.generation == rec.generation:
+            if fresh is None or (fresh.generation, fresh.shards) == (rec.generation, rec.shards):
                 raise
             return self._read(fresh)
 
@@ -136,7 +154,7 @@ class ChunkReader:
         if rec.layout == Layout.INLINE:
             if rec.inline_data is None:
                 raise ChunkUnreadable(f"chunk {rec.chunk_id} has no inline data")
-            return self._finish(rec, rec.inline_data, [])
+            return self._finish(rec, rec.inline_data, [], self._on_faults)
         got, faults = self._gather(rec)
         return self._rebuild(rec, got, faults)
 
@@ -148,14 +166,22 @@ class ChunkReader:
             return []
         return self._gather_every(rec)[1]
 
-    def examine(self, rec: ChunkRecord) -> tuple[bytes, list[ShardFault]]:
+    def examine(self, rec: ChunkRecord) -> Examined:
         """What `check` finds, and the chunk's raw bytes, verified, rebuilt from the intact
         shards that check read (repair: each shard is read once, not k of them again to
-        decode). Raises as `read` does: fewer than k intact shards, or other bytes rebuilt."""
+        decode), with the stored bytes they decoded to. Raises as `read` does: fewer than k
+        intact shards, or other bytes rebuilt.
+
+        The faults are not queued: the chunk is queued already (repair is what looks at it),
+        and a fault queued while repair works on it is a newer one, which must keep it
+        queued (chunks.unqueue), not one repair queued itself."""
         if rec.layout == Layout.INLINE:
-            return self._read(rec), []
+            if rec.inline_data is None:
+                raise ChunkUnreadable(f"chunk {rec.chunk_id} has no inline data")
+            return Examined(self._finish(rec, rec.inline_data, [], _unreported), [], None)
         got, faults = self._gather_every(rec)
-        return self._rebuild(rec, got, faults), faults
+        stored = self._decode(rec, got, faults, _unreported)
+        return Examined(self._finish(rec, stored, faults, _unreported), faults, stored)
 
     def _gather_every(self, rec: ChunkRecord) -> tuple[dict[int, bytes], list[ShardFault]]:
         refs = list(rec.shards)
@@ -195,34 +221,44 @@ class ChunkReader:
         return rec.ec_k if rec.layout == Layout.EC else 1
 
     def _rebuild(self, rec: ChunkRecord, got: dict[int, bytes], faults: list[ShardFault]) -> bytes:
-        """Decode the intact shards' payloads (the codec takes the first k), then finish."""
+        """Decode the intact shards' payloads, then finish."""
+        sink = self._on_faults
+        return self._finish(rec, self._decode(rec, got, faults, sink), faults, sink)
+
+    def _decode(
+        self, rec: ChunkRecord, got: dict[int, bytes], faults: list[ShardFault], sink: FaultSink
+    ) -> bytes:
+        """The chunk's stored bytes, decoded from the intact shards' payloads (the codec
+        takes the first k); raises (and queues the chunk) if too few or the wrong size."""
         needed = self._needed(rec)
         if len(got) < needed:
             lost = ", ".join(f"#{f.shard_index}: {f.reason}" for f in faults)
-            self._on_faults(rec, faults)
+            sink(rec, faults)
             raise ChunkUnreadable(
                 f"chunk {rec.chunk_id} has {len(got)} intact shards of {len(rec.shards)}, "
                 f"needs {needed} ({lost})"
             )
-        stored = self._codec(rec).decode(got)
+        stored = self.codec(rec).decode(got)
         if len(stored) != rec.stored_size:
             reason = f"decoded to {len(stored)} bytes, expected {rec.stored_size}"
-            self._on_faults(rec, [*faults, ShardFault(rec.chunk_id, -1, reason)])
+            sink(rec, [*faults, ShardFault(rec.chunk_id, -1, reason)])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} {reason}")
-        return self._finish(rec, stored, faults)
+        return stored
 
-    def _finish(self, rec: ChunkRecord, stored: bytes, faults: list[ShardFault]) -> bytes:
+    def _finish(
+        self, rec: ChunkRecord, stored: bytes, faults: list[ShardFault], sink: FaultSink
+    ) -> bytes:
         """Decompress and verify against the chunk's id; queue it if anything was wrong."""
         try:
             raw = compression.decompress(rec.compression, stored, rec.raw_size)
         except ValueError as exc:  # a damaged zstd frame, or not the recorded raw size
-            self._on_faults(rec, [*faults, ShardFault(rec.chunk_id, -1, str(exc))])
+            sink(rec, [*faults, ShardFault(rec.chunk_id, -1, str(exc))])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} cannot be decompressed: {exc}") from None
         if len(raw) != rec.raw_size or compute_chunk_id(raw) != rec.chunk_id:
-            self._on_faults(rec, [ShardFault(rec.chunk_id, -1, "rebuilt chunk mismatch")])
+            sink(rec, [ShardFault(rec.chunk_id, -1, "rebuilt chunk mismatch")])
             raise ChunkCorrupt(f"chunk {rec.chunk_id} does not match its SHA-256 after rebuild")
         if faults:
-            self._on_faults(rec, faults)
+            sink(rec, faults)
         return raw
 
     def _fetch_all(self, rec: ChunkRecord, refs: Sequence[ShardRef]) -> list[bytes | ShardFault]:

@@ -11,14 +11,19 @@ on where the last slice stopped.
 
 `repair` works through that queue. A chunk whose shards are all intact again (a data dir
 that was offline is back), and which still decodes to its SHA-256, leaves it. One with at
-least k intact shards is rebuilt from the shards its check read, verified against its
-SHA-256, and stored again as a new generation of shards, placed over the data dirs that are
-writable now: the same path an upload of its bytes takes (ChunkWriter, chunks.replace); the
-old generation's files go with gc's orphan sweep. One with fewer stays queued: only an upload
-of the same bytes can bring it back (or a data dir that comes back), and the report names it;
-the upkeep tries it again after a backoff, not every round. While no new shards can be stored
-at all (a data dir gone, read-only or full), the upkeep reads no queued chunk: it checks the
-data dirs before each round, says so once, and goes on the first round they take writes.
+least k intact shards is rebuilt from the shards its check read and verified against its
+SHA-256; then only its bad shards are written again, in place (see inplace.py): each to its
+own data dir under its own name (a replaced disk carries the same name), or where that dir
+is full, to another with room (and, by hand, where it is down: `edgestore repair` rebuilds
+around a disk gone for good), under the chunk's generation, the other shards untouched. Only
+where the rebuilt shards would not match the intact ones (another encoder) is it stored
+again as a whole, as a new generation placed over the writable data dirs (ChunkWriter,
+chunks.replace), the old generation's files left to gc's orphan sweep. One with fewer than
+k stays queued: only an upload of the same bytes can bring it back (or a data dir that comes
+back), and the report names it; the upkeep tries it again after a backoff, not every round.
+While a data dir is down, or none has room for a chunk, the upkeep reads no queued chunk: it
+checks the data dirs before each round, says so once, and goes on the first round they take
+writes (it does not move a dir's shards elsewhere while that dir may come back).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from dataclasses import dataclass, field
 
 from edgestore.engine import Engine
 from edgestore.engine.read import ShardFault
-from edgestore.errors import StorageError
+from edgestore.errors import StorageError, StorageFull
+from edgestore.maintenance import inplace
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import cursors
 from edgestore.metadata.chunks import ChunkRecord
@@ -76,11 +82,11 @@ class ScrubReport:
 @dataclass
 class RepairReport:
     queued: int = 0  # chunks looked at
-    repaired: int = 0  # stored again from their intact shards
+    repaired: int = 0  # made whole from their intact shards (in place, or stored again)
     intact: int = 0  # every shard intact after all: taken off the queue
     unrecoverable: list[str] = field(default_factory=list)  # fewer than k intact shards
-    errors: int = 0  # could not be stored again now (e.g. no writable data dir); still queued
-    bytes_rewritten: int = 0
+    errors: int = 0  # could not be written now (e.g. no writable data dir); still queued
+    bytes_rewritten: int = 0  # shard file bytes written by repairs
     seconds: float = 0.0
     paused: str | None = None  # the upkeep's round stopped: new shards cannot be stored (why)
 
@@ -131,8 +137,9 @@ def scrub(
             report.chunks_checked += 1
             report.shard_files_checked += len(rec.shards)
             report.bytes_checked += rec.shard_size * len(rec.shards)
-            # Counted only if queued: faults of a chunk collected, or stored again (its old
-            # files swept), since its record was loaded are no damage.
+            # Counted only if queued: faults of a chunk collected, stored again (its old
+            # files swept) or with those shards rebuilt elsewhere since its record was
+            # loaded are no damage.
             if faults and _queue(engine, rec, faults):
                 report.chunks_damaged += 1
                 report.bad_shards += len(faults)
@@ -206,7 +213,7 @@ def _queue(engine: Engine, rec: ChunkRecord, faults: list[ShardFault]) -> bool:
     bad = [f.shard_index for f in faults]
     with db.write() as conn:
         queued = chunk_index.queue_repair(
-            db, conn, rec.chunk_id, f"scrub: {reason}", bad, rec.generation
+            db, conn, rec.chunk_id, f"scrub: {reason}", bad, rec.generation, rec.shards
         )
     if queued:
         own = engine.core.reader.dir_faults.per_chunk(faults)  # a dir down: said once
@@ -297,16 +304,27 @@ def repair(
 
 
 def cannot_store(engine: Engine) -> str | None:
-    """Why new shards cannot be stored now, or None: a data dir unusable since start,
-    missing, without its marker, not writable, or with less than a chunk free (what
-    /readyz checks). Cheap: a stat and a marker read per data dir."""
+    """Why the upkeep cannot repair now, or None: a data dir unusable since start, missing,
+    without its marker or not writable (it may come back: its shards are not moved
+    elsewhere meanwhile), or no data dir with a chunk's room free. Cheap: a stat and a
+    marker read per data dir.
+
+    One full dir is no reason: a repair writes only the bad shards, each to its own dir
+    where it has room (a replaced disk), else to another; a chunk that must be stored again
+    as a whole and finds no room pauses the round then."""
     dirs = engine.core.dirs
+    full: list[str] = []
     try:
         dirs.writable_names()
         for backend in dirs.backends.values():
-            check_room(backend, engine.core.settings.chunk_max_size)
+            try:
+                check_room(backend, engine.core.settings.chunk_max_size)
+            except StorageFull as exc:
+                full.append(str(exc))
     except StorageError as exc:
         return str(exc)
+    if full and len(full) == len(dirs.backends):
+        return "; ".join(full)
     return None
 
 
@@ -352,11 +370,11 @@ def _repair_one(
         # queued because it decoded to other bytes (or inline bytes that rotted) is not
         # whole, and leaving the queue would make the next upload of its bytes a plain
         # dedup hit instead of what restores it.
-        raw, faults = core.reader.examine(rec)
+        found = core.reader.examine(rec)
     except StorageError as exc:
         with core.db.read() as conn:
-            found = chunk_index.lookup(conn, rec.chunk_id)
-        if found is None or found.generation != rec.generation:
+            found_now = chunk_index.lookup(conn, rec.chunk_id)
+        if found_now is None or found_now.generation != rec.generation:
             return _Outcome.DONE, ""  # collected or stored again while it was read: not lost
         with core.db.write() as conn:
             backoff = chunk_index.back_off_repair(conn, cid, retry_delay)
@@ -375,6 +393,7 @@ def _repair_one(
                 exc,
             )
         return _Outcome.DONE, ""
+    faults = found.faults
     if not faults:
         with core.db.write() as conn:
             removed = chunk_index.unqueue(conn, cid, checked_at)
@@ -383,20 +402,44 @@ def _repair_one(
         report.intact += 1
         log.info("repair: chunk %s has every shard intact; taken off the queue", cid)
         return _Outcome.DONE, ""
+    bad = "; ".join(f"#{f.shard_index}: {f.reason}" for f in faults)
     try:
-        stored = core.writer.store(raw, expect=cid)  # queued: stored again, not a dedup hit
+        # The upkeep leaves the shards of a dir that is down where they are (it may come
+        # back); by hand, they are rebuilt on the other dirs.
+        rebuilt = inplace.rebuild(engine, rec, found, checked_at, around_down=not quiet)
+        if rebuilt is None:  # the rebuilt shards would not match the intact ones
+            stored = core.writer.store(found.raw, expect=cid)  # queued: not a dedup hit
     except StorageError as exc:
         report.errors += 1
         if not quiet:
-            log.error("repair: chunk %s could not be stored again: %s", cid, exc)
+            log.error("repair: chunk %s could not be repaired now: %s", cid, exc)
         return _Outcome.NO_ROOM, str(exc)
+    if rebuilt is not None:
+        if not rebuilt.current:
+            return _Outcome.DONE, ""  # collected or stored again meanwhile: not lost
+        report.repaired += 1
+        report.bytes_rewritten += rebuilt.bytes_written
+        where = ", ".join(
+            f"#{r.shard_index} on {r.backend}"
+            + (
+                f" (moved from {rebuilt.moved_from[r.shard_index]})"
+                if r.shard_index in rebuilt.moved_from
+                else ""
+            )
+            for r in rebuilt.refs
+        )
+        log.warning(
+            "repair: chunk %s: rebuilt %d of %d shards in place: %s (it had: %s)%s",
+            cid,
+            len(rebuilt.refs),
+            rec.ec_k + rec.ec_m,
+            where,
+            bad,
+            "" if rebuilt.unqueued else "; a fault seen since keeps it queued",
+        )
+        return _Outcome.STORED, ""
     if stored.stored_size:
         report.repaired += 1
         report.bytes_rewritten += stored.stored_size
-        log.warning(
-            "repair: chunk %s stored again (it had %d bad shard(s): %s)",
-            cid,
-            len(faults),
-            "; ".join(f"#{f.shard_index}: {f.reason}" for f in faults),
-        )
+        log.warning("repair: chunk %s stored again as a whole (it had: %s)", cid, bad)
     return _Outcome.STORED, ""

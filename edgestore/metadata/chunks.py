@@ -183,6 +183,26 @@ def replace(
     return True
 
 
+def replace_shards(
+    conn: Connection, chunk: str, generation: str, shard_refs: Sequence[ShardRef], checked_at: float
+) -> bool | None:
+    """Point some shard rows of a damaged chunk at files rebuilt for them (repair in place:
+    same generation, its other rows untouched), if its row still has `generation`; None,
+    and nothing changed, if it is gone or stored again meanwhile. The chunk then leaves the
+    repair queue unless a fault was seen since `checked_at` (see unqueue): whether it left."""
+    locked = conn.execute(
+        sa.select(chunks.c.generation).where(chunks.c.chunk_id == chunk).with_for_update()
+    ).scalar_one_or_none()
+    if locked != generation:
+        return None
+    rebuilt = [s.shard_index for s in shard_refs]
+    conn.execute(
+        sa.delete(shards).where(shards.c.chunk_id == chunk, shards.c.shard_index.in_(rebuilt))
+    )
+    _insert_shards(conn, shard_refs)
+    return unqueue(conn, chunk, checked_at)
+
+
 def _stored_as(record: ChunkRecord) -> dict[str, Any]:
     """The columns that say how a chunk is stored (what `replace` changes, with its shards)."""
     return {
@@ -330,9 +350,12 @@ def queue_repair(
     reason: str,
     bad: list[int],
     generation: str | None = None,
+    read_at: Sequence[ShardRef] = (),
 ) -> bool:
     """Queue the chunk for repair; False (nothing queued) if its row is gone, or no longer
-    has the `generation` of shards found bad (stored again since they were read).
+    has the `generation` of shards found bad (stored again since they were read), or if the
+    rows of the bad shards all name other files now than `read_at` (the record they were
+    read from) does: rebuilt elsewhere by a repair since (faults of no shard count always).
 
     A read can find a chunk's shards gone because gc collected it meanwhile (its version was
     deleted mid-read). The row is locked first (PostgreSQL): a concurrent gc either commits
@@ -343,6 +366,15 @@ def queue_repair(
     ).scalar_one_or_none()
     if current is None or (generation is not None and current != generation):
         return False
+    was = {r.shard_index: (r.backend, r.key) for r in read_at}
+    if was and all(i in was for i in bad):
+        rows = conn.execute(
+            sa.select(shards.c.shard_index, shards.c.backend, shards.c.key).where(
+                shards.c.chunk_id == chunk, shards.c.shard_index.in_(bad)
+            )
+        )
+        if not {r.shard_index for r in rows if (r.backend, r.key) == was[r.shard_index]}:
+            return False
     t = now(conn)
     stmt = db.insert(repair_queue).values(
         chunk_id=chunk, reason=reason, bad_shards=bad, first_seen=t, last_seen=t, count=1

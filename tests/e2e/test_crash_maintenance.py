@@ -22,7 +22,7 @@ from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.crashpoints import assert_store_consistent, child_env, run_killed
 from tests.helpers import SMALL_CHUNKS, KiB, MiB, random_bytes, read_all
 from tests.native import SMALL_ENV
-from tests.shards import shard_paths
+from tests.shards import shard_paths, unlike_a_rebuild
 
 EDGESTORE = [sys.executable, "-m", "edgestore"]
 
@@ -136,21 +136,35 @@ def test_kill_during_gc(tmp_path: Path, db_url: str, point: dict[str, Any]) -> N
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "point",
+    ("how", "point"),
     [
-        {"file": "write", "nth": 3},  # the first chunk's new shards half written
-        {"sql": r"^INSERT INTO shards", "when": "after"},  # the swap, mid-transaction
-        {"file": "write", "nth": 13},  # one chunk swapped, the next being written
+        # In place (a chunk's lost shard written again, then its row changed):
+        ("in place", {"file": "put", "nth": 1, "when": "after"}),  # written, not committed
+        ("in place", {"sql": r"^INSERT INTO shards", "when": "after"}),  # mid-transaction
+        ("in place", {"file": "put", "nth": 3}),  # two chunks done, the next being written
+        # Stored again as a whole (the rebuilt shards would not match a kept one):
+        ("stored again", {"file": "write", "nth": 3}),  # the first chunk's shards half written
+        ("stored again", {"sql": r"^INSERT INTO shards", "when": "after"}),  # the swap
+        ("stored again", {"file": "write", "nth": 13}),  # one chunk swapped, the next written
     ],
-    ids=["new-shards-half-written", "mid-swap", "after-one-swap"],
+    ids=[
+        "in-place-written",
+        "in-place-mid-commit",
+        "in-place-after-two",
+        "new-shards-half-written",
+        "mid-swap",
+        "after-one-swap",
+    ],
 )
-def test_kill_during_repair(tmp_path: Path, db_url: str, point: dict[str, Any]) -> None:
+def test_kill_during_repair(tmp_path: Path, db_url: str, how: str, point: dict[str, Any]) -> None:
     settings, env = _store(tmp_path, db_url)
     data = random_bytes(MiB, seed=511)
     with Engine.open(settings) as engine:
         engine.put([data], key="damaged")
         for cid in _chunk_ids(engine):
             shard_paths(engine, cid)[0].unlink()  # one shard lost per chunk: readable, damaged
+            if how == "stored again":
+                unlike_a_rebuild(engine, cid, 8)
         assert repair.scrub(engine).chunks_damaged == len(_chunk_ids(engine)) > 3
         _age_files(engine)
 

@@ -11,12 +11,14 @@ import pytest
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
+from edgestore.engine.read import Examined
 from edgestore.errors import ChunkCorrupt
 from edgestore.maintenance import gc, repair
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata.chunks import reference_mismatches
 from edgestore.metadata.schema import chunks, repair_queue, shards
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
+from tests.shards import unlike_a_rebuild
 
 
 def _shards(engine: Engine, cid: str | None = None) -> list[tuple[str, int, Path]]:
@@ -33,6 +35,12 @@ def _queued(engine: Engine) -> dict[str, list[int]]:
     with engine.core.db.read() as conn:
         rows = conn.execute(sa.select(repair_queue.c.chunk_id, repair_queue.c.bad_shards))
         return {r[0]: sorted(r[1]) for r in rows}
+
+
+def _generations(engine: Engine) -> dict[str, str]:
+    with engine.core.db.read() as conn:
+        rows = conn.execute(sa.select(chunks.c.chunk_id, chunks.c.generation)).all()
+    return {r[0]: r[1] for r in rows}
 
 
 def _stored(engine: Engine, seed: int, size: int = 6 * MiB) -> tuple[bytes, list[str]]:
@@ -124,41 +132,50 @@ def test_a_round_with_a_cursor_takes_turns(small_engine: Engine) -> None:
 
 
 def test_a_lost_disk_is_replaced_then_scrubbed_and_repaired(make_settings) -> None:
-    """A disk gone for good: every chunk had a shard on it. Until it is replaced, new shards
-    cannot be placed (repair says so and keeps the queue); once an empty disk is claimed
-    (`edgestore init`), scrub queues every chunk and repair stores each again."""
+    """A disk gone for good: every chunk had a shard on it. Until it is replaced the
+    server's upkeep leaves the queue alone (the dir may come back); once an empty disk is
+    claimed (`edgestore init`, the same name), scrub queues every chunk and repair writes
+    each lost shard to it again, and nothing else (the other files and the generation kept)."""
     settings = make_settings()
     with Engine.open(settings) as engine:
         data, ids = _stored(engine, seed=6, size=12 * MiB)
         gone = next(iter(engine.core.dirs.backends))
         root = engine.core.dirs.backends[gone].root
+        generations = _generations(engine)
     shutil.rmtree(root)
     with Engine.open(settings) as engine:
         assert repair.scrub(engine).chunks_damaged == len(set(ids))
-        report = repair.repair(engine)
-        assert report.errors == len(set(ids)) and report.repaired == 0
+        upkeep = repair.repair(engine, limit=100, cursor=repair.RepairCursor(), due_only=True)
+        assert upkeep.queued == 0 and upkeep.paused is not None
         assert len(_queued(engine)) == len(set(ids))
     root.mkdir()  # the replacement disk, mounted where the old one was
     with Engine.open(settings, initialise_dirs=True) as engine:
-        assert engine.core.dirs.unavailable == {}
+        assert engine.core.dirs.unavailable == {} and gone in engine.core.dirs.backends
+        kept = {p: p.stat().st_ino for _c, _i, p in _shards(engine) if p.parent.parent != root}
         report = repair.repair(engine)
         assert report.repaired == len(set(ids)) and report.unrecoverable == []
         assert _queued(engine) == {}
-        assert all(path.exists() for _c, _i, path in _shards(engine))
+        written = [p for _c, _i, p in _shards(engine) if p.parent.parent == root]
+        assert len(written) == len(set(ids)) and all(p.exists() for p in written)
+        assert report.bytes_rewritten == sum(p.stat().st_size for p in written)
+        assert {p: p.stat().st_ino for p in kept} == kept
+        assert _generations(engine) == generations
         assert repair.scrub(engine).chunks_damaged == 0
         assert read_all(engine, engine.objects.list()[0]) == data
 
 
 def test_a_reader_holding_the_old_record_reads_the_new_shards(engine: Engine) -> None:
     """A long download loaded its chunk records a page ahead; repair stored a chunk again
-    meanwhile and the orphan sweep took the old files. The read reloads the row, reads the
-    new shards, and queues nothing."""
+    (a new generation: its rebuilt shards would not match a kept one) meanwhile and the
+    orphan sweep took the old files. The read reloads the row, reads the new shards, and
+    queues nothing."""
     data, ids = _stored(engine, seed=7, size=2 * MiB)
     cid = ids[0]
     with engine.core.db.read() as conn:
         held = chunk_index.load(conn, [cid])[cid]
     old = _shards(engine, cid)
     old[0][2].unlink()
+    unlike_a_rebuild(engine, cid, 8)
     repair.scrub(engine)
     assert repair.repair(engine).repaired == 1
     for _c, _i, path in old[1:]:  # what the orphan sweep does to the old generation
@@ -225,24 +242,31 @@ def _commit_is_durable(engine: Engine, conn: sa.Connection) -> bool:
     return conn.exec_driver_sql("PRAGMA synchronous").scalar_one() >= 2  # FULL
 
 
-def test_a_repair_is_committed_durably(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once a chunk points at its new shards, its old files are orphans that the next sweep
-    deletes at once (they are old): a commit that a power cut could still undo would leave
-    the row pointing at deleted files. Nothing durable follows a repair, as an upload's
-    checkpoint follows a chunk stored for it."""
+@pytest.mark.parametrize("how", ["in place", "stored again"])
+def test_a_repair_is_committed_durably(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Once a chunk points at its new shards, the files it had are orphans that the next
+    sweep deletes at once (they are old), or (in place) were deleted already: a commit that
+    a power cut could still undo would leave the row pointing at deleted files. Nothing
+    durable follows a repair, as an upload's checkpoint follows a chunk stored for it."""
     _data, ids = _stored(engine, seed=6, size=2 * MiB)
     _shards(engine, ids[0])[0][2].unlink()
+    if how == "stored again":
+        unlike_a_rebuild(engine, ids[0], 8)
     repair.scrub(engine)
-    seen: list[bool] = []
-    replace = chunk_index.replace
+    seen: list[str] = []
+    for name in ("replace", "replace_shards"):
+        original = getattr(chunk_index, name)
 
-    def watched(conn: sa.Connection, *args: object) -> object:
-        seen.append(_commit_is_durable(engine, conn))
-        return replace(conn, *args)  # type: ignore[arg-type]
+        def watched(conn: sa.Connection, *args: object, name=name, original=original) -> object:
+            seen.append(f"{name}: {'durable' if _commit_is_durable(engine, conn) else 'not'}")
+            return original(conn, *args)
 
-    monkeypatch.setattr(chunk_index, "replace", watched)
+        monkeypatch.setattr(chunk_index, name, watched)
     assert repair.repair(engine).repaired == 1
-    assert seen == [True]
+    want = "replace_shards" if how == "in place" else "replace"
+    assert seen == [f"{want}: durable"]
 
 
 def test_a_chunk_collected_mid_repair_is_not_named_lost(
@@ -257,7 +281,7 @@ def test_a_chunk_collected_mid_repair_is_not_named_lost(
     repair.scrub(engine)
     examine = engine.core.reader.examine
 
-    def collected_meanwhile(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+    def collected_meanwhile(rec: chunk_index.ChunkRecord) -> Examined:
         engine.objects.delete(v)
         assert gc.collect(engine, grace=0, orphans=False).chunks_deleted == 1
         return examine(rec)
@@ -310,7 +334,7 @@ def test_damage_found_while_repair_checks_a_chunk_stays_queued(
     examine = engine.core.reader.examine
     victim = _shards(engine, cid)[0][2]
 
-    def lost_meanwhile(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+    def lost_meanwhile(rec: chunk_index.ChunkRecord) -> Examined:
         found = examine(rec)  # every shard intact
         victim.unlink()
         engine.core.reader.read(rec)  # a download reads around it, and queues the chunk again

@@ -8,11 +8,14 @@ import logging
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from edgestore.engine import Engine
+from edgestore.engine.read import Examined
+from edgestore.errors import StorageUnavailable
 from edgestore.maintenance import repair
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import cursors
@@ -214,7 +217,7 @@ def test_an_unrecoverable_chunk_is_retried_rarely(
     reads: list[str] = []  # chunks a repair read
     examine = engine.core.reader.examine
 
-    def counted(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+    def counted(rec: chunk_index.ChunkRecord) -> Examined:
         reads.append(rec.chunk_id)
         return examine(rec)
 
@@ -281,17 +284,16 @@ def test_a_chunk_that_could_not_be_stored_is_tried_again_next_round(
     _data, (cid,) = _store(engine, seed=8, size=2 * MiB)
     shard_paths(engine, cid)[0].unlink()
     repair.scrub(engine)
-    store = engine.core.writer.store
 
-    def no_room(*_args: object, **_kwargs: object) -> object:
-        from edgestore.errors import StorageUnavailable
+    def no_room(*_args: object, **_kwargs: object) -> None:
+        raise StorageUnavailable("data dir not writable")
 
-        raise StorageUnavailable("no writable data dir")
-
-    monkeypatch.setattr(engine.core.writer, "store", no_room)
+    for backend in engine.core.dirs.backends.values():  # every data dir refuses new files
+        monkeypatch.setattr(backend, "put", no_room)
+        monkeypatch.setattr(backend, "write", no_room)
     report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
     assert report.errors == 1 and _queue_row(engine, cid) == (0, None)
-    monkeypatch.setattr(engine.core.writer, "store", store)
+    monkeypatch.undo()
     report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
     assert report.repaired == 1
 
@@ -325,7 +327,7 @@ def _watch_examines(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str
     seen: list[str] = []
     examine = engine.core.reader.examine
 
-    def watched(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+    def watched(rec: chunk_index.ChunkRecord) -> Examined:
         seen.append(rec.chunk_id)
         return examine(rec)
 
@@ -333,12 +335,14 @@ def _watch_examines(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str
     return seen
 
 
-def _damaged(engine: Engine, count: int) -> list[str]:
-    """`count` chunks, each with a shard lost and queued for repair."""
+def _damaged(engine: Engine, count: int, on: Path | None = None) -> list[str]:
+    """`count` chunks, each with a shard lost (shard 0, or the one in data dir `on`) and
+    queued for repair."""
     ids = []
     for seed in range(20, 20 + count):
         _data, (cid,) = _store(engine, seed=seed, size=2 * MiB)
-        shard_paths(engine, cid)[0].unlink()
+        paths = shard_paths(engine, cid)
+        next(p for p in paths if on is None or p.is_relative_to(on)).unlink()
         ids.append(cid)
     assert repair.scrub(engine).chunks_damaged == count
     return sorted(ids)
@@ -389,15 +393,17 @@ def test_with_a_data_dir_gone_the_upkeep_pauses_repairs_until_it_is_back(
 def test_a_data_dir_lost_mid_round_stops_the_round(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The dir goes away after the round's check: the first chunk that cannot be stored
-    ends the round (the rest are not read to fail the same way), and it stays due."""
-    ids = _damaged(engine, 3)
+    """The dir goes away after the round's check: the first chunk that cannot be repaired
+    (its lost shard's own dir is the one gone: the upkeep does not move shards off a dir
+    that may come back) ends the round (the rest are not read to fail the same way), and
+    it stays due."""
     root = next(iter(engine.core.dirs.backends.values())).root
+    ids = _damaged(engine, 3, on=root)
     gone = root.with_name(root.name + ".gone")
     seen: list[str] = []
     examine = engine.core.reader.examine
 
-    def losing_the_disk(rec: chunk_index.ChunkRecord) -> tuple[bytes, list]:
+    def losing_the_disk(rec: chunk_index.ChunkRecord) -> Examined:
         seen.append(rec.chunk_id)
         found = examine(rec)
         if len(seen) == 1:

@@ -1,0 +1,216 @@
+"""Repair in place: rebuild only a damaged chunk's bad shards, under its own generation.
+
+Storing the whole chunk again (a new generation of k+m shards) needs room for every shard on
+the dirs that kept theirs, so after a failed disk is replaced on a store more than about half
+full most chunks could not be repaired ("full"); and it rewrote 9 files to fix 1. Here the
+shard files are encoded again from the chunk's stored bytes, and only the bad ones written:
+each to its own data dir (a replaced disk carries the same name) under its own key, or, where
+that dir is full (or down, if `around_down`), to another one, preferring a dir that holds no
+other shard of the chunk. The rows of the rebuilt shards change in one durable commit; the
+other shards' files and rows are not touched.
+
+It is done only where the result is the same chunk as before: every shard the rebuild does
+not replace must have the checksum and length its row records (another encoder, or another
+build of the same one, could lay the bytes out otherwise, and shards of two encodings do not
+decode together). Otherwise the caller stores the chunk again as a whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from edgestore.codec import shardfile
+from edgestore.engine import Engine
+from edgestore.engine.read import Examined
+from edgestore.errors import StorageError, StorageFull, StorageUnavailable
+from edgestore.metadata import chunks as chunk_index
+from edgestore.metadata import garbage
+from edgestore.metadata.chunks import ChunkRecord
+from edgestore.storage.datadirs import check_room
+from edgestore.storage.placement import place, shard_key
+from edgestore.types import ShardRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """What an in-place repair did."""
+
+    refs: list[ShardRef]  # the rebuilt shards, where they are now
+    moved_from: dict[int, str]  # shard index -> the data dir it was on, for shards placed elsewhere
+    bytes_written: int
+    current: bool  # False: collected or stored again meanwhile; nothing committed, files removed
+    unqueued: bool  # off the repair queue (else a fault seen since the check keeps it there)
+
+
+def rebuild(
+    engine: Engine, rec: ChunkRecord, found: Examined, checked_at: float, *, around_down: bool
+) -> Rebuilt | None:
+    """Rebuild and commit the chunk's bad shards (the faults `found` names); None if that
+    would not give the same chunk (see the module docstring): the caller stores it again.
+
+    Raises StorageError (nothing committed, nothing of it left on disk) if a bad shard has
+    nowhere to go: its own dir down (and not `around_down`) or full, and no other dir with
+    room."""
+    if found.stored is None or any(f.shard_index < 0 for f in found.faults):
+        return None  # inline, or decoded to other bytes: no shard to blame
+    core = engine.core
+    files = shardfile.build(
+        core.reader.codec(rec),
+        rec.chunk_id,
+        rec.layout,
+        rec.ec_k,
+        rec.ec_m,
+        rec.compression,
+        found.stored,
+    )
+    bad = sorted({f.shard_index for f in found.faults})
+    rows = {ref.shard_index: ref for ref in rec.shards}
+    if len(files) != rec.ec_k + rec.ec_m or bad[-1] >= len(files):
+        return None
+    for index, ref in rows.items():
+        header = files[index].header if index < len(files) else None
+        if index not in bad and (
+            header is None
+            or (header.payload_checksum, header.payload_length) != (ref.checksum, ref.size)
+        ):
+            log.info(
+                "repair: chunk %s: shard %d rebuilt differs from its row (another encoder?); "
+                "storing the chunk again as a whole instead",
+                rec.chunk_id,
+                index,
+            )
+            return None
+    placed = _destinations(engine, rec, bad, files, around_down=around_down)
+    refs = [
+        ShardRef(
+            rec.chunk_id,
+            i,
+            placed[i],
+            rows[i].key if i in rows else shard_key(rec.chunk_id, rec.generation, i),
+            files[i].header.payload_length,
+            files[i].header.payload_checksum,
+        )
+        for i in bad
+    ]
+    fresh = {r.shard_index for r in refs if (r.backend, r.key) != _at(rows.get(r.shard_index))}
+    _write(engine, refs, {i: files[i] for i in bad}, fresh)
+    # Durable (the default): the old file of a shard placed elsewhere is deleted right after,
+    # and a commit a power cut undid would leave its row naming a file no longer there.
+    with core.db.write() as conn:
+        left = chunk_index.replace_shards(conn, rec.chunk_id, rec.generation, refs, checked_at)
+    written = sum(shardfile.HEADER_SIZE + r.size for r in refs)
+    if left is None:  # no row names these keys (they carry the generation it no longer has)
+        _remove(engine, refs)
+        return Rebuilt(refs, {}, written, current=False, unqueued=False)
+    moved = {i: rows[i].backend for i in bad if i in rows and rows[i].backend != placed[i]}
+    _drop_old(engine, [rows[i] for i in moved])
+    return Rebuilt(refs, moved, written, current=True, unqueued=left)
+
+
+def _at(ref: ShardRef | None) -> tuple[str, str] | None:
+    return None if ref is None else (ref.backend, ref.key)
+
+
+def _destinations(
+    engine: Engine,
+    rec: ChunkRecord,
+    bad: list[int],
+    files: list[shardfile.ShardFile],
+    *,
+    around_down: bool,
+) -> dict[int, str]:
+    """The data dir each bad shard goes to: its own if it can take the file now, else the
+    writable dir with room holding the fewest shards of the chunk (none, while there are
+    more dirs than shards), in the dirs' order."""
+    dirs = engine.core.dirs
+    rows = {ref.shard_index: ref for ref in rec.shards}
+    up = [n for n in dirs.names if n not in dirs.unavailable]
+    natural = place(rec.chunk_id, len(files), up) if up else []
+    holding = Counter(ref.backend for i, ref in rows.items() if i not in bad)
+    placed: dict[int, str] = {}
+    for i in bad:
+        need = shardfile.HEADER_SIZE + files[i].header.payload_length
+        own = rows[i].backend if i in rows else (natural[i] if natural else "")
+        why = _cannot_take(engine, own, need)
+        if why is None:
+            placed[i] = own
+        elif isinstance(why, StorageUnavailable) and not around_down:
+            raise why
+        else:
+            others = [n for n in up if n != own and _cannot_take(engine, n, need) is None]
+            if not others:
+                raise StorageFull(
+                    f"shard {i} of chunk {rec.chunk_id} has nowhere to go ({why}; no other "
+                    "data dir can take it)"
+                )
+            placed[i] = min(others, key=lambda n: holding[n])  # (min keeps the first of ties)
+        holding[placed[i]] += 1
+    return placed
+
+
+def _cannot_take(engine: Engine, name: str, need: int) -> StorageError | None:
+    """Why data dir `name` cannot take a new file of `need` bytes now (None: it can)."""
+    dirs = engine.core.dirs
+    backend = dirs.backends.get(name)
+    if backend is None or name in dirs.unavailable:
+        return StorageUnavailable(dirs.unavailable.get(name, f"data dir {name} is not configured"))
+    try:
+        check_room(backend, need)
+    except StorageError as exc:
+        return exc
+    return None
+
+
+def _write(
+    engine: Engine, refs: list[ShardRef], files: dict[int, shardfile.ShardFile], fresh: set[int]
+) -> None:
+    """Write the rebuilt files, durable on return. `put` (a temporary name, fsync, rename),
+    not `write` and a flush: a file rebuilt under its own key replaces the one there in one
+    rename, so a reader (or a crash) never meets it half written, even where that file was
+    intact after all (its dir back by now). On failure the `fresh` ones written (at a new
+    place) are removed, no row names them; one rewritten in place stays: its row's bytes."""
+    backends = engine.core.dirs.backends
+    done: list[ShardRef] = []
+    try:
+        for ref in refs:
+            backends[ref.backend].put(ref.key, files[ref.shard_index].parts)
+            done.append(ref)
+    except BaseException:
+        _remove(engine, [ref for ref in done if ref.shard_index in fresh])
+        raise
+
+
+def _remove(engine: Engine, refs: list[ShardRef]) -> None:
+    """Best effort: a file left behind is an orphan the sweep takes."""
+    for ref in refs:
+        try:
+            engine.core.dirs.backends[ref.backend].delete(ref.key)
+        except StorageError as exc:
+            log.warning("repair: could not remove unused shard %s: %s", ref.key, exc)
+
+
+def _drop_old(engine: Engine, old: list[ShardRef]) -> None:
+    """Delete the files of shards rebuilt elsewhere, if their dir is up: no row names them
+    now. Best effort (the orphan sweep takes what is left).
+
+    Safe with a metadata backup from before the repair restored later: it names these files,
+    but each was missing or corrupt anyway (that is why its shard was rebuilt elsewhere), so
+    the chunk is as readable under it as it was before the repair, from the other shards'
+    files, which are untouched and still named; scrub finds the bad one again. A file that a
+    concurrent repair put back under the same name is left alone (a row names it again)."""
+    dirs = engine.core.dirs
+    for ref in old:
+        backend = dirs.backends.get(ref.backend)
+        if backend is None or ref.backend in dirs.unavailable:
+            continue
+        try:
+            with engine.core.db.read() as conn:
+                if garbage.known_shard_keys(conn, ref.backend, [ref.key]):
+                    continue
+            backend.delete(ref.key)
+        except Exception as exc:  # (the repair is committed: nothing here may undo it)
+            log.debug("repair: could not delete the old file of shard %s: %s", ref.key, exc)
