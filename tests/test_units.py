@@ -18,6 +18,7 @@ from edgestore.units import (
     parse_duration,
     parse_size,
     parse_whole_duration,
+    positive_duration,
 )
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -127,6 +128,27 @@ def test_durations_accepted(text: str, seconds: float) -> None:
 def test_durations_refused(text: str, why: str) -> None:
     with pytest.raises(ValueError, match=re.escape(why)):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "whole", "why"),
+    [
+        ("0", False, "not above 0"),
+        ("0s", True, "not above 0"),
+        ("2x", False, "500ms"),  # an unreadable form: the hint lists what it takes
+        ("1500ms", True, "a whole number of seconds, or with units: 90s"),
+    ],
+)
+def test_an_option_s_duration_is_above_zero_and_says_what_it_takes(
+    text: str, whole: bool, why: str
+) -> None:
+    """--timeout and presign --expires: 0 would fail every request or expire at once."""
+    assert positive_duration("2m") == 120 and positive_duration("500ms") == 0.5
+    assert positive_duration("90", whole=True) == 90
+    with pytest.raises(ValueError, match=re.escape(why)) as refused:
+        positive_duration(text, whole=whole)
+    if why != "not above 0":  # a whole-second hint offers no ms
+        assert whole is ("500ms" not in str(refused.value).replace("1500ms", ""))
 
 
 def test_a_setting_in_whole_seconds_refuses_a_fraction() -> None:
