@@ -10,6 +10,9 @@ stay bounded in memory as a store grows to many TB.
     python -m bench.gc_scale run DIR --db URL   # each job in a fresh subprocess
     python -m bench.gc_scale run DIR --db URL --jobs gc-put
 
+`build --pinned N` has an open native session pin N of the live chunks: deleting a chunk row
+makes PostgreSQL look its id up in upload_pins (a foreign key), which must not be a scan.
+
 Each job runs in its own process, so its peak RSS (VmHWM) is its own. `build --no-files`
 makes the rows alone, with real shard sizes (a 4 MiB chunk's 6+3 shards of 699,051 bytes),
 for the jobs that only query them (`du`): 500k chunks in a few minutes rather than 4.5M files.
@@ -25,13 +28,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from edgestore.config import load_settings
 from edgestore.engine import Engine
-from edgestore.metadata.schema import chunks, shards
+from edgestore.metadata.schema import chunks, shards, upload_pins, uploads
 from edgestore.storage.placement import place, shard_key
 
 OLD = time.time() - 86400.0  # past every grace
@@ -50,11 +54,18 @@ def _touch(path: Path) -> None:
 
 
 def build(
-    home: Path, db: str, n_chunks: int, orphans: int, unreferenced: int, files: bool = True
+    home: Path,
+    db: str,
+    n_chunks: int,
+    orphans: int,
+    unreferenced: int,
+    files: bool = True,
+    pinned: int = 0,
 ) -> None:
     """A store of n_chunks 6+3 chunks (every shard an empty file, all old), `unreferenced`
-    of them garbage, and `orphans` shard files no row names; without `files`, the rows
-    alone, each shard row the size of a 4 MiB chunk's shard."""
+    of them garbage, `pinned` of the others pinned by an open native session, and `orphans`
+    shard files no row names; without `files`, the rows alone, each shard row the size of a
+    4 MiB chunk's shard."""
     shard_size = 0 if files else -(-(4 << 20) // 6)
     with _engine(home, db) as engine:
         names = sorted(engine.core.dirs.backends)
@@ -62,13 +73,30 @@ def build(
         made: set[Path] = set()
         chunk_rows: list[dict[str, object]] = []
         shard_rows: list[dict[str, object]] = []
+        pin_rows: list[dict[str, object]] = []
+        session = str(uuid.uuid4())
+        if pinned:
+            with engine.core.db.write() as conn:
+                conn.execute(
+                    sa.insert(uploads).values(
+                        upload_id=session,
+                        kind="native",
+                        state="open",
+                        user_metadata={},
+                        created_at=OLD,
+                        updated_at=OLD,
+                    )
+                )
 
         def flush() -> None:
             with engine.core.db.write() as conn:
                 conn.execute(sa.insert(chunks), chunk_rows)
                 conn.execute(sa.insert(shards), shard_rows)
+                if pin_rows:
+                    conn.execute(sa.insert(upload_pins), pin_rows)
             chunk_rows.clear()
             shard_rows.clear()
+            pin_rows.clear()
 
         for i in range(n_chunks):
             cid = os.urandom(32).hex()
@@ -89,6 +117,8 @@ def build(
                     "zero_since": OLD if garbage else None,
                 }
             )
+            if not garbage and i < unreferenced + pinned:
+                pin_rows.append({"upload_id": session, "chunk_id": cid})
             for index, name in enumerate(place(cid, 9, names)):  # type: ignore[arg-type]
                 key = shard_key(cid, GENERATION, index)  # type: ignore[arg-type]
                 shard_rows.append(
@@ -229,13 +259,14 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=100_000)
     p.add_argument("--orphans", type=int, default=1000)
     p.add_argument("--unreferenced", type=int, default=1000)
+    p.add_argument("--pinned", type=int, default=0, help="live chunks an open session pins")
     p.add_argument("--jobs", default="sweep,gc,du,check", help="also: gc-put")
     p.add_argument("--no-files", action="store_true", help="build the rows alone (for du)")
     p.add_argument("--gc-batch", type=int, help="chunks per gc transaction (gc.BATCH)")
     a = p.parse_args()
     if a.action == "build":
         t = time.monotonic()
-        build(a.home, a.db, a.chunks, a.orphans, a.unreferenced, files=not a.no_files)
+        build(a.home, a.db, a.chunks, a.orphans, a.unreferenced, not a.no_files, a.pinned)
         print(f"built in {time.monotonic() - t:.1f} s", file=sys.stderr)
     elif a.action == "job":
         if a.gc_batch:

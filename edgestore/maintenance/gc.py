@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from edgestore.engine import Engine, staging
+from edgestore.engine.pipeline import ContextThreadPool
 from edgestore.errors import StorageError
 from edgestore.maintenance import restore_guard
 from edgestore.metadata import garbage, reclaim
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 # SQLite and holds its one writer's lock twice as long, which puts wait for (p99 410 ms, not
 # 230); on PostgreSQL it is ~35% faster idle, at p99 157 ms for puts, not 97.
 BATCH = 100
+# Threads deleting a batch's shard files, one per data dir (a chunk's 6+3 shards are on 9).
+DELETE_THREADS = 9
 # Files younger than this are never orphans, whatever the grace: a chunk's shards and a staged
 # tail are written before the row that names them commits (the row is the commit point), so
 # a file seconds old and unknown to the index is most likely one being written right now.
@@ -118,35 +123,80 @@ def _files_before(engine: Engine, grace: float) -> float:
 
 def _collect_chunks(engine: Engine, before: float, report: GcReport, progress: Progress) -> None:
     """Delete unreferenced chunks a batch per transaction, then their files (a crash between
-    leaves orphan files, which the sweep takes; never a row naming a missing file)."""
+    leaves orphan files, which the sweep takes; never a row naming a missing file).
+
+    Candidates are paged in chunk id order, so a batch gc could delete none of (every chunk
+    held or referenced again) is passed, not the end of the run. A batch's files go on a
+    thread per data dir while the next batch's rows are deleted: one batch in flight."""
     db = engine.core.db
-    while True:
-        with db.read() as conn:
-            batch = garbage.unreferenced(conn, before, BATCH)
-        if not batch:
-            return
-        with db.write() as conn:  # referenced again meanwhile: kept
-            deleted = garbage.delete_unreferenced(conn, batch, before)
-        if not deleted:
-            return
-        report.chunks_deleted += len(deleted)
-        for refs in deleted.values():
-            _delete_shard_files(engine, refs, report)
-        progress("chunks", report.chunks_deleted)
+    after: str | None = None
+    pending: list[Future[_Freed]] = []
+    with ContextThreadPool(DELETE_THREADS, thread_name_prefix="edgestore-gc") as pool:
+        try:
+            while True:
+                with db.read() as conn:
+                    batch = garbage.unreferenced(conn, before, BATCH, after=after)
+                if not batch:
+                    return
+                after = batch[-1]
+                with db.write() as conn:  # referenced again meanwhile, or held: kept
+                    deleted = garbage.delete_unreferenced(conn, batch, before)
+                _settle(pending, report)
+                if not deleted:
+                    continue
+                report.chunks_deleted += len(deleted)
+                pending = _delete_shard_files(engine, pool, deleted.values())
+                progress("chunks", report.chunks_deleted)
+        finally:
+            _settle(pending, report)
 
 
-def _delete_shard_files(engine: Engine, refs: list[ShardRef], report: GcReport) -> None:
+@dataclass
+class _Freed:
+    """What deleting some shard files did."""
+
+    files: int = 0
+    bytes: int = 0
+    errors: int = 0
+
+
+def _delete_shard_files(
+    engine: Engine, pool: Executor, deleted: Iterable[list[ShardRef]]
+) -> list[Future[_Freed]]:
+    """Start deleting the files of deleted chunks, a task per data dir (each on its own disk,
+    at best). One after the other they were the slow part once the foreign-key lookups were
+    indexed: bench/gc_scale.py gc, 30k chunks over 9 dirs, median 19.2 -> 12.5 s on SQLite,
+    20.7 -> 9.5 s on PostgreSQL."""
+    by_dir: dict[str, list[ShardRef]] = defaultdict(list)
+    for refs in deleted:
+        for ref in refs:
+            by_dir[ref.backend].append(ref)
+    return [pool.submit(_delete_in_dir, engine, name, refs) for name, refs in by_dir.items()]
+
+
+def _delete_in_dir(engine: Engine, name: str, refs: list[ShardRef]) -> _Freed:
+    freed = _Freed()
+    backend = engine.core.dirs.backends.get(name)
     for ref in refs:
-        backend = engine.core.dirs.backends.get(ref.backend)
         try:
             if backend is None:
-                raise StorageError(f"data dir {ref.backend} unavailable")
+                raise StorageError(f"data dir {name} unavailable")
             backend.delete(ref.key)
-            report.shard_files_deleted += 1
-            report.bytes_freed += ref.size
+            freed.files += 1
+            freed.bytes += ref.size
         except StorageError as exc:  # left as an orphan for a later run
-            report.errors += 1
+            freed.errors += 1
             log.warning("gc: could not delete shard %s: %s", ref.key, exc)
+    return freed
+
+
+def _settle(pending: list[Future[_Freed]], report: GcReport) -> None:
+    """Wait for the deletions started, and count what they did (each once: taken off)."""
+    while pending:
+        freed = pending.pop().result()
+        report.shard_files_deleted += freed.files
+        report.bytes_freed += freed.bytes
+        report.errors += freed.errors
 
 
 def _collect_orphans(engine: Engine, before: float, report: GcReport, progress: Progress) -> None:

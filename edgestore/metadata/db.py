@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # The newest migration's revision (tests/metadata/test_migrations.py checks it is alembic's
 # head): a store already there is opened without alembic (see Database._at_head).
-SCHEMA_HEAD = "0013"
+SCHEMA_HEAD = "0014"
 # How long a SQLite writer waits for the write lock another connection or process holds
 # (`serve` and CLI commands share the file) before failing as "busy" (503 with Retry-After,
 # exit code 6); the URL's `?timeout=SECONDS` sets another.

@@ -12,6 +12,10 @@ from edgestore.metadata.schema import chunks, repair_queue, shards
 from edgestore.types import ChunkId, ShardRef
 
 IN_BATCH = 500  # keeps IN (...) lists well under every database's parameter limit
+# As the partial index ix_chunks_unreferenced says it, with the 0 written out: a bound
+# parameter would not prove the index's condition to every planner (PostgreSQL's generic
+# plans), which would walk the whole primary key instead.
+UNREFERENCED = chunks.c.refcount <= sa.literal_column("0")
 
 
 def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -19,15 +23,19 @@ def _batches(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[i : i + IN_BATCH]
 
 
-def unreferenced(conn: Connection, before: float, limit: int) -> list[str]:
-    """Chunks with no references since before `before` (their grace period is over)."""
-    return list(
-        conn.execute(
-            sa.select(chunks.c.chunk_id)
-            .where(chunks.c.refcount <= 0, chunks.c.zero_since < before)
-            .limit(limit)
-        ).scalars()
-    )
+def unreferenced(
+    conn: Connection, before: float, limit: int, after: str | None = None
+) -> list[str]:
+    """Chunks with no references since before `before` (their grace period is over), in
+    chunk id order, after `after`: a page of them, the next page after its last id.
+
+    Paged so that a run goes on past a page it could delete none of (held by writers, or
+    referenced again), rather than listing that page over and over.
+    """
+    q = sa.select(chunks.c.chunk_id).where(UNREFERENCED, chunks.c.zero_since < before)
+    if after is not None:
+        q = q.where(chunks.c.chunk_id > after)
+    return list(conn.execute(q.order_by(chunks.c.chunk_id).limit(limit)).scalars())
 
 
 def delete_unreferenced(

@@ -51,6 +51,15 @@ chunks = sa.Table(
     sa.Column("zero_since", Time, nullable=True),
     sa.Column("last_read_at", Time, nullable=True),
     sa.Index(None, "refcount", "zero_since"),
+    # gc pages through the unreferenced chunks in chunk id order (metadata/garbage.py): in
+    # this index a page is its length, not a walk over every live chunk between two garbage
+    # ones (the primary key's order).
+    sa.Index(
+        "ix_chunks_unreferenced",
+        "chunk_id",
+        sqlite_where=sa.text("refcount <= 0"),
+        postgresql_where=sa.text("refcount <= 0"),
+    ),
 )
 
 shards = sa.Table(
@@ -216,6 +225,9 @@ upload_pins = sa.Table(
         primary_key=True,
     ),
     sa.Column("chunk_id", ChunkIdType, sa.ForeignKey("chunks.chunk_id"), primary_key=True),
+    # Deleting a chunk row makes PostgreSQL look its id up here (the foreign key): through
+    # this index, not a scan of every pin per chunk gc deletes.
+    sa.Index(None, "chunk_id"),
 )
 
 # Partial uploads an older release wrote without their bucket (any key could touch them

@@ -134,8 +134,10 @@ def test_a_chunk_referenced_again_mid_batch_keeps_its_row_and_files(
     real = garbage.unreferenced
     revived: list[str] = []
 
-    def listed_then_revived(conn: sa.Connection, before: float, limit: int) -> list[str]:
-        batch = real(conn, before, limit)
+    def listed_then_revived(
+        conn: sa.Connection, before: float, limit: int, after: str | None = None
+    ) -> list[str]:
+        batch = real(conn, before, limit, after)
         if not revived:
             cid = batch[len(batch) // 2]
             revived.append(cid)
@@ -211,3 +213,30 @@ def test_files_gc_could_not_delete_are_only_orphans(
         os.utime(backend.root / r.key, (old, old))
     assert gc.collect(small_engine, grace=3600).orphan_files_deleted == len(rows)
     assert not any(_file_exists(small_engine, r) for r in rows)
+
+
+def test_each_data_dirs_deletions_are_counted_exactly(
+    small_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's files go a data dir at a time on several threads: with one dir refusing,
+    its files are the errors, every other file is deleted and its bytes freed, exactly."""
+    monkeypatch.setattr(gc, "BATCH", 4)
+    ids = [cid for cid, _ in _garbage(small_engine, seed=45)]
+    rows = _shard_rows(small_engine, ids)
+    real = LocalBackend.delete
+
+    def d1_refuses(self: LocalBackend, key: str) -> None:
+        if self.name == "d1":
+            raise StorageError("test: d1 went away")
+        real(self, key)
+
+    monkeypatch.setattr(LocalBackend, "delete", d1_refuses)
+    report = gc.collect(small_engine, grace=0, orphans=False)
+    monkeypatch.undo()
+    lost = [r for r in rows if r.backend == "d1"]
+    gone = [r for r in rows if r.backend != "d1"]
+    assert lost and gone and report.chunks_deleted == len(ids)
+    assert report.errors == len(lost) and report.shard_files_deleted == len(gone)
+    assert report.bytes_freed == sum(r.size for r in gone)
+    assert all(_file_exists(small_engine, r) for r in lost)
+    assert not any(_file_exists(small_engine, r) for r in gone)
