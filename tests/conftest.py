@@ -215,6 +215,15 @@ def small_engine(make_settings: SettingsFactory) -> Iterator[Engine]:
         yield eng
 
 
+@pytest.fixture
+def pg_engine(tmp_path: Path, pg_url: str) -> Iterator[Engine]:
+    """A store with small chunks on PostgreSQL: the one database several nodes share, and
+    the one whose row locks other connections can hold."""
+    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
+    with Engine.open(settings) as eng:
+        yield eng
+
+
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )

@@ -8,14 +8,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.errors import StorageError
 from edgestore.maintenance import gc
@@ -23,7 +21,7 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import garbage
 from edgestore.metadata.schema import chunks, shards
 from edgestore.storage.local import LocalBackend
-from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
+from tests.helpers import MiB, blocks_of, random_bytes, read_all
 from tests.native import chunks_of
 from tests.races import in_thread
 
@@ -154,13 +152,6 @@ def test_a_chunk_referenced_again_mid_batch_keeps_its_row_and_files(
     with small_engine.core.db.read() as conn:
         rec = chunk_index.load(conn, [cid])[cid]
     assert small_engine.core.reader.examine(rec)[:2] == (raw_of[cid], [])
-
-
-@pytest.fixture
-def pg_engine(tmp_path: Path, pg_url: str) -> Iterator[Engine]:
-    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
-    with Engine.open(settings) as eng:
-        yield eng
 
 
 def test_gc_does_not_wait_for_a_chunk_another_transaction_holds(

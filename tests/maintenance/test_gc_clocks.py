@@ -3,24 +3,13 @@ are measured on the database's clock, and an orphan must be old by this node's c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import sqlalchemy as sa
 
-from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
 from edgestore.metadata.schema import chunks
 from tests.clocks import DAY, HOUR, wall_clock_off_by
-from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
-
-
-@pytest.fixture
-def pg_engine(tmp_path, pg_url: str) -> Iterator[Engine]:
-    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
-    with Engine.open(settings) as eng:
-        yield eng
+from tests.helpers import MiB, blocks_of, random_bytes, read_all
 
 
 def _chunk_rows(engine: Engine) -> int:

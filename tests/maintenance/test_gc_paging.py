@@ -4,20 +4,17 @@ end the run, leaving every other garbage chunk behind, and the next run listed i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.maintenance import gc
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import garbage
 from edgestore.metadata.clock import now
-from tests.helpers import SMALL_CHUNKS, MiB
+from tests.helpers import MiB
 from tests.maintenance.test_gc_batches import _garbage, _shard_rows, _stored
 from tests.maintenance.test_gc_scale import _plan
 from tests.races import in_thread
@@ -27,13 +24,6 @@ def _first_listed(engine: Engine) -> list[str]:
     """The candidates gc lists first: its first batch."""
     with engine.core.db.read() as conn:
         return garbage.unreferenced(conn, now(conn), gc.BATCH)
-
-
-@pytest.fixture
-def pg_engine(tmp_path: Path, pg_url: str) -> Iterator[Engine]:
-    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
-    with Engine.open(settings) as eng:
-        yield eng
 
 
 def test_a_batch_writers_hold_does_not_stop_the_run(

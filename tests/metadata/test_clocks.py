@@ -4,27 +4,17 @@ differ, and a node whose clock jumps (no battery-backed clock, NTP syncing late)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
-from edgestore.config import load_settings
 from edgestore.engine import Engine
 from edgestore.errors import UploadLocked
 from edgestore.maintenance import gc
 from edgestore.metadata import uploads as upload_rows
 from edgestore.metadata.schema import uploads
 from tests.clocks import HOUR, YEAR, wall_clock_off_by
-from tests.helpers import SMALL_CHUNKS, KiB, blocks_of, random_bytes
-
-
-@pytest.fixture
-def pg_engine(tmp_path, pg_url: str) -> Iterator[Engine]:
-    """A store on PostgreSQL: the one database several nodes share."""
-    settings = load_settings(home=tmp_path / "home", database_url=pg_url, **SMALL_CHUNKS)
-    with Engine.open(settings) as eng:
-        yield eng
+from tests.helpers import KiB, blocks_of, random_bytes
 
 
 def _lock(engine: Engine, upload_id: str, owner: str, lease: float = 6.0) -> None:
