@@ -142,10 +142,11 @@ def _collect_chunks(engine: Engine, before: float, report: GcReport, progress: P
                 with db.write() as conn:  # referenced again meanwhile, or held: kept
                     deleted = garbage.delete_unreferenced(conn, batch, before)
                 _settle(pending, report)
-                if not deleted:
-                    continue
-                report.chunks_deleted += len(deleted)
-                pending = _delete_shard_files(engine, pool, deleted.values())
+                if deleted:
+                    report.chunks_deleted += len(deleted)
+                    pending = _delete_shard_files(engine, pool, deleted.values())
+                # After every page, one it deleted none of too: the server's upkeep stops a
+                # run here when it shuts down, however many held pages are left to pass.
                 progress("chunks", report.chunks_deleted)
         finally:
             _settle(pending, report)

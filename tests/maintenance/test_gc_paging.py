@@ -51,12 +51,24 @@ def test_a_batch_writers_hold_does_not_stop_the_run(
     assert _shard_rows(pg_engine, held) and not _shard_rows(pg_engine, sorted(set(ids) - set(held)))
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop(stage: str, _count: int) -> None:
+    if stage == "chunks":  # (expired uploads are reported first)
+        raise _Stop  # as the server's upkeep does when it shuts down
+
+
+@pytest.mark.parametrize("stopping", [False, True], ids=["run", "stopping"])
 def test_a_batch_revived_whole_does_not_stop_the_run(
-    small_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    small_engine: Engine, monkeypatch: pytest.MonkeyPatch, stopping: bool
 ) -> None:
     """Both databases: every chunk of the first batch is stored again (a dedup hit) between
     its listing and its transaction (SQLite has one writer: a chunk is "held" only so), and
-    every later batch's goes; the revived ones stay."""
+    every later batch's goes; the revived ones stay. A run asked to stop stops after that
+    page, although it deleted nothing there (progress came only after a page that did, so
+    the upkeep could not stop a run passing held pages)."""
     monkeypatch.setattr(gc, "BATCH", 3)
     pairs = _garbage(small_engine, seed=51, size=2 * MiB)
     raw_of = dict(pairs)
@@ -75,6 +87,11 @@ def test_a_batch_revived_whole_does_not_stop_the_run(
         return batch
 
     monkeypatch.setattr(garbage, "unreferenced", listed_then_revived)
+    if stopping:
+        with pytest.raises(_Stop):
+            gc.collect(small_engine, grace=0, orphans=False, progress=_stop)
+        assert _stored(small_engine, list(raw_of)) == set(raw_of)  # no page after the held one
+        return
     report = gc.collect(small_engine, grace=0, orphans=False)
     assert len(revived) == gc.BATCH
     assert _stored(small_engine, list(raw_of)) == set(revived)
