@@ -27,7 +27,7 @@ def _help(*args: str) -> str:
     [
         ((), "every other command works on the store in --home (its database and data dirs)"),
         ((), "orphan shard files (never what an upload in progress holds, whatever the grace)."),
-        ((), "store it again on the data dirs writable now (a running server does this"),
+        ((), "rebuild each from its intact shards and write its bad shards again, each to"),
         (("repair",), "with fewer than k intact shards only an upload of the same bytes brings"),
     ],
 )
