@@ -53,13 +53,11 @@ chunks = sa.Table(
     sa.Index(None, "refcount", "zero_since"),
     # gc pages through the unreferenced chunks in chunk id order (metadata/garbage.py): in
     # this index a page is its length, not a walk over every live chunk between two garbage
-    # ones (the primary key's order).
-    sa.Index(
-        "ix_chunks_unreferenced",
-        "chunk_id",
-        sqlite_where=sa.text("refcount <= 0"),
-        postgresql_where=sa.text("refcount <= 0"),
-    ),
+    # ones (the primary key's order). Partial, `WHERE refcount <= 0`, as migration 0014
+    # makes it; the condition is not repeated here: a dialect's keyword (postgresql_where)
+    # imports that dialect, in every CLI command on SQLite too (tests/cli/test_startup.py),
+    # and alembic's comparison does not look at it.
+    sa.Index("ix_chunks_unreferenced", "chunk_id"),
 )
 
 shards = sa.Table(
