@@ -84,7 +84,7 @@ def rebuild(
                 index,
             )
             return None
-    placed = _destinations(engine, rec, bad, files, around_down=around_down)
+    placed = _destinations(engine, rec, rows, bad, files, around_down=around_down)
     refs = [
         ShardRef(
             rec.chunk_id,
@@ -118,6 +118,7 @@ def _at(ref: ShardRef | None) -> tuple[str, str] | None:
 def _destinations(
     engine: Engine,
     rec: ChunkRecord,
+    rows: dict[int, ShardRef],
     bad: list[int],
     files: list[shardfile.ShardFile],
     *,
@@ -127,7 +128,6 @@ def _destinations(
     writable dir with room holding the fewest shards of the chunk (none, while there are
     more dirs than shards), in the dirs' order."""
     dirs = engine.core.dirs
-    rows = {ref.shard_index: ref for ref in rec.shards}
     up = [n for n in dirs.names if n not in dirs.unavailable]
     natural = place(rec.chunk_id, len(files), up) if up else []
     holding = Counter(ref.backend for i, ref in rows.items() if i not in bad)

@@ -119,6 +119,26 @@ def _resurrections(engine: Engine) -> dict[str, Callable[[str, bytes], None]]:
     }
 
 
+def revive_when_first_listed(
+    monkeypatch: pytest.MonkeyPatch, revive: Callable[[list[str]], list[str]]
+) -> list[str]:
+    """Have `revive` use chunks of gc's first batch again between its listing and its
+    transaction; returns (once gc has run) the chunks it revived."""
+    real = garbage.unreferenced
+    revived: list[str] = []
+
+    def listed_then_revived(
+        conn: sa.Connection, before: float, limit: int, after: str | None = None
+    ) -> list[str]:
+        batch = real(conn, before, limit, after)
+        if not revived:
+            revived.extend(revive(batch))
+        return batch
+
+    monkeypatch.setattr(garbage, "unreferenced", listed_then_revived)
+    return revived
+
+
 @pytest.mark.parametrize("how", ["dedup", "pin", "repair"])
 def test_a_chunk_referenced_again_mid_batch_keeps_its_row_and_files(
     small_engine: Engine, monkeypatch: pytest.MonkeyPatch, how: str
@@ -129,20 +149,13 @@ def test_a_chunk_referenced_again_mid_batch_keeps_its_row_and_files(
     pairs = _garbage(small_engine, seed=42)
     raw_of = dict(pairs)
     monkeypatch.setattr(gc, "BATCH", len(pairs))
-    real = garbage.unreferenced
-    revived: list[str] = []
 
-    def listed_then_revived(
-        conn: sa.Connection, before: float, limit: int, after: str | None = None
-    ) -> list[str]:
-        batch = real(conn, before, limit, after)
-        if not revived:
-            cid = batch[len(batch) // 2]
-            revived.append(cid)
-            _resurrections(small_engine)[how](cid, raw_of[cid])
-        return batch
+    def revive(batch: list[str]) -> list[str]:
+        cid = batch[len(batch) // 2]
+        _resurrections(small_engine)[how](cid, raw_of[cid])
+        return [cid]
 
-    monkeypatch.setattr(garbage, "unreferenced", listed_then_revived)
+    revived = revive_when_first_listed(monkeypatch, revive)
     report = gc.collect(small_engine, grace=0, orphans=False)
     [cid] = revived
     assert report.chunks_deleted == len(pairs) - 1 and report.errors == 0

@@ -15,7 +15,12 @@ from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import garbage
 from edgestore.metadata.clock import now
 from tests.helpers import MiB
-from tests.maintenance.test_gc_batches import _garbage, _shard_rows, _stored
+from tests.maintenance.test_gc_batches import (
+    _garbage,
+    _shard_rows,
+    _stored,
+    revive_when_first_listed,
+)
 from tests.maintenance.test_gc_scale import _plan
 from tests.races import in_thread
 
@@ -73,20 +78,13 @@ def test_a_batch_revived_whole_does_not_stop_the_run(
     pairs = _garbage(small_engine, seed=51, size=2 * MiB)
     raw_of = dict(pairs)
     assert len(pairs) > 3 * gc.BATCH
-    real = garbage.unreferenced
-    revived: list[str] = []
 
-    def listed_then_revived(
-        conn: sa.Connection, before: float, limit: int, after: str | None = None
-    ) -> list[str]:
-        batch = real(conn, before, limit, after)
-        if not revived:
-            revived.extend(batch)
-            for cid in batch:
-                small_engine.core.writer.store(raw_of[cid])  # keep_alive, grace restarts
+    def revive(batch: list[str]) -> list[str]:
+        for cid in batch:
+            small_engine.core.writer.store(raw_of[cid])  # keep_alive, grace restarts
         return batch
 
-    monkeypatch.setattr(garbage, "unreferenced", listed_then_revived)
+    revived = revive_when_first_listed(monkeypatch, revive)
     if stopping:
         with pytest.raises(_Stop):
             gc.collect(small_engine, grace=0, orphans=False, progress=_stop)
