@@ -1,7 +1,9 @@
 """A TCP proxy on loopback that behaves like a link that drops: each connection is reset
 after a budget of bytes (client to server, server to client, or both), wherever in a request
 or an answer that falls. Unlike tests/faults.py (whole HTTP requests), it cuts mid-body,
-mid-header and mid-answer, as a real link does. With `stall`, a connection whose budget runs
+mid-header and mid-answer, as a real link does. A reset discards what the peer's kernel holds
+unread; `linger` waits before it, as a real drop does (the bytes that reached the far host are
+read there; only those still on the way are lost). With `stall`, a connection whose budget runs
 out goes silent instead (nothing forwarded either way, nothing closed): a peer that stops
 reading, a laptop that suspends, a Wi-Fi access point gone while the TCP state lingers.
 
@@ -32,6 +34,7 @@ class FlakyLink:
     up: Iterable[int | None] = field(default_factory=lambda: itertools.repeat(None))
     down: Iterable[int | None] = field(default_factory=lambda: itertools.repeat(None))
     stall: bool = False
+    linger: float = 0.0  # seconds between a budget's last byte and the reset (see below)
     cuts: int = 0  # connections reset (or stalled) so far
 
     def __post_init__(self) -> None:
@@ -137,6 +140,8 @@ class FlakyLink:
                     if allowed is not None and len(data) >= allowed:
                         w.write(data[:allowed])
                         await w.drain()
+                        if self.linger:
+                            await asyncio.sleep(self.linger)
                         self.cuts += 1
                         if self.stall:
                             silent.set()
