@@ -13,6 +13,11 @@ It is done only where the result is the same chunk as before: every shard the re
 not replace must have the checksum and length its row records (another encoder, or another
 build of the same one, could lay the bytes out otherwise, and shards of two encodings do not
 decode together). Otherwise the caller stores the chunk again as a whole.
+
+Two repairs of one chunk may run at once (`edgestore repair` by hand claims nothing): both
+write the same bytes under the same keys, or one places a shard elsewhere. A file is deleted
+only under the chunk's row lock once no row names it, and the rows are committed under that
+lock with every file they name there, so neither repair leaves a row naming a missing file.
 """
 
 from __future__ import annotations
@@ -52,9 +57,9 @@ def rebuild(
     """Rebuild and commit the chunk's bad shards (the faults `found` names); None if that
     would not give the same chunk (see the module docstring): the caller stores it again.
 
-    Raises StorageError (nothing committed, nothing of it left on disk) if a bad shard has
-    nowhere to go: its own dir down (and not `around_down`) or full, and no other dir with
-    room."""
+    Raises StorageError (nothing committed, none of its files left but those another
+    repair's rows name) if a bad shard has nowhere to go: its own dir down (and not
+    `around_down`) or full, and no other dir with room."""
     if found.stored is None or any(f.shard_index < 0 for f in found.faults):
         return None  # inline, or decoded to other bytes: no shard to blame
     core = engine.core
@@ -96,18 +101,25 @@ def rebuild(
         )
         for i in bad
     ]
-    fresh = {r.shard_index for r in refs if (r.backend, r.key) != _at(rows.get(r.shard_index))}
-    _write(engine, refs, {i: files[i] for i in bad}, fresh)
-    # Durable (the default): the old file of a shard placed elsewhere is deleted right after,
-    # and a commit a power cut undid would leave its row naming a file no longer there.
-    with core.db.write() as conn:
-        left = chunk_index.replace_shards(conn, rec.chunk_id, rec.generation, refs, checked_at)
+    fresh = [r for r in refs if (r.backend, r.key) != _at(rows.get(r.shard_index))]
+    rebuilt = {i: files[i] for i in bad}
+    _write(engine, rec.chunk_id, refs, rebuilt, fresh)
+    try:
+        # Durable (the default): the old file of a shard placed elsewhere is deleted right
+        # after, and a commit a power cut undid would leave its row naming a file not there.
+        with core.db.write() as conn:
+            left = chunk_index.replace_shards(conn, rec.chunk_id, rec.generation, refs, checked_at)
+            if left is not None:
+                _restore(engine, refs, rebuilt)
+    except BaseException:
+        _remove_unnamed(engine, rec.chunk_id, fresh)
+        raise
     written = sum(shardfile.HEADER_SIZE + r.size for r in refs)
     if left is None:  # no row names these keys (they carry the generation it no longer has)
-        _remove(engine, refs)
+        _remove_unnamed(engine, rec.chunk_id, refs)
         return Rebuilt(refs, {}, written, current=False, unqueued=False)
     moved = {i: rows[i].backend for i in bad if i in rows and rows[i].backend != placed[i]}
-    _drop_old(engine, [rows[i] for i in moved])
+    _remove_unnamed(engine, rec.chunk_id, [rows[i] for i in moved])
     return Rebuilt(refs, moved, written, current=True, unqueued=left)
 
 
@@ -126,29 +138,38 @@ def _destinations(
 ) -> dict[int, str]:
     """The data dir each bad shard goes to: its own if it can take the file now, else the
     writable dir with room holding the fewest shards of the chunk (none, while there are
-    more dirs than shards), in the dirs' order."""
+    more dirs than shards), in the dirs' order. Those staying on their own dir are placed
+    first: they hold a shard of the chunk, and take room there, before another is moved."""
     dirs = engine.core.dirs
     up = [n for n in dirs.names if n not in dirs.unavailable]
     natural = place(rec.chunk_id, len(files), up) if up else []
     holding = Counter(ref.backend for i, ref in rows.items() if i not in bad)
+    taken: Counter[str] = Counter()  # bytes placed on each dir so far
     placed: dict[int, str] = {}
+    elsewhere: dict[int, tuple[str, StorageError]] = {}  # shard -> its own dir, why not there
     for i in bad:
         need = shardfile.HEADER_SIZE + files[i].header.payload_length
         own = rows[i].backend if i in rows else (natural[i] if natural else "")
-        why = _cannot_take(engine, own, need)
+        why = _cannot_take(engine, own, need + taken[own])
         if why is None:
             placed[i] = own
+            holding[own] += 1
+            taken[own] += need
         elif isinstance(why, StorageUnavailable) and not around_down:
             raise why
         else:
-            others = [n for n in up if n != own and _cannot_take(engine, n, need) is None]
-            if not others:
-                raise StorageFull(
-                    f"shard {i} of chunk {rec.chunk_id} has nowhere to go ({why}; no other "
-                    "data dir can take it)"
-                )
-            placed[i] = min(others, key=lambda n: holding[n])  # (min keeps the first of ties)
+            elsewhere[i] = (own, why)
+    for i, (own, why) in elsewhere.items():
+        need = shardfile.HEADER_SIZE + files[i].header.payload_length
+        others = [n for n in up if n != own and _cannot_take(engine, n, need + taken[n]) is None]
+        if not others:
+            raise StorageFull(
+                f"shard {i} of chunk {rec.chunk_id} has nowhere to go ({why}; no other "
+                "data dir can take it)"
+            )
+        placed[i] = min(others, key=lambda n: holding[n])  # (min keeps the first of ties)
         holding[placed[i]] += 1
+        taken[placed[i]] += need
     return placed
 
 
@@ -166,51 +187,70 @@ def _cannot_take(engine: Engine, name: str, need: int) -> StorageError | None:
 
 
 def _write(
-    engine: Engine, refs: list[ShardRef], files: dict[int, shardfile.ShardFile], fresh: set[int]
+    engine: Engine,
+    chunk: str,
+    refs: list[ShardRef],
+    files: dict[int, shardfile.ShardFile],
+    fresh: list[ShardRef],
 ) -> None:
     """Write the rebuilt files, durable on return. `put` (a temporary name, fsync, rename),
     not `write` and a flush: a file rebuilt under its own key replaces the one there in one
     rename, so a reader (or a crash) never meets it half written, even where that file was
     intact after all (its dir back by now). On failure the `fresh` ones written (at a new
-    place) are removed, no row names them; one rewritten in place stays: its row's bytes."""
+    place) are removed unless a row names them (another repair's); one rewritten in place
+    stays: its row's bytes."""
     backends = engine.core.dirs.backends
-    done: list[ShardRef] = []
+    done: set[int] = set()
     try:
         for ref in refs:
             backends[ref.backend].put(ref.key, files[ref.shard_index].parts)
-            done.append(ref)
+            done.add(ref.shard_index)
     except BaseException:
-        _remove(engine, [ref for ref in done if ref.shard_index in fresh])
+        _remove_unnamed(engine, chunk, [ref for ref in fresh if ref.shard_index in done])
         raise
 
 
-def _remove(engine: Engine, refs: list[ShardRef]) -> None:
-    """Best effort: a file left behind is an orphan the sweep takes."""
+def _restore(engine: Engine, refs: list[ShardRef], files: dict[int, shardfile.ShardFile]) -> None:
+    """Write again any rebuilt file gone since it was written, inside the transaction that
+    commits its row and holds the chunk's row lock: another repair of the chunk, giving up
+    or moving a shard, removed it when no row named it yet (each removes only under that
+    lock, so none can once this commits)."""
+    backends = engine.core.dirs.backends
     for ref in refs:
-        try:
-            engine.core.dirs.backends[ref.backend].delete(ref.key)
-        except StorageError as exc:
-            log.warning("repair: could not remove unused shard %s: %s", ref.key, exc)
+        if backends[ref.backend].stat(ref.key) is None:
+            log.info(
+                "repair: shard %s was removed by another repair meanwhile; written again", ref.key
+            )
+            backends[ref.backend].put(ref.key, files[ref.shard_index].parts)
 
 
-def _drop_old(engine: Engine, old: list[ShardRef]) -> None:
-    """Delete the files of shards rebuilt elsewhere, if their dir is up: no row names them
-    now. Best effort (the orphan sweep takes what is left).
+def _remove_unnamed(engine: Engine, chunk: str, refs: list[ShardRef]) -> None:
+    """Delete the files of `refs` that no row names (unused rebuilt files, or the old files
+    of shards rebuilt elsewhere), on the dirs that are up. Best effort: a file left behind
+    is an orphan the sweep takes.
 
-    Safe with a metadata backup from before the repair restored later: it names these files,
-    but each was missing or corrupt anyway (that is why its shard was rebuilt elsewhere), so
-    the chunk is as readable under it as it was before the repair, from the other shards'
-    files, which are untouched and still named; scrub finds the bad one again. A file that a
-    concurrent repair put back under the same name is left alone (a row names it again)."""
+    Checked and deleted under the chunk's row lock: another repair of the same chunk may
+    have put a file under the same name, and commits its row under that lock, restoring
+    first any file gone meanwhile; so a file a row names is never deleted, nor one a row is
+    about to name left missing.
+
+    Safe with a metadata backup from before the repair restored later: it names the old
+    files, but each was missing or corrupt anyway (that is why its shard was rebuilt
+    elsewhere), so the chunk is as readable under it as it was before the repair, from the
+    other shards' files, which are untouched and still named; scrub finds the bad one again."""
     dirs = engine.core.dirs
-    for ref in old:
-        backend = dirs.backends.get(ref.backend)
-        if backend is None or ref.backend in dirs.unavailable:
-            continue
-        try:
-            with engine.core.db.read() as conn:
+    up = [r for r in refs if r.backend in dirs.backends and r.backend not in dirs.unavailable]
+    if not up:
+        return
+    try:
+        with engine.core.db.write(durable=False) as conn:  # (it writes no row)
+            chunk_index.lock(conn, chunk)
+            for ref in up:
                 if garbage.known_shard_keys(conn, ref.backend, [ref.key]):
                     continue
-            backend.delete(ref.key)
-        except Exception as exc:  # (the repair is committed: nothing here may undo it)
-            log.debug("repair: could not delete the old file of shard %s: %s", ref.key, exc)
+                try:
+                    dirs.backends[ref.backend].delete(ref.key)
+                except StorageError as exc:
+                    log.info("repair: could not remove unused shard file %s: %s", ref.key, exc)
+    except Exception as exc:  # (a repair may be committed: nothing here may undo it)
+        log.warning("repair: could not remove unused shard files of chunk %s: %s", chunk, exc)

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgestore.codec import shardfile
 from edgestore.engine import Engine
 from edgestore.engine.read import ShardFault
 from edgestore.errors import StorageError, StorageFull
@@ -86,7 +87,7 @@ class RepairReport:
     intact: int = 0  # every shard intact after all: taken off the queue
     unrecoverable: list[str] = field(default_factory=list)  # fewer than k intact shards
     errors: int = 0  # could not be written now (e.g. no writable data dir); still queued
-    bytes_rewritten: int = 0  # shard file bytes written by repairs
+    bytes_rewritten: int = 0  # shard file bytes written by repairs, headers included
     seconds: float = 0.0
     paused: str | None = None  # the upkeep's round stopped: new shards cannot be stored (why)
 
@@ -438,8 +439,16 @@ def _repair_one(
             "" if rebuilt.unqueued else "; a fault seen since keeps it queued",
         )
         return _Outcome.STORED, ""
-    if stored.stored_size:
+    if stored.stored_size:  # (0: another writer stored it again first)
         report.repaired += 1
-        report.bytes_rewritten += stored.stored_size
+        report.bytes_rewritten += _shard_file_bytes(engine, cid)
         log.warning("repair: chunk %s stored again as a whole (it had: %s)", cid, bad)
     return _Outcome.STORED, ""
+
+
+def _shard_file_bytes(engine: Engine, cid: str) -> int:
+    """The bytes of the chunk's shard files, headers included (what a store again wrote;
+    its StoredChunk counts the payloads only), as bytes_rewritten counts them in place."""
+    with engine.core.db.read() as conn:
+        rec = chunk_index.load(conn, [cid]).get(cid)
+    return 0 if rec is None else sum(shardfile.HEADER_SIZE + ref.size for ref in rec.shards)

@@ -189,18 +189,25 @@ def replace_shards(
     """Point some shard rows of a damaged chunk at files rebuilt for them (repair in place:
     same generation, its other rows untouched), if its row still has `generation`; None,
     and nothing changed, if it is gone or stored again meanwhile. The chunk then leaves the
-    repair queue unless a fault was seen since `checked_at` (see unqueue): whether it left."""
-    locked = conn.execute(
-        sa.select(chunks.c.generation).where(chunks.c.chunk_id == chunk).with_for_update()
-    ).scalar_one_or_none()
-    if locked != generation:
+    repair queue unless a fault was seen since `checked_at` (see unqueue): whether it is off
+    the queue (also when another repair of it took it off first)."""
+    if lock(conn, chunk) != generation:
         return None
     rebuilt = [s.shard_index for s in shard_refs]
     conn.execute(
         sa.delete(shards).where(shards.c.chunk_id == chunk, shards.c.shard_index.in_(rebuilt))
     )
     _insert_shards(conn, shard_refs)
-    return unqueue(conn, chunk, checked_at)
+    return unqueue(conn, chunk, checked_at) or not damaged(conn, [chunk])
+
+
+def lock(conn: Connection, chunk: str) -> str | None:
+    """The chunk's generation, its row locked until the transaction ends (None: gone).
+    Repair in place deletes a shard file no row names only under this lock, and commits
+    the rows of its rebuilt files under it, so the two do not cross (see inplace.py)."""
+    return conn.execute(
+        sa.select(chunks.c.generation).where(chunks.c.chunk_id == chunk).with_for_update()
+    ).scalar_one_or_none()
 
 
 def _stored_as(record: ChunkRecord) -> dict[str, Any]:

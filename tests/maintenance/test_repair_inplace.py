@@ -175,8 +175,11 @@ def test_rebuilt_shards_that_would_not_match_the_rest_store_the_chunk_again(
     unlike_a_rebuild(engine, cid, 8)
     generation = _generations(engine)[cid]
     assert repair.scrub(engine).chunks_damaged == 1  # shard 0 only: shard 8 checks out
-    assert repair.repair(engine).repaired == 1
+    report = repair.repair(engine)
+    assert report.repaired == 1
     assert _generations(engine)[cid] != generation
+    # The shard files written, headers and all, as on the in-place path.
+    assert report.bytes_rewritten == sum(p.stat().st_size for p in shard_paths(engine, cid))
     assert [k for _i, _b, k in _rows(engine, cid)] == [
         shard_key(cid, _generations(engine)[cid], i) for i in range(9)
     ]
@@ -216,3 +219,36 @@ def test_a_bad_shard_whose_own_dir_is_full_goes_to_another_and_its_old_file_goes
         assert compute_chunk_id(engine.core.reader.read(held)) == cid
         assert _queued(engine) == []
         assert read_all(engine, engine.objects.list()[0]) == data
+
+
+def test_a_shard_moved_off_a_full_dir_does_not_join_another_bad_shard_on_its_dir(
+    tmp_path: Path, make_settings: SettingsFactory
+) -> None:
+    """Shard 1 corrupt on a full dir, shard 4 lost from a dir with room for one file: shard
+    4 is rebuilt on its own dir and shard 1 on the spare dir. Counting only the intact
+    shards' dirs, both went to shard 4's dir (the first of the dirs holding none), two
+    shards of the chunk on one disk, and the second write found no room: never repaired."""
+    paths = [tmp_path / f"disk{i}" for i in range(10)]
+    settings = make_settings(data_dirs=paths)
+    with ExitStack() as mounts:
+        for path in paths:
+            mounts.enter_context(tmpfs(path, "4m"))
+        with Engine.open(settings) as engine:
+            data, (cid,) = _stored(engine, seed=6, size=2 * MiB)
+            rows = _rows(engine, cid)
+            (spare,) = set(engine.core.dirs.names) - {b for _i, b, _k in rows}
+            files = shard_paths(engine, cid)
+            blob = bytearray(files[1].read_bytes())
+            blob[-1] ^= 1
+            files[1].write_bytes(bytes(blob))
+            files[4].unlink()
+            fill(files[1].parent.parent, leave=0)
+            fill(files[4].parent.parent, leave=len(blob) * 3 // 2)
+            assert repair.scrub(engine).chunks_damaged == 1
+            report = repair.repair(engine)
+            assert (report.repaired, report.errors) == (1, 0)
+            moved = _rows(engine, cid)
+            assert moved[1] == (1, spare, rows[1][2]) and moved[4] == rows[4]
+            assert files[4].exists() and not files[1].exists()
+            assert _queued(engine) == [] and repair.scrub(engine).chunks_damaged == 0
+            assert read_all(engine, engine.objects.list()[0]) == data
