@@ -159,7 +159,7 @@ class Upkeep:
                     progress=self._check,
                 )
                 # A round paused (no new shards can be stored) was logged once by repair.
-                if fixed.repaired or fixed.intact or fixed.unrecoverable:
+                if fixed.repaired or fixed.intact or fixed.spread or fixed.unrecoverable:
                     log.info("upkeep: %s", fixed)
                 trim_pools(POOL_IDLE_SECONDS)  # spare buffers of a store that went quiet
             except UpkeepStopped:

@@ -4,6 +4,7 @@ maintenance/check.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -49,36 +50,65 @@ def scrub(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 
 @app.command("repair")
-def repair(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+def repair(
+    ctx: typer.Context,
+    spread: Annotated[
+        bool,
+        typer.Option(
+            "--spread",
+            help="First look through the whole shards table for chunks with two or more "
+            "shards on one data dir (as `check` reports them) and queue them, so that this "
+            "repair moves them too.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """Make chunks queued for repair whole: rebuild each from its intact shards and write
     its bad shards again, each to its own data dir, or another with room where that one is
     full or gone (a running server does this in the background too, but leaves shards of a
     dir that is down where they are, and tries a chunk it could not rebuild again only hours
     later; this tries every one now).
 
+    A shard rebuilt on a dir that holds another shard of its chunk leaves the chunk queued:
+    once a dir holding none of its shards can take it (the lost disk replaced and claimed
+    by `init`), repair moves it there, back to full fault tolerance; until then the chunk
+    waits, counted as still doubled up.
+
     Exits 10 if a chunk could not be repaired: with fewer than k intact shards only an
     upload of the same bytes brings it back; one that failed otherwise (no writable data
     dirs, say) stays queued for the next try.
     """
     from edgestore.maintenance import repair as repairs
+    from edgestore.maintenance import spread as spreading
 
     state: CliState = ctx.obj
+    found: int | None = None
     with state.engine() as engine, output.status("repairing…", quiet=json_out) as show:
+        if spread:
+            found = spreading.queue_crowded(engine, lambda n: show(f"spread: {n} doubled up"))
         report = repairs.repair(engine, progress=lambda _s, n: show(f"repair: {n} chunks"))
     if json_out:
-        output.emit_json(report)
+        output.emit_json({**dataclasses.asdict(report), "doubled_up_found": found})
     else:
         output.fields(
             [
+                *([("doubled-up chunks found", str(found))] if found is not None else []),
                 ("queued chunks", str(report.queued)),
                 ("repaired", str(report.repaired)),
                 ("intact after all", str(report.intact)),
+                ("spread again", str(report.spread)),
+                ("still doubled up (waiting)", str(report.crowded)),
                 ("unrecoverable", str(len(report.unrecoverable))),
                 ("errors (still queued)", str(report.errors)),
                 ("bytes rewritten", output.human_bytes(report.bytes_rewritten)),
                 ("seconds", f"{report.seconds:.2f}"),
             ]
         )
+        if report.crowded:
+            output.note(
+                "chunks still doubled up wait for a data dir holding none of their shards "
+                "(replace the lost disk and run `edgestore init`); repair moves them then"
+            )
         for cid in report.unrecoverable:
             output.note(
                 f"chunk {cid}: fewer than k intact shards; uploading a file that contains "
@@ -104,8 +134,10 @@ def check(
     """Check the metadata database's consistency: each chunk's **refcount** against the
     manifest, upload part and pin rows that reference it, each bucket's **totals** against
     its versions, references to **chunk rows that do not exist**, chunks with **fewer shard
-    rows** than needed to read them (k of k+m), and versions whose manifest does not add up
-    to their size.
+    rows** than needed to read them (k of k+m), versions whose manifest does not add up
+    to their size, and chunks **doubled up**: with more shards on one data dir than
+    placement puts there (a repair around a lost disk leaves them so; `repair --spread`
+    moves them once a dir holding none of their shards can take them).
 
     Only the database is read (`scrub` reads the shard files). With `--fix`, refcounts and
     bucket totals are recounted from the rows they count, under the locks the writers take,
@@ -129,7 +161,7 @@ def check(
 
 
 def _print_check(report: CheckReport) -> None:
-    from edgestore.maintenance.check import FIXABLE
+    from edgestore.maintenance.check import CROWDED, FIXABLE
 
     rows = [
         ("chunks checked", str(report.chunks_checked)),
@@ -146,9 +178,15 @@ def _print_check(report: CheckReport) -> None:
         if f.found > len(f.examples):
             output.note(f"{f.kind}: … and {f.found - len(f.examples)} more")
     fixable = sum(f.found - f.fixed for f in report.findings if f.kind in FIXABLE)
+    doubled = report.of(CROWDED).found
     if fixable:
         output.note("run `edgestore check --fix` to recount the refcounts and bucket totals")
-    if report.unresolved > fixable:
+    if doubled:
+        output.note(
+            "chunks doubled up on a data dir lose more than one shard with it: run "
+            "`edgestore repair --spread` to move them to dirs holding none of theirs"
+        )
+    if report.unresolved > fixable + doubled:
         output.note(
             "references to missing chunks, and chunks short of shard rows, name bytes the "
             "metadata no longer has: restore the database from a backup taken with its data "

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgestore.engine import Engine
-from edgestore.metadata import consistency
+from edgestore.metadata import consistency, crowding
+from edgestore.metadata.db import Database
 
 # Chunks per page of the scan (one read transaction each), and refcounts recounted per write
 # transaction: small, as on SQLite it holds the database's write lock.
@@ -30,6 +31,7 @@ MISSING_CHUNK_UPLOAD = "upload_missing_chunk"
 UNREADABLE_CHUNK = "chunk_unreadable"
 SHORT_OF_SHARDS = "chunk_short_of_shards"
 VERSION_SIZE = "version_size"
+CROWDED = "chunk_doubled_up"
 
 KINDS: dict[str, str] = {
     REFCOUNT: "chunks whose refcount differs from their references",
@@ -40,6 +42,7 @@ KINDS: dict[str, str] = {
     "chunks without their bytes)",
     SHORT_OF_SHARDS: "chunks readable but with fewer shard rows than k+m",
     VERSION_SIZE: "versions whose manifest does not add up to their size",
+    CROWDED: "chunks with two or more shards on one data dir (more than placement puts there)",
 }
 FIXABLE = frozenset({REFCOUNT, BUCKET_TOTALS})
 
@@ -92,6 +95,7 @@ def check(engine: Engine, *, fix: bool = False, progress: Progress = _noop) -> C
     _check_chunks(engine, report, progress)
     _check_buckets(engine, report, progress)
     _check_references(engine, report, progress)
+    _check_spread(engine, report, progress)
     report.unresolved = sum(f.found - f.fixed for f in report.findings)
     report.seconds = time.monotonic() - started
     return report
@@ -170,3 +174,24 @@ def _check_references(engine: Engine, report: CheckReport, progress: Progress) -
     with db.read() as conn:
         for bucket, key, version, size, length in consistency.versions_not_adding_up(conn):
             sizes.add(f"{bucket}/{key} version {version}: size {size}, entries add up to {length}")
+
+
+def _check_spread(engine: Engine, report: CheckReport, progress: Progress) -> None:
+    """Chunks doubled up on a data dir (losing it costs more than one shard): a repair around
+    a dir that was down or full; `edgestore repair --spread` moves them once dirs can take
+    them. Compared with what placement does with the dirs configured: a store with fewer
+    dirs than shards is no finding."""
+    db = engine.core.db
+    dirs = len(engine.core.dirs.names)
+    found = report.of(CROWDED)
+    progress("shard placement", 0, None)
+    after: str | None = None
+    while page := _page(db, after, dirs):
+        for cid, most in page:
+            found.add(f"chunk {cid}: {most} shards on one data dir")
+        after = page[-1][0]
+
+
+def _page(db: Database, after: str | None, dirs: int) -> list[tuple[str, int]]:
+    with db.read() as conn:
+        return crowding.page(conn, after, PAGE, dirs)

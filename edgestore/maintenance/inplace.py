@@ -7,7 +7,9 @@ shard files are encoded again from the chunk's stored bytes, and only the bad on
 each to its own data dir (a replaced disk carries the same name) under its own key, or, where
 that dir is full (or down, if `around_down`), to another one, preferring a dir that holds no
 other shard of the chunk. The rows of the rebuilt shards change in one durable commit; the
-other shards' files and rows are not touched.
+other shards' files and rows are not touched. Where a shard had to join another of the
+chunk's on one dir, the same commit keeps the chunk queued, to be spread again once a dir
+holding none of its shards can take one (spread.py).
 
 It is done only where the result is the same chunk as before: every shard the rebuild does
 not replace must have the checksum and length its row records (another encoder, or another
@@ -31,13 +33,17 @@ from edgestore.engine import Engine
 from edgestore.engine.read import Examined
 from edgestore.errors import StorageError, StorageFull, StorageUnavailable
 from edgestore.metadata import chunks as chunk_index
-from edgestore.metadata import garbage
+from edgestore.metadata import crowding, garbage
 from edgestore.metadata.chunks import ChunkRecord
 from edgestore.storage.datadirs import check_room
-from edgestore.storage.placement import place, shard_key
+from edgestore.storage.placement import doubled_up, place, shard_key
 from edgestore.types import ShardRef
 
 log = logging.getLogger(__name__)
+
+# A repair that leaves two shards of a chunk on one dir (its own was down or full) queues the
+# chunk to be spread again (spread.py), first due this much later: the dir is rarely back sooner.
+SPREAD_AFTER_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +109,31 @@ def rebuild(
     ]
     fresh = [r for r in refs if (r.backend, r.key) != _at(rows.get(r.shard_index))]
     rebuilt = {i: files[i] for i in bad}
-    _write(engine, rec.chunk_id, refs, rebuilt, fresh)
+    write_files(engine, rec.chunk_id, refs, rebuilt, fresh)
+    now_at = {**rows, **{r.shard_index: r for r in refs}}
+    doubled = doubled_up(list(now_at.values()), core.dirs.names)
     try:
         # Durable (the default): the old file of a shard placed elsewhere is deleted right
         # after, and a commit a power cut undid would leave its row naming a file not there.
         with core.db.write() as conn:
             left = chunk_index.replace_shards(conn, rec.chunk_id, rec.generation, refs, checked_at)
             if left is not None:
-                _restore(engine, refs, rebuilt)
+                restore_files(engine, refs, rebuilt)
+            if left is not None and doubled is not None:  # queued in the same commit
+                off = sorted(
+                    {rows[i].backend for i in bad if i in rows and rows[i].backend != placed[i]}
+                )
+                why = f" (rebuilt there: {', '.join(off)} down or full)" if off else ""
+                crowding.queue(core.db, conn, rec.chunk_id, doubled + why, SPREAD_AFTER_SECONDS)
     except BaseException:
-        _remove_unnamed(engine, rec.chunk_id, fresh)
+        remove_unnamed(engine, rec.chunk_id, fresh)
         raise
     written = sum(shardfile.HEADER_SIZE + r.size for r in refs)
     if left is None:  # no row names these keys (they carry the generation it no longer has)
-        _remove_unnamed(engine, rec.chunk_id, refs)
+        remove_unnamed(engine, rec.chunk_id, refs)
         return Rebuilt(refs, {}, written, current=False, unqueued=False)
     moved = {i: rows[i].backend for i in bad if i in rows and rows[i].backend != placed[i]}
-    _remove_unnamed(engine, rec.chunk_id, [rows[i] for i in moved])
+    remove_unnamed(engine, rec.chunk_id, [rows[i] for i in moved])
     return Rebuilt(refs, moved, written, current=True, unqueued=left)
 
 
@@ -150,7 +164,7 @@ def _destinations(
     for i in bad:
         need = shardfile.HEADER_SIZE + files[i].header.payload_length
         own = rows[i].backend if i in rows else (natural[i] if natural else "")
-        why = _cannot_take(engine, own, need + taken[own])
+        why = cannot_take(engine, own, need + taken[own])
         if why is None:
             placed[i] = own
             holding[own] += 1
@@ -161,7 +175,7 @@ def _destinations(
             elsewhere[i] = (own, why)
     for i, (own, why) in elsewhere.items():
         need = shardfile.HEADER_SIZE + files[i].header.payload_length
-        others = [n for n in up if n != own and _cannot_take(engine, n, need + taken[n]) is None]
+        others = [n for n in up if n != own and cannot_take(engine, n, need + taken[n]) is None]
         if not others:
             raise StorageFull(
                 f"shard {i} of chunk {rec.chunk_id} has nowhere to go ({why}; no other "
@@ -173,7 +187,7 @@ def _destinations(
     return placed
 
 
-def _cannot_take(engine: Engine, name: str, need: int) -> StorageError | None:
+def cannot_take(engine: Engine, name: str, need: int) -> StorageError | None:
     """Why data dir `name` cannot take a new file of `need` bytes now (None: it can)."""
     dirs = engine.core.dirs
     backend = dirs.backends.get(name)
@@ -186,7 +200,7 @@ def _cannot_take(engine: Engine, name: str, need: int) -> StorageError | None:
     return None
 
 
-def _write(
+def write_files(
     engine: Engine,
     chunk: str,
     refs: list[ShardRef],
@@ -206,11 +220,13 @@ def _write(
             backends[ref.backend].put(ref.key, files[ref.shard_index].parts)
             done.add(ref.shard_index)
     except BaseException:
-        _remove_unnamed(engine, chunk, [ref for ref in fresh if ref.shard_index in done])
+        remove_unnamed(engine, chunk, [ref for ref in fresh if ref.shard_index in done])
         raise
 
 
-def _restore(engine: Engine, refs: list[ShardRef], files: dict[int, shardfile.ShardFile]) -> None:
+def restore_files(
+    engine: Engine, refs: list[ShardRef], files: dict[int, shardfile.ShardFile]
+) -> None:
     """Write again any rebuilt file gone since it was written, inside the transaction that
     commits its row and holds the chunk's row lock: another repair of the chunk, giving up
     or moving a shard, removed it when no row named it yet (each removes only under that
@@ -224,7 +240,7 @@ def _restore(engine: Engine, refs: list[ShardRef], files: dict[int, shardfile.Sh
             backends[ref.backend].put(ref.key, files[ref.shard_index].parts)
 
 
-def _remove_unnamed(engine: Engine, chunk: str, refs: list[ShardRef]) -> None:
+def remove_unnamed(engine: Engine, chunk: str, refs: list[ShardRef]) -> None:
     """Delete the files of `refs` that no row names (unused rebuilt files, or the old files
     of shards rebuilt elsewhere), on the dirs that are up. Best effort: a file left behind
     is an orphan the sweep takes.

@@ -18,9 +18,12 @@ is full, to another with room (and, by hand, where it is down: `edgestore repair
 around a disk gone for good), under the chunk's generation, the other shards untouched. Only
 where the rebuilt shards would not match the intact ones (another encoder) is it stored
 again as a whole, as a new generation placed over the writable data dirs (ChunkWriter,
-chunks.replace), the old generation's files left to gc's orphan sweep. One with fewer than
-k stays queued: only an upload of the same bytes can bring it back (or a data dir that comes
-back), and the report names it; the upkeep tries it again after a backoff, not every round.
+chunks.replace), the old generation's files left to gc's orphan sweep. A shard rebuilt on a
+dir holding another of the chunk's keeps the chunk queued: once its shards are all intact
+and a dir holding none of them can take one, it is spread again (spread.py), else it backs
+off. One with fewer than k stays queued: only an upload of the same bytes can bring it back
+(or a data dir that comes back), and the report names it; the upkeep tries it again after a
+backoff, not every round.
 While a data dir is down, or none has room for a chunk, the upkeep reads no queued chunk: it
 checks the data dirs before each round, says so once, and goes on the first round they take
 writes (it does not move a dir's shards elsewhere while that dir may come back).
@@ -38,7 +41,7 @@ from edgestore.codec import shardfile
 from edgestore.engine import Engine
 from edgestore.engine.read import ShardFault
 from edgestore.errors import StorageError, StorageFull
-from edgestore.maintenance import inplace
+from edgestore.maintenance import inplace, spread
 from edgestore.metadata import chunks as chunk_index
 from edgestore.metadata import cursors
 from edgestore.metadata.chunks import ChunkRecord
@@ -88,6 +91,8 @@ class RepairReport:
     unrecoverable: list[str] = field(default_factory=list)  # fewer than k intact shards
     errors: int = 0  # could not be written now (e.g. no writable data dir); still queued
     bytes_rewritten: int = 0  # shard file bytes written by repairs, headers included
+    spread: int = 0  # intact, with shards doubled up on a dir: moved to dirs holding none
+    crowded: int = 0  # still doubled up: no dir holding none of its shards can take one yet
     seconds: float = 0.0
     paused: str | None = None  # the upkeep's round stopped: new shards cannot be stored (why)
 
@@ -395,6 +400,11 @@ def _repair_one(
             )
         return _Outcome.DONE, ""
     faults = found.faults
+    if not faults and (moved := spread.spread(engine, rec, found, checked_at, retry_delay)):
+        report.spread += bool(moved.moved)
+        report.crowded += moved.left is not None
+        report.bytes_rewritten += moved.bytes_written
+        return (_Outcome.STORED if moved.moved else _Outcome.DONE), ""
     if not faults:
         with core.db.write() as conn:
             removed = chunk_index.unqueue(conn, cid, checked_at)

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from edgestore.metadata import crowding
 from edgestore.metadata.clock import now
 from edgestore.metadata.db import Database
 from edgestore.metadata.schema import (
@@ -198,6 +199,7 @@ def replace_shards(
         sa.delete(shards).where(shards.c.chunk_id == chunk, shards.c.shard_index.in_(rebuilt))
     )
     _insert_shards(conn, shard_refs)
+    crowding.superseded(conn, chunk)  # a request to spread it: the caller queues it again
     return unqueue(conn, chunk, checked_at) or not damaged(conn, [chunk])
 
 

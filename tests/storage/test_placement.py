@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgestore.storage.local import MARKER, TMP_SUFFIX
-from edgestore.storage.placement import parse_shard_key, place, shard_key
-from edgestore.types import ChunkId
+from edgestore.storage.placement import doubled_up, parse_shard_key, place, shard_key
+from edgestore.types import ChunkId, ShardRef
 
 chunk_ids = st.binary(min_size=32, max_size=32).map(lambda b: ChunkId(b.hex()))
 backend_lists = st.integers(1, 20).map(lambda n: [f"d{i}" for i in range(n)])
@@ -116,3 +116,27 @@ def test_parse_shard_key_rejects_other_names(name):
 )
 def test_parse_shard_key_rejects_malformed_names(name):
     assert parse_shard_key(name) is None
+
+
+@given(chunk_ids, backend_lists)
+def test_what_place_does_is_never_doubled_up(chunk: ChunkId, backends: list[str]) -> None:
+    """However few backends there are (3 for 9 shards: 3 on each), placement's own layout
+    is what `doubled_up` compares against, never a finding."""
+    refs = [ShardRef(chunk, i, b, f"k{i}", 1, "c") for i, b in enumerate(place(chunk, 9, backends))]
+    assert doubled_up(refs, backends) is None
+
+
+def test_more_on_one_backend_than_place_puts_there_is_doubled_up() -> None:
+    chunk = ChunkId("0" * 64)
+    nine = [f"d{i}" for i in range(9)]
+
+    def refs(on: list[str]) -> list[ShardRef]:
+        return [ShardRef(chunk, i, b, f"k{i}", 1, "c") for i, b in enumerate(on)]
+
+    moved = place(chunk, 9, nine)
+    moved[4] = moved[3]
+    assert doubled_up(refs(moved), nine) == f"shard 4 shares data dir {moved[3]} with shard 3"
+    three = ["d0", "d1", "d2"]
+    on = place(chunk, 9, three)
+    on[on.index("d0")] = "d1"  # 2, 4, 3: losing d1 costs 4 shards, more than m = 3
+    assert doubled_up(refs(on), three) is not None
