@@ -12,6 +12,17 @@ from edgestore.metadata.schema import shards
 from edgestore.types import ChunkId
 
 
+def shard_rows(engine: Engine, cid: str) -> list[tuple[int, str, str]]:
+    """(shard index, data dir, key) of each shard row of the chunk, in shard order."""
+    with engine.core.db.read() as conn:
+        rows = conn.execute(
+            sa.select(shards.c.shard_index, shards.c.backend, shards.c.key)
+            .where(shards.c.chunk_id == cid)
+            .order_by(shards.c.shard_index)
+        ).all()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
 def shard_paths(engine: Engine, chunk_id: str) -> list[Path]:
     """The files of a chunk's shards, in shard order, as the index names them."""
     with engine.core.db.read() as conn:

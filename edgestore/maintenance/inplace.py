@@ -110,6 +110,7 @@ def rebuild(
     fresh = [r for r in refs if (r.backend, r.key) != _at(rows.get(r.shard_index))]
     rebuilt = {i: files[i] for i in bad}
     write_files(engine, rec.chunk_id, refs, rebuilt, fresh)
+    moved = {i: rows[i].backend for i in bad if i in rows and rows[i].backend != placed[i]}
     now_at = {**rows, **{r.shard_index: r for r in refs}}
     doubled = doubled_up(list(now_at.values()), core.dirs.names)
     try:
@@ -120,10 +121,8 @@ def rebuild(
             if left is not None:
                 restore_files(engine, refs, rebuilt)
             if left is not None and doubled is not None:  # queued in the same commit
-                off = sorted(
-                    {rows[i].backend for i in bad if i in rows and rows[i].backend != placed[i]}
-                )
-                why = f" (rebuilt there: {', '.join(off)} down or full)" if off else ""
+                off = ", ".join(sorted(set(moved.values())))
+                why = f" (rebuilt there: {off} down or full)" if off else ""
                 crowding.queue(core.db, conn, rec.chunk_id, doubled + why, SPREAD_AFTER_SECONDS)
     except BaseException:
         remove_unnamed(engine, rec.chunk_id, fresh)
@@ -132,7 +131,6 @@ def rebuild(
     if left is None:  # no row names these keys (they carry the generation it no longer has)
         remove_unnamed(engine, rec.chunk_id, refs)
         return Rebuilt(refs, {}, written, current=False, unqueued=False)
-    moved = {i: rows[i].backend for i in bad if i in rows and rows[i].backend != placed[i]}
     remove_unnamed(engine, rec.chunk_id, [rows[i] for i in moved])
     return Rebuilt(refs, moved, written, current=True, unqueued=left)
 

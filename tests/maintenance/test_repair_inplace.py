@@ -19,18 +19,7 @@ from edgestore.storage.placement import shard_key
 from tests.conftest import SettingsFactory
 from tests.helpers import SMALL_CHUNKS, MiB, blocks_of, random_bytes, read_all
 from tests.mounts import fill, tmpfs
-from tests.shards import shard_paths, unlike_a_rebuild
-
-
-def _rows(engine: Engine, cid: str) -> list[tuple[int, str, str]]:
-    """(shard index, data dir, key) of each shard row of the chunk, in shard order."""
-    with engine.core.db.read() as conn:
-        rows = conn.execute(
-            sa.select(shards.c.shard_index, shards.c.backend, shards.c.key)
-            .where(shards.c.chunk_id == cid)
-            .order_by(shards.c.shard_index)
-        ).all()
-    return [(r[0], r[1], r[2]) for r in rows]
+from tests.shards import shard_paths, shard_rows, unlike_a_rebuild
 
 
 def _files(engine: Engine) -> dict[tuple[str, int], Path]:
@@ -99,7 +88,7 @@ def test_a_shard_of_a_dir_gone_is_rebuilt_on_a_dir_with_none_of_the_chunk(
     settings = make_settings(data_dirs=[tmp_path / f"disk{i}" for i in range(10)])
     with Engine.open(settings) as engine:
         data, (cid,) = _stored(engine, seed=2, size=2 * MiB)
-        rows = _rows(engine, cid)
+        rows = shard_rows(engine, cid)
         assert len(rows) == 9
         (spare,) = set(engine.core.dirs.names) - {b for _i, b, _k in rows}
         gone = rows[4][1]
@@ -112,7 +101,7 @@ def test_a_shard_of_a_dir_gone_is_rebuilt_on_a_dir_with_none_of_the_chunk(
         assert repair.scrub(engine).chunks_damaged == 1
         report = repair.repair(engine)
         assert (report.repaired, report.errors) == (1, 0)
-        moved = _rows(engine, cid)
+        moved = shard_rows(engine, cid)
         assert moved[4] == (4, spare, rows[4][2])
         assert moved[:4] + moved[5:] == rows[:4] + rows[5:]
         assert repair.scrub(engine).chunks_damaged == 0
@@ -180,7 +169,7 @@ def test_rebuilt_shards_that_would_not_match_the_rest_store_the_chunk_again(
     assert _generations(engine)[cid] != generation
     # The shard files written, headers and all, as on the in-place path.
     assert report.bytes_rewritten == sum(p.stat().st_size for p in shard_paths(engine, cid))
-    assert [k for _i, _b, k in _rows(engine, cid)] == [
+    assert [k for _i, _b, k in shard_rows(engine, cid)] == [
         shard_key(cid, _generations(engine)[cid], i) for i in range(9)
     ]
     assert repair.scrub(engine).chunks_damaged == 0
@@ -202,7 +191,7 @@ def test_a_bad_shard_whose_own_dir_is_full_goes_to_another_and_its_old_file_goes
             s for s, p in files.items() if p.is_relative_to(paths[0]) and s[1] < 6
         )
         cid, index = on_full
-        rows = _rows(engine, cid)
+        rows = shard_rows(engine, cid)
         (spare,) = set(engine.core.dirs.names) - {b for _i, b, _k in rows}
         with engine.core.db.read() as conn:
             held = chunk_index.load(conn, [cid])[cid]
@@ -213,7 +202,7 @@ def test_a_bad_shard_whose_own_dir_is_full_goes_to_another_and_its_old_file_goes
         assert repair.scrub(engine).chunks_damaged == 1
         report = repair.repair(engine)
         assert (report.repaired, report.errors, report.bytes_rewritten) == (1, 0, len(blob))
-        assert _rows(engine, cid)[index] == (index, spare, rows[index][2])
+        assert shard_rows(engine, cid)[index] == (index, spare, rows[index][2])
         assert not files[on_full].exists()
         assert _queued(engine) == [] and repair.scrub(engine).chunks_damaged == 0
         assert compute_chunk_id(engine.core.reader.read(held)) == cid
@@ -235,7 +224,7 @@ def test_a_shard_moved_off_a_full_dir_does_not_join_another_bad_shard_on_its_dir
             mounts.enter_context(tmpfs(path, "4m"))
         with Engine.open(settings) as engine:
             data, (cid,) = _stored(engine, seed=6, size=2 * MiB)
-            rows = _rows(engine, cid)
+            rows = shard_rows(engine, cid)
             (spare,) = set(engine.core.dirs.names) - {b for _i, b, _k in rows}
             files = shard_paths(engine, cid)
             blob = bytearray(files[1].read_bytes())
@@ -247,7 +236,7 @@ def test_a_shard_moved_off_a_full_dir_does_not_join_another_bad_shard_on_its_dir
             assert repair.scrub(engine).chunks_damaged == 1
             report = repair.repair(engine)
             assert (report.repaired, report.errors) == (1, 0)
-            moved = _rows(engine, cid)
+            moved = shard_rows(engine, cid)
             assert moved[1] == (1, spare, rows[1][2]) and moved[4] == rows[4]
             assert files[4].exists() and not files[1].exists()
             assert _queued(engine) == [] and repair.scrub(engine).chunks_damaged == 0

@@ -23,17 +23,7 @@ from tests.conftest import SettingsFactory
 from tests.crashpoints import assert_store_consistent, child_env, run_killed
 from tests.helpers import MiB, blocks_of, random_bytes, read_all
 from tests.mounts import fill, tmpfs
-
-
-def _rows(engine: Engine, cid: str) -> list[tuple[int, str, str]]:
-    """(shard index, data dir, key) of each shard row of the chunk, in shard order."""
-    with engine.core.db.read() as conn:
-        rows = conn.execute(
-            sa.select(shards.c.shard_index, shards.c.backend, shards.c.key)
-            .where(shards.c.chunk_id == cid)
-            .order_by(shards.c.shard_index)
-        ).all()
-    return [(r[0], r[1], r[2]) for r in rows]
+from tests.shards import shard_rows
 
 
 def _queue(engine: Engine) -> dict[str, tuple[str, int, float | None]]:
@@ -76,7 +66,7 @@ def _doubled_after_a_dir_gone(
         data = random_bytes(2 * MiB, seed=11)
         v = engine.put(blocks_of(data, MiB), key="obj")
         (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
-        rows = _rows(engine, cid)
+        rows = shard_rows(engine, cid)
         assert len({b for _i, b, _k in rows}) == 9
         gone_root = engine.core.dirs.backends[rows[4][1]].root
     shutil.rmtree(gone_root)
@@ -84,7 +74,7 @@ def _doubled_after_a_dir_gone(
         assert repair.scrub(engine).chunks_damaged == 1
         report = repair.repair(engine)
         assert (report.repaired, report.errors) == (1, 0)
-        moved = _rows(engine, cid)
+        moved = shard_rows(engine, cid)
         doubled = moved[4][1]
         assert doubled != rows[4][1] and doubled in {b for _i, b, _k in rows}
         assert _crowded(engine) == 1
@@ -101,7 +91,7 @@ def test_a_replaced_disk_gets_its_shard_back(
 ) -> None:
     settings, data, cid, rows, gone_root = _doubled_after_a_dir_gone(tmp_path, make_settings)
     with Engine.open(settings) as engine:
-        doubled = _rows(engine, cid)[4]
+        doubled = shard_rows(engine, cid)[4]
         doubled_file = engine.core.dirs.backends[doubled[1]].root / doubled[2]
         assert doubled_file.exists()
     gone_root.mkdir()  # the new, empty disk
@@ -110,13 +100,13 @@ def test_a_replaced_disk_gets_its_shard_back(
         if by == "upkeep":
             # Backing off: the upkeep does not take it before its due time...
             quiet = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
-            assert quiet.queued == 0 and _rows(engine, cid)[4] == doubled
+            assert quiet.queued == 0 and shard_rows(engine, cid)[4] == doubled
             _make_due(engine)
             report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
         else:
             report = repair.repair(engine)
         assert (report.spread, report.crowded, report.errors) == (1, 0, 0)
-        assert _rows(engine, cid) == rows  # one shard per dir: its own again
+        assert shard_rows(engine, cid) == rows  # one shard per dir: its own again
         assert not doubled_file.exists()
         assert (gone_root / rows[4][2]).exists()
         assert _queue(engine) == {}
@@ -132,16 +122,16 @@ def test_with_nowhere_to_go_yet_it_stays_queued_backing_off(
     nothing and puts the next try off; the upkeep leaves it alone meanwhile."""
     settings, data, cid, _rows_before, _gone = _doubled_after_a_dir_gone(tmp_path, make_settings)
     with Engine.open(settings) as engine:
-        before = _rows(engine, cid)
+        before = shard_rows(engine, cid)
         ((_reason, attempts, _due),) = _queue(engine).values()
         report = repair.repair(engine)
         assert (report.spread, report.crowded, report.repaired, report.errors) == (0, 1, 0, 0)
-        assert _rows(engine, cid) == before
+        assert shard_rows(engine, cid) == before
         ((_reason, attempts_now, due),) = _queue(engine).values()
         assert attempts_now == attempts + 1
         assert due is not None and due > _db_now(engine) + 60
         upkeep = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
-        assert upkeep.queued == 0 and _rows(engine, cid) == before
+        assert upkeep.queued == 0 and shard_rows(engine, cid) == before
         assert read_all(engine, engine.objects.list()[0]) == data
 
 
@@ -161,7 +151,7 @@ def test_repair_spread_finds_chunks_doubled_up_before(
         assert spread.queue_crowded(engine) == 1
         assert spread.queue_crowded(engine) == 1  # (queued already: no harm)
         assert repair.repair(engine).spread == 1
-        assert _rows(engine, cid) == rows and _queue(engine) == {}
+        assert shard_rows(engine, cid) == rows and _queue(engine) == {}
         assert spread.queue_crowded(engine) == 0 and _crowded(engine) == 0
         assert read_all(engine, engine.objects.list()[0]) == data
 
@@ -176,7 +166,7 @@ def test_fewer_dirs_than_shards_is_not_doubled_up(
         data = random_bytes(2 * MiB, seed=12)
         v = engine.put(blocks_of(data, MiB), key="obj")
         (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
-        rows = _rows(engine, cid)
+        rows = shard_rows(engine, cid)
         assert _crowded(engine) == 0 and spread.queue_crowded(engine) == 0
         assert repair.repair(engine).queued == 0 and _queue(engine) == {}
         # Shard 0's file and row moved by hand to the dir of shard 1.
@@ -193,7 +183,7 @@ def test_fewer_dirs_than_shards_is_not_doubled_up(
             )
         assert _crowded(engine) == 1 and spread.queue_crowded(engine) == 1
         assert repair.repair(engine).spread == 1
-        assert _rows(engine, cid) == rows and _queue(engine) == {}
+        assert shard_rows(engine, cid) == rows and _queue(engine) == {}
         assert not (backends[other].root / key).exists()
         assert read_all(engine, engine.objects.list()[0]) == data
 
@@ -219,7 +209,7 @@ def test_a_crash_while_spreading_leaves_a_readable_store(
     with Engine.open(settings) as engine:
         v = engine.put(blocks_of(data, MiB), key="obj")
         (cid,) = {e.chunk_id for e in engine.objects.manifest(v)}
-        rows = _rows(engine, cid)
+        rows = shard_rows(engine, cid)
         backends = engine.core.dirs.backends
         home_file = backends[rows[0][1]].root / rows[0][2]
         doubled_file = backends[rows[1][1]].root / rows[0][2]
@@ -233,7 +223,7 @@ def test_a_crash_while_spreading_leaves_a_readable_store(
             )
     run_killed(point, ["repair", "--spread"], env)
     with Engine.open(settings) as engine:
-        assert _rows(engine, cid)[0][1] == (rows[0][1] if committed else rows[1][1])
+        assert shard_rows(engine, cid)[0][1] == (rows[0][1] if committed else rows[1][1])
         assert home_file.exists() and doubled_file.exists()
         assert_store_consistent(engine)
         assert read_all(engine, engine.objects.list()[0]) == data
@@ -245,7 +235,7 @@ def test_a_crash_while_spreading_leaves_a_readable_store(
     )
     assert again.returncode == 0, again.stderr.decode()
     with Engine.open(settings) as engine:
-        assert _rows(engine, cid) == rows and _crowded(engine) == 0
+        assert shard_rows(engine, cid) == rows and _crowded(engine) == 0
         old = time.time() - gc.ORPHAN_MIN_AGE - 1
         for backend in engine.core.dirs.backends.values():
             for blob in backend.list():
@@ -265,13 +255,13 @@ def test_the_upkeep_waits_while_the_replaced_disk_is_full(
     settings, data, cid, rows, gone_root = _doubled_after_a_dir_gone(tmp_path, make_settings)
     gone_root.mkdir()
     with tmpfs(gone_root, "4m"), Engine.open(settings, initialise_dirs=True) as engine:
-        doubled = _rows(engine, cid)
+        doubled = shard_rows(engine, cid)
         filler = fill(gone_root, leave=0)
         _make_due(engine)
         report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
         assert report.paused is None
         assert (report.queued, report.spread, report.crowded) == (1, 0, 1)
-        assert _rows(engine, cid) == doubled
+        assert shard_rows(engine, cid) == doubled
         ((_reason, attempts, due),) = _queue(engine).values()
         assert attempts >= 1 and due is not None and due > _db_now(engine) + 60
         again = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
@@ -280,5 +270,5 @@ def test_the_upkeep_waits_while_the_replaced_disk_is_full(
         _make_due(engine)
         report = repair.repair(engine, limit=20, cursor=repair.RepairCursor(), due_only=True)
         assert (report.spread, report.crowded) == (1, 0)
-        assert _rows(engine, cid) == rows and _queue(engine) == {}
+        assert shard_rows(engine, cid) == rows and _queue(engine) == {}
         assert read_all(engine, engine.objects.list()[0]) == data
